@@ -1,0 +1,46 @@
+"""daskprs: run Azure Machine Learning parallel jobs on any Dask cluster.
+
+The public API (imported lazily, so that worker child processes stay light)::
+
+    from daskprs import run_job, load_job
+    result = run_job("pipeline.yml", client=client)   # in a notebook with a Dask client
+    result.raise_for_status()
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DaskprsError",
+    "JobFailed",
+    "JobResult",
+    "JobSpecError",
+    "PlanningError",
+    "UserInputError",
+    "__version__",
+    "load_job",
+    "run_job",
+]
+
+_LAZY = {
+    "run_job": "daskprs.api",
+    "JobResult": "daskprs.api",
+    "load_job": "daskprs.spec",
+    "DaskprsError": "daskprs.errors",
+    "JobFailed": "daskprs.errors",
+    "JobSpecError": "daskprs.errors",
+    "PlanningError": "daskprs.errors",
+    "UserInputError": "daskprs.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'daskprs' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

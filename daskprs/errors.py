@@ -1,0 +1,97 @@
+"""Exceptions raised by daskprs, and the exit status each one maps to.
+
+::
+
+    DaskprsError                      exit 1: an internal error of daskprs
+    ├── UserInputError                exit 2: a problem with what the user gave
+    │   ├── JobSpecError              the job file is invalid (all problems listed together)
+    │   ├── PlanningError             an input could not be listed or split
+    │   └── ResumeRefused             --resume / rerun-failed refused
+    ├── JobFailed                     exit 42: the job ran and failed (a budget, a timeout, ...)
+    └── Interrupted                   exit 130: SIGINT or SIGTERM
+
+Every message says what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "DaskprsError",
+    "Interrupted",
+    "JobFailed",
+    "JobSpecError",
+    "PlanningError",
+    "Problem",
+    "ResumeRefused",
+    "UserInputError",
+]
+
+
+class DaskprsError(Exception):
+    """Base class of every daskprs error; exit status 1 (an internal error)."""
+
+    exit_code = 1
+
+
+class UserInputError(DaskprsError):
+    """A problem with what the user gave, found before the first ``run()``; exit status 2."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a job file.
+
+    Parameters
+    ----------
+    place : str
+        Dotted path of the offending key in the YAML (``jobs.score.retry_settings.timout``),
+        prefixed with the file name when the problem is in another file than the one given.
+    message : str
+        What is wrong.
+    hint : str
+        How to fix it (closest known key, allowed values, the right form); may be empty.
+    """
+
+    place: str
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.place}: {self.message}" if self.place else self.message
+        return f"{text} ({self.hint})" if self.hint else text
+
+
+class JobSpecError(UserInputError):
+    """The job file is invalid; ``problems`` lists every problem found, not only the first."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = list(problems)
+        lines = [f"{source}: {len(self.problems)} problem(s) in the job file:"]
+        lines += [f"  - {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class PlanningError(UserInputError):
+    """An input could not be listed or split into mini-batches (the file is named)."""
+
+
+class ResumeRefused(UserInputError):
+    """A resume or rerun was refused (changed job or input, or no run to resume)."""
+
+
+class JobFailed(DaskprsError):
+    """The job ran and failed: a budget was exceeded, progress stalled, ``init()`` failed
+    everywhere, or no mini-batch succeeded. Exit status 42."""
+
+    exit_code = 42
+
+
+class Interrupted(DaskprsError):
+    """The run was interrupted by SIGINT or SIGTERM; committed work is kept. Exit status 130."""
+
+    exit_code = 130

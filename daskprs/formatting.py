@@ -1,0 +1,82 @@
+"""Azure's ``append_row_to`` format: how one ``run()`` return value becomes bytes.
+
+Pure functions; pandas is only touched when the value is a DataFrame.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["SETTINGS_FILE", "format_rows", "load_to_csv_options", "result_length"]
+
+SETTINGS_FILE = "parallel_run_step.settings.json"
+
+_DEFAULT_TO_CSV = {"sep": " ", "header": False, "index": False, "lineterminator": "\n"}
+
+
+def _is_dataframe(value: Any) -> bool:
+    cls = type(value)
+    return cls.__name__ == "DataFrame" and cls.__module__.startswith("pandas")
+
+
+def result_length(value: Any) -> int | None:
+    """Length of a valid ``run()`` return (list, tuple or pandas DataFrame), else None."""
+    if isinstance(value, (list, tuple)) or _is_dataframe(value):
+        return len(value)
+    return None
+
+
+def format_rows(value: Any, to_csv: Mapping[str, Any] | None = None) -> bytes:
+    """Format a ``run()`` return value as Azure writes it to ``append_row_to``.
+
+    List and tuple elements are written as ``str(element)`` and a newline; a DataFrame with
+    ``to_csv(sep=" ", header=False, index=False)``, updated by ``to_csv`` (the options of
+    ``parallel_run_step.settings.json``).
+
+    Parameters
+    ----------
+    value : list, tuple or pandas.DataFrame
+        What ``run()`` returned.
+    to_csv : mapping, optional
+        Overrides of the DataFrame ``to_csv`` options.
+
+    Returns
+    -------
+    bytes
+        UTF-8 text, every row ending in a newline.
+    """
+    if _is_dataframe(value):
+        options = {**_DEFAULT_TO_CSV, **(to_csv or {})}
+        options.pop("path_or_buf", None)
+        encoding = options.pop("encoding", "utf-8") or "utf-8"
+        if len(value) == 0:
+            return b""
+        text = value.to_csv(None, **options)
+        return text.encode(encoding)
+    return "".join(f"{item}\n" for item in value).encode("utf-8")
+
+
+def load_to_csv_options(code_dir: str) -> dict[str, Any]:
+    """Read ``parallel_run_step.settings.json`` in the code folder, if any.
+
+    Returns the ``{"append_row": {"pandas.DataFrame.to_csv": {...}}}`` options, or ``{}``.
+    Raises ValueError naming the file when it is not valid JSON of that shape.
+    """
+    path = os.path.join(code_dir, SETTINGS_FILE)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    options = (data.get("append_row") or {}).get("pandas.DataFrame.to_csv") or {}
+    if not isinstance(options, dict):
+        raise ValueError(
+            f'{path}: "append_row" -> "pandas.DataFrame.to_csv" must be an object of to_csv '
+            'options, such as {"sep": ","}'
+        )
+    return options

@@ -1,0 +1,101 @@
+"""Outcome records: what one try of one mini-batch did, as a small picklable value.
+
+Workers never raise to the driver; every try ends in a :class:`TryRecord` (STYLE item 4,
+DESIGN decision 5). The statuses are SPEC section 6's names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+__all__ = ["FINAL_STATES", "RETRYABLE", "Status", "TryRecord"]
+
+
+class Status:
+    """Status names of one try (SPEC section 6)."""
+
+    RUN_DONE = "RUN_DONE"
+    EMPTY = "EMPTY"
+    RUN_EXCEPTION = "RUN_EXCEPTION"
+    WRONG_RETURN = "WRONG_RETURN"
+    RUN_TIMEOUT = "RUN_TIMEOUT"
+    PROCESS_DIED = "PROCESS_DIED"
+    LOAD_ERROR = "LOAD_ERROR"
+    LOAD_TIMEOUT = "LOAD_TIMEOUT"
+    INIT_FAILED = "INIT_FAILED"
+    # The try found itself already claimed (Dask ran its task a second time); it did nothing.
+    DUPLICATE = "DUPLICATE"
+
+
+RETRYABLE = frozenset(
+    {
+        Status.RUN_EXCEPTION,
+        Status.WRONG_RETURN,
+        Status.RUN_TIMEOUT,
+        Status.PROCESS_DIED,
+        Status.LOAD_ERROR,
+        Status.LOAD_TIMEOUT,
+    }
+)
+SUCCEEDED = frozenset({Status.RUN_DONE, Status.EMPTY})
+
+# Mini-batch states in the ledger (SPEC section 7).
+FINAL_STATES = ("DONE", "FAILED", "CANCELLED")
+
+ERROR_CATEGORY = {
+    Status.RUN_EXCEPTION: "UserError",
+    Status.WRONG_RETURN: "UserError",
+    Status.INIT_FAILED: "UserError",
+    Status.RUN_TIMEOUT: "Timeout",
+    Status.LOAD_TIMEOUT: "Timeout",
+    Status.LOAD_ERROR: "DataError",
+    Status.PROCESS_DIED: "ProcessDied",
+}
+
+
+@dataclass(frozen=True)
+class TryRecord:
+    """The outcome of one try.
+
+    ``total`` is the mini-batch's item count when known (files, or rows once read);
+    ``succeeded``/``failed`` follow SPEC section 6's table. ``part`` is the path of the
+    part file holding the rows this try wrote (append-row jobs), or None.
+    """
+
+    mb: int
+    try_no: int
+    status: str
+    total: int | None = None
+    succeeded: int = 0
+    failed: int = 0
+    node: str = ""
+    process: str = ""
+    start_time: float = 0.0
+    elapsed: float = 0.0
+    run_seconds: float = 0.0
+    error: str = ""
+    traceback: str = ""
+    part: str | None = None
+    warning: str = ""
+    # Set by the driver: the Dask key that ran it.
+    key: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status in SUCCEEDED
+
+    @property
+    def error_category(self) -> str:
+        return ERROR_CATEGORY.get(self.status, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TryRecord:
+        fields = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+    def with_(self, **changes: Any) -> TryRecord:
+        return replace(self, **changes)

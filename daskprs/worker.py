@@ -1,0 +1,201 @@
+"""What runs inside a Dask worker: one try of one mini-batch, through the worker's slot.
+
+``run_try`` is the function the driver submits (one Dask task per try, key
+``minibatch-00042-try1``). It claims the try atomically first, so a task that Dask runs a
+second time by itself (a retried task of a dead worker, a recomputed result) does nothing
+(DESIGN decision 2). Then it hands the mini-batch to the slot of this worker thread, whose
+child process runs the entry script, and returns a small :class:`TryRecord`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from daskprs.batches import MiniBatch
+from daskprs.child import ChildConfig
+from daskprs.outcome import Status, TryRecord
+from daskprs.slot import Deadlines, Slot
+
+__all__ = ["StepContext", "check_worker", "run_try", "stop_slots"]
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What every try of one step needs on a worker (picklable, small)."""
+
+    token: str
+    step: str
+    run_dir: str
+    code_dir: str
+    entry_script: str
+    argv: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    output_dir: str = ""
+    logging_level: str = "INFO"
+    append_row: bool = False
+    to_csv: dict[str, Any] = field(default_factory=dict)
+    deadlines: Deadlines = field(default_factory=Deadlines)
+    memory_limit: int | None = None
+    # Processes per emulated node on the embedded cluster (worker i is node i // n); None on
+    # an external cluster, where a node is a worker host.
+    local_concurrency: int | None = None
+
+    @property
+    def logs_dir(self) -> str:
+        return os.path.join(self.run_dir, "logs")
+
+    @property
+    def parts_dir(self) -> str:
+        return os.path.join(self.run_dir, "steps", self.step, "parts")
+
+    @property
+    def claims_dir(self) -> str:
+        return os.path.join(self.run_dir, "steps", self.step, "claims")
+
+
+_SLOTS: dict[tuple[str, int], Slot] = {}
+_LOCK = threading.Lock()
+
+
+def _identity(ctx: StepContext) -> tuple[str, str]:
+    """The node and process names of the calling worker thread (SPEC section 6)."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return "node000", f"process{threading.get_ident() % 1000:03d}"
+    name = worker.name
+    nthreads = worker.state.nthreads
+    suffix = ""
+    if nthreads > 1:
+        suffix = f"-t{threading.get_ident() % 10000:04d}"
+    if ctx.local_concurrency and isinstance(name, int):
+        node = f"node{name // ctx.local_concurrency:03d}"
+        return node, f"process{name % ctx.local_concurrency:03d}{suffix}"
+    host = worker.address.split("://")[-1].rsplit(":", 1)[0]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+    return host, f"process-{safe}{suffix}"
+
+
+def _slot(ctx: StepContext) -> Slot:
+    key = (ctx.token, threading.get_ident())
+    with _LOCK:
+        slot = _SLOTS.get(key)
+        if slot is None:
+            node, process = _identity(ctx)
+            cache = os.path.join(tempfile.gettempdir(), f"daskprs-cache-{ctx.token}-{process}")
+            config = ChildConfig(
+                code_dir=ctx.code_dir,
+                entry_script=ctx.entry_script,
+                argv=ctx.argv,
+                env=dict(ctx.env),
+                node=node,
+                process=process,
+                logs_dir=ctx.logs_dir,
+                output_dir=ctx.output_dir,
+                logging_level=ctx.logging_level,
+                cache_dir=cache,
+                to_csv=dict(ctx.to_csv),
+            )
+            slot = _SLOTS[key] = Slot(config, ctx.memory_limit)
+    return slot
+
+
+def _claim(ctx: StepContext, mb: int, try_key: str) -> bool:
+    """Atomically mark this try as started; False when it already was."""
+    path = os.path.join(ctx.claims_dir, f"{mb:05d}.{try_key}")
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    except FileNotFoundError:
+        os.makedirs(ctx.claims_dir, exist_ok=True)
+        return _claim(ctx, mb, try_key)
+    os.close(fd)
+    return True
+
+
+def run_try(ctx: StepContext, batch: MiniBatch, try_no: int, try_key: str) -> TryRecord:
+    """Run one try of one mini-batch in this worker's slot and return its record.
+
+    Parameters
+    ----------
+    ctx : StepContext
+        The step's settings.
+    batch : MiniBatch
+        The mini-batch descriptor.
+    try_no : int
+        The try number (1 for the first try).
+    try_key : str
+        Unique among all submissions of the run (``s0t1``); names the claim and the part.
+    """
+    start = time.time()
+    if not _claim(ctx, batch.index, try_key):
+        return TryRecord(
+            mb=batch.index,
+            try_no=try_no,
+            status=Status.DUPLICATE,
+            start_time=start,
+            error="this try was already started elsewhere; Dask ran its task a second time",
+        )
+    slot = _slot(ctx)
+    part = None
+    if ctx.append_row:
+        part = os.path.join(ctx.parts_dir, f"{batch.index:05d}.{try_key}.part")
+    task = {"batch": batch, "try_no": try_no, "part": part}
+    result = slot.run(task, ctx.deadlines)
+    result.pop("mb", None)
+    result.pop("try_no", None)
+    record = TryRecord(
+        mb=batch.index,
+        try_no=try_no,
+        node=slot.config.node,
+        process=slot.config.process,
+        start_time=start,
+        elapsed=time.time() - start,
+        **result,
+    )
+    return record
+
+
+def stop_slots(token: str, kill: bool = False) -> int:
+    """Stop (``shutdown()``, then exit) or kill every slot of run ``token`` in this process."""
+    with _LOCK:
+        slots = [(k, s) for k, s in _SLOTS.items() if k[0] == token]
+        for k, _ in slots:
+            del _SLOTS[k]
+    for _, slot in slots:
+        if kill:
+            slot.kill()
+        else:
+            slot.stop()
+    return len(slots)
+
+
+def kill_running(token: str) -> int:
+    """Kill the children of run ``token`` now, without removing the slots (used on abort)."""
+    with _LOCK:
+        slots = [s for k, s in _SLOTS.items() if k[0] == token]
+    for slot in slots:
+        if slot.proc is not None and slot.proc.poll() is None:
+            try:
+                slot.proc.kill()
+            except ProcessLookupError:
+                pass
+    return len(slots)
+
+
+def check_worker(paths: tuple[str, ...]) -> dict[str, Any]:
+    """Run on each worker before a job on an external cluster: version and visible paths."""
+    import daskprs
+
+    return {
+        "version": daskprs.__version__,
+        "missing": [p for p in paths if "://" not in p and not os.path.exists(p)],
+    }
