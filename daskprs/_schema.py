@@ -3,14 +3,20 @@
 A schema is a dict from key to what its value may hold: ``LEAF`` (any scalar or list),
 ``FREE`` (a mapping with keys of the user's choosing: ``inputs``, ``tags``, ...), or a nested
 schema dict. The key lists follow the azure-ai-ml package's marshmallow schemas
-(``azure/ai/ml/_schema/...``): a key Azure accepts is never an error here. Used only by
-:mod:`daskprs.spec`.
+(``azure/ai/ml/_schema/...``): a key Azure accepts is never an error here. The checks of values
+(integers, ranges, enums) and the collector of problems, notes and warnings are here too. Used
+only by :mod:`daskprs.spec`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal
+
+from daskprs.errors import Problem
 
 LEAF = "leaf"
 FREE = "free"
@@ -187,6 +193,9 @@ OUTPUT_MODES = ("rw_mount", "upload", "direct")
 LOGGING_LEVELS = ("DEBUG", "INFO", "WARNING")
 NODE_TYPES = ("parallel", "command")
 MAX_TIMEOUT = 259200
+SIZE = re.compile(r"(\d+)(kb|mb|gb|rows)?", re.I)
+SIZE_FORMS = '"10" (files or bytes), "10kb", "1mb", "2gb" (x1024), "5000rows"'
+UNITS = ("kb", "mb", "gb")
 
 # Keys that only matter on Azure: accepted, reported once as not applied, with the reason.
 AZURE_ONLY = {
@@ -266,3 +275,252 @@ def edit_distance(a: str, b: str) -> int:
             current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
         previous = current
     return previous[-1]
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def size_hint(value: object) -> str:
+    """The right form of a ``mini_batch_size`` the user got wrong, as a hint."""
+    forms = f"write digits with an optional unit: {SIZE_FORMS}"
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        return forms
+    text = str(value).strip().lower()
+    compact = text.replace(" ", "")
+    if compact != text and SIZE.fullmatch(compact):
+        return f'no spaces: "{compact}"'
+    if isinstance(value, int | float) and value < 0:
+        return f"it cannot be negative; {forms}"
+    decimal = re.fullmatch(r"(\d*\.\d+)(kb|mb|gb)?", compact)
+    if decimal:
+        unit = decimal[2] or ""
+        if unit:
+            index = UNITS.index(unit)
+            smaller = UNITS[index - 1] if index else ""
+            return f'use whole numbers: "{round(float(decimal[1]) * 1024)}{smaller}"'
+        return f'use whole numbers, e.g. "{round(float(decimal[1]))}"'
+    other = re.fullmatch(r"(\d+)([a-z]+)", compact)
+    if other:
+        number, unit = int(other[1]), other[2]
+        if unit == "tb":
+            return f'units are kb, mb and gb: "{number * 1024}gb"'
+        if unit in ("k", "m", "g"):
+            return f'write "{number}{unit}b"'
+        if unit in ("b", "bytes"):
+            return f'a bare number of bytes is "{number}"'
+        if unit in ("row", "r", "lines"):
+            return f'write "{number}rows"'
+    return forms
+
+
+def place(prefix: str, *keys: object) -> str:
+    """The dotted YAML place of ``keys`` under ``prefix`` (``"comp.yml: "`` for other files)."""
+    tail = ".".join(str(k) for k in keys)
+    if prefix.endswith(": "):
+        return prefix + tail if tail else prefix[:-2]
+    if not prefix:
+        return tail
+    return f"{prefix}.{tail}" if tail else prefix
+
+
+@dataclass(frozen=True)
+class At:
+    """Where a piece of YAML sits: its place prefix and the folder relative paths start from."""
+
+    prefix: str
+    base: str
+
+    def __call__(self, *keys: object) -> str:
+        return place(self.prefix, *keys)
+
+
+@dataclass
+class Context:
+    """What loading one job file knows and has found.
+
+    Where it runs (``cwd``, ``run_dir``, ``run_name``), the configuration (``datastores``,
+    ``computes``, ``default_datastore``), and the problems, notes and warnings collected so
+    far, each kept once.
+    """
+
+    cwd: str
+    run_dir: str
+    run_name: str
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    datastores: dict[str, str] = field(default_factory=dict)
+    computes: dict[str, str] = field(default_factory=dict)
+    default_datastore: str = "workspaceblobstore"
+    noted_computes: set[str] = field(default_factory=set)
+
+    def problem(self, place: str, message: str, hint: str = "") -> None:
+        problem = Problem(place, message, hint)
+        if problem not in self.problems:
+            self.problems.append(problem)
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
+
+    def not_applied(self, place: str, key: str, value: object) -> None:
+        shown = f"{value}" if isinstance(value, str | int | float) and value != "" else key
+        self.note(f"{place}: {shown} is not applied: {AZURE_ONLY[key]}")
+
+
+def suggest(word: str, known: object, what: str = "key") -> str:
+    names = sorted(str(k) for k in known)  # type: ignore[attr-defined]
+    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean `{close[0]}`?"
+    return f"known {what}s: {', '.join(names)}" if names else ""
+
+
+def kind_of(value: object) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string"}.get(type(value), repr(value))
+
+
+def check_keys(data: Mapping, schema: Schema, at: At, keys: tuple, ctx: Context) -> None:
+    """Report every unknown key of ``data`` (recursively) with the closest known one."""
+    for key, value in data.items():
+        place = at(*keys, key)
+        if key not in schema:
+            ctx.problem(place, "unknown key", suggest(str(key), schema))
+            continue
+        sub = schema[key]
+        if value is None or sub is LEAF:
+            continue
+        if key == "environment" and isinstance(value, str):
+            continue
+        if not isinstance(value, Mapping):
+            if isinstance(sub, dict) or sub is FREE:
+                ctx.problem(place, f"must be a mapping, not {kind_of(value)}")
+            continue
+        if isinstance(sub, dict):
+            check_keys(value, sub, at, (*keys, key), ctx)
+
+
+def as_int(value: object, place: str, ctx: Context, low: int | None) -> int | None:
+    """``value`` as an integer >= ``low`` (YAML ints and digit strings), else a problem."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        number = int(value)
+    if number is None:
+        ctx.problem(
+            place,
+            f"must be an integer, not {value!r}",
+            "" if low is None else f"an integer >= {low}",
+        )
+        return None
+    if low is not None and number < low:
+        ctx.problem(place, f"must be >= {low}, not {number}")
+        return None
+    return number
+
+
+def as_float(
+    value: object,
+    place: str,
+    ctx: Context,
+    arg: RuntimeArg,
+    hint: str = "a number of seconds, e.g. 60",
+) -> float | None:
+    """``value`` as a number in the range ``arg`` allows, else a problem."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        ctx.problem(place, f"must be a number, not {value!r}", hint)
+        return None
+    low, high = arg.low, arg.high
+    if low is not None and (number < low or (arg.low_open and number == low)):
+        bound = f"> {low:g}" if arg.low_open else f">= {low:g}"
+        ctx.problem(
+            place, f"must be {bound}, not {value}", f"range ({low:g}, {high:g}]" if high else ""
+        )
+        return None
+    if high is not None and number > high:
+        ctx.problem(place, f"must be <= {high:g}, not {value}", f"range ({low:g}, {high:g}]")
+        return None
+    return number
+
+
+def as_bool(value: object, place: str, ctx: Context) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    ctx.problem(place, f"must be true or false, not {value!r}")
+    return None
+
+
+def as_level(value: object, place: str, ctx: Context) -> str | None:
+    if isinstance(value, str) and value.strip().upper() in LOGGING_LEVELS:
+        return value.strip().upper()
+    ctx.problem(place, f"{value!r} is not a logging level", "allowed: " + ", ".join(LOGGING_LEVELS))
+    return None
+
+
+def check_literal(value: object, spec: Mapping, place: str, ctx: Context) -> object:
+    """Check a literal input value against its declared ``type``, ``enum``, ``min``, ``max``."""
+    kind = spec.get("type")
+    if kind == "integer":
+        value = as_int(value, place, ctx, low=None)
+    elif kind == "number":
+        value = as_float(value, place, ctx, RuntimeArg(None, "float"), "a number")
+    elif kind == "boolean":
+        value = as_bool(value, place, ctx)
+    elif kind == "string" and isinstance(value, int | float | bool):
+        value = str(value)
+    if value is None:
+        return None
+    enum = spec.get("enum")
+    if isinstance(enum, list) and str(value) not in [str(e) for e in enum]:
+        ctx.problem(
+            place,
+            f"{value!r} is not one of the allowed values",
+            "allowed: " + ", ".join(map(str, enum)),
+        )
+    for bound, bad in (("min", lambda v, b: v < b), ("max", lambda v, b: v > b)):
+        limit = spec.get(bound)
+        if limit is not None and isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                if bad(value, float(limit)):
+                    ctx.problem(place, f"{value} is outside the declared {bound} {limit}")
+            except ValueError:
+                pass
+    return value
+
+
+# --------------------------------------------------------------------------- inputs, outputs
+
+
+def data_type(kind: object, place: str, ctx: Context, outputs: bool = False) -> str | None:
+    if kind in DATA_TYPES:
+        return str(kind)
+    if kind in MODEL_TYPES:
+        ctx.note(f"{place}: type {kind} is read as a uri_folder")
+        return "uri_folder"
+    allowed = [*DATA_TYPES] if outputs else [*DATA_TYPES, *LITERAL_TYPES]
+    ctx.problem(place, f"unknown type {kind!r}", suggest(str(kind), allowed, "type"))
+    return None
+
+
+def check_mode(
+    mode: object, place: str, ctx: Context, allowed: tuple[str, ...], default: str
+) -> str:
+    if mode is None:
+        return default
+    if mode not in allowed:
+        ctx.problem(place, f"unknown mode {mode!r}", "allowed: " + ", ".join(allowed))
+        return default
+    return str(mode)

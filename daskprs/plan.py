@@ -353,8 +353,15 @@ class _Prober:
         self.buf_start = pos
         self.bytes_read += len(self.buf)
 
+    def _byte(self, pos: int) -> bytes:
+        if not self.buf_start <= pos < self.buf_start + len(self.buf):
+            self._fill(pos, _PROBE_BYTES)
+        i = pos - self.buf_start
+        return self.buf[i : i + 1]
+
     def line_end(self, pos: int) -> int | None:
-        """The offset just past the first ``\\n`` at or after ``pos``; None if there is none."""
+        """The offset just past the first ``\\n`` at or after ``pos``, moved past any blank
+        lines that follow (so the next range starts with a row); None if there is none."""
         window = _PROBE_BYTES
         while pos < self.size:
             if not self.buf_start <= pos < self.buf_start + len(self.buf):
@@ -364,9 +371,20 @@ class _Prober:
                 window = min(window * 2, _PROBE_MAX)
             i = self.buf.find(b"\n", pos - self.buf_start)
             if i >= 0:
-                return self.buf_start + i + 1
+                return self._skip_blank(self.buf_start + i + 1)
             pos = self.buf_start + len(self.buf)
         return None
+
+    def _skip_blank(self, end: int) -> int:
+        while end < self.size:
+            b = self._byte(end)
+            if b == b"\n":
+                end += 1
+            elif b == b"\r" and end + 1 < self.size and self._byte(end + 1) == b"\n":
+                end += 2
+            else:
+                break
+        return end
 
 
 _QUOTED = re.compile(rb'"[^"]*(?:"|\Z)|\n')

@@ -48,12 +48,8 @@ NOT_YET_APPLIED = frozenset({"partition_keys", "--resource_monitor_interval", "-
 
 _BINDING = re.compile(r"\$\{\{\s*([^{}]*?)\s*\}\}")
 _OPTIONAL_BLOCK = re.compile(r"\$\[\[(.*?)\]\]", re.S)
-_SIZE = re.compile(r"(\d+)(kb|mb|gb|rows)?", re.I)
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _DATASTORE_URI = re.compile(r"^azureml://datastores/([^/]+)/paths/?(.*)$")
-_SIZE_FORMS = '"10" (files or bytes), "10kb", "1mb", "2gb" (x1024), "5000rows"'
-_UNITS = ("kb", "mb", "gb")
-_RUNTIME_NODE_FIELDS = ("max_retries", "timeout", "error_threshold", "mini_batch_error_threshold")
 
 
 class _Absent:
@@ -64,6 +60,8 @@ class _Absent:
 
 
 _ABSENT = _Absent()
+# The value of an input or output that has a problem of its own: using it reports nothing more.
+_FAILED = object()
 
 
 # --------------------------------------------------------------------------- public API
@@ -174,118 +172,20 @@ def parse_mini_batch_size(value: object) -> MiniBatchSize:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return MiniBatchSize(value, "count", str(value))
     if isinstance(value, str):
-        match = _SIZE.fullmatch(value)
+        match = S.SIZE.fullmatch(value)
         if match:
             number, unit = int(match[1]), (match[2] or "").lower()
             if not unit:
                 return MiniBatchSize(number, "count", value)
             if unit == "rows":
                 return MiniBatchSize(number, "rows", value)
-            return MiniBatchSize(number * 1024 ** (_UNITS.index(unit) + 1), "bytes", value)
-    raise _SizeError(f"{value!r} is not a valid mini_batch_size", _size_hint(value))
+            return MiniBatchSize(number * 1024 ** (S.UNITS.index(unit) + 1), "bytes", value)
+    raise _SizeError(f"{value!r} is not a valid mini_batch_size", S.size_hint(value))
 
 
-def _size_hint(value: object) -> str:
-    forms = f"write digits with an optional unit: {_SIZE_FORMS}"
-    if not isinstance(value, str | int | float) or isinstance(value, bool):
-        return forms
-    text = str(value).strip().lower()
-    compact = text.replace(" ", "")
-    if compact != text and _SIZE.fullmatch(compact):
-        return f'no spaces: "{compact}"'
-    if isinstance(value, int | float) and value < 0:
-        return f"it cannot be negative; {forms}"
-    decimal = re.fullmatch(r"(\d*\.\d+)(kb|mb|gb)?", compact)
-    if decimal:
-        unit = decimal[2] or ""
-        if unit:
-            index = _UNITS.index(unit)
-            smaller = _UNITS[index - 1] if index else ""
-            return f'use whole numbers: "{round(float(decimal[1]) * 1024)}{smaller}"'
-        return f'use whole numbers, e.g. "{round(float(decimal[1]))}"'
-    other = re.fullmatch(r"(\d+)([a-z]+)", compact)
-    if other:
-        number, unit = int(other[1]), other[2]
-        if unit == "tb":
-            return f'units are kb, mb and gb: "{number * 1024}gb"'
-        if unit in ("k", "m", "g"):
-            return f'write "{number}{unit}b"'
-        if unit in ("b", "bytes"):
-            return f'a bare number of bytes is "{number}"'
-        if unit in ("row", "r", "lines"):
-            return f'write "{number}rows"'
-    return forms
-
-
-# --------------------------------------------------------------------------- context
-
-
-def _place(prefix: str, *keys: object) -> str:
-    """The dotted YAML place of ``keys`` under ``prefix`` (``"comp.yml: "`` for other files)."""
-    tail = ".".join(str(k) for k in keys)
-    if prefix.endswith(": "):
-        return prefix + tail if tail else prefix[:-2]
-    if not prefix:
-        return tail
-    return f"{prefix}.{tail}" if tail else prefix
-
-
-@dataclass(frozen=True)
-class _At:
-    """Where a piece of YAML sits: its place prefix and the folder relative paths start from."""
-
-    prefix: str
-    base: str
-
-    def __call__(self, *keys: object) -> str:
-        return _place(self.prefix, *keys)
-
-
-@dataclass
-class _Ctx:
-    cwd: str
-    run_dir: str
-    run_name: str
-    problems: list[Problem] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    datastores: dict[str, str] = field(default_factory=dict)
-    computes: dict[str, str] = field(default_factory=dict)
-    default_datastore: str = "workspaceblobstore"
-    noted_computes: set[str] = field(default_factory=set)
-
-    def problem(self, place: str, message: str, hint: str = "") -> None:
-        problem = Problem(place, message, hint)
-        if problem not in self.problems:
-            self.problems.append(problem)
-
-    def note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
-
-    def warn(self, text: str) -> None:
-        if text not in self.warnings:
-            self.warnings.append(text)
-
-    def not_applied(self, place: str, key: str, value: object) -> None:
-        shown = f"{value}" if isinstance(value, str | int | float) and value != "" else key
-        self.note(f"{place}: {shown} is not applied: {S.AZURE_ONLY[key]}")
-
-    def not_yet(self, place: str, name: str) -> None:
-        if name in NOT_YET_APPLIED:
-            self.note(f"{place}: {name} is accepted but not yet applied")
-
-
-def _suggest(word: str, known: object, what: str = "key") -> str:
-    names = sorted(str(k) for k in known)  # type: ignore[attr-defined]
-    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
-    if close:
-        return f"did you mean `{close[0]}`?"
-    return f"known {what}s: {', '.join(names)}" if names else ""
-
-
-def _kind(value: object) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string"}.get(type(value), repr(value))
+def _not_yet(ctx: S.Context, place: str, name: str) -> None:
+    if name in NOT_YET_APPLIED:
+        ctx.note(f"{place}: {name} is accepted but not yet applied")
 
 
 # --------------------------------------------------------------------------- loading
@@ -302,12 +202,12 @@ def _load(
     env = os.environ if env is None else env
     source = os.path.abspath(os.fspath(path))
     run_dir = os.path.abspath(run_dir or os.path.join("daskprs-runs", Path(source).stem))
-    ctx = _Ctx(os.getcwd(), run_dir, run_name or os.path.basename(run_dir))
+    ctx = S.Context(os.getcwd(), run_dir, run_name or os.path.basename(run_dir))
     doc = _read_yaml(source, "", ctx)
     if doc is None:
         return None, ctx.problems, ctx.notes, ctx.warnings
     if not isinstance(doc, dict):
-        ctx.problem("", f"the job file must be a YAML mapping, not {_kind(doc)}")
+        ctx.problem("", f"the job file must be a YAML mapping, not {S.kind_of(doc)}")
         return None, ctx.problems, ctx.notes, ctx.warnings
     _load_config(config, os.path.dirname(source), env, ctx)
     kind = _file_kind(doc, ctx)
@@ -315,7 +215,7 @@ def _load(
     continue_on_failure = False
     if kind is not None:
         _apply_sets(doc, sets, kind, Path(source).stem, ctx)
-        at = _At("", os.path.dirname(source))
+        at = S.At("", os.path.dirname(source))
         if kind == "pipeline":
             steps, continue_on_failure = _pipeline(doc, at, ctx)
         else:
@@ -335,7 +235,7 @@ def _load(
     return job, [], ctx.notes, ctx.warnings
 
 
-def _read_yaml(path: str, place: str, ctx: _Ctx) -> object | None:
+def _read_yaml(path: str, place: str, ctx: S.Context) -> object | None:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
@@ -355,7 +255,9 @@ def _read_yaml(path: str, place: str, ctx: _Ctx) -> object | None:
     return doc
 
 
-def _load_config(config: Mapping | None, job_dir: str, env: Mapping[str, str], ctx: _Ctx) -> None:
+def _load_config(
+    config: Mapping | None, job_dir: str, env: Mapping[str, str], ctx: S.Context
+) -> None:
     base, label = ctx.cwd, "daskprs.yaml"
     if config is None:
         home = env.get("HOME") or os.path.expanduser("~")
@@ -371,7 +273,7 @@ def _load_config(config: Mapping | None, job_dir: str, env: Mapping[str, str], c
                 config = loaded if loaded is not None else {}
                 break
     if not isinstance(config, Mapping):
-        ctx.problem(label, f"the configuration must be a mapping, not {_kind(config)}")
+        ctx.problem(label, f"the configuration must be a mapping, not {S.kind_of(config)}")
         return
     for key, target in (("datastores", ctx.datastores), ("computes", ctx.computes)):
         entries = config.get(key) or {}
@@ -385,7 +287,7 @@ def _load_config(config: Mapping | None, job_dir: str, env: Mapping[str, str], c
             target[str(name)] = value
 
 
-def _file_kind(doc: dict, ctx: _Ctx) -> str | None:
+def _file_kind(doc: dict, ctx: S.Context) -> str | None:
     kind = doc.get("type")
     if kind == "pipeline" or (kind is None and "jobs" in doc):
         return "pipeline"
@@ -399,30 +301,10 @@ def _file_kind(doc: dict, ctx: _Ctx) -> str | None:
     return None
 
 
-def _check_keys(data: Mapping, schema: S.Schema, at: _At, keys: tuple, ctx: _Ctx) -> None:
-    """Report every unknown key of ``data`` (recursively) with the closest known one."""
-    for key, value in data.items():
-        place = at(*keys, key)
-        if key not in schema:
-            ctx.problem(place, "unknown key", _suggest(str(key), schema))
-            continue
-        sub = schema[key]
-        if value is None or sub is S.LEAF:
-            continue
-        if key == "environment" and isinstance(value, str):
-            continue
-        if not isinstance(value, Mapping):
-            if isinstance(sub, dict) or sub is S.FREE:
-                ctx.problem(place, f"must be a mapping, not {_kind(value)}")
-            continue
-        if isinstance(sub, dict):
-            _check_keys(value, sub, at, (*keys, key), ctx)
-
-
 # --------------------------------------------------------------------------- --set
 
 
-def _apply_sets(doc: dict, sets: Sequence[str], kind: str, stem: str, ctx: _Ctx) -> None:
+def _apply_sets(doc: dict, sets: Sequence[str], kind: str, stem: str, ctx: S.Context) -> None:
     for item in sets:
         key, sep, text = str(item).partition("=")
         parts = [p.strip() for p in key.strip().split(".")]
@@ -440,7 +322,7 @@ def _apply_sets(doc: dict, sets: Sequence[str], kind: str, stem: str, ctx: _Ctx)
                 ctx.problem(
                     "--set",
                     f"{key}: the file has no input {parts[1]!r}",
-                    _suggest(parts[1], known, "input"),
+                    S.suggest(parts[1], known, "input"),
                 )
                 continue
             _set_input(inputs, parts[1], text, ctx)
@@ -450,7 +332,7 @@ def _apply_sets(doc: dict, sets: Sequence[str], kind: str, stem: str, ctx: _Ctx)
             jobs = doc.get("jobs") if isinstance(doc.get("jobs"), dict) else {}
             if len(parts) < 3 or parts[1] not in jobs or not isinstance(jobs[parts[1]], dict):
                 node = parts[1] if len(parts) > 1 else ""
-                ctx.problem("--set", f"{key}: no node {node!r}", _suggest(node, jobs, "node"))
+                ctx.problem("--set", f"{key}: no node {node!r}", S.suggest(node, jobs, "node"))
                 continue
             target, fields_ = jobs[parts[1]], parts[2:]
             schema = S.COMMAND_NODE if target.get("type") == "command" else S.PARALLEL_NODE
@@ -476,7 +358,7 @@ def _apply_sets(doc: dict, sets: Sequence[str], kind: str, stem: str, ctx: _Ctx)
         _set_nested(target, fields_, _scalar(text), key, ctx)
 
 
-def _set_path_known(fields_: list[str], schema: S.Schema, key: str, ctx: _Ctx) -> bool:
+def _set_path_known(fields_: list[str], schema: S.Schema, key: str, ctx: S.Context) -> bool:
     level: object = schema
     for index, name in enumerate(fields_):
         if level is S.FREE:
@@ -485,20 +367,20 @@ def _set_path_known(fields_: list[str], schema: S.Schema, key: str, ctx: _Ctx) -
             known = level if isinstance(level, dict) else ()
             where = ".".join(fields_[:index]) or "the node"
             ctx.problem(
-                "--set", f"{key}: {where} has no field {name!r}", _suggest(name, known, "field")
+                "--set", f"{key}: {where} has no field {name!r}", S.suggest(name, known, "field")
             )
             return False
         level = level[name]
     return True
 
 
-def _set_nested(target: dict, fields_: list[str], value: object, key: str, ctx: _Ctx) -> None:
+def _set_nested(target: dict, fields_: list[str], value: object, key: str, ctx: S.Context) -> None:
     for name in fields_[:-1]:
         child = target.get(name)
         if child is None:
             child = target[name] = {}
         if not isinstance(child, dict):
-            ctx.problem("--set", f"{key}: {name} is {_kind(child)}, not a mapping")
+            ctx.problem("--set", f"{key}: {name} is {S.kind_of(child)}, not a mapping")
             return
         target = child
     target[fields_[-1]] = value
@@ -528,7 +410,7 @@ def _cwd_path(text: str, cwd: str) -> str:
     return os.path.normpath(os.path.join(cwd, os.path.expanduser(text)))
 
 
-def _set_input(inputs: dict, name: str, text: str, ctx: _Ctx) -> None:
+def _set_input(inputs: dict, name: str, text: str, ctx: S.Context) -> None:
     """Bind input ``name`` to a ``--set`` value: a path for data inputs, else a literal."""
     entry = inputs.get(name)
     if isinstance(entry, Mapping):
@@ -561,7 +443,7 @@ def _parent(path: str) -> str:
     return os.path.dirname(path)
 
 
-def _resolve_path(raw: object, base: str, place: str, ctx: _Ctx) -> str | None:
+def _resolve_path(raw: object, base: str, place: str, ctx: S.Context) -> str | None:
     """An input or output path as an absolute local path or a URL (SPEC section 2)."""
     text = str(raw).strip()
     datastore = _DATASTORE_URI.match(text)
@@ -593,7 +475,7 @@ def _resolve_path(raw: object, base: str, place: str, ctx: _Ctx) -> str | None:
     return os.path.normpath(os.path.join(base, os.path.expanduser(text)))
 
 
-def _local_dir(raw: object, at: _At, key: tuple, ctx: _Ctx, what: str) -> str | None:
+def _local_dir(raw: object, at: S.At, key: tuple, ctx: S.Context, what: str) -> str | None:
     path = _resolve_path(raw, at.base, at(*key), ctx)
     if path is None:
         return None
@@ -622,12 +504,12 @@ def _full_binding(value: object) -> str | None:
 
 
 def _lookup(
-    expr: str, scope: Mapping[str, object], place: str, ctx: _Ctx, used: set[str]
+    expr: str, scope: Mapping[str, object], place: str, ctx: S.Context, used: set[str]
 ) -> object | None:
     expr = " ".join(expr.split())
     if expr in scope:
         used.add(expr)
-        return scope[expr]
+        return None if scope[expr] is _FAILED else scope[expr]
     if scope:
         close = difflib.get_close_matches(expr, list(scope), n=1, cutoff=0.6)
         hint = (
@@ -641,24 +523,30 @@ def _lookup(
     return None
 
 
+def _show(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _text(value: object) -> str:
     if isinstance(value, DataInput | Output):
         return value.path
     return str(value)
 
 
-def _bind_text(
-    text: str, scope: Mapping[str, object], place: str, ctx: _Ctx, used: set[str]
-) -> str:
-    """Substitute every ``${{...}}`` in ``text``; a ``$[[...]]`` block is dropped when an
-    optional input inside it has no value, else kept without its brackets."""
+def _drop_optional(text: str, scope: Mapping[str, object]) -> str:
+    """Drop each ``$[[...]]`` block holding an optional input without a value; unwrap the rest."""
 
     def block(match: re.Match) -> str:
-        inner = match[1]
-        for expr in _BINDING.findall(inner):
-            if scope.get(" ".join(expr.split())) is _ABSENT:
-                return ""
-        return inner
+        exprs = (" ".join(e.split()) for e in _BINDING.findall(match[1]))
+        return "" if any(scope.get(e) is _ABSENT for e in exprs) else match[1]
+
+    return _OPTIONAL_BLOCK.sub(block, text)
+
+
+def _bind_text(
+    text: str, scope: Mapping[str, object], place: str, ctx: S.Context, used: set[str]
+) -> str:
+    """Substitute every ``${{...}}`` in ``text`` (after :func:`_drop_optional`)."""
 
     def one(match: re.Match) -> str:
         value = _lookup(match[1], scope, place, ctx, used)
@@ -673,10 +561,10 @@ def _bind_text(
             return ""
         return _text(value)
 
-    return _BINDING.sub(one, _OPTIONAL_BLOCK.sub(block, text))
+    return _BINDING.sub(one, _drop_optional(text, scope))
 
 
-def _bind_value(value: object, scope: Mapping[str, object], place: str, ctx: _Ctx) -> object:
+def _bind_value(value: object, scope: Mapping[str, object], place: str, ctx: S.Context) -> object:
     """A scalar field: a whole binding gives the bound value, text gets substituted."""
     used: set[str] = set()
     expr = _full_binding(value)
@@ -691,138 +579,15 @@ def _bind_value(value: object, scope: Mapping[str, object], place: str, ctx: _Ct
     return value
 
 
-# --------------------------------------------------------------------------- values
-
-
-def _int(value: object, place: str, ctx: _Ctx, low: int | None) -> int | None:
-    number: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)
-    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-        number = int(value)
-    if number is None:
-        ctx.problem(
-            place,
-            f"must be an integer, not {value!r}",
-            "" if low is None else f"an integer >= {low}",
-        )
-        return None
-    if low is not None and number < low:
-        ctx.problem(place, f"must be >= {low}, not {number}")
-        return None
-    return number
-
-
-def _float(
-    value: object,
-    place: str,
-    ctx: _Ctx,
-    arg: S.RuntimeArg,
-    hint: str = "a number of seconds, e.g. 60",
-) -> float | None:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        ctx.problem(place, f"must be a number, not {value!r}", hint)
-        return None
-    low, high = arg.low, arg.high
-    if low is not None and (number < low or (arg.low_open and number == low)):
-        bound = f"> {low:g}" if arg.low_open else f">= {low:g}"
-        ctx.problem(
-            place, f"must be {bound}, not {value}", f"range ({low:g}, {high:g}]" if high else ""
-        )
-        return None
-    if high is not None and number > high:
-        ctx.problem(place, f"must be <= {high:g}, not {value}", f"range ({low:g}, {high:g}]")
-        return None
-    return number
-
-
-def _bool(value: object, place: str, ctx: _Ctx) -> bool | None:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    ctx.problem(place, f"must be true or false, not {value!r}")
-    return None
-
-
-def _level(value: object, place: str, ctx: _Ctx) -> str | None:
-    if isinstance(value, str) and value.strip().upper() in S.LOGGING_LEVELS:
-        return value.strip().upper()
-    ctx.problem(
-        place, f"{value!r} is not a logging level", "allowed: " + ", ".join(S.LOGGING_LEVELS)
-    )
-    return None
-
-
-def _literal(value: object, spec: Mapping, place: str, ctx: _Ctx) -> object:
-    """Check a literal input value against its declared ``type``, ``enum``, ``min``, ``max``."""
-    kind = spec.get("type")
-    if kind == "integer":
-        value = _int(value, place, ctx, low=None)
-    elif kind == "number":
-        value = _float(value, place, ctx, S.RuntimeArg(None, "float"), "a number")
-    elif kind == "boolean":
-        value = _bool(value, place, ctx)
-    elif kind == "string" and isinstance(value, int | float | bool):
-        value = str(value)
-    if value is None:
-        return None
-    enum = spec.get("enum")
-    if isinstance(enum, list) and str(value) not in [str(e) for e in enum]:
-        ctx.problem(
-            place,
-            f"{value!r} is not one of the allowed values",
-            "allowed: " + ", ".join(map(str, enum)),
-        )
-    for bound, bad in (("min", lambda v, b: v < b), ("max", lambda v, b: v > b)):
-        limit = spec.get(bound)
-        if limit is not None and isinstance(value, int | float) and not isinstance(value, bool):
-            try:
-                if bad(value, float(limit)):
-                    ctx.problem(place, f"{value} is outside the declared {bound} {limit}")
-            except ValueError:
-                pass
-    return value
-
-
-# --------------------------------------------------------------------------- inputs, outputs
-
-
-def _data_type(kind: object, place: str, ctx: _Ctx, outputs: bool = False) -> str | None:
-    if kind in S.DATA_TYPES:
-        return str(kind)
-    if kind in S.MODEL_TYPES:
-        ctx.note(f"{place}: type {kind} is read as a uri_folder")
-        return "uri_folder"
-    allowed = [*S.DATA_TYPES] if outputs else [*S.DATA_TYPES, *S.LITERAL_TYPES]
-    ctx.problem(place, f"unknown type {kind!r}", _suggest(str(kind), allowed, "type"))
-    return None
-
-
-def _mode(mode: object, place: str, ctx: _Ctx, allowed: tuple[str, ...], default: str) -> str:
-    if mode is None:
-        return default
-    if mode not in allowed:
-        ctx.problem(place, f"unknown mode {mode!r}", "allowed: " + ", ".join(allowed))
-        return default
-    return str(mode)
-
-
 def _input(
     name: str,
     raw: object,
     spec: Mapping,
-    at: _At,
+    at: S.At,
     scope: Mapping[str, object],
-    ctx: _Ctx,
+    ctx: S.Context,
     used: set[str],
-    spec_at: _At | None = None,
+    spec_at: S.At | None = None,
 ) -> object:
     """One input, bound: a :class:`DataInput`, a literal, ``_ABSENT`` or None (a problem).
 
@@ -833,15 +598,15 @@ def _input(
     if isinstance(raw, Mapping):
         for key in raw:
             if key not in S.INPUT_KEYS:
-                ctx.problem(_place(place, key), "unknown key", _suggest(str(key), S.INPUT_KEYS))
+                ctx.problem(S.place(place, key), "unknown key", S.suggest(str(key), S.INPUT_KEYS))
         kind = raw.get("type", spec.get("type"))
         mode = raw.get("mode", spec.get("mode"))
         if kind in S.LITERAL_TYPES or (kind is None and "path" not in raw):
             value = raw.get("value", raw.get("default"))
             if value is None:
                 return _missing(name, raw, spec, at, ctx, used, spec_at)
-            value = _bind_value(value, scope, _place(place, "value"), ctx)
-            return None if value is None else _literal(value, {**spec, **raw}, place, ctx)
+            value = _bind_value(value, scope, S.place(place, "value"), ctx)
+            return None if value is None else S.check_literal(value, {**spec, **raw}, place, ctx)
         path = raw.get("path", raw.get("default"))
         if path is None:
             return _missing(name, raw, spec, at, ctx, used, spec_at)
@@ -854,11 +619,17 @@ def _input(
     if kind in (*S.DATA_TYPES, *S.MODEL_TYPES) or (_full_binding(raw) and kind is None):
         return _data_input(name, raw, kind, spec.get("mode"), at, place, scope, ctx, used)
     raw = _bind_value(raw, scope, place, ctx)
-    return None if raw is None else _literal(raw, spec, place, ctx)
+    return None if raw is None else S.check_literal(raw, spec, place, ctx)
 
 
 def _missing(
-    name: str, raw: Mapping, spec: Mapping, at: _At, ctx: _Ctx, used: set[str], spec_at: _At | None
+    name: str,
+    raw: Mapping,
+    spec: Mapping,
+    at: S.At,
+    ctx: S.Context,
+    used: set[str],
+    spec_at: S.At | None,
 ) -> object:
     if spec and spec_at is not None and ("default" in spec or "path" in spec):
         return _input(name, spec, spec_at, {}, ctx, used)
@@ -877,10 +648,10 @@ def _data_input(
     path: object,
     kind: object,
     mode: object,
-    at: _At,
+    at: S.At,
     place: str,
     scope: Mapping[str, object],
-    ctx: _Ctx,
+    ctx: S.Context,
     used: set[str],
 ) -> object:
     expr = _full_binding(path)
@@ -905,29 +676,29 @@ def _data_input(
                 f"input path {resolved} does not exist",
                 "check the path; it is relative to the YAML file that gives it",
             )
-    data_type = _data_type(kind or "uri_folder", _place(place, "type"), ctx)
-    mode = _mode(mode, _place(place, "mode"), ctx, S.INPUT_MODES, default_mode)
+    data_type = S.data_type(kind or "uri_folder", S.place(place, "type"), ctx)
+    mode = S.check_mode(mode, S.place(place, "mode"), ctx, S.INPUT_MODES, default_mode)
     if resolved is None or data_type is None:
         return None
     return DataInput(name, data_type, resolved, mode)  # type: ignore[arg-type]
 
 
-def _definitions(raw: object, at: _At, key: str, ctx: _Ctx) -> dict[str, object]:
+def _definitions(raw: object, at: S.At, key: str, ctx: S.Context) -> dict[str, object]:
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        ctx.problem(at(key), f"must be a mapping, not {_kind(raw)}")
+        ctx.problem(at(key), f"must be a mapping, not {S.kind_of(raw)}")
         return {}
     return {str(k): v for k, v in raw.items()}
 
 
 def _inputs(
     defs: Mapping[str, object] | None,
-    def_at: _At,
+    def_at: S.At,
     vals: Mapping[str, object],
-    val_at: _At,
+    val_at: S.At,
     scope: Mapping[str, object],
-    ctx: _Ctx,
+    ctx: S.Context,
     used: set[str],
 ) -> dict[str, object]:
     """Bind a step's inputs: the component's definitions (None inline) and the values given."""
@@ -939,7 +710,7 @@ def _inputs(
             ctx.problem(
                 val_at("inputs", name),
                 "the component has no such input",
-                _suggest(name, defs, "input"),
+                S.suggest(name, defs, "input"),
             )
             continue
         if spec is not None and not isinstance(spec, Mapping):
@@ -948,14 +719,16 @@ def _inputs(
             for key in spec:
                 if key not in S.INPUT_KEYS:
                     ctx.problem(
-                        def_at("inputs", name, key), "unknown key", _suggest(str(key), S.INPUT_KEYS)
+                        def_at("inputs", name, key),
+                        "unknown key",
+                        S.suggest(str(key), S.INPUT_KEYS),
                     )
             kind = spec.get("type")
             if kind is not None and kind not in (*S.DATA_TYPES, *S.MODEL_TYPES, *S.LITERAL_TYPES):
                 ctx.problem(
                     def_at("inputs", name, "type"),
                     f"unknown type {kind!r}",
-                    _suggest(str(kind), [*S.DATA_TYPES, *S.LITERAL_TYPES], "type"),
+                    S.suggest(str(kind), [*S.DATA_TYPES, *S.LITERAL_TYPES], "type"),
                 )
                 continue
         if name in vals:
@@ -970,12 +743,12 @@ def _inputs(
 def _outputs(
     step: str,
     defs: Mapping[str, object] | None,
-    def_at: _At,
+    def_at: S.At,
     vals: Mapping[str, object],
-    val_at: _At,
+    val_at: S.At,
     parent: Mapping[str, object],
-    parent_at: _At,
-    ctx: _Ctx,
+    parent_at: S.At,
+    ctx: S.Context,
 ) -> dict[str, Output]:
     """Place a step's outputs: the given path, or ``<run_dir>/outputs/<step>/<output>``."""
     out: dict[str, Output] = {}
@@ -986,10 +759,10 @@ def _outputs(
             ctx.problem(
                 val_at("outputs", name),
                 "the component has no such output",
-                _suggest(name, defs, "output"),
+                S.suggest(name, defs, "output"),
             )
             continue
-        pieces: list[tuple[Mapping, _At, str]] = []
+        pieces: list[tuple[Mapping, S.At, str]] = []
         spec = (defs or {}).get(name)
         if isinstance(spec, Mapping):
             pieces.append((spec, def_at, def_at("outputs", name)))
@@ -999,7 +772,7 @@ def _outputs(
             target = expr.removeprefix("parent.outputs.")
             if not expr.startswith("parent.outputs.") or target not in parent:
                 hint = (
-                    _suggest(target, parent, "pipeline output")
+                    S.suggest(target, parent, "pipeline output")
                     if parent
                     else "a node output binds only ${{parent.outputs.<name>}}"
                 )
@@ -1012,7 +785,7 @@ def _outputs(
         elif raw is not None:
             ctx.problem(
                 val_at("outputs", name),
-                f"must be a mapping or ${{{{parent.outputs.<name>}}}}, not {_kind(raw)}",
+                f"must be a mapping or ${{{{parent.outputs.<name>}}}}, not {S.kind_of(raw)}",
             )
             continue
         merged: dict[str, object] = {}
@@ -1021,18 +794,20 @@ def _outputs(
             for key in piece:
                 if key not in S.OUTPUT_KEYS:
                     ctx.problem(
-                        _place(piece_place, key), "unknown key", _suggest(str(key), S.OUTPUT_KEYS)
+                        S.place(piece_place, key), "unknown key", S.suggest(str(key), S.OUTPUT_KEYS)
                     )
             merged.update(piece)
             if "path" in piece:
                 path_at, place = piece_at, piece_place
-        kind = _data_type(
-            merged.get("type", "uri_folder"), _place(place, "type"), ctx, outputs=True
+        kind = S.data_type(
+            merged.get("type", "uri_folder"), S.place(place, "type"), ctx, outputs=True
         )
-        mode = _mode(merged.get("mode"), _place(place, "mode"), ctx, S.OUTPUT_MODES, "rw_mount")
+        mode = S.check_mode(
+            merged.get("mode"), S.place(place, "mode"), ctx, S.OUTPUT_MODES, "rw_mount"
+        )
         if merged.get("path") is not None:
-            text = _bind_text(str(merged["path"]), scope, _place(place, "path"), ctx, set())
-            path = _resolve_path(text, path_at.base, _place(place, "path"), ctx)
+            text = _bind_text(str(merged["path"]), scope, S.place(place, "path"), ctx, set())
+            path = _resolve_path(text, path_at.base, S.place(place, "path"), ctx)
             explicit = True
         else:
             path, explicit = os.path.join(ctx.run_dir, "outputs", step, name), False
@@ -1051,10 +826,10 @@ class _Node:
     name: str
     type: str
     fields: dict[str, object]
-    origins: dict[tuple, _At]
-    at: _At
+    origins: dict[tuple, S.At]
+    at: S.At
     input_defs: Mapping[str, object] | None
-    def_at: _At
+    def_at: S.At
     input_vals: Mapping[str, object]
     output_defs: Mapping[str, object] | None
     output_vals: Mapping[str, object]
@@ -1062,17 +837,17 @@ class _Node:
     inputs: dict[str, object] = field(default_factory=dict)
     deps: set[str] = field(default_factory=set)
 
-    def origin(self, *keys: str) -> _At:
+    def origin(self, *keys: str) -> S.At:
         for length in (2, 1):
             if keys[:length] in self.origins:
                 return self.origins[keys[:length]]
         return self.at
 
 
-def _merge(component: Mapping, comp_at: _At, node: Mapping, node_at: _At) -> tuple[dict, dict]:
+def _merge(component: Mapping, comp_at: S.At, node: Mapping, node_at: S.At) -> tuple[dict, dict]:
     """A component's fields overridden by the node's (nested settings merged key by key)."""
     merged: dict[str, object] = {}
-    origins: dict[tuple, _At] = {}
+    origins: dict[tuple, S.At] = {}
     for source, at in ((component, comp_at), (node, node_at)):
         for key, value in source.items():
             if key in ("inputs", "outputs", "component"):
@@ -1089,11 +864,15 @@ def _merge(component: Mapping, comp_at: _At, node: Mapping, node_at: _At) -> tup
 
 
 def _component(
-    ref: object, node_at: _At, cache: dict[str, tuple[dict, _At] | None], root: str, ctx: _Ctx
-) -> tuple[dict, _At] | None:
+    ref: object,
+    node_at: S.At,
+    cache: dict[str, tuple[dict, S.At] | None],
+    root: str,
+    ctx: S.Context,
+) -> tuple[dict, S.At] | None:
     place = node_at("component")
     if isinstance(ref, Mapping):
-        comp, at = dict(ref), _At(place, node_at.base)
+        comp, at = dict(ref), S.At(place, node_at.base)
     elif isinstance(ref, str) and not ref.startswith("azureml:"):
         path = os.path.normpath(os.path.join(node_at.base, ref.removeprefix("file:")))
         if path in cache:
@@ -1110,9 +889,9 @@ def _component(
         if comp is None:
             return None
         label = os.path.relpath(path, root) if not os.path.isabs(ref) else path
-        at = _At(f"{label}: ", os.path.dirname(path))
+        at = S.At(f"{label}: ", os.path.dirname(path))
         if not isinstance(comp, dict):
-            ctx.problem(at(), f"a component file must be a YAML mapping, not {_kind(comp)}")
+            ctx.problem(at(), f"a component file must be a YAML mapping, not {S.kind_of(comp)}")
             return None
     else:
         ctx.problem(
@@ -1127,15 +906,17 @@ def _component(
             at("type"), f"component type {kind!r} is not supported", "allowed: parallel, command"
         )
         return None
-    _check_keys(comp, S.PARALLEL_FILE if kind == "parallel" else S.COMMAND_FILE, at, (), ctx)
+    S.check_keys(comp, S.PARALLEL_FILE if kind == "parallel" else S.COMMAND_FILE, at, (), ctx)
     if isinstance(ref, str):
         cache[path] = (comp, at)
     return comp, at
 
 
-def _make_node(name: str, raw: object, at: _At, cache: dict, root: str, ctx: _Ctx) -> _Node | None:
+def _make_node(
+    name: str, raw: object, at: S.At, cache: dict, root: str, ctx: S.Context
+) -> _Node | None:
     if not isinstance(raw, Mapping):
-        ctx.problem(at(), f"a node must be a mapping, not {_kind(raw)}")
+        ctx.problem(at(), f"a node must be a mapping, not {S.kind_of(raw)}")
         return None
     comp: Mapping = {}
     comp_at = at
@@ -1156,7 +937,7 @@ def _make_node(name: str, raw: object, at: _At, cache: dict, root: str, ctx: _Ct
     if comp and comp.get("type") != kind:
         ctx.problem(at("type"), f"the node is {kind!r} but its component is {comp.get('type')!r}")
         return None
-    _check_keys(raw, S.PARALLEL_NODE if kind == "parallel" else S.COMMAND_NODE, at, (), ctx)
+    S.check_keys(raw, S.PARALLEL_NODE if kind == "parallel" else S.COMMAND_NODE, at, (), ctx)
     fields_, origins = _merge(comp, comp_at, raw, at)
     return _Node(
         name=name,
@@ -1172,14 +953,14 @@ def _make_node(name: str, raw: object, at: _At, cache: dict, root: str, ctx: _Ct
     )
 
 
-def _pipeline(doc: dict, at: _At, ctx: _Ctx) -> tuple[list[ParallelStep | CommandStep], bool]:
-    _check_keys(doc, S.PIPELINE, at, (), ctx)
+def _pipeline(doc: dict, at: S.At, ctx: S.Context) -> tuple[list[ParallelStep | CommandStep], bool]:
+    S.check_keys(doc, S.PIPELINE, at, (), ctx)
     settings = doc.get("settings") if isinstance(doc.get("settings"), Mapping) else {}
     if settings.get("default_datastore"):
         ctx.default_datastore = str(settings["default_datastore"]).removeprefix("azureml:")
     continue_on_failure = False
     if settings.get("continue_on_step_failure") is not None:
-        value = _bool(
+        value = S.as_bool(
             settings["continue_on_step_failure"], "settings.continue_on_step_failure", ctx
         )
         continue_on_failure = bool(value)
@@ -1200,7 +981,7 @@ def _pipeline(doc: dict, at: _At, ctx: _Ctx) -> tuple[list[ParallelStep | Comman
         for key in entry if isinstance(entry, Mapping) else ():
             if key not in S.OUTPUT_KEYS:
                 ctx.problem(
-                    at("outputs", name, key), "unknown key", _suggest(str(key), S.OUTPUT_KEYS)
+                    at("outputs", name, key), "unknown key", S.suggest(str(key), S.OUTPUT_KEYS)
                 )
     jobs = doc.get("jobs")
     if not isinstance(jobs, Mapping) or not jobs:
@@ -1209,7 +990,7 @@ def _pipeline(doc: dict, at: _At, ctx: _Ctx) -> tuple[list[ParallelStep | Comman
     cache: dict = {}
     nodes: dict[str, _Node] = {}
     for name, raw in jobs.items():
-        node = _make_node(str(name), raw, _At(f"jobs.{name}", at.base), cache, at.base, ctx)
+        node = _make_node(str(name), raw, S.At(f"jobs.{name}", at.base), cache, at.base, ctx)
         if node is not None:
             nodes[node.name] = node
     for node in nodes.values():
@@ -1240,7 +1021,7 @@ def _pipeline(doc: dict, at: _At, ctx: _Ctx) -> tuple[list[ParallelStep | Comman
     return result, continue_on_failure
 
 
-def _order(deps: Mapping[str, set[str]], ctx: _Ctx) -> list[str]:
+def _order(deps: Mapping[str, set[str]], ctx: S.Context) -> list[str]:
     """Names in dependency order, keeping the YAML order where there is a choice."""
     order: list[str] = []
     done: set[str] = set()
@@ -1266,10 +1047,10 @@ def _order(deps: Mapping[str, set[str]], ctx: _Ctx) -> list[str]:
     return order
 
 
-def _single(doc: dict, at: _At, stem: str, ctx: _Ctx) -> list[ParallelStep | CommandStep]:
+def _single(doc: dict, at: S.At, stem: str, ctx: S.Context) -> list[ParallelStep | CommandStep]:
     """A parallel (or command) component file, or a bare ``type: parallel`` file."""
     kind = str(doc["type"])
-    _check_keys(doc, S.PARALLEL_FILE if kind == "parallel" else S.COMMAND_FILE, at, (), ctx)
+    S.check_keys(doc, S.PARALLEL_FILE if kind == "parallel" else S.COMMAND_FILE, at, (), ctx)
     name = str(doc.get("name") or stem)
     fields_, origins = _merge({}, at, doc, at)
     node = _Node(
@@ -1295,16 +1076,20 @@ def _single(doc: dict, at: _At, stem: str, ctx: _Ctx) -> list[ParallelStep | Com
 
 
 def _build(
-    node: _Node, scope: dict[str, object], default_compute: tuple[str, object], ctx: _Ctx
+    node: _Node, scope: dict[str, object], default_compute: tuple[str, object], ctx: S.Context
 ) -> ParallelStep | CommandStep | None:
     literal_inputs = {
         f"inputs.{k}": v for k, v in node.inputs.items() if not isinstance(v, DataInput)
     }
     field_scope = {**scope, **literal_inputs}
     body_scope: dict[str, object] = {f"inputs.{k}": v for k, v in node.inputs.items()}
-    for name in node.input_defs or {}:
-        body_scope.setdefault(f"inputs.{name}", _ABSENT)
     body_scope.update({f"outputs.{k}": v for k, v in node.outputs.items()})
+    for kind, declared in (
+        ("inputs", [*(node.input_defs or {}), *node.input_vals]),
+        ("outputs", [*(node.output_defs or {}), *node.output_vals]),
+    ):
+        for name in declared:
+            body_scope.setdefault(f"{kind}.{name}", _FAILED)
     _common_notes(node, ctx)
     compute = _compute(node, default_compute, ctx)
     env_vars = _environment_variables(node, body_scope, ctx)
@@ -1313,7 +1098,7 @@ def _build(
     return _parallel_step(node, field_scope, body_scope, env_vars, compute, ctx)
 
 
-def _common_notes(node: _Node, ctx: _Ctx) -> None:
+def _common_notes(node: _Node, ctx: S.Context) -> None:
     f = node.fields
     resources = f.get("resources") if isinstance(f.get("resources"), Mapping) else {}
     for key in ("instance_type", "shm_size", "docker_args", "max_instance_count", "locations"):
@@ -1339,7 +1124,7 @@ def _common_notes(node: _Node, ctx: _Ctx) -> None:
         ctx.not_applied(node.origin("task", "model")("task", "model"), "model", task["model"])
 
 
-def _compute(node: _Node, default: tuple[str, object], ctx: _Ctx) -> str | None:
+def _compute(node: _Node, default: tuple[str, object], ctx: S.Context) -> str | None:
     value = node.fields.get("compute")
     place = node.origin("compute")("compute") if value else default[0]
     value = value or default[1]
@@ -1357,7 +1142,9 @@ def _compute(node: _Node, default: tuple[str, object], ctx: _Ctx) -> str | None:
     return None
 
 
-def _environment_variables(node: _Node, scope: Mapping[str, object], ctx: _Ctx) -> dict[str, str]:
+def _environment_variables(
+    node: _Node, scope: Mapping[str, object], ctx: S.Context
+) -> dict[str, str]:
     raw = node.fields.get("environment_variables")
     if not isinstance(raw, Mapping):
         return {}
@@ -1370,7 +1157,7 @@ def _environment_variables(node: _Node, scope: Mapping[str, object], ctx: _Ctx) 
 
 
 def _command_step(
-    node: _Node, scope: Mapping[str, object], env_vars: dict[str, str], ctx: _Ctx
+    node: _Node, scope: Mapping[str, object], env_vars: dict[str, str], ctx: S.Context
 ) -> CommandStep | None:
     f = node.fields
     command = f.get("command")
@@ -1393,7 +1180,7 @@ def _command_step(
     )
 
 
-def _entry_script(code_dir: str, entry: object, at: _At, ctx: _Ctx) -> str | None:
+def _entry_script(code_dir: str, entry: object, at: S.At, ctx: S.Context) -> str | None:
     place = at("task", "entry_script")
     if not isinstance(entry, str) or not entry.strip():
         ctx.problem(
@@ -1452,7 +1239,7 @@ def _parallel_step(
     body_scope: Mapping[str, object],
     env_vars: dict[str, str],
     compute: str | None,
-    ctx: _Ctx,
+    ctx: S.Context,
 ) -> ParallelStep | None:
     f = node.fields
     task = f.get("task") if isinstance(f.get("task"), Mapping) else None
@@ -1490,13 +1277,15 @@ def _parallel_step(
     if resources.get("instance_count") is not None:
         place = node.origin("resources", "instance_count")("resources", "instance_count")
         instance_count = (
-            _int(_bind_value(resources["instance_count"], field_scope, place, ctx), place, ctx, 1)
+            S.as_int(
+                _bind_value(resources["instance_count"], field_scope, place, ctx), place, ctx, 1
+            )
             or 1
         )
     concurrency = None
     if f.get("max_concurrency_per_instance") is not None:
         place = node.origin("max_concurrency_per_instance")("max_concurrency_per_instance")
-        concurrency = _int(
+        concurrency = S.as_int(
             _bind_value(f["max_concurrency_per_instance"], field_scope, place, ctx), place, ctx, 1
         )
     keys: tuple[str, ...] = ()
@@ -1510,7 +1299,7 @@ def _parallel_step(
             )
         else:
             keys = tuple(raw_keys)
-            ctx.not_yet(place, "partition_keys")
+            _not_yet(ctx, place, "partition_keys")
     if mini_batch_size is not None and mini_batch_size.value == 0 and not keys:
         place = node.origin("mini_batch_size")("mini_batch_size")
         ctx.problem(
@@ -1552,7 +1341,7 @@ def _parallel_step(
     )
 
 
-def _input_data(node: _Node, ctx: _Ctx) -> DataInput | None:
+def _input_data(node: _Node, ctx: S.Context) -> DataInput | None:
     raw = node.fields.get("input_data")
     place = node.origin("input_data")("input_data")
     if raw is None:
@@ -1583,7 +1372,7 @@ def _input_data(node: _Node, ctx: _Ctx) -> DataInput | None:
 
 
 def _mini_batch_size(
-    node: _Node, scope: Mapping[str, object], input_data: DataInput | None, ctx: _Ctx
+    node: _Node, scope: Mapping[str, object], input_data: DataInput | None, ctx: S.Context
 ) -> MiniBatchSize | None:
     raw = node.fields.get("mini_batch_size")
     if raw is None:
@@ -1607,32 +1396,32 @@ def _mini_batch_size(
     return size
 
 
-def _node_settings(node: _Node, scope: Mapping[str, object], ctx: _Ctx) -> dict[str, object]:
+def _node_settings(node: _Node, scope: Mapping[str, object], ctx: S.Context) -> dict[str, object]:
     """The runtime settings given as node fields (bindings resolved, values checked)."""
     f = node.fields
     out: dict[str, object] = {}
     for key in ("error_threshold", "mini_batch_error_threshold"):
         if f.get(key) is not None:
             place = node.origin(key)(key)
-            value = _int(_bind_value(f[key], scope, place, ctx), place, ctx, -1)
+            value = S.as_int(_bind_value(f[key], scope, place, ctx), place, ctx, -1)
             if value is not None:
                 out[key] = value
     if f.get("logging_level") is not None:
         place = node.origin("logging_level")("logging_level")
         level = _bind_value(f["logging_level"], scope, place, ctx)
-        if level is not None and (level := _level(level, place, ctx)):
+        if level is not None and (level := S.as_level(level, place, ctx)):
             out["logging_level"] = level
     retry = f.get("retry_settings") if isinstance(f.get("retry_settings"), Mapping) else {}
     if retry.get("max_retries") is not None:
         place = node.origin("retry_settings", "max_retries")("retry_settings", "max_retries")
-        value = _int(_bind_value(retry["max_retries"], scope, place, ctx), place, ctx, 0)
+        value = S.as_int(_bind_value(retry["max_retries"], scope, place, ctx), place, ctx, 0)
         if value is not None:
             out["max_retries"] = value
     if retry.get("timeout") is not None:
         place = node.origin("retry_settings", "timeout")("retry_settings", "timeout")
         bound = _bind_value(retry["timeout"], scope, place, ctx)
         timeout = (
-            _float(bound, place, ctx, S.RUNTIME_ARGS["--run_invocation_timeout"])
+            S.as_float(bound, place, ctx, S.RUNTIME_ARGS["--run_invocation_timeout"])
             if bound is not None
             else None
         )
@@ -1642,7 +1431,7 @@ def _node_settings(node: _Node, scope: Mapping[str, object], ctx: _Ctx) -> dict[
 
 
 def _program_arguments(
-    raw: object, scope: Mapping[str, object], place: str, ctx: _Ctx
+    raw: object, scope: Mapping[str, object], place: str, ctx: S.Context
 ) -> tuple[str, ...]:
     """Split like a shell first, then bind inside each token (a path with a space stays one)."""
     if raw is None:
@@ -1651,22 +1440,17 @@ def _program_arguments(
         tokens = [str(t) for t in raw]
     else:
         try:
-            tokens = shlex.split(str(raw))
+            tokens = shlex.split(_drop_optional(str(raw), scope))
         except ValueError as err:
             ctx.problem(
                 place, f"cannot be split like a shell command line: {err}", "balance the quotes"
             )
             return ()
     used: set[str] = set()
-    out = []
-    for token in tokens:
-        bound = _bind_text(token, scope, place, ctx, used)
-        if bound or not token.startswith("$[["):
-            out.append(bound)
-    return tuple(out)
+    return tuple(_bind_text(token, scope, place, ctx, used) for token in tokens)
 
 
-def _runtime_args(argv: tuple[str, ...], place: str, ctx: _Ctx) -> dict[str, object]:
+def _runtime_args(argv: tuple[str, ...], place: str, ctx: S.Context) -> dict[str, object]:
     """The runtime arguments in ``argv``, by exact name (``--x v`` and ``--x=v``)."""
     found: dict[str, object] = {}
     index = 0
@@ -1695,13 +1479,13 @@ def _runtime_args(argv: tuple[str, ...], place: str, ctx: _Ctx) -> dict[str, obj
         arg_place = f"{place}: {name}"
         converted: object
         if arg.kind == "int":
-            converted = _int(value, arg_place, ctx, int(arg.low or 0))
+            converted = S.as_int(value, arg_place, ctx, int(arg.low or 0))
         elif arg.kind == "tries":
-            converted = _int(value, arg_place, ctx, 1)
+            converted = S.as_int(value, arg_place, ctx, 1)
         elif arg.kind == "float":
-            converted = _float(value, arg_place, ctx, arg)
+            converted = S.as_float(value, arg_place, ctx, arg)
         elif arg.kind == "level":
-            converted = _level(value, arg_place, ctx)
+            converted = S.as_level(value, arg_place, ctx)
         else:
             converted = value
         if converted is not None:
@@ -1710,7 +1494,7 @@ def _runtime_args(argv: tuple[str, ...], place: str, ctx: _Ctx) -> dict[str, obj
 
 
 def _runtime_settings(
-    node: _Node, given: dict[str, object], argv: tuple[str, ...], place: str, ctx: _Ctx
+    node: _Node, given: dict[str, object], argv: tuple[str, ...], place: str, ctx: S.Context
 ) -> RuntimeSettings | None:
     values = dict(given)
     for name, value in _runtime_args(argv, place, ctx).items():
@@ -1718,13 +1502,13 @@ def _runtime_settings(
         if arg.field is None:
             ctx.note(f"{place}: {name} accepted; {S.RUNTIME_ARG_NOTES[name]}")
             continue
-        ctx.not_yet(place, name)
+        _not_yet(ctx, place, name)
         setting = value - 1 if arg.kind == "tries" else value  # type: ignore[operator]
         if arg.field in given and given[arg.field] != setting:
             node_place = node.origin(*arg.node_field.split("."))(*arg.node_field.split("."))  # type: ignore[union-attr]
             ctx.warn(
-                f"{node_place} is {given[arg.field]} but program_arguments give {name} {value}; "
-                f"using the program argument ({arg.field} = {setting})"
+                f"{node_place} is {_show(given[arg.field])} but program_arguments give {name} "
+                f"{_show(value)}; using the program argument ({arg.field} = {_show(setting)})"
             )
         values[arg.field] = setting
     try:
@@ -1733,7 +1517,7 @@ def _runtime_settings(
         raise RuntimeError(f"daskprs.spec and RuntimeSettings disagree: {err}") from err
 
 
-def _append_row_to(node: _Node, raw: object, ctx: _Ctx) -> str | None:
+def _append_row_to(node: _Node, raw: object, ctx: S.Context) -> str | None:
     if raw is None:
         return None
     place = node.origin("task", "append_row_to")("task", "append_row_to")

@@ -490,6 +490,25 @@ def test_unresolved_bindings_are_named(folder: Path):
     assert any(p.place == "jobs.score.task.append_row_to" for p in problems)
 
 
+def test_a_failed_input_is_reported_once(folder: Path):
+    job_file = pipeline(
+        folder,
+        """
+        inputs:
+          data: {type: uri_folder, path: ./nodata}
+        outputs:
+          out: {type: uri_flder}
+        task:
+          type: run_function
+          code: ./src
+          entry_script: score.py
+          program_arguments: --in ${{inputs.data}} --out ${{outputs.out}}
+        """,
+    )
+    problems = problems_of(job_file)
+    assert places(problems) == ["jobs.score.outputs.out.type", "jobs.score.inputs.data"]
+
+
 def test_input_data_must_bind_a_data_input(folder: Path):
     job_file = pipeline(folder, "inputs:\n  data: {type: uri_folder, path: ./data}\n  n: 3")
     job_file.write_text(job_file.read_text().replace("${{inputs.data}}", "${{inputs.n}}"))
@@ -772,18 +791,31 @@ def test_program_argument_wins_over_node_field_with_a_warning(folder: Path):
         """
         retry_settings: {timeout: 60, max_retries: 2}
         error_threshold: 4
+        inputs:
+          data: {type: uri_folder, path: ./data}
+          opt: {type: string, optional: true}
         task:
           type: run_function
           code: ./src
           entry_script: score.py
-          program_arguments: --run_invocation_timeout 30 --run_max_try 3 --error_threshold 10
+          program_arguments: >-
+            --run_invocation_timeout 30 --run_max_try 3 --error_threshold 10
+            $[[--opt ${{inputs.opt}}]] $[[--data ${{inputs.data}}]]
         """,
     )
     job = load(job_file)
     s = only_step(job).settings
     assert (s.timeout, s.max_retries, s.error_threshold) == (30, 2, 10)
     assert len(job.warnings) == 2
-    assert any("retry_settings.timeout is 60" in w for w in job.warnings)
+    assert only_step(job).program_arguments[-2:] == ("--data", str(folder / "data"))
+    assert "--opt" not in only_step(job).program_arguments
+    assert any(
+        w.startswith(
+            "jobs.score.retry_settings.timeout is 60 but program_arguments give "
+            "--run_invocation_timeout 30; using the program argument (timeout = 30)"
+        )
+        for w in job.warnings
+    )
     assert any("jobs.score.error_threshold is 4" in w for w in job.warnings)
 
 
@@ -912,7 +944,7 @@ def test_azure_only_keys_are_noted_once(folder: Path):
 
 
 def test_node_environment_variables_are_strings(folder: Path):
-    job_file = pipeline(folder, "environment_variables: {A: 1, B: true, C: \"${{inputs.data}}\"}")
+    job_file = pipeline(folder, 'environment_variables: {A: 1, B: true, C: "${{inputs.data}}"}')
     step = only_step(load(job_file))
     assert step.environment_variables == {"A": "1", "B": "True", "C": str(folder / "data")}
     assert os.path.isabs(step.environment_variables["C"])

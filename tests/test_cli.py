@@ -1,0 +1,163 @@
+"""The command line: exit statuses, the embedded cluster, and a real external scheduler."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import make_files, output_of, poll_for, write_job
+
+from daskprs.cli import cli
+
+REPO = Path(__file__).resolve().parent.parent
+OK_SCRIPT = """
+import os
+
+def run(mini_batch):
+    return [os.path.basename(p) for p in mini_batch]
+"""
+FAIL_SCRIPT = """
+def run(mini_batch):
+    raise RuntimeError("always")
+"""
+
+
+def daskprs(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "daskprs", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_validate_good_and_bad(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["validate", str(REPO / "examples/iris/pipeline.yml")])
+    assert result.exit_code == 0, result.output
+    assert "valid" in result.output
+    assert "environment.image" in result.output  # listed as not applied
+    bad = tmp_path / "bad.yml"
+    text = (REPO / "examples/iris/pipeline.yml").read_text()
+    bad.write_text(text.replace("timeout: 60", "timout: 60").replace('"2kb"', '"1.5mb"'))
+    for sub in ("script", "model", "data"):
+        os.symlink(REPO / "examples/iris" / sub, tmp_path / sub)
+    result = runner.invoke(cli, ["validate", str(bad)])
+    assert result.exit_code == 2
+    assert "jobs.batch_prediction.retry_settings.timout" in result.output
+    assert "timeout" in result.output
+    assert "mini_batch_size" in result.output
+
+
+@pytest.mark.slow
+def test_run_example_in_a_subprocess_on_the_embedded_cluster(tmp_path):
+    shutil.copytree(REPO / "examples/file-checksums", tmp_path / "ex")
+    proc = daskprs("run", "ex/pipeline.yml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    [run_dir] = (tmp_path / "daskprs-runs").iterdir()
+    assert run_dir.name.startswith("pipeline-")
+    out = run_dir / "outputs/checksum/checksums/parallel_run_step.txt"
+    assert f"output checksum.checksums: {out}" in proc.stderr
+    lines = out.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == [f"doc-{i:03d}.txt" for i in range(40)]
+    # the same run dir again is refused, with a hint
+    again = daskprs("run", "ex/pipeline.yml", "--run-dir", str(run_dir), cwd=tmp_path)
+    assert again.returncode == 2
+    assert "--resume" in again.stderr
+
+
+@pytest.mark.slow
+def test_exit_42_when_the_job_fails_and_2_for_bad_input(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_files(tmp_path / "data", 3)
+    job = write_job(tmp_path, FAIL_SCRIPT, input_yaml="type: uri_folder\npath: ./data",
+                    extra="retry_settings:\n  max_retries: 0")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["run", str(job), "--run-dir", "r1", "--workers", "1"])
+    assert result.exit_code == 42, result.output
+    assert "RuntimeError: always" in result.output
+    missing = write_job(tmp_path / "m", OK_SCRIPT, input_yaml="type: uri_folder\npath: ./nope")
+    result = runner.invoke(cli, ["run", str(missing), "--run-dir", "r2"])
+    assert result.exit_code == 2
+    assert "nope" in result.output
+    result = runner.invoke(cli, ["run", "no-such.yml"])
+    assert result.exit_code == 2
+    result = runner.invoke(cli, ["run", str(job), "--run-dir", "r3", "--scheduler",
+                                 "tcp://127.0.0.1:1"])
+    assert result.exit_code == 2
+    assert "cannot reach the Dask scheduler" in result.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def external_cluster(tmp_path):
+    """A real `dask scheduler` and `dask worker --nworkers 2 --nthreads 1` on 127.0.0.1."""
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    log = open(tmp_path / "cluster.log", "wb")  # noqa: SIM115
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+             "--port", str(port), "--dashboard-address", ":0", "--no-show"],
+            stdout=log, stderr=log, start_new_session=True,
+        )
+    ]
+    try:
+        from distributed import Client
+
+        def connected():
+            try:
+                with Client(address, timeout="1s") as c:
+                    return c is not None
+            except (OSError, TimeoutError):
+                return False
+
+        poll_for(connected, timeout=60, interval=0.2)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "distributed.cli.dask_worker", address,
+                 "--nworkers", "2", "--nthreads", "1", "--host", "127.0.0.1",
+                 "--no-dashboard", "--memory-limit", "0"],
+                stdout=log, stderr=log, start_new_session=True,
+            )
+        )
+        with Client(address, timeout="10s") as c:
+            c.wait_for_workers(2, timeout=60)
+        yield address, procs
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in reversed(procs):
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_run_against_an_external_scheduler(tmp_path, external_cluster):
+    address, _ = external_cluster
+    make_files(tmp_path / "data", 9)
+    job = write_job(tmp_path, OK_SCRIPT, input_yaml="type: uri_folder\npath: ./data")
+    proc = daskprs("run", str(job), "--run-dir", "run", "--scheduler", address, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert output_of(tmp_path / "run").read_text().splitlines() == [
+        f"f{i:03d}.txt" for i in range(9)
+    ]
+    assert "cluster: 2 worker slots" in proc.stderr

@@ -1,0 +1,196 @@
+"""Timeouts, dying processes, killed workers and failing init(), end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import threading
+
+import pytest
+from conftest import make_files, output_of, poll_for, write_job
+
+from daskprs.api import run_job
+
+pytestmark = pytest.mark.slow
+
+
+def tries(run_dir):
+    path = run_dir / "logs/sys/job_report/processed_mini-batches.csv"
+    return list(csv.DictReader(path.open()))
+
+
+HANG = """
+import os, time
+
+def init():
+    with open(os.environ["INIT_LOG"], "a") as f:
+        f.write(f"{os.getpid()}\\n")
+
+def run(mini_batch):
+    names = [os.path.basename(p) for p in mini_batch]
+    if "f002.txt" in names:
+        time.sleep(3600)
+    return names
+"""
+
+
+def test_a_hanging_run_is_killed_retried_then_failed(tmp_path, client):
+    make_files(tmp_path / "data", 6)
+    init_log = tmp_path / "init.log"
+    job = write_job(
+        tmp_path,
+        HANG,
+        input_yaml="type: uri_folder\npath: ./data",
+        extra=f"retry_settings:\n  max_retries: 1\n  timeout: 2\n"
+        f"environment_variables:\n  INIT_LOG: {init_log}",
+    )
+    result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
+    assert result.ok  # no budget set: the job goes on without the hanging mini-batch
+    assert output_of(tmp_path / "run").read_text().splitlines() == [
+        "f000.txt", "f001.txt", "f004.txt", "f005.txt"
+    ]
+    rows = [r for r in tries(tmp_path / "run") if r["Mini-batch Id"] == "1"]
+    assert [(r["Try"], r["Status"]) for r in rows] == [("1", "RUN_TIMEOUT"), ("2", "RUN_TIMEOUT")]
+    # every killed process was replaced, and the replacement ran init() again
+    pids = init_log.read_text().split()
+    assert len(pids) >= 3 and len(set(pids)) == len(pids)
+    for pid in pids:
+        poll_for(lambda pid=pid: not _alive(int(pid)), timeout=30)
+    [failed] = [json.loads(x) for x in (tmp_path / "run/failed_mini_batches.jsonl").open()]
+    assert failed["id"] == 1 and failed["status"] == "RUN_TIMEOUT" and failed["tries"] == 2
+    assert "timeout of 2 s" in failed["error"]
+
+
+def _alive(pid: int) -> bool:
+    from conftest import pid_alive
+
+    return pid_alive(pid)
+
+
+DIES = """
+import os
+
+def run(mini_batch):
+    names = [os.path.basename(p) for p in mini_batch]
+    if "f003.txt" in names:
+        os._exit(9)
+    return names
+"""
+
+
+def test_a_process_that_dies_in_run_fails_only_its_mini_batch(tmp_path, client):
+    make_files(tmp_path / "data", 6)
+    job = write_job(
+        tmp_path, DIES, input_yaml="type: uri_folder\npath: ./data",
+        extra="retry_settings:\n  max_retries: 2",
+    )
+    result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
+    assert result.ok
+    rows = [r for r in tries(tmp_path / "run") if r["Mini-batch Id"] == "1"]
+    assert [r["Status"] for r in rows] == ["PROCESS_DIED"] * 3
+    assert "exited with code 9" in rows[0]["Error Message"]
+    assert output_of(tmp_path / "run").read_text().splitlines() == [
+        "f000.txt", "f001.txt", "f004.txt", "f005.txt"
+    ]
+
+
+INIT_FAILS = """
+import os
+
+def init():
+    raise ImportError("model file missing: /models/m.pkl")
+
+def run(mini_batch):
+    return mini_batch
+"""
+
+
+def test_init_failing_everywhere_fails_the_job_with_its_traceback(tmp_path, client):
+    make_files(tmp_path / "data", 4)
+    job = write_job(tmp_path, INIT_FAILS, input_yaml="type: uri_folder\npath: ./data")
+    result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
+    assert not result.ok
+    assert "init() failed everywhere" in result.failure
+    assert "ImportError: model file missing: /models/m.pkl" in result.failure
+    assert "raise ImportError" in result.failure  # the traceback
+    statuses = {r["Status"] for r in tries(tmp_path / "run")}
+    assert statuses == {"INIT_FAILED"}
+
+
+INIT_FLAKY = """
+import os
+
+def init():
+    marker = os.path.join(os.environ["MARKS"], "init-failed-once")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("transient")
+
+def run(mini_batch):
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+def test_init_failing_once_does_not_use_a_try(tmp_path, client):
+    make_files(tmp_path / "data", 4)
+    (tmp_path / "marks").mkdir()
+    job = write_job(
+        tmp_path, INIT_FLAKY, input_yaml="type: uri_folder\npath: ./data",
+        extra=f"retry_settings:\n  max_retries: 0\nenvironment_variables:\n"
+        f"  MARKS: {tmp_path / 'marks'}",
+    )
+    result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
+    assert result.ok, result.failure
+    assert output_of(tmp_path / "run").read_text().splitlines() == [
+        f"f{i:03d}.txt" for i in range(4)
+    ]
+    rows = tries(tmp_path / "run")
+    assert [r["Status"] for r in rows].count("INIT_FAILED") == 1
+    assert all(r["Try"] == "1" for r in rows)
+
+
+KILL_WORKER = """
+import os, time
+
+def run(mini_batch, context):
+    marks = os.environ["MARKS"]
+    if context.minibatch_index == 5 and not os.path.exists(os.path.join(marks, "killed")):
+        # tell the test which Dask worker runs this try (our parent), then wait to be killed
+        with open(os.path.join(marks, "worker.pid.tmp"), "w") as f:
+            f.write(str(os.getppid()))
+        os.rename(os.path.join(marks, "worker.pid.tmp"), os.path.join(marks, "worker.pid"))
+        time.sleep(3600)
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+def test_a_worker_killed_mid_job_loses_no_row_and_duplicates_none(tmp_path):
+    make_files(tmp_path / "data", 30)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    job = write_job(
+        tmp_path, KILL_WORKER, input_yaml="type: uri_folder\npath: ./data",
+        extra=f"retry_settings:\n  max_retries: 1\nenvironment_variables:\n  MARKS: {marks}",
+    )
+    box = {}
+
+    def go():
+        box["result"] = run_job(job, run_dir=tmp_path / "run", workers=2, echo=lambda s: None)
+
+    thread = threading.Thread(target=go)
+    thread.start()
+    pid = int(poll_for(lambda: (marks / "worker.pid").exists() and (marks / "worker.pid").read_text()))
+    (marks / "killed").touch()
+    os.kill(pid, signal.SIGKILL)  # the embedded cluster's worker process, started by this test
+    thread.join(timeout=240)
+    assert not thread.is_alive()
+    result = box["result"]
+    assert result.ok, result.failure
+    assert output_of(tmp_path / "run").read_text().splitlines() == [
+        f"f{i:03d}.txt" for i in range(30)
+    ]
+    rows = [r for r in tries(tmp_path / "run") if r["Mini-batch Id"] == "5"]
+    assert [(r["Try"], r["Status"]) for r in rows] == [("1", "PROCESS_DIED"), ("2", "RUN_DONE")]
+    assert "worker" in rows[0]["Error Message"]

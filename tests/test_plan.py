@@ -1,0 +1,388 @@
+"""Planning: file lists, byte ranges, row groups, keys, and planning errors (no cluster)."""
+
+from __future__ import annotations
+
+import pickle
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+
+from daskprs.batches import FileBatch, TableBatch
+from daskprs.errors import PlanningError
+from daskprs.jobmodel import DataInput, MiniBatchSize
+from daskprs.plan import Plan, list_files, plan_input
+
+
+def touch(path: Path, text: str = "x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def mltable(folder: Path, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "MLTable").write_text(textwrap.dedent(text))
+    return folder
+
+
+def folder_input(path: Path, mode: str = "ro_mount") -> DataInput:
+    return DataInput("data", "uri_folder", str(path), mode)
+
+
+def table_input(path: Path, mode: str | None = None) -> DataInput:
+    return DataInput("data", "mltable", str(path), mode)  # type: ignore[arg-type]
+
+
+def rels(files) -> list[str]:
+    return [f.rel for f in files]
+
+
+class CountingFS(LocalFileSystem):
+    """A local filesystem that counts every byte read through it."""
+
+    cachable = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bytes_read = 0
+        self.opened: list[str] = []
+
+    def _open(self, path, mode="rb", **kwargs):
+        f = super()._open(path, mode, **kwargs)
+        self.opened.append(path)
+        read = f.read
+
+        def counting_read(*a):
+            data = read(*a)
+            self.bytes_read += len(data)
+            return data
+
+        f.read = counting_read
+        return f
+
+
+# --------------------------------------------------------------------------------------------
+# File lists
+# --------------------------------------------------------------------------------------------
+
+
+def test_file_list_order_dotfiles_and_mltable_excluded(tmp_path):
+    for name in [
+        "b.txt",
+        "a/z.txt",
+        "a.txt",
+        "A.txt",
+        "_x",
+        "é.txt",
+        ".hidden",
+        ".git/config",
+        "deep/.cache/f.txt",
+        "MLTable",
+        "sub/MLTable",
+        "sub/y.txt",
+    ]:
+        touch(tmp_path / name)
+    files = list_files(folder_input(tmp_path))
+    # code-point order of the relative path: "A" < "_" < "a" and "." < "/"
+    assert rels(files) == ["A.txt", "_x", "a.txt", "a/z.txt", "b.txt", "sub/y.txt", "é.txt"]
+    assert all(Path(f.url).is_absolute() for f in files)
+    assert files[0].url == str(tmp_path / "A.txt")
+    assert files[0].size == 1
+
+
+def test_file_batches_default_and_counts(tmp_path):
+    for i in range(23):
+        touch(tmp_path / f"f{i:03d}.txt")
+    plan = plan_input(folder_input(tmp_path), None)
+    assert plan.kind == "files"
+    assert [len(b.files) for b in plan.batches] == [10, 10, 3]
+    assert [b.index for b in plan.batches] == [0, 1, 2]
+    assert plan.batches[0].files[0] == str(tmp_path / "f000.txt")
+    assert plan.batches[2].files[-1] == str(tmp_path / "f022.txt")
+    assert not plan.batches[0].direct
+    assert plan.input_root == str(tmp_path)
+    assert not plan.scanned and plan.seconds >= 0
+
+    plan = plan_input(folder_input(tmp_path, "direct"), MiniBatchSize(4, "count"))
+    assert [len(b.files) for b in plan.batches] == [4, 4, 4, 4, 4, 3]
+    assert all(isinstance(b, FileBatch) and b.direct for b in plan.batches)
+    # every file exactly once, in order
+    assert [f for b in plan.batches for f in b.files] == [f.url for f in list_files(folder_input(tmp_path))]
+    pickle.loads(pickle.dumps(plan))
+
+
+@pytest.mark.parametrize("size", [MiniBatchSize(1024, "bytes", "1kb"), MiniBatchSize(5, "rows")])
+def test_unit_on_file_list_is_an_error(tmp_path, size):
+    touch(tmp_path / "a.txt")
+    with pytest.raises(PlanningError, match="counts files"):
+        plan_input(folder_input(tmp_path), size)
+
+
+def test_zero_files_per_batch_is_an_error(tmp_path):
+    touch(tmp_path / "a.txt")
+    with pytest.raises(PlanningError, match="at least 1"):
+        plan_input(folder_input(tmp_path), MiniBatchSize(0, "count"))
+
+
+def test_uri_file_is_one_file(tmp_path):
+    f = touch(tmp_path / "one.csv", "a\n1\n")
+    plan = plan_input(DataInput("d", "uri_file", str(f)), None)
+    assert plan.kind == "files"
+    assert [b.files for b in plan.batches] == [(str(f),)]
+
+
+def test_file_url_scheme_is_local(tmp_path):
+    touch(tmp_path / "a.txt")
+    plan = plan_input(DataInput("d", "uri_folder", f"file://{tmp_path}"), None)
+    assert plan.batches[0].files == (str(tmp_path / "a.txt"),)
+    assert plan.batches[0].storage_options == {}
+
+
+def test_mltable_paths_dedup_and_globs(tmp_path):
+    for name in ["data/a.csv", "data/b.csv", "data/x/c.csv", "data/x/y/d.csv", "data/e.txt"]:
+        touch(tmp_path / name)
+    touch(tmp_path / "data/.hidden.csv")
+    mltable(
+        tmp_path,
+        """\
+        paths:
+          - file: ./data/b.csv
+          - folder: ./data/x
+          - pattern: ./data/*.csv
+        """,
+    )
+    files = list_files(table_input(tmp_path))
+    assert rels(files) == ["data/a.csv", "data/b.csv", "data/x/c.csv", "data/x/y/d.csv"]
+
+
+@pytest.mark.parametrize(
+    "pattern, expected",
+    [
+        ("./data/*.csv", ["data/a.csv", "data/b.csv"]),
+        ("./data/**/*.csv", ["data/a.csv", "data/b.csv", "data/x/c.csv", "data/x/y/d.csv"]),
+        ("./**/c.csv", ["data/x/c.csv"]),
+        ("./data/?.csv", ["data/a.csv", "data/b.csv"]),
+        ("./data/[a-a].*", ["data/a.csv"]),
+        ("./data/[!a].*", ["data/b.csv", "data/e.txt"]),
+        ("./data/x/**", ["data/x/c.csv", "data/x/y/d.csv"]),
+        ("./data/*/*.csv", ["data/x/c.csv"]),
+        ("data/*.txt", ["data/e.txt"]),
+    ],
+)
+def test_glob_patterns(tmp_path, pattern, expected):
+    for name in ["data/a.csv", "data/b.csv", "data/x/c.csv", "data/x/y/d.csv", "data/e.txt"]:
+        touch(tmp_path / name)
+    touch(tmp_path / "data/.h.csv")
+    mltable(tmp_path, f"paths:\n  - pattern: {pattern}\n")
+    assert rels(list_files(table_input(tmp_path))) == expected
+
+
+def test_mltable_absolute_and_outside_paths(tmp_path):
+    other = tmp_path / "other"
+    touch(other / "z.csv")
+    touch(tmp_path / "t" / "a.csv")
+    mltable(tmp_path / "t", f"paths:\n  - file: {other / 'z.csv'}\n  - file: ./a.csv\n")
+    files = list_files(table_input(tmp_path / "t"))
+    # the relative path "../other/z.csv" sorts before "a.csv"
+    assert rels(files) == ["../other/z.csv", "a.csv"]
+    assert [f.url for f in files] == [str(other / "z.csv"), str(tmp_path / "t/a.csv")]
+
+
+def test_mltable_without_read_is_a_file_list(tmp_path):
+    touch(tmp_path / "a.csv")
+    mltable(tmp_path, "paths:\n  - pattern: ./*.csv\n")
+    plan = plan_input(table_input(tmp_path), None)
+    assert plan.kind == "files" and plan.batches[0].files == (str(tmp_path / "a.csv"),)
+
+
+@pytest.mark.parametrize(
+    "mode, kind", [(None, "tabular"), ("direct", "tabular"), ("ro_mount", "files"), ("download", "files"), ("eval_mount", "files")]
+)
+def test_mltable_kind_by_mode(tmp_path, mode, kind):
+    touch(tmp_path / "a.csv", "a\n1\n")
+    mltable(tmp_path, "paths:\n  - pattern: ./*.csv\ntransformations:\n  - read_delimited: {}\n")
+    plan = plan_input(table_input(tmp_path, mode), None)
+    assert plan.kind == kind
+    if kind == "files":
+        assert any("run() receives its files" in n for n in plan.notes)
+        assert plan.batches[0].files == (str(tmp_path / "a.csv"),)
+
+
+def test_mltable_path_may_name_the_file(tmp_path):
+    touch(tmp_path / "a.csv", "a\n1\n")
+    mltable(tmp_path, "paths:\n  - pattern: ./*.csv\ntransformations:\n  - read_delimited: {}\n")
+    plan = plan_input(table_input(tmp_path / "MLTable"), None)
+    assert plan.kind == "tabular" and plan.input_root == str(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(PlanningError, match=r"nope.*not found"):
+        plan_input(folder_input(tmp_path / "nope"), None)
+
+
+def test_empty_folder(tmp_path):
+    touch(tmp_path / ".only-hidden")
+    with pytest.raises(PlanningError, match="holds no files"):
+        plan_input(folder_input(tmp_path), None)
+
+
+def test_pattern_matching_nothing(tmp_path):
+    touch(tmp_path / "a.txt")
+    mltable(tmp_path, "paths:\n  - pattern: ./*.parquet\n")
+    with pytest.raises(PlanningError, match=r"\*\.parquet.*matches no file"):
+        plan_input(table_input(tmp_path), None)
+
+
+def test_missing_file_entry(tmp_path):
+    mltable(tmp_path, "paths:\n  - file: ./gone.csv\n")
+    with pytest.raises(PlanningError, match=r"gone\.csv: file not found"):
+        plan_input(table_input(tmp_path), None)
+
+
+def test_no_mltable_file(tmp_path):
+    touch(tmp_path / "a.csv")
+    with pytest.raises(PlanningError, match="no MLTable file"):
+        plan_input(table_input(tmp_path), None)
+
+
+def test_uri_file_that_is_a_folder(tmp_path):
+    touch(tmp_path / "a.csv")
+    with pytest.raises(PlanningError, match="is a folder"):
+        plan_input(DataInput("d", "uri_file", str(tmp_path)), None)
+
+
+def test_unresolved_azureml_url():
+    with pytest.raises(PlanningError, match=r"azureml://.*unresolved.*daskprs.yaml"):
+        plan_input(DataInput("d", "uri_folder", "azureml://datastores/ws/paths/x"), None)
+
+
+def test_unknown_protocol():
+    with pytest.raises(PlanningError, match="unknown protocol 'nosuchproto'"):
+        plan_input(DataInput("d", "uri_folder", "nosuchproto://bucket/x"), None)
+
+
+def test_memory_protocol_refused():
+    with pytest.raises(PlanningError, match="memory://"):
+        plan_input(DataInput("d", "uri_folder", "memory://x"), None)
+
+
+def test_corrupt_parquet_footer(tmp_path):
+    touch(tmp_path / "bad.parquet", "not parquet at all")
+    mltable(tmp_path, "paths:\n  - pattern: ./*.parquet\ntransformations:\n  - read_parquet\n")
+    with pytest.raises(PlanningError, match=r"bad\.parquet: cannot read the parquet footer"):
+        plan_input(table_input(tmp_path), None)
+
+
+def test_unknown_transformation_named(tmp_path):
+    touch(tmp_path / "a.csv")
+    mltable(tmp_path, "paths:\n  - pattern: ./*.csv\ntransformations:\n  - read_delimted: {}\n")
+    with pytest.raises(PlanningError, match=r"read_delimted.*did you mean 'read_delimited'"):
+        plan_input(table_input(tmp_path), None)
+
+
+# --------------------------------------------------------------------------------------------
+# Tabular: byte ranges from metadata
+# --------------------------------------------------------------------------------------------
+
+
+def csv_table(folder: Path, options: str = "{}", pattern: str = "./*.csv") -> Path:
+    return mltable(
+        folder,
+        f"paths:\n  - pattern: {pattern}\ntransformations:\n  - read_delimited: {options}\n",
+    )
+
+
+def write_rows(path: Path, n: int, *, header: str = "a,b,c", newline: str = "\n") -> Path:
+    lines = [header] if header else []
+    lines += [f"{i},text {i},{i * 0.5}" for i in range(n)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes((newline.join(lines) + newline).encode())
+    return path
+
+
+def test_byte_ranges_cover_file_at_line_boundaries(tmp_path):
+    f = write_rows(tmp_path / "a.csv", 500)
+    data = f.read_bytes()
+    csv_table(tmp_path)
+    plan = plan_input(table_input(tmp_path), MiniBatchSize(1000, "bytes"))
+    assert plan.kind == "tabular" and not plan.scanned
+    pieces = [b.pieces[0] for b in plan.batches]
+    assert all(len(b.pieces) == 1 and isinstance(b, TableBatch) for b in plan.batches)
+    assert pieces[0].start == 0 and pieces[0].skip_header
+    assert not any(p.skip_header for p in pieces[1:])
+    assert pieces[-1].end == len(data)
+    for a, b in zip(pieces, pieces[1:], strict=False):
+        assert a.end == b.start
+        assert data[a.end - 1 : a.end] == b"\n"
+    assert all(p.end > p.start for p in pieces)
+    # about the requested size
+    assert all(p.end - p.start < 1000 + 40 for p in pieces)
+    assert len(pieces) == pytest.approx(len(data) / 1000, abs=2)
+    assert pieces[0].n_rows is None and plan.batches[0].row_lower_bound is None
+    assert plan.batches[0].read.columns == ("a", "b", "c")
+
+
+def test_small_files_are_one_batch_each_never_crossing(tmp_path):
+    write_rows(tmp_path / "a.csv", 3)
+    write_rows(tmp_path / "b.csv", 0)  # header only
+    (tmp_path / "c.csv").write_bytes(b"")  # empty file
+    csv_table(tmp_path)
+    plan = plan_input(table_input(tmp_path), None)
+    assert [b.pieces[0].path for b in plan.batches] == [str(tmp_path / n) for n in ("a.csv", "b.csv", "c.csv")]
+    assert [b.pieces[0].skip_header for b in plan.batches] == [True, True, True]
+
+
+def test_default_split_reads_no_data_rows(tmp_path):
+    f = write_rows(tmp_path / "big.csv", 150_000)
+    size = f.stat().st_size
+    assert size > 3_000_000
+    csv_table(tmp_path)
+    fs = CountingFS()
+    plan = plan_input(table_input(tmp_path), None, fs=fs)
+    assert len(plan.batches) >= 3
+    assert not plan.scanned
+    data_bytes = fs.bytes_read - (tmp_path / "MLTable").stat().st_size
+    # only the header and one small probe window per cut point were read
+    assert data_bytes < 0.05 * size
+    assert data_bytes <= (len(plan.batches) + 2) * 16 * 1024
+
+
+def test_from_first_file_header_only_on_first(tmp_path):
+    write_rows(tmp_path / "a.csv", 5)
+    write_rows(tmp_path / "b.csv", 5, header="")
+    csv_table(tmp_path, "{header: from_first_file}")
+    plan = plan_input(table_input(tmp_path), None)
+    assert [b.pieces[0].skip_header for b in plan.batches] == [True, False]
+    assert plan.batches[1].read.columns == ("a", "b", "c")
+
+
+def test_no_header_never_skips(tmp_path):
+    write_rows(tmp_path / "a.csv", 50, header="")
+    csv_table(tmp_path, "{header: no_header}")
+    plan = plan_input(table_input(tmp_path), MiniBatchSize(100, "count"))
+    assert len(plan.batches) > 3
+    assert not any(b.pieces[0].skip_header for b in plan.batches)
+
+
+def test_utf16_files_are_not_cut(tmp_path):
+    (tmp_path / "a.csv").write_text("a,b\n" + "1,2\n" * 200, encoding="utf-16")
+    csv_table(tmp_path, "{encoding: utf16}")
+    plan = plan_input(table_input(tmp_path), MiniBatchSize(100, "bytes"))
+    assert len(plan.batches) == 1
+    assert any("never cut" in n for n in plan.notes)
+
+
+def test_plan_is_picklable(tmp_path):
+    write_rows(tmp_path / "a.csv", 100)
+    csv_table(tmp_path)
+    plan = plan_input(table_input(tmp_path), MiniBatchSize(300, "bytes"))
+    again = pickle.loads(pickle.dumps(plan))
+    assert isinstance(again, Plan) and again.batches == plan.batches

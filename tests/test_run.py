@@ -1,0 +1,193 @@
+"""End-to-end runs of both input kinds on a LocalCluster, checking outputs line for line."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pandas as pd
+import pytest
+from conftest import make_files, output_of, write_job
+
+from daskprs.api import run_job
+
+pytestmark = pytest.mark.slow
+
+FILE_SCRIPT = """
+import os, sys
+
+SEEN_INIT = 0
+
+def init():
+    global SEEN_INIT
+    SEEN_INIT += 1
+
+def run(mini_batch):
+    out = []
+    for path in mini_batch:
+        with open(path) as f:
+            out.append(f"{os.path.basename(path)}|{f.read().strip()}|{os.environ['GREETING']}|{sys.argv[1:]}")
+    return out
+"""
+
+
+def test_file_list_job_output_in_input_order(tmp_path, client):
+    files = make_files(tmp_path / "data" / "sub", 7, "b") + make_files(tmp_path / "data", 6, "a")
+    (tmp_path / "data" / ".hidden").write_text("x")
+    job = write_job(
+        tmp_path,
+        FILE_SCRIPT,
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"3"',
+        extra="environment_variables:\n  GREETING: hello",
+        program_arguments="--flag ${{inputs.data}}",
+    )
+    result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
+    assert result.ok, result.failure
+    rel = sorted(files, key=lambda p: str(p.relative_to(tmp_path / "data")))
+    data = str(tmp_path / "data")
+    expected = [
+        f"{p.name}|{p.read_text().strip()}|hello|['--flag', '{data}']" for p in rel
+    ]
+    out = output_of(tmp_path / "run")
+    assert out.read_text().splitlines() == expected
+    assert result.outputs["score.result"] == str(out)
+    summary = result.steps[0].summary
+    assert summary["total"] == 5 and summary["done"] == 5 and summary["succeeded_items"] == 13
+    rows = list(csv.DictReader((tmp_path / "run/logs/sys/job_report/processed_mini-batches.csv").open()))
+    assert sorted(int(r["Mini-batch Id"]) for r in rows) == [0, 1, 2, 3, 4]
+    assert {r["Status"] for r in rows} == {"RUN_DONE"}
+    assert "outcome: succeeded" in (tmp_path / "run/logs/job_result.txt").read_text()
+    assert (tmp_path / "run/failed_mini_batches.jsonl").read_text() == ""
+
+
+TABLE_SCRIPT = """
+import pandas as pd
+
+def run(mini_batch, context):
+    out = pd.DataFrame({"id": mini_batch["id"], "double": mini_batch["value"] * 2})
+    out["mb"] = context.minibatch_index
+    return out
+"""
+
+
+def _write_table(folder, rows=500):
+    folder.mkdir(parents=True)
+    df = pd.DataFrame({"id": range(rows), "value": [i * 0.5 for i in range(rows)],
+                       "name": [f"n{i}" for i in range(rows)]})
+    df.iloc[: rows // 2].to_csv(folder / "part-1.csv", index=False)
+    df.iloc[rows // 2 :].to_csv(folder / "part-2.csv", index=False)
+    (folder / "MLTable").write_text(
+        "paths:\n  - pattern: ./*.csv\ntransformations:\n  - read_delimited:\n"
+        "      delimiter: ','\n      header: all_files_same_headers\n"
+    )
+    return df
+
+
+def test_tabular_job_is_byte_identical_to_a_serial_computation(tmp_path, client):
+    df = _write_table(tmp_path / "table")
+    job = write_job(
+        tmp_path,
+        TABLE_SCRIPT.replace('out["mb"] = context.minibatch_index', "pass"),
+        input_yaml="type: mltable\npath: ./table\nmode: direct",
+        mini_batch_size='"1kb"',
+    )
+    result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
+    assert result.ok, result.failure
+    assert result.steps[0].summary["total"] > 4  # really split
+    expected = pd.DataFrame({"id": df["id"], "double": df["value"] * 2}).to_csv(
+        sep=" ", header=False, index=False, lineterminator="\n"
+    )
+    assert output_of(tmp_path / "run").read_text() == expected
+
+
+def test_tabular_mini_batches_never_cross_files_and_ids_follow_order(tmp_path, client):
+    _write_table(tmp_path / "table", rows=200)
+    job = write_job(
+        tmp_path,
+        TABLE_SCRIPT,
+        input_yaml="type: mltable\npath: ./table",
+        mini_batch_size='"100000"',
+    )
+    result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
+    assert result.ok
+    lines = output_of(tmp_path / "run").read_text().splitlines()
+    assert len(lines) == 200
+    # one mini-batch per file: rows 0-99 in mini-batch 0, 100-199 in 1
+    assert {line.split()[2] for line in lines[:100]} == {"0"}
+    assert {line.split()[2] for line in lines[100:]} == {"1"}
+
+
+FLAKY = """
+import os
+
+def run(mini_batch, context):
+    marker = os.path.join(os.environ["MARKS"], f"{context.minibatch_index}")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("first try fails")
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+def test_first_try_fails_everywhere_all_succeed_on_retry(tmp_path, client):
+    make_files(tmp_path / "data", 8)
+    (tmp_path / "marks").mkdir()
+    job = write_job(
+        tmp_path,
+        FLAKY,
+        input_yaml="type: uri_folder\npath: ./data",
+        extra=f"environment_variables:\n  MARKS: {tmp_path / 'marks'}",
+    )
+    result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
+    assert result.ok, result.failure
+    assert output_of(tmp_path / "run").read_text().splitlines() == [
+        f"f{i:03d}.txt" for i in range(8)
+    ]
+    rows = list(csv.DictReader((tmp_path / "run/logs/sys/job_report/processed_mini-batches.csv").open()))
+    assert sorted((r["Mini-batch Id"], r["Try"], r["Status"]) for r in rows) == sorted(
+        [(str(i), "1", "RUN_EXCEPTION") for i in range(4)]
+        + [(str(i), "2", "RUN_DONE") for i in range(4)]
+    )
+
+
+BAD_ONE = """
+import os
+
+def run(mini_batch):
+    for p in mini_batch:
+        if os.path.basename(p) == "f003.txt":
+            raise ValueError(f"cannot parse {os.path.basename(p)}")
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "ok"),
+    [
+        ("retry_settings:\n  max_retries: 1", True),
+        ("retry_settings:\n  max_retries: 1\nmini_batch_error_threshold: 0", False),
+        ("retry_settings:\n  max_retries: 1\nerror_threshold: 1", False),
+        ("retry_settings:\n  max_retries: 1\nerror_threshold: 2", True),
+    ],
+)
+def test_one_bad_input_fails_exactly_its_mini_batch(tmp_path, client, extra, ok):
+    make_files(tmp_path / "data", 8)
+    job = write_job(tmp_path, BAD_ONE, input_yaml="type: uri_folder\npath: ./data", extra=extra)
+    result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
+    assert result.ok is ok
+    failed = [json.loads(line) for line in (tmp_path / "run/failed_mini_batches.jsonl").open()]
+    by_state = {f["id"]: f for f in failed if f["state"] == "FAILED"}
+    assert list(by_state) == [1]
+    entry = by_state[1]
+    assert entry["status"] == "RUN_EXCEPTION" and entry["tries"] == 2
+    assert entry["inputs"]["files"][1].endswith("f003.txt")
+    assert "ValueError: cannot parse f003.txt (at score.py:" in entry["error"]
+    assert "raise ValueError" in entry["traceback"]
+    if ok:
+        lines = output_of(tmp_path / "run").read_text().splitlines()
+        assert lines == [f"f{i:03d}.txt" for i in (0, 1, 4, 5, 6, 7)]
+        assert result.steps[0].summary["failed_items"] == 2
+    else:
+        assert "mini-batch 1: ValueError: cannot parse f003.txt" in result.failure
+        assert "outcome: FAILED" in (tmp_path / "run/logs/job_result.txt").read_text()
