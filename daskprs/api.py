@@ -19,15 +19,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from daskprs import logs
+from daskprs import fingerprint, logs
 from daskprs.cluster import open_cluster
 from daskprs.errors import JobFailed, PlanningError, UserInputError
 from daskprs.jobmodel import CommandStep, Job, ParallelStep
 from daskprs.ledger import read_ledger
 from daskprs.plan import Plan, plan_input
 from daskprs.runner import StepOutcome, assemble_output, run_step
+from daskprs.supervisor import Prior
 
-__all__ = ["JobResult", "default_run_dir", "run_job"]
+__all__ = ["JobResult", "default_run_dir", "resume_job", "run_job"]
 
 
 @dataclass
@@ -211,7 +212,7 @@ def run_job(
     from daskprs.spec import load_job
 
     echo = echo or _say
-    job_file = os.fspath(job_file)
+    job_file = os.path.abspath(os.fspath(job_file))
     run_dir = os.path.abspath(os.fspath(run_dir)) if run_dir else default_run_dir(job_file)
     if os.path.isdir(run_dir) and os.listdir(run_dir):
         raise UserInputError(
@@ -222,20 +223,116 @@ def run_job(
     for line in (*job.notes, *job.warnings):
         echo(f"note: {line}")
     os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "run.json"), "w", encoding="utf-8") as f:
-        json.dump(
-            {
-                "job_file": os.path.abspath(job_file),
-                "sets": list(sets),
-                "name": job.name,
-                "created": time.time(),
-            },
-            f,
-            indent=2,
-        )
+    record = {
+        "job_file": job_file,
+        "sets": list(sets),
+        "cwd": os.getcwd(),
+        "name": job.name,
+        "created": time.time(),
+        "job": fingerprint.job_fields(job),
+        "code": {s.name: fingerprint.code_digest(s.code_dir) for s in job.parallel_steps},
+        "inputs": {},
+    }
+    _write_json(os.path.join(run_dir, RUN_FILE), record)
     with open(os.path.join(run_dir, "job.json"), "w", encoding="utf-8") as f:
         json.dump(asdict(job), f, indent=2, default=str)
+    return _execute(job, run_dir, "run", record, scheduler, workers, client, echo)
 
+
+def resume_job(
+    run_dir: str | os.PathLike,
+    job_file: str | os.PathLike | None = None,
+    *,
+    force: bool = False,
+    rerun_failed: bool = False,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    client: Any = None,
+    echo: Callable[[str], None] | None = None,
+) -> JobResult:
+    """Continue a run from its ledger (``--resume``), or rerun its failed mini-batches.
+
+    Parameters
+    ----------
+    run_dir : path
+        The run directory of an earlier ``run``.
+    job_file : path, optional
+        The job file (default: the one the run was started with).
+    force : bool
+        Accept a changed job file or input listing.
+    rerun_failed : bool
+        Run the FAILED and CANCELLED mini-batches (``daskprs rerun-failed``) instead of the
+        PENDING, RUNNING and CANCELLED ones.
+    scheduler, workers, client, echo
+        As for :func:`run_job`.
+
+    Returns
+    -------
+    JobResult
+        Budgets are evaluated over the whole job, earlier sessions included.
+    """
+    from daskprs.errors import ResumeRefused
+    from daskprs.spec import load_job
+
+    echo = echo or _say
+    run_dir = os.path.abspath(os.fspath(run_dir))
+    path = os.path.join(run_dir, RUN_FILE)
+    if not os.path.isfile(path):
+        raise ResumeRefused(
+            f"{run_dir} is not a daskprs run directory (no {RUN_FILE}); give the folder that "
+            "`daskprs run` created"
+        )
+    with open(path, encoding="utf-8") as f:
+        record = json.load(f)
+    given = os.path.abspath(os.fspath(job_file)) if job_file else record["job_file"]
+    if not os.path.isfile(given):
+        raise ResumeRefused(f"the job file {given} is gone; give it as FILE after --resume")
+    previous = os.getcwd()
+    try:
+        # --set paths were relative to the directory the run was started from
+        if os.path.isdir(record.get("cwd", "")):
+            os.chdir(record["cwd"])
+        job = load_job(given, record["sets"], run_dir=run_dir, run_name=record["name"])
+    finally:
+        os.chdir(previous)
+    changed = fingerprint.diff_jobs(record["job"], fingerprint.job_fields(job))
+    if changed and not force:
+        raise ResumeRefused(
+            "the job changed since the run started:\n  "
+            + "\n  ".join(changed)
+            + "\nRun it anew, or add --force to continue with the changed job."
+        )
+    for line in changed:
+        echo(f"note: continuing with a changed job (--force): {line}")
+    for step in job.parallel_steps:
+        digest = fingerprint.code_digest(step.code_dir)
+        if digest != record.get("code", {}).get(step.name) and not rerun_failed:
+            echo(f"note: the code folder of step {step.name} changed since the run started")
+    mode = "rerun-failed" if rerun_failed else "resume"
+    return _execute(job, run_dir, mode, record, scheduler, workers, client, echo, force=force)
+
+
+RUN_FILE = "run.json"
+
+
+def _write_json(path: str, data: Any) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def _execute(
+    job: Job,
+    run_dir: str,
+    mode: str,
+    record: dict[str, Any],
+    scheduler: str | None,
+    workers: int | None,
+    client: Any,
+    echo: Callable[[str], None],
+    force: bool = False,
+) -> JobResult:
     result = JobResult(run_dir=run_dir, notes=[*job.notes, *job.warnings])
     n_workers = workers or _default_workers(job)
     if workers is None and n_workers > 4 * (os.cpu_count() or 1):
@@ -244,87 +341,248 @@ def run_job(
             f"{os.cpu_count()} cores; use --workers to start fewer"
         )
     scheduler = scheduler or next((s.compute for s in job.parallel_steps if s.compute), None)
+    runner = _StepsRunner(job, result, run_dir, mode, record, echo, force)
+    lock = _lock(run_dir)
     try:
-        _run_steps(job, result, run_dir, scheduler, client, n_workers, echo)
+        runner.run(scheduler, client, n_workers)
     finally:
+        _write_json(os.path.join(run_dir, RUN_FILE), record)
         _write_results(run_dir, result, job)
+        os.unlink(lock)
     for name, path in result.outputs.items():
         echo(f"output {name}: {path}")
     echo(("job succeeded" if result.ok else f"job FAILED: {result.failure}") + f" ({run_dir})")
     return result
 
 
-def _run_steps(
-    job: Job,
-    result: JobResult,
-    run_dir: str,
-    scheduler: str | None,
-    client: Any,
-    n_workers: int,
-    echo: Callable[[str], None],
-) -> None:
-    cluster_cm = None
-    handle = None
+def _lock(run_dir: str) -> str:
+    """Take the run directory's lock, so two drivers never run the same run at once."""
+    path = os.path.join(run_dir, "run.lock")
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    pid = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _pid_alive(pid):
+                raise UserInputError(
+                    f"the run {run_dir} is being run by process {pid} right now; wait for it "
+                    "to end (or stop it) before resuming"
+                ) from None
+            os.unlink(path)  # left by a driver that was killed
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return path
+    raise UserInputError(f"cannot take the lock {path}")
+
+
+def _pid_alive(pid: int) -> bool:
     try:
-        for step in job.steps:
-            if isinstance(step, CommandStep):
-                failure = _run_command(step, run_dir, echo)
-                for out in step.outputs.values():
-                    result.outputs[f"{step.name}.{out.name}"] = out.path
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _StepsRunner:
+    """Runs the steps of a job in order, for a new run, a resume or a rerun."""
+
+    def __init__(
+        self,
+        job: Job,
+        result: JobResult,
+        run_dir: str,
+        mode: str,
+        record: dict[str, Any],
+        echo: Callable[[str], None],
+        force: bool,
+    ):
+        self.job, self.result, self.run_dir, self.mode = job, result, run_dir, mode
+        self.record, self.echo, self.force = record, echo, force
+        self.handle: Any = None
+        self._cm: Any = None
+
+    def run(self, scheduler: str | None, client: Any, n_workers: int) -> None:
+        self._cluster_args = {"scheduler": scheduler, "client": client, "n_workers": n_workers}
+        try:
+            for step in self.job.steps:
+                if isinstance(step, CommandStep):
+                    failure = self._command(step)
+                else:
+                    failure = self._parallel(step)
                 if failure is not None:
-                    result.failure = failure
-                    if not job.continue_on_step_failure:
+                    self.result.failure = self.result.failure or failure
+                    if not self.job.continue_on_step_failure:
                         return
-                continue
-            plan = plan_step(step)
-            echo(
-                f"[{step.name}] planned {len(plan.batches)} mini-batches ({plan.kind} input) in "
-                f"{plan.seconds:.2f} s"
+        finally:
+            if self._cm is not None:
+                self._cm.__exit__(None, None, None)
+
+    def _cluster(self) -> Any:
+        if self.handle is None:
+            self._cm = open_cluster(**self._cluster_args)
+            self.handle = self._cm.__enter__()
+            where = "embedded local cluster" if self.handle.local else "cluster"
+            self.echo(
+                f"{where}: {self.handle.n_workers} worker slots, started in "
+                f"{self.handle.start_seconds:.1f} s"
             )
-            for note in plan.notes:
-                echo(f"note: {note}")
-            if not plan.batches:
-                raise PlanningError(
-                    f"step {step.name}: the input {step.input_data.path} gave no mini-batches"
+        return self.handle
+
+    def _command(self, step: CommandStep) -> str | None:
+        done = os.path.join(self.run_dir, "steps", step.name, "done")
+        for out in step.outputs.values():
+            self.result.outputs[f"{step.name}.{out.name}"] = out.path
+        if self.mode != "run" and os.path.exists(done):
+            self.echo(f"[{step.name}] command step already done in an earlier session")
+            return None
+        failure = _run_command(step, self.run_dir, self.echo)
+        if failure is None:
+            os.makedirs(os.path.dirname(done), exist_ok=True)
+            open(done, "w").close()
+        return failure
+
+    def _plan(self, step: ParallelStep) -> Plan:
+        step_dir = os.path.join(self.run_dir, "steps", step.name)
+        plan_file = os.path.join(step_dir, "plan.pkl")
+        fresh = plan_step(step)
+        if self.mode != "run" and os.path.exists(plan_file):
+            with open(plan_file, "rb") as f:
+                saved: Plan = pickle.load(f)
+            old = self.record.get("inputs", {}).get(step.name)
+            new = fingerprint.input_digest(fresh.batches)
+            if old is not None and old != new:
+                what = (
+                    f"{old['batches']} -> {new['batches']} mini-batches"
+                    if old["batches"] != new["batches"]
+                    else "the files' sizes or modification times"
+                    if old["files"] != new["files"]
+                    else "how the input splits into mini-batches"
                 )
-            step_dir = os.path.join(run_dir, "steps", step.name)
-            os.makedirs(step_dir, exist_ok=True)
-            with open(os.path.join(step_dir, "plan.pkl"), "wb") as f:
-                pickle.dump(plan, f)
-            if handle is None:
-                cluster_cm = open_cluster(scheduler=scheduler, client=client, n_workers=n_workers)
-                handle = cluster_cm.__enter__()
-                where = "embedded local cluster" if handle.local else "cluster"
-                echo(
-                    f"{where}: {handle.n_workers} worker slots, started in "
-                    f"{handle.start_seconds:.1f} s"
+                if not self.force:
+                    from daskprs.errors import ResumeRefused
+
+                    raise ResumeRefused(
+                        f"the input of step {step.name} ({step.input_data.path}) changed since "
+                        f"the run started ({what}). Run it anew, or add --force to continue "
+                        "(mini-batches already done are kept as they are)."
+                    )
+                self.echo(f"note: the input of step {step.name} changed ({what}); --force given")
+            if saved.batches == fresh.batches or not self.force:
+                return saved
+            self.record.setdefault("inputs", {})[step.name] = new
+            ledger_file = os.path.join(step_dir, "ledger.jsonl")
+            if os.path.exists(ledger_file):
+                # the mini-batch ids no longer mean the same inputs: start the step over
+                os.replace(ledger_file, f"{ledger_file}.before-force-{int(time.time())}")
+        self.record.setdefault("inputs", {})[step.name] = fingerprint.input_digest(fresh.batches)
+        os.makedirs(step_dir, exist_ok=True)
+        with open(plan_file, "wb") as f:
+            pickle.dump(fresh, f)
+        _write_json(os.path.join(self.run_dir, RUN_FILE), self.record)
+        return fresh
+
+    def _parallel(self, step: ParallelStep) -> str | None:
+        plan = self._plan(step)
+        self.echo(
+            f"[{step.name}] planned {len(plan.batches)} mini-batches ({plan.kind} input) in "
+            f"{plan.seconds:.2f} s"
+        )
+        for note in plan.notes:
+            self.echo(f"note: {note}")
+        if not plan.batches:
+            raise PlanningError(
+                f"step {step.name}: the input {step.input_data.path} gave no mini-batches"
+            )
+        for out in step.outputs.values():
+            if "://" not in out.path:
+                folder = (
+                    out.path
+                    if not (out.explicit and out.type == "uri_file")
+                    else (os.path.dirname(out.path))
                 )
+                os.makedirs(folder, exist_ok=True)
+        step_dir = os.path.join(self.run_dir, "steps", step.name)
+        ledger_file = os.path.join(step_dir, "ledger.jsonl")
+        state = read_ledger(ledger_file)
+        todo, prior = _todo(plan, state, self.mode)
+        if self.mode != "run":
+            self.echo(
+                f"[{step.name}] {self.mode}: {len(todo)} of {len(plan.batches)} mini-batches to run"
+            )
+        if todo:
+            handle = self._cluster()
             outcome = run_step(
                 handle.client,
                 step,
                 plan,
-                run_dir,
+                self.run_dir,
                 n_workers=handle.n_workers,
                 local=handle.local,
-                echo=echo,
+                session=state.sessions,
+                prior=prior,
+                todo=todo,
+                echo=self.echo,
             )
-            outcome.failed = _failed_entries(step.name, plan, run_dir)
-            state = read_ledger(os.path.join(step_dir, "ledger.jsonl"))
-            out_path, _ = assemble_output(step, state)
-            if out_path is not None:
-                outcome.output = out_path
-            for out in step.outputs.values():
-                shown = out.path
-                if step.append_row_to and os.path.dirname(step.append_row_to) == out.path:
-                    shown = step.append_row_to
-                elif step.append_row_to and out.path == step.append_row_to:
-                    shown = out.path
-                result.outputs[f"{step.name}.{out.name}"] = shown
-            result.steps.append(outcome)
-            if outcome.failure is not None:
-                result.failure = f"step {step.name}: {outcome.failure}"
-                if not job.continue_on_step_failure:
-                    return
-    finally:
-        if cluster_cm is not None:
-            cluster_cm.__exit__(None, None, None)
+        else:
+            outcome = _outcome_from_ledger(step, plan, state)
+        outcome.failed = _failed_entries(step.name, plan, self.run_dir)
+        out_path, _ = assemble_output(step, read_ledger(ledger_file))
+        outcome.output = out_path
+        for out in step.outputs.values():
+            shown = out.path
+            if step.append_row_to and os.path.dirname(step.append_row_to) == out.path:
+                shown = step.append_row_to
+            self.result.outputs[f"{step.name}.{out.name}"] = shown
+        self.result.steps.append(outcome)
+        if outcome.failure is not None:
+            return f"step {step.name}: {outcome.failure}"
+        return None
+
+
+def _todo(plan: Plan, state: Any, mode: str) -> tuple[list[int], dict[int, Prior]]:
+    """Which mini-batches to run, and the final states the others keep."""
+    rerun = {"run": (), "resume": ("PENDING", "RUNNING", "CANCELLED")}.get(
+        mode, ("PENDING", "RUNNING", "FAILED", "CANCELLED")
+    )
+    todo: list[int] = []
+    prior: dict[int, Prior] = {}
+    for batch in plan.batches:
+        entry = state.entries.get(batch.index)
+        st = entry.state if entry is not None else "PENDING"
+        if mode == "run" or st in rerun:
+            todo.append(batch.index)
+            continue
+        rec = entry.record if entry is not None else None
+        prior[batch.index] = Prior(
+            st,
+            rec.succeeded if rec is not None else 0,
+            (rec.failed if st == "DONE" else (rec.total or rec.failed)) if rec is not None else 0,
+            rec.error if rec is not None else "",
+        )
+    return todo, prior
+
+
+def _outcome_from_ledger(step_obj: ParallelStep, plan: Plan, state: Any) -> StepOutcome:
+    """A step with nothing left to run: its outcome as the ledger records it."""
+    from daskprs.runner import policy_for
+    from daskprs.supervisor import Supervisor
+
+    _, prior = _todo(plan, state, "resume")
+    items = {b.index: b.n_items for b in plan.batches}
+    sup = Supervisor(items, policy_for(step_obj, 1, None), todo=[], prior=prior)
+    sup.start()
+    stop = sup.stopped
+    return StepOutcome(
+        step=step_obj.name,
+        failure=stop.failure if stop is not None else None,
+        budget=stop.budget if stop is not None else None,
+        summary=sup.summary(),
+        output=None,
+    )

@@ -58,8 +58,28 @@ def cli() -> None:
     """Run Azure Machine Learning parallel jobs on any Dask cluster."""
 
 
+def _run_and_exit(call: Callable[[], Any]) -> None:
+    outcome: dict[str, Any] = {}
+
+    def go() -> None:
+        outcome["result"] = call()
+
+    code = _guard(go)
+    result = outcome.get("result")
+    if code == 0 and result is not None and not result.ok:
+        code = EXIT_FAILED
+    sys.exit(code)
+
+
+def _existing_file(file: str) -> None:
+    import os
+
+    if not os.path.isfile(file):
+        raise click.BadParameter(f"{file} does not exist or is not a file", param_hint="FILE")
+
+
 @cli.command()
-@click.argument("file", required=True, type=click.Path(dir_okay=False))
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Run directory (new or empty).")
 @click.option("--scheduler", metavar="ADDRESS", help="Dask scheduler, e.g. tcp://host:8786.")
 @click.option(
@@ -72,32 +92,64 @@ def cli() -> None:
 @click.option(
     "--workers", type=click.IntRange(min=1), help="Worker processes of the embedded cluster."
 )
+@click.option(
+    "--resume",
+    "resume",
+    metavar="RUN_DIR",
+    type=click.Path(file_okay=False),
+    help="Continue the run in RUN_DIR from its ledger.",
+)
+@click.option("--force", is_flag=True, help="With --resume: accept a changed job or input.")
 def run(
-    file: str,
+    file: str | None,
     run_dir: str | None,
     scheduler: str | None,
     sets: tuple[str, ...],
     workers: int | None,
+    resume: str | None,
+    force: bool,
 ) -> None:
-    """Run a job FILE (pipeline, parallel component or type: parallel YAML)."""
-    import os
+    """Run a job FILE (pipeline, parallel component or type: parallel YAML).
 
-    from daskprs.api import run_job
+    With --resume RUN_DIR, continue that run: only the mini-batches not yet committed run.
+    """
+    from daskprs.api import resume_job, run_job
 
-    if not os.path.isfile(file):
-        raise click.BadParameter(f"{file} does not exist or is not a file", param_hint="FILE")
-    outcome: dict[str, Any] = {}
-
-    def go() -> None:
-        outcome["result"] = run_job(
-            file, sets=sets, run_dir=run_dir, scheduler=scheduler, workers=workers
+    if resume is not None:
+        if run_dir or sets:
+            raise click.UsageError(
+                "--resume continues a run as it was started: leave out --run-dir and --set "
+                "(start a new run to change them)"
+            )
+        if file is not None:
+            _existing_file(file)
+        _run_and_exit(
+            lambda: resume_job(resume, file, force=force, scheduler=scheduler, workers=workers)
         )
+    if file is None:
+        raise click.UsageError("give a job FILE to run, or --resume RUN_DIR")
+    if force:
+        raise click.UsageError("--force goes with --resume")
+    _existing_file(file)
+    _run_and_exit(
+        lambda: run_job(file, sets=sets, run_dir=run_dir, scheduler=scheduler, workers=workers)
+    )
 
-    code = _guard(go)
-    result = outcome.get("result")
-    if code == 0 and result is not None and not result.ok:
-        code = EXIT_FAILED
-    sys.exit(code)
+
+@cli.command("rerun-failed")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--scheduler", metavar="ADDRESS", help="Dask scheduler, e.g. tcp://host:8786.")
+@click.option(
+    "--workers", type=click.IntRange(min=1), help="Worker processes of the embedded cluster."
+)
+def rerun_failed(run_dir: str, scheduler: str | None, workers: int | None) -> None:
+    """Run the failed and cancelled mini-batches of a finished run again, and re-assemble
+    its output (for example after fixing the entry script)."""
+    from daskprs.api import resume_job
+
+    _run_and_exit(
+        lambda: resume_job(run_dir, rerun_failed=True, scheduler=scheduler, workers=workers)
+    )
 
 
 @cli.command()
@@ -105,12 +157,9 @@ def run(
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="As for `run`.")
 def validate(file: str, sets: tuple[str, ...]) -> None:
     """Check a job FILE without running it."""
-    import os
-
     from daskprs.spec import validate_file
 
-    if not os.path.isfile(file):
-        raise click.BadParameter(f"{file} does not exist or is not a file", param_hint="FILE")
+    _existing_file(file)
     job, problems, notes = validate_file(file, sets)
     for note in notes:
         click.echo(f"note: {note}")

@@ -29,13 +29,15 @@ class DataInput:
     """A data input of a step.
 
     ``path`` is an absolute local path (no ``file://``) or an fsspec URL (``s3://b/k``);
-    ``azureml://datastores/...`` is already resolved to its datastore root.
+    ``azureml://datastores/...`` is already resolved to its datastore root. ``mode`` is as
+    written in the YAML, or ``""`` when none was given (which makes an MLTable with a read
+    transformation tabular, SPEC section 3).
     """
 
     name: str
     type: InputType
     path: str
-    mode: str = "ro_mount"
+    mode: str = ""
 
 
 @dataclass(frozen=True)

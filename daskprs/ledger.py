@@ -90,7 +90,7 @@ class Ledger:
     def __init__(self, path: str):
         self.path = path
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        self._f = open(path, "a", encoding="utf-8")
 
     def _write(self, event: dict[str, Any]) -> None:
         self._f.write(json.dumps(event, default=str) + "\n")

@@ -66,7 +66,7 @@ class Report:
         self.path = os.path.join(run_dir, "logs", "sys", "job_report", "processed_mini-batches.csv")
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
-        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self._f = open(self.path, "a", encoding="utf-8")
         if new:
             self._f.write(REPORT_HEADER + "\n")
 
@@ -150,5 +150,6 @@ def format_progress_overview(
         f"elapsed seconds: {elapsed:.1f}",
     ]
     if 0 < finished < summary["total"]:
-        lines.append(f"estimated seconds left: {(summary['total'] - finished) * elapsed / finished:.0f}")
+        left = (summary["total"] - finished) * elapsed / finished
+        lines.append(f"estimated seconds left: {left:.0f}")
     return "\n".join(lines)

@@ -53,6 +53,7 @@ __all__ = [
     "Transform",
     "apply_transforms",
     "csv_read_options",
+    "infer_dates",
     "join_path",
     "load_mltable",
     "match_partition_format",
@@ -1013,7 +1014,8 @@ def _convert_column(s: pd.Series, spec: Mapping[str, Any]) -> pd.Series:
                 return False
             return mismatch
 
-        return s.map(conv).astype("boolean")
+        out = s.map(conv)
+        return out.astype(bool) if out.notna().all() else out.astype("boolean")
     if kind == "datetime":
         out = pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns]")
         for fmt in spec["formats"]:
@@ -1031,6 +1033,30 @@ def _sample(df: pd.DataFrame, args: Mapping[str, Any], salt: str) -> pd.DataFram
     rng = np.random.default_rng(entropy if seed is not None else None)
     keep = rng.random(len(df)) < args["probability"]
     return df[keep]
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?")
+
+
+def infer_dates(df: pd.DataFrame) -> pd.DataFrame:
+    """Turn text columns whose every value is an ISO date (``2024-01-31``, optionally with a
+    time) into datetimes, as ``mltable``'s type inference does."""
+    out = None
+    for col in df.columns:
+        s = df[col]
+        if not _is_textual(s):
+            continue
+        values = s.dropna()
+        if values.empty or not all(isinstance(v, str) and _ISO_DATE.fullmatch(v) for v in values):
+            continue
+        try:
+            converted = pd.to_datetime(s, format="ISO8601").astype("datetime64[ns]")
+        except (ValueError, TypeError):
+            continue
+        if out is None:
+            out = df.copy()
+        out[col] = converted
+    return df if out is None else out
 
 
 def apply_transforms(
@@ -1054,7 +1080,8 @@ def apply_transforms(
         elif t.name == "skip":
             df = df.iloc[t.args :]
         elif t.name == "keep_columns":
-            df = df[_select(df, t.args, where)]
+            keep = set(_select(df, t.args, where))
+            df = df[[c for c in df.columns if c in keep]]  # the table's order, as mltable
         elif t.name == "drop_columns":
             df = df.drop(columns=_select(df, t.args, where))
         elif t.name == "convert_column_types":

@@ -597,11 +597,13 @@ def _group_by_keys(
         )
     groups: dict[tuple[str, ...], list[str]] = {}
     for f in listing.files:
-        values = mlt.match_partition_format(fmt, f.url)
+        # Matched against the path below the input root, so folders above it never count.
+        values = mlt.match_partition_format(fmt, f.rel)
         if values is None:
             raise PlanningError(
-                f"{f.url}: the path does not match the partition format {fmt!r} of {where}; "
-                f"move the file or restrict the MLTable's paths to matching files"
+                f"{f.url}: the path (below {listing.root}) does not match the partition format "
+                f"{fmt!r} of {where}; move the file or restrict the MLTable's paths to "
+                f"matching files"
             )
         groups.setdefault(tuple(values[k] for k in partition_keys), []).append(f.url)
     return sorted(groups.items())

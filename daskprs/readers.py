@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from daskprs.batches import FileBatch, MiniBatch, TableBatch, TablePiece
-from daskprs.mltable import TableRead, apply_transforms, csv_read_options
+from daskprs.mltable import TableRead, apply_transforms, csv_read_options, infer_dates
 
 __all__ = ["BatchLoadError", "load_batch", "read_piece"]
 
@@ -193,7 +193,9 @@ def _parse_json_lines(data: bytes, read: TableRead) -> pd.DataFrame:
                 f"invalid_lines: drop"
             ) from err
         records.append(obj)
-    return pd.DataFrame.from_records(records) if records else pd.DataFrame()
+    if not records:
+        return pd.DataFrame()
+    return pd.DataFrame.from_records(records).infer_objects()
 
 
 def _file_header(fs: Any, path: str, read: TableRead) -> list[str]:
@@ -234,4 +236,4 @@ def _parse_delimited(
         df = pd.DataFrame(columns=names or [])
     if read.header == "no_header":
         df.columns = [f"Column{i + 1}" for i in range(len(df.columns))]
-    return df
+    return infer_dates(df) if read.infer_column_types else df

@@ -83,7 +83,7 @@ def _collect(fut: Any, mb: int, try_no: int) -> TryRecord:
     )
 
 
-def _policy(step: ParallelStep, n_workers: int, window: int | None) -> Policy:
+def policy_for(step: ParallelStep, n_workers: int, window: int | None) -> Policy:
     s = step.settings
     per_node = step.max_concurrency_per_instance or os.cpu_count() or 1
     return Policy(
@@ -178,7 +178,7 @@ def run_step(
 
     sup = Supervisor(
         {b.index: b.n_items for b in plan.batches},
-        _policy(step, n_workers, window),
+        policy_for(step, n_workers, window),
         todo=todo,
         prior=prior,
         session=session,

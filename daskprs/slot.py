@@ -70,7 +70,7 @@ class Slot:
             return subprocess.DEVNULL
         folder = os.path.join(cfg.logs_dir, "user", kind, cfg.node)
         os.makedirs(folder, exist_ok=True)
-        return open(os.path.join(folder, f"{cfg.process}.{kind}.txt"), "ab")  # noqa: SIM115
+        return open(os.path.join(folder, f"{cfg.process}.{kind}.txt"), "ab")
 
     def start(self) -> None:
         """Start a new child process and send it its configuration."""

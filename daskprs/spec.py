@@ -654,6 +654,8 @@ def _data_input(
     ctx: S.Context,
     used: set[str],
 ) -> object:
+    # The mode is "" when the YAML gives none: for an mltable with a read transformation that
+    # means tabular input, while an explicit ro_mount or download means its files (SPEC 3).
     expr = _full_binding(path)
     if expr is not None:
         bound = _lookup(expr, scope, place, ctx, used)
@@ -662,14 +664,14 @@ def _data_input(
         if isinstance(bound, DataInput | Output):
             kind = kind or bound.type
             resolved: str | None = bound.path
-            default_mode = bound.mode if isinstance(bound, DataInput) else "ro_mount"
+            default_mode = bound.mode if isinstance(bound, DataInput) else ""
         elif kind in (*S.DATA_TYPES, *S.MODEL_TYPES):
-            resolved, default_mode = _resolve_path(bound, at.base, place, ctx), "ro_mount"
+            resolved, default_mode = _resolve_path(bound, at.base, place, ctx), ""
         else:
             return bound  # a literal bound to a literal
     else:
         text = _bind_text(str(path), scope, place, ctx, used)
-        resolved, default_mode = _resolve_path(text, at.base, place, ctx), "ro_mount"
+        resolved, default_mode = _resolve_path(text, at.base, place, ctx), ""
         if resolved and not _URL.match(resolved) and not os.path.exists(resolved):
             ctx.problem(
                 place,

@@ -152,6 +152,9 @@ class Supervisor:
 
     def start(self) -> list[Instruction]:
         """Instructions to begin: the first window of submissions (or an immediate stop)."""
+        stop = self._check_budgets()  # earlier sessions' failures may already exceed one
+        if stop is not None:
+            return self._stop(stop, [])
         return self._fill()
 
     def on_outcome(self, try_key: str, record: TryRecord, now: float) -> list[Instruction]:
@@ -215,8 +218,7 @@ class Supervisor:
             "failed": c.failed,
             "cancelled": c.cancelled,
             "running": len(self.in_flight),
-            "pending": sum(1 for s in self.state.values() if s == "PENDING")
-            - len(self.in_flight),
+            "pending": sum(1 for s in self.state.values() if s == "PENDING") - len(self.in_flight),
             "succeeded_items": c.succeeded_items,
             "failed_items": c.failed_items,
         }
@@ -236,9 +238,11 @@ class Supervisor:
             n = 1
             while key in self._keys_used:
                 n += 1
-                key = f"minibatch-{mb:05d}-try{try_no}" + (
-                    f"-s{self.session}" if self.session else ""
-                ) + f"-r{n}"
+                key = (
+                    f"minibatch-{mb:05d}-try{try_no}"
+                    + (f"-s{self.session}" if self.session else "")
+                    + f"-r{n}"
+                )
             self._keys_used.add(key)
             self.in_flight[try_key] = (mb, try_no)
             out.append(Submit(mb, try_no, try_key, key))
@@ -290,8 +294,7 @@ class Supervisor:
                 f"{per_node} init() failures on {node} (limit {per_node_limit}: 3 x processes "
                 "per node)"
                 if per_node >= per_node_limit
-                else f"{total} init() failures in the job (limit {total_limit}: 2 x all "
-                "processes)"
+                else f"{total} init() failures in the job (limit {total_limit}: 2 x all processes)"
             )
             return Stop(
                 f"init() failed everywhere: {which}. Last error: {record.error}\n"

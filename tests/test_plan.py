@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import textwrap
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
@@ -110,7 +110,9 @@ def test_file_batches_default_and_counts(tmp_path):
     assert [len(b.files) for b in plan.batches] == [4, 4, 4, 4, 4, 3]
     assert all(isinstance(b, FileBatch) and b.direct for b in plan.batches)
     # every file exactly once, in order
-    assert [f for b in plan.batches for f in b.files] == [f.url for f in list_files(folder_input(tmp_path))]
+    assert [f for b in plan.batches for f in b.files] == [
+        f.url for f in list_files(folder_input(tmp_path))
+    ]
     pickle.loads(pickle.dumps(plan))
 
 
@@ -199,7 +201,14 @@ def test_mltable_without_read_is_a_file_list(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "mode, kind", [(None, "tabular"), ("direct", "tabular"), ("ro_mount", "files"), ("download", "files"), ("eval_mount", "files")]
+    "mode, kind",
+    [
+        (None, "tabular"),
+        ("direct", "tabular"),
+        ("ro_mount", "files"),
+        ("download", "files"),
+        ("eval_mount", "files"),
+    ],
 )
 def test_mltable_kind_by_mode(tmp_path, mode, kind):
     touch(tmp_path / "a.csv", "a\n1\n")
@@ -293,10 +302,10 @@ def test_unknown_transformation_named(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-def csv_table(folder: Path, options: str = "{}", pattern: str = "./*.csv") -> Path:
+def csv_table(folder: Path, options: str = "{}", pattern: str = "./*.csv", more: str = "") -> Path:
     return mltable(
         folder,
-        f"paths:\n  - pattern: {pattern}\ntransformations:\n  - read_delimited: {options}\n",
+        f"paths:\n  - pattern: {pattern}\ntransformations:\n  - read_delimited: {options}\n{more}",
     )
 
 
@@ -319,7 +328,7 @@ def test_byte_ranges_cover_file_at_line_boundaries(tmp_path):
     assert pieces[0].start == 0 and pieces[0].skip_header
     assert not any(p.skip_header for p in pieces[1:])
     assert pieces[-1].end == len(data)
-    for a, b in zip(pieces, pieces[1:], strict=False):
+    for a, b in itertools.pairwise(pieces):
         assert a.end == b.start
         assert data[a.end - 1 : a.end] == b"\n"
     assert all(p.end > p.start for p in pieces)
@@ -336,7 +345,9 @@ def test_small_files_are_one_batch_each_never_crossing(tmp_path):
     (tmp_path / "c.csv").write_bytes(b"")  # empty file
     csv_table(tmp_path)
     plan = plan_input(table_input(tmp_path), None)
-    assert [b.pieces[0].path for b in plan.batches] == [str(tmp_path / n) for n in ("a.csv", "b.csv", "c.csv")]
+    assert [b.pieces[0].path for b in plan.batches] == [
+        str(tmp_path / n) for n in ("a.csv", "b.csv", "c.csv")
+    ]
     assert [b.pieces[0].skip_header for b in plan.batches] == [True, True, True]
 
 
@@ -386,3 +397,184 @@ def test_plan_is_picklable(tmp_path):
     plan = plan_input(table_input(tmp_path), MiniBatchSize(300, "bytes"))
     again = pickle.loads(pickle.dumps(plan))
     assert isinstance(again, Plan) and again.batches == plan.batches
+
+
+# --------------------------------------------------------------------------------------------
+# Parquet: row groups from footers
+# --------------------------------------------------------------------------------------------
+
+
+def write_parquet(path: Path, start: int, n: int, row_group_size: int) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"a": list(range(start, start + n)), "s": [f"v{i}" for i in range(n)]})
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+def parquet_table(folder: Path, more: str = "") -> Path:
+    return mltable(
+        folder,
+        f"paths:\n  - pattern: ./*.parquet\ntransformations:\n  - read_parquet: {{}}\n{more}",
+    )
+
+
+def test_parquet_row_groups_by_rows(tmp_path):
+    write_parquet(tmp_path / "a.parquet", 0, 1000, 100)
+    write_parquet(tmp_path / "b.parquet", 1000, 250, 100)
+    parquet_table(tmp_path)
+    plan = plan_input(table_input(tmp_path), MiniBatchSize(300, "rows"))
+    got = [(Path(b.pieces[0].path).name, b.pieces[0].row_groups, b.n_items) for b in plan.batches]
+    assert got == [
+        ("a.parquet", (0, 1, 2), 300),
+        ("a.parquet", (3, 4, 5), 300),
+        ("a.parquet", (6, 7, 8), 300),
+        ("a.parquet", (9,), 100),
+        ("b.parquet", (0, 1, 2), 250),
+    ]
+    assert [b.row_lower_bound for b in plan.batches] == [0, 300, 600, 900, 1000]
+    assert not plan.scanned
+
+
+def test_parquet_row_groups_by_bytes_read_footers_only(tmp_path):
+    f = write_parquet(tmp_path / "a.parquet", 0, 20_000, 1000)
+    parquet_table(tmp_path)
+    fs = CountingFS()
+    import pyarrow.parquet as pq
+
+    md = pq.ParquetFile(f).metadata
+    one_group = sum(md.row_group(0).column(j).total_compressed_size for j in range(2))
+    budget = 3 * one_group
+    plan = plan_input(table_input(tmp_path), MiniBatchSize(budget, "bytes"), fs=fs)
+    groups = [b.pieces[0].row_groups for b in plan.batches]
+    assert [g for group in groups for g in group] == list(range(20))
+    assert 5 <= len(groups) <= 10
+    for group in groups:
+        size = sum(md.row_group(g).column(j).total_compressed_size for g in group for j in range(2))
+        assert size <= budget or len(group) == 1
+    assert sum(b.n_items for b in plan.batches) == 20_000
+    assert fs.bytes_read < f.stat().st_size / 2  # the footer, not the data
+
+
+def test_parquet_big_row_group_noted(tmp_path):
+    write_parquet(tmp_path / "a.parquet", 0, 500, 500)
+    parquet_table(tmp_path)
+    plan = plan_input(table_input(tmp_path), MiniBatchSize(100, "rows"))
+    assert len(plan.batches) == 1 and plan.batches[0].n_items == 500
+    assert any("never split" in n for n in plan.notes)
+
+
+# --------------------------------------------------------------------------------------------
+# Scans: rows unit, multi-line, global take/skip
+# --------------------------------------------------------------------------------------------
+
+
+def test_csv_rows_unit_scans_and_counts(tmp_path):
+    (tmp_path / "a.csv").write_text("a,b\n" + "".join(f"{i},x\n" for i in range(10)) + "\n\n")
+    (tmp_path / "b.csv").write_text("a,b\r\n" + "\r\n".join(f"{i},y" for i in range(10, 15)))
+    csv_table(tmp_path)
+    plan = plan_input(table_input(tmp_path), MiniBatchSize(4, "rows"))
+    assert plan.scanned and any("scanned" in n for n in plan.notes)
+    assert [b.n_items for b in plan.batches] == [4, 4, 2, 4, 1]
+    assert [b.row_lower_bound for b in plan.batches] == [0, 4, 8, 10, 14]
+    assert plan.batches[2].pieces[0].end == (tmp_path / "a.csv").stat().st_size
+
+
+def test_multi_line_cuts_never_inside_quotes(tmp_path):
+    rows = ["id,text"]
+    for i in range(100):
+        rows.append(f'{i},"first {i}\nsecond ""quoted"" {i}\n"' if i % 2 else f"{i},plain")
+    data = ("\n".join(rows) + "\n").encode()
+    (tmp_path / "a.csv").write_bytes(data)
+    csv_table(tmp_path, "{support_multi_line: true}")
+    plan = plan_input(table_input(tmp_path), MiniBatchSize(50, "bytes"))
+    assert plan.scanned
+    starts = [b.pieces[0].start for b in plan.batches[1:]]
+    # every range starts at a row (a digit), never inside a quoted field
+    assert all(data[s : s + 1].isdigit() and data[s - 1 : s] == b"\n" for s in starts)
+    for s in starts:
+        assert data[:s].count(b'"') % 2 == 0
+    assert sum(b.n_items for b in plan.batches) == 100
+
+
+def test_global_take_skip_rewritten_per_batch(tmp_path):
+    (tmp_path / "a.csv").write_text("a\n" + "".join(f"{i}\n" for i in range(10)))
+    (tmp_path / "b.csv").write_text("a\n" + "".join(f"{i}\n" for i in range(10, 20)))
+    csv_table(tmp_path, "{}", more="  - skip: 3\n  - keep_columns: [a]\n  - take: 12\n")
+    plan = plan_input(table_input(tmp_path), MiniBatchSize(6, "bytes"))
+    assert plan.scanned
+    assert sum(b.n_items for b in plan.batches) == 12
+    assert plan.batches[0].row_lower_bound == 0
+    names = [[t.name for t in b.read.transforms] for b in plan.batches]
+    assert all("keep_columns" in n for n in names)
+    assert names[0][0] == "skip"
+
+
+def test_take_after_filter_not_yet_supported(tmp_path):
+    (tmp_path / "a.csv").write_text("a\n1\n")
+    csv_table(tmp_path, "{}", more="  - filter: 'col(\"a\") > 0'\n  - take: 1\n")
+    with pytest.raises(PlanningError, match=r"take after filter.*not yet supported"):
+        plan_input(table_input(tmp_path), None)
+
+
+# --------------------------------------------------------------------------------------------
+# Partition keys
+# --------------------------------------------------------------------------------------------
+
+KEYED = "  - extract_columns_from_partition_format: {partition_format: '{Store}/{Brand}/{f}.csv'}\n"
+
+
+def keyed_folder(tmp_path: Path) -> Path:
+    for store, brand, name in [
+        ("S2", "b", "x"),
+        ("S1", "b", "y"),
+        ("S1", "a", "x"),
+        ("S1", "b", "x"),
+        ("S10", "a", "x"),
+    ]:
+        touch(tmp_path / store / brand / f"{name}.csv", "v\n1\n2\n")
+    return tmp_path
+
+
+def test_partition_keys_tabular(tmp_path):
+    keyed_folder(tmp_path)
+    csv_table(tmp_path, "{}", pattern="./**/*.csv", more=KEYED)
+    plan = plan_input(table_input(tmp_path), MiniBatchSize(1, "bytes"), ["Store", "Brand"])
+    assert [b.keys for b in plan.batches] == [
+        {"Store": "S1", "Brand": "a"},
+        {"Store": "S1", "Brand": "b"},
+        {"Store": "S10", "Brand": "a"},
+        {"Store": "S2", "Brand": "b"},
+    ]
+    second = plan.batches[1]
+    assert [Path(p.path).relative_to(tmp_path).as_posix() for p in second.pieces] == [
+        "S1/b/x.csv",
+        "S1/b/y.csv",
+    ]
+    assert all(p.start == 0 and p.skip_header for p in second.pieces)
+    assert second.pieces[0].partition_values == {"Store": "S1", "Brand": "b"}
+
+
+def test_partition_keys_file_list(tmp_path):
+    keyed_folder(tmp_path)
+    mltable(tmp_path, f"paths:\n  - pattern: ./**/*.csv\ntransformations:\n{KEYED}")
+    plan = plan_input(table_input(tmp_path, "ro_mount"), None, ["Brand"])
+    assert plan.kind == "files"
+    assert [(b.keys, len(b.files)) for b in plan.batches] == [
+        ({"Brand": "a"}, 2),
+        ({"Brand": "b"}, 3),
+    ]
+
+
+def test_partition_keys_errors(tmp_path):
+    keyed_folder(tmp_path)
+    touch(tmp_path / "loose.csv", "v\n1\n")
+    csv_table(tmp_path, "{}", pattern="./**/*.csv", more=KEYED)
+    with pytest.raises(PlanningError, match=r"loose\.csv: the path \(below .*\) does not match"):
+        plan_input(table_input(tmp_path), None, ["Store"])
+    with pytest.raises(PlanningError, match=r"\['Shop'\] are not in the partition format"):
+        plan_input(table_input(tmp_path), None, ["Shop"])
+    with pytest.raises(PlanningError, match="need an MLTable input"):
+        plan_input(folder_input(tmp_path), None, ["Store"])

@@ -204,7 +204,7 @@ def test_file_batch_local_and_direct(tmp_path):
     assert load_batch(FileBatch(0, (str(f),)), cache_dir=str(tmp_path / "c")) == [str(f)]
     urls = ("s3://bucket/a.txt", "s3://bucket/b.txt")
     assert load_batch(FileBatch(0, urls, direct=True), cache_dir=str(tmp_path)) == list(urls)
-    with pytest.raises(BatchLoadError, match="gone.txt: file not found"):
+    with pytest.raises(BatchLoadError, match=r"gone\.txt: file not found"):
         load_batch(FileBatch(0, (str(tmp_path / "gone.txt"),)), cache_dir=str(tmp_path))
 
 
@@ -224,3 +224,143 @@ def test_file_batch_remote_downloads_to_cache(tmp_path):
     assert [os.path.basename(p) for p in got] == ["a.txt", "a.txt"]
     assert load_batch(FileBatch(0, urls), cache_dir=str(cache)) == got  # reused
     assert fsspec.filesystem("file").exists(got[0])
+
+
+# --------------------------------------------------------------------------------------------
+# Parquet, scans, take/skip, keys
+# --------------------------------------------------------------------------------------------
+
+
+def write_parquet(path: Path, start: int, n: int, row_group_size: int) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"a": list(range(start, start + n)), "s": [f"v{i}" for i in range(n)]})
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+@pytest.mark.parametrize("size", [MiniBatchSize(7, "rows"), MiniBatchSize(300, "bytes"), None])
+def test_parquet_round_trip(tmp_path, size):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_parquet(data / "a.parquet", 0, 100, 10)
+    write_parquet(data / "b.parquet", 100, 35, 10)
+    mltable(
+        data,
+        "paths:\n  - pattern: ./*.parquet\ntransformations:\n"
+        "  - read_parquet: {include_path_column: true}\n",
+    )
+    plan, frames = plan_and_load(data, size, tmp_path)
+    assert [len(f) for f in frames] == [b.n_items for b in plan.batches]
+    got = concat(frames)
+    assert got["a"].tolist() == list(range(135))
+    assert got.columns.tolist() == ["Path", "a", "s"]
+    assert got["Path"].iloc[-1] == str(data / "b.parquet")
+
+
+@pytest.mark.parametrize("rows", [1, 3, 7, 1000])
+def test_rows_unit_round_trip(tmp_path, rows):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.csv").write_text("a,b\n" + "".join(f"{i},x{i}\n" for i in range(40)) + "\n")
+    (data / "b.csv").write_text("a,b\n\n" + "\n".join(f"{i},y{i}" for i in range(40, 50)))
+    csv_table(data)
+    plan, frames = plan_and_load(data, MiniBatchSize(rows, "rows"), tmp_path)
+    assert [len(f) for f in frames] == [b.n_items for b in plan.batches]
+    assert all(len(f) <= rows for f in frames)
+    assert concat(frames)["a"].tolist() == list(range(50))
+
+
+@pytest.mark.parametrize("size", [1, 20, 100, 10**6, MiniBatchSize(3, "rows")])
+def test_multi_line_round_trip(tmp_path, size):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = ["id,text,n"]
+    for i in range(60):
+        text = f'"a {i}\nb ""{i}"",\r\nc"' if i % 4 == 0 else f"t{i}"
+        rows.append(f"{i},{text},{i}")
+    (data / "a.csv").write_text("\n".join(rows) + "\n")
+    csv_table(data, "{support_multi_line: true}")
+    plan, frames = plan_and_load(data, size, tmp_path)
+    expected = pd.read_csv(data / "a.csv", keep_default_na=False, na_values=[""])
+    pd.testing.assert_frame_equal(concat(frames), expected, check_dtype=False)
+    if size != 10**6:
+        assert plan.scanned
+        assert [len(f) for f in frames] == [b.n_items for b in plan.batches]
+
+
+@pytest.mark.parametrize("size", [1, 15, 10**6, MiniBatchSize(4, "rows")])
+@pytest.mark.parametrize(
+    "ops, rows",
+    [
+        ("  - skip: 3\n  - take: 12\n", list(range(3, 15))),
+        ("  - take: 5\n", list(range(5))),
+        ("  - skip: 18\n", [18, 19]),
+        ("  - take: 12\n  - skip: 10\n  - take: 1\n", [10]),
+        ("  - skip: 30\n", []),
+        ("  - skip: 2\n  - take: 10\n  - filter: 'col(\"a\") % 3 == 0'\n", [3, 6, 9]),
+    ],
+)
+def test_global_take_skip_round_trip(tmp_path, size, ops, rows):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.csv").write_text("a\n" + "".join(f"{i}\n" for i in range(10)))
+    (data / "b.csv").write_text("a\n" + "".join(f"{i}\n" for i in range(10, 20)))
+    csv_table(data, more=ops)
+    plan, frames = plan_and_load(data, size, tmp_path)
+    got = concat(frames) if frames else pd.DataFrame({"a": []})
+    assert got["a"].tolist() == rows
+    if frames and "filter" not in ops:
+        assert [len(f) for f in frames] == [b.n_items for b in plan.batches]
+        assert all(len(f) for f in frames)
+
+
+def test_global_take_skip_parquet(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_parquet(data / "a.parquet", 0, 100, 10)
+    write_parquet(data / "b.parquet", 100, 100, 10)
+    mltable(
+        data,
+        "paths:\n  - pattern: ./*.parquet\ntransformations:\n  - read_parquet\n"
+        "  - skip: 95\n  - take: 20\n",
+    )
+    plan, frames = plan_and_load(data, MiniBatchSize(30, "rows"), tmp_path)
+    assert not plan.scanned
+    assert concat(frames)["a"].tolist() == list(range(95, 115))
+    assert [b.row_lower_bound for b in plan.batches] == [0, 5]
+
+
+def test_partition_keys_round_trip(tmp_path):
+    data = tmp_path / "data"
+    for store, brand, v in [("S1", "a", 1), ("S1", "b", 2), ("S2", "a", 3), ("S1", "a", 4)]:
+        (data / store / brand).mkdir(parents=True, exist_ok=True)
+        (data / store / brand / f"f{v}.csv").write_text(f"v\n{v}\n{v * 10}\n")
+    csv_table(
+        data,
+        pattern="./**/*.csv",
+        more="  - extract_columns_from_partition_format: "
+        "{partition_format: '{Store}/{Brand}/{file_name}.csv'}\n",
+    )
+    plan, frames = plan_and_load(data, None, tmp_path, partition_keys=["Store", "Brand"])
+    assert [b.keys for b in plan.batches] == [
+        {"Store": "S1", "Brand": "a"},
+        {"Store": "S1", "Brand": "b"},
+        {"Store": "S2", "Brand": "a"},
+    ]
+    first = frames[0]
+    assert first["v"].tolist() == [1, 10, 4, 40]
+    assert first["Store"].tolist() == ["S1"] * 4
+    assert first["file_name"].tolist() == ["f1", "f1", "f4", "f4"]
+
+
+def test_filter_to_empty_and_header_only_give_empty_frames(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.csv").write_text("a,b\n1,x\n")
+    (data / "b.csv").write_text("a,b\n")
+    csv_table(data, more="  - filter: 'col(\"a\") > 5'\n")
+    _, frames = plan_and_load(data, None, tmp_path)
+    assert [len(f) for f in frames] == [0, 0]
+    assert all(f.columns.tolist() == ["a", "b"] for f in frames)

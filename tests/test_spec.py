@@ -203,7 +203,7 @@ def test_component_file_node_with_paths_relative_to_the_component(folder: Path):
     job = load(job_file)
     step = only_step(job)
     assert step.code_dir == str(folder / "components" / "src")
-    assert step.input_data == DataInput("data", "uri_folder", str(folder / "data"))
+    assert step.input_data == DataInput("data", "uri_folder", str(folder / "data"), "")
     assert step.mini_batch_size == MiniBatchSize(2, "count", "2")  # the node wins
     assert step.settings.error_threshold == 3  # bound to a component default
     assert step.inputs["batch"] == "4"
@@ -442,6 +442,22 @@ def test_mini_batch_size_units_on_mltable_and_default(folder: Path):
     job_file = pipeline(folder, "mini_batch_size: 1mb")
     job_file.write_text(job_file.read_text().replace("type: uri_folder", "type: mltable"))
     assert only_step(load(job_file)).mini_batch_size == MiniBatchSize(1024**2, "bytes", "1mb")
+
+
+def test_mode_is_empty_when_not_given_and_kept_when_given(folder: Path):
+    job_file = pipeline(
+        folder,
+        """
+        inputs:
+          data: ${{parent.inputs.table}}
+          direct: {type: mltable, path: "${{parent.inputs.table}}", mode: direct}
+          mounted: {type: mltable, path: ./data, mode: ro_mount}
+        """,
+        extra="inputs:\n  table: {type: mltable, path: ./data}\n",
+    )
+    inputs = only_step(load(job_file)).inputs
+    assert inputs["data"] == DataInput("data", "mltable", str(folder / "data"), "")
+    assert (inputs["direct"].mode, inputs["mounted"].mode) == ("direct", "ro_mount")
 
 
 def test_mini_batch_size_bound_to_a_pipeline_input(folder: Path):
@@ -890,7 +906,7 @@ def test_command_step_runs_before_the_parallel_step_that_uses_it(folder: Path):
     clean = str(folder / "runs" / "r1" / "outputs" / "prep" / "clean")
     assert prep.command == f"python prep.py --in {folder / 'data'} --out {clean}"
     assert prep.code_dir == str(folder / "src") and prep.environment_variables == {"N": "2"}
-    assert score.input_data == DataInput("data", "uri_folder", clean)
+    assert score.input_data == DataInput("data", "uri_folder", clean, "")
     assert job.continue_on_step_failure is True
     assert any("azureml:AzureML-sklearn:1 is not applied" in n for n in job.notes)
 
