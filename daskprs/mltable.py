@@ -46,6 +46,7 @@ __all__ = [
     "HEADER_MODES",
     "MLTABLE_FILE",
     "READ_TRANSFORMS",
+    "ROW_PRESERVING",
     "TRANSFORMS",
     "MLTableSpec",
     "PathEntry",

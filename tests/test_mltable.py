@@ -271,7 +271,8 @@ def test_filter_unknown_column_is_a_clear_error():
 
 def test_keep_drop_take_skip():
     df = apply_transforms(FRAME, read_with("keep_columns: [b, a]", "skip: 1", "take: 2"), "/x")
-    assert df.columns.tolist() == ["b", "a"] and df["a"].tolist() == [2, 3]
+    # the table's column order is kept, not the listed one (as mltable does)
+    assert df.columns.tolist() == ["a", "b"] and df["a"].tolist() == [2, 3]
     df = apply_transforms(FRAME, read_with("drop_columns: c"), "/x")
     assert df.columns.tolist() == ["a", "b"]
     df = apply_transforms(FRAME, read_with("keep_columns: {pattern: '[ab]'}"), "/x")
@@ -366,3 +367,14 @@ def test_take_random_sample_is_deterministic_per_seed_and_piece():
     assert one["a"].tolist() == apply_transforms(df, read, "/x", salt="/x:0")["a"].tolist()
     assert one["a"].tolist() != apply_transforms(df, read, "/x", salt="/x:99")["a"].tolist()
     assert 400 < len(one) < 600
+
+
+def test_iso_dates_inferred_like_mltable():
+    from daskprs.mltable import infer_dates
+
+    df = pd.DataFrame(
+        {"d": ["2024-01-02", None, "2024-01-03 10:00:00"], "s": ["2024-01-02", "x", None]}
+    )
+    out = infer_dates(df)
+    assert out["d"].dtype == "datetime64[ns]" and pd.isna(out["d"].iloc[1])
+    assert out["s"].tolist()[:2] == ["2024-01-02", "x"]
