@@ -9,29 +9,32 @@ import sys
 from benchmarks import NAMES
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks", description="daskprs benchmarks (see BENCHMARKS.md)"
+def _parser(name: str) -> argparse.ArgumentParser:
+    module = importlib.import_module(f"benchmarks.{name}")
+    p = argparse.ArgumentParser(
+        prog=f"python -m benchmarks {name}",
+        description=module.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="name", required=True, metavar="NAME")
-    for name in NAMES:
-        module = importlib.import_module(f"benchmarks.{name}")
-        p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
-        p.add_argument("--data", help="folder for generated data (default: a temp folder)")
-        p.add_argument(
-            "--no-csv", action="store_true", help="do not append to benchmarks/results/"
-        )
-        module.add_arguments(p)
-    sub.add_parser("all", help="run every benchmark at its default size, one after another")
-    return parser
+    p.add_argument("--data", help="folder for generated data, kept (default: a temp folder)")
+    p.add_argument("--no-csv", action="store_true", help="do not append to benchmarks/results/")
+    module.add_arguments(p)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    names = NAMES if args.name == "all" else (args.name,)
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in (*NAMES, "all"):
+        print(
+            "usage: python -m benchmarks NAME [options]   (NAME --help for its options)\n"
+            f"names: {', '.join(NAMES)}, all (each at its default size)",
+            file=sys.stderr,
+        )
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    names = NAMES if argv[0] == "all" else (argv[0],)
     for name in names:
-        module = importlib.import_module(f"benchmarks.{name}")
-        module.main(_parser().parse_args([name]) if args.name == "all" else args)
+        args = _parser(name).parse_args(argv[1:] if argv[0] == name else [])
+        importlib.import_module(f"benchmarks.{name}").main(args)
     return 0  # benchmarks report; a missed target is printed, never an exit status
 
 

@@ -518,6 +518,8 @@ class _StepsRunner:
             )
         if todo:
             handle = self._cluster()
+            if not handle.local:
+                check_workers(handle.client, step, self.run_dir)
             outcome = run_step(
                 handle.client,
                 step,
@@ -544,6 +546,39 @@ class _StepsRunner:
         if outcome.failure is not None:
             return f"step {step.name}: {outcome.failure}"
         return None
+
+
+def check_workers(client: Any, step: ParallelStep, run_dir: str) -> None:
+    """Before running on an external cluster: every worker runs a compatible daskprs and sees
+    the run directory, the code folder and local inputs (DESIGN decision 7)."""
+    import daskprs
+    from daskprs.worker import check_worker
+
+    paths = (run_dir, step.code_dir, step.input_data.path)
+    try:
+        answers = client.run(check_worker, paths)
+    except Exception as err:  # the function could not even be unpickled: no daskprs there
+        raise UserInputError(
+            f"the Dask workers cannot run daskprs ({type(err).__name__}: {err}). Install "
+            f"daskprs {daskprs.__version__} in the workers' Python environment."
+        ) from err
+    problems = []
+    for address, answer in sorted(answers.items()):
+        if answer["version"] != daskprs.__version__:
+            problems.append(
+                f"worker {address} runs daskprs {answer['version']}, this driver "
+                f"{daskprs.__version__}"
+            )
+        for path in answer["missing"]:
+            problems.append(f"worker {address} cannot see {path}")
+    if problems:
+        raise UserInputError(
+            "the cluster cannot run this job:\n  "
+            + "\n  ".join(problems)
+            + "\nThe run directory, the code folder and local inputs must be on a filesystem "
+            "every worker sees (or use s3:// and other URLs for data), and every worker must "
+            "run the same daskprs version."
+        )
 
 
 def _todo(plan: Plan, state: Any, mode: str) -> tuple[list[int], dict[int, Prior]]:

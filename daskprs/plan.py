@@ -109,7 +109,14 @@ class _Storage:
         else:
             import fsspec.core
 
-            options = self.options if protocol not in ("file", "local") else {}
+            # A fresh instance per plan: fsspec's instance cache is keyed by thread, and a
+            # reused thread id would hand back a filesystem built for other credentials or
+            # another endpoint (seen with AWS_ENDPOINT_URL changing between runs).
+            options = (
+                {**self.options, "skip_instance_cache": True}
+                if protocol not in ("file", "local")
+                else {}
+            )
             try:
                 fs, _ = fsspec.core.url_to_fs(url, **options)
             except ValueError as err:

@@ -71,6 +71,12 @@ def load_batch(batch: MiniBatch, *, cache_dir: str) -> pd.DataFrame | list[str]:
 # --------------------------------------------------------------------------------------------
 
 
+# One filesystem per protocol and options in this process. fsspec's own instance cache is
+# keyed by thread id too, which can hand a reused thread a filesystem made for another
+# endpoint; this cache is keyed by what matters only.
+_FILESYSTEMS: dict[tuple[str, str], Any] = {}
+
+
 def _fs_for(url: str, storage_options: Mapping[str, Any]) -> tuple[Any, str]:
     if "://" not in url:
         from fsspec.implementations.local import LocalFileSystem
@@ -78,7 +84,14 @@ def _fs_for(url: str, storage_options: Mapping[str, Any]) -> tuple[Any, str]:
         return LocalFileSystem(), url
     import fsspec.core
 
-    return fsspec.core.url_to_fs(url, **dict(storage_options))
+    protocol = url.split("://", 1)[0]
+    key = (protocol, repr(sorted(storage_options.items())))
+    fs = _FILESYSTEMS.get(key)
+    if fs is None:
+        fs, path = fsspec.core.url_to_fs(url, **dict(storage_options), skip_instance_cache=True)
+        _FILESYSTEMS[key] = fs
+        return fs, path
+    return fs, fs._strip_protocol(url)
 
 
 def _cache_path(cache_dir: str, url: str) -> str:

@@ -1,0 +1,337 @@
+"""Shared helpers: data folders, job files, a LocalCluster, RSS sampling, tables and CSV rows."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as dt
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# --------------------------------------------------------------------------------------------
+# Folders and files
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def data_folder(given: str | None, name: str) -> Iterator[Path]:
+    """``given`` (kept afterwards, so generated data can be reused) or a temp folder."""
+    if given:
+        path = Path(given).resolve() / name
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    path = Path(tempfile.mkdtemp(prefix=f"daskprs-bench-{name}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def fresh_dir(path: Path) -> Path:
+    """An empty folder at ``path`` (removed first if it exists)."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def make_small_files(folder: Path, n: int, prefix: str = "f") -> list[Path]:
+    """``n`` one-line files ``f000000.txt``...; existing ones of the same count are reused."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{prefix}{i:06d}.txt" for i in range(n)]
+    existing = sum(1 for _ in folder.iterdir())
+    if existing == n and all(p.exists() for p in (paths[0], paths[-1])):
+        return paths
+    fresh_dir(folder)
+    for i, p in enumerate(paths):
+        p.write_text(f"line {i}\n")
+    return paths
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def concat_files(parts: Sequence[str | os.PathLike], dest: str | os.PathLike) -> None:
+    """Concatenate ``parts`` in order into ``dest``."""
+    with open(dest, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+
+
+def write_job(
+    folder: Path,
+    script: str,
+    *,
+    input_yaml: str,
+    mini_batch_size: str = '"1"',
+    extra: str = "",
+    append_row: bool = True,
+    max_concurrency: int = 2,
+) -> Path:
+    """A pipeline with one inline parallel node ``score`` and its entry script (as the tests'
+    ``write_job``); returns the job file."""
+    (folder / "code").mkdir(parents=True, exist_ok=True)
+    (folder / "code" / "score.py").write_text(textwrap.dedent(script))
+    append = "      append_row_to: ${{outputs.result}}\n" if append_row else ""
+    text = f"""\
+type: pipeline
+jobs:
+  score:
+    type: parallel
+    inputs:
+      data:
+{textwrap.indent(textwrap.dedent(input_yaml).strip(), " " * 8)}
+    outputs:
+      result:
+        type: uri_file
+    input_data: ${{{{inputs.data}}}}
+    mini_batch_size: {mini_batch_size}
+    max_concurrency_per_instance: {max_concurrency}
+{textwrap.indent(textwrap.dedent(extra).strip(), " " * 4)}
+    task:
+      type: run_function
+      code: ./code
+      entry_script: score.py
+{append}"""
+    path = folder / "job.yml"
+    path.write_text(text)
+    return path
+
+
+def output_of(run_dir: Path, step: str = "score", name: str = "result") -> Path:
+    return Path(run_dir) / "outputs" / step / name / "parallel_run_step.txt"
+
+
+# --------------------------------------------------------------------------------------------
+# Clusters and daskprs
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def local_client(n_workers: int = 2) -> Iterator[tuple[Any, float]]:
+    """A ``LocalCluster`` of ``n_workers`` single-threaded processes (as the embedded one and
+    the tests' fixture: ``allowed-failures`` 0); yields ``(client, start_seconds)``."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    t0 = time.perf_counter()
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            memory_limit=0,
+            silence_logs=logging.ERROR,
+        )
+        client = Client(cluster, set_as_default=False)
+    client.wait_for_workers(n_workers)
+    started = time.perf_counter() - t0
+    try:
+        yield client, started
+    finally:
+        client.close()
+        cluster.close()
+
+
+class Echo:
+    """Collects daskprs's progress lines (printed only with ``verbose``)."""
+
+    def __init__(self, verbose: bool = False):
+        self.lines: list[str] = []
+        self.verbose = verbose
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+        if self.verbose:
+            print(f"    | {line}", flush=True)
+
+
+def run_daskprs(job: Path, run_dir: Path, **kwargs: Any) -> tuple[Any, float]:
+    """``daskprs.run_job`` timed (wall seconds, planning + running + assembly)."""
+    import daskprs
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    kwargs.setdefault("echo", Echo())
+    t0 = time.perf_counter()
+    result = daskprs.run_job(job, run_dir=run_dir, **kwargs)
+    return result, time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------------------------
+# Memory
+# --------------------------------------------------------------------------------------------
+
+
+class RssSampler:
+    """Samples, in a thread, the RSS of this process and of every descendant process.
+
+    ``driver`` is this process's peak; ``by_kind`` the peak RSS of any single descendant per
+    kind (``classify(cmdline)`` names it), ``total`` the peak of the sum over the tree.
+    """
+
+    def __init__(self, interval: float = 0.05, classify: Callable[[str], str] | None = None):
+        import psutil
+
+        self._psutil = psutil
+        self.me = psutil.Process()
+        self.interval = interval
+        self.classify = classify or _classify
+        self.driver = 0
+        self.total = 0
+        self.by_kind: dict[str, int] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+        self._kinds: dict[int, str] = {}
+
+    def _sample(self) -> None:
+        ps = self._psutil
+        rss = self.me.memory_info().rss
+        self.driver = max(self.driver, rss)
+        total = rss
+        try:
+            children = self.me.children(recursive=True)
+        except ps.Error:
+            children = []
+        for child in children:
+            try:
+                kind = self._kinds.get(child.pid)
+                if kind is None:
+                    kind = self._kinds[child.pid] = self.classify(" ".join(child.cmdline()))
+                r = child.memory_info().rss
+            except ps.Error:
+                continue
+            total += r
+            self.by_kind[kind] = max(self.by_kind.get(kind, 0), r)
+        self.total = max(self.total, total)
+        self.samples += 1
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def _classify(cmdline: str) -> str:
+    if "daskprs.child" in cmdline:
+        return "entry-script child"
+    if "multiprocessing" in cmdline or "spawn_main" in cmdline or "forkserver" in cmdline:
+        return "dask worker"
+    return "other"
+
+
+def rss_now() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+# --------------------------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------------------------
+
+
+def mb(n: float) -> str:
+    return f"{n / 1e6:.0f} MB"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain text table."""
+    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def verdict(label: str, value: float, target: float, *, higher_is_better: bool = False) -> bool:
+    """Print ``label: value (target <= t): met/MISSED`` and return whether it was met."""
+    met = value >= target if higher_is_better else value <= target
+    op = ">=" if higher_is_better else "<="
+    print(f"  {label}: {value:.3f}  (target {op} {target:g})  {'met' if met else 'MISSED'}")
+    return met
+
+
+def header(title: str, **facts: Any) -> None:
+    print(f"\n== {title} ==", flush=True)
+    for k, v in facts.items():
+        print(f"  {k}: {v}")
+
+
+def record(name: str, row: dict[str, Any], enabled: bool = True) -> Path | None:
+    """Append ``row`` (with a UTC timestamp and the machine's cores) to
+    ``benchmarks/results/<name>.csv``; a changed set of columns rewrites the header."""
+    if not enabled:
+        return None
+    import daskprs
+
+    full = {
+        "utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "cores": os.cpu_count(),
+        "daskprs": getattr(daskprs, "__version__", "?"),
+        **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()},
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.csv"
+    rows: list[dict[str, Any]] = []
+    fields = list(full)
+    if path.exists():
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            old = list(reader.fieldnames or [])
+        fields = old + [k for k in full if k not in old]
+        if fields != old:  # new columns: rewrite the file with the union of the columns
+            with open(path, "w", newline="", encoding="utf-8") as f:
+                w = csv.DictWriter(f, fieldnames=fields)
+                w.writeheader()
+                w.writerows(rows)
+    new = not path.exists()
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        if new:
+            w.writeheader()
+        w.writerow(full)
+    print(f"  row appended to {path}")
+    return path
+
+
+def parse_size(text: str) -> int:
+    from dask.utils import parse_bytes
+
+    return int(parse_bytes(text))

@@ -1,0 +1,59 @@
+"""Pieces of the job driver that need no cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+import daskprs
+from daskprs.api import check_workers, default_run_dir
+from daskprs.errors import UserInputError
+from daskprs.jobmodel import DataInput, ParallelStep
+from daskprs.worker import check_worker
+
+
+class FakeClient:
+    def __init__(self, answers):
+        self.answers = answers
+
+    def run(self, fn, *args):
+        if isinstance(self.answers, Exception):
+            raise self.answers
+        return self.answers
+
+
+def step(tmp_path):
+    return ParallelStep(
+        name="score",
+        input_data=DataInput("data", "uri_folder", str(tmp_path / "data")),
+        entry_script="score.py",
+        code_dir=str(tmp_path / "code"),
+    )
+
+
+def test_check_workers_accepts_a_matching_cluster(tmp_path):
+    for sub in ("data", "code", "run"):
+        (tmp_path / sub).mkdir()
+    s = step(tmp_path)
+    answer = check_worker((str(tmp_path / "run"), s.code_dir, s.input_data.path))
+    assert answer == {"version": daskprs.__version__, "missing": []}
+    check_workers(FakeClient({"tcp://w1": answer}), s, str(tmp_path / "run"))
+
+
+def test_check_workers_names_the_worker_and_what_it_lacks(tmp_path):
+    s = step(tmp_path)
+    answers = {
+        "tcp://w1": {"version": "0.0.1", "missing": []},
+        "tcp://w2": {"version": daskprs.__version__, "missing": [s.code_dir]},
+    }
+    with pytest.raises(UserInputError) as info:
+        check_workers(FakeClient(answers), s, str(tmp_path))
+    text = str(info.value)
+    assert "worker tcp://w1 runs daskprs 0.0.1" in text
+    assert f"worker tcp://w2 cannot see {s.code_dir}" in text
+    with pytest.raises(UserInputError, match="Install daskprs"):
+        check_workers(FakeClient(ModuleNotFoundError("daskprs")), s, str(tmp_path))
+
+
+def test_default_run_dir_is_named_after_the_file_and_utc_time():
+    path = default_run_dir("/x/jobs/pipeline.yml", now=0)
+    assert path.endswith("daskprs-runs/pipeline-19700101-000000")
