@@ -75,6 +75,7 @@ def load_batch(batch: MiniBatch, *, cache_dir: str) -> pd.DataFrame | list[str]:
 # keyed by thread id too, which can hand a reused thread a filesystem made for another
 # endpoint; this cache is keyed by what matters only.
 _FILESYSTEMS: dict[tuple[str, str], Any] = {}
+_ENV_PREFIXES = ("AWS_", "FSSPEC_", "GOOGLE_", "GCS", "AZURE_")
 
 
 def _fs_for(url: str, storage_options: Mapping[str, Any]) -> tuple[Any, str]:
@@ -85,7 +86,9 @@ def _fs_for(url: str, storage_options: Mapping[str, Any]) -> tuple[Any, str]:
     import fsspec.core
 
     protocol = url.split("://", 1)[0]
-    key = (protocol, repr(sorted(storage_options.items())))
+    # Credentials and endpoints may also come from the environment.
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES))
+    key = (protocol, repr((sorted(storage_options.items()), env)))
     fs = _FILESYSTEMS.get(key)
     if fs is None:
         fs, path = fsspec.core.url_to_fs(url, **dict(storage_options), skip_instance_cache=True)

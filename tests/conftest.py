@@ -65,7 +65,9 @@ def write_job(
     """Write a pipeline with one inline parallel node ``score`` and its entry script."""
     (folder / "code").mkdir(parents=True, exist_ok=True)
     (folder / "code" / "score.py").write_text(textwrap.dedent(script))
-    args = f"      program_arguments: >-\n        {program_arguments}\n" if program_arguments else ""
+    args = (
+        f"      program_arguments: >-\n        {program_arguments}\n" if program_arguments else ""
+    )
     append = "      append_row_to: ${{outputs.result}}\n" if append_row else ""
     text = f"""\
 type: pipeline

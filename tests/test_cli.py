@@ -78,8 +78,12 @@ def test_run_example_in_a_subprocess_on_the_embedded_cluster(tmp_path):
 def test_exit_42_when_the_job_fails_and_2_for_bad_input(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_files(tmp_path / "data", 3)
-    job = write_job(tmp_path, FAIL_SCRIPT, input_yaml="type: uri_folder\npath: ./data",
-                    extra="retry_settings:\n  max_retries: 0")
+    job = write_job(
+        tmp_path,
+        FAIL_SCRIPT,
+        input_yaml="type: uri_folder\npath: ./data",
+        extra="retry_settings:\n  max_retries: 0",
+    )
     runner = CliRunner()
     result = runner.invoke(cli, ["run", str(job), "--run-dir", "r1", "--workers", "1"])
     assert result.exit_code == 42, result.output
@@ -90,8 +94,9 @@ def test_exit_42_when_the_job_fails_and_2_for_bad_input(tmp_path, monkeypatch):
     assert "nope" in result.output
     result = runner.invoke(cli, ["run", "no-such.yml"])
     assert result.exit_code == 2
-    result = runner.invoke(cli, ["run", str(job), "--run-dir", "r3", "--scheduler",
-                                 "tcp://127.0.0.1:1"])
+    result = runner.invoke(
+        cli, ["run", str(job), "--run-dir", "r3", "--scheduler", "tcp://127.0.0.1:1"]
+    )
     assert result.exit_code == 2
     assert "cannot reach the Dask scheduler" in result.output
 
@@ -107,12 +112,24 @@ def external_cluster(tmp_path):
     """A real `dask scheduler` and `dask worker --nworkers 2 --nthreads 1` on 127.0.0.1."""
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    log = open(tmp_path / "cluster.log", "wb")  # noqa: SIM115
+    log = open(tmp_path / "cluster.log", "wb")
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-             "--port", str(port), "--dashboard-address", ":0", "--no-show"],
-            stdout=log, stderr=log, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dashboard-address",
+                ":0",
+                "--no-show",
+            ],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
         )
     ]
     try:
@@ -128,10 +145,24 @@ def external_cluster(tmp_path):
         poll_for(connected, timeout=60, interval=0.2)
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "distributed.cli.dask_worker", address,
-                 "--nworkers", "2", "--nthreads", "1", "--host", "127.0.0.1",
-                 "--no-dashboard", "--memory-limit", "0"],
-                stdout=log, stderr=log, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "distributed.cli.dask_worker",
+                    address,
+                    "--nworkers",
+                    "2",
+                    "--nthreads",
+                    "1",
+                    "--host",
+                    "127.0.0.1",
+                    "--no-dashboard",
+                    "--memory-limit",
+                    "0",
+                ],
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
             )
         )
         with Client(address, timeout="10s") as c:

@@ -49,7 +49,10 @@ def test_a_hanging_run_is_killed_retried_then_failed(tmp_path, client):
     result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
     assert result.ok  # no budget set: the job goes on without the hanging mini-batch
     assert output_of(tmp_path / "run").read_text().splitlines() == [
-        "f000.txt", "f001.txt", "f004.txt", "f005.txt"
+        "f000.txt",
+        "f001.txt",
+        "f004.txt",
+        "f005.txt",
     ]
     rows = [r for r in tries(tmp_path / "run") if r["Mini-batch Id"] == "1"]
     assert [(r["Try"], r["Status"]) for r in rows] == [("1", "RUN_TIMEOUT"), ("2", "RUN_TIMEOUT")]
@@ -83,7 +86,9 @@ def run(mini_batch):
 def test_a_process_that_dies_in_run_fails_only_its_mini_batch(tmp_path, client):
     make_files(tmp_path / "data", 6)
     job = write_job(
-        tmp_path, DIES, input_yaml="type: uri_folder\npath: ./data",
+        tmp_path,
+        DIES,
+        input_yaml="type: uri_folder\npath: ./data",
         extra="retry_settings:\n  max_retries: 2",
     )
     result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
@@ -92,7 +97,10 @@ def test_a_process_that_dies_in_run_fails_only_its_mini_batch(tmp_path, client):
     assert [r["Status"] for r in rows] == ["PROCESS_DIED"] * 3
     assert "exited with code 9" in rows[0]["Error Message"]
     assert output_of(tmp_path / "run").read_text().splitlines() == [
-        "f000.txt", "f001.txt", "f004.txt", "f005.txt"
+        "f000.txt",
+        "f001.txt",
+        "f004.txt",
+        "f005.txt",
     ]
 
 
@@ -137,7 +145,9 @@ def test_init_failing_once_does_not_use_a_try(tmp_path, client):
     make_files(tmp_path / "data", 4)
     (tmp_path / "marks").mkdir()
     job = write_job(
-        tmp_path, INIT_FLAKY, input_yaml="type: uri_folder\npath: ./data",
+        tmp_path,
+        INIT_FLAKY,
+        input_yaml="type: uri_folder\npath: ./data",
         extra=f"retry_settings:\n  max_retries: 0\nenvironment_variables:\n"
         f"  MARKS: {tmp_path / 'marks'}",
     )
@@ -171,7 +181,9 @@ def test_a_worker_killed_mid_job_loses_no_row_and_duplicates_none(tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()
     job = write_job(
-        tmp_path, KILL_WORKER, input_yaml="type: uri_folder\npath: ./data",
+        tmp_path,
+        KILL_WORKER,
+        input_yaml="type: uri_folder\npath: ./data",
         extra=f"retry_settings:\n  max_retries: 1\nenvironment_variables:\n  MARKS: {marks}",
     )
     box = {}
@@ -181,7 +193,9 @@ def test_a_worker_killed_mid_job_loses_no_row_and_duplicates_none(tmp_path):
 
     thread = threading.Thread(target=go)
     thread.start()
-    pid = int(poll_for(lambda: (marks / "worker.pid").exists() and (marks / "worker.pid").read_text()))
+    pid = int(
+        poll_for(lambda: (marks / "worker.pid").exists() and (marks / "worker.pid").read_text())
+    )
     (marks / "killed").touch()
     os.kill(pid, signal.SIGKILL)  # the embedded cluster's worker process, started by this test
     thread.join(timeout=240)

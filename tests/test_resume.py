@@ -36,13 +36,25 @@ def done_count(run_dir) -> int:
 
 def test_resume_after_the_driver_was_killed_runs_only_the_rest(tmp_path):
     make_files(tmp_path / "data", 40)
-    job = write_job(tmp_path, SLOW, input_yaml="type: uri_folder\npath: ./data",
-                    mini_batch_size='"1"')
+    job = write_job(
+        tmp_path, SLOW, input_yaml="type: uri_folder\npath: ./data", mini_batch_size='"1"'
+    )
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daskprs", "run", str(job), "--run-dir", str(run_dir),
-         "--workers", "2"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "daskprs",
+            "run",
+            str(job),
+            "--run-dir",
+            str(run_dir),
+            "--workers",
+            "2",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
@@ -83,7 +95,9 @@ def test_rerun_failed_runs_only_the_failed_and_reassembles(tmp_path, monkeypatch
     broken = tmp_path / "broken"
     broken.touch()
     job = write_job(
-        tmp_path, FLAKY_BY_FILE, input_yaml="type: uri_folder\npath: ./data",
+        tmp_path,
+        FLAKY_BY_FILE,
+        input_yaml="type: uri_folder\npath: ./data",
         mini_batch_size='"3"',
         extra=f"retry_settings:\n  max_retries: 0\nenvironment_variables:\n  BROKEN: {broken}",
     )
@@ -114,7 +128,9 @@ def test_resume_refuses_a_changed_job_or_input_unless_forced(tmp_path, monkeypat
     make_files(tmp_path / "data", 4)
     job = write_job(tmp_path, SLOW, input_yaml="type: uri_folder\npath: ./data")
     runner = CliRunner()
-    assert runner.invoke(cli, ["run", str(job), "--run-dir", "run", "--workers", "1"]).exit_code == 0
+    assert (
+        runner.invoke(cli, ["run", str(job), "--run-dir", "run", "--workers", "1"]).exit_code == 0
+    )
     job.write_text(job.read_text().replace('mini_batch_size: "2"', 'mini_batch_size: "1"'))
     refused = runner.invoke(cli, ["run", "--resume", "run"])
     assert refused.exit_code == 2

@@ -46,15 +46,15 @@ def test_file_list_job_output_in_input_order(tmp_path, client):
     assert result.ok, result.failure
     rel = sorted(files, key=lambda p: str(p.relative_to(tmp_path / "data")))
     data = str(tmp_path / "data")
-    expected = [
-        f"{p.name}|{p.read_text().strip()}|hello|['--flag', '{data}']" for p in rel
-    ]
+    expected = [f"{p.name}|{p.read_text().strip()}|hello|['--flag', '{data}']" for p in rel]
     out = output_of(tmp_path / "run")
     assert out.read_text().splitlines() == expected
     assert result.outputs["score.result"] == str(out)
     summary = result.steps[0].summary
     assert summary["total"] == 5 and summary["done"] == 5 and summary["succeeded_items"] == 13
-    rows = list(csv.DictReader((tmp_path / "run/logs/sys/job_report/processed_mini-batches.csv").open()))
+    rows = list(
+        csv.DictReader((tmp_path / "run/logs/sys/job_report/processed_mini-batches.csv").open())
+    )
     assert sorted(int(r["Mini-batch Id"]) for r in rows) == [0, 1, 2, 3, 4]
     assert {r["Status"] for r in rows} == {"RUN_DONE"}
     assert "outcome: succeeded" in (tmp_path / "run/logs/job_result.txt").read_text()
@@ -73,8 +73,13 @@ def run(mini_batch, context):
 
 def _write_table(folder, rows=500):
     folder.mkdir(parents=True)
-    df = pd.DataFrame({"id": range(rows), "value": [i * 0.5 for i in range(rows)],
-                       "name": [f"n{i}" for i in range(rows)]})
+    df = pd.DataFrame(
+        {
+            "id": range(rows),
+            "value": [i * 0.5 for i in range(rows)],
+            "name": [f"n{i}" for i in range(rows)],
+        }
+    )
     df.iloc[: rows // 2].to_csv(folder / "part-1.csv", index=False)
     df.iloc[rows // 2 :].to_csv(folder / "part-2.csv", index=False)
     (folder / "MLTable").write_text(
@@ -144,7 +149,9 @@ def test_first_try_fails_everywhere_all_succeed_on_retry(tmp_path, client):
     assert output_of(tmp_path / "run").read_text().splitlines() == [
         f"f{i:03d}.txt" for i in range(8)
     ]
-    rows = list(csv.DictReader((tmp_path / "run/logs/sys/job_report/processed_mini-batches.csv").open()))
+    rows = list(
+        csv.DictReader((tmp_path / "run/logs/sys/job_report/processed_mini-batches.csv").open())
+    )
     assert sorted((r["Mini-batch Id"], r["Try"], r["Status"]) for r in rows) == sorted(
         [(str(i), "1", "RUN_EXCEPTION") for i in range(4)]
         + [(str(i), "2", "RUN_DONE") for i in range(4)]

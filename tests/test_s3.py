@@ -17,7 +17,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def s3(monkeypatch):
     """A moto S3 server on loopback; credentials and endpoint through the environment."""
-    pytest.importorskip("moto.server")
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -114,7 +113,9 @@ def test_tabular_input_from_s3(tmp_path, s3):
         b"      delimiter: ','\n",
     )
     job = write_job(
-        tmp_path, TABLE, input_yaml="type: mltable\npath: s3://data/table\nmode: direct",
+        tmp_path,
+        TABLE,
+        input_yaml="type: mltable\npath: s3://data/table\nmode: direct",
         mini_batch_size='"500"',
     )
     result = run_job(job, run_dir=tmp_path / "run", workers=2, echo=lambda s: None)
