@@ -21,7 +21,7 @@ from typing import Any
 
 from daskprs import fingerprint, logs
 from daskprs.cluster import open_cluster
-from daskprs.errors import JobFailed, PlanningError, UserInputError
+from daskprs.errors import Interrupted, JobFailed, PlanningError, UserInputError
 from daskprs.jobmodel import CommandStep, Job, ParallelStep
 from daskprs.ledger import read_ledger
 from daskprs.plan import Plan, plan_input
@@ -345,6 +345,9 @@ def _execute(
     lock = _lock(run_dir)
     try:
         runner.run(scheduler, client, n_workers)
+    except (KeyboardInterrupt, Interrupted) as err:
+        result.failure = f"interrupted: {err}" if str(err) else "interrupted"
+        raise
     finally:
         _write_json(os.path.join(run_dir, RUN_FILE), record)
         _write_results(run_dir, result, job)

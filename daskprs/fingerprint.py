@@ -37,8 +37,10 @@ def job_fields(job: Job) -> dict[str, Any]:
             for v in value:
                 walk(f"{prefix}.{v.get('name', '?')}" if prefix else str(v.get("name")), v)
         else:
-            flat[prefix] = value if isinstance(value, (str, int, float, bool, type(None))) else (
-                json.dumps(value, default=str, sort_keys=True)
+            flat[prefix] = (
+                value
+                if isinstance(value, (str, int, float, bool, type(None)))
+                else (json.dumps(value, default=str, sort_keys=True))
             )
 
     walk("", data)

@@ -234,7 +234,10 @@ def run_step(
         _cancel(client, futures, ctx.token)
         ledger.close()
         report.close()
-        raise Interrupted(f"step {step.name} was interrupted") from err
+        raise Interrupted(
+            f"step {step.name} was interrupted; the mini-batches already committed are kept. "
+            f"Continue with: daskprs run --resume {run_dir}"
+        ) from err
     stop = sup.stopped
     assert isinstance(stop, Stop)
     if futures:

@@ -78,9 +78,7 @@ class Slot:
         c2p_r, c2p_w = os.pipe()
         env = dict(os.environ)
         root = _package_root()
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (root, env.get("PYTHONPATH", "")) if p
-        )
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         env["PYTHONUNBUFFERED"] = "1"
         out, err = self._log_file("stdout"), self._log_file("stderr")
         try:

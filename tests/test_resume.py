@@ -148,3 +148,46 @@ def test_resume_refuses_a_changed_job_or_input_unless_forced(tmp_path, monkeypat
     missing = runner.invoke(cli, ["run", "--resume", str(tmp_path / "data")])
     assert missing.exit_code == 2
     assert "not a daskprs run directory" in missing.output
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_exits_130_keeps_work_and_says_how_to_resume(tmp_path, sig):
+    make_files(tmp_path / "data", 30)
+    job = write_job(
+        tmp_path, SLOW, input_yaml="type: uri_folder\npath: ./data", mini_batch_size='"1"'
+    )
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daskprs",
+            "run",
+            str(job),
+            "--run-dir",
+            str(run_dir),
+            "--workers",
+            "2",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        poll_for(lambda: done_count(run_dir) >= 5, timeout=120)
+        proc.send_signal(sig)  # to the driver only
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert f"daskprs run --resume {run_dir}" in err
+    assert "interrupted" in (run_dir / "logs/job_result.txt").read_text()
+    kept = done_count(run_dir)
+    assert kept >= 5
+    result = CliRunner().invoke(cli, ["run", "--resume", str(run_dir), "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert output_of(run_dir).read_text().splitlines() == [f"f{i:03d}.txt" for i in range(30)]
