@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import make_files, output_of, poll_for, write_job
+from conftest import make_files, output_of, write_job
 
 from daskprs.cli import cli
 
@@ -99,86 +97,6 @@ def test_exit_42_when_the_job_fails_and_2_for_bad_input(tmp_path, monkeypatch):
     )
     assert result.exit_code == 2
     assert "cannot reach the Dask scheduler" in result.output
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def external_cluster(tmp_path):
-    """A real `dask scheduler` and `dask worker --nworkers 2 --nthreads 1` on 127.0.0.1."""
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    log = open(tmp_path / "cluster.log", "wb")
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "distributed.cli.dask_scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--dashboard-address",
-                ":0",
-                "--no-show",
-            ],
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-    ]
-    try:
-        from distributed import Client
-
-        def connected():
-            try:
-                with Client(address, timeout="1s") as c:
-                    return c is not None
-            except (OSError, TimeoutError):
-                return False
-
-        poll_for(connected, timeout=60, interval=0.2)
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "distributed.cli.dask_worker",
-                    address,
-                    "--nworkers",
-                    "2",
-                    "--nthreads",
-                    "1",
-                    "--host",
-                    "127.0.0.1",
-                    "--no-dashboard",
-                    "--memory-limit",
-                    "0",
-                ],
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        )
-        with Client(address, timeout="10s") as c:
-            c.wait_for_workers(2, timeout=60)
-        yield address, procs
-    finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in reversed(procs):
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        log.close()
 
 
 @pytest.mark.slow

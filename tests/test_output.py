@@ -31,7 +31,7 @@ def test_settings_file_is_read_and_bad_ones_are_named(tmp_path):
     f.write_text(json.dumps({"append_row": {"pandas.DataFrame.to_csv": {"sep": ","}}}))
     assert load_to_csv_options(str(tmp_path)) == {"sep": ","}
     f.write_text("{not json")
-    with pytest.raises(ValueError, match="parallel_run_step.settings.json"):
+    with pytest.raises(ValueError, match=r"parallel_run_step\.settings\.json"):
         load_to_csv_options(str(tmp_path))
 
 
@@ -44,9 +44,7 @@ def run(mini_batch):
 @pytest.mark.slow
 def test_settings_json_overrides_to_csv_end_to_end(tmp_path, client):
     (tmp_path / "table").mkdir()
-    pd.DataFrame({"id": [1, 2], "name": ["a b", "c"]}).to_csv(
-        tmp_path / "table/t.csv", index=False
-    )
+    pd.DataFrame({"id": [1, 2], "name": ["a b", "c"]}).to_csv(tmp_path / "table/t.csv", index=False)
     (tmp_path / "table/MLTable").write_text(
         "paths:\n  - file: ./t.csv\ntransformations:\n  - read_delimited: {delimiter: ','}\n"
     )

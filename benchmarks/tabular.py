@@ -1,0 +1,331 @@
+"""tabular: a folder of generated CSV, mini_batch_size 10mb, append_row_to, vs three peers.
+
+Contenders, all writing the same bytes (space-separated, no header, no index, ``\\n``):
+serial pandas (chunks per file), hand-written Dask (``read_csv(blocksize="10MB")`` +
+``map_partitions`` + ``to_csv`` parts + concatenation), a ``ProcessPoolExecutor`` over 10 MB
+byte ranges cut at line ends, and daskprs on its embedded cluster. Every contender is timed
+from nothing to its output file (cluster or pool start included). Targets: daskprs <= 0.65 x
+serial, <= 0.8 x Dask, <= 1.1 x the pool; outputs byte-identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import inspect
+import io
+import itertools
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+from benchmarks import _common as c
+
+TARGETS = {"serial": 0.65, "dask": 0.8, "pool": 1.1}
+BLOCK = 10 * 2**20
+READ_OPTS = {"keep_default_na": False, "na_values": [""]}
+TO_CSV = {"sep": " ", "header": False, "index": False, "lineterminator": "\n"}
+
+
+def compute(df, extra=()):
+    """The work of every contender: a computed column, returned with the id (2 columns),
+    plus the ``extra`` input columns given."""
+    import pandas as pd
+
+    out = pd.DataFrame({"id": df["id"], "score": df["a"] * 0.5 + df["b"] * 2.0 - df["d"]})
+    for col in extra:
+        out[col] = df[col]
+    return out
+
+
+# The entry script holds compute() word for word.
+SCRIPT_TAIL = """
+
+EXTRA = {extra!r}
+
+
+def init():
+    pass
+
+
+def run(mini_batch):
+    return compute(mini_batch, EXTRA)
+"""
+
+
+def entry_script(extra: tuple[str, ...] = ()) -> str:
+    return inspect.getsource(compute) + SCRIPT_TAIL.format(extra=tuple(extra))
+
+
+MLTABLE = """\
+paths:
+  - pattern: ./*.csv
+transformations:
+  - read_delimited:
+      delimiter: ','
+      header: all_files_same_headers
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", default="200MB", help="CSV input size (default 200MB; full: 1GB)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--file-size", default="50MB", help="size of each generated CSV file")
+    p.add_argument(
+        "--only",
+        default="serial,pool,dask,daskprs",
+        help="contenders to run, comma-separated (daskprs is the reference)",
+    )
+    p.add_argument("--verbose", action="store_true", help="show daskprs progress lines")
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+def generate_csv(folder: Path, size: int, file_size: int, seed: int = 0) -> list[Path]:
+    """CSV files ``part-000.csv``... of about ``file_size`` bytes, ``size`` bytes in all, with
+    an ``MLTable`` beside them; reused when a previous call made the same."""
+    import numpy as np
+    import pandas as pd
+
+    marker = folder / "generated.json"
+    want = {"size": size, "file_size": file_size, "seed": seed}
+    if marker.exists() and json.loads(marker.read_text()) == want:
+        return sorted(folder.glob("*.csv"))
+    c.fresh_dir(folder)
+    n_files = max(1, math.ceil(size / file_size))
+    rng = np.random.default_rng(seed)
+    cats = np.array([f"cat{i:02d}" for i in range(50)])
+
+    def frame(first: int, n: int) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "id": np.arange(first, first + n, dtype=np.int64),
+                "a": rng.integers(0, 1_000_000, n),
+                "b": np.round(rng.random(n) * 1000, 3),
+                "c": cats[rng.integers(0, len(cats), n)],
+                "d": rng.integers(-500, 500, n),
+            }
+        )
+
+    row_bytes = len(frame(10**7, 10_000).to_csv(index=False, header=False)) / 10_000
+    rows_per_file = max(1, int(size / n_files / row_bytes))
+    t0 = time.perf_counter()
+    for k in range(n_files):
+        df = frame(k * rows_per_file, rows_per_file)
+        df.to_csv(folder / f"part-{k:03d}.csv", index=False, lineterminator="\n")
+    (folder / "MLTable").write_text(MLTABLE)
+    marker.write_text(json.dumps(want))
+    files = sorted(folder.glob("*.csv"))
+    total = sum(f.stat().st_size for f in files)
+    print(f"  generated {len(files)} CSV files, {c.mb(total)}, in {time.perf_counter() - t0:.1f} s")
+    return files
+
+
+def tabular_job(folder: Path, data: Path, extra: tuple[str, ...] = ()) -> Path:
+    return c.write_job(
+        folder,
+        entry_script(extra),
+        input_yaml=f"type: mltable\npath: {data}",
+        mini_batch_size="10mb",
+        extra="retry_settings:\n  max_retries: 1\n  timeout: 600",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Contenders
+# --------------------------------------------------------------------------------------------
+
+
+def run_serial(files: list[Path], out: Path, extra: tuple[str, ...] = ()) -> None:
+    """A serial pandas loop: each file read in chunks of about 10 MB, computed, appended."""
+    rows = max(1, BLOCK // 35)  # about 10 MB of these rows
+    with open(out, "w", encoding="utf-8", newline="") as f:
+        for path in files:
+            for chunk in pd_read_csv(path, chunksize=rows):
+                compute(chunk, extra).to_csv(f, **TO_CSV)
+
+
+def pd_read_csv(src, **kw):
+    import pandas as pd
+
+    return pd.read_csv(src, **READ_OPTS, **kw)
+
+
+def byte_ranges(path: Path, block: int = BLOCK) -> list[tuple[str, int, int]]:
+    """``(path, start, end)`` ranges of about ``block`` bytes, each cut after a newline."""
+    size = path.stat().st_size
+    cuts = [0]
+    with open(path, "rb") as f:
+        pos = block
+        while pos < size:
+            f.seek(pos)
+            while True:
+                probe = f.read(65536)
+                i = probe.find(b"\n")
+                if i >= 0 or not probe:
+                    break
+                pos += len(probe)
+            if not probe:
+                break
+            pos += i + 1
+            if pos >= size:
+                break
+            cuts.append(pos)
+            pos += block
+    cuts.append(size)
+    return [(str(path), a, b) for a, b in itertools.pairwise(cuts) if b > a]
+
+
+def _pool_task(task: tuple[str, int, int, str, tuple[str, ...], tuple[str, ...]]) -> str:
+    path, start, end, part, names, extra = task
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    if start == 0:
+        df = pd_read_csv(io.BytesIO(data), header=0)
+    else:
+        df = pd_read_csv(io.BytesIO(data), header=None, names=list(names))
+    with open(part, "w", encoding="utf-8", newline="") as f:
+        compute(df, extra).to_csv(f, **TO_CSV)
+    return part
+
+
+def run_pool(
+    files: list[Path], out: Path, work: Path, workers: int, extra: tuple[str, ...] = ()
+) -> None:
+    """A ``ProcessPoolExecutor`` over 10 MB byte ranges: parts, then concatenation."""
+    parts_dir = c.fresh_dir(work / "pool-parts")
+    tasks = []
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            names = tuple(f.readline().rstrip("\n").split(","))
+        for p, a, b in byte_ranges(path):
+            part = str(parts_dir / f"{len(tasks):06d}.txt")
+            tasks.append((p, a, b, part, names, extra))
+    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+        parts = list(pool.map(_pool_task, tasks))
+    c.concat_files(parts, out)
+
+
+def run_dask(
+    files: list[Path], out: Path, work: Path, workers: int, extra: tuple[str, ...] = ()
+) -> float:
+    """Hand-written Dask on its own LocalCluster; returns the cluster start seconds."""
+    import dask.dataframe as dd
+
+    parts_dir = c.fresh_dir(work / "dask-parts")
+    with c.local_client(workers) as (client, start):
+        ddf = dd.read_csv([str(f) for f in files], blocksize="10MB", **READ_OPTS)
+        meta = compute(ddf._meta, extra)
+        result = ddf.map_partitions(compute, extra, meta=meta)
+        result.to_csv(
+            str(parts_dir / "*.txt"),
+            name_function=lambda i: f"{i:06d}",
+            compute_kwargs={"scheduler": client},
+            **TO_CSV,
+        )
+    c.concat_files(sorted(parts_dir.glob("*.txt")), out)
+    return start
+
+
+def _cluster_start(echo: c.Echo) -> float | None:
+    for line in echo.lines:
+        m = re.search(r"started in ([0-9.]+) s", line)
+        if m:
+            return float(m.group(1))
+    return None
+
+
+def run_daskprs_embedded(
+    job: Path, run_dir: Path, workers: int, verbose: bool = False
+) -> tuple[float, float | None, object]:
+    echo = c.Echo(verbose)
+    result, wall = c.run_daskprs(job, run_dir, workers=workers, echo=echo)
+    assert result.ok, result.failure
+    return wall, _cluster_start(echo), result
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def main(args: argparse.Namespace) -> dict:
+    size, workers = c.parse_size(args.size), args.workers
+    only = [x.strip() for x in args.only.split(",") if x.strip()]
+    with c.data_folder(args.data, "tabular") as root:
+        c.header(f"tabular: {args.size} of CSV, mini_batch_size 10mb, {workers} workers")
+        files = generate_csv(root / f"csv-{size}", size, c.parse_size(args.file_size))
+        in_bytes = sum(f.stat().st_size for f in files)
+        job = tabular_job(root / "job", root / f"csv-{size}")
+        outs: dict[str, Path] = {}
+        secs: dict[str, float] = {}
+        notes: dict[str, str] = {}
+        work = root / "work"
+        work.mkdir(exist_ok=True)
+        # The pool forks: run it before anything starts threads (Dask clients) in this process.
+        for name in ("serial", "pool", "dask", "daskprs"):
+            if name not in only:
+                continue
+            out = work / f"{name}.txt"
+            t0 = time.perf_counter()
+            if name == "serial":
+                run_serial(files, out)
+            elif name == "pool":
+                run_pool(files, out, work, workers)
+            elif name == "dask":
+                start = run_dask(files, out, work, workers)
+                notes[name] = f"cluster start {start:.2f} s"
+            else:
+                _wall, start, result = run_daskprs_embedded(
+                    job, root / "run", workers, args.verbose
+                )
+                step = result.steps[0]
+                notes[name] = (
+                    f"cluster start {start:.2f} s, planning {step.plan_seconds:.2f} s, "
+                    f"running {step.seconds:.2f} s, {step.summary['total']} mini-batches"
+                )
+                out = c.output_of(root / "run")
+            secs[name] = time.perf_counter() - t0
+            outs[name] = out
+            print(f"  {name}: {secs[name]:.2f} s", flush=True)
+        digests = {k: c.sha256(v) for k, v in outs.items()}
+        ref = digests.get("daskprs") or next(iter(digests.values()))
+        rows = [
+            (
+                k,
+                secs[k],
+                f"{in_bytes / secs[k] / 1e6:.1f}",
+                f"{secs['daskprs'] / secs[k]:.3f}" if "daskprs" in secs else "",
+                "yes" if digests[k] == ref else "NO",
+                notes.get(k, ""),
+            )
+            for k in outs
+        ]
+        print(
+            c.table(
+                ["contender", "seconds", "MB/s in", "daskprs / it", "same bytes", "notes"], rows
+            )
+        )
+        out_bytes = outs[next(iter(outs))].stat().st_size
+        print(f"  input {c.mb(in_bytes)}, output {c.mb(out_bytes)}")
+        identical = len(set(digests.values())) == 1
+        print(f"  outputs byte-identical: {identical}")
+        row: dict = {"size": in_bytes, "workers": workers, "identical": identical}
+        row.update({f"{k}_s": v for k, v in secs.items()})
+        met_all = identical
+        if "daskprs" in secs:
+            for k, target in TARGETS.items():
+                if k in secs:
+                    ratio = secs["daskprs"] / secs[k]
+                    met = c.verdict(f"daskprs / {k}", ratio, target)
+                    row[f"ratio_{k}"] = ratio
+                    met_all = met_all and met
+        row["met"] = met_all
+        c.record("tabular", row, not args.no_csv)
+        return row

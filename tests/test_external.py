@@ -1,0 +1,134 @@
+"""Failure handling on a real `dask scheduler` + `dask worker --nworkers 2 --nthreads 1`.
+
+There, unlike on the embedded cluster, the scheduler keeps Dask's default
+``allowed-failures`` (3): a task whose worker died is run again by Dask itself. The try's
+claim must make that second run do nothing, and the supervisor counts one failed try.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import threading
+
+import pytest
+from conftest import make_files, output_of, poll_for, write_job
+
+from daskprs.api import run_job
+
+pytestmark = pytest.mark.slow
+
+
+def tries(run_dir, mb: str):
+    """(try, status) of mini-batch ``mb``; an init() failure is not a try of its own."""
+    path = run_dir / "logs/sys/job_report/processed_mini-batches.csv"
+    return [
+        (r["Try"], r["Status"])
+        for r in csv.DictReader(path.open())
+        if r["Mini-batch Id"] == mb and r["Status"] != "INIT_FAILED"
+    ]
+
+
+MIXED = """
+import os, time
+
+def init():
+    if os.environ.get("INIT_FAILS_ONCE"):
+        marker = os.path.join(os.environ["MARKS"], "init")
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("init fails once")
+
+def run(mini_batch, context):
+    i = context.minibatch_index
+    marker = os.path.join(os.environ["MARKS"], str(i))
+    first = not os.path.exists(marker)
+    open(marker, "a").close()
+    if i == 1:
+        raise ValueError("always bad")
+    if i == 2 and first:
+        time.sleep(3600)
+    if i == 3 and first:
+        os._exit(5)
+    if i == 4 and first:
+        raise KeyError("first try only")
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+def test_failures_on_an_external_cluster(tmp_path, external_cluster):
+    address, _ = external_cluster
+    make_files(tmp_path / "data", 12)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    job = write_job(
+        tmp_path,
+        MIXED,
+        input_yaml="type: uri_folder\npath: ./data",
+        extra=f"retry_settings:\n  max_retries: 1\n  timeout: 2\n"
+        f"environment_variables:\n  MARKS: {marks}\n  INIT_FAILS_ONCE: '1'",
+    )
+    result = run_job(job, run_dir=tmp_path / "run", scheduler=address, echo=lambda s: None)
+    assert result.ok, result.failure
+    run_dir = tmp_path / "run"
+    assert tries(run_dir, "1") == [("1", "RUN_EXCEPTION"), ("2", "RUN_EXCEPTION")]
+    assert tries(run_dir, "2") == [("1", "RUN_TIMEOUT"), ("2", "RUN_DONE")]
+    assert tries(run_dir, "3") == [("1", "PROCESS_DIED"), ("2", "RUN_DONE")]
+    assert tries(run_dir, "4") == [("1", "RUN_EXCEPTION"), ("2", "RUN_DONE")]
+    expected = [f"f{i:03d}.txt" for i in range(12) if i not in (2, 3)]
+    assert output_of(run_dir).read_text().splitlines() == expected
+    statuses = (run_dir / "logs/sys/job_report/processed_mini-batches.csv").read_text()
+    assert statuses.count("INIT_FAILED") == 1
+
+
+KILLED = """
+import os, time
+
+def run(mini_batch, context):
+    marks = os.environ["MARKS"]
+    if context.minibatch_index == 4 and not os.path.exists(os.path.join(marks, "killed")):
+        with open(os.path.join(marks, "pid.tmp"), "w") as f:
+            f.write(str(os.getppid()))
+        os.rename(os.path.join(marks, "pid.tmp"), os.path.join(marks, "worker.pid"))
+        time.sleep(3600)
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+def test_a_worker_killed_on_an_external_cluster_runs_no_try_twice(tmp_path, external_cluster):
+    address, _ = external_cluster
+    make_files(tmp_path / "data", 20)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    job = write_job(
+        tmp_path,
+        KILLED,
+        input_yaml="type: uri_folder\npath: ./data",
+        extra=f"retry_settings:\n  max_retries: 2\nenvironment_variables:\n  MARKS: {marks}",
+    )
+    box = {}
+    thread = threading.Thread(
+        target=lambda: box.setdefault(
+            "result",
+            run_job(job, run_dir=tmp_path / "run", scheduler=address, echo=lambda s: None),
+        )
+    )
+    thread.start()
+    pid_file = marks / "worker.pid"
+    pid = int(poll_for(lambda: pid_file.exists() and pid_file.read_text()))
+    (marks / "killed").touch()
+    os.kill(pid, signal.SIGKILL)  # a worker process of the `dask worker` this test started
+    thread.join(timeout=240)
+    assert not thread.is_alive()
+    result = box["result"]
+    assert result.ok, result.failure
+    assert output_of(tmp_path / "run").read_text().splitlines() == [
+        f"f{i:03d}.txt" for i in range(20)
+    ]
+    [(try1, status1), *rest] = tries(tmp_path / "run", "4")
+    assert (try1, status1) == ("1", "PROCESS_DIED")
+    assert rest[-1][1] == "RUN_DONE"
+    # the claim of try 1 exists once; no try of mini-batch 4 ran twice
+    claims = sorted(p.name for p in (tmp_path / "run/steps/score/claims").glob("00004.*"))
+    assert len(claims) == len(rest) + 1
