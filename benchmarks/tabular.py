@@ -93,7 +93,7 @@ def generate_csv(folder: Path, size: int, file_size: int, seed: int = 0) -> list
     import pandas as pd
 
     marker = folder / "generated.json"
-    want = {"size": size, "file_size": file_size, "seed": seed}
+    want = {"size": size, "file_size": file_size, "seed": seed, "version": 2}
     if marker.exists() and json.loads(marker.read_text()) == want:
         return sorted(folder.glob("*.csv"))
     c.fresh_dir(folder)

@@ -46,6 +46,7 @@ class ChildConfig:
     logging_level: str = "INFO"
     cache_dir: str = ""
     to_csv: dict[str, Any] = field(default_factory=dict)
+    profiling_module: str | None = None
 
 
 class MiniBatchContext:
@@ -88,6 +89,11 @@ class _Runner:
         self.out_fd = out_fd
         self.module: Any = None
         self.script_path = os.path.join(cfg.code_dir, cfg.entry_script)
+        self.profiler: Any = None
+        if cfg.profiling_module == "cProfile":
+            import cProfile
+
+            self.profiler = cProfile.Profile()
         self.error_log = os.path.join(cfg.logs_dir, "user", "error", cfg.node, f"{cfg.process}.txt")
 
     def send(self, *msg: Any) -> None:
@@ -132,8 +138,22 @@ class _Runner:
             )
         init = getattr(module, "init", None)
         if callable(init):
-            init()
+            self._profiled(init)
         self.module = module
+
+    def _profiled(self, fn: Any, *args: Any) -> Any:
+        if self.profiler is None:
+            return fn(*args)
+        self.profiler.enable()
+        try:
+            return fn(*args)
+        finally:
+            self.profiler.disable()
+            path = os.path.join(
+                self.cfg.logs_dir, "sys", "node", self.cfg.node, f"{self.cfg.process}.profile"
+            )
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self.profiler.dump_stats(path)
 
     def shutdown(self) -> None:
         fn = getattr(self.module, "shutdown", None) if self.module is not None else None
@@ -183,9 +203,9 @@ class _Runner:
                     dict(batch.keys) if batch.keys is not None else None,
                     getattr(batch, "row_lower_bound", None),
                 )
-                result = run(data, context)
+                result = self._profiled(run, data, context)
             else:
-                result = run(data)
+                result = self._profiled(run, data)
         except BaseException as exc:
             seconds = time.perf_counter() - started
             error, tb = _format_error(exc, self.script_path)

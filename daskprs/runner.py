@@ -170,6 +170,8 @@ def run_step(
         deadlines=Deadlines(load=step.settings.task_overhead_timeout, run=step.settings.timeout),
         memory_limit=_memory_limit(n_workers, local),
         local_concurrency=per_node if local else None,
+        monitor_interval=step.settings.resource_monitor_interval,
+        profiling_module=step.settings.profiling_module,
     )
     for sub in (ctx.parts_dir, ctx.claims_dir):
         os.makedirs(sub, exist_ok=True)

@@ -62,6 +62,7 @@ class Slot:
         self._from_child = -1
         self._psutil_proc: Any = None
         self.started = 0
+        self.monitor: Any = None
 
     # -- life cycle --------------------------------------------------------------------------
     def _log_file(self, kind: str) -> Any:

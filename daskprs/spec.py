@@ -44,7 +44,7 @@ __all__ = ["NOT_YET_APPLIED", "load_job", "parse_mini_batch_size", "validate_fil
 #: Fields and runtime arguments that are parsed and validated but whose effect is not
 #: implemented yet; each occurrence is reported as a note "... is accepted but not yet applied".
 #: Remove a name from this set once the planner or the runner applies it.
-NOT_YET_APPLIED = frozenset({"partition_keys", "--resource_monitor_interval", "--profiling_module"})
+NOT_YET_APPLIED: frozenset[str] = frozenset()
 
 _BINDING = re.compile(r"\$\{\{\s*([^{}]*?)\s*\}\}")
 _OPTIONAL_BLOCK = re.compile(r"\$\[\[(.*?)\]\]", re.S)
@@ -1505,6 +1505,13 @@ def _runtime_settings(
             ctx.note(f"{place}: {name} accepted; {S.RUNTIME_ARG_NOTES[name]}")
             continue
         _not_yet(ctx, place, name)
+        if name == "--profiling_module" and value != "cProfile":
+            ctx.problem(
+                f"{place}: --profiling_module",
+                f"profiling module {value!r} is not supported",
+                "use --profiling_module cProfile",
+            )
+            continue
         setting = value - 1 if arg.kind == "tries" else value  # type: ignore[operator]
         if arg.field in given and given[arg.field] != setting:
             node_place = node.origin(*arg.node_field.split("."))(*arg.node_field.split("."))  # type: ignore[union-attr]

@@ -44,6 +44,9 @@ class StepContext:
     # Processes per emulated node on the embedded cluster (worker i is node i // n); None on
     # an external cluster, where a node is a worker host.
     local_concurrency: int | None = None
+    # --resource_monitor_interval (0: off) and --profiling_module
+    monitor_interval: float = 0.0
+    profiling_module: str | None = None
 
     @property
     def logs_dir(self) -> str:
@@ -102,8 +105,17 @@ def _slot(ctx: StepContext) -> Slot:
                 logging_level=ctx.logging_level,
                 cache_dir=cache,
                 to_csv=dict(ctx.to_csv),
+                profiling_module=ctx.profiling_module,
             )
             slot = _SLOTS[key] = Slot(config, ctx.memory_limit)
+            if ctx.monitor_interval > 0:
+                from daskprs.monitor import ResourceMonitor
+
+                path = os.path.join(ctx.logs_dir, "perf", node, f"{process}.csv")
+                slot.monitor = ResourceMonitor(
+                    path, ctx.monitor_interval, lambda s=slot: s.proc.pid if s.proc else None
+                )
+                slot.monitor.start()
     return slot
 
 
@@ -171,6 +183,8 @@ def stop_slots(token: str, kill: bool = False) -> int:
         for k, _ in slots:
             del _SLOTS[k]
     for _, slot in slots:
+        if slot.monitor is not None:
+            slot.monitor.stop()
         if kill:
             slot.kill()
         else:

@@ -144,3 +144,33 @@ def test_many_workers_through_failures_give_the_bytes_of_one_clean_worker(tmp_pa
         sep=" ", header=False, index=False, lineterminator="\n"
     )
     assert outputs[0].decode() == expected
+
+
+MONITORED = """
+def run(mini_batch):
+    return [len(mini_batch)]
+"""
+
+
+@pytest.mark.slow
+def test_resource_monitor_and_profiler_write_their_files(tmp_path, client):
+    import pstats
+
+    make_files(tmp_path / "data", 4)
+    job = write_job(
+        tmp_path,
+        MONITORED,
+        input_yaml="type: uri_folder\npath: ./data",
+        program_arguments="--resource_monitor_interval 0.2 --profiling_module cProfile",
+    )
+    result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
+    assert result.ok, result.failure
+    assert not any("not yet applied" in n for n in result.notes)
+    perf = list((tmp_path / "run/logs/perf").rglob("*.csv"))
+    assert perf
+    lines = perf[0].read_text().splitlines()
+    assert lines[0].startswith("Time,Node CPU Percent") and len(lines) >= 2
+    profiles = list((tmp_path / "run/logs/sys/node").rglob("*.profile"))
+    assert profiles
+    stats = pstats.Stats(str(profiles[0]))
+    assert any(func[2] == "run" for func in stats.stats)  # the entry script's run() is in it

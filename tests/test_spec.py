@@ -152,9 +152,7 @@ def test_public_api():
         "validate_file",
     }
     assert isinstance(NOT_YET_APPLIED, frozenset)
-    assert {"partition_keys", "--resource_monitor_interval", "--profiling_module"} <= (
-        NOT_YET_APPLIED
-    )
+    assert NOT_YET_APPLIED == frozenset()  # every parsed field is applied now
 
 
 # --------------------------------------------------------------------------- file kinds
@@ -467,12 +465,12 @@ def test_mini_batch_size_bound_to_a_pipeline_input(folder: Path):
     assert only_step(load(job_file)).mini_batch_size == MiniBatchSize(4, "count", "4")
 
 
-def test_partition_keys_are_kept_and_noted(folder: Path):
+def test_partition_keys_are_kept(folder: Path):
     job_file = pipeline(folder, "partition_keys: [Store, Brand]\nmini_batch_size: '0'")
     job_file.write_text(job_file.read_text().replace("type: uri_folder", "type: mltable"))
     job = load(job_file)
     assert only_step(job).partition_keys == ("Store", "Brand")
-    assert "jobs.score.partition_keys: partition_keys is accepted but not yet applied" in job.notes
+    assert not any("partition_keys" in n for n in job.notes)
 
 
 # --------------------------------------------------------------------------- bindings
@@ -798,7 +796,24 @@ def test_runtime_arguments_both_forms_and_run_max_try(folder: Path):
     assert (s.resource_monitor_interval, s.profiling_module) == (0, "cProfile")
     assert only_step(job).program_arguments[0] == "--run_invocation_timeout=120"
     assert job.warnings == ()
-    assert any("--profiling_module is accepted but not yet applied" in n for n in job.notes)
+    assert not any("not yet applied" in n for n in job.notes)
+
+
+def test_unsupported_profiling_module_is_a_problem(folder: Path):
+    job_file = pipeline(
+        folder,
+        """
+        inputs:
+          data: {type: uri_folder, path: ./data}
+        task:
+          type: run_function
+          code: ./src
+          entry_script: score.py
+          program_arguments: --profiling_module yappi
+        """,
+    )
+    with pytest.raises(JobSpecError, match="use --profiling_module cProfile"):
+        load(job_file)
 
 
 def test_program_argument_wins_over_node_field_with_a_warning(folder: Path):
