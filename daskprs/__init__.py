@@ -21,12 +21,16 @@ __all__ = [
     "PlanningError",
     "UserInputError",
     "__version__",
+    "input_collection",
     "load_job",
+    "resume_job",
     "run_job",
 ]
 
 _LAZY = {
     "run_job": "daskprs.api",
+    "resume_job": "daskprs.api",
+    "input_collection": "daskprs.collections",
     "JobResult": "daskprs.api",
     "load_job": "daskprs.spec",
     "DaskprsError": "daskprs.errors",

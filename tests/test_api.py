@@ -57,3 +57,51 @@ def test_check_workers_names_the_worker_and_what_it_lacks(tmp_path):
 def test_default_run_dir_is_named_after_the_file_and_utc_time():
     path = default_run_dir("/x/jobs/pipeline.yml", now=0)
     assert path.endswith("daskprs-runs/pipeline-19700101-000000")
+
+
+def test_public_api_is_explicit():
+    assert set(daskprs.__all__) == {
+        "DaskprsError",
+        "JobFailed",
+        "JobResult",
+        "JobSpecError",
+        "PlanningError",
+        "UserInputError",
+        "__version__",
+        "input_collection",
+        "load_job",
+        "resume_job",
+        "run_job",
+    }
+    for name in daskprs.__all__:
+        assert getattr(daskprs, name) is not None
+
+
+def test_input_collections_have_one_partition_per_mini_batch(tmp_path):
+    import dask
+    import pandas as pd
+    from conftest import make_files, write_job
+
+    make_files(tmp_path / "data", 5)
+    job = write_job(
+        tmp_path, "def run(b):\n    return b\n", input_yaml="type: uri_folder\npath: ./data"
+    )
+    bag = daskprs.input_collection(job)
+    assert bag.npartitions == 3
+    with dask.config.set(scheduler="sync"):
+        assert [p.rsplit("/", 1)[1] for p in bag.compute()] == [f"f{i:03d}.txt" for i in range(5)]
+    (tmp_path / "t").mkdir()
+    pd.DataFrame({"a": range(100)}).to_csv(tmp_path / "t/x.csv", index=False)
+    (tmp_path / "t/MLTable").write_text(
+        "paths:\n  - file: ./x.csv\ntransformations:\n  - read_delimited: {delimiter: ','}\n"
+    )
+    job = write_job(
+        tmp_path / "j2",
+        "def run(b):\n    return b\n",
+        input_yaml=f"type: mltable\npath: {tmp_path / 't'}",
+        mini_batch_size='"100"',
+    )
+    ddf = daskprs.input_collection(job, sets=["jobs.score.mini_batch_size=64"])
+    assert ddf.npartitions > 3
+    with dask.config.set(scheduler="sync"):
+        assert ddf.compute()["a"].tolist() == list(range(100))

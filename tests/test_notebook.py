@@ -25,3 +25,4 @@ def test_example_notebook_runs():
     client.execute()
     printed = "".join(out.get("text", "") for cell in nb.cells for out in cell.get("outputs", []))
     assert "600 rows scored, accuracy" in printed
+    assert "8 mini-batches, 600 rows" in printed
