@@ -289,6 +289,8 @@ def verdict(label: str, value: float, target: float, *, higher_is_better: bool =
 
 def header(title: str, **facts: Any) -> None:
     print(f"\n== {title} ==", flush=True)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"  cores: {os.cpu_count()}, load average: {load} (the machine may be shared)")
     for k, v in facts.items():
         print(f"  {k}: {v}")
 
@@ -304,6 +306,7 @@ def record(name: str, row: dict[str, Any], enabled: bool = True) -> Path | None:
         "utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "cores": os.cpu_count(),
         "daskprs": getattr(daskprs, "__version__", "?"),
+        "loadavg1": round(os.getloadavg()[0], 2),
         **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

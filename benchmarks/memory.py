@@ -45,14 +45,25 @@ def main(args: argparse.Namespace) -> dict:
     with c.data_folder(args.data, "memory") as root:
         c.header(f"memory: tabular job at {c.mb(sizes[0])} and {c.mb(sizes[1])} of CSV")
         idle = idle_child_rss()
+        cold = c.rss_now()
+        # a small warm-up run first, so that imports and first-use caches are not counted
+        # as growth with input size
+        warm = root / "csv-warmup"
+        tabular.generate_csv(warm, 20 * 2**20, 10 * 2**20)
+        res, _ = c.run_daskprs(tabular.tabular_job(root / "job", warm), root / "run", workers=1)
+        assert res.ok, res.failure
         base = c.rss_now()
-        print(f"  driver RSS before the runs: {c.mb(base)}; an idle child: {c.mb(idle)}")
+        print(
+            f"  driver RSS: {c.mb(cold)} cold, {c.mb(base)} after a warm-up run; "
+            f"an idle child: {c.mb(idle)}"
+        )
         results = []
         for size in sizes:
             folder = root / f"csv-{size}"
             files = tabular.generate_csv(folder, size, c.parse_size(args.file_size))
             in_bytes = sum(f.stat().st_size for f in files)
             job = tabular.tabular_job(root / "job", folder)
+            before = c.rss_now()
             with c.RssSampler(args.interval) as rss:
                 result, wall = c.run_daskprs(
                     job, root / "run", workers=args.workers, echo=c.Echo(args.verbose)
@@ -65,6 +76,7 @@ def main(args: argparse.Namespace) -> dict:
                     "output": out_bytes,
                     "wall": wall,
                     "driver": rss.driver,
+                    "driver_before": before,
                     "worker": rss.by_kind.get("dask worker", 0),
                     "child": rss.by_kind.get("entry-script child", 0),
                     "tree": rss.total,
@@ -77,6 +89,7 @@ def main(args: argparse.Namespace) -> dict:
                 c.mb(r["input"]),
                 c.mb(r["output"]),
                 f"{r['wall']:.1f}",
+                c.mb(r["driver_before"]),
                 c.mb(r["driver"]),
                 c.mb(r["worker"]),
                 c.mb(r["child"]),
@@ -91,6 +104,7 @@ def main(args: argparse.Namespace) -> dict:
                     "input",
                     "output",
                     "s",
+                    "driver before",
                     "driver peak",
                     "dask worker peak",
                     "child peak",
@@ -107,12 +121,15 @@ def main(args: argparse.Namespace) -> dict:
             f"driver peak at {c.mb(large['input'])} / at {c.mb(small['input'])}", growth, FLAT
         )
         print(
-            f"  driver growth over the base: {c.mb(small['driver'] - base)} -> "
-            f"{c.mb(large['driver'] - base)} for {c.mb(large['input'] - small['input'])} more input"
+            f"  driver peak above its RSS before the run: "
+            f"{c.mb(small['driver'] - small['driver_before'])} -> "
+            f"{c.mb(large['driver'] - large['driver_before'])} for "
+            f"{c.mb(large['input'] - small['input'])} more input"
         )
         row = {
             "workers": args.workers,
-            "driver_base": base,
+            "driver_cold": cold,
+            "driver_warm": base,
             "idle_child": idle,
             "met": met_abs and met_flat,
         }

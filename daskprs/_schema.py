@@ -5,7 +5,7 @@ A schema is a dict from key to what its value may hold: ``LEAF`` (any scalar or 
 schema dict. The key lists follow the azure-ai-ml package's marshmallow schemas
 (``azure/ai/ml/_schema/...``): a key Azure accepts is never an error here. The checks of values
 (integers, ranges, enums) and the collector of problems, notes and warnings are here too. Used
-only by :mod:`daskprs.spec`.
+only by :mod:`daskprs.spec` and its private helper modules.
 """
 
 from __future__ import annotations
