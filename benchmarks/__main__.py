@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import subprocess
 import sys
 
 from benchmarks import NAMES
@@ -27,14 +28,19 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in (*NAMES, "all"):
         print(
             "usage: python -m benchmarks NAME [options]   (NAME --help for its options)\n"
-            f"names: {', '.join(NAMES)}, all (each at its default size)",
+            f"names: {', '.join(NAMES)}, all (each at its default size; options such as --data "
+            "are passed to each)",
             file=sys.stderr,
         )
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    names = NAMES if argv[0] == "all" else (argv[0],)
-    for name in names:
-        args = _parser(name).parse_args(argv[1:] if argv[0] == name else [])
-        importlib.import_module(f"benchmarks.{name}").main(args)
+    if argv[0] == "all":
+        # each in its own process, so that none inherits another's imports, memory or threads
+        extra = argv[1:]
+        for name in NAMES:
+            subprocess.run([sys.executable, "-m", "benchmarks", name, *extra], check=False)
+        return 0
+    args = _parser(argv[0]).parse_args(argv[1:])
+    importlib.import_module(f"benchmarks.{argv[0]}").main(args)
     return 0  # benchmarks report; a missed target is printed, never an exit status
 
 

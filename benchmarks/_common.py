@@ -231,6 +231,7 @@ class RssSampler:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> RssSampler:
+        self.start = self.me.memory_info().rss
         self._sample()
         self._thread.start()
         return self

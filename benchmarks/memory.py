@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 from benchmarks import _common as c
 from benchmarks import tabular
@@ -27,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--file-size", default="100MB", help="size of each generated CSV file")
     p.add_argument("--interval", type=float, default=0.05, help="sampling interval, s")
-    p.add_argument("--verbose", action="store_true", help="show daskprs progress lines")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one run, print JSON
+    p.add_argument("--run-dir", help=argparse.SUPPRESS)
 
 
 def idle_child_rss() -> int:
@@ -39,57 +41,76 @@ def idle_child_rss() -> int:
     return int(subprocess.check_output([sys.executable, "-c", code], text=True).strip())
 
 
-def main(args: argparse.Namespace) -> dict:
+def measure_one(folder: str, run_dir: str, workers: int, interval: float) -> dict:
+    """One daskprs run in this (fresh) process, sampled from before daskprs is imported."""
+    import json
+
+    job = tabular.tabular_job(Path(run_dir).parent / "job", Path(folder))
+    with c.RssSampler(interval) as rss:
+        result, wall = c.run_daskprs(job, Path(run_dir), workers=workers)
+    assert result.ok, result.failure
+    out = {
+        "input": sum(f.stat().st_size for f in Path(folder).glob("*.csv")),
+        "output": c.output_of(Path(run_dir)).stat().st_size,
+        "wall": wall,
+        "driver_start": rss.start,
+        "driver": rss.driver,
+        "worker": rss.by_kind.get("dask worker", 0),
+        "child": rss.by_kind.get("entry-script child", 0),
+        "tree": rss.total,
+        "samples": rss.samples,
+    }
+    print(json.dumps(out))
+    return out
+
+
+def _measure_in_subprocess(folder: Path, run_dir: Path, args: argparse.Namespace) -> dict:
+    import json
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks",
+        "memory",
+        "--one",
+        str(folder),
+        "--run-dir",
+        str(run_dir),
+        "--workers",
+        str(args.workers),
+        "--interval",
+        str(args.interval),
+    ]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(args: argparse.Namespace) -> dict | None:
+    if args.one:
+        measure_one(args.one, args.run_dir, args.workers, args.interval)
+        return None
     big = c.parse_size(args.size)
     sizes = [big // 2, big]
     with c.data_folder(args.data, "memory") as root:
-        c.header(f"memory: tabular job at {c.mb(sizes[0])} and {c.mb(sizes[1])} of CSV")
-        idle = idle_child_rss()
-        cold = c.rss_now()
-        # a small warm-up run first, so that imports and first-use caches are not counted
-        # as growth with input size
-        warm = root / "csv-warmup"
-        tabular.generate_csv(warm, 20 * 2**20, 10 * 2**20)
-        res, _ = c.run_daskprs(tabular.tabular_job(root / "job", warm), root / "run", workers=1)
-        assert res.ok, res.failure
-        base = c.rss_now()
-        print(
-            f"  driver RSS: {c.mb(cold)} cold, {c.mb(base)} after a warm-up run; "
-            f"an idle child: {c.mb(idle)}"
+        c.header(
+            f"memory: tabular job at {c.mb(sizes[0])} and {c.mb(sizes[1])} of CSV, each run "
+            "in a fresh driver process"
         )
+        idle = idle_child_rss()
+        print(f"  an idle entry-script child: {c.mb(idle)}")
         results = []
         for size in sizes:
             folder = root / f"csv-{size}"
-            files = tabular.generate_csv(folder, size, c.parse_size(args.file_size))
-            in_bytes = sum(f.stat().st_size for f in files)
-            job = tabular.tabular_job(root / "job", folder)
-            before = c.rss_now()
-            with c.RssSampler(args.interval) as rss:
-                result, wall = c.run_daskprs(
-                    job, root / "run", workers=args.workers, echo=c.Echo(args.verbose)
-                )
-            assert result.ok, result.failure
-            out_bytes = c.output_of(root / "run").stat().st_size
-            results.append(
-                {
-                    "input": in_bytes,
-                    "output": out_bytes,
-                    "wall": wall,
-                    "driver": rss.driver,
-                    "driver_before": before,
-                    "worker": rss.by_kind.get("dask worker", 0),
-                    "child": rss.by_kind.get("entry-script child", 0),
-                    "tree": rss.total,
-                    "samples": rss.samples,
-                }
-            )
-            print(f"  {c.mb(in_bytes)}: {wall:.1f} s, {rss.samples} samples", flush=True)
+            tabular.generate_csv(folder, size, c.parse_size(args.file_size))
+            r = _measure_in_subprocess(folder, root / "runs" / "run", args)
+            results.append(r)
+            print(f"  {c.mb(r['input'])}: {r['wall']:.1f} s, {r['samples']} samples", flush=True)
         rows = [
             (
                 c.mb(r["input"]),
                 c.mb(r["output"]),
                 f"{r['wall']:.1f}",
-                c.mb(r["driver_before"]),
+                c.mb(r["driver_start"]),
                 c.mb(r["driver"]),
                 c.mb(r["worker"]),
                 c.mb(r["child"]),
@@ -104,7 +125,7 @@ def main(args: argparse.Namespace) -> dict:
                     "input",
                     "output",
                     "s",
-                    "driver before",
+                    "driver at start",
                     "driver peak",
                     "dask worker peak",
                     "child peak",
@@ -120,19 +141,7 @@ def main(args: argparse.Namespace) -> dict:
         met_flat = c.verdict(
             f"driver peak at {c.mb(large['input'])} / at {c.mb(small['input'])}", growth, FLAT
         )
-        print(
-            f"  driver peak above its RSS before the run: "
-            f"{c.mb(small['driver'] - small['driver_before'])} -> "
-            f"{c.mb(large['driver'] - large['driver_before'])} for "
-            f"{c.mb(large['input'] - small['input'])} more input"
-        )
-        row = {
-            "workers": args.workers,
-            "driver_cold": cold,
-            "driver_warm": base,
-            "idle_child": idle,
-            "met": met_abs and met_flat,
-        }
+        row = {"workers": args.workers, "idle_child": idle, "met": met_abs and met_flat}
         for tag, r in (("small", small), ("large", large)):
             row.update({f"{tag}_{k}": v for k, v in r.items() if k != "samples"})
         c.record("memory", row, not args.no_csv)
