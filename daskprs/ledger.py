@@ -69,6 +69,10 @@ def read_ledger(path: str) -> LedgerState:
                 e = state.entry(rec.mb)
                 e.history.append(rec)
                 e.tries = max(e.tries, rec.try_no)
+                if event.get("final"):
+                    e.state = event["final"]
+                    e.record = rec
+                    e.part = rec.part if e.state == "DONE" else None
             elif kind == "final":
                 e = state.entry(event["mb"])
                 e.state = event["state"]
@@ -99,8 +103,12 @@ class Ledger:
     def start_session(self, header: dict[str, Any]) -> None:
         self._write({"event": "session", "header": header})
 
-    def record_try(self, record: TryRecord) -> None:
-        self._write({"event": "try", "record": record.to_dict()})
+    def record_try(self, record: TryRecord, final: str | None = None) -> None:
+        """One try's outcome; ``final`` is the mini-batch's state when the try ended it."""
+        event: dict[str, Any] = {"event": "try", "record": record.to_dict()}
+        if final is not None:
+            event["final"] = final
+        self._write(event)
 
     def record_final(self, mb: int, state: str, record: TryRecord | None) -> None:
         self._write(

@@ -6,7 +6,7 @@ DESIGN decision 5). The statuses are SPEC section 6's names.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = ["FINAL_STATES", "RETRYABLE", "Status", "TryRecord"]
@@ -26,6 +26,9 @@ class Status:
     INIT_FAILED = "INIT_FAILED"
     # The try found itself already claimed (Dask ran its task a second time); it did nothing.
     DUPLICATE = "DUPLICATE"
+    # The try never started: its task was lost with its worker before reaching it (a task
+    # that carries several mini-batches). It is submitted again without using a try.
+    NOT_STARTED = "NOT_STARTED"
 
 
 RETRYABLE = frozenset(
@@ -90,7 +93,8 @@ class TryRecord:
         return ERROR_CATEGORY.get(self.status, "")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # a flat dataclass: no need for asdict's deep copy (this runs once per try)
+        return {name: getattr(self, name) for name in _FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TryRecord:
@@ -99,3 +103,6 @@ class TryRecord:
 
     def with_(self, **changes: Any) -> TryRecord:
         return replace(self, **changes)
+
+
+_FIELDS = tuple(TryRecord.__dataclass_fields__)

@@ -129,6 +129,8 @@ class Supervisor:
         self._keys_used: set[str] = set()
         self.last_progress = now
         self.stopped: Stop | None = None
+        # Tries in flight at once; the runner may raise it when it packs several tries a task.
+        self.window = policy.window
         prior = dict(prior or {})
         for mb, p in prior.items():
             self.state[mb] = p.state
@@ -165,7 +167,9 @@ class Supervisor:
         mb, try_no = where
         out: list[Instruction] = []
         status = record.status
-        if status == Status.INIT_FAILED:
+        if status == Status.NOT_STARTED:
+            self.pending.appendleft((mb, try_no))
+        elif status == Status.INIT_FAILED:
             self.counts.init_failures[record.node or "?"] += 1
             self.errors.setdefault(mb, record.error)
             stop = self._check_init_budget(record)
@@ -228,7 +232,7 @@ class Supervisor:
         out: list[Instruction] = []
         if self.stopped is not None:
             return out
-        while self.pending and len(self.in_flight) < self.policy.window:
+        while self.pending and len(self.in_flight) < self.window:
             mb, try_no = self.pending.popleft()
             self._seq += 1
             try_key = f"s{self.session}n{self._seq}"

@@ -21,7 +21,7 @@ from daskprs.child import ChildConfig
 from daskprs.outcome import Status, TryRecord
 from daskprs.slot import Deadlines, Slot
 
-__all__ = ["StepContext", "check_worker", "run_try", "stop_slots"]
+__all__ = ["StepContext", "check_worker", "run_tries", "run_try", "stop_slots"]
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,17 @@ def run_try(ctx: StepContext, batch: MiniBatch, try_no: int, try_key: str) -> Tr
         **result,
     )
     return record
+
+
+def run_tries(ctx: StepContext, items: list[tuple[MiniBatch, int, str]]) -> list[TryRecord]:
+    """Run several tries, one after the other, in this worker's slot (one Dask task for many
+    small mini-batches). Each keeps its own claim, deadline and record."""
+    return [run_try(ctx, batch, try_no, try_key) for batch, try_no, try_key in items]
+
+
+def claimed(ctx: StepContext, mb: int, try_key: str) -> bool:
+    """Whether try ``try_key`` of ``mb`` was started (its claim exists)."""
+    return os.path.exists(os.path.join(ctx.claims_dir, f"{mb:05d}.{try_key}"))
 
 
 def stop_slots(token: str, kill: bool = False) -> int:

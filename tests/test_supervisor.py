@@ -225,3 +225,13 @@ def test_window_bounds_work_in_flight():
     sup = Supervisor({i: 1 for i in range(100)}, Policy(window=7))
     assert len(submits(sup.start())) == 7
     assert sup.summary()["running"] == 7
+
+
+def test_a_try_that_never_started_is_resubmitted_without_using_a_try():
+    sup = Supervisor({0: 1}, Policy(max_retries=0))
+    [sub] = submits(sup.start())
+    out = sup.on_outcome(sub.try_key, rec(sub, Status.NOT_STARTED), 1)
+    [again] = submits(out)
+    assert (again.mb, again.try_no) == (0, 1) and again.key != sub.key
+    sup.on_outcome(again.try_key, rec(again, Status.RUN_DONE, 1), 1)
+    assert sup.state[0] == "DONE"
