@@ -1,11 +1,13 @@
 """The process that runs the user's entry script (one per worker slot).
 
-Started by :class:`daskprs.slot.Slot` as ``python -m daskprs.child IN_FD OUT_FD``. It reads
-a setup message, then tasks, one at a time, from ``IN_FD``; for each it calls ``init()`` once
-(lazily, before the first ``run()``), loads the mini-batch's data, calls ``run()``, writes the
-rows to the task's part file and answers with a small record on ``OUT_FD``. Before each phase
-it says which phase it enters, so the slot can apply the right deadline. Failures come back
-as records; a failed ``init()`` ends this process (the slot starts a new one).
+Started by :class:`daskprs.slot.Slot` as ``python -m daskprs.child IN_FD OUT_FD PHASE_FD``.
+It reads a setup message, then tasks, one at a time, from ``IN_FD``; for each it calls
+``init()`` once (lazily, before the first ``run()``), loads the mini-batch's data, calls
+``run()``, writes the rows to the task's part file and answers with a small record on
+``OUT_FD``. Entering each phase it writes a line ``<phase> <monotonic time>`` to ``PHASE_FD``,
+from which the slot computes the phase's deadline; the slot reads those lines when it wakes,
+so a phase change costs it no wake-up of its own. Failures come back as records; a failed
+``init()`` ends this process (the slot starts a new one).
 
 Imports stay light (standard library, then pandas through the readers) so an entry script
 could later run in another interpreter.
@@ -84,9 +86,10 @@ def _format_error(exc: BaseException, script_path: str) -> tuple[str, str]:
 class _Runner:
     """State of one child: the loaded script and whether ``init()`` ran."""
 
-    def __init__(self, cfg: ChildConfig, out_fd: int):
+    def __init__(self, cfg: ChildConfig, out_fd: int, phase_fd: int):
         self.cfg = cfg
         self.out_fd = out_fd
+        self.phase_fd = phase_fd
         self.module: Any = None
         self.script_path = os.path.join(cfg.code_dir, cfg.entry_script)
         self.profiler: Any = None
@@ -98,6 +101,9 @@ class _Runner:
 
     def send(self, *msg: Any) -> None:
         write_message(self.out_fd, msg)
+
+    def phase(self, name: str) -> None:
+        os.write(self.phase_fd, f"{name} {time.monotonic():.6f}\n".encode())
 
     def log_error(self, header: str, tb: str) -> None:
         if not self.cfg.logs_dir:
@@ -167,14 +173,14 @@ class _Runner:
         batch = task["batch"]
         record: dict[str, Any] = {"mb": batch.index, "try_no": task["try_no"]}
         if self.module is None:
-            self.send("phase", "init")
+            self.phase("init")
             try:
                 self.init()
             except BaseException as exc:
                 error, tb = _format_error(exc, self.script_path)
                 self.log_error(f"init() failed: {error}", tb)
                 return {**record, "status": "INIT_FAILED", "error": error, "traceback": tb}
-        self.send("phase", "load")
+        self.phase("load")
         try:
             from daskprs.readers import load_batch
 
@@ -193,7 +199,7 @@ class _Runner:
         total = len(data)
         if total == 0:
             return {**record, "status": "EMPTY", "total": 0}
-        self.send("phase", "run")
+        self.phase("run")
         run = self.module.run
         started = time.perf_counter()
         try:
@@ -293,14 +299,14 @@ def _watch_parent(parent: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Serve tasks from the pipe until told to stop or the pipe closes."""
     args = sys.argv[1:] if argv is None else argv
-    in_fd, out_fd = int(args[0]), int(args[1])
+    in_fd, out_fd, phase_fd = int(args[0]), int(args[1]), int(args[2])
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     try:
         kind, cfg = read_message(in_fd)
     except ChannelClosed:
         return 0
     assert kind == "setup", kind
-    runner = _Runner(cfg, out_fd)
+    runner = _Runner(cfg, out_fd, phase_fd)
     runner.setup_process()
     while True:
         try:

@@ -60,6 +60,8 @@ class Slot:
         self.proc: subprocess.Popen | None = None
         self._to_child = -1
         self._from_child = -1
+        self._phases = -1
+        self._phase_buffer = b""
         self._psutil_proc: Any = None
         self.started = 0
         self.monitor: Any = None
@@ -77,6 +79,8 @@ class Slot:
         """Start a new child process and send it its configuration."""
         p2c_r, p2c_w = os.pipe()
         c2p_r, c2p_w = os.pipe()
+        ph_r, ph_w = os.pipe()
+        os.set_blocking(ph_r, False)
         env = dict(os.environ)
         root = _package_root()
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
@@ -84,8 +88,8 @@ class Slot:
         out, err = self._log_file("stdout"), self._log_file("stderr")
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daskprs.child", str(p2c_r), str(c2p_w)],
-                pass_fds=(p2c_r, c2p_w),
+                [sys.executable, "-m", "daskprs.child", str(p2c_r), str(c2p_w), str(ph_w)],
+                pass_fds=(p2c_r, c2p_w, ph_w),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -95,10 +99,12 @@ class Slot:
         finally:
             os.close(p2c_r)
             os.close(c2p_w)
+            os.close(ph_w)
             for f in (out, err):
                 if f is not subprocess.DEVNULL:
                     f.close()
-        self._to_child, self._from_child = p2c_w, c2p_r
+        self._to_child, self._from_child, self._phases = p2c_w, c2p_r, ph_r
+        self._phase_buffer = b""
         self._psutil_proc = None
         self.started += 1
         write_message(self._to_child, ("setup", self.config))
@@ -108,13 +114,13 @@ class Slot:
         return self.proc is not None and self.proc.poll() is None
 
     def _close_pipes(self) -> None:
-        for fd in (self._to_child, self._from_child):
+        for fd in (self._to_child, self._from_child, self._phases):
             if fd >= 0:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
-        self._to_child = self._from_child = -1
+        self._to_child = self._from_child = self._phases = -1
 
     def kill(self) -> None:
         """Kill the child at once (SIGKILL) and reap it."""
@@ -181,16 +187,14 @@ class Slot:
             if deadline is not None:
                 wait = max(0.0, min(wait, deadline - time.monotonic()))
             ready, _, _ = select.select([self._from_child], [], [], wait)
+            for phase, started in self._read_phases():
+                limit = {"load": deadlines.load, "run": deadlines.run}.get(phase)
+                deadline = None if limit is None else started + limit
             if ready:
                 try:
                     kind, payload = read_message(self._from_child)
                 except (ChannelClosed, OSError):
                     return self._died(base, phase)
-                if kind == "phase":
-                    phase = payload
-                    limit = {"load": deadlines.load, "run": deadlines.run}.get(phase)
-                    deadline = None if limit is None else time.monotonic() + limit
-                    continue
                 if kind == "done":
                     if payload["status"] == "INIT_FAILED":
                         self.kill()
@@ -220,6 +224,20 @@ class Slot:
                     "error": f"the process running the entry script used more than its memory "
                     f"limit of {self.memory_limit / 2**20:.0f} MiB and was killed",
                 }
+
+    def _read_phases(self) -> list[tuple[str, float]]:
+        """The phases the child entered since the last call, with their start times."""
+        try:
+            while chunk := os.read(self._phases, 4096):
+                self._phase_buffer += chunk
+        except BlockingIOError:
+            pass
+        *lines, self._phase_buffer = self._phase_buffer.split(b"\n")
+        out = []
+        for line in lines:
+            name, _, started = line.decode().partition(" ")
+            out.append((name, float(started)))
+        return out
 
     def _died(self, base: dict[str, Any], phase: str) -> dict[str, Any]:
         message = self._death_message() if self.proc is not None else "the process is gone"
