@@ -231,7 +231,7 @@ class _Runner:
     def finish(
         self, record: dict[str, Any], result: Any, total: int, seconds: float, part: str | None
     ) -> dict[str, Any]:
-        from daskprs.formatting import format_rows, result_length
+        from daskprs.formatting import result_length, write_rows
 
         n = result_length(result)
         if n is None:
@@ -260,7 +260,7 @@ class _Runner:
         if part is not None:
             tmp = f"{part}.tmp"
             with open(tmp, "wb") as f:
-                f.write(format_rows(result, self.cfg.to_csv))
+                write_rows(result, f, self.cfg.to_csv)
             os.replace(tmp, part)
             written = part
         return {
@@ -308,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     assert kind == "setup", kind
     runner = _Runner(cfg, out_fd, phase_fd)
     runner.setup_process()
+    try:  # import the readers (pandas) now, before the first task arrives
+        import daskprs.readers  # noqa: F401
+    except Exception:  # the first load will report it, against its mini-batch
+        pass
     while True:
         try:
             kind, payload = read_message(in_fd)

@@ -5,12 +5,13 @@ Pure functions; pandas is only touched when the value is a DataFrame.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
-__all__ = ["SETTINGS_FILE", "format_rows", "load_to_csv_options", "result_length"]
+__all__ = ["SETTINGS_FILE", "format_rows", "load_to_csv_options", "result_length", "write_rows"]
 
 SETTINGS_FILE = "parallel_run_step.settings.json"
 
@@ -48,15 +49,28 @@ def format_rows(value: Any, to_csv: Mapping[str, Any] | None = None) -> bytes:
     bytes
         UTF-8 text, every row ending in a newline.
     """
+    buf = io.BytesIO()
+    write_rows(value, buf, to_csv)
+    return buf.getvalue()
+
+
+def write_rows(value: Any, out: BinaryIO, to_csv: Mapping[str, Any] | None = None) -> None:
+    """Write what :func:`format_rows` returns straight into the binary file ``out`` (no
+    copy of the whole text in memory: a mini-batch's rows can be large)."""
     if _is_dataframe(value):
         options = {**_DEFAULT_TO_CSV, **(to_csv or {})}
         options.pop("path_or_buf", None)
         encoding = options.pop("encoding", "utf-8") or "utf-8"
         if len(value) == 0:
-            return b""
-        text = value.to_csv(None, **options)
-        return text.encode(encoding)
-    return "".join(f"{item}\n" for item in value).encode("utf-8")
+            return
+        text = io.TextIOWrapper(out, encoding=encoding, newline="")
+        try:
+            value.to_csv(text, **options)
+            text.flush()
+        finally:
+            text.detach()  # leave ``out`` open for the caller
+        return
+    out.write("".join(f"{item}\n" for item in value).encode("utf-8"))
 
 
 def load_to_csv_options(code_dir: str) -> dict[str, Any]:

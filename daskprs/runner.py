@@ -28,7 +28,14 @@ from daskprs.output import assemble
 from daskprs.plan import Plan
 from daskprs.slot import Deadlines
 from daskprs.supervisor import Finalize, Policy, Prior, Stop, Submit, Supervisor
-from daskprs.worker import StepContext, kill_running, run_tries, run_try, stop_slots
+from daskprs.worker import (
+    StepContext,
+    kill_running,
+    prestart,
+    run_tries,
+    run_try,
+    stop_slots,
+)
 
 __all__ = ["StepOutcome", "run_step"]
 
@@ -294,6 +301,10 @@ def run_step(
         report.add(rec)
         return [i for i in instructions if i is not final]
 
+    try:
+        client.run(prestart, ctx)
+    except Exception:  # a worker that cannot start a slot now will start it on its first task
+        pass
     try:
         carry_out(sup.start())
         while not sup.finished:

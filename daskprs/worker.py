@@ -21,7 +21,7 @@ from daskprs.child import ChildConfig
 from daskprs.outcome import Status, TryRecord
 from daskprs.slot import Deadlines, Slot
 
-__all__ = ["StepContext", "check_worker", "run_tries", "run_try", "stop_slots"]
+__all__ = ["StepContext", "check_worker", "prestart", "run_tries", "run_try", "stop_slots"]
 
 
 @dataclass(frozen=True)
@@ -61,23 +61,23 @@ class StepContext:
         return os.path.join(self.run_dir, "steps", self.step, "claims")
 
 
+# Slots of this worker process: in use, by (run token, executor thread), and started ahead
+# of the first task (``prestart``), by run token.
 _SLOTS: dict[tuple[str, int], Slot] = {}
+_SPARE: dict[str, list[Slot]] = {}
 _LOCK = threading.Lock()
 
 
-def _identity(ctx: StepContext) -> tuple[str, str]:
-    """The node and process names of the calling worker thread (SPEC section 6)."""
+def _identity(ctx: StepContext, index: int) -> tuple[str, str]:
+    """The node and process names of slot ``index`` of this worker (SPEC section 6)."""
     try:
         from distributed import get_worker
 
         worker = get_worker()
     except (ImportError, ValueError):
-        return "node000", f"process{threading.get_ident() % 1000:03d}"
+        return "node000", f"process{index:03d}"
     name = worker.name
-    nthreads = worker.state.nthreads
-    suffix = ""
-    if nthreads > 1:
-        suffix = f"-t{threading.get_ident() % 10000:04d}"
+    suffix = f"-{index}" if worker.state.nthreads > 1 else ""
     if ctx.local_concurrency and isinstance(name, int):
         node = f"node{name // ctx.local_concurrency:03d}"
         return node, f"process{name % ctx.local_concurrency:03d}{suffix}"
@@ -86,37 +86,63 @@ def _identity(ctx: StepContext) -> tuple[str, str]:
     return host, f"process-{safe}{suffix}"
 
 
+def _new_slot(ctx: StepContext) -> Slot:
+    """A slot for run ``ctx.token`` in this process, numbered after those it already has."""
+    index = sum(1 for k in _SLOTS if k[0] == ctx.token) + len(_SPARE.get(ctx.token, ()))
+    node, process = _identity(ctx, index)
+    cache = os.path.join(tempfile.gettempdir(), f"daskprs-cache-{ctx.token}-{process}")
+    config = ChildConfig(
+        code_dir=ctx.code_dir,
+        entry_script=ctx.entry_script,
+        argv=ctx.argv,
+        env=dict(ctx.env),
+        node=node,
+        process=process,
+        logs_dir=ctx.logs_dir,
+        output_dir=ctx.output_dir,
+        logging_level=ctx.logging_level,
+        cache_dir=cache,
+        to_csv=dict(ctx.to_csv),
+        profiling_module=ctx.profiling_module,
+    )
+    slot = Slot(config, ctx.memory_limit)
+    if ctx.monitor_interval > 0:
+        from daskprs.monitor import ResourceMonitor
+
+        path = os.path.join(ctx.logs_dir, "perf", node, f"{process}.csv")
+        slot.monitor = ResourceMonitor(
+            path, ctx.monitor_interval, lambda s=slot: s.proc.pid if s.proc else None
+        )
+        slot.monitor.start()
+    return slot
+
+
 def _slot(ctx: StepContext) -> Slot:
     key = (ctx.token, threading.get_ident())
     with _LOCK:
         slot = _SLOTS.get(key)
         if slot is None:
-            node, process = _identity(ctx)
-            cache = os.path.join(tempfile.gettempdir(), f"daskprs-cache-{ctx.token}-{process}")
-            config = ChildConfig(
-                code_dir=ctx.code_dir,
-                entry_script=ctx.entry_script,
-                argv=ctx.argv,
-                env=dict(ctx.env),
-                node=node,
-                process=process,
-                logs_dir=ctx.logs_dir,
-                output_dir=ctx.output_dir,
-                logging_level=ctx.logging_level,
-                cache_dir=cache,
-                to_csv=dict(ctx.to_csv),
-                profiling_module=ctx.profiling_module,
-            )
-            slot = _SLOTS[key] = Slot(config, ctx.memory_limit)
-            if ctx.monitor_interval > 0:
-                from daskprs.monitor import ResourceMonitor
-
-                path = os.path.join(ctx.logs_dir, "perf", node, f"{process}.csv")
-                slot.monitor = ResourceMonitor(
-                    path, ctx.monitor_interval, lambda s=slot: s.proc.pid if s.proc else None
-                )
-                slot.monitor.start()
+            spare = _SPARE.get(ctx.token)
+            slot = spare.pop(0) if spare else _new_slot(ctx)
+            _SLOTS[key] = slot
     return slot
+
+
+def prestart(ctx: StepContext) -> int:
+    """Start one slot per worker thread now, so that the children start Python and import
+    their libraries while the driver is still submitting (run with ``Client.run``)."""
+    try:
+        from distributed import get_worker
+
+        nthreads = get_worker().state.nthreads
+    except (ImportError, ValueError):
+        nthreads = 1
+    with _LOCK:
+        for _ in range(nthreads):
+            slot = _new_slot(ctx)
+            slot.start()
+            _SPARE.setdefault(ctx.token, []).append(slot)
+    return nthreads
 
 
 def _claim(ctx: StepContext, mb: int, try_key: str) -> bool:
@@ -193,6 +219,7 @@ def stop_slots(token: str, kill: bool = False) -> int:
         slots = [(k, s) for k, s in _SLOTS.items() if k[0] == token]
         for k, _ in slots:
             del _SLOTS[k]
+        slots += [(None, s) for s in _SPARE.pop(token, [])]
     for _, slot in slots:
         if slot.monitor is not None:
             slot.monitor.stop()
