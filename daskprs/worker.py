@@ -68,13 +68,18 @@ _SPARE: dict[str, list[Slot]] = {}
 _LOCK = threading.Lock()
 
 
-def _identity(ctx: StepContext, index: int) -> tuple[str, str]:
-    """The node and process names of slot ``index`` of this worker (SPEC section 6)."""
+def _current_worker() -> Any:
     try:
         from distributed import get_worker
 
-        worker = get_worker()
+        return get_worker()
     except (ImportError, ValueError):
+        return None
+
+
+def _identity(ctx: StepContext, index: int, worker: Any) -> tuple[str, str]:
+    """The node and process names of slot ``index`` of ``worker`` (SPEC section 6)."""
+    if worker is None:
         return "node000", f"process{index:03d}"
     name = worker.name
     suffix = f"-{index}" if worker.state.nthreads > 1 else ""
@@ -86,10 +91,10 @@ def _identity(ctx: StepContext, index: int) -> tuple[str, str]:
     return host, f"process-{safe}{suffix}"
 
 
-def _new_slot(ctx: StepContext) -> Slot:
+def _new_slot(ctx: StepContext, worker: Any) -> Slot:
     """A slot for run ``ctx.token`` in this process, numbered after those it already has."""
     index = sum(1 for k in _SLOTS if k[0] == ctx.token) + len(_SPARE.get(ctx.token, ()))
-    node, process = _identity(ctx, index)
+    node, process = _identity(ctx, index, worker)
     cache = os.path.join(tempfile.gettempdir(), f"daskprs-cache-{ctx.token}-{process}")
     config = ChildConfig(
         code_dir=ctx.code_dir,
@@ -123,23 +128,20 @@ def _slot(ctx: StepContext) -> Slot:
         slot = _SLOTS.get(key)
         if slot is None:
             spare = _SPARE.get(ctx.token)
-            slot = spare.pop(0) if spare else _new_slot(ctx)
+            slot = spare.pop(0) if spare else _new_slot(ctx, _current_worker())
             _SLOTS[key] = slot
     return slot
 
 
-def prestart(ctx: StepContext) -> int:
+def prestart(ctx: StepContext, dask_worker: Any = None) -> int:
     """Start one slot per worker thread now, so that the children start Python and import
-    their libraries while the driver is still submitting (run with ``Client.run``)."""
-    try:
-        from distributed import get_worker
-
-        nthreads = get_worker().state.nthreads
-    except (ImportError, ValueError):
-        nthreads = 1
+    their libraries while the driver is still submitting (``Client.run`` passes
+    ``dask_worker``)."""
+    worker = dask_worker if dask_worker is not None else _current_worker()
+    nthreads = worker.state.nthreads if worker is not None else 1
     with _LOCK:
         for _ in range(nthreads):
-            slot = _new_slot(ctx)
+            slot = _new_slot(ctx, worker)
             slot.start()
             _SPARE.setdefault(ctx.token, []).append(slot)
     return nthreads

@@ -198,3 +198,46 @@ def test_one_bad_input_fails_exactly_its_mini_batch(tmp_path, client, extra, ok)
     else:
         assert "mini-batch 1: ValueError: cannot parse f003.txt" in result.failure
         assert "outcome: FAILED" in (tmp_path / "run/logs/job_result.txt").read_text()
+
+
+NAMES = """
+import os, time
+from azureml_user.parallel_run import EntryScript
+
+def run(mini_batch):
+    time.sleep(0.05)
+    return [f"{os.path.basename(p)} {EntryScript().agent_name}" for p in mini_batch]
+"""
+
+
+def test_embedded_cluster_names_nodes_and_processes_like_azure(tmp_path):
+    make_files(tmp_path / "data", 12)
+    job = write_job(
+        tmp_path,
+        NAMES,
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"1"',
+        extra="resources:\n  instance_count: 2",
+    )
+    job.write_text(
+        job.read_text().replace(
+            "max_concurrency_per_instance: 2", "max_concurrency_per_instance: 1"
+        )
+    )
+    result = run_job(job, run_dir=tmp_path / "run", echo=lambda s: None)
+    assert result.ok, result.failure
+    # instance_count x max_concurrency_per_instance = 2 worker processes, one per node
+    stdout = tmp_path / "run/logs/user/stdout"
+    assert sorted(str(p.relative_to(stdout)) for p in stdout.rglob("*.txt")) == [
+        "node000/process000.stdout.txt",
+        "node001/process000.stdout.txt",
+    ]
+    agents = {line.split()[1] for line in output_of(tmp_path / "run").read_text().splitlines()}
+    assert agents <= {"node000.process000", "node001.process000"}
+    rows = list(
+        csv.DictReader((tmp_path / "run/logs/sys/job_report/processed_mini-batches.csv").open())
+    )
+    assert {(r["Node"], r["Process"]) for r in rows} <= {
+        ("node000", "process000"),
+        ("node001", "process000"),
+    }
