@@ -105,3 +105,26 @@ def test_input_collections_have_one_partition_per_mini_batch(tmp_path):
     assert ddf.npartitions > 3
     with dask.config.set(scheduler="sync"):
         assert ddf.compute()["a"].tolist() == list(range(100))
+
+
+def test_planning_longer_than_first_task_creation_timeout_fails_the_job(tmp_path, monkeypatch):
+    import threading
+
+    from daskprs import api
+    from daskprs.errors import JobFailed
+    from daskprs.jobmodel import RuntimeSettings
+
+    release = threading.Event()
+
+    def slow_plan(*args, **kwargs):
+        release.wait(30)
+        raise AssertionError("planning should have been given up")
+
+    monkeypatch.setattr(api, "plan_input", slow_plan)
+    s = step(tmp_path)
+    s = type(s)(**{**s.__dict__, "settings": RuntimeSettings(first_task_creation_timeout=0.2)})
+    try:
+        with pytest.raises(JobFailed, match="first_task_creation_timeout"):
+            api.plan_step(s)
+    finally:
+        release.set()

@@ -208,3 +208,36 @@ def test_a_worker_killed_mid_job_loses_no_row_and_duplicates_none(tmp_path):
     rows = [r for r in tries(tmp_path / "run") if r["Mini-batch Id"] == "5"]
     assert [(r["Try"], r["Status"]) for r in rows] == [("1", "PROCESS_DIED"), ("2", "RUN_DONE")]
     assert "worker" in rows[0]["Error Message"]
+
+
+STALL = """
+import os, time
+
+def run(mini_batch):
+    with open(os.path.join(os.environ["MARKS"], f"{os.getpid()}"), "w"):
+        pass
+    time.sleep(3600)
+"""
+
+
+def test_progress_timeout_fails_the_job_and_kills_what_runs(tmp_path, client):
+    make_files(tmp_path / "data", 4)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    job = write_job(
+        tmp_path,
+        STALL,
+        input_yaml="type: uri_folder\npath: ./data",
+        program_arguments="--progress_update_timeout 2",
+        extra=f"environment_variables:\n  MARKS: {marks}",
+    )
+    result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
+    assert not result.ok
+    assert "progress_update_timeout (2 s)" in result.failure
+    assert result.steps[0].summary["cancelled"] == 2
+    pids = [int(p.name) for p in marks.iterdir()]
+    assert pids
+    for pid in pids:  # the hung entry-script processes were killed, not left behind
+        poll_for(lambda pid=pid: not _alive(pid), timeout=30)
+    failed = [json.loads(x) for x in (tmp_path / "run/failed_mini_batches.jsonl").open()]
+    assert {f["state"] for f in failed} == {"CANCELLED"}
