@@ -27,7 +27,6 @@ class MiniBatchEntry:
     tries: int = 0
     part: str | None = None
     record: TryRecord | None = None
-    history: list[TryRecord] = field(default_factory=list)
 
 
 @dataclass
@@ -67,7 +66,6 @@ def read_ledger(path: str) -> LedgerState:
             elif kind == "try":
                 rec = TryRecord.from_dict(event["record"])
                 e = state.entry(rec.mb)
-                e.history.append(rec)
                 e.tries = max(e.tries, rec.try_no)
                 if event.get("final"):
                     e.state = event["final"]

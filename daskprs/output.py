@@ -10,7 +10,6 @@ looking finished. Driver memory stays flat: parts are copied in chunks.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Iterable
 
@@ -68,8 +67,3 @@ def assemble(parts: Iterable[str], dest: str, storage_options: dict | None = Non
             pass
         raise
     return written
-
-
-def remove_tree(path: str) -> None:
-    """Remove a folder of parts or claims if it exists."""
-    shutil.rmtree(path, ignore_errors=True)

@@ -57,7 +57,6 @@ class StepOutcome:
     failed: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     plan_seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
 
 def _duplicate_as_death(rec: TryRecord) -> TryRecord:

@@ -10,6 +10,7 @@ child process runs the entry script, and returns a small :class:`TryRecord`.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -229,6 +230,8 @@ def stop_slots(token: str, kill: bool = False) -> int:
             slot.kill()
         else:
             slot.stop()
+        # the worker-local copies of remote files are of no use after the step
+        shutil.rmtree(slot.config.cache_dir, ignore_errors=True)
     return len(slots)
 
 

@@ -88,8 +88,14 @@ def test_file_list_from_s3_with_output_on_s3(tmp_path, s3):
         "      result:\n        type: uri_file\n        path: s3://out/results/files.txt\n",
     )
     job.write_text(text)
+    import glob
+    import tempfile
+
+    caches = os.path.join(tempfile.gettempdir(), "daskprs-cache-score-*")
+    before = set(glob.glob(caches))
     result = run_job(job, run_dir=tmp_path / "run", workers=2, echo=lambda s: None)
     assert result.ok, result.failure
+    assert set(glob.glob(caches)) == before  # downloaded copies removed after the step
     assert s3.cat("out/results/files.txt").decode().splitlines() == [
         f"d{i}.txt text {i}" for i in range(7)
     ]
