@@ -188,7 +188,12 @@ class RssSampler:
     kind (``classify(cmdline)`` names it), ``total`` the peak of the sum over the tree.
     """
 
-    def __init__(self, interval: float = 0.05, classify: Callable[[str], str] | None = None):
+    def __init__(
+        self,
+        interval: float = 0.05,
+        classify: Callable[[str], str] | None = None,
+        children: bool = True,
+    ):
         import psutil
 
         self._psutil = psutil
@@ -199,6 +204,7 @@ class RssSampler:
         self.total = 0
         self.by_kind: dict[str, int] = {}
         self.samples = 0
+        self.children = children  # False: this process only (cheaper, for the driver alone)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
         self._kinds: dict[int, str] = {}
@@ -209,7 +215,7 @@ class RssSampler:
         self.driver = max(self.driver, rss)
         total = rss
         try:
-            children = self.me.children(recursive=True)
+            children = self.me.children(recursive=True) if self.children else []
         except ps.Error:
             children = []
         for child in children:

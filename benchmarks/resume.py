@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,8 +195,7 @@ def main(args: argparse.Namespace) -> dict:
         w = ["--workers", str(workers)]
         full_dir, kill_dir = root / "run-full", root / "run-killed"
         for d in (full_dir, kill_dir):
-            c.fresh_dir(d.parent / d.name)
-            d.rmdir()  # daskprs creates it
+            shutil.rmtree(d, ignore_errors=True)  # daskprs creates it
         logs = c.fresh_dir(root / "logs")
 
         full_s = run_cli(_cli(str(job), "--run-dir", str(full_dir), *w), root, logs / "full.txt")

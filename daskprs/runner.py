@@ -170,6 +170,144 @@ def _memory_limit(n_workers: int, local: bool) -> int | None:
     return int(psutil.virtual_memory().total * 0.8 / max(1, n_workers))
 
 
+class _StepRun:
+    """The loop of one step: carries out the supervisor's instructions on the cluster and
+    feeds it the outcomes, writing the ledger and the report as they come."""
+
+    def __init__(
+        self,
+        client: Any,
+        ctx: StepContext,
+        sup: Supervisor,
+        batches: dict[int, MiniBatch],
+        packer: _Packer,
+        step_dir: str,
+        run_dir: str,
+    ):
+        self.client, self.ctx, self.sup, self.batches, self.packer = (
+            client,
+            ctx,
+            sup,
+            batches,
+            packer,
+        )
+        self.ledger = Ledger(os.path.join(step_dir, "ledger.jsonl"))
+        self.ledger.start_session(
+            {"step": ctx.step, "session": sup.session, "batches": len(batches)}
+        )
+        self.report = logs.Report(run_dir)
+        self.done: queue.Queue = queue.Queue()
+        # Dask key -> (future, the tries it carries)
+        self.futures: dict[str, tuple[Any, list[Submit]]] = {}
+
+    def submit(self, group: list[Submit]) -> None:
+        if len(group) == 1:
+            sub = group[0]
+            args: tuple = (run_try, self.ctx, self.batches[sub.mb], sub.try_no, sub.try_key)
+            key = sub.key
+        else:
+            items = [(self.batches[g.mb], g.try_no, g.try_key) for g in group]
+            args = (run_tries, self.ctx, items)
+            key = f"{group[0].key}-x{len(group)}"
+        fut = self.client.submit(*args, key=key, pure=False, retries=0)
+        self.futures[fut.key] = (fut, group)
+        fut.add_done_callback(lambda f: self.done.put(f.key))
+
+    def carry_out(self, instructions: list) -> None:
+        subs = [i for i in instructions if isinstance(i, Submit)]
+        for group in self.packer.groups(subs, len(self.sup.pending)):
+            self.submit(group)
+        for ins in instructions:
+            if isinstance(ins, Finalize):
+                self.ledger.record_final(ins.mb, ins.state, ins.record)
+        self.sup.window = self.packer.window
+
+    def handle(self, rec: TryRecord, sub: Submit) -> list:
+        """Feed one outcome to the supervisor; return the instructions left to carry out."""
+        rec = rec.with_(key=sub.key)
+        self.packer.observe(rec)
+        instructions = self.sup.on_outcome(sub.try_key, rec, time.monotonic())
+        if rec.status == Status.NOT_STARTED:
+            return instructions
+        # a try that ended its mini-batch is written once, with its final state
+        final = next((i for i in instructions if isinstance(i, Finalize) and i.record is rec), None)
+        self.ledger.record_try(rec, final.state if final is not None else None)
+        self.report.add(rec)
+        return [i for i in instructions if i is not final]
+
+    def _records(self, ready: list[tuple[Any, list[Submit]]]) -> list[tuple[TryRecord, Submit]]:
+        """The records of finished futures, fetched in one round trip."""
+        finished = [f for f, _ in ready if f.status == "finished"]
+        try:
+            values = self.client.gather(finished)
+        except Exception:  # a result lost with its worker: fall back to one at a time
+            values = [_result_or_none(f) for f in finished]
+        results = dict(zip((f.key for f in finished), values, strict=True))
+        out = []
+        for fut, group in ready:
+            value = results.get(fut.key)
+            if value is not None:
+                records = value if isinstance(value, list) else [value]
+                records = [_duplicate_as_death(r) for r in records]
+            else:
+                records = [_lost(fut, g, self.ctx) for g in group]
+            fut.release()
+            out += zip(records, group, strict=True)
+        return out
+
+    def loop(self, progress: Callable[[], None]) -> Stop:
+        """Run until the supervisor stops; return its verdict."""
+        try:
+            self.client.run(prestart, self.ctx)
+        except Exception:  # a worker that cannot start a slot now starts it on its first task
+            pass
+        last_report = time.monotonic()
+        self.carry_out(self.sup.start())
+        while not self.sup.finished:
+            try:
+                keys = [self.done.get(timeout=_TICK)]
+            except queue.Empty:
+                self.carry_out(self.sup.on_tick(time.monotonic()))
+                continue
+            while True:  # everything else already finished: one gather for all of them
+                try:
+                    keys.append(self.done.get_nowait())
+                except queue.Empty:
+                    break
+            ready = [self.futures.pop(k) for k in keys if k in self.futures]
+            instructions: list = []
+            for rec, sub in self._records(ready):
+                instructions += self.handle(rec, sub)
+            # the whole batch's submissions together, so that short tries can be packed
+            self.carry_out(instructions)
+            if time.monotonic() - last_report >= _PROGRESS_EVERY:
+                last_report = time.monotonic()
+                progress()
+        stop = self.sup.stopped
+        assert isinstance(stop, Stop)
+        if self.futures:
+            _cancel(self.client, self.futures, self.ctx.token)
+        _stop_slots(self.client, self.ctx.token)
+        return stop
+
+    def abort(self) -> None:
+        """Interrupted: cancel what is queued, kill what runs, keep what is committed."""
+        self.carry_out(self.sup.abort("interrupted"))
+        _cancel(self.client, self.futures, self.ctx.token)
+        _stop_slots(self.client, self.ctx.token, kill=True)
+
+    def close(self) -> None:
+        self.ledger.close()
+        self.report.close()
+
+
+def _result_or_none(fut: Any) -> Any:
+    try:
+        return fut.result()
+    except Exception:
+        return None
+
+
 def run_step(
     client: Any,
     step: ParallelStep,
@@ -243,116 +381,21 @@ def run_step(
         session=session,
         now=time.monotonic(),
     )
-    ledger = Ledger(os.path.join(step_dir, "ledger.jsonl"))
-    ledger.start_session({"step": step.name, "session": session, "batches": len(batches)})
-    report = logs.Report(run_dir)
-    done_q: queue.Queue = queue.Queue()
-    # Dask key -> (future, the tries it carries)
-    futures: dict[str, tuple[Any, list[Submit]]] = {}
-    packer = _Packer(n_workers)
-    last_report = time.monotonic()
-
-    def submit(group: list[Submit]) -> None:
-        if len(group) == 1:
-            sub = group[0]
-            fut = client.submit(
-                run_try,
-                ctx,
-                batches[sub.mb],
-                sub.try_no,
-                sub.try_key,
-                key=sub.key,
-                pure=False,
-                retries=0,
-            )
-        else:
-            items = [(batches[g.mb], g.try_no, g.try_key) for g in group]
-            fut = client.submit(
-                run_tries,
-                ctx,
-                items,
-                key=f"{group[0].key}-x{len(group)}",
-                pure=False,
-                retries=0,
-            )
-        futures[fut.key] = (fut, group)
-        fut.add_done_callback(lambda f: done_q.put(f.key))
-
-    def carry_out(instructions: list) -> None:
-        subs = [i for i in instructions if isinstance(i, Submit)]
-        for group in packer.groups(subs, len(sup.pending)):
-            submit(group)
-        for ins in instructions:
-            if isinstance(ins, Finalize):
-                ledger.record_final(ins.mb, ins.state, ins.record)
-        sup.window = packer.window
-
-    def handle(rec: TryRecord, sub: Submit) -> list:
-        """Feed one outcome to the supervisor; return the instructions left to carry out."""
-        rec = rec.with_(key=sub.key)
-        packer.observe(rec)
-        instructions = sup.on_outcome(sub.try_key, rec, time.monotonic())
-        if rec.status == Status.NOT_STARTED:
-            return instructions
-        # a try that ended its mini-batch is written once, with its final state
-        final = next((i for i in instructions if isinstance(i, Finalize) and i.record is rec), None)
-        ledger.record_try(rec, final.state if final is not None else None)
-        report.add(rec)
-        return [i for i in instructions if i is not final]
-
+    run = _StepRun(client, ctx, sup, batches, _Packer(n_workers), step_dir, run_dir)
     try:
-        client.run(prestart, ctx)
-    except Exception:  # a worker that cannot start a slot now will start it on its first task
-        pass
-    try:
-        carry_out(sup.start())
-        while not sup.finished:
-            try:
-                keys = [done_q.get(timeout=_TICK)]
-            except queue.Empty:
-                carry_out(sup.on_tick(time.monotonic()))
-                continue
-            while True:  # everything else already finished: one gather for all of them
-                try:
-                    keys.append(done_q.get_nowait())
-                except queue.Empty:
-                    break
-            ready = [futures.pop(k) for k in keys if k in futures]
-            pending_instructions: list = []
-            finished = [f for f, _ in ready if f.status == "finished"]
-            results = dict(zip((f.key for f in finished), client.gather(finished), strict=True))
-            for fut, group in ready:
-                if fut.key in results:
-                    value = results[fut.key]
-                    records = value if isinstance(value, list) else [value]
-                    records = [_duplicate_as_death(r) for r in records]
-                else:
-                    records = [_lost(fut, g, ctx) for g in group]
-                fut.release()
-                for rec, sub in zip(records, group, strict=True):
-                    pending_instructions += handle(rec, sub)
-            # submissions of the whole batch together, so that short tries can be packed
-            carry_out(pending_instructions)
-            now = time.monotonic()
-            if now - last_report >= _PROGRESS_EVERY:
-                last_report = now
-                _progress(echo, run_dir, step.name, sup, now - started, plan.seconds)
+        stop = run.loop(
+            lambda: _progress(
+                echo, run_dir, step.name, sup, time.monotonic() - started, plan.seconds
+            )
+        )
     except KeyboardInterrupt as err:
-        carry_out(sup.abort("interrupted"))
-        _cancel(client, futures, ctx.token)
-        ledger.close()
-        report.close()
+        run.abort()
         raise Interrupted(
             f"step {step.name} was interrupted; the mini-batches already committed are kept. "
             f"Continue with: daskprs run --resume {run_dir}"
         ) from err
-    stop = sup.stopped
-    assert isinstance(stop, Stop)
-    if futures:
-        _cancel(client, futures, ctx.token)
-    _stop_slots(client, ctx.token)
-    ledger.close()
-    report.close()
+    finally:
+        run.close()
     elapsed = time.monotonic() - started
     _progress(echo, run_dir, step.name, sup, elapsed, plan.seconds)
     return StepOutcome(
@@ -392,10 +435,10 @@ def _cancel(client: Any, futures: dict[str, tuple[Any, list]], token: str) -> No
         pass
 
 
-def _stop_slots(client: Any, token: str) -> None:
-    """Let every slot of the step run ``shutdown()`` and end its child."""
+def _stop_slots(client: Any, token: str, kill: bool = False) -> None:
+    """Let every slot of the step run ``shutdown()`` and end its child (or kill it)."""
     try:
-        client.run(stop_slots, token)
+        client.run(stop_slots, token, kill=kill)
     except Exception:
         pass
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import pickle
 import textwrap
 from pathlib import Path
@@ -227,6 +228,117 @@ def test_mltable_path_may_name_the_file(tmp_path):
     assert plan.kind == "tabular" and plan.input_root == str(tmp_path)
 
 
+class FsspecListingFS(LocalFileSystem):
+    """Local, but with ``ls`` overridden: the planner lists it through fsspec's ``find``
+    instead of its own ``os.scandir`` walk, so the two can be compared."""
+
+    cachable = False
+
+    def ls(self, path, detail=False, **kwargs):
+        return super().ls(path, detail=detail, **kwargs)
+
+
+def odd_tree(root: Path) -> Path:
+    """Nested folders, dotfiles, dot-folders (nested too), MLTable files and a folder named
+    MLTable, symlinks to a file, to a folder and to nothing, a fifo, an empty folder."""
+    for name in [
+        "b.txt",
+        "a/z.txt",
+        "a-b/c.txt",
+        "a.b/c.txt",
+        "é/x.txt",
+        ".hidden",
+        ".dot/sub/deeper/y.txt",
+        "deep/er/.cache/f.txt",
+        "deep/er/.f",
+        "deep/er/g.txt",
+        "MLTable",
+        "sub/MLTable",
+        "sub/y.txt",
+        "MLTable.d/z.txt",
+        "target/t.txt",
+    ]:
+        touch(root / name, name * 3)
+    # files in a folder named MLTable are listed; only files named MLTable are skipped
+    (root / "tables" / "MLTable").mkdir(parents=True)
+    touch(root / "tables" / "MLTable" / "part.csv")
+    (root / "empty" / "inner").mkdir(parents=True)
+    (root / "link-file.txt").symlink_to(root / "target" / "t.txt")
+    (root / "link-folder").symlink_to(root / "target", target_is_directory=True)
+    (root / "link-broken").symlink_to(root / "nowhere")
+    (root / ".link-hidden").symlink_to(root / "target" / "t.txt")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(root / "fifo")
+    return root
+
+
+def test_local_walk_matches_fsspec_find(tmp_path):
+    root = odd_tree(tmp_path / "in")
+    fast = list_files(folder_input(root))
+    slow = list_files(folder_input(root), fs=FsspecListingFS())
+    assert fast == slow
+    by_rel = {f.rel: f for f in fast}
+    assert "a-b/c.txt" in by_rel and "tables/MLTable/part.csv" in by_rel
+    assert not [r for r in by_rel if r.startswith(".") or "/." in r or r.endswith("MLTable")]
+    # like fsspec's find: a symlink counts as a file with its target's size (0 if dangling),
+    # and a link to a folder is not descended
+    assert by_rel["link-file.txt"].size == (root / "target/t.txt").stat().st_size
+    assert by_rel["link-file.txt"].url == str(root / "link-file.txt")
+    assert by_rel["link-broken"].size == 0
+    assert "link-folder" in by_rel and not [r for r in by_rel if r.startswith("link-folder/")]
+
+
+def test_local_walk_matches_fsspec_find_in_mltable_paths(tmp_path):
+    odd_tree(tmp_path / "in")
+    (tmp_path / "in" / "MLTable").unlink()
+    mltable(
+        tmp_path,
+        """\
+        paths:
+          - folder: ./in/deep
+          - folder: ./in
+          - pattern: ./in/**/*.txt
+          - pattern: ./in/*
+          - pattern: ./in/sub
+          - file: ./in/link-file.txt
+        """,
+    )
+    fast = list_files(table_input(tmp_path))
+    assert fast == list_files(table_input(tmp_path), fs=FsspecListingFS())
+    assert len({f.url for f in fast}) == len(fast)
+    assert "in/deep/er/g.txt" in rels(fast) and "in/link-file.txt" in rels(fast)
+
+
+def test_local_walk_does_not_use_fsspec_find(tmp_path, monkeypatch):
+    touch(tmp_path / "x" / "a.txt")
+
+    def no_find(*args, **kwargs):
+        raise AssertionError("fsspec find() was called")
+
+    monkeypatch.setattr(LocalFileSystem, "find", no_find)
+    assert rels(list_files(folder_input(tmp_path))) == ["x/a.txt"]
+
+
+def test_symlinked_input_folder(tmp_path):
+    touch(tmp_path / "real" / "a.txt")
+    touch(tmp_path / "real" / "s" / "b.txt")
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    files = list_files(folder_input(tmp_path / "link"))
+    assert rels(files) == ["a.txt", "s/b.txt"]
+    assert [f.url for f in files] == [str(tmp_path / "link/a.txt"), str(tmp_path / "link/s/b.txt")]
+    assert files == list_files(folder_input(tmp_path / "link"), fs=FsspecListingFS())
+
+
+@pytest.mark.parametrize("lister", [None, FsspecListingFS])
+def test_root_relative_paths_and_order(tmp_path, lister):
+    for name in ["a/b", "a-c", "a.d", "a/a/a", "B"]:
+        touch(tmp_path / name)
+    fs = lister() if lister else None
+    files = list_files(DataInput("d", "uri_folder", str(tmp_path) + "/"), fs=fs)
+    assert rels(files) == ["B", "a-c", "a.d", "a/a/a", "a/b"]
+    assert [f.url for f in files] == [str(tmp_path / r) for r in rels(files)]
+
+
 # --------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------
@@ -241,6 +353,37 @@ def test_empty_folder(tmp_path):
     touch(tmp_path / ".only-hidden")
     with pytest.raises(PlanningError, match="holds no files"):
         plan_input(folder_input(tmp_path), None)
+
+
+@pytest.mark.parametrize("lister", [None, FsspecListingFS])
+def test_folder_of_dot_folders_and_mltables_is_empty(tmp_path, lister):
+    touch(tmp_path / ".git" / "config")
+    touch(tmp_path / "a" / ".cache" / "f.txt")
+    touch(tmp_path / "a" / "MLTable")
+    (tmp_path / "b").mkdir()
+    fs = lister() if lister else None
+    with pytest.raises(PlanningError) as err:
+        plan_input(folder_input(tmp_path), None, fs=fs)
+    assert str(err.value) == (
+        f"{tmp_path}: the folder holds no files (dotfiles and MLTable files are not counted); "
+        f"put the input files there or fix the path"
+    )
+
+
+@pytest.mark.parametrize("lister", [None, FsspecListingFS])
+def test_folder_errors_word_for_word(tmp_path, lister):
+    touch(tmp_path / "f.txt")
+    fs = lister() if lister else None
+    with pytest.raises(PlanningError) as err:
+        plan_input(folder_input(tmp_path / "nope"), None, fs=fs)
+    assert str(err.value) == (
+        f"{tmp_path / 'nope'}: folder not found; check the path (and the MLTable paths)"
+    )
+    with pytest.raises(PlanningError) as err:
+        plan_input(folder_input(tmp_path / "f.txt"), None, fs=fs)
+    assert str(err.value) == (
+        f"{tmp_path / 'f.txt'}: is a file, not a folder; use 'file:' or type uri_file"
+    )
 
 
 def test_pattern_matching_nothing(tmp_path):
