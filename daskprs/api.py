@@ -140,6 +140,7 @@ def _write_results(run_dir: str, result: JobResult, job: Job) -> None:
     logs.write_jsonl(os.path.join(run_dir, "failed_mini_batches.jsonl"), failed)
     lines = [f"job: {job.source}", f"run: {job.name}", f"run directory: {run_dir}"]
     lines.append("outcome: " + ("succeeded" if result.ok else "FAILED"))
+    lines += [f"note: {n}" for n in result.notes]
     for s in result.steps:
         sm = s.summary
         lines.append(
@@ -335,12 +336,16 @@ def _execute(
 ) -> JobResult:
     result = JobResult(run_dir=run_dir, notes=[*job.notes, *job.warnings])
     n_workers = workers or _default_workers(job)
-    if workers is None and n_workers > 4 * (os.cpu_count() or 1):
-        echo(
-            f"note: the embedded cluster starts {n_workers} worker processes on "
-            f"{os.cpu_count()} cores; use --workers to start fewer"
-        )
     scheduler = scheduler or next((s.compute for s in job.parallel_steps if s.compute), None)
+    cores = os.cpu_count() or 1
+    if scheduler is None and client is None and n_workers > 4 * cores:
+        note = (
+            f"the embedded cluster starts {n_workers} worker processes on {cores} cores "
+            f"({'--workers' if workers else 'instance_count x max_concurrency_per_instance'}); "
+            "they will compete for the cores: give a smaller --workers to start fewer"
+        )
+        echo(f"note: {note}")
+        result.notes.append(note)
     runner = _StepsRunner(job, result, run_dir, mode, record, echo, force)
     lock = _lock(run_dir)
     try:
