@@ -218,27 +218,38 @@ def _walk_local(folder: str) -> list[tuple[str, str, int | None]]:
     """``(path, rel, size)`` of the files below ``folder`` that :func:`_hidden` keeps: what
     ``LocalFileSystem.find(folder, detail=True)`` lists (filtered), at a fraction of its cost.
 
-    Kept the same as fsspec's walk: every entry that is not a real folder counts as a file,
-    symlinks included (a link to a folder is not descended; a link's size is its target's,
-    0 when the target is missing); an entry gone before its ``lstat`` is skipped; a folder
-    that cannot be read (or holds an entry that cannot be ``lstat``-ed) is left out whole.
-    Dot-folders are not descended at all: every file below them is hidden anyway.
+    As fsspec's walk, every entry that is not a folder counts as a file, symlinks included
+    (a link's size is its target's, 0 when the target is missing); an entry gone before its
+    ``lstat`` is skipped; a folder that cannot be read is left out whole. Unlike fsspec, a
+    link to a folder is descended like a folder (users link data folders into an input),
+    except into a folder it is already inside, so a link cycle ends. Dot-folders are not descended at all: every
+    file below them is hidden anyway.
     """
     out: list[tuple[str, str, int | None]] = []
-    stack = [(folder, "")]
+    stack: list[tuple[str, str, frozenset]] = [(folder, "", frozenset())]
     mltable_file = mlt.MLTABLE_FILE
     while stack:
-        path, prefix = stack.pop()
+        path, prefix, above = stack.pop()
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        here = (st.st_dev, st.st_ino)
+        if here in above:  # a link back into a folder we are in
+            continue
+        above = above | {here}
         files: list[tuple[str, str, int | None]] = []
-        dirs: list[tuple[str, str]] = []
+        dirs: list[tuple[str, str, frozenset]] = []
         try:
             with os.scandir(path) as it:
                 for entry in it:
                     name = entry.name
                     if name[0] == ".":
                         continue
-                    if entry.is_dir(follow_symlinks=False):
-                        dirs.append((entry.path, f"{prefix}{name}/"))
+                    if entry.is_dir(follow_symlinks=False) or (
+                        entry.is_symlink() and entry.is_dir()
+                    ):
+                        dirs.append((entry.path, f"{prefix}{name}/", above))
                         continue
                     if name == mltable_file:
                         continue
