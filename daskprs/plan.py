@@ -222,8 +222,8 @@ def _walk_local(folder: str) -> list[tuple[str, str, int | None]]:
     (a link's size is its target's, 0 when the target is missing); an entry gone before its
     ``lstat`` is skipped; a folder that cannot be read is left out whole. Unlike fsspec, a
     link to a folder is descended like a folder (users link data folders into an input),
-    except into a folder it is already inside, so a link cycle ends. Dot-folders are not descended at all: every
-    file below them is hidden anyway.
+    except into a folder it is already inside, so a link cycle ends. Dot-folders are not
+    descended at all: every file below them is hidden anyway.
     """
     out: list[tuple[str, str, int | None]] = []
     stack: list[tuple[str, str, frozenset]] = [(folder, "", frozenset())]
