@@ -241,3 +241,85 @@ def test_embedded_cluster_names_nodes_and_processes_like_azure(tmp_path):
         ("node000", "process000"),
         ("node001", "process000"),
     }
+
+
+def test_a_command_step_prepares_the_data_of_the_parallel_step(tmp_path, client):
+    (tmp_path / "prep").mkdir()
+    (tmp_path / "prep" / "make.py").write_text(
+        "import os, sys\n"
+        "out = sys.argv[sys.argv.index('--out') + 1]\n"
+        "os.makedirs(out, exist_ok=True)\n"
+        "for i in range(int(sys.argv[sys.argv.index('--n') + 1])):\n"
+        "    open(os.path.join(out, f'g{i}.txt'), 'w').write(str(i * i))\n"
+    )
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "score.py").write_text(
+        "def run(mini_batch):\n    return [open(p).read() for p in mini_batch]\n"
+    )
+    job = tmp_path / "pipeline.yml"
+    job.write_text(
+        """\
+type: pipeline
+inputs:
+  n: 5
+jobs:
+  score:
+    type: parallel
+    inputs:
+      data: ${{parent.jobs.prep.outputs.data}}
+    outputs:
+      result: {type: uri_file}
+    input_data: ${{inputs.data}}
+    mini_batch_size: "2"
+    task:
+      type: run_function
+      code: ./code
+      entry_script: score.py
+      append_row_to: ${{outputs.result}}
+  prep:
+    type: command
+    code: ./prep
+    command: python make.py --out ${{outputs.data}} --n ${{inputs.n}}
+    inputs:
+      n: ${{parent.inputs.n}}
+    outputs:
+      data: {type: uri_folder}
+"""
+    )
+    result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
+    assert result.ok, result.failure
+    assert output_of(tmp_path / "run").read_text().splitlines() == ["0", "1", "4", "9", "16"]
+    assert result.outputs["prep.data"] == str(tmp_path / "run/outputs/prep/data")
+
+
+def test_a_failing_command_step_fails_the_job_and_points_at_its_log(tmp_path, client):
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "score.py").write_text("def run(mini_batch):\n    return mini_batch\n")
+    job = tmp_path / "pipeline.yml"
+    job.write_text(
+        """\
+type: pipeline
+jobs:
+  prep:
+    type: command
+    code: ./code
+    command: python -c "import sys; print('no data today', file=sys.stderr); sys.exit(3)"
+    outputs:
+      data: {type: uri_folder}
+  score:
+    type: parallel
+    inputs:
+      data: ${{parent.jobs.prep.outputs.data}}
+    input_data: ${{inputs.data}}
+    task:
+      type: run_function
+      code: ./code
+      entry_script: score.py
+"""
+    )
+    result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
+    assert not result.ok
+    assert "command step prep exited with code 3" in result.failure
+    log = tmp_path / "run/logs/steps/prep/stderr.txt"
+    assert str(log) in result.failure and "no data today" in log.read_text()
+    assert result.steps == []  # the parallel step did not run
