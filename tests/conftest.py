@@ -112,12 +112,6 @@ def output_of(run_dir: Path, step: str = "score", name: str = "result") -> Path:
     return run_dir / "outputs" / step / name / "parallel_run_step.txt"
 
 
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

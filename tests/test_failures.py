@@ -9,7 +9,7 @@ import signal
 import threading
 
 import pytest
-from conftest import make_files, output_of, poll_for, write_job
+from conftest import make_files, output_of, pid_alive, poll_for, write_job
 
 from daskprs.api import run_job
 
@@ -60,16 +60,10 @@ def test_a_hanging_run_is_killed_retried_then_failed(tmp_path, client):
     pids = init_log.read_text().split()
     assert len(pids) >= 3 and len(set(pids)) == len(pids)
     for pid in pids:
-        poll_for(lambda pid=pid: not _alive(int(pid)), timeout=30)
+        poll_for(lambda pid=pid: not pid_alive(int(pid)), timeout=30)
     [failed] = [json.loads(x) for x in (tmp_path / "run/failed_mini_batches.jsonl").open()]
     assert failed["id"] == 1 and failed["status"] == "RUN_TIMEOUT" and failed["tries"] == 2
     assert "timeout of 2 s" in failed["error"]
-
-
-def _alive(pid: int) -> bool:
-    from conftest import pid_alive
-
-    return pid_alive(pid)
 
 
 DIES = """
@@ -238,6 +232,6 @@ def test_progress_timeout_fails_the_job_and_kills_what_runs(tmp_path, client):
     pids = [int(p.name) for p in marks.iterdir()]
     assert pids
     for pid in pids:  # the hung entry-script processes were killed, not left behind
-        poll_for(lambda pid=pid: not _alive(pid), timeout=30)
+        poll_for(lambda pid=pid: not pid_alive(pid), timeout=30)
     failed = [json.loads(x) for x in (tmp_path / "run/failed_mini_batches.jsonl").open()]
     assert {f["state"] for f in failed} == {"CANCELLED"}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import textwrap
 
 import pytest
+from conftest import pid_alive
 
 from daskprs.batches import FileBatch
 from daskprs.child import ChildConfig
@@ -106,25 +106,12 @@ def test_timeout_kills_and_replacement_runs_init_again(setup):
         r = slot.run(task("hang.txt"), Deadlines(run=1))
         assert r["status"] == "RUN_TIMEOUT"
         assert "timeout of 1 s" in r["error"]
-        assert not _alive(first_pid)
+        assert not pid_alive(first_pid)
         r = slot.run(task("a.txt"), Deadlines(run=30))
         assert r["status"] == "RUN_DONE"
         assert init_count(init_log) == 2
     finally:
         slot.stop()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie still answers; check its state
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.parametrize(
