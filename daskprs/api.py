@@ -214,6 +214,12 @@ def run_job(
 
     echo = echo or _say
     job_file = os.path.abspath(os.fspath(job_file))
+    if run_dir and "://" in os.fspath(run_dir):
+        raise UserInputError(
+            f"--run-dir {os.fspath(run_dir)}: the run directory must be a folder (local, or on a "
+            "filesystem every worker mounts); object stores are for inputs and outputs "
+            "(give an output a path: s3://...)"
+        )
     run_dir = os.path.abspath(os.fspath(run_dir)) if run_dir else default_run_dir(job_file)
     if os.path.isdir(run_dir) and os.listdir(run_dir):
         raise UserInputError(
