@@ -5,10 +5,9 @@ through ``append_row_to``) run on daskprs's embedded cluster for every ``--sizes
 ``--workers`` setting, through ``run_job(..., workers=w,
 sets=["jobs.score.mini_batch_size=<size>"])``; the cluster start is included, as a user sees
 it (and reported apart). After one unmeasured run, the grid is run ``--repeat`` times in turn
-and each setting keeps its best. Prints a table of throughput (input MB/s), names the best setting, checks that every
-setting wrote the same bytes, and draws ``benchmarks/results/sweep.png`` when matplotlib is
-installed.
-"""
+and each setting keeps its best. Prints a table of throughput (input MB/s), names the best
+setting, checks that every setting wrote the same bytes, and draws
+``benchmarks/results/sweep.png`` when matplotlib is installed (skipped with a note if not)."""
 
 from __future__ import annotations
 

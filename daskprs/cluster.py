@@ -41,7 +41,7 @@ def open_cluster(
     scheduler: str | None = None,
     client: Any = None,
     n_workers: int = 1,
-    connect_timeout: float = 10.0,
+    connect_timeout: float | None = None,
 ) -> Iterator[ClusterHandle]:
     """Yield a :class:`ClusterHandle`; close what was started here on exit.
 
@@ -53,8 +53,8 @@ def open_cluster(
         A client the caller owns (a notebook's); used as it is and not closed.
     n_workers : int
         Worker processes of the embedded cluster (when neither of the above is given).
-    connect_timeout : float
-        Seconds to wait for ``scheduler``.
+    connect_timeout : float, optional
+        Seconds to wait for ``scheduler`` (default: ``DASKPRS_CONNECT_TIMEOUT`` or 10).
     """
     import time
 
@@ -62,6 +62,8 @@ def open_cluster(
     from distributed import Client
 
     started = time.monotonic()
+    if connect_timeout is None:
+        connect_timeout = float(os.environ.get("DASKPRS_CONNECT_TIMEOUT", "10"))
     if client is not None:
         yield ClusterHandle(client, max(1, _worker_slots(client)), local=False)
         return

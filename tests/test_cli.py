@@ -95,6 +95,7 @@ def test_exit_42_when_the_job_fails_and_2_for_bad_input(tmp_path, monkeypatch):
     result = runner.invoke(cli, ["run", str(job), "--run-dir", "s3://bucket/runs/r1"])
     assert result.exit_code == 2
     assert "object stores are for inputs and outputs" in result.output
+    monkeypatch.setenv("DASKPRS_CONNECT_TIMEOUT", "1")
     result = runner.invoke(
         cli, ["run", str(job), "--run-dir", "r3", "--scheduler", "tcp://127.0.0.1:1"]
     )
