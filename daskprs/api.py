@@ -344,6 +344,10 @@ def _execute(
     n_workers = workers or _default_workers(job)
     scheduler = scheduler or next((s.compute for s in job.parallel_steps if s.compute), None)
     cores = os.cpu_count() or 1
+    if workers and (scheduler is not None or client is not None):
+        note = "--workers sizes the embedded cluster only; the given cluster is used as it is"
+        echo(f"note: {note}")
+        result.notes.append(note)
     if scheduler is None and client is None and n_workers > 4 * cores:
         note = (
             f"the embedded cluster starts {n_workers} worker processes on {cores} cores "
