@@ -23,7 +23,7 @@ from daskprs import fingerprint, logs
 from daskprs.cluster import open_cluster
 from daskprs.errors import Interrupted, JobFailed, PlanningError, UserInputError
 from daskprs.jobmodel import CommandStep, Job, ParallelStep
-from daskprs.ledger import read_ledger
+from daskprs.ledger import LedgerState, read_ledger
 from daskprs.plan import Plan, plan_input
 from daskprs.runner import StepOutcome, assemble_output, run_step
 from daskprs.supervisor import Prior
@@ -125,8 +125,7 @@ def _run_command(step: CommandStep, run_dir: str, echo: Callable[[str], None]) -
     return None
 
 
-def _failed_entries(step: str, plan: Plan, run_dir: str) -> list[dict[str, Any]]:
-    state = read_ledger(os.path.join(run_dir, "steps", step, "ledger.jsonl"))
+def _failed_entries(step: str, plan: Plan, state: LedgerState) -> list[dict[str, Any]]:
     batches = {b.index: b for b in plan.batches}
     out = []
     for mb, e in sorted(state.entries.items()):
@@ -552,8 +551,9 @@ class _StepsRunner:
             )
         else:
             outcome = _outcome_from_ledger(step, plan, state)
-        outcome.failed = _failed_entries(step.name, plan, self.run_dir)
-        out_path, _ = assemble_output(step, read_ledger(ledger_file))
+        state = read_ledger(ledger_file)  # once more: now with this session's tries
+        outcome.failed = _failed_entries(step.name, plan, state)
+        out_path, _ = assemble_output(step, state)
         outcome.output = out_path
         for out in step.outputs.values():
             shown = out.path
