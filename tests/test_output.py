@@ -174,3 +174,26 @@ def test_resource_monitor_and_profiler_write_their_files(tmp_path, client):
     assert profiles
     stats = pstats.Stats(str(profiles[0]))
     assert any(func[2] == "run" for func in stats.stats)  # the entry script's run() is in it
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_assemble_concatenates_parts_in_order(tmp_path, monkeypatch, kernel_copy):
+    import errno
+    import os
+
+    from daskprs.output import assemble
+
+    if not kernel_copy:
+
+        def refuse(*args):
+            raise OSError(errno.EXDEV, "cross-device")
+
+        monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
+    parts = []
+    for i in range(5):
+        p = tmp_path / f"p{i}"
+        p.write_bytes(bytes([65 + i]) * (1000 * (i + 1)) + b"\n")
+        parts.append(str(p))
+    dest = tmp_path / "out" / "all.txt"
+    assert assemble(parts, str(dest)) == sum(os.path.getsize(p) for p in parts)
+    assert dest.read_bytes() == b"".join(open(p, "rb").read() for p in parts)
