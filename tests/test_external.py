@@ -132,3 +132,35 @@ def test_a_worker_killed_on_an_external_cluster_runs_no_try_twice(tmp_path, exte
     # the claim of try 1 exists once; no try of mini-batch 4 ran twice
     claims = sorted(p.name for p in (tmp_path / "run/steps/score/claims").glob("00004.*"))
     assert len(claims) == len(rest) + 1
+
+
+FIRST_TRY_FAILS = """
+import os
+
+def run(mini_batch, context):
+    marker = os.path.join(os.environ["MARKS"], str(context.minibatch_index))
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("first try fails")
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+def test_every_first_try_fails_on_an_external_cluster(tmp_path, external_cluster):
+    address, _ = external_cluster
+    make_files(tmp_path / "data", 10)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    job = write_job(
+        tmp_path,
+        FIRST_TRY_FAILS,
+        input_yaml="type: uri_folder\npath: ./data",
+        extra=f"environment_variables:\n  MARKS: {marks}",
+    )
+    result = run_job(job, run_dir=tmp_path / "run", scheduler=address, echo=lambda s: None)
+    assert result.ok, result.failure
+    assert output_of(tmp_path / "run").read_text().splitlines() == [
+        f"f{i:03d}.txt" for i in range(10)
+    ]
+    for mb in range(5):
+        assert tries(tmp_path / "run", str(mb)) == [("1", "RUN_EXCEPTION"), ("2", "RUN_DONE")]

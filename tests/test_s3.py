@@ -154,3 +154,26 @@ def test_a_failed_assembly_leaves_no_output_looking_complete(tmp_path, s3):
     assert not s3.exists("out/never.txt")
     assert assemble(iter(parts), "s3://out/whole.txt") == 18
     assert s3.cat("out/whole.txt") == b"row 0\nrow 1\nrow 2\n"
+
+
+DIRECT = """
+def run(mini_batch):
+    return list(mini_batch)
+"""
+
+
+def test_direct_mode_passes_urls_and_a_missing_bucket_is_named(tmp_path, s3):
+    for i in range(3):
+        s3.pipe(f"data/raw/r{i}.bin", b"x")
+    job = write_job(
+        tmp_path, DIRECT, input_yaml="type: uri_folder\npath: s3://data/raw\nmode: direct"
+    )
+    result = run_job(job, run_dir=tmp_path / "run", workers=1, echo=lambda s: None)
+    assert result.ok, result.failure
+    out = tmp_path / "run/outputs/score/result/parallel_run_step.txt"
+    assert out.read_text().splitlines() == [f"s3://data/raw/r{i}.bin" for i in range(3)]
+    from daskprs.errors import PlanningError
+
+    job.write_text(job.read_text().replace("s3://data/raw", "s3://no-such-bucket/raw"))
+    with pytest.raises(PlanningError, match="s3://no-such-bucket/raw"):
+        run_job(job, run_dir=tmp_path / "run2", workers=1, echo=lambda s: None)
