@@ -102,9 +102,10 @@ class _Packer:
     idle. Each try keeps its own claim, deadline and record.
     """
 
-    # Chosen with `python -m benchmarks overhead`: 50 ms tasks keep the per-task cost under
-    # a few percent while the tail stays balanced.
-    TARGET_SECONDS = 0.05
+    # Chosen with `python -m benchmarks overhead` and `cpu`: 250 ms tasks keep Dask's and the
+    # driver's per-task cost under a few percent (0.05 s gave the same overhead figure but a
+    # lower cpu efficiency); tasks shrink again at the tail (see ``groups``).
+    TARGET_SECONDS = 0.25
     MAX_PACK = 64
 
     def __init__(self, n_workers: int):

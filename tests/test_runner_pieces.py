@@ -16,10 +16,10 @@ def test_packer_starts_with_single_tries_then_packs_short_ones():
     p = _Packer(n_workers=2)
     assert p.size == 1 and [len(g) for g in p.groups(subs(4), pending=100)] == [1, 1, 1, 1]
     for i in range(4):
-        p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, elapsed=0.002))
-    assert p.size == 25  # 50 ms of 2 ms tries
-    assert p.window == 8 * 25
-    assert [len(g) for g in p.groups(subs(60), pending=1000)] == [25, 25, 10]
+        p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, elapsed=0.008))
+    assert p.size == 31  # 250 ms of 8 ms tries
+    assert p.window == 8 * 31
+    assert [len(g) for g in p.groups(subs(70), pending=1000)] == [31, 31, 8]
     # near the end, tasks get smaller so that no worker idles while another has a long queue
     assert [len(g) for g in p.groups(subs(12), pending=0)] == [3, 3, 3, 3]
 
@@ -27,7 +27,7 @@ def test_packer_starts_with_single_tries_then_packs_short_ones():
 def test_packer_keeps_long_tries_alone_and_ignores_failures():
     p = _Packer(n_workers=2)
     for i in range(4):
-        p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, elapsed=0.4))
+        p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, elapsed=0.3))
         p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_TIMEOUT, elapsed=0.0001))
     assert p.size == 1
 
