@@ -34,29 +34,26 @@ def done_count(run_dir) -> int:
     return sum(1 for e in read_ledger(str(ledger)).entries.values() if e.state == "DONE")
 
 
+def start_run(job, run_dir, output) -> subprocess.Popen:
+    """`daskprs run` in its own session (so that its whole process group can be signalled)."""
+    args = ["run", str(job), "--run-dir", str(run_dir), "--workers", "2"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "daskprs", *args],
+        cwd=job.parent,
+        stdout=output,
+        stderr=output,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def test_resume_after_the_driver_was_killed_runs_only_the_rest(tmp_path):
     make_files(tmp_path / "data", 40)
     job = write_job(
         tmp_path, SLOW, input_yaml="type: uri_folder\npath: ./data", mini_batch_size='"1"'
     )
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daskprs",
-            "run",
-            str(job),
-            "--run-dir",
-            str(run_dir),
-            "--workers",
-            "2",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = start_run(job, run_dir, subprocess.DEVNULL)
     try:
         poll_for(lambda: done_count(run_dir) >= 15, timeout=120)
     finally:
@@ -157,24 +154,7 @@ def test_interrupt_exits_130_keeps_work_and_says_how_to_resume(tmp_path, sig):
         tmp_path, SLOW, input_yaml="type: uri_folder\npath: ./data", mini_batch_size='"1"'
     )
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daskprs",
-            "run",
-            str(job),
-            "--run-dir",
-            str(run_dir),
-            "--workers",
-            "2",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_run(job, run_dir, subprocess.PIPE)
     try:
         poll_for(lambda: done_count(run_dir) >= 5, timeout=120)
         proc.send_signal(sig)  # to the driver only
