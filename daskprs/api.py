@@ -535,8 +535,14 @@ class _StepsRunner:
             )
         if todo:
             handle = self._cluster()
+            ship_code = False
             if not handle.local:
-                check_workers(handle.client, step, self.run_dir)
+                ship_code = check_workers(handle.client, step, self.run_dir)
+                if ship_code:
+                    self.echo(
+                        f"[{step.name}] some workers cannot see the code folder "
+                        f"{step.code_dir}; shipping it to them"
+                    )
             outcome = run_step(
                 handle.client,
                 step,
@@ -548,6 +554,7 @@ class _StepsRunner:
                 prior=prior,
                 todo=todo,
                 echo=self.echo,
+                ship_code=ship_code,
             )
         else:
             outcome = _outcome_from_ledger(step, plan, state)
@@ -566,13 +573,18 @@ class _StepsRunner:
         return None
 
 
-def check_workers(client: Any, step: ParallelStep, run_dir: str) -> None:
+def check_workers(client: Any, step: ParallelStep, run_dir: str) -> bool:
     """Before running on an external cluster: every worker runs a compatible daskprs and sees
-    the run directory, the code folder and local inputs (DESIGN decision 7)."""
+    the run directory and local inputs (DESIGN decision 7).
+
+    Returns True when some worker cannot see the code folder: it is then shipped to the
+    workers (:class:`daskprs.worker.CodeFolder`).
+    """
     import daskprs
     from daskprs.worker import check_worker
 
-    paths = (run_dir, step.code_dir, step.input_data.path)
+    script = os.path.join(step.code_dir, step.entry_script)
+    paths = (run_dir, script, step.input_data.path)
     try:
         answers = client.run(check_worker, paths)
     except Exception as err:  # the function could not even be unpickled: no daskprs there
@@ -581,6 +593,7 @@ def check_workers(client: Any, step: ParallelStep, run_dir: str) -> None:
             f"daskprs {daskprs.__version__} in the workers' Python environment."
         ) from err
     problems = []
+    ship_code = False
     for address, answer in sorted(answers.items()):
         if answer["version"] != daskprs.__version__:
             problems.append(
@@ -588,7 +601,10 @@ def check_workers(client: Any, step: ParallelStep, run_dir: str) -> None:
                 f"{daskprs.__version__}"
             )
         for path in answer["missing"]:
-            problems.append(f"worker {address} cannot see {path}")
+            if path == script:
+                ship_code = True
+            else:
+                problems.append(f"worker {address} cannot see {path}")
     if problems:
         raise UserInputError(
             "the cluster cannot run this job:\n  "
@@ -597,6 +613,7 @@ def check_workers(client: Any, step: ParallelStep, run_dir: str) -> None:
             "every worker sees (or use s3:// and other URLs for data), and every worker must "
             "run the same daskprs version."
         )
+    return ship_code
 
 
 def _todo(plan: Plan, state: Any, mode: str) -> tuple[list[int], dict[int, Prior]]:

@@ -29,6 +29,7 @@ from daskprs.plan import Plan
 from daskprs.slot import Deadlines
 from daskprs.supervisor import Finalize, Policy, Prior, Stop, Submit, Supervisor
 from daskprs.worker import (
+    CodeFolder,
     StepContext,
     kill_running,
     prestart,
@@ -322,6 +323,7 @@ def run_step(
     todo: list[int] | None = None,
     echo: Callable[[str], None] | None = None,
     window: int | None = None,
+    ship_code: bool = False,
 ) -> StepOutcome:
     """Run the mini-batches of one parallel step on ``client``'s cluster.
 
@@ -345,6 +347,8 @@ def run_step(
         For resume and rerun: final states from earlier sessions and the mini-batches to run.
     echo : callable, optional
         Where progress lines go (default: stderr).
+    ship_code : bool
+        Copy the code folder to every worker (for workers that cannot see it).
     """
     echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
     started = time.monotonic()
@@ -382,6 +386,10 @@ def run_step(
         session=session,
         now=time.monotonic(),
     )
+    shipped = None
+    if ship_code:
+        shipped = CodeFolder(ctx.token, step.code_dir)
+        client.register_plugin(shipped)
     run = _StepRun(client, ctx, sup, batches, _Packer(n_workers), step_dir, run_dir)
     try:
         stop = run.loop(
@@ -397,6 +405,11 @@ def run_step(
         ) from err
     finally:
         run.close()
+        if shipped is not None:
+            try:
+                client.unregister_worker_plugin(shipped.name)
+            except Exception:  # a cluster that is going away has nothing left to clean
+                pass
     elapsed = time.monotonic() - started
     _progress(echo, run_dir, step.name, sup, elapsed, plan.seconds)
     return StepOutcome(

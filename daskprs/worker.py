@@ -9,20 +9,32 @@ child process runs the entry script, and returns a small :class:`TryRecord`.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
 import threading
 import time
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from daskprs.batches import MiniBatch
 from daskprs.child import ChildConfig
 from daskprs.outcome import Status, TryRecord
 from daskprs.slot import Deadlines, Slot
 
-__all__ = ["StepContext", "check_worker", "prestart", "run_tries", "run_try", "stop_slots"]
+__all__ = [
+    "CodeFolder",
+    "StepContext",
+    "check_worker",
+    "prestart",
+    "run_tries",
+    "run_try",
+    "stop_slots",
+]
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,48 @@ class StepContext:
         return os.path.join(self.run_dir, "steps", self.step, "claims")
 
 
+# Code folders shipped to this worker, by run token (see CodeFolder).
+_CODE_DIRS: dict[str, str] = {}
+
+
+class CodeFolder(WorkerPlugin):
+    """Ships a step's code folder to every worker, present and future, that cannot see it
+    (DESIGN decision 7): zipped once here, unpacked into each worker's local directory.
+
+    Parameters
+    ----------
+    token : str
+        The step run's token; the slots of that run use the unpacked copy.
+    code_dir : str
+        The code folder (``task.code``).
+    """
+
+    def __init__(self, token: str, code_dir: str):
+        self.token = token
+        self.name = f"daskprs-code-{token}"
+        self.folder = os.path.basename(os.path.normpath(code_dir))
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            for root, dirs, files in os.walk(code_dir):
+                dirs[:] = [d for d in dirs if d != "__pycache__" and not d.startswith(".")]
+                for name in files:
+                    if not name.endswith(".pyc"):
+                        path = os.path.join(root, name)
+                        z.write(path, os.path.relpath(path, code_dir))
+        self.data = buf.getvalue()
+
+    def setup(self, worker: Any) -> None:
+        target = os.path.join(worker.local_directory, self.name, self.folder)
+        os.makedirs(target, exist_ok=True)
+        with zipfile.ZipFile(io.BytesIO(self.data)) as z:
+            z.extractall(target)
+        _CODE_DIRS[self.token] = target
+
+    def teardown(self, worker: Any) -> None:
+        _CODE_DIRS.pop(self.token, None)
+        shutil.rmtree(os.path.join(worker.local_directory, self.name), ignore_errors=True)
+
+
 # Slots of this worker process: in use, by (run token, executor thread), and started ahead
 # of the first task (``prestart``), by run token.
 _SLOTS: dict[tuple[str, int], Slot] = {}
@@ -98,7 +152,7 @@ def _new_slot(ctx: StepContext, worker: Any) -> Slot:
     node, process = _identity(ctx, index, worker)
     cache = os.path.join(tempfile.gettempdir(), f"daskprs-cache-{ctx.token}-{process}")
     config = ChildConfig(
-        code_dir=ctx.code_dir,
+        code_dir=_CODE_DIRS.get(ctx.token, ctx.code_dir),
         entry_script=ctx.entry_script,
         argv=ctx.argv,
         env=dict(ctx.env),

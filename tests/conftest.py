@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -130,31 +132,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def external_cluster(tmp_path):
-    """A real `dask scheduler` and `dask worker --nworkers 2 --nthreads 1` on 127.0.0.1."""
+@contextlib.contextmanager
+def external_cluster_at(folder: Path, hide: Path | None = None):
+    """Start a real `dask scheduler` and `dask worker --nworkers 2 --nthreads 1` on 127.0.0.1;
+    yield the scheduler address; end both process groups.
+
+    With ``hide``, the worker runs in its own mount namespace where that folder is covered by
+    an empty tmpfs: a worker "on another host" that cannot see it.
+    """
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    log = open(tmp_path / "cluster.log", "wb")
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "distributed.cli.dask_scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--dashboard-address",
-                ":0",
-                "--no-show",
-            ],
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-    ]
+    log = open(folder / "cluster.log", "wb")
+    scheduler = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1"]
+    scheduler += ["--port", str(port), "--dashboard-address", ":0", "--no-show"]
+    worker = [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "2"]
+    worker += ["--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"]
+    worker += ["--memory-limit", "0"]
+    if hide is not None:
+        command = f"mount -t tmpfs tmpfs {shlex.quote(str(hide))} && exec {shlex.join(worker)}"
+        worker = ["unshare", "--mount", "--propagation", "private", "sh", "-c", command]
+    procs = [subprocess.Popen(scheduler, stdout=log, stderr=log, start_new_session=True)]
     try:
         from distributed import Client
 
@@ -166,31 +163,10 @@ def external_cluster(tmp_path):
                 return False
 
         poll_for(connected, timeout=60, interval=0.2)
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "distributed.cli.dask_worker",
-                    address,
-                    "--nworkers",
-                    "2",
-                    "--nthreads",
-                    "1",
-                    "--host",
-                    "127.0.0.1",
-                    "--no-dashboard",
-                    "--memory-limit",
-                    "0",
-                ],
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        )
+        procs.append(subprocess.Popen(worker, stdout=log, stderr=log, start_new_session=True))
         with Client(address, timeout="10s") as c:
             c.wait_for_workers(2, timeout=60)
-        yield address, procs
+        yield address
     finally:
         for p in reversed(procs):
             if p.poll() is None:
@@ -202,3 +178,23 @@ def external_cluster(tmp_path):
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         log.close()
+
+
+@pytest.fixture
+def external_cluster(tmp_path):
+    """A real `dask scheduler` and `dask worker --nworkers 2 --nthreads 1` on 127.0.0.1."""
+    with external_cluster_at(tmp_path) as address:
+        yield address, None
+
+
+def can_hide_folders() -> bool:
+    """Whether this machine lets a test run a process in its own mount namespace."""
+    try:
+        probe = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "true"],
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0

@@ -34,22 +34,27 @@ def test_check_workers_accepts_a_matching_cluster(tmp_path):
     for sub in ("data", "code", "run"):
         (tmp_path / sub).mkdir()
     s = step(tmp_path)
-    answer = check_worker((str(tmp_path / "run"), s.code_dir, s.input_data.path))
+    (tmp_path / "code" / "score.py").write_text("def run(b):\n    return b\n")
+    script = str(tmp_path / "code" / "score.py")
+    answer = check_worker((str(tmp_path / "run"), script, s.input_data.path))
     assert answer == {"version": daskprs.__version__, "missing": []}
-    check_workers(FakeClient({"tcp://w1": answer}), s, str(tmp_path / "run"))
+    assert check_workers(FakeClient({"tcp://w1": answer}), s, str(tmp_path / "run")) is False
+    # a worker that cannot see the entry script gets the code folder shipped
+    lacking = {"version": daskprs.__version__, "missing": [script]}
+    assert check_workers(FakeClient({"tcp://w1": lacking}), s, str(tmp_path / "run")) is True
 
 
 def test_check_workers_names_the_worker_and_what_it_lacks(tmp_path):
     s = step(tmp_path)
     answers = {
         "tcp://w1": {"version": "0.0.1", "missing": []},
-        "tcp://w2": {"version": daskprs.__version__, "missing": [s.code_dir]},
+        "tcp://w2": {"version": daskprs.__version__, "missing": [str(tmp_path / "run")]},
     }
     with pytest.raises(UserInputError) as info:
         check_workers(FakeClient(answers), s, str(tmp_path))
     text = str(info.value)
     assert "worker tcp://w1 runs daskprs 0.0.1" in text
-    assert f"worker tcp://w2 cannot see {s.code_dir}" in text
+    assert f"worker tcp://w2 cannot see {tmp_path / 'run'}" in text
     with pytest.raises(UserInputError, match="Install daskprs"):
         check_workers(FakeClient(ModuleNotFoundError("daskprs")), s, str(tmp_path))
 

@@ -13,7 +13,14 @@ import signal
 import threading
 
 import pytest
-from conftest import make_files, output_of, poll_for, write_job
+from conftest import (
+    can_hide_folders,
+    external_cluster_at,
+    make_files,
+    output_of,
+    poll_for,
+    write_job,
+)
 
 from daskprs.api import run_job
 
@@ -164,3 +171,36 @@ def test_every_first_try_fails_on_an_external_cluster(tmp_path, external_cluster
     ]
     for mb in range(5):
         assert tries(tmp_path / "run", str(mb)) == [("1", "RUN_EXCEPTION"), ("2", "RUN_DONE")]
+
+
+SIBLING = """
+import os
+
+with open(os.path.join(os.path.dirname(__file__), "labels.txt")) as f:
+    LABEL = f.read().strip()
+
+def run(mini_batch):
+    return [f"{os.path.basename(p)} {LABEL}" for p in mini_batch]
+"""
+
+
+@pytest.mark.skipif(not can_hide_folders(), reason="needs a mount namespace (unshare)")
+def test_code_folder_is_shipped_to_workers_that_cannot_see_it(tmp_path):
+    make_files(tmp_path / "data", 5)
+    job = write_job(tmp_path, SIBLING, input_yaml="type: uri_folder\npath: ./data")
+    (tmp_path / "code" / "labels.txt").write_text("shipped\n")
+    with external_cluster_at(tmp_path, hide=tmp_path / "code") as address:
+        lines: list[str] = []
+        result = run_job(job, run_dir=tmp_path / "run", scheduler=address, echo=lines.append)
+        from distributed import Client
+
+        with Client(address, timeout="10s") as c:
+            # the code folder really is invisible to the workers; the shipped copy is gone
+            script = str(tmp_path / "code" / "score.py")
+            assert set(c.run(os.path.exists, script).values()) == {False}
+            assert not any(c.run(lambda: __import__("daskprs.worker").worker._CODE_DIRS).values())
+    assert result.ok, result.failure
+    assert any("shipping it to them" in line for line in lines)
+    assert output_of(tmp_path / "run").read_text().splitlines() == [
+        f"f{i:03d}.txt shipped" for i in range(5)
+    ]
