@@ -24,7 +24,8 @@ from typing import Any
 import pandas as pd
 
 from daskprs.batches import FileBatch, MiniBatch, TableBatch, TablePiece
-from daskprs.mltable import TableRead, apply_transforms, csv_read_options, infer_dates
+from daskprs.tablemodel import TableRead
+from daskprs.transforms import apply_transforms, csv_read_options, infer_dates
 
 __all__ = ["BatchLoadError", "load_batch", "read_piece"]
 
