@@ -5,6 +5,7 @@ planned and handed to the runner, for a new run, a resume or a rerun of failed m
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import pickle
 import subprocess
@@ -97,7 +98,7 @@ class StepsRunner:
         self.record, self.echo, self.force = record, echo, force
         self.save_record = save_record
         self.handle: Any = None
-        self._cm: Any = None
+        self._cluster_stack = contextlib.ExitStack()
 
     def run(self, scheduler: str | None, client: Any, n_workers: int) -> None:
         self._cluster_args = {"scheduler": scheduler, "client": client, "n_workers": n_workers}
@@ -112,13 +113,11 @@ class StepsRunner:
                     if not self.job.continue_on_step_failure:
                         return
         finally:
-            if self._cm is not None:
-                self._cm.__exit__(None, None, None)
+            self._cluster_stack.close()
 
     def _cluster(self) -> Any:
         if self.handle is None:
-            self._cm = open_cluster(**self._cluster_args)
-            self.handle = self._cm.__enter__()
+            self.handle = self._cluster_stack.enter_context(open_cluster(**self._cluster_args))
             where = "embedded local cluster" if self.handle.local else "cluster"
             self.echo(
                 f"{where}: {self.handle.n_workers} worker slots, started in "
@@ -165,9 +164,10 @@ class StepsRunner:
                         "(mini-batches already done are kept as they are)."
                     )
                 self.echo(f"note: the input of step {step.name} changed ({what}); --force given")
+                self.record.setdefault("inputs", {})[step.name] = new
+                self.save_record()
             if saved.batches == fresh.batches or not self.force:
                 return saved
-            self.record.setdefault("inputs", {})[step.name] = new
             ledger_file = os.path.join(step_dir, "ledger.jsonl")
             if os.path.exists(ledger_file):
                 # the mini-batch ids no longer mean the same inputs: start the step over
