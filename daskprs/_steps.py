@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -242,6 +243,13 @@ def _parallel_step(
         concurrency = S.as_int(
             bind_value(f["max_concurrency_per_instance"], field_scope, place, ctx), place, ctx, 1
         )
+    elif _gpu_instance(resources.get("instance_type")):
+        concurrency = 1
+        ctx.note(
+            f"{node.origin('resources', 'instance_type')('resources', 'instance_type')}: "
+            f"{resources['instance_type']} has GPUs, so max_concurrency_per_instance defaults "
+            "to 1 (set it to run more processes a node)"
+        )
     keys: tuple[str, ...] = ()
     if f.get("partition_keys") is not None:
         place = node.origin("partition_keys")("partition_keys")
@@ -293,6 +301,15 @@ def _parallel_step(
         output_dir=output_dir,
         compute=compute,
     )
+
+
+# Azure's GPU VM sizes: the N family (NC, ND, NG, NV), e.g. Standard_NC6s_v3.
+_GPU_SIZE = re.compile(r"^(standard_)?n[cdgv]\w*$|gpu", re.IGNORECASE)
+
+
+def _gpu_instance(instance_type: object) -> bool:
+    """Whether an Azure ``instance_type`` names a VM size with GPUs (SPEC section 6)."""
+    return isinstance(instance_type, str) and bool(_GPU_SIZE.search(instance_type.strip()))
 
 
 def _input_data(node: Node, ctx: S.Context) -> DataInput | None:

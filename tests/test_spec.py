@@ -979,3 +979,23 @@ def test_node_environment_variables_are_strings(folder: Path):
     step = only_step(load(job_file))
     assert step.environment_variables == {"A": "1", "B": "True", "C": str(folder / "data")}
     assert os.path.isabs(step.environment_variables["C"])
+
+
+@pytest.mark.parametrize(
+    ("instance_type", "given", "expected"),
+    [
+        ("Standard_NC6s_v3", None, 1),
+        ("STANDARD_ND40rs_v2", None, 1),
+        ("gpu-cluster-size", None, 1),
+        ("Standard_D4s_v3", None, None),
+        ("Standard_NC6s_v3", 3, 3),
+    ],
+)
+def test_gpu_instance_types_default_to_one_process_a_node(folder, instance_type, given, expected):
+    lines = f"resources:\n  instance_type: {instance_type}\n"
+    if given is not None:
+        lines += f"max_concurrency_per_instance: {given}\n"
+    job = load(pipeline(folder, lines))
+    assert only_step(job).max_concurrency_per_instance == expected
+    noted = any("max_concurrency_per_instance defaults to 1" in n for n in job.notes)
+    assert noted is (expected == 1 and given is None)
