@@ -8,6 +8,7 @@ the supervisor), assembles outputs and writes the run's logs. The run directory 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -316,7 +317,8 @@ def _execute(
     finally:
         _write_json(os.path.join(run_dir, RUN_FILE), record)
         _write_results(run_dir, result, job)
-        os.unlink(lock)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
     for name, path in result.outputs.items():
         echo(f"output {name}: {path}")
     echo(("job succeeded" if result.ok else f"job FAILED: {result.failure}") + f" ({run_dir})")
