@@ -10,12 +10,15 @@ import logging
 import os
 import shutil
 import tempfile
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+# the job writer the tests use too (re-exported: c.write_job, c.output_of)
+from daskprs.testing import output_of as output_of
+from daskprs.testing import write_job as write_job
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -74,50 +77,6 @@ def concat_files(parts: Sequence[str | os.PathLike], dest: str | os.PathLike) ->
         for part in parts:
             with open(part, "rb") as src:
                 shutil.copyfileobj(src, out, 1 << 20)
-
-
-def write_job(
-    folder: Path,
-    script: str,
-    *,
-    input_yaml: str,
-    mini_batch_size: str = '"1"',
-    extra: str = "",
-    append_row: bool = True,
-    max_concurrency: int = 2,
-) -> Path:
-    """A pipeline with one inline parallel node ``score`` and its entry script (as the tests'
-    ``write_job``); returns the job file."""
-    (folder / "code").mkdir(parents=True, exist_ok=True)
-    (folder / "code" / "score.py").write_text(textwrap.dedent(script))
-    append = "      append_row_to: ${{outputs.result}}\n" if append_row else ""
-    text = f"""\
-type: pipeline
-jobs:
-  score:
-    type: parallel
-    inputs:
-      data:
-{textwrap.indent(textwrap.dedent(input_yaml).strip(), " " * 8)}
-    outputs:
-      result:
-        type: uri_file
-    input_data: ${{{{inputs.data}}}}
-    mini_batch_size: {mini_batch_size}
-    max_concurrency_per_instance: {max_concurrency}
-{textwrap.indent(textwrap.dedent(extra).strip(), " " * 4)}
-    task:
-      type: run_function
-      code: ./code
-      entry_script: score.py
-{append}"""
-    path = folder / "job.yml"
-    path.write_text(text)
-    return path
-
-
-def output_of(run_dir: Path, step: str = "score", name: str = "result") -> Path:
-    return Path(run_dir) / "outputs" / step / name / "parallel_run_step.txt"
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,100 +4,30 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
-import logging
 import os
 import shlex
 import signal
 import socket
 import subprocess
 import sys
-import textwrap
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from daskprs.testing import output_of, poll_for, write_job
+
+__all__ = ["make_files", "output_of", "pid_alive", "poll_for", "write_job"]
 
 faulthandler.enable(file=sys.stderr, all_threads=True)
 
 
 @pytest.fixture(scope="session")
 def client():
-    """A LocalCluster of 2 single-threaded worker processes, as the embedded one is."""
-    import dask
-    from distributed import Client, LocalCluster
+    """A LocalCluster of 2 single-threaded worker processes: the embedded cluster itself."""
+    from daskprs.cluster import open_cluster
 
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        cluster = LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            memory_limit=0,
-            silence_logs=logging.ERROR,
-        )
-        c = Client(cluster, set_as_default=False)
-    try:
-        yield c
-    finally:
-        c.close()
-        cluster.close()
-
-
-def poll_for(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.05):
-    """Wait until ``predicate()`` is truthy and return it; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached in {timeout} s: {predicate}")
-        time.sleep(interval)
-
-
-def write_job(
-    folder: Path,
-    script: str,
-    *,
-    input_yaml: str,
-    mini_batch_size: str = '"2"',
-    extra: str = "",
-    program_arguments: str = "",
-    append_row: bool = True,
-    settings: str = "",
-) -> Path:
-    """Write a pipeline with one inline parallel node ``score`` and its entry script."""
-    (folder / "code").mkdir(parents=True, exist_ok=True)
-    (folder / "code" / "score.py").write_text(textwrap.dedent(script))
-    args = (
-        f"      program_arguments: >-\n        {program_arguments}\n" if program_arguments else ""
-    )
-    append = "      append_row_to: ${{outputs.result}}\n" if append_row else ""
-    text = f"""\
-type: pipeline
-{settings}
-jobs:
-  score:
-    type: parallel
-    inputs:
-      data:
-{textwrap.indent(textwrap.dedent(input_yaml).strip(), " " * 8)}
-    outputs:
-      result:
-        type: uri_file
-    input_data: ${{{{inputs.data}}}}
-    mini_batch_size: {mini_batch_size}
-    max_concurrency_per_instance: 2
-{textwrap.indent(textwrap.dedent(extra).strip(), " " * 4)}
-    task:
-      type: run_function
-      code: ./code
-      entry_script: score.py
-{args}{append}"""
-    path = folder / "job.yml"
-    path.write_text(text)
-    return path
+    with open_cluster(n_workers=2) as handle:
+        yield handle.client
 
 
 def make_files(folder: Path, n: int, prefix: str = "f") -> list[Path]:
@@ -108,10 +38,6 @@ def make_files(folder: Path, n: int, prefix: str = "f") -> list[Path]:
         p.write_text(f"line {i}\n")
         paths.append(p)
     return paths
-
-
-def output_of(run_dir: Path, step: str = "score", name: str = "result") -> Path:
-    return run_dir / "outputs" / step / name / "parallel_run_step.txt"
 
 
 def pid_alive(pid: int) -> bool:
