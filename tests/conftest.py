@@ -16,7 +16,15 @@ import pytest
 
 from daskprs.testing import output_of, poll_for, write_job
 
-__all__ = ["make_files", "output_of", "pid_alive", "poll_for", "write_job"]
+__all__ = [
+    "kill_worker_script",
+    "make_files",
+    "output_of",
+    "pid_alive",
+    "poll_for",
+    "run_killing_a_worker",
+    "write_job",
+]
 
 faulthandler.enable(file=sys.stderr, all_threads=True)
 
@@ -124,3 +132,42 @@ def can_hide_folders() -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return probe.returncode == 0
+
+
+def kill_worker_script(mb: int) -> str:
+    """An entry script whose ``run()`` on mini-batch ``mb`` (first time only) writes the pid of
+    the Dask worker running it (its parent) to ``$MARKS/worker.pid`` and waits to be killed."""
+    return f"""
+import os, time
+
+def run(mini_batch, context):
+    marks = os.environ["MARKS"]
+    if context.minibatch_index == {mb} and not os.path.exists(os.path.join(marks, "killed")):
+        with open(os.path.join(marks, "worker.pid.tmp"), "w") as f:
+            f.write(str(os.getppid()))
+        os.rename(os.path.join(marks, "worker.pid.tmp"), os.path.join(marks, "worker.pid"))
+        time.sleep(3600)
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+def run_killing_a_worker(job: Path, marks: Path, **run_kwargs):
+    """Run ``job`` (with :func:`kill_worker_script`) in a thread, SIGKILL the Dask worker that
+    reports itself in ``marks`` (a process this test started, directly or through `dask
+    worker`), and return the job's result."""
+    import threading
+
+    from daskprs.api import run_job
+
+    box = {}
+    thread = threading.Thread(
+        target=lambda: box.setdefault("result", run_job(job, echo=lambda s: None, **run_kwargs))
+    )
+    thread.start()
+    pid_file = marks / "worker.pid"
+    pid = int(poll_for(lambda: pid_file.exists() and pid_file.read_text()))
+    (marks / "killed").touch()
+    os.kill(pid, signal.SIGKILL)
+    thread.join(timeout=240)
+    assert not thread.is_alive()
+    return box["result"]

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
-import threading
 
 import pytest
 from conftest import (
     can_hide_folders,
     external_cluster_at,
+    kill_worker_script,
     make_files,
     output_of,
-    poll_for,
+    run_killing_a_worker,
     write_job,
 )
 
@@ -89,20 +88,6 @@ def test_failures_on_an_external_cluster(tmp_path, external_cluster):
     assert statuses.count("INIT_FAILED") == 1
 
 
-KILLED = """
-import os, time
-
-def run(mini_batch, context):
-    marks = os.environ["MARKS"]
-    if context.minibatch_index == 4 and not os.path.exists(os.path.join(marks, "killed")):
-        with open(os.path.join(marks, "pid.tmp"), "w") as f:
-            f.write(str(os.getppid()))
-        os.rename(os.path.join(marks, "pid.tmp"), os.path.join(marks, "worker.pid"))
-        time.sleep(3600)
-    return [os.path.basename(p) for p in mini_batch]
-"""
-
-
 def test_a_worker_killed_on_an_external_cluster_runs_no_try_twice(tmp_path, external_cluster):
     address, _ = external_cluster
     make_files(tmp_path / "data", 20)
@@ -110,25 +95,11 @@ def test_a_worker_killed_on_an_external_cluster_runs_no_try_twice(tmp_path, exte
     marks.mkdir()
     job = write_job(
         tmp_path,
-        KILLED,
+        kill_worker_script(4),
         input_yaml="type: uri_folder\npath: ./data",
         extra=f"retry_settings:\n  max_retries: 2\nenvironment_variables:\n  MARKS: {marks}",
     )
-    box = {}
-    thread = threading.Thread(
-        target=lambda: box.setdefault(
-            "result",
-            run_job(job, run_dir=tmp_path / "run", scheduler=address, echo=lambda s: None),
-        )
-    )
-    thread.start()
-    pid_file = marks / "worker.pid"
-    pid = int(poll_for(lambda: pid_file.exists() and pid_file.read_text()))
-    (marks / "killed").touch()
-    os.kill(pid, signal.SIGKILL)  # a worker process of the `dask worker` this test started
-    thread.join(timeout=240)
-    assert not thread.is_alive()
-    result = box["result"]
+    result = run_killing_a_worker(job, marks, run_dir=tmp_path / "run", scheduler=address)
     assert result.ok, result.failure
     assert output_of(tmp_path / "run").read_text().splitlines() == [
         f"f{i:03d}.txt" for i in range(20)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import threading
 
 import pytest
-from conftest import make_files, output_of, pid_alive, poll_for, write_job
+from conftest import (
+    kill_worker_script,
+    make_files,
+    output_of,
+    pid_alive,
+    poll_for,
+    run_killing_a_worker,
+    write_job,
+)
 
 from daskprs.api import run_job
 
@@ -155,46 +160,17 @@ def test_init_failing_once_does_not_use_a_try(tmp_path, client):
     assert all(r["Try"] == "1" for r in rows)
 
 
-KILL_WORKER = """
-import os, time
-
-def run(mini_batch, context):
-    marks = os.environ["MARKS"]
-    if context.minibatch_index == 5 and not os.path.exists(os.path.join(marks, "killed")):
-        # tell the test which Dask worker runs this try (our parent), then wait to be killed
-        with open(os.path.join(marks, "worker.pid.tmp"), "w") as f:
-            f.write(str(os.getppid()))
-        os.rename(os.path.join(marks, "worker.pid.tmp"), os.path.join(marks, "worker.pid"))
-        time.sleep(3600)
-    return [os.path.basename(p) for p in mini_batch]
-"""
-
-
 def test_a_worker_killed_mid_job_loses_no_row_and_duplicates_none(tmp_path):
     make_files(tmp_path / "data", 30)
     marks = tmp_path / "marks"
     marks.mkdir()
     job = write_job(
         tmp_path,
-        KILL_WORKER,
+        kill_worker_script(5),
         input_yaml="type: uri_folder\npath: ./data",
         extra=f"retry_settings:\n  max_retries: 1\nenvironment_variables:\n  MARKS: {marks}",
     )
-    box = {}
-
-    def go():
-        box["result"] = run_job(job, run_dir=tmp_path / "run", workers=2, echo=lambda s: None)
-
-    thread = threading.Thread(target=go)
-    thread.start()
-    pid = int(
-        poll_for(lambda: (marks / "worker.pid").exists() and (marks / "worker.pid").read_text())
-    )
-    (marks / "killed").touch()
-    os.kill(pid, signal.SIGKILL)  # the embedded cluster's worker process, started by this test
-    thread.join(timeout=240)
-    assert not thread.is_alive()
-    result = box["result"]
+    result = run_killing_a_worker(job, marks, run_dir=tmp_path / "run", workers=2)
     assert result.ok, result.failure
     assert output_of(tmp_path / "run").read_text().splitlines() == [
         f"f{i:03d}.txt" for i in range(30)
