@@ -208,7 +208,7 @@ class RssSampler:
 
 
 def _classify(cmdline: str) -> str:
-    if "daskprs.child" in cmdline:
+    if "daskprs.execute.child" in cmdline:
         return "entry-script child"
     if "multiprocessing" in cmdline or "spawn_main" in cmdline or "forkserver" in cmdline:
         return "dask worker"

@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def idle_child_rss() -> int:
     """RSS of a fresh Python that imported what an entry-script child imports."""
     code = (
-        "import psutil, pandas, daskprs.child, daskprs.readers, daskprs.formatting;"
+        "import psutil, pandas, daskprs.execute.child, daskprs.inputs.readers,"
+        " daskprs.results.formatting;"
         "print(psutil.Process().memory_info().rss)"
     )
     return int(subprocess.check_output([sys.executable, "-c", code], text=True).strip())

@@ -1,7 +1,7 @@
 """planning: plan_input over many small files vs listing them with fsspec; a parquet dataset.
 
 (1) --n small files (default 5,000; full 20,000) in a uri_folder, planned with
-``daskprs.plan.plan_input(DataInput(name, "uri_folder", path), None)`` vs
+``daskprs.inputs.plan.plan_input(DataInput(name, "uri_folder", path), None)`` vs
 ``fsspec.filesystem("file").find(path)`` (and ``find(detail=True)``, which also gives sizes).
 Target: plan <= 1.5 x the bare listing. (2) a --parquet-files parquet dataset (an MLTable
 with read_parquet) planned through a filesystem that counts the bytes read, compared with
@@ -100,8 +100,8 @@ def _best(fn, repeat: int) -> tuple[float, object]:
 def main(args: argparse.Namespace) -> dict:
     import fsspec
 
-    from daskprs.jobmodel import DataInput
-    from daskprs.plan import plan_input
+    from daskprs.inputs.plan import plan_input
+    from daskprs.job.model import DataInput
 
     with c.data_folder(args.data, "planning") as root:
         c.header(f"planning: {args.n} small files; {args.parquet_files} parquet files")

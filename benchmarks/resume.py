@@ -61,7 +61,7 @@ def ledger_path(run_dir: Path, step: str = "score") -> Path:
 
 
 def done_count(run_dir: Path) -> int:
-    from daskprs.ledger import read_ledger
+    from daskprs.results.ledger import read_ledger
 
     path = ledger_path(run_dir)
     if not path.exists():

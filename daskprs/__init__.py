@@ -5,6 +5,12 @@ The public API (imported lazily, so that worker child processes stay light)::
     from daskprs import run_job, load_job
     result = run_job("pipeline.yml", client=client)   # in a notebook with a Dask client
     result.raise_for_status()
+
+The subpackages follow a mini-batch's way, each importing only from those before it:
+:mod:`daskprs.job` (the job file) -> :mod:`daskprs.inputs` (planning and reading) ->
+:mod:`daskprs.results` (records, ledger, output) -> :mod:`daskprs.observe` (logs, progress)
+-> :mod:`daskprs.execute` (supervisor, driver, worker, child). ``pipeline``, ``api`` and
+``cli`` sit on top.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ _LAZY = {
     "run_job": "daskprs.api",
     "resume_job": "daskprs.api",
     "input_collection": "daskprs.collections",
-    "JobResult": "daskprs.api",
-    "load_job": "daskprs.spec",
+    "JobResult": "daskprs.results.jobresult",
+    "load_job": "daskprs.job.load",
     "DaskprsError": "daskprs.errors",
     "JobFailed": "daskprs.errors",
     "JobSpecError": "daskprs.errors",

@@ -14,48 +14,17 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
-from daskprs import fingerprint, logs
-from daskprs.errors import Interrupted, JobFailed, UserInputError
-from daskprs.jobmodel import Job
-from daskprs.runner import StepOutcome
-from daskprs.steps import StepsRunner
+from daskprs.errors import Interrupted, UserInputError
+from daskprs.job.model import Job
+from daskprs.observe import logs
+from daskprs.pipeline import StepsRunner
+from daskprs.results import fingerprint
+from daskprs.results.jobresult import JobResult
 
 __all__ = ["JobResult", "default_run_dir", "resume_job", "run_job"]
-
-
-@dataclass
-class JobResult:
-    """What a job did.
-
-    Attributes
-    ----------
-    run_dir : str
-        The run directory.
-    failure : str or None
-        Why the job failed, or None when it succeeded.
-    outputs : dict
-        ``{"<step>.<output>": absolute path or URL}`` of every output.
-    steps : list of StepOutcome
-        Per parallel step: counts, timings, failed mini-batches.
-    """
-
-    run_dir: str
-    failure: str | None = None
-    outputs: dict[str, str] = field(default_factory=dict)
-    steps: list[StepOutcome] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.failure is None
-
-    def raise_for_status(self) -> None:
-        """Raise :class:`daskprs.errors.JobFailed` if the job failed."""
-        if self.failure is not None:
-            raise JobFailed(self.failure)
 
 
 def default_run_dir(job_file: str, now: float | None = None) -> str:
@@ -152,7 +121,7 @@ def run_job(
     UserInputError
         Problems found before the first ``run()`` (invalid job, missing input, ...).
     """
-    from daskprs.spec import load_job
+    from daskprs.job.load import load_job
 
     echo = echo or _say
     job_file = os.path.abspath(os.fspath(job_file))
@@ -221,7 +190,7 @@ def resume_job(
         Budgets are evaluated over the whole job, earlier sessions included.
     """
     from daskprs.errors import ResumeRefused
-    from daskprs.spec import load_job
+    from daskprs.job.load import load_job
 
     echo = echo or _say
     run_dir = os.path.abspath(os.fspath(run_dir))

@@ -157,7 +157,7 @@ def rerun_failed(run_dir: str, scheduler: str | None, workers: int | None) -> No
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="As for `run`.")
 def validate(file: str, sets: tuple[str, ...]) -> None:
     """Check a job FILE without running it."""
-    from daskprs.spec import validate_file
+    from daskprs.job.load import validate_file
 
     _existing_file(file)
     job, problems, notes = validate_file(file, sets)

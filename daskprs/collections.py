@@ -11,8 +11,8 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from daskprs.batches import MiniBatch
-from daskprs.plan import Plan, plan_input
+from daskprs.inputs.batches import MiniBatch
+from daskprs.inputs.plan import Plan, plan_input
 
 __all__ = ["input_collection", "plan_collection"]
 
@@ -22,7 +22,7 @@ def _cache_dir() -> str:
 
 
 def _load(batch: MiniBatch) -> Any:
-    from daskprs.readers import load_batch
+    from daskprs.inputs.readers import load_batch
 
     return load_batch(batch, cache_dir=_cache_dir())
 
@@ -64,7 +64,7 @@ def input_collection(
         One partition per mini-batch, in mini-batch order.
     """
     from daskprs.errors import UserInputError
-    from daskprs.spec import load_job
+    from daskprs.job.load import load_job
 
     job = load_job(job_file, sets)
     steps = {s.name: s for s in job.parallel_steps}

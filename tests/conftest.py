@@ -32,7 +32,7 @@ faulthandler.enable(file=sys.stderr, all_threads=True)
 @pytest.fixture(scope="session")
 def client():
     """A LocalCluster of 2 single-threaded worker processes: the embedded cluster itself."""
-    from daskprs.cluster import open_cluster
+    from daskprs.execute.cluster import open_cluster
 
     with open_cluster(n_workers=2) as handle:
         yield handle.client

@@ -7,9 +7,9 @@ import pytest
 import daskprs
 from daskprs.api import default_run_dir
 from daskprs.errors import UserInputError
-from daskprs.jobmodel import DataInput, ParallelStep
-from daskprs.steps import check_workers
-from daskprs.worker import check_worker
+from daskprs.execute.worker import check_worker
+from daskprs.job.model import DataInput, ParallelStep
+from daskprs.pipeline import check_workers
 
 
 class FakeClient:
@@ -116,9 +116,9 @@ def test_input_collections_have_one_partition_per_mini_batch(tmp_path):
 def test_planning_longer_than_first_task_creation_timeout_fails_the_job(tmp_path, monkeypatch):
     import threading
 
-    from daskprs import steps
+    from daskprs import pipeline
     from daskprs.errors import JobFailed
-    from daskprs.jobmodel import RuntimeSettings
+    from daskprs.job.model import RuntimeSettings
 
     release = threading.Event()
 
@@ -126,11 +126,11 @@ def test_planning_longer_than_first_task_creation_timeout_fails_the_job(tmp_path
         release.wait(30)
         raise AssertionError("planning should have been given up")
 
-    monkeypatch.setattr(steps, "plan_input", slow_plan)
+    monkeypatch.setattr(pipeline, "plan_input", slow_plan)
     s = step(tmp_path)
     s = type(s)(**{**s.__dict__, "settings": RuntimeSettings(first_task_creation_timeout=0.2)})
     try:
         with pytest.raises(JobFailed, match="first_task_creation_timeout"):
-            steps.plan_step(s)
+            pipeline.plan_step(s)
     finally:
         release.set()

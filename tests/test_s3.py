@@ -9,7 +9,7 @@ import pytest
 from conftest import write_job
 
 from daskprs.api import run_job
-from daskprs.output import assemble
+from daskprs.results.output import assemble
 
 pytestmark = pytest.mark.slow
 

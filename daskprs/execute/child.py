@@ -1,0 +1,336 @@
+"""The process that runs the user's entry script (one per worker slot).
+
+Started by :class:`daskprs.execute.slot.Slot` as
+``python -m daskprs.execute.child IN_FD OUT_FD PHASE_FD``.
+It reads a setup message, then tasks, one at a time, from ``IN_FD``; for each it calls
+``init()`` once (lazily, before the first ``run()``), loads the mini-batch's data, calls
+``run()``, writes the rows to the task's part file and answers with a small record on
+``OUT_FD``. Entering each phase it writes a line ``<phase> <monotonic time>`` to ``PHASE_FD``,
+from which the slot computes the phase's deadline; the slot reads those lines when it wakes,
+so a phase change costs it no wake-up of its own. Failures come back as records; a failed
+``init()`` ends this process (the slot starts a new one).
+
+Imports stay light (standard library, then pandas through the readers) so an entry script
+could later run in another interpreter.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from daskprs.execute.wire import ChannelClosed, read_message, write_message
+
+__all__ = ["ChildConfig", "MiniBatchContext", "main"]
+
+_TRACEBACK_LINES = 20
+
+
+@dataclass(frozen=True)
+class ChildConfig:
+    """Everything a child needs to run an entry script (picklable)."""
+
+    code_dir: str
+    entry_script: str
+    argv: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    node: str = "node000"
+    process: str = "process000"
+    logs_dir: str = ""
+    output_dir: str = ""
+    logging_level: str = "INFO"
+    cache_dir: str = ""
+    to_csv: dict[str, Any] = field(default_factory=dict)
+    profiling_module: str | None = None
+
+
+class MiniBatchContext:
+    """The second argument of ``run(mini_batch, mini_batch_context)``."""
+
+    def __init__(
+        self,
+        minibatch_index: int,
+        partition_key_value: dict[str, str] | None = None,
+        global_row_index_lower_bound: int | None = None,
+    ):
+        self.minibatch_index = minibatch_index
+        self.partition_key_value = partition_key_value or {}
+        self.global_row_index_lower_bound = global_row_index_lower_bound
+
+    def __repr__(self) -> str:
+        return (
+            f"MiniBatchContext(minibatch_index={self.minibatch_index}, "
+            f"partition_key_value={self.partition_key_value!r}, "
+            f"global_row_index_lower_bound={self.global_row_index_lower_bound!r})"
+        )
+
+
+def _format_error(exc: BaseException, script_path: str) -> tuple[str, str]:
+    """The exception line, and the last traceback lines (the user's frames first)."""
+    line = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    frames = traceback.extract_tb(exc.__traceback__)
+    user = [f for f in frames if f.filename == script_path]
+    where = f" (at {os.path.basename(script_path)}:{user[-1].lineno})" if user else ""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tail = "\n".join(text.rstrip().splitlines()[-_TRACEBACK_LINES:])
+    return line + where, tail
+
+
+class _Runner:
+    """State of one child: the loaded script and whether ``init()`` ran."""
+
+    def __init__(self, cfg: ChildConfig, out_fd: int, phase_fd: int):
+        self.cfg = cfg
+        self.out_fd = out_fd
+        self.phase_fd = phase_fd
+        self.module: Any = None
+        self.script_path = os.path.join(cfg.code_dir, cfg.entry_script)
+        self.profiler: Any = None
+        if cfg.profiling_module == "cProfile":
+            import cProfile
+
+            self.profiler = cProfile.Profile()
+        self.error_log = os.path.join(cfg.logs_dir, "user", "error", cfg.node, f"{cfg.process}.txt")
+
+    def send(self, *msg: Any) -> None:
+        write_message(self.out_fd, msg)
+
+    def phase(self, name: str) -> None:
+        os.write(self.phase_fd, f"{name} {time.monotonic():.6f}\n".encode())
+
+    def log_error(self, header: str, tb: str) -> None:
+        if not self.cfg.logs_dir:
+            return
+        os.makedirs(os.path.dirname(self.error_log), exist_ok=True)
+        with open(self.error_log, "a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n{tb}\n\n")
+
+    def setup_process(self) -> None:
+        cfg = self.cfg
+        os.environ.update(cfg.env)
+        workdir = tempfile.mkdtemp(prefix=f"daskprs-{cfg.node}-{cfg.process}-")
+        os.chdir(workdir)
+        if cfg.code_dir not in sys.path:
+            sys.path.insert(0, cfg.code_dir)
+        sys.argv = [self.script_path, *cfg.argv]
+        from azureml_user.parallel_run import _configure
+
+        _configure(
+            logs_dir=cfg.logs_dir,
+            output_dir=cfg.output_dir,
+            node=cfg.node,
+            process=cfg.process,
+            logging_level=cfg.logging_level,
+        )
+
+    def init(self) -> None:
+        name = "daskprs_entry_" + os.path.splitext(os.path.basename(self.script_path))[0]
+        spec = importlib.util.spec_from_file_location(name, self.script_path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load entry script {self.script_path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        if not callable(getattr(module, "run", None)):
+            raise AttributeError(
+                f"entry script {self.script_path} defines no run(mini_batch) function"
+            )
+        init = getattr(module, "init", None)
+        if callable(init):
+            self._profiled(init)
+        self.module = module
+
+    def _profiled(self, fn: Any, *args: Any) -> Any:
+        if self.profiler is None:
+            return fn(*args)
+        self.profiler.enable()
+        try:
+            return fn(*args)
+        finally:
+            self.profiler.disable()
+            path = os.path.join(
+                self.cfg.logs_dir, "sys", "node", self.cfg.node, f"{self.cfg.process}.profile"
+            )
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self.profiler.dump_stats(path)
+
+    def shutdown(self) -> None:
+        fn = getattr(self.module, "shutdown", None) if self.module is not None else None
+        if callable(fn):
+            try:
+                fn()
+            except Exception as exc:
+                self.log_error("shutdown() raised", _format_error(exc, self.script_path)[1])
+
+    def do_task(self, task: dict[str, Any]) -> dict[str, Any]:
+        batch = task["batch"]
+        record: dict[str, Any] = {"mb": batch.index, "try_no": task["try_no"]}
+        if self.module is None:
+            self.phase("init")
+            try:
+                self.init()
+            except BaseException as exc:
+                error, tb = _format_error(exc, self.script_path)
+                self.log_error(f"init() failed: {error}", tb)
+                return {**record, "status": "INIT_FAILED", "error": error, "traceback": tb}
+        self.phase("load")
+        try:
+            from daskprs.inputs.readers import load_batch
+
+            data = load_batch(batch, cache_dir=self.cfg.cache_dir)
+        except Exception as exc:
+            error, tb = _format_error(exc, self.script_path)
+            self.log_error(f"loading mini-batch {batch.index} failed: {error}", tb)
+            return {
+                **record,
+                "status": "LOAD_ERROR",
+                "total": batch.n_items,
+                "failed": batch.n_items or 0,
+                "error": f"reading {batch!r}: {error}",
+                "traceback": tb,
+            }
+        total = len(data)
+        if total == 0:
+            return {**record, "status": "EMPTY", "total": 0}
+        self.phase("run")
+        run = self.module.run
+        started = time.perf_counter()
+        try:
+            if _wants_context(run):
+                context = MiniBatchContext(
+                    batch.index,
+                    dict(batch.keys) if batch.keys is not None else None,
+                    getattr(batch, "row_lower_bound", None),
+                )
+                result = self._profiled(run, data, context)
+            else:
+                result = self._profiled(run, data)
+        except BaseException as exc:
+            seconds = time.perf_counter() - started
+            error, tb = _format_error(exc, self.script_path)
+            self.log_error(f"run() raised on mini-batch {batch.index}: {error}", tb)
+            return {
+                **record,
+                "status": "RUN_EXCEPTION",
+                "total": total,
+                "failed": total,
+                "run_seconds": seconds,
+                "error": error,
+                "traceback": tb,
+            }
+        seconds = time.perf_counter() - started
+        return self.finish(record, result, total, seconds, task.get("part"))
+
+    def finish(
+        self, record: dict[str, Any], result: Any, total: int, seconds: float, part: str | None
+    ) -> dict[str, Any]:
+        from daskprs.results.formatting import result_length, write_rows
+
+        n = result_length(result)
+        if n is None:
+            error = (
+                f"run() returned {type(result).__name__}"
+                + (" (None: did run() forget to return?)" if result is None else "")
+                + "; it must return a list, a tuple or a pandas DataFrame"
+            )
+            self.log_error(f"mini-batch {record['mb']}: {error}", "")
+            return {
+                **record,
+                "status": "WRONG_RETURN",
+                "total": total,
+                "failed": total,
+                "run_seconds": seconds,
+                "error": error,
+            }
+        warning = ""
+        if n > total:
+            warning = (
+                f"run() returned {n} items for a mini-batch of {total}; all are written and "
+                f"{n} is counted as the item count"
+            )
+            total = n
+        written = None
+        if part is not None:
+            tmp = f"{part}.tmp"
+            with open(tmp, "wb") as f:
+                write_rows(result, f, self.cfg.to_csv)
+            os.replace(tmp, part)
+            written = part
+        return {
+            **record,
+            "status": "RUN_DONE",
+            "total": total,
+            "succeeded": n,
+            "failed": total - n,
+            "run_seconds": seconds,
+            "part": written,
+            "warning": warning,
+        }
+
+
+def _wants_context(run: Any) -> bool:
+    try:
+        params = inspect.signature(run).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or p.kind == p.VAR_POSITIONAL
+    ]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in positional)
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit when the worker process that started us is gone (killed with SIGKILL)."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve tasks from the pipe until told to stop or the pipe closes."""
+    args = sys.argv[1:] if argv is None else argv
+    in_fd, out_fd, phase_fd = int(args[0]), int(args[1]), int(args[2])
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    try:
+        kind, cfg = read_message(in_fd)
+    except ChannelClosed:
+        return 0
+    assert kind == "setup", kind
+    runner = _Runner(cfg, out_fd, phase_fd)
+    runner.setup_process()
+    try:  # import the readers (pandas) now, before the first task arrives
+        import daskprs.inputs.readers  # noqa: F401
+    except Exception:  # the first load will report it, against its mini-batch
+        pass
+    while True:
+        try:
+            kind, payload = read_message(in_fd)
+        except ChannelClosed:
+            break
+        if kind == "stop":
+            break
+        result = runner.do_task(payload)
+        runner.send("done", result)
+        if result["status"] == "INIT_FAILED":
+            return 3
+    runner.shutdown()
+    try:
+        runner.send("stopped", None)
+    except OSError:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

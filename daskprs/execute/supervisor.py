@@ -1,0 +1,374 @@
+"""The supervisor: retry, budget and progress policy as a pure state machine.
+
+Events in, instructions out (STYLE item 1). The runner feeds it the outcome of every try
+(:meth:`Supervisor.on_outcome`) and clock ticks (:meth:`Supervisor.on_tick`); the supervisor
+answers with :class:`Submit`, :class:`Finalize` and :class:`Stop` instructions, which the
+runner carries out on the cluster and in the ledger. Nothing here does I/O or reads a clock:
+``now`` is always passed in, so the policy is tested with plain events and no cluster.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from daskprs.results.outcome import RETRYABLE, Status, TryRecord
+
+__all__ = ["Finalize", "Policy", "Prior", "Stop", "Submit", "Supervisor"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Failure handling settings of one step (SPEC section 6)."""
+
+    max_retries: int = 2
+    error_threshold: int = -1
+    mini_batch_error_threshold: int = -1
+    allowed_failed_percent: float = 100.0
+    progress_timeout: float | None = None
+    nodes: int = 1
+    processes_per_node: int = 1
+    append_row: bool = False
+    # Tries in flight at once. Enough to keep every worker busy while results stream back;
+    # bounded so that a budget stop cancels little and driver memory stays flat.
+    window: int = 64
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A mini-batch that ended in an earlier session of the run (resume, rerun-failed)."""
+
+    state: str
+    succeeded: int = 0
+    failed: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Submit:
+    """Start try ``try_no`` of mini-batch ``mb``; ``try_key`` is unique within the run."""
+
+    mb: int
+    try_no: int
+    try_key: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Finalize:
+    """Mini-batch ``mb`` reached a final state (``DONE``, ``FAILED`` or ``CANCELLED``)."""
+
+    mb: int
+    state: str
+    record: TryRecord | None = None
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The step is over; ``failure`` says why it failed, or is None on success."""
+
+    failure: str | None = None
+    budget: str | None = None
+
+
+Instruction = Submit | Finalize | Stop
+
+
+@dataclass
+class _Counts:
+    done: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    succeeded_items: int = 0
+    failed_items: int = 0
+    succeeded_batches: int = 0
+    init_failures: Counter = field(default_factory=Counter)
+    unknown_item_failures: int = 0
+
+
+class Supervisor:
+    """Policy of one step.
+
+    Parameters
+    ----------
+    items : mapping of int to int or None
+        Every mini-batch id of the step and its item count when known from the plan.
+    policy : Policy
+        The settings.
+    todo : iterable of int, optional
+        The mini-batches to run now (default: all). The others must be in ``prior``.
+    prior : mapping of int to Prior, optional
+        Final states from earlier sessions; they count toward every budget.
+    session : int
+        Number of this session of the run (0 for the first); part of every try key.
+    now : float
+        The current time.
+    """
+
+    def __init__(
+        self,
+        items: Mapping[int, int | None],
+        policy: Policy,
+        *,
+        todo: Iterable[int] | None = None,
+        prior: Mapping[int, Prior] | None = None,
+        session: int = 0,
+        now: float = 0.0,
+    ):
+        self.items = dict(items)
+        self.policy = policy
+        self.session = session
+        self.state: dict[int, str] = {}
+        self.tries: Counter[int] = Counter()
+        self.errors: dict[int, str] = {}
+        self.counts = _Counts()
+        self.pending: deque[tuple[int, int]] = deque()
+        self.in_flight: dict[str, tuple[int, int]] = {}
+        self._seq = 0
+        self._keys_used: set[str] = set()
+        self.last_progress = now
+        self.stopped: Stop | None = None
+        # Tries in flight at once; the runner may raise it when it packs several tries a task.
+        self.window = policy.window
+        prior = dict(prior or {})
+        for mb, p in prior.items():
+            self.state[mb] = p.state
+            self._count_final(mb, p.state, p.succeeded, p.failed, p.error)
+        todo_list = sorted(self.items) if todo is None else sorted(todo)
+        for mb in todo_list:
+            self.state[mb] = "PENDING"
+            self.pending.append((mb, 1))
+        missing = set(self.items) - set(self.state)
+        if missing:
+            raise ValueError(f"mini-batches {sorted(missing)[:5]} are neither to do nor prior")
+
+    # -- public ------------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self.stopped is not None
+
+    @property
+    def total(self) -> int:
+        return len(self.items)
+
+    def start(self) -> list[Instruction]:
+        """Instructions to begin: the first window of submissions (or an immediate stop)."""
+        stop = self._check_budgets()  # earlier sessions' failures may already exceed one
+        if stop is not None:
+            return self._stop(stop, [])
+        return self._fill()
+
+    def on_outcome(self, try_key: str, record: TryRecord, now: float) -> list[Instruction]:
+        """React to the outcome of one try."""
+        where = self.in_flight.pop(try_key, None)
+        if self.stopped is not None or where is None:
+            return []
+        mb, try_no = where
+        out: list[Instruction] = []
+        status = record.status
+        if status == Status.NOT_STARTED:
+            self.pending.appendleft((mb, try_no))
+        elif status == Status.INIT_FAILED:
+            self.counts.init_failures[record.node or "?"] += 1
+            self.errors.setdefault(mb, record.error)
+            stop = self._check_init_budget(record)
+            if stop is not None:
+                return self._stop(stop, out)
+            self.pending.appendleft((mb, try_no))
+        elif record.ok:
+            self._finalize(mb, "DONE", record, out, now)
+        elif status in RETRYABLE or status == Status.DUPLICATE:
+            self.tries[mb] = try_no
+            self.errors[mb] = record.error
+            if try_no <= self.policy.max_retries:
+                self.pending.appendleft((mb, try_no + 1))
+            else:
+                self._finalize(mb, "FAILED", record, out, now)
+        else:
+            raise ValueError(f"unknown status {status!r} in {record!r}")
+        if self.stopped is None:
+            stop = self._check_budgets()
+            if stop is not None:
+                return self._stop(stop, out)
+        return out + self._fill()
+
+    def on_tick(self, now: float) -> list[Instruction]:
+        """React to the passing of time: the progress timeout."""
+        limit = self.policy.progress_timeout
+        if self.stopped is None and limit is not None and now - self.last_progress > limit:
+            busy = sorted(mb for mb, _ in self.in_flight.values())
+            return self._stop(
+                Stop(
+                    f"no mini-batch finished for {now - self.last_progress:.0f} s, more than "
+                    f"progress_update_timeout ({limit:g} s); mini-batches still running: "
+                    f"{_ids(busy)}. Raise --progress_update_timeout if they are just slow.",
+                    budget="progress_update_timeout",
+                ),
+                [],
+            )
+        return []
+
+    def abort(self, reason: str) -> list[Instruction]:
+        """Stop from outside (an interrupt): cancel what is not final."""
+        return self._stop(Stop(reason, budget="interrupted"), [])
+
+    def summary(self) -> dict[str, int]:
+        """Counts for progress reports, from the state (not guesses)."""
+        c = self.counts
+        return {
+            "total": self.total,
+            "done": c.done,
+            "failed": c.failed,
+            "cancelled": c.cancelled,
+            "running": len(self.in_flight),
+            "pending": sum(1 for s in self.state.values() if s == "PENDING") - len(self.in_flight),
+            "succeeded_items": c.succeeded_items,
+            "failed_items": c.failed_items,
+        }
+
+    # -- internals ---------------------------------------------------------------------------
+    def _fill(self) -> list[Instruction]:
+        out: list[Instruction] = []
+        if self.stopped is not None:
+            return out
+        while self.pending and len(self.in_flight) < self.window:
+            mb, try_no = self.pending.popleft()
+            self._seq += 1
+            try_key = f"s{self.session}n{self._seq}"
+            key = f"minibatch-{mb:05d}-try{try_no}"
+            if self.session:
+                key += f"-s{self.session}"
+            n = 1
+            while key in self._keys_used:
+                n += 1
+                key = (
+                    f"minibatch-{mb:05d}-try{try_no}"
+                    + (f"-s{self.session}" if self.session else "")
+                    + f"-r{n}"
+                )
+            self._keys_used.add(key)
+            self.in_flight[try_key] = (mb, try_no)
+            out.append(Submit(mb, try_no, try_key, key))
+        if not self.pending and not self.in_flight:
+            out += self._stop(self._final_verdict(), [])
+        return out
+
+    def _count_final(
+        self, mb: int, state: str, succeeded: int, failed: int, error: str, ran: bool = True
+    ) -> None:
+        c = self.counts
+        if state == "DONE":
+            c.done += 1
+            c.succeeded_items += succeeded
+            c.failed_items += failed
+            c.succeeded_batches += ran
+        elif state == "FAILED":
+            c.failed += 1
+            c.failed_items += failed
+            self.errors[mb] = error
+        elif state == "CANCELLED":
+            c.cancelled += 1
+
+    def _finalize(
+        self, mb: int, state: str, record: TryRecord, out: list[Instruction], now: float
+    ) -> None:
+        self.state[mb] = state
+        self.tries[mb] = record.try_no
+        failed = record.failed
+        if state == "FAILED":
+            total = record.total if record.total is not None else self.items.get(mb)
+            failed = total or 0
+            if total is None:
+                self.counts.unknown_item_failures += 1
+        ran = record.status == Status.RUN_DONE
+        self._count_final(mb, state, record.succeeded, failed, record.error, ran)
+        self.last_progress = now
+        out.append(Finalize(mb, state, record))
+
+    def _check_init_budget(self, record: TryRecord) -> Stop | None:
+        p = self.policy
+        per_node_limit = 3 * p.processes_per_node
+        total_limit = 2 * p.processes_per_node * p.nodes
+        node = record.node or "?"
+        per_node = self.counts.init_failures[node]
+        total = sum(self.counts.init_failures.values())
+        if per_node >= per_node_limit or total >= total_limit:
+            which = (
+                f"{per_node} init() failures on {node} (limit {per_node_limit}: 3 x processes "
+                "per node)"
+                if per_node >= per_node_limit
+                else f"{total} init() failures in the job (limit {total_limit}: 2 x all processes)"
+            )
+            return Stop(
+                f"init() failed everywhere: {which}. Last error: {record.error}\n"
+                f"{record.traceback}".rstrip(),
+                budget="init",
+            )
+        return None
+
+    def _check_budgets(self) -> Stop | None:
+        p, c = self.policy, self.counts
+        if p.mini_batch_error_threshold >= 0 and c.failed > p.mini_batch_error_threshold:
+            return Stop(
+                f"{c.failed} mini-batches failed, over mini_batch_error_threshold "
+                f"({p.mini_batch_error_threshold}) by {c.failed - p.mini_batch_error_threshold}",
+                budget="mini_batch_error_threshold",
+            )
+        if p.error_threshold >= 0 and c.failed_items > p.error_threshold:
+            return Stop(
+                f"{c.failed_items} items failed, over error_threshold ({p.error_threshold}) by "
+                f"{c.failed_items - p.error_threshold}",
+                budget="error_threshold",
+            )
+        if not self.pending and p.allowed_failed_percent < 100 and self.total:
+            percent = 100.0 * c.failed / self.total
+            if percent > p.allowed_failed_percent:
+                return Stop(
+                    f"{c.failed} of {self.total} mini-batches failed ({percent:.1f}%), over "
+                    f"--allowed_failed_percent ({p.allowed_failed_percent:g}%)",
+                    budget="allowed_failed_percent",
+                )
+        return None
+
+    def _final_verdict(self) -> Stop:
+        c = self.counts
+        if self.total and c.failed == self.total:
+            return Stop(f"every mini-batch failed ({c.failed})", budget="all_failed")
+        if self.policy.append_row and c.succeeded_batches == 0 and self.total:
+            return Stop(
+                "no mini-batch succeeded, so append_row_to has nothing to write",
+                budget="no_success",
+            )
+        return Stop(None)
+
+    def _stop(self, stop: Stop, out: list[Instruction]) -> list[Instruction]:
+        if self.stopped is not None:
+            return out
+        if stop.failure is not None:
+            failed = sorted(mb for mb, s in self.state.items() if s == "FAILED")
+            if failed and stop.budget not in ("init", "all_failed"):
+                lines = [f"  mini-batch {mb}: {self.errors.get(mb, '')}" for mb in failed[:5]]
+                more = f"\n  ... and {len(failed) - 5} more" if len(failed) > 5 else ""
+                stop = Stop(
+                    f"{stop.failure}. Failed mini-batches:\n" + "\n".join(lines) + more,
+                    stop.budget,
+                )
+            elif stop.budget == "all_failed" and failed:
+                first = self.errors.get(failed[0], "")
+                stop = Stop(f"{stop.failure}; the first error: {first}", stop.budget)
+        self.stopped = stop
+        for mb, state in sorted(self.state.items()):
+            if state in ("PENDING", "RUNNING"):
+                self.state[mb] = "CANCELLED"
+                self.counts.cancelled += 1
+                out.append(Finalize(mb, "CANCELLED"))
+        self.pending.clear()
+        self.in_flight.clear()
+        out.append(stop)
+        return out
+
+
+def _ids(ids: list[int], limit: int = 10) -> str:
+    text = ", ".join(str(i) for i in ids[:limit])
+    return text + (f" and {len(ids) - limit} more" if len(ids) > limit else "")

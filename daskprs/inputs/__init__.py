@@ -1,0 +1,11 @@
+"""A step's major input, from its files to the data one mini-batch holds.
+
+Owns the MLTable file (``mltable``, ``tablemodel``), listing an input's files (``listing``),
+planning mini-batches from metadata (``plan``, ``cuts``) into picklable descriptors
+(``batches``), and, inside a worker, reading one descriptor's data (``readers``) with the
+MLTable transformations, filters and partition columns (``transforms``, ``filters``,
+``partitions``).
+
+May import: :mod:`daskprs.errors` and :mod:`daskprs.job`. No Dask here: the child process
+that runs entry scripts imports ``readers`` and must stay light.
+"""

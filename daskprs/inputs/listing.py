@@ -1,0 +1,377 @@
+"""Listing the files of an input (SPEC section 3, "File list"): resolving paths and URLs to
+fsspec filesystems (:class:`Storage`), walking folders (``os.scandir`` locally), matching globs
+and MLTable ``paths:``, into sorted :class:`ListedFile` values.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
+
+from daskprs.errors import PlanningError
+from daskprs.inputs.mltable import MLTABLE_FILE, MLTableSpec, load_mltable
+from daskprs.job.model import DataInput
+
+__all__ = ["ListedFile", "Listing", "Storage", "list_files", "list_input"]
+
+_MAGIC = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True)
+class ListedFile:
+    """A file of the input: ``url`` is what descriptors carry (an absolute local path or a full
+    URL), ``rel`` the path relative to the input root (the sort key), ``size`` in bytes."""
+
+    url: str
+    rel: str
+    size: int | None = None
+
+
+def _is_local(fs: Any) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
+
+
+class Storage:
+    """Resolves paths and URLs to (filesystem, path); one filesystem per protocol."""
+
+    def __init__(self, storage_options: Mapping | None, fs: Any):
+        self.options = dict(storage_options or {})
+        self.given = fs
+        self._cache: dict[str, Any] = {}
+        self.remote = False
+
+    def resolve(self, url: str) -> tuple[Any, str]:
+        protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
+        if protocol == "azureml":
+            raise PlanningError(
+                f"{url}: an azureml:// URL reached the planner unresolved; map its datastore "
+                f"in daskprs.yaml (datastores: {{<name>: <folder or URL>}}) or give a local "
+                f"path or an fsspec URL"
+            )
+        if protocol == "memory":
+            raise PlanningError(
+                f"{url}: memory:// is not supported as an input (worker processes cannot see "
+                f"it); write the data to a folder or an object store"
+            )
+        if self.given is not None:
+            fs = self.given
+        elif protocol in self._cache:
+            fs = self._cache[protocol]
+        else:
+            import fsspec.core
+
+            # A fresh instance per plan: fsspec's instance cache is keyed by thread, and a
+            # reused thread id would hand back a filesystem built for other credentials or
+            # another endpoint (seen with AWS_ENDPOINT_URL changing between runs).
+            options = (
+                {**self.options, "skip_instance_cache": True}
+                if protocol not in ("file", "local")
+                else {}
+            )
+            try:
+                fs, _ = fsspec.core.url_to_fs(url, **options)
+            except ValueError as err:
+                raise PlanningError(
+                    f"{url}: unknown protocol '{protocol}'; use a local path or an fsspec URL "
+                    f"(s3://, gs://, abfs://, file://)"
+                ) from err
+            except ImportError as err:
+                raise PlanningError(
+                    f"{url}: the filesystem for '{protocol}://' is not installed ({err}); "
+                    f"install its fsspec package"
+                ) from err
+            self._cache[protocol] = fs
+        if not _is_local(fs):
+            self.remote = True
+        return fs, fs._strip_protocol(url)
+
+    def public(self, fs: Any, path: str) -> str:
+        """The form descriptors carry: a plain absolute path locally, a full URL remotely."""
+        return path if _is_local(fs) else fs.unstrip_protocol(path)
+
+    @property
+    def descriptor_options(self) -> Mapping[str, Any]:
+        return dict(self.options) if self.remote else {}
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+    """A regex for a glob relative to its folder: ``*``, ``?``, ``[a-z]``, ``[!a]``, ``**``."""
+    comps = pattern.split("/")
+    out: list[str] = []
+    for i, comp in enumerate(comps):
+        last = i == len(comps) - 1
+        if comp == "**":
+            out.append(".*" if last else "(?:[^/]+/)*")
+            continue
+        out.append(_glob_component(comp))
+        if not last:
+            out.append("/")
+    return re.compile("".join(out))
+
+
+def _glob_component(comp: str) -> str:
+    out, i = [], 0
+    while i < len(comp):
+        c = comp[i]
+        if c == "*":
+            while i + 1 < len(comp) and comp[i + 1] == "*":
+                i += 1
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            j = comp.find("]", i + 2 if comp[i + 1 : i + 2] in ("!", "^") else i + 1)
+            if j < 0:
+                out.append(re.escape(c))
+            else:
+                inner = comp[i + 1 : j]
+                if inner[:1] in ("!", "^"):
+                    inner = "^" + inner[1:]
+                out.append("[" + inner.replace("\\", "\\\\") + "]")
+                i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+def _hidden(rel: str) -> bool:
+    parts = rel.split("/")
+    return any(p.startswith(".") for p in parts) or parts[-1] == MLTABLE_FILE
+
+
+def _plain_local(fs: Any) -> bool:
+    """True for fsspec's own local filesystem on a POSIX system, listing methods untouched:
+    its listing can then be done with ``os.scandir`` (see :func:`_walk_local`)."""
+    if os.sep != "/":
+        return False
+    from fsspec.implementations.local import LocalFileSystem
+
+    cls = type(fs)
+    return (
+        isinstance(fs, LocalFileSystem)
+        and cls.ls is LocalFileSystem.ls
+        and cls.info is LocalFileSystem.info
+        and cls.walk is LocalFileSystem.walk
+        and cls.find is LocalFileSystem.find
+        and cls._strip_protocol.__func__ is LocalFileSystem._strip_protocol.__func__
+    )
+
+
+def _walk_local(folder: str) -> list[tuple[str, str, int | None]]:
+    """``(path, rel, size)`` of the files below ``folder`` that :func:`_hidden` keeps: what
+    ``LocalFileSystem.find(folder, detail=True)`` lists (filtered), at a fraction of its cost.
+
+    As fsspec's walk, every entry that is not a folder counts as a file, symlinks included
+    (a link's size is its target's, 0 when the target is missing); an entry gone before its
+    ``lstat`` is skipped; a folder that cannot be read is left out whole. Unlike fsspec, a
+    link to a folder is descended like a folder (users link data folders into an input),
+    except into a folder it is already inside, so a link cycle ends. Dot-folders are not
+    descended at all: every file below them is hidden anyway.
+    """
+    out: list[tuple[str, str, int | None]] = []
+    stack: list[tuple[str, str, frozenset]] = [(folder, "", frozenset())]
+    mltable_file = MLTABLE_FILE
+    while stack:
+        path, prefix, above = stack.pop()
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        here = (st.st_dev, st.st_ino)
+        if here in above:  # a link back into a folder we are in
+            continue
+        above = above | {here}
+        files: list[tuple[str, str, int | None]] = []
+        dirs: list[tuple[str, str, frozenset]] = []
+        try:
+            with os.scandir(path) as it:
+                for entry in it:
+                    name = entry.name
+                    if name[0] == ".":
+                        continue
+                    if entry.is_dir(follow_symlinks=False) or (
+                        entry.is_symlink() and entry.is_dir()
+                    ):
+                        dirs.append((entry.path, f"{prefix}{name}/", above))
+                        continue
+                    if name == mltable_file:
+                        continue
+                    try:
+                        size = entry.stat(follow_symlinks=False).st_size
+                    except FileNotFoundError:
+                        continue
+                    if entry.is_symlink():
+                        try:
+                            size = entry.stat().st_size
+                        except OSError:
+                            size = 0
+                    files.append((entry.path, prefix + name, size))
+        except OSError:
+            continue
+        out += files
+        stack += dirs
+    return out
+
+
+def _find(fs: Any, folder: str) -> list[tuple[str, str, int | None]]:
+    """``(path, rel, size)`` of the files below ``folder``, hidden ones (:func:`_hidden`)
+    left out; ``rel`` is relative to ``folder``."""
+    if _plain_local(fs):
+        return _walk_local(fs._strip_protocol(folder))
+    base = folder.rstrip("/")
+    out = []
+    for path, info in fs.find(folder, detail=True).items():
+        if info.get("type") == "directory":
+            continue
+        rel = path[len(base) :].lstrip("/")
+        if not _hidden(rel):
+            out.append((path, rel, info.get("size")))
+    return out
+
+
+def _list_folder(fs: Any, folder: str, url: str) -> list[tuple[str, str, int | None]]:
+    if not fs.exists(folder):
+        raise PlanningError(f"{url}: folder not found; check the path (and the MLTable paths)")
+    if not fs.isdir(folder):
+        raise PlanningError(f"{url}: is a file, not a folder; use 'file:' or type uri_file")
+    out = _find(fs, folder)
+    if not out:
+        raise PlanningError(
+            f"{url}: the folder holds no files (dotfiles and MLTable files are not counted); "
+            f"put the input files there or fix the path"
+        )
+    return out
+
+
+def _list_pattern(fs: Any, pattern: str, url: str) -> list[tuple[str, int | None]]:
+    comps = pattern.split("/")
+    first = next((i for i, c in enumerate(comps) if _MAGIC.search(c)), None)
+    if first is None:  # no glob characters: the path itself
+        if fs.exists(pattern):
+            if fs.isdir(pattern):
+                return [(p, s) for p, _, s in _list_folder(fs, pattern, url)]
+            return [(pattern, fs.size(pattern))]
+        raise PlanningError(f"{url}: the pattern matches nothing; check the path")
+    prefix = "/".join(comps[:first]) or ("/" if pattern.startswith("/") else "")
+    rx = _glob_regex("/".join(comps[first:]))
+    out = []
+    if prefix and fs.isdir(prefix):
+        out = [(path, size) for path, rel, size in _find(fs, prefix) if rx.fullmatch(rel)]
+    if not out:
+        raise PlanningError(
+            f"{url}: the pattern matches no file (dotfiles are never matched); check the "
+            f"pattern in the MLTable's paths"
+        )
+    return out
+
+
+def _list_file(fs: Any, path: str, url: str) -> list[tuple[str, int | None]]:
+    try:
+        info = fs.info(path)
+    except FileNotFoundError as err:
+        raise PlanningError(f"{url}: file not found; check the path") from err
+    if info.get("type") == "directory":
+        raise PlanningError(f"{url}: is a folder, not a file; use 'folder:' or type uri_folder")
+    return [(path, info.get("size"))]
+
+
+@dataclass(frozen=True)
+class Listing:
+    files: tuple[ListedFile, ...]
+    root: str
+    spec: MLTableSpec | None
+
+
+def _rel(path: str, root: str) -> str:
+    if path == root:
+        return posixpath.basename(path)
+    if root in ("", "/"):
+        return path.lstrip("/")
+    if path.startswith(root.rstrip("/") + "/"):
+        return path[len(root.rstrip("/")) + 1 :]
+    return posixpath.relpath(path, root) if path.startswith("/") == root.startswith("/") else path
+
+
+def list_input(data: DataInput, storage: Storage) -> Listing:
+    path = data.path
+    if path.startswith("file://"):
+        path = path[len("file://") :]
+    fs, root = storage.resolve(path)
+    entries: list[tuple[Any, str, int | None]] = []
+    spec = None
+    if data.type == "uri_file":
+        entries = [(fs, p, s) for p, s in _list_file(fs, root, path)]
+        root_dir = posixpath.dirname(root)
+    elif data.type == "uri_folder":
+        listed = _list_folder(fs, root, path)
+        if _plain_local(fs):
+            # One local walk: its paths are unique and already public, and each ``rel`` is
+            # relative to ``root`` (unique too, so it alone orders them).
+            listed.sort(key=itemgetter(1))
+            files = tuple([ListedFile(p, rel, s) for p, rel, s in listed])
+            return Listing(files, root, None)
+        entries = [(fs, p, s) for p, _, s in listed]
+        root_dir = root
+    elif data.type == "mltable":
+        if posixpath.basename(root.rstrip("/")) == MLTABLE_FILE:
+            root = posixpath.dirname(root.rstrip("/"))
+            path = posixpath.dirname(path.rstrip("/"))
+        spec = load_mltable(path, fs=fs)
+        root_dir = root
+        for entry in spec.paths:
+            efs, epath = storage.resolve(entry.path)
+            where = f"{spec.source}: {entry.path}"
+            if entry.kind == "folder":
+                entries += [(efs, p, s) for p, _, s in _list_folder(efs, epath, where)]
+            else:
+                lister = _list_file if entry.kind == "file" else _list_pattern
+                entries += [(efs, p, s) for p, s in lister(efs, epath, where)]
+    else:
+        raise PlanningError(
+            f"input '{data.name}': type {data.type!r} cannot be split; use uri_file, uri_folder "
+            f"or mltable"
+        )
+    seen: set[str] = set()
+    files = []
+    for efs, p, size in entries:
+        url = storage.public(efs, p)
+        if url in seen:
+            continue
+        seen.add(url)
+        rel = _rel(p, root_dir) if efs is fs else url
+        files.append(ListedFile(url=url, rel=rel, size=size))
+    files.sort(key=lambda f: (f.rel, f.url))
+    return Listing(tuple(files), storage.public(fs, root_dir), spec)
+
+
+def list_files(
+    data: DataInput, *, storage_options: Mapping | None = None, fs: Any = None
+) -> tuple[ListedFile, ...]:
+    """The files of an input, in plan order (SPEC section 3, "File list").
+
+    Recursive for folders; dotfiles (and files in dot-folders) and ``MLTable`` files are
+    excluded; duplicates across MLTable ``paths:`` entries are removed; sorted by the path
+    relative to the input root in code-point order.
+
+    Parameters
+    ----------
+    data : DataInput
+        The input; for ``mltable`` its ``paths:`` are resolved.
+    storage_options : mapping, optional
+        fsspec options for URLs (``{"key": ..., "secret": ..., "client_kwargs": ...}``).
+    fs : fsspec filesystem, optional
+        Use this filesystem for every path instead of resolving one from the URL.
+
+    Raises
+    ------
+    PlanningError
+        A path is missing, a folder is empty, a pattern matches nothing, a protocol is unknown.
+    """
+    return list_input(data, Storage(storage_options, fs)).files

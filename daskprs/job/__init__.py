@@ -1,0 +1,10 @@
+"""The job file, read into a frozen model: ``load_job(path) -> Job``.
+
+Owns the YAML schema and its checks (``schema``), input and output bindings (``binding``),
+pipeline nodes and components (``nodes``), a node built into a step (``build``), runtime
+settings and arguments (``runtime``), ``--set`` overrides (``sets``), the ``daskprs.yaml``
+configuration (``files``), and the values every later layer reads (``model``). ``load``
+puts them together.
+
+May import: :mod:`daskprs.errors` only. Reads files; starts nothing.
+"""

@@ -1,0 +1,64 @@
+"""Reading YAML files (the job file, component files) and the ``daskprs.yaml`` configuration."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import yaml
+
+from daskprs.job import schema as S
+from daskprs.job.binding import URL
+
+
+def read_yaml(path: str, place: str, ctx: S.Context) -> object | None:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        ctx.problem(place, f"cannot read {path}: {err.strerror or err}", "check the path")
+        return None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(err, "problem", None) or str(err)
+        name = path if place else "the file"
+        ctx.problem(place, f"{name} is not valid YAML{where}: {what}", "fix the YAML syntax")
+        return None
+    if doc is None:
+        ctx.problem(place, f"{path} is empty", "write a pipeline or parallel job YAML")
+    return doc
+
+
+def load_config(
+    config: Mapping | None, job_dir: str, env: Mapping[str, str], ctx: S.Context
+) -> None:
+    base, label = ctx.cwd, "daskprs.yaml"
+    if config is None:
+        home = env.get("HOME") or os.path.expanduser("~")
+        user_dir = env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+        config = {}
+        for candidate in (
+            os.path.join(job_dir, "daskprs.yaml"),
+            os.path.join(user_dir, "daskprs", "daskprs.yaml"),
+        ):
+            if os.path.isfile(candidate):
+                base, label = os.path.dirname(candidate), candidate
+                loaded = read_yaml(candidate, candidate, ctx)
+                config = loaded if loaded is not None else {}
+                break
+    if not isinstance(config, Mapping):
+        ctx.problem(label, f"the configuration must be a mapping, not {S.kind_of(config)}")
+        return
+    for key, target in (("datastores", ctx.datastores), ("computes", ctx.computes)):
+        entries = config.get(key) or {}
+        if not isinstance(entries, Mapping):
+            ctx.problem(f"{label}: {key}", f"must be a mapping of name to {key[:-1]}")
+            continue
+        for name, value in entries.items():
+            value = str(value)
+            if key == "datastores" and not URL.match(value):
+                value = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+            target[str(name)] = value

@@ -1,0 +1,135 @@
+"""``--set KEY=VALUE`` overrides, applied to the job document before it is validated."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import yaml
+
+from daskprs.job import schema as S
+from daskprs.job.binding import BINDING, URL
+
+
+def apply_sets(doc: dict, sets: Sequence[str], kind: str, stem: str, ctx: S.Context) -> None:
+    for item in sets:
+        key, sep, text = str(item).partition("=")
+        parts = [p.strip() for p in key.strip().split(".")]
+        if not sep or not all(parts):
+            ctx.problem(
+                "--set",
+                f"{item!r} is not KEY=VALUE",
+                "e.g. --set inputs.data=./folder or --set jobs.score.mini_batch_size=1mb",
+            )
+            continue
+        if parts[0] == "inputs" and len(parts) == 2:
+            inputs = doc.get("inputs")
+            if not isinstance(inputs, dict) or parts[1] not in inputs:
+                known = inputs if isinstance(inputs, dict) else ()
+                ctx.problem(
+                    "--set",
+                    f"{key}: the file has no input {parts[1]!r}",
+                    S.suggest(parts[1], known, "input"),
+                )
+                continue
+            _set_input(inputs, parts[1], text, ctx)
+            continue
+        target, schema, fields_ = doc, S.PIPELINE, parts
+        if kind == "pipeline" and parts[0] == "jobs":
+            jobs = doc.get("jobs") if isinstance(doc.get("jobs"), dict) else {}
+            if len(parts) < 3 or parts[1] not in jobs or not isinstance(jobs[parts[1]], dict):
+                node = parts[1] if len(parts) > 1 else ""
+                ctx.problem("--set", f"{key}: no node {node!r}", S.suggest(node, jobs, "node"))
+                continue
+            target, fields_ = jobs[parts[1]], parts[2:]
+            schema = S.COMMAND_NODE if target.get("type") == "command" else S.PARALLEL_NODE
+        elif kind != "pipeline":
+            schema = S.COMMAND_FILE if doc.get("type") == "command" else S.PARALLEL_FILE
+            if parts[0] == "jobs" and len(parts) >= 3:
+                name = str(doc.get("name") or stem)
+                if parts[1] != name:
+                    ctx.problem(
+                        "--set",
+                        f"{key}: the step is named {name!r}",
+                        f"write jobs.{name}.{'.'.join(parts[2:])}",
+                    )
+                    continue
+                fields_ = parts[2:]
+        if not _set_path_known(fields_, schema, key, ctx):
+            continue
+        if fields_[0] == "inputs" and len(fields_) == 2:
+            inputs = target.setdefault("inputs", {})
+            if isinstance(inputs, dict):
+                _set_input(inputs, fields_[1], text, ctx)
+                continue
+        _set_nested(target, fields_, _scalar(text), key, ctx)
+
+
+def _set_path_known(fields_: list[str], schema: S.Schema, key: str, ctx: S.Context) -> bool:
+    level: object = schema
+    for index, name in enumerate(fields_):
+        if level is S.FREE:
+            return True
+        if not isinstance(level, dict) or name not in level:
+            known = level if isinstance(level, dict) else ()
+            where = ".".join(fields_[:index]) or "the node"
+            ctx.problem(
+                "--set", f"{key}: {where} has no field {name!r}", S.suggest(name, known, "field")
+            )
+            return False
+        level = level[name]
+    return True
+
+
+def _set_nested(target: dict, fields_: list[str], value: object, key: str, ctx: S.Context) -> None:
+    for name in fields_[:-1]:
+        child = target.get(name)
+        if child is None:
+            child = target[name] = {}
+        if not isinstance(child, dict):
+            ctx.problem("--set", f"{key}: {name} is {S.kind_of(child)}, not a mapping")
+            return
+        target = child
+    target[fields_[-1]] = value
+
+
+def _scalar(text: str) -> object:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if value is None or isinstance(value, str | int | float | bool) else text
+
+
+def _looks_like_path(text: str, cwd: str) -> bool:
+    return bool(
+        URL.match(text)
+        or text.startswith(("azureml://", ".", "~", "/"))
+        or os.sep in text
+        or "/" in text
+        or os.path.exists(os.path.join(cwd, text))
+    )
+
+
+def _cwd_path(text: str, cwd: str) -> str:
+    if URL.match(text) or text.startswith("azureml:"):
+        return text
+    return os.path.normpath(os.path.join(cwd, os.path.expanduser(text)))
+
+
+def _set_input(inputs: dict, name: str, text: str, ctx: S.Context) -> None:
+    """Bind input ``name`` to a ``--set`` value: a path for data inputs, else a literal."""
+    entry = inputs.get(name)
+    if isinstance(entry, Mapping):
+        entry = dict(entry)
+        if entry.get("type") in (*S.DATA_TYPES, *S.MODEL_TYPES) or "path" in entry:
+            entry["path"] = _cwd_path(text, ctx.cwd)
+        else:
+            entry["value"] = _scalar(text)
+        inputs[name] = entry
+    elif entry is not None and not (isinstance(entry, str) and BINDING.search(entry)):
+        inputs[name] = _scalar(text)
+    elif _looks_like_path(text, ctx.cwd):
+        inputs[name] = {"path": _cwd_path(text, ctx.cwd)}
+    else:
+        inputs[name] = _scalar(text)

@@ -1,0 +1,155 @@
+"""Azure-style logs and reports of a run: formatting (pure) apart from writing.
+
+Files (SPEC section 7): ``logs/sys/job_report/processed_mini-batches.csv`` (one row a try),
+``failed_mini_batches.jsonl``, ``logs/job_result.txt``, ``logs/job_error.txt`` and
+``logs/job_progress_overview.<yyyymmddhh>.txt``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from daskprs.results.outcome import TryRecord
+
+__all__ = [
+    "REPORT_HEADER",
+    "Report",
+    "failed_entry",
+    "format_progress",
+    "format_report_row",
+    "write_text",
+]
+
+REPORT_HEADER = (
+    "Mini-batch Id,Try,Node,Process,Start Time,Total,Succeeded,Failed,Elapsed Seconds,"
+    "Run Method Seconds,Status,Error Category,Error Message"
+)
+
+
+def _timestamp(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)) if seconds else ""
+
+
+def format_report_row(rec: TryRecord) -> str:
+    """One CSV line of ``processed_mini-batches.csv`` for one try."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(
+        [
+            rec.mb,
+            rec.try_no,
+            rec.node,
+            rec.process,
+            _timestamp(rec.start_time),
+            "" if rec.total is None else rec.total,
+            rec.succeeded,
+            rec.failed,
+            f"{rec.elapsed:.3f}",
+            f"{rec.run_seconds:.3f}",
+            rec.status,
+            rec.error_category,
+            rec.error.splitlines()[0] if rec.error else "",
+        ]
+    )
+    return buf.getvalue()
+
+
+class Report:
+    """Appends try rows to ``processed_mini-batches.csv`` (header written once)."""
+
+    def __init__(self, run_dir: str):
+        self.path = os.path.join(run_dir, "logs", "sys", "job_report", "processed_mini-batches.csv")
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
+        self._f = open(self.path, "a", encoding="utf-8")
+        if new:
+            self._f.write(REPORT_HEADER + "\n")
+
+    def add(self, rec: TryRecord) -> None:
+        self._f.write(format_report_row(rec))
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def failed_entry(
+    step: str, mb: int, inputs: Mapping[str, Any], record: TryRecord | None, state: str
+) -> dict[str, Any]:
+    """One object of ``failed_mini_batches.jsonl`` (SPEC section 7)."""
+    tb = record.traceback if record is not None else ""
+    return {
+        "id": mb,
+        "step": step,
+        "status": record.status if record is not None else state,
+        "state": state,
+        "tries": record.try_no if record is not None else 0,
+        "inputs": dict(inputs),
+        "error": record.error if record is not None else "cancelled before it ran",
+        "traceback": "\n".join(tb.splitlines()[-10:]),
+    }
+
+
+def write_jsonl(path: str, objects: Iterable[Mapping[str, Any]]) -> None:
+    """Write (replace) a JSON-lines file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for obj in objects:
+            f.write(json.dumps(obj, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_text(path: str, text: str) -> None:
+    """Write (replace) a text file, creating its folder."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text if text.endswith("\n") else text + "\n")
+    os.replace(tmp, path)
+
+
+def format_progress(step: str, summary: Mapping[str, int], elapsed: float) -> str:
+    """A one-line progress report with an ETA from the measured rate."""
+    finished = summary["done"] + summary["failed"] + summary["cancelled"]
+    total = summary["total"]
+    eta = ""
+    if 0 < finished < total and elapsed > 0:
+        eta = f", ETA {((total - finished) * elapsed / finished):.0f} s"
+    return (
+        f"[{step}] {finished}/{total} mini-batches processed ({summary['done']} done, "
+        f"{summary['failed']} failed, {summary['running']} running), "
+        f"{summary['succeeded_items']} items succeeded, {summary['failed_items']} failed, "
+        f"{elapsed:.1f} s{eta}"
+    )
+
+
+def progress_overview_path(run_dir: str, now: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%d%H", time.gmtime(now if now is not None else time.time()))
+    return os.path.join(run_dir, "logs", f"job_progress_overview.{stamp}.txt")
+
+
+def format_progress_overview(
+    step: str, summary: Mapping[str, int], elapsed: float, planned_seconds: float
+) -> str:
+    finished = summary["done"] + summary["failed"] + summary["cancelled"]
+    lines = [
+        f"step: {step}",
+        f"mini-batches planned: {summary['total']} (planning took {planned_seconds:.2f} s)",
+        f"mini-batches processed: {finished}",
+        f"mini-batches succeeded: {summary['done']}",
+        f"mini-batches failed: {summary['failed']}",
+        f"mini-batches cancelled: {summary['cancelled']}",
+        f"mini-batches running: {summary['running']}",
+        f"items succeeded: {summary['succeeded_items']}",
+        f"items failed: {summary['failed_items']}",
+        f"elapsed seconds: {elapsed:.1f}",
+    ]
+    if 0 < finished < summary["total"]:
+        left = (summary["total"] - finished) * elapsed / finished
+        lines.append(f"estimated seconds left: {left:.0f}")
+    return "\n".join(lines)

@@ -1,0 +1,331 @@
+"""Running the steps of a job in order: command steps as shell commands, parallel steps
+planned and handed to the runner, for a new run, a resume or a rerun of failed mini-batches.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import pickle
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+from daskprs.errors import JobFailed, PlanningError, UserInputError
+from daskprs.execute.cluster import open_cluster
+from daskprs.execute.runner import assemble_output, run_step
+from daskprs.execute.supervisor import Prior
+from daskprs.inputs.plan import Plan, plan_input
+from daskprs.job.model import CommandStep, Job, ParallelStep
+from daskprs.observe import logs
+from daskprs.results import fingerprint
+from daskprs.results.jobresult import JobResult, StepOutcome
+from daskprs.results.ledger import LedgerState, read_ledger
+
+__all__ = ["StepsRunner", "check_workers", "plan_step"]
+
+
+def plan_step(step: ParallelStep) -> Plan:
+    """Plan a step's mini-batches, failing when it takes longer than
+    ``--first_task_creation_timeout``."""
+    limit = step.settings.first_task_creation_timeout
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="daskprs-plan")
+    future = pool.submit(plan_input, step.input_data, step.mini_batch_size, step.partition_keys)
+    try:
+        return future.result(timeout=limit)
+    except concurrent.futures.TimeoutError as err:
+        raise JobFailed(
+            f"planning the mini-batches of step {step.name} took longer than "
+            f"first_task_creation_timeout ({limit:g} s). Raise --first_task_creation_timeout, "
+            "or give a larger mini_batch_size."
+        ) from err
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _run_command(step: CommandStep, run_dir: str, echo: Callable[[str], None]) -> str | None:
+    """Run a command step in its code folder; return a failure message or None."""
+    for out in step.outputs.values():
+        if "://" not in out.path:
+            target = out.path if out.type != "uri_file" else os.path.dirname(out.path)
+            os.makedirs(target, exist_ok=True)
+    env = {**os.environ, **{k: str(v) for k, v in step.environment_variables.items()}}
+    log_dir = os.path.join(run_dir, "logs", "steps", step.name)
+    os.makedirs(log_dir, exist_ok=True)
+    echo(f"[{step.name}] running command: {step.command}")
+    with (
+        open(os.path.join(log_dir, "stdout.txt"), "wb") as out,
+        open(os.path.join(log_dir, "stderr.txt"), "wb") as err,
+    ):
+        proc = subprocess.run(
+            step.command, shell=True, cwd=step.code_dir, env=env, stdout=out, stderr=err
+        )
+    if proc.returncode != 0:
+        return (
+            f"command step {step.name} exited with code {proc.returncode}; see "
+            f"{os.path.join(log_dir, 'stderr.txt')}"
+        )
+    return None
+
+
+def _failed_entries(step: str, plan: Plan, state: LedgerState) -> list[dict[str, Any]]:
+    batches = {b.index: b for b in plan.batches}
+    out = []
+    for mb, e in sorted(state.entries.items()):
+        if e.state in ("FAILED", "CANCELLED") and mb in batches:
+            out.append(logs.failed_entry(step, mb, batches[mb].describe(), e.record, e.state))
+    return out
+
+
+class StepsRunner:
+    """Runs the steps of a job in order, for a new run, a resume or a rerun."""
+
+    def __init__(
+        self,
+        job: Job,
+        result: JobResult,
+        run_dir: str,
+        mode: str,
+        record: dict[str, Any],
+        echo: Callable[[str], None],
+        force: bool,
+        save_record: Callable[[], None],
+    ):
+        self.job, self.result, self.run_dir, self.mode = job, result, run_dir, mode
+        self.record, self.echo, self.force = record, echo, force
+        self.save_record = save_record
+        self.handle: Any = None
+        self._cluster_stack = contextlib.ExitStack()
+
+    def run(self, scheduler: str | None, client: Any, n_workers: int) -> None:
+        self._cluster_args = {"scheduler": scheduler, "client": client, "n_workers": n_workers}
+        try:
+            for step in self.job.steps:
+                if isinstance(step, CommandStep):
+                    failure = self._command(step)
+                else:
+                    failure = self._parallel(step)
+                if failure is not None:
+                    self.result.failure = self.result.failure or failure
+                    if not self.job.continue_on_step_failure:
+                        return
+        finally:
+            self._cluster_stack.close()
+
+    def _cluster(self) -> Any:
+        if self.handle is None:
+            self.handle = self._cluster_stack.enter_context(open_cluster(**self._cluster_args))
+            where = "embedded local cluster" if self.handle.local else "cluster"
+            self.echo(
+                f"{where}: {self.handle.n_workers} worker slots, started in "
+                f"{self.handle.start_seconds:.1f} s"
+            )
+        return self.handle
+
+    def _command(self, step: CommandStep) -> str | None:
+        done = os.path.join(self.run_dir, "steps", step.name, "done")
+        for out in step.outputs.values():
+            self.result.outputs[f"{step.name}.{out.name}"] = out.path
+        if self.mode != "run" and os.path.exists(done):
+            self.echo(f"[{step.name}] command step already done in an earlier session")
+            return None
+        failure = _run_command(step, self.run_dir, self.echo)
+        if failure is None:
+            os.makedirs(os.path.dirname(done), exist_ok=True)
+            open(done, "w").close()
+        return failure
+
+    def _plan(self, step: ParallelStep) -> Plan:
+        step_dir = os.path.join(self.run_dir, "steps", step.name)
+        plan_file = os.path.join(step_dir, "plan.pkl")
+        fresh = plan_step(step)
+        if self.mode != "run" and os.path.exists(plan_file):
+            with open(plan_file, "rb") as f:
+                saved: Plan = pickle.load(f)
+            old = self.record.get("inputs", {}).get(step.name)
+            new = fingerprint.input_digest(fresh.batches)
+            if old is not None and old != new:
+                what = (
+                    f"{old['batches']} -> {new['batches']} mini-batches"
+                    if old["batches"] != new["batches"]
+                    else "the files' sizes or modification times"
+                    if old["files"] != new["files"]
+                    else "how the input splits into mini-batches"
+                )
+                if not self.force:
+                    from daskprs.errors import ResumeRefused
+
+                    raise ResumeRefused(
+                        f"the input of step {step.name} ({step.input_data.path}) changed since "
+                        f"the run started ({what}). Run it anew, or add --force to continue "
+                        "(mini-batches already done are kept as they are)."
+                    )
+                self.echo(f"note: the input of step {step.name} changed ({what}); --force given")
+                self.record.setdefault("inputs", {})[step.name] = new
+                self.save_record()
+            if saved.batches == fresh.batches or not self.force:
+                return saved
+            ledger_file = os.path.join(step_dir, "ledger.jsonl")
+            if os.path.exists(ledger_file):
+                # the mini-batch ids no longer mean the same inputs: start the step over
+                os.replace(ledger_file, f"{ledger_file}.before-force-{int(time.time())}")
+        self.record.setdefault("inputs", {})[step.name] = fingerprint.input_digest(fresh.batches)
+        os.makedirs(step_dir, exist_ok=True)
+        with open(plan_file, "wb") as f:
+            pickle.dump(fresh, f)
+        self.save_record()
+        return fresh
+
+    def _parallel(self, step: ParallelStep) -> str | None:
+        plan = self._plan(step)
+        self.echo(
+            f"[{step.name}] planned {len(plan.batches)} mini-batches ({plan.kind} input) in "
+            f"{plan.seconds:.2f} s"
+        )
+        for note in plan.notes:
+            self.echo(f"note: {note}")
+        if not plan.batches:
+            raise PlanningError(
+                f"step {step.name}: the input {step.input_data.path} gave no mini-batches"
+            )
+        for out in step.outputs.values():
+            if "://" not in out.path:
+                folder = (
+                    out.path
+                    if not (out.explicit and out.type == "uri_file")
+                    else (os.path.dirname(out.path))
+                )
+                os.makedirs(folder, exist_ok=True)
+        step_dir = os.path.join(self.run_dir, "steps", step.name)
+        ledger_file = os.path.join(step_dir, "ledger.jsonl")
+        state = read_ledger(ledger_file)
+        todo, prior = _todo(plan, state, self.mode)
+        if self.mode != "run":
+            self.echo(
+                f"[{step.name}] {self.mode}: {len(todo)} of {len(plan.batches)} mini-batches to run"
+            )
+        if todo:
+            handle = self._cluster()
+            ship_code = False
+            if not handle.local:
+                ship_code = check_workers(handle.client, step, self.run_dir)
+                if ship_code:
+                    self.echo(
+                        f"[{step.name}] some workers cannot see the code folder "
+                        f"{step.code_dir}; shipping it to them"
+                    )
+            outcome = run_step(
+                handle.client,
+                step,
+                plan,
+                self.run_dir,
+                n_workers=handle.n_workers,
+                local=handle.local,
+                session=state.sessions,
+                prior=prior,
+                todo=todo,
+                echo=self.echo,
+                ship_code=ship_code,
+            )
+        else:
+            outcome = _outcome_from_ledger(step, plan, state)
+        state = read_ledger(ledger_file)  # once more: now with this session's tries
+        outcome.failed = _failed_entries(step.name, plan, state)
+        out_path, _ = assemble_output(step, state)
+        outcome.output = out_path
+        for out in step.outputs.values():
+            shown = out.path
+            if step.append_row_to and os.path.dirname(step.append_row_to) == out.path:
+                shown = step.append_row_to
+            self.result.outputs[f"{step.name}.{out.name}"] = shown
+        self.result.steps.append(outcome)
+        if outcome.failure is not None:
+            return f"step {step.name}: {outcome.failure}"
+        return None
+
+
+def check_workers(client: Any, step: ParallelStep, run_dir: str) -> bool:
+    """Before running on an external cluster: every worker runs a compatible daskprs and sees
+    the run directory and local inputs (DESIGN decision 7).
+
+    Returns True when some worker cannot see the code folder: it is then shipped to the
+    workers (:class:`daskprs.execute.worker.CodeFolder`).
+    """
+    import daskprs
+    from daskprs.execute.worker import check_worker
+
+    script = os.path.join(step.code_dir, step.entry_script)
+    paths = (run_dir, script, step.input_data.path)
+    try:
+        answers = client.run(check_worker, paths)
+    except Exception as err:  # the function could not even be unpickled: no daskprs there
+        raise UserInputError(
+            f"the Dask workers cannot run daskprs ({type(err).__name__}: {err}). Install "
+            f"daskprs {daskprs.__version__} in the workers' Python environment."
+        ) from err
+    problems = []
+    ship_code = False
+    for address, answer in sorted(answers.items()):
+        if answer["version"] != daskprs.__version__:
+            problems.append(
+                f"worker {address} runs daskprs {answer['version']}, this driver "
+                f"{daskprs.__version__}"
+            )
+        for path in answer["missing"]:
+            if path == script:
+                ship_code = True
+            else:
+                problems.append(f"worker {address} cannot see {path}")
+    if problems:
+        raise UserInputError(
+            "the cluster cannot run this job:\n  "
+            + "\n  ".join(problems)
+            + "\nThe run directory, the code folder and local inputs must be on a filesystem "
+            "every worker sees (or use s3:// and other URLs for data), and every worker must "
+            "run the same daskprs version."
+        )
+    return ship_code
+
+
+def _todo(plan: Plan, state: Any, mode: str) -> tuple[list[int], dict[int, Prior]]:
+    """Which mini-batches to run, and the final states the others keep."""
+    rerun = {"run": (), "resume": ("PENDING", "RUNNING", "CANCELLED")}.get(
+        mode, ("PENDING", "RUNNING", "FAILED", "CANCELLED")
+    )
+    todo: list[int] = []
+    prior: dict[int, Prior] = {}
+    for batch in plan.batches:
+        entry = state.entries.get(batch.index)
+        st = entry.state if entry is not None else "PENDING"
+        if mode == "run" or st in rerun:
+            todo.append(batch.index)
+            continue
+        rec = entry.record if entry is not None else None
+        prior[batch.index] = Prior(
+            st,
+            rec.succeeded if rec is not None else 0,
+            (rec.failed if st == "DONE" else (rec.total or rec.failed)) if rec is not None else 0,
+            rec.error if rec is not None else "",
+        )
+    return todo, prior
+
+
+def _outcome_from_ledger(step_obj: ParallelStep, plan: Plan, state: Any) -> StepOutcome:
+    """A step with nothing left to run: its outcome as the ledger records it."""
+    from daskprs.execute.runner import policy_for
+    from daskprs.execute.supervisor import Supervisor
+
+    _, prior = _todo(plan, state, "resume")
+    items = {b.index: b.n_items for b in plan.batches}
+    sup = Supervisor(items, policy_for(step_obj, 1, None), todo=[], prior=prior)
+    sup.start()
+    stop = sup.stopped
+    return StepOutcome(
+        step=step_obj.name,
+        failure=stop.failure if stop is not None else None,
+        budget=stop.budget if stop is not None else None,
+        summary=sup.summary(),
+        output=None,
+    )

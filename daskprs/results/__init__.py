@@ -1,0 +1,10 @@
+"""What the tries produced, and keeping it: records, the ledger, parts, the output.
+
+Owns the record of one try and its statuses (``outcome``), the ledger of mini-batch states
+behind resume and rerun-failed (``ledger``), Azure's row format and the part files
+(``formatting``), assembling parts into the output in mini-batch order (``output``), the
+fingerprint a resume compares (``fingerprint``), and the values ``run_job`` returns
+(``jobresult``).
+
+May import: :mod:`daskprs.errors`, :mod:`daskprs.job` and :mod:`daskprs.inputs`.
+"""

@@ -1,0 +1,180 @@
+"""Failure handling on a real `dask scheduler` + `dask worker --nworkers 2 --nthreads 1`.
+
+There, unlike on the embedded cluster, the scheduler keeps Dask's default
+``allowed-failures`` (3): a task whose worker died is run again by Dask itself. The try's
+claim must make that second run do nothing, and the supervisor counts one failed try.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import pytest
+from conftest import (
+    can_hide_folders,
+    external_cluster_at,
+    kill_worker_script,
+    make_files,
+    output_of,
+    run_killing_a_worker,
+    write_job,
+)
+
+from daskprs.api import run_job
+
+pytestmark = pytest.mark.slow
+
+# Run on a worker: the code folders it was sent (a lambda, so that it is pickled by value).
+_code_dirs = lambda: __import__("daskprs.execute.worker", fromlist=["_"])._CODE_DIRS  # noqa: E731
+
+
+def tries(run_dir, mb: str):
+    """(try, status) of mini-batch ``mb``; an init() failure is not a try of its own."""
+    path = run_dir / "logs/sys/job_report/processed_mini-batches.csv"
+    return [
+        (r["Try"], r["Status"])
+        for r in csv.DictReader(path.open())
+        if r["Mini-batch Id"] == mb and r["Status"] != "INIT_FAILED"
+    ]
+
+
+MIXED = """
+import os, time
+
+def init():
+    if os.environ.get("INIT_FAILS_ONCE"):
+        marker = os.path.join(os.environ["MARKS"], "init")
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("init fails once")
+
+def run(mini_batch, context):
+    i = context.minibatch_index
+    marker = os.path.join(os.environ["MARKS"], str(i))
+    first = not os.path.exists(marker)
+    open(marker, "a").close()
+    if i == 1:
+        raise ValueError("always bad")
+    if i == 2 and first:
+        time.sleep(3600)
+    if i == 3 and first:
+        os._exit(5)
+    if i == 4 and first:
+        raise KeyError("first try only")
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+def test_failures_on_an_external_cluster(tmp_path, external_cluster):
+    address, _ = external_cluster
+    make_files(tmp_path / "data", 12)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    job = write_job(
+        tmp_path,
+        MIXED,
+        input_yaml="type: uri_folder\npath: ./data",
+        extra=f"retry_settings:\n  max_retries: 1\n  timeout: 2\n"
+        f"environment_variables:\n  MARKS: {marks}\n  INIT_FAILS_ONCE: '1'",
+    )
+    result = run_job(job, run_dir=tmp_path / "run", scheduler=address, echo=lambda s: None)
+    assert result.ok, result.failure
+    run_dir = tmp_path / "run"
+    assert tries(run_dir, "1") == [("1", "RUN_EXCEPTION"), ("2", "RUN_EXCEPTION")]
+    assert tries(run_dir, "2") == [("1", "RUN_TIMEOUT"), ("2", "RUN_DONE")]
+    assert tries(run_dir, "3") == [("1", "PROCESS_DIED"), ("2", "RUN_DONE")]
+    assert tries(run_dir, "4") == [("1", "RUN_EXCEPTION"), ("2", "RUN_DONE")]
+    expected = [f"f{i:03d}.txt" for i in range(12) if i not in (2, 3)]
+    assert output_of(run_dir).read_text().splitlines() == expected
+    statuses = (run_dir / "logs/sys/job_report/processed_mini-batches.csv").read_text()
+    assert statuses.count("INIT_FAILED") == 1
+
+
+def test_a_worker_killed_on_an_external_cluster_runs_no_try_twice(tmp_path, external_cluster):
+    address, _ = external_cluster
+    make_files(tmp_path / "data", 20)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    job = write_job(
+        tmp_path,
+        kill_worker_script(4),
+        input_yaml="type: uri_folder\npath: ./data",
+        extra=f"retry_settings:\n  max_retries: 2\nenvironment_variables:\n  MARKS: {marks}",
+    )
+    result = run_killing_a_worker(job, marks, run_dir=tmp_path / "run", scheduler=address)
+    assert result.ok, result.failure
+    assert output_of(tmp_path / "run").read_text().splitlines() == [
+        f"f{i:03d}.txt" for i in range(20)
+    ]
+    [(try1, status1), *rest] = tries(tmp_path / "run", "4")
+    assert (try1, status1) == ("1", "PROCESS_DIED")
+    assert rest[-1][1] == "RUN_DONE"
+    # the claim of try 1 exists once; no try of mini-batch 4 ran twice
+    claims = sorted(p.name for p in (tmp_path / "run/steps/score/claims").glob("00004.*"))
+    assert len(claims) == len(rest) + 1
+
+
+FIRST_TRY_FAILS = """
+import os
+
+def run(mini_batch, context):
+    marker = os.path.join(os.environ["MARKS"], str(context.minibatch_index))
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("first try fails")
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+def test_every_first_try_fails_on_an_external_cluster(tmp_path, external_cluster):
+    address, _ = external_cluster
+    make_files(tmp_path / "data", 10)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    job = write_job(
+        tmp_path,
+        FIRST_TRY_FAILS,
+        input_yaml="type: uri_folder\npath: ./data",
+        extra=f"environment_variables:\n  MARKS: {marks}",
+    )
+    result = run_job(job, run_dir=tmp_path / "run", scheduler=address, echo=lambda s: None)
+    assert result.ok, result.failure
+    assert output_of(tmp_path / "run").read_text().splitlines() == [
+        f"f{i:03d}.txt" for i in range(10)
+    ]
+    for mb in range(5):
+        assert tries(tmp_path / "run", str(mb)) == [("1", "RUN_EXCEPTION"), ("2", "RUN_DONE")]
+
+
+SIBLING = """
+import os
+
+with open(os.path.join(os.path.dirname(__file__), "labels.txt")) as f:
+    LABEL = f.read().strip()
+
+def run(mini_batch):
+    return [f"{os.path.basename(p)} {LABEL}" for p in mini_batch]
+"""
+
+
+@pytest.mark.skipif(not can_hide_folders(), reason="needs a mount namespace (unshare)")
+def test_code_folder_is_shipped_to_workers_that_cannot_see_it(tmp_path):
+    make_files(tmp_path / "data", 5)
+    job = write_job(tmp_path, SIBLING, input_yaml="type: uri_folder\npath: ./data")
+    (tmp_path / "code" / "labels.txt").write_text("shipped\n")
+    with external_cluster_at(tmp_path, hide=tmp_path / "code") as address:
+        lines: list[str] = []
+        result = run_job(job, run_dir=tmp_path / "run", scheduler=address, echo=lines.append)
+        from distributed import Client
+
+        with Client(address, timeout="10s") as c:
+            # the code folder really is invisible to the workers; the shipped copy is gone
+            script = str(tmp_path / "code" / "score.py")
+            assert set(c.run(os.path.exists, script).values()) == {False}
+            assert not any(c.run(_code_dirs).values())
+    assert result.ok, result.failure
+    assert any("shipping it to them" in line for line in lines)
+    assert output_of(tmp_path / "run").read_text().splitlines() == [
+        f"f{i:03d}.txt shipped" for i in range(5)
+    ]

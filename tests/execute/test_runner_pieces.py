@@ -1,0 +1,56 @@
+"""Pure pieces of the runner and the ledger: packing tries into tasks, replaying the ledger."""
+
+from __future__ import annotations
+
+from daskprs.execute.runner import _Packer
+from daskprs.execute.supervisor import Submit
+from daskprs.results.ledger import Ledger, read_ledger
+from daskprs.results.outcome import Status, TryRecord
+
+
+def subs(n):
+    return [Submit(i, 1, f"s0n{i}", f"minibatch-{i:05d}-try1") for i in range(n)]
+
+
+def test_packer_starts_with_single_tries_then_packs_short_ones():
+    p = _Packer(n_workers=2)
+    assert p.size == 1 and [len(g) for g in p.groups(subs(4), pending=100)] == [1, 1, 1, 1]
+    for i in range(4):
+        p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, elapsed=0.008))
+    assert p.size == 31  # 250 ms of 8 ms tries
+    assert p.window == 8 * 31
+    assert [len(g) for g in p.groups(subs(70), pending=1000)] == [31, 31, 8]
+    # near the end, tasks get smaller so that no worker idles while another has a long queue
+    assert [len(g) for g in p.groups(subs(12), pending=0)] == [3, 3, 3, 3]
+
+
+def test_packer_keeps_long_tries_alone_and_ignores_failures():
+    p = _Packer(n_workers=2)
+    for i in range(4):
+        p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, elapsed=0.3))
+        p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_TIMEOUT, elapsed=0.0001))
+    assert p.size == 1
+
+
+def test_ledger_replays_final_states_written_with_the_try(tmp_path):
+    path = str(tmp_path / "ledger.jsonl")
+    with Ledger(path) as ledger:
+        ledger.start_session({"step": "s"})
+        ledger.record_try(TryRecord(mb=0, try_no=1, status=Status.RUN_EXCEPTION, error="x"))
+        ledger.record_try(
+            TryRecord(mb=0, try_no=2, status=Status.RUN_DONE, part="/p/0"), final="DONE"
+        )
+        ledger.record_try(TryRecord(mb=1, try_no=1, status=Status.RUN_TIMEOUT), final="FAILED")
+        ledger.record_final(2, "CANCELLED", None)
+    with open(path, "a") as f:
+        f.write('{"event": "try", "rec')  # a line cut short by a crash
+    state = read_ledger(path)
+    assert state.sessions == 1
+    assert (state.entries[0].state, state.entries[0].part, state.entries[0].tries) == (
+        "DONE",
+        "/p/0",
+        2,
+    )
+    assert state.entries[1].state == "FAILED" and state.entries[1].part is None
+    assert state.entries[2].state == "CANCELLED"
+    assert state.state_of(3) == "PENDING"

@@ -1,0 +1,178 @@
+"""A worker slot and its child process, without Dask: init, run, timeouts, deaths, memory."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+from conftest import pid_alive
+
+from daskprs.execute.child import ChildConfig
+from daskprs.execute.slot import Deadlines, Slot
+from daskprs.inputs.batches import FileBatch
+
+SCRIPT = """
+import os, sys, time
+
+def init():
+    with open(os.environ["INIT_LOG"], "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    if os.environ.get("INIT_RAISES"):
+        raise ValueError("cannot load the model")
+
+def run(mini_batch, context):
+    name = os.path.basename(mini_batch[0])
+    if name == "hang.txt":
+        time.sleep(600)
+    if name == "raise.txt":
+        raise KeyError("bad input")
+    if name == "exit.txt":
+        os._exit(7)
+    if name == "none.txt":
+        return None
+    if name == "hog.txt":
+        hog = bytearray(400 * 2**20)
+        for i in range(0, len(hog), 4096):
+            hog[i] = 1
+        time.sleep(600)
+    if name == "more.txt":
+        return [1, 2, 3]
+    print("ran", name, context.minibatch_index)
+    return [f"{name} {context.minibatch_index} {sys.argv[1:]} {os.getcwd() != '/'}"]
+"""
+
+
+@pytest.fixture
+def setup(tmp_path):
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "score.py").write_text(textwrap.dedent(SCRIPT))
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a.txt", "hang.txt", "raise.txt", "exit.txt", "none.txt", "hog.txt", "more.txt"):
+        (data / name).write_text("x\n")
+    logs = tmp_path / "logs"
+    init_log = tmp_path / "init.log"
+
+    def make(**env):
+        cfg = ChildConfig(
+            code_dir=str(code),
+            entry_script="score.py",
+            argv=("--model", "m 1"),
+            env={"INIT_LOG": str(init_log), **env},
+            logs_dir=str(logs),
+            cache_dir=str(tmp_path / "cache"),
+        )
+        return cfg
+
+    def task(name, index=0, part=None):
+        return {
+            "batch": FileBatch(index, (str(data / name),)),
+            "try_no": 1,
+            "part": str(part) if part else None,
+        }
+
+    return make, task, init_log, tmp_path
+
+
+def init_count(path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_init_once_run_per_task_and_part_written(setup):
+    make, task, init_log, tmp = setup
+    slot = Slot(make())
+    try:
+        part = tmp / "p0.part"
+        r1 = slot.run(task("a.txt", 0, part), Deadlines())
+        r2 = slot.run(task("a.txt", 1), Deadlines())
+    finally:
+        slot.stop()
+    assert r1["status"] == "RUN_DONE" and r1["succeeded"] == 1 and r1["total"] == 1
+    assert part.read_text() == "a.txt 0 ['--model', 'm 1'] True\n"
+    assert r2["status"] == "RUN_DONE" and r2["part"] is None
+    assert init_count(init_log) == 1
+    stdout = tmp / "logs" / "user" / "stdout" / "node000" / "process000.stdout.txt"
+    assert "ran a.txt 0" in stdout.read_text()
+
+
+def test_timeout_kills_and_replacement_runs_init_again(setup):
+    make, task, init_log, _ = setup
+    slot = Slot(make())
+    try:
+        first_pid = None
+        r = slot.run(task("a.txt"), Deadlines(run=30))
+        first_pid = int(init_log.read_text().split()[0])
+        r = slot.run(task("hang.txt"), Deadlines(run=1))
+        assert r["status"] == "RUN_TIMEOUT"
+        assert "timeout of 1 s" in r["error"]
+        assert not pid_alive(first_pid)
+        r = slot.run(task("a.txt"), Deadlines(run=30))
+        assert r["status"] == "RUN_DONE"
+        assert init_count(init_log) == 2
+    finally:
+        slot.stop()
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "text"),
+    [
+        ("raise.txt", "RUN_EXCEPTION", "KeyError: 'bad input' (at score.py:"),
+        ("exit.txt", "PROCESS_DIED", "exited with code 7"),
+        ("none.txt", "WRONG_RETURN", "returned NoneType"),
+    ],
+)
+def test_failures_come_back_as_records(setup, name, status, text):
+    make, task, _, tmp = setup
+    slot = Slot(make())
+    try:
+        r = slot.run(task(name), Deadlines())
+        assert r["status"] == status
+        assert text in r["error"]
+        assert r["failed"] == 1
+        # the slot keeps working afterwards
+        assert slot.run(task("a.txt"), Deadlines())["status"] == "RUN_DONE"
+    finally:
+        slot.stop()
+    if status == "RUN_EXCEPTION":
+        assert "KeyError" in r["traceback"]
+        error_log = tmp / "logs" / "user" / "error" / "node000" / "process000.txt"
+        assert "bad input" in error_log.read_text()
+
+
+def test_longer_return_is_counted_with_a_warning(setup):
+    make, task, _, _ = setup
+    slot = Slot(make())
+    try:
+        r = slot.run(task("more.txt"), Deadlines())
+    finally:
+        slot.stop()
+    assert r["status"] == "RUN_DONE" and r["total"] == 3 and r["succeeded"] == 3
+    assert "returned 3 items" in r["warning"]
+
+
+def test_init_failure_ends_the_child(setup):
+    make, task, init_log, _ = setup
+    slot = Slot(make(INIT_RAISES="1"))
+    try:
+        r = slot.run(task("a.txt"), Deadlines())
+        assert r["status"] == "INIT_FAILED"
+        assert "cannot load the model" in r["error"]
+        assert not slot.alive
+        r = slot.run(task("a.txt"), Deadlines())
+        assert r["status"] == "INIT_FAILED"
+        assert init_count(init_log) == 2
+    finally:
+        slot.stop()
+
+
+def test_memory_limit_kills_only_the_child(setup):
+    make, task, _, _ = setup
+    slot = Slot(make(), memory_limit=200 * 2**20)
+    try:
+        r = slot.run(task("hog.txt"), Deadlines(run=120))
+        assert r["status"] == "PROCESS_DIED"
+        assert "memory limit of 200 MiB" in r["error"]
+        assert slot.run(task("a.txt"), Deadlines())["status"] == "RUN_DONE"
+    finally:
+        slot.stop()

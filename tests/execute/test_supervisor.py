@@ -1,0 +1,237 @@
+"""The supervisor's policy, fed with plain events: no cluster, no clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from daskprs.execute.supervisor import Finalize, Policy, Prior, Stop, Submit, Supervisor
+from daskprs.results.outcome import Status, TryRecord
+
+
+def submits(instructions):
+    return [i for i in instructions if isinstance(i, Submit)]
+
+
+def finals(instructions):
+    return [(i.mb, i.state) for i in instructions if isinstance(i, Finalize)]
+
+
+def stops(instructions):
+    return [i for i in instructions if isinstance(i, Stop)]
+
+
+def rec(sub: Submit, status: str, total: int | None = 2, **kw) -> TryRecord:
+    if status == Status.RUN_DONE:
+        kw.setdefault("succeeded", total)
+    return TryRecord(mb=sub.mb, try_no=sub.try_no, status=status, total=total, **kw)
+
+
+def drive(sup: Supervisor, outcome, now: float = 1.0):
+    """Run the supervisor to the end, answering each submission with ``outcome(sub)``."""
+    queue = submits(sup.start())
+    seen = []
+    while queue:
+        sub = queue.pop(0)
+        seen.append(sub)
+        out = sup.on_outcome(sub.try_key, outcome(sub), now)
+        queue += submits(out)
+    return seen
+
+
+def test_all_succeed_first_try_in_id_order():
+    sup = Supervisor({i: 2 for i in range(5)}, Policy(window=2))
+    first = sup.start()
+    assert [(s.mb, s.try_no) for s in submits(first)] == [(0, 1), (1, 1)]
+    assert submits(first)[0].key == "minibatch-00000-try1"
+    seen = drive_from(sup, first, lambda s: rec(s, Status.RUN_DONE))
+    assert [s.mb for s in seen] == [0, 1, 2, 3, 4]
+    assert sup.stopped == Stop(None)
+    assert sup.summary()["done"] == 5
+    assert sup.summary()["succeeded_items"] == 10
+
+
+def drive_from(sup, first, outcome):
+    queue = submits(first)
+    seen = []
+    while queue:
+        sub = queue.pop(0)
+        seen.append(sub)
+        queue += submits(sup.on_outcome(sub.try_key, outcome(sub), 1.0))
+    return seen
+
+
+def test_first_try_fails_everywhere_then_all_succeed():
+    sup = Supervisor({i: 1 for i in range(4)}, Policy(max_retries=2))
+    seen = drive(
+        sup, lambda s: rec(s, Status.RUN_EXCEPTION if s.try_no == 1 else Status.RUN_DONE, 1)
+    )
+    assert sorted((s.mb, s.try_no) for s in seen) == sorted(
+        [(i, 1) for i in range(4)] + [(i, 2) for i in range(4)]
+    )
+    assert {s.key for s in seen if s.try_no == 2} == {f"minibatch-{i:05d}-try2" for i in range(4)}
+    assert sup.stopped.failure is None
+    assert sup.summary()["failed"] == 0
+
+
+def test_always_failing_input_uses_all_tries_then_fails_and_job_succeeds():
+    sup = Supervisor({i: 3 for i in range(3)}, Policy(max_retries=2))
+    seen = drive(sup, lambda s: rec(s, Status.RUN_EXCEPTION if s.mb == 1 else Status.RUN_DONE, 3))
+    assert [s.try_no for s in seen if s.mb == 1] == [1, 2, 3]
+    assert sup.state == {0: "DONE", 1: "FAILED", 2: "DONE"}
+    assert sup.summary()["failed_items"] == 3
+    assert sup.stopped.failure is None
+
+
+@pytest.mark.parametrize(
+    ("policy", "budget"),
+    [
+        (Policy(max_retries=0, mini_batch_error_threshold=0), "mini_batch_error_threshold"),
+        (Policy(max_retries=0, error_threshold=2), "error_threshold"),
+    ],
+)
+def test_budgets_stop_the_job_and_cancel_the_rest(policy, budget):
+    sup = Supervisor({i: 3 for i in range(10)}, Policy(**{**policy.__dict__, "window": 1}))
+    first = sup.start()
+    [sub] = submits(first)
+    out = sup.on_outcome(sub.try_key, rec(sub, Status.RUN_EXCEPTION, 3), 1)
+    [stop] = stops(out)
+    assert stop.budget == budget
+    assert "mini-batch 0" in stop.failure
+    assert sorted(mb for mb, st in finals(out) if st == "CANCELLED") == list(range(1, 10))
+    assert finals(out)[0] == (0, "FAILED")
+    assert sup.summary()["cancelled"] == 9
+
+
+def test_allowed_failed_percent_is_checked_once_all_are_scheduled():
+    policy = Policy(max_retries=0, allowed_failed_percent=5, window=1)
+    sup = Supervisor({i: 1 for i in range(10)}, policy)
+    first = sup.start()
+    sub = submits(first)[0]
+    out = sup.on_outcome(sub.try_key, rec(sub, Status.RUN_EXCEPTION, 1), 1)
+    assert not stops(out)  # 1 of 10 failed, but 9 are still to be scheduled
+    drive_from(sup, out, lambda s: rec(s, Status.RUN_DONE, 1))
+    assert sup.stopped.budget == "allowed_failed_percent"
+    assert "1 of 10 mini-batches failed (10.0%)" in sup.stopped.failure
+
+
+def test_allowed_failed_percent_counts_over_all():
+    sup = Supervisor({i: 1 for i in range(10)}, Policy(max_retries=0, allowed_failed_percent=15))
+    drive(sup, lambda s: rec(s, Status.RUN_EXCEPTION if s.mb in (3, 7) else Status.RUN_DONE, 1))
+    assert sup.stopped.budget == "allowed_failed_percent"
+    assert "2 of 10 mini-batches failed (20.0%)" in sup.stopped.failure
+
+
+def test_allowed_failed_percent_within_budget_succeeds():
+    sup = Supervisor({i: 1 for i in range(10)}, Policy(max_retries=0, allowed_failed_percent=20))
+    drive(sup, lambda s: rec(s, Status.RUN_EXCEPTION if s.mb in (3, 7) else Status.RUN_DONE, 1))
+    assert sup.stopped.failure is None
+
+
+def test_partial_success_counts_failed_items_toward_error_threshold():
+    sup = Supervisor({0: 10, 1: 10}, Policy(error_threshold=5))
+    drive(sup, lambda s: rec(s, Status.RUN_DONE, 10, succeeded=7, failed=3))
+    assert sup.stopped.budget == "error_threshold"
+    assert "6 items failed" in sup.stopped.failure
+
+
+def test_timeout_and_death_are_retried_like_exceptions():
+    statuses = {1: Status.RUN_TIMEOUT, 2: Status.PROCESS_DIED, 3: Status.RUN_DONE}
+    sup = Supervisor({0: 1}, Policy(max_retries=2))
+    seen = drive(sup, lambda s: rec(s, statuses[s.try_no], 1))
+    assert [s.try_no for s in seen] == [1, 2, 3]
+    assert sup.state[0] == "DONE"
+
+
+def test_init_failure_does_not_use_a_try_but_has_a_budget():
+    sup = Supervisor({0: 1, 1: 1}, Policy(max_retries=0, nodes=1, processes_per_node=2, window=1))
+    first = submits(sup.start())[0]
+    out = sup.on_outcome(first.try_key, rec(first, Status.INIT_FAILED, node="node000"), 1)
+    again = submits(out)[0]
+    assert (again.mb, again.try_no) == (0, 1)
+    assert again.key != first.key and again.try_key != first.try_key
+    out = sup.on_outcome(again.try_key, rec(again, Status.RUN_DONE, 1), 1)
+    assert sup.state[0] == "DONE"
+    # 2 x processes (4) init failures in the job stop it
+    sub = submits(out)[0]
+    for _ in range(2):
+        out = sup.on_outcome(
+            sub.try_key, rec(sub, Status.INIT_FAILED, node="node000", error="ValueError: x"), 1
+        )
+        assert not stops(out)
+        sub = submits(out)[0]
+    out = sup.on_outcome(
+        sub.try_key, rec(sub, Status.INIT_FAILED, node="node000", error="ValueError: x"), 1
+    )
+    [stop] = stops(out)
+    assert stop.budget == "init"
+    assert "ValueError: x" in stop.failure
+
+
+def test_append_row_job_with_no_success_fails():
+    sup = Supervisor({0: 1, 1: 1}, Policy(max_retries=0, append_row=True))
+    drive(sup, lambda s: rec(s, Status.EMPTY, 0))
+    assert sup.stopped.budget == "no_success"
+
+
+def test_summary_only_job_of_empty_returns_succeeds():
+    sup = Supervisor({0: 1, 1: 1}, Policy(max_retries=0))
+    drive(sup, lambda s: rec(s, Status.RUN_DONE, 1, succeeded=0, failed=1))
+    assert sup.stopped.failure is None
+
+
+def test_every_mini_batch_failed_fails_the_job():
+    sup = Supervisor({0: 1, 1: 1}, Policy(max_retries=1))
+    drive(sup, lambda s: rec(s, Status.RUN_EXCEPTION, 1, error="KeyError: 'a'"))
+    assert sup.stopped.budget == "all_failed"
+    assert "KeyError" in sup.stopped.failure
+
+
+def test_progress_timeout_on_tick():
+    sup = Supervisor({0: 1}, Policy(progress_timeout=10), now=100.0)
+    sup.start()
+    assert sup.on_tick(105.0) == []
+    out = sup.on_tick(111.0)
+    [stop] = stops(out)
+    assert stop.budget == "progress_update_timeout"
+    assert finals(out) == [(0, "CANCELLED")]
+
+
+def test_outcome_after_stop_or_unknown_key_is_ignored():
+    sup = Supervisor({0: 1}, Policy())
+    [sub] = submits(sup.start())
+    assert sup.on_outcome("nope", rec(sub, Status.RUN_DONE, 1), 1) == []
+    sup.abort("interrupted")
+    assert sup.on_outcome(sub.try_key, rec(sub, Status.RUN_DONE, 1), 1) == []
+
+
+def test_prior_states_count_and_session_keys_differ():
+    prior = {0: Prior("DONE", 2, 0), 1: Prior("FAILED", 0, 2, "ValueError")}
+    sup = Supervisor(
+        {0: 2, 1: 2, 2: 2}, Policy(mini_batch_error_threshold=1), todo=[2], prior=prior, session=1
+    )
+    [sub] = submits(sup.start())
+    assert sub.mb == 2 and sub.key == "minibatch-00002-try1-s1" and sub.try_key.startswith("s1")
+    out = sup.on_outcome(sub.try_key, rec(sub, Status.RUN_EXCEPTION, 2), 1)
+    assert submits(out)  # retried: one failure (prior) is within the threshold of 1
+    sub = submits(out)[0]
+    for _ in range(2):
+        out = sup.on_outcome(sub.try_key, rec(sub, Status.RUN_EXCEPTION, 2), 1)
+        if submits(out):
+            sub = submits(out)[0]
+    assert sup.stopped.budget == "mini_batch_error_threshold"
+
+
+def test_window_bounds_work_in_flight():
+    sup = Supervisor({i: 1 for i in range(100)}, Policy(window=7))
+    assert len(submits(sup.start())) == 7
+    assert sup.summary()["running"] == 7
+
+
+def test_a_try_that_never_started_is_resubmitted_without_using_a_try():
+    sup = Supervisor({0: 1}, Policy(max_retries=0))
+    [sub] = submits(sup.start())
+    out = sup.on_outcome(sub.try_key, rec(sub, Status.NOT_STARTED), 1)
+    [again] = submits(out)
+    assert (again.mb, again.try_no) == (0, 1) and again.key != sub.key
+    sup.on_outcome(again.try_key, rec(again, Status.RUN_DONE, 1), 1)
+    assert sup.state[0] == "DONE"

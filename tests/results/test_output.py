@@ -1,0 +1,199 @@
+"""Output you can trust: Azure's format, settings overrides, summary-only jobs, and the same
+bytes from many workers through retries, timeouts and deaths as from one clean worker."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from conftest import make_files, output_of, write_job
+
+from daskprs.api import run_job
+from daskprs.results.formatting import format_rows, load_to_csv_options, result_length
+
+
+def test_format_rows_lists_and_dataframes():
+    assert format_rows(["a", 1, 2.5, None]) == b"a\n1\n2.5\nNone\n"
+    assert format_rows(("x",)) == b"x\n"
+    assert format_rows([]) == b""
+    df = pd.DataFrame({"a": [1, 2], "b": ["x y", "z"]})
+    assert format_rows(df) == b'1 "x y"\n2 z\n'
+    assert format_rows(df, {"sep": ",", "header": True}) == b"a,b\n1,x y\n2,z\n"
+    assert format_rows(df.iloc[:0]) == b""
+    assert result_length(df) == 2 and result_length([1]) == 1
+    assert result_length(None) is None and result_length("ab") is None
+
+
+def test_settings_file_is_read_and_bad_ones_are_named(tmp_path):
+    assert load_to_csv_options(str(tmp_path)) == {}
+    f = tmp_path / "parallel_run_step.settings.json"
+    f.write_text(json.dumps({"append_row": {"pandas.DataFrame.to_csv": {"sep": ","}}}))
+    assert load_to_csv_options(str(tmp_path)) == {"sep": ","}
+    f.write_text("{not json")
+    with pytest.raises(ValueError, match=r"parallel_run_step\.settings\.json"):
+        load_to_csv_options(str(tmp_path))
+
+
+TABLE = """
+def run(mini_batch):
+    return mini_batch[["id", "name"]]
+"""
+
+
+@pytest.mark.slow
+def test_settings_json_overrides_to_csv_end_to_end(tmp_path, client):
+    (tmp_path / "table").mkdir()
+    pd.DataFrame({"id": [1, 2], "name": ["a b", "c"]}).to_csv(tmp_path / "table/t.csv", index=False)
+    (tmp_path / "table/MLTable").write_text(
+        "paths:\n  - file: ./t.csv\ntransformations:\n  - read_delimited: {delimiter: ','}\n"
+    )
+    job = write_job(tmp_path, TABLE, input_yaml="type: mltable\npath: ./table")
+    (tmp_path / "code/parallel_run_step.settings.json").write_text(
+        json.dumps({"append_row": {"pandas.DataFrame.to_csv": {"sep": ";"}}})
+    )
+    result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
+    assert result.ok, result.failure
+    assert output_of(tmp_path / "run").read_text() == "1;a b\n2;c\n"
+
+
+SUMMARY_ONLY = """
+import os
+from azureml_user.parallel_run import EntryScript
+
+def run(mini_batch, context):
+    out = EntryScript().output_dir
+    with open(os.path.join(out, f"mb-{context.minibatch_index}.txt"), "w") as f:
+        f.write("\\n".join(os.path.basename(p) for p in mini_batch))
+    EntryScript().logger.info("wrote mini-batch %d", context.minibatch_index)
+    return []
+"""
+
+
+@pytest.mark.slow
+def test_summary_only_job_writes_through_output_dir(tmp_path, client):
+    make_files(tmp_path / "data", 5)
+    job = write_job(
+        tmp_path, SUMMARY_ONLY, input_yaml="type: uri_folder\npath: ./data", append_row=False
+    )
+    result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
+    assert result.ok, result.failure  # every run() returned [], as Azure's examples do
+    out = tmp_path / "run/outputs/score/result"
+    assert sorted(p.name for p in out.iterdir()) == ["mb-0.txt", "mb-1.txt", "mb-2.txt"]
+    assert (out / "mb-2.txt").read_text() == "f004.txt"
+    assert not output_of(tmp_path / "run").exists()
+    logs = list((tmp_path / "run/logs/user/entry_script_log").rglob("*.log.txt"))
+    assert any("wrote mini-batch 1" in p.read_text() for p in logs)
+
+
+CHAOS = """
+import os, time
+import pandas as pd
+
+def run(mini_batch, context):
+    i = context.minibatch_index
+    marker = os.path.join(os.environ["MARKS"], str(i))
+    first = not os.path.exists(marker)
+    open(marker, "a").close()
+    if first and i % 5 == 1:
+        raise RuntimeError("flaky")
+    if first and i % 5 == 2:
+        os._exit(3)
+    if first and i == 3:
+        time.sleep(3600)
+    if first and i % 5 == 4:
+        return None
+    return pd.DataFrame({"id": mini_batch["id"], "sq": mini_batch["v"] ** 2})
+"""
+
+
+@pytest.mark.slow
+def test_many_workers_through_failures_give_the_bytes_of_one_clean_worker(tmp_path):
+    data = tmp_path / "table"
+    data.mkdir()
+    df = pd.DataFrame({"id": range(2000), "v": range(2000)})
+    for k in range(4):
+        df.iloc[k * 500 : (k + 1) * 500].to_csv(data / f"p{k}.csv", index=False)
+    (data / "MLTable").write_text(
+        "paths:\n  - pattern: ./p*.csv\ntransformations:\n  - read_delimited: {delimiter: ','}\n"
+    )
+    outputs = []
+    for name, workers, chaos in (("clean", 1, False), ("chaos", 3, True)):
+        folder = tmp_path / name
+        (folder / "marks").mkdir(parents=True)
+        if not chaos:  # every marker present: the script never misbehaves
+            for i in range(100):
+                (folder / "marks" / str(i)).touch()
+        job = write_job(
+            folder,
+            CHAOS,
+            input_yaml=f"type: mltable\npath: {data}",
+            mini_batch_size='"1kb"',
+            extra=f"retry_settings:\n  max_retries: 2\n  timeout: 3\n"
+            f"environment_variables:\n  MARKS: {folder / 'marks'}",
+        )
+        result = run_job(job, run_dir=folder / "run", workers=workers, echo=lambda s: None)
+        assert result.ok, result.failure
+        assert result.steps[0].summary["total"] >= 12
+        outputs.append(output_of(folder / "run").read_bytes())
+        report = (folder / "run/logs/sys/job_report/processed_mini-batches.csv").read_text()
+        for status in ("RUN_EXCEPTION", "PROCESS_DIED", "RUN_TIMEOUT", "WRONG_RETURN"):
+            assert (status in report) is chaos
+    assert outputs[0] == outputs[1]
+    expected = pd.DataFrame({"id": df["id"], "sq": df["v"] ** 2}).to_csv(
+        sep=" ", header=False, index=False, lineterminator="\n"
+    )
+    assert outputs[0].decode() == expected
+
+
+MONITORED = """
+def run(mini_batch):
+    return [len(mini_batch)]
+"""
+
+
+@pytest.mark.slow
+def test_resource_monitor_and_profiler_write_their_files(tmp_path, client):
+    import pstats
+
+    make_files(tmp_path / "data", 4)
+    job = write_job(
+        tmp_path,
+        MONITORED,
+        input_yaml="type: uri_folder\npath: ./data",
+        program_arguments="--resource_monitor_interval 0.2 --profiling_module cProfile",
+    )
+    result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
+    assert result.ok, result.failure
+    assert not any("not yet applied" in n for n in result.notes)
+    perf = list((tmp_path / "run/logs/perf").rglob("*.csv"))
+    assert perf
+    lines = perf[0].read_text().splitlines()
+    assert lines[0].startswith("Time,Node CPU Percent") and len(lines) >= 2
+    profiles = list((tmp_path / "run/logs/sys/node").rglob("*.profile"))
+    assert profiles
+    stats = pstats.Stats(str(profiles[0]))
+    assert any(func[2] == "run" for func in stats.stats)  # the entry script's run() is in it
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_assemble_concatenates_parts_in_order(tmp_path, monkeypatch, kernel_copy):
+    import errno
+    import os
+
+    from daskprs.results.output import assemble
+
+    if not kernel_copy:
+
+        def refuse(*args):
+            raise OSError(errno.EXDEV, "cross-device")
+
+        monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
+    parts = []
+    for i in range(5):
+        p = tmp_path / f"p{i}"
+        p.write_bytes(bytes([65 + i]) * (1000 * (i + 1)) + b"\n")
+        parts.append(str(p))
+    dest = tmp_path / "out" / "all.txt"
+    assert assemble(parts, str(dest)) == sum(os.path.getsize(p) for p in parts)
+    assert dest.read_bytes() == b"".join(open(p, "rb").read() for p in parts)

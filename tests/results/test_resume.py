@@ -1,0 +1,173 @@
+"""Resume after the driver was killed, rerun of failed mini-batches, refusal of changed runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+from conftest import make_files, output_of, poll_for, write_job
+
+from daskprs.cli import cli
+from daskprs.results.ledger import read_ledger
+
+pytestmark = pytest.mark.slow
+
+SLOW = """
+import os, time
+
+def run(mini_batch):
+    time.sleep(0.2)
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+def done_count(run_dir) -> int:
+    ledger = run_dir / "steps/score/ledger.jsonl"
+    if not ledger.exists():
+        return 0
+    return sum(1 for e in read_ledger(str(ledger)).entries.values() if e.state == "DONE")
+
+
+def start_run(job, run_dir, output) -> subprocess.Popen:
+    """`daskprs run` in its own session (so that its whole process group can be signalled)."""
+    args = ["run", str(job), "--run-dir", str(run_dir), "--workers", "2"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "daskprs", *args],
+        cwd=job.parent,
+        stdout=output,
+        stderr=output,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_resume_after_the_driver_was_killed_runs_only_the_rest(tmp_path):
+    make_files(tmp_path / "data", 40)
+    job = write_job(
+        tmp_path, SLOW, input_yaml="type: uri_folder\npath: ./data", mini_batch_size='"1"'
+    )
+    run_dir = tmp_path / "run"
+    proc = start_run(job, run_dir, subprocess.DEVNULL)
+    try:
+        poll_for(lambda: done_count(run_dir) >= 15, timeout=120)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
+        proc.wait()
+    before = done_count(run_dir)
+    assert 15 <= before < 40
+    assert not output_of(run_dir).exists()
+    result = CliRunner().invoke(cli, ["run", "--resume", str(run_dir), "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert output_of(run_dir).read_text().splitlines() == [f"f{i:03d}.txt" for i in range(40)]
+    rows = list(csv.DictReader((run_dir / "logs/sys/job_report/processed_mini-batches.csv").open()))
+    ran_twice = [r for r in rows if r["Status"] == "RUN_DONE"]
+    # every mini-batch committed once; the resumed session re-ran at most the unfinished ones
+    # plus those the kill caught after their part was written but before the ledger said so
+    ids = [int(r["Mini-batch Id"]) for r in ran_twice]
+    assert set(ids) == set(range(40))
+    assert len(ids) - 40 <= 2 * 2  # at most the tries in flight at the kill
+    assert "resume: " in result.output
+
+
+FLAKY_BY_FILE = """
+import os
+
+def run(mini_batch):
+    names = [os.path.basename(p) for p in mini_batch]
+    if os.path.exists(os.environ["BROKEN"]) and "f004.txt" in names:
+        raise ValueError("broken input f004")
+    return names
+"""
+
+
+def test_rerun_failed_runs_only_the_failed_and_reassembles(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_files(tmp_path / "data", 9)
+    broken = tmp_path / "broken"
+    broken.touch()
+    job = write_job(
+        tmp_path,
+        FLAKY_BY_FILE,
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"3"',
+        extra=f"retry_settings:\n  max_retries: 0\nenvironment_variables:\n  BROKEN: {broken}",
+    )
+    runner = CliRunner()
+    first = runner.invoke(cli, ["run", str(job), "--run-dir", "run", "--workers", "2"])
+    assert first.exit_code == 0, first.output
+    run_dir = tmp_path / "run"
+    assert output_of(run_dir).read_text().splitlines() == [
+        f"f{i:03d}.txt" for i in (0, 1, 2, 6, 7, 8)
+    ]
+    [failed] = [json.loads(x) for x in (run_dir / "failed_mini_batches.jsonl").open()]
+    assert failed["id"] == 1
+    broken.unlink()  # "fix" the input problem
+    again = runner.invoke(cli, ["rerun-failed", str(run_dir), "--workers", "1"])
+    assert again.exit_code == 0, again.output
+    assert "rerun-failed: 1 of 3 mini-batches to run" in again.output
+    assert output_of(run_dir).read_text().splitlines() == [f"f{i:03d}.txt" for i in range(9)]
+    assert (run_dir / "failed_mini_batches.jsonl").read_text() == ""
+    # a resume of a finished run has nothing to do and keeps the output
+    done = runner.invoke(cli, ["run", "--resume", str(run_dir)])
+    assert done.exit_code == 0, done.output
+    assert "0 of 3 mini-batches to run" in done.output
+    assert output_of(run_dir).read_text().splitlines() == [f"f{i:03d}.txt" for i in range(9)]
+
+
+def test_resume_refuses_a_changed_job_or_input_unless_forced(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_files(tmp_path / "data", 4)
+    job = write_job(tmp_path, SLOW, input_yaml="type: uri_folder\npath: ./data")
+    runner = CliRunner()
+    assert (
+        runner.invoke(cli, ["run", str(job), "--run-dir", "run", "--workers", "1"]).exit_code == 0
+    )
+    job.write_text(job.read_text().replace('mini_batch_size: "2"', 'mini_batch_size: "1"'))
+    refused = runner.invoke(cli, ["run", "--resume", "run"])
+    assert refused.exit_code == 2
+    assert "mini_batch_size" in refused.output and "--force" in refused.output
+    job.write_text(job.read_text().replace('mini_batch_size: "1"', 'mini_batch_size: "2"'))
+    make_files(tmp_path / "data", 5)  # one more file in the input
+    refused = runner.invoke(cli, ["run", "--resume", "run"])
+    assert refused.exit_code == 2
+    assert "input of step score" in refused.output and "2 -> 3 mini-batches" in refused.output
+    forced = runner.invoke(cli, ["run", "--resume", "run", "--force", "--workers", "1"])
+    assert forced.exit_code == 0, forced.output
+    assert output_of(tmp_path / "run").read_text().splitlines() == [
+        f"f{i:03d}.txt" for i in range(5)
+    ]
+    missing = runner.invoke(cli, ["run", "--resume", str(tmp_path / "data")])
+    assert missing.exit_code == 2
+    assert "not a daskprs run directory" in missing.output
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_exits_130_keeps_work_and_says_how_to_resume(tmp_path, sig):
+    make_files(tmp_path / "data", 30)
+    job = write_job(
+        tmp_path, SLOW, input_yaml="type: uri_folder\npath: ./data", mini_batch_size='"1"'
+    )
+    run_dir = tmp_path / "run"
+    proc = start_run(job, run_dir, subprocess.PIPE)
+    try:
+        poll_for(lambda: done_count(run_dir) >= 5, timeout=120)
+        proc.send_signal(sig)  # to the driver only
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert f"daskprs run --resume {run_dir}" in err
+    assert "interrupted" in (run_dir / "logs/job_result.txt").read_text()
+    kept = done_count(run_dir)
+    assert kept >= 5
+    result = CliRunner().invoke(cli, ["run", "--resume", str(run_dir), "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert output_of(run_dir).read_text().splitlines() == [f"f{i:03d}.txt" for i in range(30)]

@@ -1,0 +1,112 @@
+"""The package layout: layers along the data's way, imported only downwards, with no cycles.
+
+A module may import from its own layer and from the layers below it; the top (the CLI, the
+API, the pipeline step runner, the test kit) may import anything. Every import counts,
+including those inside functions.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+import daskprs
+
+PACKAGE = Path(daskprs.__file__).parent
+
+# Lowest first. The root package (``daskprs/__init__.py``, lazy) and ``errors`` are the ground.
+LAYERS = ["daskprs", "daskprs.errors", "job", "inputs", "results", "observe", "execute"]
+TOP = len(LAYERS)
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _layer(module: str) -> int:
+    if module in ("daskprs", "daskprs.errors"):
+        return LAYERS.index(module)
+    sub = module.split(".")[1]
+    return LAYERS.index(sub) if sub in LAYERS else TOP
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "daskprs"}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "daskprs":
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                found.add(full if full in MODULES else node.module)
+    return found
+
+
+GRAPH = {m: {t for t in _imports(p) if t != m} for m, p in MODULES.items()}
+
+
+def test_every_import_names_a_module_that_exists():
+    missing = {(m, t) for m, targets in GRAPH.items() for t in targets if t not in MODULES}
+    assert not missing
+
+
+def test_no_module_imports_from_a_layer_above_it():
+    upward = sorted(
+        f"{m} imports {t}" for m, ts in GRAPH.items() for t in ts if _layer(t) > _layer(m)
+    )
+    assert not upward, "\n".join(upward)
+
+
+def test_the_modules_import_each_other_in_no_cycle():
+    state: dict[str, str] = {}
+    cycles = []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = "open"
+        for t in sorted(GRAPH.get(m, ())):
+            if state.get(t) == "open":
+                cycles.append([*path[path.index(t) :], t])
+            elif t not in state:
+                visit(t, [*path, t])
+        state[m] = "done"
+
+    for m in MODULES:
+        if m not in state:
+            visit(m, [m])
+    assert not cycles
+
+
+@pytest.mark.parametrize("sub", ["job", "inputs", "results", "observe", "execute"])
+def test_each_layer_says_what_it_owns_and_may_import(sub):
+    doc = importlib.import_module(f"daskprs.{sub}").__doc__ or ""
+    assert "May import" in doc
+
+
+def test_the_entry_script_process_imports_no_dask():
+    """The child runs entry scripts, maybe in another interpreter: it stays light (DESIGN 3)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, daskprs.execute.child, daskprs.inputs.readers, daskprs.results.formatting;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_users_import_the_public_names_where_they_always_did():
+    from azureml_user.parallel_run import EntryScript
+
+    assert EntryScript.__module__ == "azureml_user.parallel_run"
+    for name in daskprs.__all__:
+        assert getattr(daskprs, name) is not None
