@@ -15,14 +15,17 @@ from typing import Any
 
 from daskprs.errors import JobFailed, PlanningError, UserInputError
 from daskprs.execute.cluster import open_cluster
-from daskprs.execute.runner import assemble_output, run_step
-from daskprs.execute.supervisor import Prior
+from daskprs.execute.runner import assemble_output, policy_for, run_step
+from daskprs.execute.supervisor import Prior, failed_items, verdict_of
 from daskprs.inputs.plan import Plan, plan_input
 from daskprs.job.model import CommandStep, Job, ParallelStep
 from daskprs.observe import logs
 from daskprs.results import fingerprint
 from daskprs.results.jobresult import JobResult, StepOutcome
 from daskprs.results.ledger import LedgerState, read_ledger
+from daskprs.results.outcome import BatchState
+
+PENDING, RUNNING, DONE, FAILED, CANCELLED = BatchState
 
 __all__ = ["StepsRunner", "check_workers", "plan_step"]
 
@@ -74,7 +77,7 @@ def _failed_entries(step: str, plan: Plan, state: LedgerState) -> list[dict[str,
     batches = {b.index: b for b in plan.batches}
     out = []
     for mb, e in sorted(state.entries.items()):
-        if e.state in ("FAILED", "CANCELLED") and mb in batches:
+        if e.state in (FAILED, CANCELLED) and mb in batches:
             out.append(logs.failed_entry(step, mb, batches[mb].describe(), e.record, e.state))
     return out
 
@@ -291,14 +294,14 @@ def check_workers(client: Any, step: ParallelStep, run_dir: str) -> bool:
 
 def _todo(plan: Plan, state: Any, mode: str) -> tuple[list[int], dict[int, Prior]]:
     """Which mini-batches to run, and the final states the others keep."""
-    rerun = {"run": (), "resume": ("PENDING", "RUNNING", "CANCELLED")}.get(
-        mode, ("PENDING", "RUNNING", "FAILED", "CANCELLED")
+    rerun = {"run": (), "resume": (PENDING, RUNNING, CANCELLED)}.get(
+        mode, (PENDING, RUNNING, FAILED, CANCELLED)
     )
     todo: list[int] = []
     prior: dict[int, Prior] = {}
     for batch in plan.batches:
         entry = state.entries.get(batch.index)
-        st = entry.state if entry is not None else "PENDING"
+        st = BatchState(entry.state) if entry is not None else PENDING
         if mode == "run" or st in rerun:
             todo.append(batch.index)
             continue
@@ -306,7 +309,7 @@ def _todo(plan: Plan, state: Any, mode: str) -> tuple[list[int], dict[int, Prior
         prior[batch.index] = Prior(
             st,
             rec.succeeded if rec is not None else 0,
-            (rec.failed if st == "DONE" else (rec.total or rec.failed)) if rec is not None else 0,
+            failed_items(st, rec, batch.n_items),
             rec.error if rec is not None else "",
         )
     return todo, prior
@@ -314,18 +317,13 @@ def _todo(plan: Plan, state: Any, mode: str) -> tuple[list[int], dict[int, Prior
 
 def _outcome_from_ledger(step_obj: ParallelStep, plan: Plan, state: Any) -> StepOutcome:
     """A step with nothing left to run: its outcome as the ledger records it."""
-    from daskprs.execute.runner import policy_for
-    from daskprs.execute.supervisor import Supervisor
-
     _, prior = _todo(plan, state, "resume")
     items = {b.index: b.n_items for b in plan.batches}
-    sup = Supervisor(items, policy_for(step_obj, 1, None), todo=[], prior=prior)
-    sup.start()
-    stop = sup.stopped
+    stop, summary = verdict_of(items, prior, policy_for(step_obj, 1, None))
     return StepOutcome(
         step=step_obj.name,
-        failure=stop.failure if stop is not None else None,
-        budget=stop.budget if stop is not None else None,
-        summary=sup.summary(),
+        failure=stop.failure,
+        budget=stop.budget,
+        summary=summary,
         output=None,
     )

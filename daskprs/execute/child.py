@@ -27,7 +27,17 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from daskprs.execute.wire import ChannelClosed, read_message, write_message
+from daskprs.execute.wire import (
+    ChannelClosed,
+    Done,
+    RunTask,
+    Setup,
+    StopChild,
+    Stopped,
+    read_message,
+    write_message,
+)
+from daskprs.results.outcome import Status, TryRecord
 
 __all__ = ["ChildConfig", "MiniBatchContext", "main"]
 
@@ -100,8 +110,8 @@ class _Runner:
             self.profiler = cProfile.Profile()
         self.error_log = os.path.join(cfg.logs_dir, "user", "error", cfg.node, f"{cfg.process}.txt")
 
-    def send(self, *msg: Any) -> None:
-        write_message(self.out_fd, msg)
+    def send(self, message: Done | Stopped) -> None:
+        write_message(self.out_fd, message)
 
     def phase(self, name: str) -> None:
         os.write(self.phase_fd, f"{name} {time.monotonic():.6f}\n".encode())
@@ -170,9 +180,9 @@ class _Runner:
             except Exception as exc:
                 self.log_error("shutdown() raised", _format_error(exc, self.script_path)[1])
 
-    def do_task(self, task: dict[str, Any]) -> dict[str, Any]:
-        batch = task["batch"]
-        record: dict[str, Any] = {"mb": batch.index, "try_no": task["try_no"]}
+    def do_task(self, task: RunTask) -> TryRecord:
+        batch = task.batch
+        base = TryRecord(mb=batch.index, try_no=task.try_no, status=Status.RUN_DONE)
         if self.module is None:
             self.phase("init")
             try:
@@ -180,7 +190,7 @@ class _Runner:
             except BaseException as exc:
                 error, tb = _format_error(exc, self.script_path)
                 self.log_error(f"init() failed: {error}", tb)
-                return {**record, "status": "INIT_FAILED", "error": error, "traceback": tb}
+                return base.with_(status=Status.INIT_FAILED, error=error, traceback=tb)
         self.phase("load")
         try:
             from daskprs.inputs.readers import load_batch
@@ -189,17 +199,16 @@ class _Runner:
         except Exception as exc:
             error, tb = _format_error(exc, self.script_path)
             self.log_error(f"loading mini-batch {batch.index} failed: {error}", tb)
-            return {
-                **record,
-                "status": "LOAD_ERROR",
-                "total": batch.n_items,
-                "failed": batch.n_items or 0,
-                "error": f"reading {batch!r}: {error}",
-                "traceback": tb,
-            }
+            return base.with_(
+                status=Status.LOAD_ERROR,
+                total=batch.n_items,
+                failed=batch.n_items or 0,
+                error=f"reading {batch!r}: {error}",
+                traceback=tb,
+            )
         total = len(data)
         if total == 0:
-            return {**record, "status": "EMPTY", "total": 0}
+            return base.with_(status=Status.EMPTY, total=0)
         self.phase("run")
         run = self.module.run
         started = time.perf_counter()
@@ -217,21 +226,20 @@ class _Runner:
             seconds = time.perf_counter() - started
             error, tb = _format_error(exc, self.script_path)
             self.log_error(f"run() raised on mini-batch {batch.index}: {error}", tb)
-            return {
-                **record,
-                "status": "RUN_EXCEPTION",
-                "total": total,
-                "failed": total,
-                "run_seconds": seconds,
-                "error": error,
-                "traceback": tb,
-            }
+            return base.with_(
+                status=Status.RUN_EXCEPTION,
+                total=total,
+                failed=total,
+                run_seconds=seconds,
+                error=error,
+                traceback=tb,
+            )
         seconds = time.perf_counter() - started
-        return self.finish(record, result, total, seconds, task.get("part"))
+        return self.finish(base, result, total, seconds, task.part)
 
     def finish(
-        self, record: dict[str, Any], result: Any, total: int, seconds: float, part: str | None
-    ) -> dict[str, Any]:
+        self, base: TryRecord, result: Any, total: int, seconds: float, part: str | None
+    ) -> TryRecord:
         from daskprs.results.formatting import result_length, write_rows
 
         n = result_length(result)
@@ -241,15 +249,14 @@ class _Runner:
                 + (" (None: did run() forget to return?)" if result is None else "")
                 + "; it must return a list, a tuple or a pandas DataFrame"
             )
-            self.log_error(f"mini-batch {record['mb']}: {error}", "")
-            return {
-                **record,
-                "status": "WRONG_RETURN",
-                "total": total,
-                "failed": total,
-                "run_seconds": seconds,
-                "error": error,
-            }
+            self.log_error(f"mini-batch {base.mb}: {error}", "")
+            return base.with_(
+                status=Status.WRONG_RETURN,
+                total=total,
+                failed=total,
+                run_seconds=seconds,
+                error=error,
+            )
         warning = ""
         if n > total:
             warning = (
@@ -264,16 +271,15 @@ class _Runner:
                 write_rows(result, f, self.cfg.to_csv)
             os.replace(tmp, part)
             written = part
-        return {
-            **record,
-            "status": "RUN_DONE",
-            "total": total,
-            "succeeded": n,
-            "failed": total - n,
-            "run_seconds": seconds,
-            "part": written,
-            "warning": warning,
-        }
+        return base.with_(
+            status=Status.RUN_DONE,
+            total=total,
+            succeeded=n,
+            failed=total - n,
+            run_seconds=seconds,
+            part=written,
+            warning=warning,
+        )
 
 
 def _wants_context(run: Any) -> bool:
@@ -303,11 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     in_fd, out_fd, phase_fd = int(args[0]), int(args[1]), int(args[2])
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     try:
-        kind, cfg = read_message(in_fd)
+        setup = read_message(in_fd)
     except ChannelClosed:
         return 0
-    assert kind == "setup", kind
-    runner = _Runner(cfg, out_fd, phase_fd)
+    assert isinstance(setup, Setup), setup
+    runner = _Runner(setup.config, out_fd, phase_fd)
     runner.setup_process()
     try:  # import the readers (pandas) now, before the first task arrives
         import daskprs.inputs.readers  # noqa: F401
@@ -315,18 +321,18 @@ def main(argv: list[str] | None = None) -> int:
         pass
     while True:
         try:
-            kind, payload = read_message(in_fd)
+            message = read_message(in_fd)
         except ChannelClosed:
             break
-        if kind == "stop":
+        if isinstance(message, StopChild):
             break
-        result = runner.do_task(payload)
-        runner.send("done", result)
-        if result["status"] == "INIT_FAILED":
+        record = runner.do_task(message)
+        runner.send(Done(record))
+        if record.status == Status.INIT_FAILED:
             return 3
     runner.shutdown()
     try:
-        runner.send("stopped", None)
+        runner.send(Stopped())
     except OSError:
         pass
     return 0

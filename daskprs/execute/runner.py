@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from daskprs.errors import Interrupted
-from daskprs.execute.slot import Deadlines
+from daskprs.execute.deadlines import Deadlines
 from daskprs.execute.supervisor import Finalize, Policy, Prior, Stop, Submit, Supervisor
 from daskprs.execute.worker import (
     CodeFolder,
@@ -35,7 +35,7 @@ from daskprs.observe import logs
 from daskprs.results.formatting import load_to_csv_options
 from daskprs.results.jobresult import StepOutcome
 from daskprs.results.ledger import Ledger, LedgerState
-from daskprs.results.outcome import Status, TryRecord
+from daskprs.results.outcome import BatchState, Status, TryRecord
 from daskprs.results.output import assemble
 
 __all__ = ["run_step"]
@@ -144,6 +144,14 @@ def policy_for(step: ParallelStep, n_workers: int, window: int | None) -> Policy
     )
 
 
+def _deadlines(step: ParallelStep) -> Deadlines:
+    """The try's phase limits; loading the script and ``init()`` get the load and the run
+    limits added up."""
+    load, run = step.settings.task_overhead_timeout, step.settings.timeout
+    init = load + run if load is not None and run is not None else None
+    return Deadlines(load=load, run=run, init=init)
+
+
 def _memory_limit(n_workers: int, local: bool) -> int | None:
     """Resident memory allowed to one entry-script process."""
     env = os.environ.get("DASKPRS_CHILD_MEMORY_LIMIT")
@@ -202,13 +210,16 @@ class _StepRun:
         fut.add_done_callback(lambda f: self.done.put(f.key))
 
     def carry_out(self, instructions: list) -> None:
-        subs = [i for i in instructions if isinstance(i, Submit)]
-        for group in self.packer.groups(subs, len(self.sup.pending)):
-            self.submit(group)
-        for ins in instructions:
-            if isinstance(ins, Finalize):
-                self.ledger.record_final(ins.mb, ins.state, ins.record)
-        self.sup.window = self.packer.window
+        while instructions:
+            subs = [i for i in instructions if isinstance(i, Submit)]
+            for group in self.packer.groups(subs, self.sup.backlog):
+                self.submit(group)
+            for ins in instructions:
+                if isinstance(ins, Finalize):
+                    self.ledger.record_final(ins.mb, ins.state, ins.record)
+            # packing more tries a task wants more of them in flight
+            window = self.packer.window
+            instructions = self.sup.on_window(window) if window != self.sup.window else []
 
     def handle(self, rec: TryRecord, sub: Submit) -> list:
         """Feed one outcome to the supervisor; return the instructions left to carry out."""
@@ -353,7 +364,7 @@ def run_step(
         logging_level=step.settings.logging_level,
         append_row=step.append_row_to is not None,
         to_csv=load_to_csv_options(step.code_dir) if step.append_row_to else {},
-        deadlines=Deadlines(load=step.settings.task_overhead_timeout, run=step.settings.timeout),
+        deadlines=_deadlines(step),
         memory_limit=_memory_limit(n_workers, local),
         local_concurrency=per_node if local else None,
         monitor_interval=step.settings.resource_monitor_interval,
@@ -450,7 +461,7 @@ def assemble_output(step: ParallelStep, ledger_state: LedgerState) -> tuple[str 
     parts = [
         e.part
         for mb, e in sorted(ledger_state.entries.items())
-        if e.state == "DONE" and e.part is not None
+        if e.state == BatchState.DONE and e.part is not None
     ]
     written = assemble(parts, step.append_row_to)
     return step.append_row_to, written

@@ -1,9 +1,10 @@
 """A worker slot: one child process that runs the entry script, and the deadlines on it.
 
 Dask cannot stop a running task; killing the process that runs it can (DESIGN decision 3).
-A slot lives in a Dask worker process and owns one child (``python -m daskprs.execute.child``). It
-sends a task, waits for the child's answer under the deadline of the phase the child is in
-(``task_overhead_timeout`` while loading data, ``timeout`` while ``run()`` runs) and kills
+A slot lives in a Dask worker process and owns one child (``python -m daskprs.execute.child``).
+It sends a task, waits for the child's answer under the deadline of the phase the child is in
+(:mod:`daskprs.execute.deadlines`: ``task_overhead_timeout`` while loading data, ``timeout``
+while ``run()`` runs, both together for loading the script and ``init()``) and kills
 the child with SIGKILL when a deadline passes or the child's memory goes over its limit. The
 next task starts a new child, which runs ``init()`` again.
 """
@@ -16,11 +17,20 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from daskprs.execute.child import ChildConfig
-from daskprs.execute.wire import ChannelClosed, read_message, write_message
+from daskprs.execute.deadlines import DeadlineClock, Deadlines, Phase
+from daskprs.execute.wire import (
+    ChannelClosed,
+    Done,
+    RunTask,
+    Setup,
+    StopChild,
+    read_message,
+    write_message,
+)
+from daskprs.results.outcome import Status, TryRecord
 
 __all__ = ["Deadlines", "Slot"]
 
@@ -28,13 +38,12 @@ __all__ = ["Deadlines", "Slot"]
 # the wait is cut to end at it.
 _POLL_SECONDS = 0.25
 
-
-@dataclass(frozen=True)
-class Deadlines:
-    """Per-phase time limits of one try, in seconds (None: no limit)."""
-
-    load: float | None = 30.0
-    run: float | None = 60.0
+# Where a process that died was, by the phase it was in.
+_DIED_IN = {
+    Phase.INIT: "while loading the script or in init()",
+    Phase.LOAD: "while reading the mini-batch",
+    Phase.RUN: "inside run()",
+}
 
 
 def _package_root() -> str:
@@ -61,7 +70,6 @@ class Slot:
         self._to_child = -1
         self._from_child = -1
         self._phases = -1
-        self._phase_buffer = b""
         self._psutil_proc: Any = None
         self.started = 0
         self.monitor: Any = None
@@ -104,10 +112,9 @@ class Slot:
                 if f is not subprocess.DEVNULL:
                     f.close()
         self._to_child, self._from_child, self._phases = p2c_w, c2p_r, ph_r
-        self._phase_buffer = b""
         self._psutil_proc = None
         self.started += 1
-        write_message(self._to_child, ("setup", self.config))
+        write_message(self._to_child, Setup(self.config))
 
     @property
     def alive(self) -> bool:
@@ -138,7 +145,7 @@ class Slot:
         """Ask the child to run ``shutdown()`` and exit; kill it if it takes too long."""
         if self.alive:
             try:
-                write_message(self._to_child, ("stop", None))
+                write_message(self._to_child, StopChild())
                 self.proc.wait(timeout)  # type: ignore[union-attr]
             except (OSError, subprocess.TimeoutExpired):
                 pass
@@ -155,8 +162,9 @@ class Slot:
         except psutil.Error:
             return 0
 
-    def _death_message(self) -> str:
-        assert self.proc is not None
+    def _death_message(self, phase: Phase) -> str:
+        if self.proc is None:
+            return "the process is gone"
         code = self.proc.wait()
         if code < 0:
             try:
@@ -164,10 +172,10 @@ class Slot:
             except ValueError:
                 name = f"signal {-code}"
             return f"the process running the entry script was killed by {name}"
-        return f"the process running the entry script exited with code {code} inside run()"
+        return f"the process running the entry script exited with code {code} {_DIED_IN[phase]}"
 
-    def run(self, task: dict[str, Any], deadlines: Deadlines) -> dict[str, Any]:
-        """Run one task in the child and return its record (a dict of TryRecord fields).
+    def run(self, task: RunTask, deadlines: Deadlines) -> TryRecord:
+        """Run one try in the child and return its record.
 
         Never raises for anything the entry script does: a timeout, a crash or a memory kill
         come back as records, and the child is replaced on the next call.
@@ -175,76 +183,55 @@ class Slot:
         if not self.alive:
             self.kill()
             self.start()
-        batch = task["batch"]
-        base = {"mb": batch.index, "try_no": task["try_no"], "total": batch.n_items}
+        n = task.batch.n_items
+        base = TryRecord(mb=task.batch.index, try_no=task.try_no, status=Status.RUN_DONE, total=n)
+        clock = DeadlineClock(deadlines)
         try:
-            write_message(self._to_child, ("task", task))
+            write_message(self._to_child, task)
         except OSError:
-            return self._died(base, "")
-        phase, deadline = "init", None
+            return self._died(base, clock.phase)
         while True:
-            wait = _POLL_SECONDS
-            if deadline is not None:
-                wait = max(0.0, min(wait, deadline - time.monotonic()))
+            wait = clock.wait(time.monotonic(), _POLL_SECONDS)
             ready, _, _ = select.select([self._from_child], [], [], wait)
-            for phase, started in self._read_phases():
-                limit = {"load": deadlines.load, "run": deadlines.run}.get(phase)
-                deadline = None if limit is None else started + limit
+            clock.feed(self._read_phases())
             if ready:
                 try:
-                    kind, payload = read_message(self._from_child)
+                    message = read_message(self._from_child)
                 except (ChannelClosed, OSError):
-                    return self._died(base, phase)
-                if kind == "done":
-                    if payload["status"] == "INIT_FAILED":
+                    return self._died(base, clock.phase)
+                if isinstance(message, Done):
+                    if message.record.status == Status.INIT_FAILED:
                         self.kill()
-                    return payload
+                    return message.record
                 continue
-            if deadline is not None and time.monotonic() >= deadline:
+            if clock.expired(time.monotonic()):
                 self.kill()
-                if phase == "load":
-                    status, what = "LOAD_TIMEOUT", "reading the mini-batch's data"
-                    limit = deadlines.load
-                else:
-                    status, what = "RUN_TIMEOUT", "run()"
-                    limit = deadlines.run
-                return {
-                    **base,
-                    "status": status,
-                    "failed": base["total"] or 0,
-                    "error": f"{what} took longer than the timeout of {limit:g} s; its process "
-                    "was killed and replaced",
-                }
+                status, error = clock.timeout()
+                if status == Status.INIT_FAILED:
+                    return base.with_(status=status, error=error)
+                return base.with_(status=status, failed=n or 0, error=error)
             if self.memory_limit and self._rss() > self.memory_limit:
                 self.kill()
-                return {
-                    **base,
-                    "status": "PROCESS_DIED",
-                    "failed": base["total"] or 0,
-                    "error": f"the process running the entry script used more than its memory "
+                return base.with_(
+                    status=Status.PROCESS_DIED,
+                    failed=n or 0,
+                    error=f"the process running the entry script used more than its memory "
                     f"limit of {self.memory_limit / 2**20:.0f} MiB and was killed",
-                }
+                )
 
-    def _read_phases(self) -> list[tuple[str, float]]:
-        """The phases the child entered since the last call, with their start times."""
+    def _read_phases(self) -> bytes:
+        """The phase lines the child wrote since the last call."""
+        data = b""
         try:
             while chunk := os.read(self._phases, 4096):
-                self._phase_buffer += chunk
+                data += chunk
         except BlockingIOError:
             pass
-        *lines, self._phase_buffer = self._phase_buffer.split(b"\n")
-        out = []
-        for line in lines:
-            name, _, started = line.decode().partition(" ")
-            out.append((name, float(started)))
-        return out
+        return data
 
-    def _died(self, base: dict[str, Any], phase: str) -> dict[str, Any]:
-        message = self._death_message() if self.proc is not None else "the process is gone"
+    def _died(self, base: TryRecord, phase: Phase) -> TryRecord:
+        message = self._death_message(phase)
         self.kill()
-        if phase == "init":
-            message = message.replace("inside run()", "while loading the script or in init()")
-            return {**base, "status": "INIT_FAILED", "error": message}
-        if phase == "load":
-            message = message.replace("inside run()", "while reading the mini-batch")
-        return {**base, "status": "PROCESS_DIED", "failed": base["total"] or 0, "error": message}
+        if phase == Phase.INIT:
+            return base.with_(status=Status.INIT_FAILED, error=message)
+        return base.with_(status=Status.PROCESS_DIED, failed=base.total or 0, error=message)

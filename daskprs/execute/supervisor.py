@@ -12,10 +12,37 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
-from daskprs.results.outcome import RETRYABLE, Status, TryRecord
+from daskprs.results.outcome import RETRYABLE, BatchState, Status, TryRecord
 
-__all__ = ["Finalize", "Policy", "Prior", "Stop", "Submit", "Supervisor"]
+__all__ = [
+    "Budget",
+    "Finalize",
+    "Policy",
+    "Prior",
+    "Stop",
+    "Submit",
+    "Supervisor",
+    "Tally",
+    "budget_verdict",
+    "failed_items",
+    "final_verdict",
+    "verdict_of",
+]
+
+
+class Budget(StrEnum):
+    """What stopped a step (``Stop.budget``), as written to ``job_result.txt``."""
+
+    MINI_BATCH_ERROR_THRESHOLD = "mini_batch_error_threshold"
+    ERROR_THRESHOLD = "error_threshold"
+    ALLOWED_FAILED_PERCENT = "allowed_failed_percent"
+    PROGRESS_TIMEOUT = "progress_update_timeout"
+    INIT = "init"
+    ALL_FAILED = "all_failed"
+    NO_SUCCESS = "no_success"
+    INTERRUPTED = "interrupted"
 
 
 @dataclass(frozen=True)
@@ -39,7 +66,7 @@ class Policy:
 class Prior:
     """A mini-batch that ended in an earlier session of the run (resume, rerun-failed)."""
 
-    state: str
+    state: BatchState
     succeeded: int = 0
     failed: int = 0
     error: str = ""
@@ -60,7 +87,7 @@ class Finalize:
     """Mini-batch ``mb`` reached a final state (``DONE``, ``FAILED`` or ``CANCELLED``)."""
 
     mb: int
-    state: str
+    state: BatchState
     record: TryRecord | None = None
 
 
@@ -69,14 +96,17 @@ class Stop:
     """The step is over; ``failure`` says why it failed, or is None on success."""
 
     failure: str | None = None
-    budget: str | None = None
+    budget: Budget | None = None
 
 
 Instruction = Submit | Finalize | Stop
 
 
 @dataclass
-class _Counts:
+class Tally:
+    """Counts of mini-batches in a final state and of their items: what budgets are checked
+    against, and what progress reports show."""
+
     done: int = 0
     failed: int = 0
     cancelled: int = 0
@@ -85,6 +115,81 @@ class _Counts:
     succeeded_batches: int = 0
     init_failures: Counter = field(default_factory=Counter)
     unknown_item_failures: int = 0
+
+    def add(self, state: BatchState, succeeded: int, failed: int, ran: bool = True) -> None:
+        """Count one mini-batch that reached ``state``; ``ran``: run() returned for it."""
+        if state == BatchState.DONE:
+            self.done += 1
+            self.succeeded_items += succeeded
+            self.failed_items += failed
+            self.succeeded_batches += ran
+        elif state == BatchState.FAILED:
+            self.failed += 1
+            self.failed_items += failed
+        elif state == BatchState.CANCELLED:
+            self.cancelled += 1
+
+
+def failed_items(state: BatchState, record: TryRecord | None, planned: int | None) -> int:
+    """Items a mini-batch in final ``state`` counts as failed (SPEC section 6): for a DONE one
+    what its last try reported; for a FAILED one all of it (its item count, else the
+    planned count, else what the try reported)."""
+    if record is None:
+        return 0
+    if state == BatchState.FAILED:
+        total = record.total if record.total is not None else planned
+        return total if total is not None else record.failed
+    return record.failed
+
+
+def budget_verdict(tally: Tally, total: int, policy: Policy, queue_empty: bool) -> Stop | None:
+    """The budget ``tally`` exceeds, if any. ``allowed_failed_percent`` is judged only once
+    nothing is left to try (``queue_empty``)."""
+    p, c = policy, tally
+    if p.mini_batch_error_threshold >= 0 and c.failed > p.mini_batch_error_threshold:
+        return Stop(
+            f"{c.failed} mini-batches failed, over mini_batch_error_threshold "
+            f"({p.mini_batch_error_threshold}) by {c.failed - p.mini_batch_error_threshold}",
+            budget=Budget.MINI_BATCH_ERROR_THRESHOLD,
+        )
+    if p.error_threshold >= 0 and c.failed_items > p.error_threshold:
+        return Stop(
+            f"{c.failed_items} items failed, over error_threshold ({p.error_threshold}) by "
+            f"{c.failed_items - p.error_threshold}",
+            budget=Budget.ERROR_THRESHOLD,
+        )
+    if queue_empty and p.allowed_failed_percent < 100 and total:
+        percent = 100.0 * c.failed / total
+        if percent > p.allowed_failed_percent:
+            return Stop(
+                f"{c.failed} of {total} mini-batches failed ({percent:.1f}%), over "
+                f"--allowed_failed_percent ({p.allowed_failed_percent:g}%)",
+                budget=Budget.ALLOWED_FAILED_PERCENT,
+            )
+    return None
+
+
+def final_verdict(tally: Tally, total: int, policy: Policy) -> Stop:
+    """The verdict of a step whose every mini-batch reached a final state within budget."""
+    if total and tally.failed == total:
+        return Stop(f"every mini-batch failed ({tally.failed})", budget=Budget.ALL_FAILED)
+    if policy.append_row and tally.succeeded_batches == 0 and total:
+        return Stop(
+            "no mini-batch succeeded, so append_row_to has nothing to write",
+            budget=Budget.NO_SUCCESS,
+        )
+    return Stop(None)
+
+
+def verdict_of(
+    items: Mapping[int, int | None], prior: Mapping[int, Prior], policy: Policy
+) -> tuple[Stop, dict[str, int]]:
+    """The verdict and summary of a step none of whose mini-batches is left to run (a resume
+    of a finished step): the same budgets a running supervisor applies."""
+    sup = Supervisor(items, policy, todo=[], prior=prior)
+    sup.start()
+    assert sup.stopped is not None
+    return sup.stopped, sup.summary()
 
 
 class Supervisor:
@@ -119,26 +224,29 @@ class Supervisor:
         self.items = dict(items)
         self.policy = policy
         self.session = session
-        self.state: dict[int, str] = {}
+        self.state: dict[int, BatchState] = {}
         self.tries: Counter[int] = Counter()
         self.errors: dict[int, str] = {}
-        self.counts = _Counts()
-        self.pending: deque[tuple[int, int]] = deque()
+        self.counts = Tally()
+        # Tries waiting for a place in the window: (mini-batch, try number), next first.
+        self._queue: deque[tuple[int, int]] = deque()
         self.in_flight: dict[str, tuple[int, int]] = {}
         self._seq = 0
         self._keys_used: set[str] = set()
         self.last_progress = now
         self.stopped: Stop | None = None
-        # Tries in flight at once; the runner may raise it when it packs several tries a task.
+        # Tries in flight at once (see :meth:`on_window`).
         self.window = policy.window
         prior = dict(prior or {})
         for mb, p in prior.items():
-            self.state[mb] = p.state
-            self._count_final(mb, p.state, p.succeeded, p.failed, p.error)
+            self.state[mb] = BatchState(p.state)
+            self.counts.add(self.state[mb], p.succeeded, p.failed)
+            if p.state == BatchState.FAILED:
+                self.errors[mb] = p.error
         todo_list = sorted(self.items) if todo is None else sorted(todo)
         for mb in todo_list:
-            self.state[mb] = "PENDING"
-            self.pending.append((mb, 1))
+            self.state[mb] = BatchState.PENDING
+            self._queue.append((mb, 1))
         missing = set(self.items) - set(self.state)
         if missing:
             raise ValueError(f"mini-batches {sorted(missing)[:5]} are neither to do nor prior")
@@ -151,6 +259,11 @@ class Supervisor:
     @property
     def total(self) -> int:
         return len(self.items)
+
+    @property
+    def backlog(self) -> int:
+        """Tries waiting for a place in the window."""
+        return len(self._queue)
 
     def start(self) -> list[Instruction]:
         """Instructions to begin: the first window of submissions (or an immediate stop)."""
@@ -168,23 +281,23 @@ class Supervisor:
         out: list[Instruction] = []
         status = record.status
         if status == Status.NOT_STARTED:
-            self.pending.appendleft((mb, try_no))
+            self._requeue(mb, try_no)
         elif status == Status.INIT_FAILED:
             self.counts.init_failures[record.node or "?"] += 1
             self.errors.setdefault(mb, record.error)
             stop = self._check_init_budget(record)
             if stop is not None:
                 return self._stop(stop, out)
-            self.pending.appendleft((mb, try_no))
+            self._requeue(mb, try_no)
         elif record.ok:
-            self._finalize(mb, "DONE", record, out, now)
+            self._finalize(mb, BatchState.DONE, record, out, now)
         elif status in RETRYABLE or status == Status.DUPLICATE:
             self.tries[mb] = try_no
             self.errors[mb] = record.error
             if try_no <= self.policy.max_retries:
-                self.pending.appendleft((mb, try_no + 1))
+                self._requeue(mb, try_no + 1)
             else:
-                self._finalize(mb, "FAILED", record, out, now)
+                self._finalize(mb, BatchState.FAILED, record, out, now)
         else:
             raise ValueError(f"unknown status {status!r} in {record!r}")
         if self.stopped is None:
@@ -203,15 +316,21 @@ class Supervisor:
                     f"no mini-batch finished for {now - self.last_progress:.0f} s, more than "
                     f"progress_update_timeout ({limit:g} s); mini-batches still running: "
                     f"{_ids(busy)}. Raise --progress_update_timeout if they are just slow.",
-                    budget="progress_update_timeout",
+                    budget=Budget.PROGRESS_TIMEOUT,
                 ),
                 [],
             )
         return []
 
+    def on_window(self, window: int) -> list[Instruction]:
+        """The number of tries to keep in flight changed (the runner packs several short
+        tries into one Dask task and wants more of them queued): submit up to it."""
+        self.window = max(1, window)
+        return self._fill()
+
     def abort(self, reason: str) -> list[Instruction]:
         """Stop from outside (an interrupt): cancel what is not final."""
-        return self._stop(Stop(reason, budget="interrupted"), [])
+        return self._stop(Stop(reason, budget=Budget.INTERRUPTED), [])
 
     def summary(self) -> dict[str, int]:
         """Counts for progress reports, from the state (not guesses)."""
@@ -222,18 +341,48 @@ class Supervisor:
             "failed": c.failed,
             "cancelled": c.cancelled,
             "running": len(self.in_flight),
-            "pending": sum(1 for s in self.state.values() if s == "PENDING") - len(self.in_flight),
+            "pending": sum(1 for s in self.state.values() if s == BatchState.PENDING),
             "succeeded_items": c.succeeded_items,
             "failed_items": c.failed_items,
         }
 
+    def validate_state(self) -> None:
+        """Check the supervisor's invariants; raise AssertionError naming the first broken
+        one (used by the tests after every event)."""
+        states = self.state
+        assert set(states) == set(self.items), "every mini-batch has a state"
+        running = sorted(mb for mb, _ in self.in_flight.values())
+        assert running == sorted(mb for mb, s in states.items() if s == BatchState.RUNNING), (
+            "RUNNING mini-batches are exactly those in flight, once each"
+        )
+        queued = [mb for mb, _ in self._queue]
+        assert len(queued) == len(set(queued)), "a mini-batch is queued once"
+        if self.stopped is None:
+            assert sorted(queued) == sorted(mb for mb, s in states.items() if s == "PENDING"), (
+                "PENDING mini-batches are exactly those queued"
+            )
+        else:
+            assert not queued and not self.in_flight, "a stopped step has nothing left to run"
+            assert all(
+                s in (BatchState.DONE, BatchState.FAILED, BatchState.CANCELLED)
+                for s in states.values()
+            ), "a stopped step's mini-batches are final"
+        c = self.counts
+        for name, state in (("done", "DONE"), ("failed", "FAILED"), ("cancelled", "CANCELLED")):
+            n = sum(1 for s in states.values() if s == state)
+            assert getattr(c, name) == n, f"the {name} count ({getattr(c, name)}) matches {n}"
+
     # -- internals ---------------------------------------------------------------------------
+    def _requeue(self, mb: int, try_no: int) -> None:
+        self.state[mb] = BatchState.PENDING
+        self._queue.appendleft((mb, try_no))
+
     def _fill(self) -> list[Instruction]:
         out: list[Instruction] = []
         if self.stopped is not None:
             return out
-        while self.pending and len(self.in_flight) < self.window:
-            mb, try_no = self.pending.popleft()
+        while self._queue and len(self.in_flight) < self.window:
+            mb, try_no = self._queue.popleft()
             self._seq += 1
             try_key = f"s{self.session}n{self._seq}"
             key = f"minibatch-{mb:05d}-try{try_no}"
@@ -249,40 +398,24 @@ class Supervisor:
                 )
             self._keys_used.add(key)
             self.in_flight[try_key] = (mb, try_no)
+            self.state[mb] = BatchState.RUNNING
             out.append(Submit(mb, try_no, try_key, key))
-        if not self.pending and not self.in_flight:
-            out += self._stop(self._final_verdict(), [])
+        if not self._queue and not self.in_flight:
+            out += self._stop(final_verdict(self.counts, self.total, self.policy), [])
         return out
 
-    def _count_final(
-        self, mb: int, state: str, succeeded: int, failed: int, error: str, ran: bool = True
-    ) -> None:
-        c = self.counts
-        if state == "DONE":
-            c.done += 1
-            c.succeeded_items += succeeded
-            c.failed_items += failed
-            c.succeeded_batches += ran
-        elif state == "FAILED":
-            c.failed += 1
-            c.failed_items += failed
-            self.errors[mb] = error
-        elif state == "CANCELLED":
-            c.cancelled += 1
-
     def _finalize(
-        self, mb: int, state: str, record: TryRecord, out: list[Instruction], now: float
+        self, mb: int, state: BatchState, record: TryRecord, out: list[Instruction], now: float
     ) -> None:
         self.state[mb] = state
         self.tries[mb] = record.try_no
-        failed = record.failed
-        if state == "FAILED":
-            total = record.total if record.total is not None else self.items.get(mb)
-            failed = total or 0
-            if total is None:
+        if state == BatchState.FAILED:
+            self.errors[mb] = record.error
+            if record.total is None and self.items.get(mb) is None:
                 self.counts.unknown_item_failures += 1
+        failed = failed_items(state, record, self.items.get(mb))
         ran = record.status == Status.RUN_DONE
-        self._count_final(mb, state, record.succeeded, failed, record.error, ran)
+        self.counts.add(state, record.succeeded, failed, ran)
         self.last_progress = now
         out.append(Finalize(mb, state, record))
 
@@ -303,67 +436,35 @@ class Supervisor:
             return Stop(
                 f"init() failed everywhere: {which}. Last error: {record.error}\n"
                 f"{record.traceback}".rstrip(),
-                budget="init",
+                budget=Budget.INIT,
             )
         return None
 
     def _check_budgets(self) -> Stop | None:
-        p, c = self.policy, self.counts
-        if p.mini_batch_error_threshold >= 0 and c.failed > p.mini_batch_error_threshold:
-            return Stop(
-                f"{c.failed} mini-batches failed, over mini_batch_error_threshold "
-                f"({p.mini_batch_error_threshold}) by {c.failed - p.mini_batch_error_threshold}",
-                budget="mini_batch_error_threshold",
-            )
-        if p.error_threshold >= 0 and c.failed_items > p.error_threshold:
-            return Stop(
-                f"{c.failed_items} items failed, over error_threshold ({p.error_threshold}) by "
-                f"{c.failed_items - p.error_threshold}",
-                budget="error_threshold",
-            )
-        if not self.pending and p.allowed_failed_percent < 100 and self.total:
-            percent = 100.0 * c.failed / self.total
-            if percent > p.allowed_failed_percent:
-                return Stop(
-                    f"{c.failed} of {self.total} mini-batches failed ({percent:.1f}%), over "
-                    f"--allowed_failed_percent ({p.allowed_failed_percent:g}%)",
-                    budget="allowed_failed_percent",
-                )
-        return None
-
-    def _final_verdict(self) -> Stop:
-        c = self.counts
-        if self.total and c.failed == self.total:
-            return Stop(f"every mini-batch failed ({c.failed})", budget="all_failed")
-        if self.policy.append_row and c.succeeded_batches == 0 and self.total:
-            return Stop(
-                "no mini-batch succeeded, so append_row_to has nothing to write",
-                budget="no_success",
-            )
-        return Stop(None)
+        return budget_verdict(self.counts, self.total, self.policy, not self._queue)
 
     def _stop(self, stop: Stop, out: list[Instruction]) -> list[Instruction]:
         if self.stopped is not None:
             return out
         if stop.failure is not None:
             failed = sorted(mb for mb, s in self.state.items() if s == "FAILED")
-            if failed and stop.budget not in ("init", "all_failed"):
+            if failed and stop.budget not in (Budget.INIT, Budget.ALL_FAILED):
                 lines = [f"  mini-batch {mb}: {self.errors.get(mb, '')}" for mb in failed[:5]]
                 more = f"\n  ... and {len(failed) - 5} more" if len(failed) > 5 else ""
                 stop = Stop(
                     f"{stop.failure}. Failed mini-batches:\n" + "\n".join(lines) + more,
                     stop.budget,
                 )
-            elif stop.budget == "all_failed" and failed:
+            elif stop.budget == Budget.ALL_FAILED and failed:
                 first = self.errors.get(failed[0], "")
                 stop = Stop(f"{stop.failure}; the first error: {first}", stop.budget)
         self.stopped = stop
         for mb, state in sorted(self.state.items()):
-            if state in ("PENDING", "RUNNING"):
-                self.state[mb] = "CANCELLED"
-                self.counts.cancelled += 1
-                out.append(Finalize(mb, "CANCELLED"))
-        self.pending.clear()
+            if state in (BatchState.PENDING, BatchState.RUNNING):
+                self.state[mb] = BatchState.CANCELLED
+                self.counts.add(BatchState.CANCELLED, 0, 0)
+                out.append(Finalize(mb, BatchState.CANCELLED))
+        self._queue.clear()
         self.in_flight.clear()
         out.append(stop)
         return out

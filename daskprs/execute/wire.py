@@ -1,6 +1,13 @@
-"""Length-prefixed pickle messages over a pipe (between a worker slot and its child process).
+"""The messages between a worker slot and its child process, and how they travel.
 
-Standard library only: the child process imports it before anything else.
+Each message is a small frozen dataclass, pickled and length-prefixed on a pipe:
+
+- slot -> child: :class:`Setup` (once), then :class:`RunTask` per try, :class:`StopChild`;
+- child -> slot: :class:`Done` with the try's :class:`~daskprs.results.outcome.TryRecord`,
+  :class:`Stopped` after ``shutdown()``.
+
+Standard library only (and the record, a plain dataclass): the child imports it before
+anything else.
 """
 
 from __future__ import annotations
@@ -8,11 +15,56 @@ from __future__ import annotations
 import os
 import pickle
 import struct
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ChannelClosed", "read_message", "write_message"]
+from daskprs.results.outcome import TryRecord
+
+__all__ = [
+    "ChannelClosed",
+    "Done",
+    "RunTask",
+    "Setup",
+    "StopChild",
+    "Stopped",
+    "read_message",
+    "write_message",
+]
 
 _HEADER = struct.Struct("!Q")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The child's configuration (a :class:`~daskprs.execute.child.ChildConfig`)."""
+
+    config: Any
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """Run one try of one mini-batch; write its rows to ``part`` when given."""
+
+    batch: Any
+    try_no: int
+    part: str | None = None
+
+
+@dataclass(frozen=True)
+class Done:
+    """The try ended (whatever its status) with this record."""
+
+    record: TryRecord
+
+
+@dataclass(frozen=True)
+class StopChild:
+    """Run ``shutdown()`` and exit."""
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """``shutdown()`` ran; the child exits."""
 
 
 class ChannelClosed(EOFError):

@@ -22,7 +22,9 @@ from typing import Any
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from daskprs.execute.child import ChildConfig
-from daskprs.execute.slot import Deadlines, Slot
+from daskprs.execute.deadlines import Deadlines
+from daskprs.execute.slot import Slot
+from daskprs.execute.wire import RunTask
 from daskprs.inputs.batches import MiniBatch
 from daskprs.results.outcome import Status, TryRecord
 
@@ -243,20 +245,13 @@ def run_try(ctx: StepContext, batch: MiniBatch, try_no: int, try_key: str) -> Tr
     part = None
     if ctx.append_row:
         part = os.path.join(ctx.parts_dir, f"{batch.index:05d}.{try_key}.part")
-    task = {"batch": batch, "try_no": try_no, "part": part}
-    result = slot.run(task, ctx.deadlines)
-    result.pop("mb", None)
-    result.pop("try_no", None)
-    record = TryRecord(
-        mb=batch.index,
-        try_no=try_no,
+    record = slot.run(RunTask(batch, try_no, part), ctx.deadlines)
+    return record.with_(
         node=slot.config.node,
         process=slot.config.process,
         start_time=start,
         elapsed=time.time() - start,
-        **result,
     )
-    return record
 
 
 def run_tries(ctx: StepContext, items: list[tuple[MiniBatch, int, str]]) -> list[TryRecord]:

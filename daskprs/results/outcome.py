@@ -7,13 +7,15 @@ DESIGN decision 5). The statuses are SPEC section 6's names.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Any
 
-__all__ = ["FINAL_STATES", "RETRYABLE", "Status", "TryRecord"]
+__all__ = ["FINAL_STATES", "RETRYABLE", "BatchState", "Status", "TryRecord"]
 
 
-class Status:
-    """Status names of one try (SPEC section 6)."""
+class Status(StrEnum):
+    """Status of one try (SPEC section 6). Members are strings: ``Status.RUN_DONE ==
+    "RUN_DONE"``, and they are written to the ledger and the report as such."""
 
     RUN_DONE = "RUN_DONE"
     EMPTY = "EMPTY"
@@ -31,6 +33,16 @@ class Status:
     NOT_STARTED = "NOT_STARTED"
 
 
+class BatchState(StrEnum):
+    """State of one mini-batch in the supervisor and the ledger (SPEC section 7)."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
 RETRYABLE = frozenset(
     {
         Status.RUN_EXCEPTION,
@@ -43,8 +55,8 @@ RETRYABLE = frozenset(
 )
 SUCCEEDED = frozenset({Status.RUN_DONE, Status.EMPTY})
 
-# Mini-batch states in the ledger (SPEC section 7).
-FINAL_STATES = ("DONE", "FAILED", "CANCELLED")
+# Mini-batch states that end it for the session (SPEC section 7).
+FINAL_STATES = (BatchState.DONE, BatchState.FAILED, BatchState.CANCELLED)
 
 ERROR_CATEGORY = {
     Status.RUN_EXCEPTION: "UserError",
@@ -68,7 +80,7 @@ class TryRecord:
 
     mb: int
     try_no: int
-    status: str
+    status: Status
     total: int | None = None
     succeeded: int = 0
     failed: int = 0
@@ -99,7 +111,9 @@ class TryRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TryRecord:
         fields = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in data.items() if k in fields})
+        values = {k: v for k, v in data.items() if k in fields}
+        values["status"] = Status(values["status"])
+        return cls(**values)
 
     def with_(self, **changes: Any) -> TryRecord:
         return replace(self, **changes)

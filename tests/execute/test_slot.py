@@ -8,7 +8,9 @@ import pytest
 from conftest import pid_alive
 
 from daskprs.execute.child import ChildConfig
-from daskprs.execute.slot import Deadlines, Slot
+from daskprs.execute.deadlines import Deadlines
+from daskprs.execute.slot import Slot
+from daskprs.execute.wire import RunTask
 from daskprs.inputs.batches import FileBatch
 
 SCRIPT = """
@@ -19,6 +21,8 @@ def init():
         f.write(f"{os.getpid()}\\n")
     if os.environ.get("INIT_RAISES"):
         raise ValueError("cannot load the model")
+    if os.environ.get("INIT_HANGS"):
+        time.sleep(600)
 
 def run(mini_batch, context):
     name = os.path.basename(mini_batch[0])
@@ -66,11 +70,7 @@ def setup(tmp_path):
         return cfg
 
     def task(name, index=0, part=None):
-        return {
-            "batch": FileBatch(index, (str(data / name),)),
-            "try_no": 1,
-            "part": str(part) if part else None,
-        }
+        return RunTask(FileBatch(index, (str(data / name),)), 1, str(part) if part else None)
 
     return make, task, init_log, tmp_path
 
@@ -88,9 +88,9 @@ def test_init_once_run_per_task_and_part_written(setup):
         r2 = slot.run(task("a.txt", 1), Deadlines())
     finally:
         slot.stop()
-    assert r1["status"] == "RUN_DONE" and r1["succeeded"] == 1 and r1["total"] == 1
+    assert r1.status == "RUN_DONE" and r1.succeeded == 1 and r1.total == 1
     assert part.read_text() == "a.txt 0 ['--model', 'm 1'] True\n"
-    assert r2["status"] == "RUN_DONE" and r2["part"] is None
+    assert r2.status == "RUN_DONE" and r2.part is None
     assert init_count(init_log) == 1
     stdout = tmp / "logs" / "user" / "stdout" / "node000" / "process000.stdout.txt"
     assert "ran a.txt 0" in stdout.read_text()
@@ -104,11 +104,11 @@ def test_timeout_kills_and_replacement_runs_init_again(setup):
         r = slot.run(task("a.txt"), Deadlines(run=30))
         first_pid = int(init_log.read_text().split()[0])
         r = slot.run(task("hang.txt"), Deadlines(run=1))
-        assert r["status"] == "RUN_TIMEOUT"
-        assert "timeout of 1 s" in r["error"]
+        assert r.status == "RUN_TIMEOUT"
+        assert "timeout of 1 s" in r.error
         assert not pid_alive(first_pid)
         r = slot.run(task("a.txt"), Deadlines(run=30))
-        assert r["status"] == "RUN_DONE"
+        assert r.status == "RUN_DONE"
         assert init_count(init_log) == 2
     finally:
         slot.stop()
@@ -127,15 +127,15 @@ def test_failures_come_back_as_records(setup, name, status, text):
     slot = Slot(make())
     try:
         r = slot.run(task(name), Deadlines())
-        assert r["status"] == status
-        assert text in r["error"]
-        assert r["failed"] == 1
+        assert r.status == status
+        assert text in r.error
+        assert r.failed == 1
         # the slot keeps working afterwards
-        assert slot.run(task("a.txt"), Deadlines())["status"] == "RUN_DONE"
+        assert slot.run(task("a.txt"), Deadlines()).status == "RUN_DONE"
     finally:
         slot.stop()
     if status == "RUN_EXCEPTION":
-        assert "KeyError" in r["traceback"]
+        assert "KeyError" in r.traceback
         error_log = tmp / "logs" / "user" / "error" / "node000" / "process000.txt"
         assert "bad input" in error_log.read_text()
 
@@ -147,8 +147,8 @@ def test_longer_return_is_counted_with_a_warning(setup):
         r = slot.run(task("more.txt"), Deadlines())
     finally:
         slot.stop()
-    assert r["status"] == "RUN_DONE" and r["total"] == 3 and r["succeeded"] == 3
-    assert "returned 3 items" in r["warning"]
+    assert r.status == "RUN_DONE" and r.total == 3 and r.succeeded == 3
+    assert "returned 3 items" in r.warning
 
 
 def test_init_failure_ends_the_child(setup):
@@ -156,11 +156,11 @@ def test_init_failure_ends_the_child(setup):
     slot = Slot(make(INIT_RAISES="1"))
     try:
         r = slot.run(task("a.txt"), Deadlines())
-        assert r["status"] == "INIT_FAILED"
-        assert "cannot load the model" in r["error"]
+        assert r.status == "INIT_FAILED"
+        assert "cannot load the model" in r.error
         assert not slot.alive
         r = slot.run(task("a.txt"), Deadlines())
-        assert r["status"] == "INIT_FAILED"
+        assert r.status == "INIT_FAILED"
         assert init_count(init_log) == 2
     finally:
         slot.stop()
@@ -171,8 +171,21 @@ def test_memory_limit_kills_only_the_child(setup):
     slot = Slot(make(), memory_limit=200 * 2**20)
     try:
         r = slot.run(task("hog.txt"), Deadlines(run=120))
-        assert r["status"] == "PROCESS_DIED"
-        assert "memory limit of 200 MiB" in r["error"]
-        assert slot.run(task("a.txt"), Deadlines())["status"] == "RUN_DONE"
+        assert r.status == "PROCESS_DIED"
+        assert "memory limit of 200 MiB" in r.error
+        assert slot.run(task("a.txt"), Deadlines()).status == "RUN_DONE"
+    finally:
+        slot.stop()
+
+
+def test_an_init_that_hangs_is_bounded_and_counted_as_an_init_failure(setup):
+    make, task, init_log, _ = setup
+    slot = Slot(make(INIT_HANGS="1"))
+    try:
+        r = slot.run(task("a.txt"), Deadlines(load=5, run=5, init=1))
+        assert r.status == "INIT_FAILED"
+        assert "init() took longer than the timeout of 1 s" in r.error
+        assert not slot.alive
+        assert not pid_alive(int(init_log.read_text().split()[0]))
     finally:
         slot.stop()

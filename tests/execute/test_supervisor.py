@@ -4,8 +4,32 @@ from __future__ import annotations
 
 import pytest
 
-from daskprs.execute.supervisor import Finalize, Policy, Prior, Stop, Submit, Supervisor
-from daskprs.results.outcome import Status, TryRecord
+from daskprs.execute.supervisor import (
+    Budget,
+    Finalize,
+    Policy,
+    Prior,
+    Stop,
+    Submit,
+    Supervisor,
+    failed_items,
+    verdict_of,
+)
+from daskprs.results.outcome import BatchState, Status, TryRecord
+
+
+@pytest.fixture(autouse=True)
+def checked_supervisor(monkeypatch):
+    """Every supervisor in these tests checks its invariants after every event."""
+    for name in ("start", "on_outcome", "on_tick", "on_window", "abort"):
+        original = getattr(Supervisor, name)
+
+        def checked(self, *args, _original=original, **kwargs):
+            out = _original(self, *args, **kwargs)
+            self.validate_state()
+            return out
+
+        monkeypatch.setattr(Supervisor, name, checked)
 
 
 def submits(instructions):
@@ -235,3 +259,52 @@ def test_a_try_that_never_started_is_resubmitted_without_using_a_try():
     assert (again.mb, again.try_no) == (0, 1) and again.key != sub.key
     sup.on_outcome(again.try_key, rec(again, Status.RUN_DONE, 1), 1)
     assert sup.state[0] == "DONE"
+
+
+def test_a_submitted_mini_batch_is_running_until_its_try_ends():
+    sup = Supervisor({0: 2, 1: 2}, Policy(window=1))
+    (sub,) = submits(sup.start())
+    assert sup.state == {0: BatchState.RUNNING, 1: BatchState.PENDING}
+    assert sup.summary()["running"] == 1 and sup.summary()["pending"] == 1
+    (retry,) = submits(sup.on_outcome(sub.try_key, rec(sub, Status.RUN_EXCEPTION), 1.0))
+    assert (retry.mb, retry.try_no) == (0, 2)  # a retry goes before what never ran
+    assert sup.state == {0: BatchState.RUNNING, 1: BatchState.PENDING}
+    sup.abort("stop")
+    assert sup.state == {0: BatchState.CANCELLED, 1: BatchState.CANCELLED}
+
+
+def test_a_wider_window_submits_more_at_once():
+    sup = Supervisor({i: 1 for i in range(10)}, Policy(window=2))
+    assert len(submits(sup.start())) == 2
+    assert sup.backlog == 8
+    more = submits(sup.on_window(5))
+    assert [s.mb for s in more] == [2, 3, 4]
+    assert sup.backlog == 5
+    assert submits(sup.on_window(3)) == []  # narrower: nothing new until tries end
+
+
+def test_a_broken_invariant_is_named():
+    sup = Supervisor({0: 1}, Policy())
+    sup.start()
+    sup.state[0] = BatchState.DONE  # done without being counted
+    with pytest.raises(AssertionError, match="RUNNING mini-batches"):
+        sup.validate_state()
+
+
+def test_failed_items_of_a_final_mini_batch():
+    done = TryRecord(mb=0, try_no=1, status=Status.RUN_DONE, total=5, succeeded=4, failed=1)
+    died = TryRecord(mb=0, try_no=3, status=Status.PROCESS_DIED, total=None)
+    assert failed_items(BatchState.DONE, done, 5) == 1
+    assert failed_items(BatchState.FAILED, done, 5) == 5  # all of it
+    assert failed_items(BatchState.FAILED, died, 7) == 7  # the plan's count when unread
+    assert failed_items(BatchState.CANCELLED, None, 7) == 0
+
+
+def test_the_verdict_of_a_finished_step_applies_the_same_budgets():
+    prior = {0: Prior(BatchState.DONE, 2), 1: Prior(BatchState.FAILED, 0, 2, "boom")}
+    stop, summary = verdict_of({0: 2, 1: 2}, prior, Policy(mini_batch_error_threshold=0))
+    assert stop.budget == Budget.MINI_BATCH_ERROR_THRESHOLD
+    assert "mini-batch 1: boom" in stop.failure
+    assert summary["done"] == 1 and summary["failed"] == 1
+    stop, _ = verdict_of({0: 2, 1: 2}, prior, Policy())
+    assert stop == Stop(None)

@@ -1,0 +1,93 @@
+"""The deadlines of one try, as a small pure clock: phase lines in, deadline out.
+
+The child process writes a line ``<phase> <monotonic time>`` when it enters a phase of a try
+(``init``: importing the script and ``init()``; ``load``: reading the mini-batch's data;
+``run``: ``run()``). The slot feeds those bytes to a :class:`DeadlineClock`, which answers
+when the current phase must end and, once it has passed, what to report. No processes and
+no clock reads here: ``now`` is passed in, so the clock is tested with plain values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from daskprs.results.outcome import Status
+
+__all__ = ["DeadlineClock", "Deadlines", "Phase"]
+
+
+class Phase(StrEnum):
+    """The phases of a try in the child, in order."""
+
+    INIT = "init"
+    LOAD = "load"
+    RUN = "run"
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """Per-phase time limits of one try, in seconds (None: no limit).
+
+    ``load`` is ``--task_overhead_timeout``, ``run`` is ``retry_settings.timeout``; ``init``
+    bounds loading the entry script and its ``init()`` (by default the two added up).
+    """
+
+    load: float | None = 30.0
+    run: float | None = 60.0
+    init: float | None = None
+
+    def limit(self, phase: Phase) -> float | None:
+        return {Phase.INIT: self.init, Phase.LOAD: self.load, Phase.RUN: self.run}[phase]
+
+
+# What each phase was doing, for timeout messages, and the status its timeout gets.
+_WHAT = {
+    Phase.INIT: ("loading the entry script and init()", Status.INIT_FAILED),
+    Phase.LOAD: ("reading the mini-batch's data", Status.LOAD_TIMEOUT),
+    Phase.RUN: ("run()", Status.RUN_TIMEOUT),
+}
+
+
+class DeadlineClock:
+    """Follows the child's phase lines and says when the current phase must end.
+
+    Parameters
+    ----------
+    limits : Deadlines
+        The limits of this try.
+    """
+
+    def __init__(self, limits: Deadlines):
+        self.limits = limits
+        self.phase = Phase.INIT
+        self.deadline: float | None = None
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> None:
+        """Take bytes read from the phase pipe (any split: partial lines are kept)."""
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        for line in lines:
+            name, _, started = line.decode().partition(" ")
+            self.phase = Phase(name)
+            limit = self.limits.limit(self.phase)
+            self.deadline = None if limit is None else float(started) + limit
+
+    def wait(self, now: float, poll: float) -> float:
+        """How long to wait for the child before looking again: ``poll`` at most, and never
+        past the deadline."""
+        if self.deadline is None:
+            return poll
+        return max(0.0, min(poll, self.deadline - now))
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+    def timeout(self) -> tuple[Status, str]:
+        """The status and message of a try whose current phase ran out of time."""
+        what, status = _WHAT[self.phase]
+        limit = self.limits.limit(self.phase)
+        return status, (
+            f"{what} took longer than the timeout of {limit:g} s; its process was killed and "
+            "replaced"
+        )
