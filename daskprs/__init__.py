@@ -10,7 +10,7 @@ The subpackages follow a mini-batch's way, each importing only from those before
 :mod:`daskprs.job` (the job file) -> :mod:`daskprs.inputs` (planning and reading) ->
 :mod:`daskprs.results` (records, ledger, output) -> :mod:`daskprs.observe` (logs, progress)
 -> :mod:`daskprs.execute` (supervisor, driver, worker, child). ``pipeline``, ``api`` and
-``cli`` sit on top.
+``cli`` sit on top; ``errors`` and ``rundir`` (the run directory's layout) are below all.
 """
 
 from __future__ import annotations

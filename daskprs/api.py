@@ -8,8 +8,6 @@ the supervisor), assembles outputs and writes the run's logs. The run directory 
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import sys
 import time
@@ -23,6 +21,7 @@ from daskprs.observe import logs
 from daskprs.pipeline import StepsRunner
 from daskprs.results import fingerprint
 from daskprs.results.jobresult import JobResult
+from daskprs.rundir import RunDir, RunLocked, write_json
 
 __all__ = ["JobResult", "default_run_dir", "resume_job", "run_job"]
 
@@ -40,16 +39,16 @@ def _say(line: str) -> None:
 
 def _default_workers(job: Job) -> int:
     counts = [
-        s.instance_count * (s.max_concurrency_per_instance or os.cpu_count() or 1)
+        s.instance_count * s.processes_per_instance
         for s in job.parallel_steps
     ]
     return max(counts or [1])
 
 
-def _write_results(run_dir: str, result: JobResult, job: Job) -> None:
+def _write_results(run: RunDir, result: JobResult, job: Job) -> None:
     failed = [f for s in result.steps for f in s.failed]
-    logs.write_jsonl(os.path.join(run_dir, "failed_mini_batches.jsonl"), failed)
-    lines = [f"job: {job.source}", f"run: {job.name}", f"run directory: {run_dir}"]
+    logs.write_jsonl(run.failed_mini_batches, failed)
+    lines = [f"job: {job.source}", f"run: {job.name}", f"run directory: {run.root}"]
     lines.append("outcome: " + ("succeeded" if result.ok else "FAILED"))
     lines += [f"note: {n}" for n in result.notes]
     for s in result.steps:
@@ -68,16 +67,13 @@ def _write_results(run_dir: str, result: JobResult, job: Job) -> None:
             "look first at: failed_mini_batches.jsonl, logs/job_error.txt and "
             "logs/user/error/<node>/<process>.txt"
         )
-    logs.write_text(os.path.join(run_dir, "logs", "job_result.txt"), "\n".join(lines))
+    logs.write_text(run.logs.job_result, "\n".join(lines))
     errors = [
         f"step {f['step']} mini-batch {f['id']} ({f['status']}, {f['tries']} tries): "
         f"{f['error']}\n{f['traceback']}".rstrip()
         for f in failed
     ]
-    logs.write_text(
-        os.path.join(run_dir, "logs", "job_error.txt"),
-        "\n\n".join(errors) if errors else "no user-script errors",
-    )
+    logs.write_text(run.logs.job_error, "\n\n".join(errors) if errors else "no user-script errors")
 
 
 def run_job(
@@ -151,10 +147,10 @@ def run_job(
         "code": {s.name: fingerprint.code_digest(s.code_dir) for s in job.parallel_steps},
         "inputs": {},
     }
-    _write_json(os.path.join(run_dir, RUN_FILE), record)
-    with open(os.path.join(run_dir, "job.json"), "w", encoding="utf-8") as f:
-        json.dump(asdict(job), f, indent=2, default=str)
-    return _execute(job, run_dir, "run", record, scheduler, workers, client, echo)
+    run = RunDir(run_dir)
+    run.write_record(record)
+    write_json(run.resolved_job, asdict(job))
+    return _execute(job, run, "run", record, scheduler, workers, client, echo)
 
 
 def resume_job(
@@ -193,15 +189,13 @@ def resume_job(
     from daskprs.job.load import load_job
 
     echo = echo or _say
-    run_dir = os.path.abspath(os.fspath(run_dir))
-    path = os.path.join(run_dir, RUN_FILE)
-    if not os.path.isfile(path):
+    run = RunDir(os.path.abspath(os.fspath(run_dir)))
+    record = run.read_record()
+    if record is None:
         raise ResumeRefused(
-            f"{run_dir} is not a daskprs run directory (no {RUN_FILE}); give the folder that "
-            "`daskprs run` created"
+            f"{run.root} is not a daskprs run directory (no "
+            f"{os.path.basename(run.record)}); give the folder that `daskprs run` created"
         )
-    with open(path, encoding="utf-8") as f:
-        record = json.load(f)
     given = os.path.abspath(os.fspath(job_file)) if job_file else record["job_file"]
     if not os.path.isfile(given):
         raise ResumeRefused(f"the job file {given} is gone; give it as FILE after --resume")
@@ -210,7 +204,7 @@ def resume_job(
         # --set paths were relative to the directory the run was started from
         if os.path.isdir(record.get("cwd", "")):
             os.chdir(record["cwd"])
-        job = load_job(given, record["sets"], run_dir=run_dir, run_name=record["name"])
+        job = load_job(given, record["sets"], run_dir=run.root, run_name=record["name"])
     finally:
         os.chdir(previous)
     changed = fingerprint.diff_jobs(record["job"], fingerprint.job_fields(job))
@@ -227,22 +221,12 @@ def resume_job(
         if digest != record.get("code", {}).get(step.name) and not rerun_failed:
             echo(f"note: the code folder of step {step.name} changed since the run started")
     mode = "rerun-failed" if rerun_failed else "resume"
-    return _execute(job, run_dir, mode, record, scheduler, workers, client, echo, force=force)
-
-
-RUN_FILE = "run.json"
-
-
-def _write_json(path: str, data: Any) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
+    return _execute(job, run, mode, record, scheduler, workers, client, echo, force=force)
 
 
 def _execute(
     job: Job,
-    run_dir: str,
+    run: RunDir,
     mode: str,
     record: dict[str, Any],
     scheduler: str | None,
@@ -251,7 +235,7 @@ def _execute(
     echo: Callable[[str], None],
     force: bool = False,
 ) -> JobResult:
-    result = JobResult(run_dir=run_dir, notes=[*job.notes, *job.warnings])
+    result = JobResult(run_dir=run.root, notes=[*job.notes, *job.warnings])
     n_workers = workers or _default_workers(job)
     scheduler = scheduler or next((s.compute for s in job.parallel_steps if s.compute), None)
     cores = os.cpu_count() or 1
@@ -268,62 +252,22 @@ def _execute(
         echo(f"note: {note}")
         result.notes.append(note)
     runner = StepsRunner(
-        job,
-        result,
-        run_dir,
-        mode,
-        record,
-        echo,
-        force,
-        lambda: _write_json(os.path.join(run_dir, RUN_FILE), record),
+        job, result, run, mode, record, echo, force, lambda: run.write_record(record)
     )
-    lock = _lock(run_dir)
+    try:
+        run.lock()
+    except RunLocked as err:
+        raise UserInputError(str(err)) from None
     try:
         runner.run(scheduler, client, n_workers)
     except (KeyboardInterrupt, Interrupted) as err:
         result.failure = f"interrupted: {err}" if str(err) else "interrupted"
         raise
     finally:
-        _write_json(os.path.join(run_dir, RUN_FILE), record)
-        _write_results(run_dir, result, job)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(lock)
+        run.write_record(record)
+        _write_results(run, result, job)
+        run.unlock()
     for name, path in result.outputs.items():
         echo(f"output {name}: {path}")
-    echo(("job succeeded" if result.ok else f"job FAILED: {result.failure}") + f" ({run_dir})")
+    echo(("job succeeded" if result.ok else f"job FAILED: {result.failure}") + f" ({run.root})")
     return result
-
-
-def _lock(run_dir: str) -> str:
-    """Take the run directory's lock, so two drivers never run the same run at once."""
-    path = os.path.join(run_dir, "run.lock")
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    pid = int(f.read().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and _pid_alive(pid):
-                raise UserInputError(
-                    f"the run {run_dir} is being run by process {pid} right now; wait for it "
-                    "to end (or stop it) before resuming"
-                ) from None
-            os.unlink(path)  # left by a driver that was killed
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return path
-    raise UserInputError(f"cannot take the lock {path}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

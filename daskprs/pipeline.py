@@ -7,7 +7,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
-import pickle
 import subprocess
 import time
 from collections.abc import Callable
@@ -18,12 +17,14 @@ from daskprs.execute.cluster import open_cluster
 from daskprs.execute.runner import assemble_output, policy_for, run_step
 from daskprs.execute.supervisor import Prior, failed_items, verdict_of
 from daskprs.inputs.plan import Plan, plan_input
+from daskprs.inputs.planfile import read_plan, write_plan
 from daskprs.job.model import CommandStep, Job, ParallelStep
 from daskprs.observe import logs
 from daskprs.results import fingerprint
 from daskprs.results.jobresult import JobResult, StepOutcome
 from daskprs.results.ledger import LedgerState, read_ledger
 from daskprs.results.outcome import BatchState
+from daskprs.rundir import RunDir
 
 PENDING, RUNNING, DONE, FAILED, CANCELLED = BatchState
 
@@ -48,14 +49,14 @@ def plan_step(step: ParallelStep) -> Plan:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _run_command(step: CommandStep, run_dir: str, echo: Callable[[str], None]) -> str | None:
+def _run_command(step: CommandStep, run: RunDir, echo: Callable[[str], None]) -> str | None:
     """Run a command step in its code folder; return a failure message or None."""
     for out in step.outputs.values():
         if "://" not in out.path:
             target = out.path if out.type != "uri_file" else os.path.dirname(out.path)
             os.makedirs(target, exist_ok=True)
     env = {**os.environ, **{k: str(v) for k, v in step.environment_variables.items()}}
-    log_dir = os.path.join(run_dir, "logs", "steps", step.name)
+    log_dir = run.logs.command(step.name)
     os.makedirs(log_dir, exist_ok=True)
     echo(f"[{step.name}] running command: {step.command}")
     with (
@@ -89,14 +90,14 @@ class StepsRunner:
         self,
         job: Job,
         result: JobResult,
-        run_dir: str,
+        run: RunDir,
         mode: str,
         record: dict[str, Any],
         echo: Callable[[str], None],
         force: bool,
         save_record: Callable[[], None],
     ):
-        self.job, self.result, self.run_dir, self.mode = job, result, run_dir, mode
+        self.job, self.result, self.rundir, self.mode = job, result, run, mode
         self.record, self.echo, self.force = record, echo, force
         self.save_record = save_record
         self.handle: Any = None
@@ -128,25 +129,23 @@ class StepsRunner:
         return self.handle
 
     def _command(self, step: CommandStep) -> str | None:
-        done = os.path.join(self.run_dir, "steps", step.name, "done")
+        done = self.rundir.step(step.name).done
         for out in step.outputs.values():
             self.result.outputs[f"{step.name}.{out.name}"] = out.path
         if self.mode != "run" and os.path.exists(done):
             self.echo(f"[{step.name}] command step already done in an earlier session")
             return None
-        failure = _run_command(step, self.run_dir, self.echo)
+        failure = _run_command(step, self.rundir, self.echo)
         if failure is None:
             os.makedirs(os.path.dirname(done), exist_ok=True)
             open(done, "w").close()
         return failure
 
     def _plan(self, step: ParallelStep) -> Plan:
-        step_dir = os.path.join(self.run_dir, "steps", step.name)
-        plan_file = os.path.join(step_dir, "plan.pkl")
+        where = self.rundir.step(step.name)
         fresh = plan_step(step)
-        if self.mode != "run" and os.path.exists(plan_file):
-            with open(plan_file, "rb") as f:
-                saved: Plan = pickle.load(f)
+        if self.mode != "run" and os.path.exists(where.plan):
+            saved = read_plan(where.plan)
             old = self.record.get("inputs", {}).get(step.name)
             new = fingerprint.input_digest(fresh.batches)
             if old is not None and old != new:
@@ -170,14 +169,12 @@ class StepsRunner:
                 self.save_record()
             if saved.batches == fresh.batches or not self.force:
                 return saved
-            ledger_file = os.path.join(step_dir, "ledger.jsonl")
-            if os.path.exists(ledger_file):
+            if os.path.exists(where.ledger):
                 # the mini-batch ids no longer mean the same inputs: start the step over
-                os.replace(ledger_file, f"{ledger_file}.before-force-{int(time.time())}")
+                os.replace(where.ledger, f"{where.ledger}.before-force-{int(time.time())}")
         self.record.setdefault("inputs", {})[step.name] = fingerprint.input_digest(fresh.batches)
-        os.makedirs(step_dir, exist_ok=True)
-        with open(plan_file, "wb") as f:
-            pickle.dump(fresh, f)
+        os.makedirs(where.root, exist_ok=True)
+        write_plan(where.plan, fresh)
         self.save_record()
         return fresh
 
@@ -201,8 +198,7 @@ class StepsRunner:
                     else (os.path.dirname(out.path))
                 )
                 os.makedirs(folder, exist_ok=True)
-        step_dir = os.path.join(self.run_dir, "steps", step.name)
-        ledger_file = os.path.join(step_dir, "ledger.jsonl")
+        ledger_file = self.rundir.step(step.name).ledger
         state = read_ledger(ledger_file)
         todo, prior = _todo(plan, state, self.mode)
         if self.mode != "run":
@@ -213,7 +209,7 @@ class StepsRunner:
             handle = self._cluster()
             ship_code = False
             if not handle.local:
-                ship_code = check_workers(handle.client, step, self.run_dir)
+                ship_code = check_workers(handle.client, step, self.rundir.root)
                 if ship_code:
                     self.echo(
                         f"[{step.name}] some workers cannot see the code folder "
@@ -223,7 +219,7 @@ class StepsRunner:
                 handle.client,
                 step,
                 plan,
-                self.run_dir,
+                self.rundir,
                 n_workers=handle.n_workers,
                 local=handle.local,
                 session=state.sessions,

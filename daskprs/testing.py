@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from daskprs.rundir import RunDir
+
 __all__ = ["output_of", "poll_for", "write_job"]
 
 
@@ -90,7 +92,7 @@ jobs:
 
 def output_of(run_dir: Path, step: str = "score", name: str = "result") -> Path:
     """The ``append_row_to`` file of an output without a path, in a run directory."""
-    return Path(run_dir) / "outputs" / step / name / "parallel_run_step.txt"
+    return Path(RunDir(str(run_dir)).output(step, name)) / "parallel_run_step.txt"
 
 
 def poll_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05) -> Any:

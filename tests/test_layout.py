@@ -17,8 +17,10 @@ import daskprs
 
 PACKAGE = Path(daskprs.__file__).parent
 
-# Lowest first. The root package (``daskprs/__init__.py``, lazy) and ``errors`` are the ground.
-LAYERS = ["daskprs", "daskprs.errors", "job", "inputs", "results", "observe", "execute"]
+# Lowest first. The root package (``daskprs/__init__.py``, lazy), ``errors`` and ``rundir``
+# (the run directory's layout) are the ground every layer stands on.
+GROUND = ["daskprs", "daskprs.errors", "daskprs.rundir"]
+LAYERS = [*GROUND, "job", "inputs", "results", "observe", "execute"]
 TOP = len(LAYERS)
 
 
@@ -33,7 +35,7 @@ MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
 def _layer(module: str) -> int:
-    if module in ("daskprs", "daskprs.errors"):
+    if module in GROUND:
         return LAYERS.index(module)
     sub = module.split(".")[1]
     return LAYERS.index(sub) if sub in LAYERS else TOP

@@ -38,6 +38,7 @@ from daskprs.execute.wire import (
     write_message,
 )
 from daskprs.results.outcome import Status, TryRecord
+from daskprs.rundir import LogsDir
 
 __all__ = ["ChildConfig", "MiniBatchContext", "main"]
 
@@ -54,7 +55,8 @@ class ChildConfig:
     env: dict[str, str] = field(default_factory=dict)
     node: str = "node000"
     process: str = "process000"
-    logs_dir: str = ""
+    # The run's logs folder (None: no logs, as in tests of the child alone)
+    logs: LogsDir | None = None
     output_dir: str = ""
     logging_level: str = "INFO"
     cache_dir: str = ""
@@ -108,7 +110,7 @@ class _Runner:
             import cProfile
 
             self.profiler = cProfile.Profile()
-        self.error_log = os.path.join(cfg.logs_dir, "user", "error", cfg.node, f"{cfg.process}.txt")
+        self.error_log = cfg.logs.user_error(cfg.node, cfg.process) if cfg.logs else None
 
     def send(self, message: Done | Stopped) -> None:
         write_message(self.out_fd, message)
@@ -117,7 +119,7 @@ class _Runner:
         os.write(self.phase_fd, f"{name} {time.monotonic():.6f}\n".encode())
 
     def log_error(self, header: str, tb: str) -> None:
-        if not self.cfg.logs_dir:
+        if self.error_log is None:
             return
         os.makedirs(os.path.dirname(self.error_log), exist_ok=True)
         with open(self.error_log, "a", encoding="utf-8") as f:
@@ -134,7 +136,7 @@ class _Runner:
         from azureml_user.parallel_run import _configure
 
         _configure(
-            logs_dir=cfg.logs_dir,
+            logs_dir=cfg.logs.root if cfg.logs else "",
             output_dir=cfg.output_dir,
             node=cfg.node,
             process=cfg.process,
@@ -166,11 +168,10 @@ class _Runner:
             return fn(*args)
         finally:
             self.profiler.disable()
-            path = os.path.join(
-                self.cfg.logs_dir, "sys", "node", self.cfg.node, f"{self.cfg.process}.profile"
-            )
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            self.profiler.dump_stats(path)
+            if self.cfg.logs is not None:
+                path = self.cfg.logs.profile(self.cfg.node, self.cfg.process)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                self.profiler.dump_stats(path)
 
     def shutdown(self) -> None:
         fn = getattr(self.module, "shutdown", None) if self.module is not None else None

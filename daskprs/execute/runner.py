@@ -32,11 +32,11 @@ from daskprs.inputs.batches import MiniBatch
 from daskprs.inputs.plan import Plan
 from daskprs.job.model import ParallelStep
 from daskprs.observe import logs
-from daskprs.results.formatting import load_to_csv_options
 from daskprs.results.jobresult import StepOutcome
 from daskprs.results.ledger import Ledger, LedgerState
 from daskprs.results.outcome import BatchState, Status, TryRecord
 from daskprs.results.output import assemble
+from daskprs.rundir import RunDir
 
 __all__ = ["run_step"]
 
@@ -130,7 +130,7 @@ class _Packer:
 
 def policy_for(step: ParallelStep, n_workers: int, window: int | None) -> Policy:
     s = step.settings
-    per_node = step.max_concurrency_per_instance or os.cpu_count() or 1
+    per_node = step.processes_per_instance
     return Policy(
         max_retries=s.max_retries,
         error_threshold=s.error_threshold,
@@ -177,8 +177,6 @@ class _StepRun:
         sup: Supervisor,
         batches: dict[int, MiniBatch],
         packer: _Packer,
-        step_dir: str,
-        run_dir: str,
     ):
         self.client, self.ctx, self.sup, self.batches, self.packer = (
             client,
@@ -187,11 +185,11 @@ class _StepRun:
             batches,
             packer,
         )
-        self.ledger = Ledger(os.path.join(step_dir, "ledger.jsonl"))
+        self.ledger = Ledger(ctx.where.ledger)
         self.ledger.start_session(
             {"step": ctx.step, "session": sup.session, "batches": len(batches)}
         )
-        self.report = logs.Report(run_dir)
+        self.report = logs.Report(ctx.run.logs.processed_report)
         self.done: queue.Queue = queue.Queue()
         # Dask key -> (future, the tries it carries)
         self.futures: dict[str, tuple[Any, list[Submit]]] = {}
@@ -311,7 +309,7 @@ def run_step(
     client: Any,
     step: ParallelStep,
     plan: Plan,
-    run_dir: str,
+    run: RunDir,
     *,
     n_workers: int,
     local: bool,
@@ -332,7 +330,7 @@ def run_step(
         The resolved step.
     plan : Plan
         Its mini-batches.
-    run_dir : str
+    run : RunDir
         The run directory (absolute).
     n_workers : int
         Worker slots available (sizes the submission window and the memory limit).
@@ -349,13 +347,12 @@ def run_step(
     """
     echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
     started = time.monotonic()
-    step_dir = os.path.join(run_dir, "steps", step.name)
     batches: dict[int, MiniBatch] = {b.index: b for b in plan.batches}
-    per_node = step.max_concurrency_per_instance or os.cpu_count() or 1
+    per_node = step.processes_per_instance
     ctx = StepContext(
         token=f"{step.name}-{uuid.uuid4().hex[:12]}",
         step=step.name,
-        run_dir=run_dir,
+        run=run,
         code_dir=step.code_dir,
         entry_script=step.entry_script,
         argv=tuple(step.program_arguments),
@@ -363,14 +360,14 @@ def run_step(
         output_dir=step.output_dir or "",
         logging_level=step.settings.logging_level,
         append_row=step.append_row_to is not None,
-        to_csv=load_to_csv_options(step.code_dir) if step.append_row_to else {},
+        to_csv=dict(step.to_csv_options),
         deadlines=_deadlines(step),
         memory_limit=_memory_limit(n_workers, local),
         local_concurrency=per_node if local else None,
         monitor_interval=step.settings.resource_monitor_interval,
         profiling_module=step.settings.profiling_module,
     )
-    for sub in (ctx.parts_dir, ctx.claims_dir):
+    for sub in (ctx.where.parts, ctx.where.claims):
         os.makedirs(sub, exist_ok=True)
     if step.output_dir and "://" not in step.output_dir:
         os.makedirs(step.output_dir, exist_ok=True)
@@ -387,28 +384,26 @@ def run_step(
     if ship_code:
         shipped = CodeFolder(ctx.token, step.code_dir)
         client.register_plugin(shipped)
-    run = _StepRun(client, ctx, sup, batches, _Packer(n_workers), step_dir, run_dir)
+    step_run = _StepRun(client, ctx, sup, batches, _Packer(n_workers))
     try:
-        stop = run.loop(
-            lambda: _progress(
-                echo, run_dir, step.name, sup, time.monotonic() - started, plan.seconds
-            )
+        stop = step_run.loop(
+            lambda: _progress(echo, run, step.name, sup, time.monotonic() - started, plan.seconds)
         )
     except KeyboardInterrupt as err:
-        run.abort()
+        step_run.abort()
         raise Interrupted(
             f"step {step.name} was interrupted; the mini-batches already committed are kept. "
-            f"Continue with: daskprs run --resume {run_dir}"
+            f"Continue with: daskprs run --resume {run.root}"
         ) from err
     finally:
-        run.close()
+        step_run.close()
         if shipped is not None:
             try:
                 client.unregister_worker_plugin(shipped.name)
             except Exception:  # a cluster that is going away has nothing left to clean
                 pass
     elapsed = time.monotonic() - started
-    _progress(echo, run_dir, step.name, sup, elapsed, plan.seconds)
+    _progress(echo, run, step.name, sup, elapsed, plan.seconds)
     return StepOutcome(
         step=step.name,
         failure=stop.failure,
@@ -422,7 +417,7 @@ def run_step(
 
 def _progress(
     echo: Callable[[str], None],
-    run_dir: str,
+    run: RunDir,
     step: str,
     sup: Supervisor,
     elapsed: float,
@@ -431,7 +426,7 @@ def _progress(
     summary = sup.summary()
     echo(logs.format_progress(step, summary, elapsed))
     logs.write_text(
-        logs.progress_overview_path(run_dir),
+        run.logs.progress_overview(),
         logs.format_progress_overview(step, summary, elapsed, plan_seconds),
     )
 

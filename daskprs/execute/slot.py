@@ -77,11 +77,11 @@ class Slot:
     # -- life cycle --------------------------------------------------------------------------
     def _log_file(self, kind: str) -> Any:
         cfg = self.config
-        if not cfg.logs_dir:
+        if cfg.logs is None:
             return subprocess.DEVNULL
-        folder = os.path.join(cfg.logs_dir, "user", kind, cfg.node)
-        os.makedirs(folder, exist_ok=True)
-        return open(os.path.join(folder, f"{cfg.process}.{kind}.txt"), "ab")
+        path = cfg.logs.user_output(kind, cfg.node, cfg.process)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return open(path, "ab")
 
     def start(self) -> None:
         """Start a new child process and send it its configuration."""

@@ -27,6 +27,7 @@ from daskprs.execute.slot import Slot
 from daskprs.execute.wire import RunTask
 from daskprs.inputs.batches import MiniBatch
 from daskprs.results.outcome import Status, TryRecord
+from daskprs.rundir import RunDir, StepDir
 
 __all__ = [
     "CodeFolder",
@@ -45,7 +46,7 @@ class StepContext:
 
     token: str
     step: str
-    run_dir: str
+    run: RunDir
     code_dir: str
     entry_script: str
     argv: tuple[str, ...] = ()
@@ -64,16 +65,9 @@ class StepContext:
     profiling_module: str | None = None
 
     @property
-    def logs_dir(self) -> str:
-        return os.path.join(self.run_dir, "logs")
-
-    @property
-    def parts_dir(self) -> str:
-        return os.path.join(self.run_dir, "steps", self.step, "parts")
-
-    @property
-    def claims_dir(self) -> str:
-        return os.path.join(self.run_dir, "steps", self.step, "claims")
+    def where(self) -> StepDir:
+        """The step's folder in the run directory."""
+        return self.run.step(self.step)
 
 
 # Code folders shipped to this worker, by run token (see CodeFolder).
@@ -160,7 +154,7 @@ def _new_slot(ctx: StepContext, worker: Any) -> Slot:
         env=dict(ctx.env),
         node=node,
         process=process,
-        logs_dir=ctx.logs_dir,
+        logs=ctx.run.logs,
         output_dir=ctx.output_dir,
         logging_level=ctx.logging_level,
         cache_dir=cache,
@@ -171,7 +165,7 @@ def _new_slot(ctx: StepContext, worker: Any) -> Slot:
     if ctx.monitor_interval > 0:
         from daskprs.observe.monitor import ResourceMonitor
 
-        path = os.path.join(ctx.logs_dir, "perf", node, f"{process}.csv")
+        path = ctx.run.logs.perf(node, process)
         slot.monitor = ResourceMonitor(
             path, ctx.monitor_interval, lambda s=slot: s.proc.pid if s.proc else None
         )
@@ -206,13 +200,13 @@ def prestart(ctx: StepContext, dask_worker: Any = None) -> int:
 
 def _claim(ctx: StepContext, mb: int, try_key: str) -> bool:
     """Atomically mark this try as started; False when it already was."""
-    path = os.path.join(ctx.claims_dir, f"{mb:05d}.{try_key}")
+    path = ctx.where.claim(mb, try_key)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
     except FileNotFoundError:
-        os.makedirs(ctx.claims_dir, exist_ok=True)
+        os.makedirs(ctx.where.claims, exist_ok=True)
         return _claim(ctx, mb, try_key)
     os.close(fd)
     return True
@@ -244,7 +238,7 @@ def run_try(ctx: StepContext, batch: MiniBatch, try_no: int, try_key: str) -> Tr
     slot = _slot(ctx)
     part = None
     if ctx.append_row:
-        part = os.path.join(ctx.parts_dir, f"{batch.index:05d}.{try_key}.part")
+        part = ctx.where.part(batch.index, try_key)
     record = slot.run(RunTask(batch, try_no, part), ctx.deadlines)
     return record.with_(
         node=slot.config.node,
@@ -262,7 +256,7 @@ def run_tries(ctx: StepContext, items: list[tuple[MiniBatch, int, str]]) -> list
 
 def claimed(ctx: StepContext, mb: int, try_key: str) -> bool:
     """Whether try ``try_key`` of ``mb`` was started (its claim exists)."""
-    return os.path.exists(os.path.join(ctx.claims_dir, f"{mb:05d}.{try_key}"))
+    return os.path.exists(ctx.where.claim(mb, try_key))
 
 
 def stop_slots(token: str, kill: bool = False) -> int:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 from daskprs.job import schema as S
 from daskprs.job.model import DataInput, Output
+from daskprs.rundir import RunDir
 
 BINDING = re.compile(r"\$\{\{\s*([^{}]*?)\s*\}\}")
 _OPTIONAL_BLOCK = re.compile(r"\$\[\[(.*?)\]\]", re.S)
@@ -419,7 +420,7 @@ def place_outputs(
             path = resolve_path(text, path_at.base, S.place(place, "path"), ctx)
             explicit = True
         else:
-            path, explicit = os.path.join(ctx.run_dir, "outputs", step, name), False
+            path, explicit = RunDir(ctx.run_dir).output(step, name), False
         if path is not None and kind is not None:
             out[name] = Output(name, kind, path, explicit, mode)
     return out

@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from daskprs.job import schema as S
 from daskprs.job.binding import (
@@ -19,6 +20,7 @@ from daskprs.job.binding import (
     local_dir,
     parent_path,
 )
+from daskprs.job.files import read_step_settings
 from daskprs.job.model import CommandStep, DataInput, ParallelStep
 from daskprs.job.nodes import Node
 from daskprs.job.runtime import (
@@ -281,6 +283,12 @@ def _parallel_step(
         output_dir = (
             parent_path(first.path) if first.type == "uri_file" and first.explicit else first.path
         )
+    to_csv: dict[str, Any] = {}
+    if code_dir and append_row_to is not None:
+        try:
+            to_csv = read_step_settings(code_dir)
+        except ValueError as err:
+            ctx.problem(code_at("task", "code"), str(err), "fix or remove the settings file")
     if code_dir is None or entry is None or input_data is None or settings is None:
         return None
     return ParallelStep(
@@ -298,6 +306,7 @@ def _parallel_step(
         environment_variables=env_vars,
         program_arguments=argv,
         append_row_to=append_row_to,
+        to_csv_options=to_csv,
         output_dir=output_dir,
         compute=compute,
     )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -62,3 +64,54 @@ def load_config(
             if key == "datastores" and not URL.match(value):
                 value = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
             target[str(name)] = value
+
+
+SETTINGS_FILE = "parallel_run_step.settings.json"
+_SETTINGS_EXAMPLE = '{"append_row": {"pandas.DataFrame.to_csv": {"sep": ","}}}'
+
+
+def _to_csv_parameters() -> set[str]:
+    import inspect
+
+    import pandas
+
+    return set(inspect.signature(pandas.DataFrame.to_csv).parameters) - {"self"}
+
+
+def read_step_settings(code_dir: str) -> dict[str, Any]:
+    """The ``pandas.DataFrame.to_csv`` options of ``parallel_run_step.settings.json`` in a
+    step's code folder (``{}`` when there is no such file).
+
+    Raises
+    ------
+    ValueError
+        The file is not JSON of the shape Azure reads, or names an option ``to_csv`` does
+        not take; the message names the file and what is wrong.
+    """
+    path = os.path.join(code_dir, SETTINGS_FILE)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); write e.g. {_SETTINGS_EXAMPLE}") from err
+    append_row = data.get("append_row") if isinstance(data, dict) else None
+    options = append_row.get("pandas.DataFrame.to_csv") if isinstance(append_row, dict) else None
+    if not isinstance(data, dict) or not isinstance(append_row, dict | None):
+        raise ValueError(f"{path}: expected an object such as {_SETTINGS_EXAMPLE}")
+    if not isinstance(options, dict | None):
+        raise ValueError(
+            f'{path}: "append_row" -> "pandas.DataFrame.to_csv" must be an object of to_csv '
+            'options, such as {"sep": ","}'
+        )
+    options = options or {}
+    unknown = sorted(set(options) - _to_csv_parameters())
+    if unknown:
+        raise ValueError(
+            f"{path}: pandas.DataFrame.to_csv has no option "
+            + ", ".join(repr(k) for k in unknown)
+            + "; "
+            + S.suggest(unknown[0], _to_csv_parameters(), "option")
+        )
+    return options

@@ -7,9 +7,10 @@ All classes are picklable: they travel to Dask workers.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "CommandStep",
@@ -119,10 +120,18 @@ class ParallelStep:
     environment_variables: Mapping[str, str] = field(default_factory=dict)
     program_arguments: tuple[str, ...] = ()
     append_row_to: str | None = None
+    # pandas.DataFrame.to_csv options of parallel_run_step.settings.json (append_row jobs)
+    to_csv_options: Mapping[str, Any] = field(default_factory=dict)
     output_dir: str | None = None
     compute: str | None = None
     depends_on: tuple[str, ...] = ()
     kind: Literal["parallel"] = "parallel"
+
+    @property
+    def processes_per_instance(self) -> int:
+        """Entry-script processes per node: ``max_concurrency_per_instance``, or the cores of
+        this machine when it is not given."""
+        return self.max_concurrency_per_instance or os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

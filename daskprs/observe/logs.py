@@ -62,8 +62,8 @@ def format_report_row(rec: TryRecord) -> str:
 class Report:
     """Appends try rows to ``processed_mini-batches.csv`` (header written once)."""
 
-    def __init__(self, run_dir: str):
-        self.path = os.path.join(run_dir, "logs", "sys", "job_report", "processed_mini-batches.csv")
+    def __init__(self, path: str):
+        self.path = path
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
         self._f = open(self.path, "a", encoding="utf-8")
@@ -126,11 +126,6 @@ def format_progress(step: str, summary: Mapping[str, int], elapsed: float) -> st
         f"{summary['succeeded_items']} items succeeded, {summary['failed_items']} failed, "
         f"{elapsed:.1f} s{eta}"
     )
-
-
-def progress_overview_path(run_dir: str, now: float | None = None) -> str:
-    stamp = time.strftime("%Y%m%d%H", time.gmtime(now if now is not None else time.time()))
-    return os.path.join(run_dir, "logs", f"job_progress_overview.{stamp}.txt")
 
 
 def format_progress_overview(

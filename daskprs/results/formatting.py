@@ -6,14 +6,10 @@ Pure functions; pandas is only touched when the value is a DataFrame.
 from __future__ import annotations
 
 import io
-import json
-import os
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
-__all__ = ["SETTINGS_FILE", "format_rows", "load_to_csv_options", "result_length", "write_rows"]
-
-SETTINGS_FILE = "parallel_run_step.settings.json"
+__all__ = ["format_rows", "result_length", "write_rows"]
 
 _DEFAULT_TO_CSV = {"sep": " ", "header": False, "index": False, "lineterminator": "\n"}
 
@@ -71,26 +67,3 @@ def write_rows(value: Any, out: BinaryIO, to_csv: Mapping[str, Any] | None = Non
             text.detach()  # leave ``out`` open for the caller
         return
     out.write("".join(f"{item}\n" for item in value).encode("utf-8"))
-
-
-def load_to_csv_options(code_dir: str) -> dict[str, Any]:
-    """Read ``parallel_run_step.settings.json`` in the code folder, if any.
-
-    Returns the ``{"append_row": {"pandas.DataFrame.to_csv": {...}}}`` options, or ``{}``.
-    Raises ValueError naming the file when it is not valid JSON of that shape.
-    """
-    path = os.path.join(code_dir, SETTINGS_FILE)
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-    options = (data.get("append_row") or {}).get("pandas.DataFrame.to_csv") or {}
-    if not isinstance(options, dict):
-        raise ValueError(
-            f'{path}: "append_row" -> "pandas.DataFrame.to_csv" must be an object of to_csv '
-            'options, such as {"sep": ","}'
-        )
-    return options

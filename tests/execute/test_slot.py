@@ -12,6 +12,7 @@ from daskprs.execute.deadlines import Deadlines
 from daskprs.execute.slot import Slot
 from daskprs.execute.wire import RunTask
 from daskprs.inputs.batches import FileBatch
+from daskprs.rundir import LogsDir
 
 SCRIPT = """
 import os, sys, time
@@ -64,7 +65,7 @@ def setup(tmp_path):
             entry_script="score.py",
             argv=("--model", "m 1"),
             env={"INIT_LOG": str(init_log), **env},
-            logs_dir=str(logs),
+            logs=LogsDir(str(logs)),
             cache_dir=str(tmp_path / "cache"),
         )
         return cfg

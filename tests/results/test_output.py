@@ -10,7 +10,8 @@ import pytest
 from conftest import make_files, output_of, write_job
 
 from daskprs.api import run_job
-from daskprs.results.formatting import format_rows, load_to_csv_options, result_length
+from daskprs.job.files import read_step_settings
+from daskprs.results.formatting import format_rows, result_length
 
 
 def test_format_rows_lists_and_dataframes():
@@ -26,13 +27,37 @@ def test_format_rows_lists_and_dataframes():
 
 
 def test_settings_file_is_read_and_bad_ones_are_named(tmp_path):
-    assert load_to_csv_options(str(tmp_path)) == {}
+    assert read_step_settings(str(tmp_path)) == {}
     f = tmp_path / "parallel_run_step.settings.json"
     f.write_text(json.dumps({"append_row": {"pandas.DataFrame.to_csv": {"sep": ","}}}))
-    assert load_to_csv_options(str(tmp_path)) == {"sep": ","}
+    assert read_step_settings(str(tmp_path)) == {"sep": ","}
     f.write_text("{not json")
     with pytest.raises(ValueError, match=r"parallel_run_step\.settings\.json"):
-        load_to_csv_options(str(tmp_path))
+        read_step_settings(str(tmp_path))
+    f.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="expected an object"):
+        read_step_settings(str(tmp_path))
+    f.write_text(json.dumps({"append_row": {"pandas.DataFrame.to_csv": {"sepp": ","}}}))
+    with pytest.raises(ValueError, match="no option 'sepp'; did you mean `sep`"):
+        read_step_settings(str(tmp_path))
+
+
+def test_an_invalid_settings_file_fails_validation_naming_it(tmp_path):
+    from click.testing import CliRunner
+
+    from daskprs.cli import cli
+
+    make_files(tmp_path / "data", 2)
+    job = write_job(
+        tmp_path, "def run(mb):\n    return mb\n", input_yaml="type: uri_folder\npath: ./data"
+    )
+    (tmp_path / "code/parallel_run_step.settings.json").write_text('{"append_row": [1]}')
+    for command in (["validate", str(job)], ["run", str(job), "--run-dir", str(tmp_path / "r")]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 2, result.output
+        assert "parallel_run_step.settings.json" in result.output
+        assert "internal error" not in result.output
+    assert not (tmp_path / "r").exists()  # refused before anything started
 
 
 TABLE = """

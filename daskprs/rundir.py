@@ -1,0 +1,215 @@
+"""The run directory's layout: every path daskprs writes, its run record and its lock.
+
+One frozen, picklable value owns the layout (DESIGN decision 6: the run directory is the
+truth), so no other module spells a path inside it::
+
+    run = RunDir("/runs/pipeline-20261202-051900")
+    run.record                      # run.json
+    run.logs.job_result             # logs/job_result.txt
+    run.step("score").ledger        # steps/score/ledger.jsonl
+
+Standard library only: worker and entry-script processes import it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["LogsDir", "RunDir", "RunLocked", "StepDir", "write_json"]
+
+
+@dataclass(frozen=True)
+class LogsDir:
+    """``<run>/logs``: Azure-style logs (SPEC section 7)."""
+
+    root: str
+
+    @property
+    def job_result(self) -> str:
+        return os.path.join(self.root, "job_result.txt")
+
+    @property
+    def job_error(self) -> str:
+        return os.path.join(self.root, "job_error.txt")
+
+    @property
+    def processed_report(self) -> str:
+        """One row a try."""
+        return os.path.join(self.root, "sys", "job_report", "processed_mini-batches.csv")
+
+    def progress_overview(self, now: float | None = None) -> str:
+        stamp = time.strftime("%Y%m%d%H", time.gmtime(now if now is not None else time.time()))
+        return os.path.join(self.root, f"job_progress_overview.{stamp}.txt")
+
+    def user_output(self, kind: str, node: str, process: str) -> str:
+        """The entry script's ``stdout`` or ``stderr`` in one process."""
+        return os.path.join(self.root, "user", kind, node, f"{process}.{kind}.txt")
+
+    def user_error(self, node: str, process: str) -> str:
+        """Errors of the entry script in one process, with tracebacks."""
+        return os.path.join(self.root, "user", "error", node, f"{process}.txt")
+
+    def perf(self, node: str, process: str) -> str:
+        """The resource monitor's samples of one process."""
+        return os.path.join(self.root, "perf", node, f"{process}.csv")
+
+    def profile(self, node: str, process: str) -> str:
+        """``--profiling_module cProfile`` statistics of one process."""
+        return os.path.join(self.root, "sys", "node", node, f"{process}.profile")
+
+    def command(self, step: str) -> str:
+        """The folder of a command step's ``stdout.txt`` and ``stderr.txt``."""
+        return os.path.join(self.root, "steps", step)
+
+
+@dataclass(frozen=True)
+class StepDir:
+    """``<run>/steps/<step>``: the plan, the ledger, claims and committed parts of a step."""
+
+    root: str
+
+    @property
+    def plan(self) -> str:
+        return os.path.join(self.root, "plan.json")
+
+    @property
+    def ledger(self) -> str:
+        return os.path.join(self.root, "ledger.jsonl")
+
+    @property
+    def parts(self) -> str:
+        return os.path.join(self.root, "parts")
+
+    @property
+    def claims(self) -> str:
+        return os.path.join(self.root, "claims")
+
+    @property
+    def done(self) -> str:
+        """The marker of a command step that succeeded."""
+        return os.path.join(self.root, "done")
+
+    def part(self, mb: int, try_key: str) -> str:
+        return os.path.join(self.parts, f"{mb:05d}.{try_key}.part")
+
+    def claim(self, mb: int, try_key: str) -> str:
+        return os.path.join(self.claims, f"{mb:05d}.{try_key}")
+
+
+class RunLocked(RuntimeError):
+    """Another live process holds the run directory's lock."""
+
+    def __init__(self, run_dir: str, pid: int):
+        self.run_dir, self.pid = run_dir, pid
+        super().__init__(
+            f"the run {run_dir} is being run by process {pid} right now; wait for it to end "
+            "(or stop it) before resuming"
+        )
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run's folder (an absolute local path or a shared mount)."""
+
+    root: str
+
+    @property
+    def record(self) -> str:
+        """``run.json``: the job, the mode, fingerprints of code and inputs."""
+        return os.path.join(self.root, "run.json")
+
+    @property
+    def resolved_job(self) -> str:
+        """``job.json``: the job as daskprs resolved it (bindings, settings, paths)."""
+        return os.path.join(self.root, "job.json")
+
+    @property
+    def lock_file(self) -> str:
+        return os.path.join(self.root, "run.lock")
+
+    @property
+    def logs(self) -> LogsDir:
+        return LogsDir(os.path.join(self.root, "logs"))
+
+    @property
+    def failed_mini_batches(self) -> str:
+        return os.path.join(self.root, "failed_mini_batches.jsonl")
+
+    def output(self, step: str, name: str) -> str:
+        """Where an output without a ``path`` goes."""
+        return os.path.join(self.root, "outputs", step, name)
+
+    def step(self, name: str) -> StepDir:
+        return StepDir(os.path.join(self.root, "steps", name))
+
+    # -- the run record ----------------------------------------------------------------------
+    def read_record(self) -> dict[str, Any] | None:
+        """The run record, or None when there is none (not a run directory)."""
+        try:
+            with open(self.record, encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        """Replace the run record atomically."""
+        write_json(self.record, record)
+
+    # -- the lock ----------------------------------------------------------------------------
+    def lock(self) -> str:
+        """Take the run's lock, so two drivers never run the same run at once; a lock left
+        by a driver that was killed is taken over. Raise :class:`RunLocked` when a live
+        process holds it."""
+        path = self.lock_file
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pid = _lock_owner(path)
+                if pid and _pid_alive(pid):
+                    raise RunLocked(self.root, pid) from None
+                try:
+                    os.unlink(path)  # left by a driver that was killed
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return path
+        raise RunLocked(self.root, _lock_owner(path))
+
+    def unlock(self) -> None:
+        try:
+            os.unlink(self.lock_file)
+        except FileNotFoundError:
+            pass
+
+
+def write_json(path: str, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (a temporary file, then a rename)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def _lock_owner(path: str) -> int:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
