@@ -8,6 +8,7 @@ the supervisor), assembles outputs and writes the run's logs. The run directory 
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -38,10 +39,7 @@ def _say(line: str) -> None:
 
 
 def _default_workers(job: Job) -> int:
-    counts = [
-        s.instance_count * s.processes_per_instance
-        for s in job.parallel_steps
-    ]
+    counts = [s.instance_count * s.processes_per_instance for s in job.parallel_steps]
     return max(counts or [1])
 
 
@@ -258,8 +256,12 @@ def _execute(
         run.lock()
     except RunLocked as err:
         raise UserInputError(str(err)) from None
+    levels = [s.settings.logging_level for s in job.parallel_steps] or ["INFO"]
+    console_level = min(levels, key=lambda name: logging.getLevelName(name.upper()))
     try:
-        runner.run(scheduler, client, n_workers)
+        with logs.driver_logging(run.logs.driver, console_level) as log:
+            log.debug("%s %s (%s) in %s", mode, job.source, job.name, run.root)
+            runner.run(scheduler, client, n_workers)
     except (KeyboardInterrupt, Interrupted) as err:
         result.failure = f"interrupted: {err}" if str(err) else "interrupted"
         raise

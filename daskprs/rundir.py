@@ -37,6 +37,11 @@ class LogsDir:
         return os.path.join(self.root, "job_error.txt")
 
     @property
+    def driver(self) -> str:
+        """daskprs's own log of the run (the ``daskprs.*`` loggers)."""
+        return os.path.join(self.root, "sys", "daskprs.log")
+
+    @property
     def processed_report(self) -> str:
         """One row a try."""
         return os.path.join(self.root, "sys", "job_report", "processed_mini-batches.csv")
@@ -87,6 +92,11 @@ class StepDir:
     @property
     def claims(self) -> str:
         return os.path.join(self.root, "claims")
+
+    @property
+    def lease(self) -> str:
+        """Rewritten by the driver while it runs the step; see ``execute.pool``."""
+        return os.path.join(self.root, "lease")
 
     @property
     def done(self) -> str:

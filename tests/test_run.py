@@ -59,6 +59,8 @@ def test_file_list_job_output_in_input_order(tmp_path, client):
     assert {r["Status"] for r in rows} == {"RUN_DONE"}
     assert "outcome: succeeded" in (tmp_path / "run/logs/job_result.txt").read_text()
     assert (tmp_path / "run/failed_mini_batches.jsonl").read_text() == ""
+    own_log = (tmp_path / "run/logs/sys/daskprs.log").read_text()
+    assert f"run {job} (" in own_log  # daskprs's own log of the run
 
 
 TABLE_SCRIPT = """

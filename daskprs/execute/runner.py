@@ -8,6 +8,7 @@ output is assembled from the committed parts once the step is over.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sys
@@ -17,17 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 from daskprs.errors import Interrupted
+from daskprs.execute.codefolder import CodeFolder
 from daskprs.execute.deadlines import Deadlines
+from daskprs.execute.pool import LeaseKeeper, SlotPool, lease_seconds
 from daskprs.execute.supervisor import Finalize, Policy, Prior, Stop, Submit, Supervisor
-from daskprs.execute.worker import (
-    CodeFolder,
-    StepContext,
-    kill_running,
-    prestart,
-    run_tries,
-    run_try,
-    stop_slots,
-)
+from daskprs.execute.worker import StepContext, claimed, kill_running, run_tries, run_try
 from daskprs.inputs.batches import MiniBatch
 from daskprs.inputs.plan import Plan
 from daskprs.job.model import ParallelStep
@@ -39,6 +34,8 @@ from daskprs.results.output import assemble
 from daskprs.rundir import RunDir
 
 __all__ = ["run_step"]
+
+log = logging.getLogger(__name__)
 
 # Seconds between progress reports on the console and in the progress overview file.
 _PROGRESS_EVERY = 5.0
@@ -60,14 +57,14 @@ def _duplicate_as_death(rec: TryRecord) -> TryRecord:
 
 def _lost(fut: Any, sub: Submit, ctx: StepContext) -> TryRecord:
     """The record of a try whose Dask task failed or vanished (its worker died)."""
-    from daskprs.execute.worker import claimed
+    from distributed import KilledWorker
 
     if not claimed(ctx, sub.mb, sub.try_key):
         return TryRecord(mb=sub.mb, try_no=sub.try_no, status=Status.NOT_STARTED)
     if fut.status == "error":
         exc = fut.exception()
         name = type(exc).__name__
-        if name == "KilledWorker":
+        if isinstance(exc, KilledWorker):
             error = (
                 "the Dask worker running this mini-batch died (its process was killed or ran "
                 "out of memory)"
@@ -237,7 +234,10 @@ class _StepRun:
         finished = [f for f, _ in ready if f.status == "finished"]
         try:
             values = self.client.gather(finished)
-        except Exception:  # a result lost with its worker: fall back to one at a time
+        except Exception as err:  # a result lost with its worker: fall back to one at a time
+            log.debug(
+                "gathering %d results failed (%s); fetching one at a time", len(finished), err
+            )
             values = [_result_or_none(f) for f in finished]
         results = dict(zip((f.key for f in finished), values, strict=True))
         out = []
@@ -254,10 +254,6 @@ class _StepRun:
 
     def loop(self, progress: Callable[[], None]) -> Stop:
         """Run until the supervisor stops; return its verdict."""
-        try:
-            self.client.run(prestart, self.ctx)
-        except Exception:  # a worker that cannot start a slot now starts it on its first task
-            pass
         last_report = time.monotonic()
         self.carry_out(self.sup.start())
         while not self.sup.finished:
@@ -284,14 +280,12 @@ class _StepRun:
         assert isinstance(stop, Stop)
         if self.futures:
             _cancel(self.client, self.futures, self.ctx.token)
-        _stop_slots(self.client, self.ctx.token)
         return stop
 
     def abort(self) -> None:
         """Interrupted: cancel what is queued, kill what runs, keep what is committed."""
         self.carry_out(self.sup.abort("interrupted"))
         _cancel(self.client, self.futures, self.ctx.token)
-        _stop_slots(self.client, self.ctx.token, kill=True)
 
     def close(self) -> None:
         self.ledger.close()
@@ -301,7 +295,8 @@ class _StepRun:
 def _result_or_none(fut: Any) -> Any:
     try:
         return fut.result()
-    except Exception:
+    except Exception as err:  # the caller records the try as lost
+        log.debug("the result of %s is lost: %s: %s", fut.key, type(err).__name__, err)
         return None
 
 
@@ -366,6 +361,7 @@ def run_step(
         local_concurrency=per_node if local else None,
         monitor_interval=step.settings.resource_monitor_interval,
         profiling_module=step.settings.profiling_module,
+        lease_seconds=0.0 if local else lease_seconds(),
     )
     for sub in (ctx.where.parts, ctx.where.claims):
         os.makedirs(sub, exist_ok=True)
@@ -380,10 +376,15 @@ def run_step(
         session=session,
         now=time.monotonic(),
     )
-    shipped = None
+    plugins = []
     if ship_code:
-        shipped = CodeFolder(ctx.token, step.code_dir)
-        client.register_plugin(shipped)
+        plugins.append(CodeFolder(ctx.token, step.code_dir))
+    # the pool starts every worker's slots now: the children import their libraries while
+    # the driver submits
+    plugins.append(SlotPool(ctx))
+    lease = LeaseKeeper(ctx.where.lease, ctx.lease_seconds).start() if ctx.lease_seconds else None
+    for plugin in plugins:
+        client.register_plugin(plugin)
     step_run = _StepRun(client, ctx, sup, batches, _Packer(n_workers))
     try:
         stop = step_run.loop(
@@ -397,11 +398,11 @@ def run_step(
         ) from err
     finally:
         step_run.close()
-        if shipped is not None:
-            try:
-                client.unregister_worker_plugin(shipped.name)
-            except Exception:  # a cluster that is going away has nothing left to clean
-                pass
+        # unregistering the pool runs every child's shutdown() (or finds it killed)
+        for plugin in reversed(plugins):
+            _unregister(client, plugin.name)
+        if lease is not None:
+            lease.stop()
     elapsed = time.monotonic() - started
     _progress(echo, run, step.name, sup, elapsed, plan.seconds)
     return StepOutcome(
@@ -435,18 +436,35 @@ def _cancel(client: Any, futures: dict[str, tuple[Any, list]], token: str) -> No
     """Cancel queued tries and kill the children running the others."""
     client.cancel([f for f, _ in futures.values()], force=True)
     futures.clear()
-    try:
-        client.run(kill_running, token)
-    except Exception:  # a worker that is gone has nothing left to kill
-        pass
+    on_workers(client, kill_running, token, what="kill the running entry scripts")
 
 
-def _stop_slots(client: Any, token: str, kill: bool = False) -> None:
-    """Let every slot of the step run ``shutdown()`` and end its child (or kill it)."""
+def on_workers(client: Any, fn: Callable[..., Any], *args: Any, what: str) -> dict[str, Any]:
+    """Run ``fn`` on every worker; log the workers where it failed and return their errors.
+
+    Parameters
+    ----------
+    what : str
+        What ``fn`` does, for the log (``"kill the running entry scripts"``).
+    """
     try:
-        client.run(stop_slots, token, kill=kill)
-    except Exception:
-        pass
+        answers = client.run(fn, *args, on_error="return")
+    except Exception as err:  # the scheduler itself is gone or unreachable
+        log.warning(
+            "could not %s: the cluster did not answer (%s: %s)", what, type(err).__name__, err
+        )
+        return {"scheduler": err}
+    failed = {a: r for a, r in answers.items() if isinstance(r, BaseException)}
+    for address, err in sorted(failed.items()):
+        log.warning("could not %s on worker %s: %s: %s", what, address, type(err).__name__, err)
+    return failed
+
+
+def _unregister(client: Any, name: str) -> None:
+    try:
+        client.unregister_worker_plugin(name)
+    except Exception as err:  # a cluster going away has nothing left to clean; say so
+        log.warning("could not remove the worker plugin %s: %s: %s", name, type(err).__name__, err)
 
 
 def assemble_output(step: ParallelStep, ledger_state: LedgerState) -> tuple[str | None, int]:

@@ -141,6 +141,34 @@ class Slot:
         self._close_pipes()
         self.proc = None
 
+    def kill_child(self) -> None:
+        """Kill the child now (an abort), leaving the reaping to the next call."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.kill()
+            except ProcessLookupError:
+                pass
+
+    def watch_resources(self, path: str, interval: float) -> None:
+        """Sample the child's CPU and memory to ``path`` every ``interval`` seconds."""
+        from daskprs.observe.monitor import ResourceMonitor
+
+        self.monitor = ResourceMonitor(
+            path, interval, lambda: self.proc.pid if self.proc is not None else None
+        )
+        self.monitor.start()
+
+    def close(self, kill: bool = False) -> None:
+        """The end of the slot: stop its monitor, then stop (``shutdown()``) or kill the
+        child."""
+        if self.monitor is not None:
+            self.monitor.stop()
+            self.monitor = None
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+
     def stop(self, timeout: float = 30.0) -> None:
         """Ask the child to run ``shutdown()`` and exit; kill it if it takes too long."""
         if self.alive:

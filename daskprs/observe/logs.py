@@ -7,12 +7,15 @@ Files (SPEC section 7): ``logs/sys/job_report/processed_mini-batches.csv`` (one 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import logging
 import os
+import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from daskprs.results.outcome import TryRecord
@@ -148,3 +151,31 @@ def format_progress_overview(
         left = (summary["total"] - finished) * elapsed / finished
         lines.append(f"estimated seconds left: {left:.0f}")
     return "\n".join(lines)
+
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@contextlib.contextmanager
+def driver_logging(path: str, console_level: str = "INFO") -> Iterator[logging.Logger]:
+    """Send daskprs's own loggers (``daskprs.*``) to ``path`` (everything) and to stderr (at
+    ``console_level``, the job's ``logging_level``) while the block runs."""
+    logger = logging.getLogger("daskprs")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file.setFormatter(logging.Formatter(_LOG_FORMAT))
+    to_file.setLevel(logging.DEBUG)
+    to_console = logging.StreamHandler(sys.stderr)
+    to_console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    to_console.setLevel(getattr(logging, console_level.upper(), logging.INFO))
+    previous = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(to_file)
+    logger.addHandler(to_console)
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(to_file)
+        logger.removeHandler(to_console)
+        logger.setLevel(previous)
+        to_file.close()

@@ -26,7 +26,7 @@ from daskprs.api import run_job
 pytestmark = pytest.mark.slow
 
 # Run on a worker: the code folders it was sent (a lambda, so that it is pickled by value).
-_code_dirs = lambda: __import__("daskprs.execute.worker", fromlist=["_"])._CODE_DIRS  # noqa: E731
+_code_dirs = lambda: __import__("daskprs.execute.codefolder", fromlist=["_"])._CODE_DIRS  # noqa: E731
 
 
 def tries(run_dir, mb: str):
@@ -178,3 +178,58 @@ def test_code_folder_is_shipped_to_workers_that_cannot_see_it(tmp_path):
     assert output_of(tmp_path / "run").read_text().splitlines() == [
         f"f{i:03d}.txt shipped" for i in range(5)
     ]
+
+
+LINGER = """
+import os, time
+
+def run(mini_batch, context):
+    if context.minibatch_index == 0:
+        with open(os.path.join(os.environ["MARKS"], "child.pid.tmp"), "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(os.path.join(os.environ["MARKS"], "child.pid.tmp"),
+                  os.path.join(os.environ["MARKS"], "child.pid"))
+        time.sleep(3600)
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+def test_a_killed_driver_leaves_no_entry_script_running_on_the_workers(tmp_path, monkeypatch):
+    """The workers outlive the driver; its entry-script children must not (the lease)."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import pid_alive
+
+    from daskprs.testing import poll_for
+
+    monkeypatch.setenv("DASKPRS_LEASE_SECONDS", "2")  # for the workers and the driver
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    make_files(tmp_path / "data", 4)
+    job = write_job(
+        tmp_path,
+        LINGER,
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"1"',
+        extra=f"environment_variables:\n  MARKS: {marks}\n",
+    )
+    with external_cluster_at(tmp_path) as address:
+        args = ["run", str(job), "--run-dir", str(tmp_path / "run"), "--scheduler", address]
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "daskprs", *args],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            pid_file = marks / "child.pid"
+            child = int(poll_for(lambda: pid_file.exists() and pid_file.read_text(), timeout=120))
+            assert (tmp_path / "run/steps/score/lease").exists()
+        finally:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+        assert pid_alive(child)  # the child belongs to the worker, not to the driver
+        poll_for(lambda: not pid_alive(child), timeout=60)

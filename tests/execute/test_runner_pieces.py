@@ -54,3 +54,27 @@ def test_ledger_replays_final_states_written_with_the_try(tmp_path):
     assert state.entries[1].state == "FAILED" and state.entries[1].part is None
     assert state.entries[2].state == "CANCELLED"
     assert state.state_of(3) == "PENDING"
+
+
+class _Client:
+    def __init__(self, answers):
+        self.answers = answers
+
+    def run(self, fn, *args, on_error="raise"):
+        assert on_error == "return"
+        if isinstance(self.answers, Exception):
+            raise self.answers
+        return self.answers
+
+
+def test_work_on_every_worker_reports_the_workers_that_failed(caplog):
+    from daskprs.execute.runner import on_workers
+
+    caplog.set_level("WARNING", logger="daskprs")
+    broken = OSError("no such process")
+    failed = on_workers(_Client({"tcp://a:1": 2, "tcp://b:2": broken}), len, what="stop the slots")
+    assert failed == {"tcp://b:2": broken}
+    assert "could not stop the slots on worker tcp://b:2: OSError: no such process" in caplog.text
+    assert "tcp://a:1" not in caplog.text
+    assert on_workers(_Client(TimeoutError("gone")), len, what="x") != {}
+    assert "could not x: the cluster did not answer (TimeoutError: gone)" in caplog.text

@@ -1,0 +1,235 @@
+"""The slots of one step on one Dask worker, as a worker plugin.
+
+A :class:`SlotPool` is registered on the cluster for each step run
+(``client.register_plugin``); every worker, present or joining later, sets one up: it starts
+one slot per worker thread at once (the children import their libraries while the driver
+submits), hands idle slots to tries and takes them back. Unregistering the plugin tears the
+pool down: every child runs ``shutdown()`` and exits.
+
+The pool also holds a lease on the driver: the driver rewrites the step's lease file every
+few seconds (:class:`LeaseKeeper`), and a pool that sees it unchanged for ``lease_seconds``
+(the driver was killed; its plugin is still registered) kills its children, so no
+entry-script process outlives its run for the life of the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from typing import Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from daskprs.execute.child import ChildConfig
+from daskprs.execute.codefolder import code_dir_for
+from daskprs.execute.slot import Slot
+
+__all__ = ["LeaseKeeper", "SlotPool", "lease_seconds", "pool_of"]
+
+log = logging.getLogger(__name__)
+
+# Seconds without a sign of the driver after which a pool kills its children. Long enough for
+# a driver busy assembling a large output; DASKPRS_LEASE_SECONDS changes it (tests use 2).
+_DEFAULT_LEASE_SECONDS = 60.0
+
+
+def lease_seconds(env: dict[str, str] | None = None) -> float:
+    env = os.environ if env is None else env
+    return float(env.get("DASKPRS_LEASE_SECONDS") or _DEFAULT_LEASE_SECONDS)
+
+
+def _identity(ctx: Any, index: int, worker: Any) -> tuple[str, str]:
+    """The node and process names of slot ``index`` of ``worker`` (SPEC section 6)."""
+    if worker is None:
+        return "node000", f"process{index:03d}"
+    name = worker.name
+    suffix = f"-{index}" if worker.state.nthreads > 1 else ""
+    if ctx.local_concurrency and isinstance(name, int):
+        node = f"node{name // ctx.local_concurrency:03d}"
+        return node, f"process{name % ctx.local_concurrency:03d}{suffix}"
+    host = worker.address.split("://")[-1].rsplit(":", 1)[0]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+    return host, f"process-{safe}{suffix}"
+
+
+class SlotPool(WorkerPlugin):
+    """The entry-script slots of one step run on one worker.
+
+    Parameters
+    ----------
+    ctx : StepContext
+        The step's settings (picklable; the pool's state is made in :meth:`setup`).
+    """
+
+    def __init__(self, ctx: Any):
+        self.ctx = ctx
+        self.name = pool_name(ctx.token)
+
+    # -- plugin life cycle -------------------------------------------------------------------
+    def setup(self, worker: Any = None) -> None:
+        self.worker = worker
+        self._lock = threading.Lock()
+        self._idle: list[Slot] = []
+        self._all: list[Slot] = []
+        self._expired = threading.Event()
+        self._closed = threading.Event()
+        nthreads = worker.state.nthreads if worker is not None else 1
+        for _ in range(nthreads):
+            slot = self._new_slot()
+            slot.start()
+            self._idle.append(slot)
+        lease = self.ctx.where.lease
+        if self.ctx.lease_seconds and lease:
+            threading.Thread(
+                target=self._watch_lease,
+                args=(lease, self.ctx.lease_seconds),
+                name=f"daskprs-lease-{self.ctx.token}",
+                daemon=True,
+            ).start()
+
+    def teardown(self, worker: Any = None) -> None:
+        self.close()
+
+    # -- slots -------------------------------------------------------------------------------
+    def _new_slot(self) -> Slot:
+        ctx = self.ctx
+        node, process = _identity(ctx, len(self._all), self.worker)
+        config = ChildConfig(
+            code_dir=code_dir_for(ctx.token, ctx.code_dir),
+            entry_script=ctx.entry_script,
+            argv=ctx.argv,
+            env=dict(ctx.env),
+            node=node,
+            process=process,
+            logs=ctx.run.logs,
+            output_dir=ctx.output_dir,
+            logging_level=ctx.logging_level,
+            cache_dir=os.path.join(tempfile.gettempdir(), f"daskprs-cache-{ctx.token}-{process}"),
+            to_csv=dict(ctx.to_csv),
+            profiling_module=ctx.profiling_module,
+        )
+        slot = Slot(config, ctx.memory_limit)
+        if ctx.monitor_interval > 0:
+            slot.watch_resources(ctx.run.logs.perf(node, process), ctx.monitor_interval)
+        self._all.append(slot)
+        return slot
+
+    def acquire(self) -> Slot:
+        """An idle slot (a new one when all are busy)."""
+        if self._expired.is_set():
+            raise RuntimeError(
+                f"the driver of step run {self.ctx.token} is gone (its lease expired); "
+                "this worker no longer runs its tries"
+            )
+        with self._lock:
+            return self._idle.pop() if self._idle else self._new_slot()
+
+    def release(self, slot: Slot) -> None:
+        with self._lock:
+            if not self._closed.is_set():
+                self._idle.append(slot)
+
+    def kill_running(self) -> int:
+        """Kill the children that are running a try now (an abort); slots stay."""
+        with self._lock:
+            busy = [s for s in self._all if s not in self._idle]
+        for slot in busy:
+            slot.kill_child()
+        return len(busy)
+
+    def close(self, kill: bool = False) -> int:
+        """Stop every slot (``shutdown()``, then exit; or kill) and drop the local caches."""
+        with self._lock:
+            self._closed.set()
+            slots, self._all, self._idle = self._all, [], []
+        for slot in slots:
+            slot.close(kill=kill)
+            shutil.rmtree(slot.config.cache_dir, ignore_errors=True)
+        return len(slots)
+
+    # -- the driver's lease ------------------------------------------------------------------
+    def _watch_lease(self, path: str, seconds: float) -> None:
+        last, seen = None, time.monotonic()
+        while not self._closed.wait(seconds / 4):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    value = f.read()
+            except OSError:
+                value = None
+            if value is not None and value != last:
+                last, seen = value, time.monotonic()
+            elif time.monotonic() - seen > seconds:
+                log.warning(
+                    "the driver of step run %s gave no sign for %.0f s (lease %s); killing its "
+                    "entry-script processes",
+                    self.ctx.token,
+                    seconds,
+                    path,
+                )
+                self._expired.set()
+                self.close(kill=True)
+                return
+
+
+def pool_name(token: str) -> str:
+    return f"daskprs-slots-{token}"
+
+
+def pool_of(token: str, worker: Any) -> SlotPool:
+    """The slot pool of step run ``token`` on ``worker``."""
+    pool = worker.plugins.get(pool_name(token)) if worker is not None else None
+    if pool is None:
+        raise RuntimeError(
+            f"this Dask worker has no slots for step run {token}: its plugin was not set up "
+            "(the worker may be closing)"
+        )
+    return pool
+
+
+class LeaseKeeper:
+    """The driver's side of the lease: rewrites the lease file every ``seconds / 4``.
+
+    Parameters
+    ----------
+    path : str
+        The step's lease file (on the filesystem the workers see).
+    seconds : float
+        The lease; workers kill their children after that long without a rewrite.
+    """
+
+    def __init__(self, path: str, seconds: float):
+        self.path, self.seconds = path, seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="daskprs-lease", daemon=True)
+        self._beats = 0
+
+    def start(self) -> LeaseKeeper:
+        self._beat()
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        self._beats += 1
+        tmp = f"{self.path}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(f"{os.getpid()} {self._beats}\n")
+            os.replace(tmp, self.path)
+        except OSError as err:
+            log.warning("cannot renew the lease %s: %s", self.path, err)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.seconds / 4):
+            self._beat()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
