@@ -15,6 +15,8 @@ Every message says what is wrong and how to fix it.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "Problem",
     "ResumeRefused",
     "UserInputError",
+    "close_match",
+    "suggest",
 ]
 
 
@@ -95,3 +99,21 @@ class Interrupted(DaskprsError):
     """The run was interrupted by SIGINT or SIGTERM; committed work is kept. Exit status 130."""
 
     exit_code = 130
+
+
+def close_match(word: str, known: Iterable[object]) -> str | None:
+    """The known name closest to a misspelt ``word``, if one is close enough."""
+    close = difflib.get_close_matches(word, sorted(str(k) for k in known), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def suggest(
+    word: str, known: Iterable[object], what: str = "key", quote: str = "`", list_known: bool = True
+) -> str:
+    """A hint for a misspelt name: ``did you mean `timeout`?``, else the known names (or
+    nothing, without ``list_known``)."""
+    names = sorted(str(k) for k in known)
+    close = close_match(word, names)
+    if close is not None:
+        return f"did you mean {quote}{close}{quote}?"
+    return f"known {what}s: {', '.join(names)}" if names and list_known else ""

@@ -13,7 +13,7 @@ from typing import Any
 
 from daskprs.rundir import RunDir
 
-__all__ = ["output_of", "poll_for", "write_job"]
+__all__ = ["flaky_script", "output_of", "poll_for", "write_job"]
 
 
 def write_job(
@@ -88,6 +88,29 @@ jobs:
     path = folder / "job.yml"
     path.write_text(text)
     return path
+
+
+def flaky_script(failures: int = 1, error: str = "first try fails") -> str:
+    """An entry script whose ``run()`` raises ``RuntimeError(error)`` on the first
+    ``failures`` tries of every mini-batch, then returns its files' names (one a line).
+
+    It counts tries with marker files in the folder ``$MARKS`` (give it through the job's
+    ``environment_variables``), so the count survives killed and replaced processes.
+    """
+    return textwrap.dedent(
+        f"""
+        import os
+
+        def run(mini_batch, context):
+            marks = os.environ["MARKS"]
+            tried = len([m for m in os.listdir(marks)
+                         if m.startswith(f"{{context.minibatch_index}}.")])
+            if tried < {failures}:
+                open(os.path.join(marks, f"{{context.minibatch_index}}.{{tried}}"), "w").close()
+                raise RuntimeError({error!r})
+            return [os.path.basename(p) for p in mini_batch]
+        """
+    )
 
 
 def output_of(run_dir: Path, step: str = "score", name: str = "result") -> Path:

@@ -17,9 +17,9 @@ import daskprs
 
 PACKAGE = Path(daskprs.__file__).parent
 
-# Lowest first. The root package (``daskprs/__init__.py``, lazy), ``errors`` and ``rundir``
-# (the run directory's layout) are the ground every layer stands on.
-GROUND = ["daskprs", "daskprs.errors", "daskprs.rundir"]
+# Lowest first. The root package (``daskprs/__init__.py``, lazy), ``errors``, ``paths`` and
+# ``rundir`` (the run directory's layout) are the ground every layer stands on.
+GROUND = ["daskprs", "daskprs.errors", "daskprs.paths", "daskprs.rundir"]
 LAYERS = [*GROUND, "job", "inputs", "results", "observe", "execute"]
 TOP = len(LAYERS)
 
@@ -112,3 +112,21 @@ def test_users_import_the_public_names_where_they_always_did():
     assert EntryScript.__module__ == "azureml_user.parallel_run"
     for name in daskprs.__all__:
         assert getattr(daskprs, name) is not None
+
+
+@pytest.mark.parametrize(
+    ("base", "parts", "joined"),
+    [
+        ("/data", ("a", "b.csv"), "/data/a/b.csv"),
+        ("/data/x", ("../y",), "/data/y"),
+        ("/data", ("/abs/f",), "/abs/f"),
+        ("s3://bucket/data", ("../other", "x.csv"), "s3://bucket/other/x.csv"),
+        ("s3://bucket/data/", ("s3://b2/k",), "s3://b2/k"),
+        ("/local", ("s3://b/k",), "s3://b/k"),
+        ("s3://bucket/", (), "s3://bucket"),
+    ],
+)
+def test_one_join_path_for_local_paths_and_urls(base, parts, joined):
+    from daskprs.paths import join_path
+
+    assert join_path(base, *parts) == joined

@@ -10,6 +10,7 @@ import pytest
 from conftest import make_files, output_of, write_job
 
 from daskprs.api import run_job
+from daskprs.testing import flaky_script
 
 pytestmark = pytest.mark.slow
 
@@ -125,24 +126,12 @@ def test_tabular_mini_batches_never_cross_files_and_ids_follow_order(tmp_path, c
     assert {line.split()[2] for line in lines[100:]} == {"1"}
 
 
-FLAKY = """
-import os
-
-def run(mini_batch, context):
-    marker = os.path.join(os.environ["MARKS"], f"{context.minibatch_index}")
-    if not os.path.exists(marker):
-        open(marker, "w").close()
-        raise RuntimeError("first try fails")
-    return [os.path.basename(p) for p in mini_batch]
-"""
-
-
 def test_first_try_fails_everywhere_all_succeed_on_retry(tmp_path, client):
     make_files(tmp_path / "data", 8)
     (tmp_path / "marks").mkdir()
     job = write_job(
         tmp_path,
-        FLAKY,
+        flaky_script(),
         input_yaml="type: uri_folder\npath: ./data",
         extra=f"environment_variables:\n  MARKS: {tmp_path / 'marks'}",
     )

@@ -14,6 +14,7 @@ from operator import itemgetter
 from typing import Any
 
 from daskprs.errors import PlanningError
+from daskprs.inputs.filesystems import filesystem
 from daskprs.inputs.mltable import MLTABLE_FILE, MLTableSpec, load_mltable
 from daskprs.job.model import DataInput
 
@@ -64,18 +65,8 @@ class Storage:
         elif protocol in self._cache:
             fs = self._cache[protocol]
         else:
-            import fsspec.core
-
-            # A fresh instance per plan: fsspec's instance cache is keyed by thread, and a
-            # reused thread id would hand back a filesystem built for other credentials or
-            # another endpoint (seen with AWS_ENDPOINT_URL changing between runs).
-            options = (
-                {**self.options, "skip_instance_cache": True}
-                if protocol not in ("file", "local")
-                else {}
-            )
             try:
-                fs, _ = fsspec.core.url_to_fs(url, **options)
+                fs, _ = filesystem(url, self.options)
             except ValueError as err:
                 raise PlanningError(
                     f"{url}: unknown protocol '{protocol}'; use a local path or an fsspec URL "

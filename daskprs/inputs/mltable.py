@@ -16,14 +16,14 @@ modules; their public names are importable from here too. An MLTable file looks 
 
 from __future__ import annotations
 
-import difflib
 import posixpath
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from daskprs.errors import PlanningError
+from daskprs.errors import PlanningError, suggest
+from daskprs.inputs.filesystems import filesystem
 from daskprs.inputs.filters import parse_filter
 from daskprs.inputs.partitions import match_partition_format, partition_columns, partition_regex
 from daskprs.inputs.tablemodel import (
@@ -38,6 +38,7 @@ from daskprs.inputs.tablemodel import (
 )
 from daskprs.inputs.tablemodel import WIDE_ENCODINGS as WIDE_ENCODINGS
 from daskprs.inputs.transforms import apply_transforms, csv_read_options, infer_dates
+from daskprs.paths import join_path
 
 __all__ = [
     "HEADER_MODES",
@@ -96,29 +97,18 @@ _READ_OPTIONS = {
 _COLUMN_TYPES = ("string", "int", "float", "boolean", "datetime")
 
 
-def join_path(folder: str, path: str) -> str:
-    """Resolve ``path`` (relative, absolute or a URL) against ``folder`` (a path or URL)."""
-    if "://" in path or path.startswith("/"):
-        return path
-    if "://" in folder:
-        proto, rest = folder.split("://", 1)
-        return f"{proto}://{posixpath.normpath(posixpath.join(rest, path))}"
-    return posixpath.normpath(posixpath.join(folder, path))
-
-
 def load_mltable(folder: str, *, fs: Any = None, storage_options: Mapping | None = None):
     """Read and parse the ``MLTable`` file of ``folder`` (a local path or URL).
 
     ``folder`` may also name the ``MLTable`` file itself.
     """
-    import fsspec.core
 
     folder = folder.rstrip("/") or "/"
     if posixpath.basename(folder) == MLTABLE_FILE:
         folder = posixpath.dirname(folder)
     source = join_path(folder, MLTABLE_FILE)
     if fs is None:
-        fs, fs_path = fsspec.core.url_to_fs(source, **dict(storage_options or {}))
+        fs, fs_path = filesystem(source, storage_options)
     else:
         fs_path = fs._strip_protocol(source)
     try:
@@ -174,8 +164,8 @@ def parse_mltable(text: str, folder: str, *, source: str | None = None) -> MLTab
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    hint = suggest(word, choices, quote="'", list_known=False)
+    return f" ({hint})" if hint else ""
 
 
 def _parse_paths(raw: Any, folder: str, source: str) -> tuple[PathEntry, ...]:

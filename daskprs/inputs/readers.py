@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from daskprs.inputs.batches import FileBatch, MiniBatch, TableBatch, TablePiece
+from daskprs.inputs.filesystems import filesystem
 from daskprs.inputs.tablemodel import TableRead
 from daskprs.inputs.transforms import apply_transforms, csv_read_options, infer_dates
 
@@ -72,32 +73,6 @@ def load_batch(batch: MiniBatch, *, cache_dir: str) -> pd.DataFrame | list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-# One filesystem per protocol and options in this process. fsspec's own instance cache is
-# keyed by thread id too, which can hand a reused thread a filesystem made for another
-# endpoint; this cache is keyed by what matters only.
-_FILESYSTEMS: dict[tuple[str, str], Any] = {}
-_ENV_PREFIXES = ("AWS_", "FSSPEC_", "GOOGLE_", "GCS", "AZURE_")
-
-
-def _fs_for(url: str, storage_options: Mapping[str, Any]) -> tuple[Any, str]:
-    if "://" not in url:
-        from fsspec.implementations.local import LocalFileSystem
-
-        return LocalFileSystem(), url
-    import fsspec.core
-
-    protocol = url.split("://", 1)[0]
-    # Credentials and endpoints may also come from the environment.
-    env = sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES))
-    key = (protocol, repr((sorted(storage_options.items()), env)))
-    fs = _FILESYSTEMS.get(key)
-    if fs is None:
-        fs, path = fsspec.core.url_to_fs(url, **dict(storage_options), skip_instance_cache=True)
-        _FILESYSTEMS[key] = fs
-        return fs, path
-    return fs, fs._strip_protocol(url)
-
-
 def _cache_path(cache_dir: str, url: str) -> str:
     """``<cache_dir>/<protocol>/<bucket>/<key>``: unique per URL, the file name kept."""
     protocol, _, rest = url.partition("://")
@@ -117,7 +92,7 @@ def _load_files(batch: FileBatch, cache_dir: str) -> list[str]:
             continue
         local = _cache_path(cache_dir, url)
         try:
-            fs, path = _fs_for(url, batch.storage_options)
+            fs, path = filesystem(url, batch.storage_options)
             size = fs.size(path)
             if not (os.path.isfile(local) and os.path.getsize(local) == size):
                 os.makedirs(os.path.dirname(local), exist_ok=True)
@@ -169,7 +144,7 @@ def read_piece(
     piece: TablePiece, read: TableRead, storage_options: Mapping[str, Any] | None = None
 ) -> pd.DataFrame:
     """The rows of one piece, parsed but not transformed."""
-    fs, path = _fs_for(piece.path, storage_options or {})
+    fs, path = filesystem(piece.path, storage_options or {})
     if read.reader == "parquet":
         return _read_parquet(fs, path, piece)
     data = fs.cat_file(path, start=piece.start, end=piece.end)

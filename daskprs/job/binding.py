@@ -10,18 +10,18 @@ paths relative to the YAML file that gives them, fsspec URLs, and
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Mapping
 
+from daskprs.errors import close_match
 from daskprs.job import schema as S
 from daskprs.job.model import DataInput, Output
+from daskprs.paths import URL, join_path
 from daskprs.rundir import RunDir
 
 BINDING = re.compile(r"\$\{\{\s*([^{}]*?)\s*\}\}")
 _OPTIONAL_BLOCK = re.compile(r"\$\[\[(.*?)\]\]", re.S)
-URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _DATASTORE_URI = re.compile(r"^azureml://datastores/([^/]+)/paths/?(.*)$")
 
 
@@ -38,18 +38,6 @@ FAILED = object()
 
 
 # --------------------------------------------------------------------------- paths
-
-
-def join_path(root: str, *parts: str) -> str:
-    if URL.match(root):
-        return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts if p)])
-    return os.path.normpath(os.path.join(root, *parts))
-
-
-def parent_path(path: str) -> str:
-    if URL.match(path):
-        return path.rstrip("/").rsplit("/", 1)[0]
-    return os.path.dirname(path)
 
 
 def resolve_path(raw: object, base: str, place: str, ctx: S.Context) -> str | None:
@@ -120,9 +108,9 @@ def _lookup(
         used.add(expr)
         return None if scope[expr] is FAILED else scope[expr]
     if scope:
-        close = difflib.get_close_matches(expr, list(scope), n=1, cutoff=0.6)
+        close = close_match(expr, scope)
         hint = (
-            f"did you mean ${{{{{close[0]}}}}}?"
+            f"did you mean ${{{{{close}}}}}?"
             if close
             else "available here: " + ", ".join(f"${{{{{k}}}}}" for k in sorted(scope))
         )

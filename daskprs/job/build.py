@@ -16,9 +16,7 @@ from daskprs.job.binding import (
     bind_text,
     bind_value,
     full_binding,
-    join_path,
     local_dir,
-    parent_path,
 )
 from daskprs.job.files import read_step_settings
 from daskprs.job.model import CommandStep, DataInput, ParallelStep
@@ -30,6 +28,7 @@ from daskprs.job.runtime import (
     program_arguments,
     runtime_settings,
 )
+from daskprs.paths import join_path, parent_path
 
 
 def build_step(

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from daskprs.job import schema as S
-from daskprs.job.binding import URL
+from daskprs.paths import URL
 
 
 def read_yaml(path: str, place: str, ctx: S.Context) -> object | None:

@@ -10,13 +10,12 @@ only by :mod:`daskprs.job.load` and its private helper modules.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from daskprs.errors import Problem
+from daskprs.errors import Problem, suggest
 
 LEAF = "leaf"
 FREE = "free"
@@ -370,14 +369,6 @@ class Context:
     def not_applied(self, place: str, key: str, value: object) -> None:
         shown = f"{value}" if isinstance(value, str | int | float) and value != "" else key
         self.note(f"{place}: {shown} is not applied: {AZURE_ONLY[key]}")
-
-
-def suggest(word: str, known: object, what: str = "key") -> str:
-    names = sorted(str(k) for k in known)  # type: ignore[attr-defined]
-    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
-    if close:
-        return f"did you mean `{close[0]}`?"
-    return f"known {what}s: {', '.join(names)}" if names else ""
 
 
 def kind_of(value: object) -> str:

@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 import yaml
 
 from daskprs.job import schema as S
-from daskprs.job.binding import BINDING, URL
+from daskprs.job.binding import BINDING
+from daskprs.paths import URL
 
 
 def apply_sets(doc: dict, sets: Sequence[str], kind: str, stem: str, ctx: S.Context) -> None:

@@ -13,6 +13,8 @@ import os
 import tempfile
 from collections.abc import Iterable
 
+from daskprs.inputs.filesystems import filesystem
+
 __all__ = ["assemble", "is_url"]
 
 _CHUNK = 1 << 20
@@ -55,9 +57,7 @@ def assemble(parts: Iterable[str], dest: str, storage_options: dict | None = Non
     replaced only once the whole output is written.
     """
     if is_url(dest):
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(dest, **(storage_options or {}))
+        fs, path = filesystem(dest, storage_options)
         with tempfile.NamedTemporaryFile(prefix="daskprs-output-", delete=False) as tmp:
             try:
                 written = _copy_parts(parts, tmp)

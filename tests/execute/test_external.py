@@ -22,6 +22,7 @@ from conftest import (
 )
 
 from daskprs.api import run_job
+from daskprs.testing import flaky_script
 
 pytestmark = pytest.mark.slow
 
@@ -115,18 +116,6 @@ def test_a_worker_killed_on_an_external_cluster_runs_no_try_twice(tmp_path, exte
     assert len(claims) == len(rest) + 1
 
 
-FIRST_TRY_FAILS = """
-import os
-
-def run(mini_batch, context):
-    marker = os.path.join(os.environ["MARKS"], str(context.minibatch_index))
-    if not os.path.exists(marker):
-        open(marker, "w").close()
-        raise RuntimeError("first try fails")
-    return [os.path.basename(p) for p in mini_batch]
-"""
-
-
 def test_every_first_try_fails_on_an_external_cluster(tmp_path, external_cluster):
     address, _ = external_cluster
     make_files(tmp_path / "data", 10)
@@ -134,7 +123,7 @@ def test_every_first_try_fails_on_an_external_cluster(tmp_path, external_cluster
     marks.mkdir()
     job = write_job(
         tmp_path,
-        FIRST_TRY_FAILS,
+        flaky_script(),
         input_yaml="type: uri_folder\npath: ./data",
         extra=f"environment_variables:\n  MARKS: {marks}",
     )

@@ -70,7 +70,7 @@ class CountingFS(LocalFileSystem):
 # --------------------------------------------------------------------------------------------
 
 
-def test_file_list_order_dotfiles_and_mltable_excluded(tmp_path):
+def test_file_lists_are_in_path_order_without_dotfiles_or_mltable_files(tmp_path):
     for name in [
         "b.txt",
         "a/z.txt",
@@ -94,7 +94,7 @@ def test_file_list_order_dotfiles_and_mltable_excluded(tmp_path):
     assert files[0].size == 1
 
 
-def test_file_batches_default_and_counts(tmp_path):
+def test_file_batches_hold_ten_files_by_default_and_count_their_files(tmp_path):
     for i in range(23):
         touch(tmp_path / f"f{i:03d}.txt")
     plan = plan_input(folder_input(tmp_path), None)
@@ -118,33 +118,33 @@ def test_file_batches_default_and_counts(tmp_path):
 
 
 @pytest.mark.parametrize("size", [MiniBatchSize(1024, "bytes", "1kb"), MiniBatchSize(5, "rows")])
-def test_unit_on_file_list_is_an_error(tmp_path, size):
+def test_a_byte_unit_on_a_file_list_is_refused(tmp_path, size):
     touch(tmp_path / "a.txt")
     with pytest.raises(PlanningError, match="counts files"):
         plan_input(folder_input(tmp_path), size)
 
 
-def test_zero_files_per_batch_is_an_error(tmp_path):
+def test_zero_files_per_mini_batch_is_refused(tmp_path):
     touch(tmp_path / "a.txt")
     with pytest.raises(PlanningError, match="at least 1"):
         plan_input(folder_input(tmp_path), MiniBatchSize(0, "count"))
 
 
-def test_uri_file_is_one_file(tmp_path):
+def test_a_uri_file_input_is_one_mini_batch_of_one_file(tmp_path):
     f = touch(tmp_path / "one.csv", "a\n1\n")
     plan = plan_input(DataInput("d", "uri_file", str(f)), None)
     assert plan.kind == "files"
     assert [b.files for b in plan.batches] == [(str(f),)]
 
 
-def test_file_url_scheme_is_local(tmp_path):
+def test_a_file_url_is_read_as_a_local_path(tmp_path):
     touch(tmp_path / "a.txt")
     plan = plan_input(DataInput("d", "uri_folder", f"file://{tmp_path}"), None)
     assert plan.batches[0].files == (str(tmp_path / "a.txt"),)
     assert plan.batches[0].storage_options == {}
 
 
-def test_mltable_paths_dedup_and_globs(tmp_path):
+def test_mltable_paths_are_deduplicated_and_globs_expanded(tmp_path):
     for name in ["data/a.csv", "data/b.csv", "data/x/c.csv", "data/x/y/d.csv", "data/e.txt"]:
         touch(tmp_path / name)
     touch(tmp_path / "data/.hidden.csv")
@@ -175,7 +175,7 @@ def test_mltable_paths_dedup_and_globs(tmp_path):
         ("data/*.txt", ["data/e.txt"]),
     ],
 )
-def test_glob_patterns(tmp_path, pattern, expected):
+def test_glob_patterns_match_like_azure(tmp_path, pattern, expected):
     for name in ["data/a.csv", "data/b.csv", "data/x/c.csv", "data/x/y/d.csv", "data/e.txt"]:
         touch(tmp_path / name)
     touch(tmp_path / "data/.h.csv")
@@ -183,7 +183,7 @@ def test_glob_patterns(tmp_path, pattern, expected):
     assert rels(list_files(table_input(tmp_path))) == expected
 
 
-def test_mltable_absolute_and_outside_paths(tmp_path):
+def test_mltable_paths_may_be_absolute_or_outside_its_folder(tmp_path):
     other = tmp_path / "other"
     touch(other / "z.csv")
     touch(tmp_path / "t" / "a.csv")
@@ -211,7 +211,7 @@ def test_mltable_without_read_is_a_file_list(tmp_path):
         ("eval_mount", "files"),
     ],
 )
-def test_mltable_kind_by_mode(tmp_path, mode, kind):
+def test_the_input_mode_decides_tabular_or_file_list(tmp_path, mode, kind):
     touch(tmp_path / "a.csv", "a\n1\n")
     mltable(tmp_path, "paths:\n  - pattern: ./*.csv\ntransformations:\n  - read_delimited: {}\n")
     plan = plan_input(table_input(tmp_path, mode), None)
@@ -332,7 +332,7 @@ def test_local_walk_does_not_use_fsspec_find(tmp_path, monkeypatch):
     assert rels(list_files(folder_input(tmp_path))) == ["x/a.txt"]
 
 
-def test_symlinked_input_folder(tmp_path):
+def test_a_symlinked_input_folder_is_listed_through_the_link(tmp_path):
     touch(tmp_path / "real" / "a.txt")
     touch(tmp_path / "real" / "s" / "b.txt")
     (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
@@ -343,7 +343,7 @@ def test_symlinked_input_folder(tmp_path):
 
 
 @pytest.mark.parametrize("lister", [None, FsspecListingFS])
-def test_root_relative_paths_and_order(tmp_path, lister):
+def test_listed_files_keep_paths_relative_to_the_root_in_order(tmp_path, lister):
     for name in ["a/b", "a-c", "a.d", "a/a/a", "B"]:
         touch(tmp_path / name)
     fs = lister() if lister else None
@@ -357,12 +357,12 @@ def test_root_relative_paths_and_order(tmp_path, lister):
 # --------------------------------------------------------------------------------------------
 
 
-def test_missing_folder(tmp_path):
+def test_a_missing_input_folder_is_named(tmp_path):
     with pytest.raises(PlanningError, match=r"nope.*not found"):
         plan_input(folder_input(tmp_path / "nope"), None)
 
 
-def test_empty_folder(tmp_path):
+def test_an_empty_input_folder_is_refused(tmp_path):
     touch(tmp_path / ".only-hidden")
     with pytest.raises(PlanningError, match="holds no files"):
         plan_input(folder_input(tmp_path), None)
@@ -384,7 +384,7 @@ def test_folder_of_dot_folders_and_mltables_is_empty(tmp_path, lister):
 
 
 @pytest.mark.parametrize("lister", [None, FsspecListingFS])
-def test_folder_errors_word_for_word(tmp_path, lister):
+def test_listers_give_the_same_error_words(tmp_path, lister):
     touch(tmp_path / "f.txt")
     fs = lister() if lister else None
     with pytest.raises(PlanningError) as err:
@@ -399,54 +399,54 @@ def test_folder_errors_word_for_word(tmp_path, lister):
     )
 
 
-def test_pattern_matching_nothing(tmp_path):
+def test_a_pattern_matching_nothing_is_refused(tmp_path):
     touch(tmp_path / "a.txt")
     mltable(tmp_path, "paths:\n  - pattern: ./*.parquet\n")
     with pytest.raises(PlanningError, match=r"\*\.parquet.*matches no file"):
         plan_input(table_input(tmp_path), None)
 
 
-def test_missing_file_entry(tmp_path):
+def test_a_missing_file_entry_is_named(tmp_path):
     mltable(tmp_path, "paths:\n  - file: ./gone.csv\n")
     with pytest.raises(PlanningError, match=r"gone\.csv: file not found"):
         plan_input(table_input(tmp_path), None)
 
 
-def test_no_mltable_file(tmp_path):
+def test_an_mltable_input_without_an_mltable_file_is_refused(tmp_path):
     touch(tmp_path / "a.csv")
     with pytest.raises(PlanningError, match="no MLTable file"):
         plan_input(table_input(tmp_path), None)
 
 
-def test_uri_file_that_is_a_folder(tmp_path):
+def test_a_uri_file_that_is_a_folder_is_refused(tmp_path):
     touch(tmp_path / "a.csv")
     with pytest.raises(PlanningError, match="is a folder"):
         plan_input(DataInput("d", "uri_file", str(tmp_path)), None)
 
 
-def test_unresolved_azureml_url():
+def test_an_unresolved_azureml_url_is_refused_with_the_fix():
     with pytest.raises(PlanningError, match=r"azureml://.*unresolved.*daskprs.yaml"):
         plan_input(DataInput("d", "uri_folder", "azureml://datastores/ws/paths/x"), None)
 
 
-def test_unknown_protocol():
+def test_an_unknown_protocol_is_refused():
     with pytest.raises(PlanningError, match="unknown protocol 'nosuchproto'"):
         plan_input(DataInput("d", "uri_folder", "nosuchproto://bucket/x"), None)
 
 
-def test_memory_protocol_refused():
+def test_memory_urls_are_refused_as_inputs():
     with pytest.raises(PlanningError, match="memory://"):
         plan_input(DataInput("d", "uri_folder", "memory://x"), None)
 
 
-def test_corrupt_parquet_footer(tmp_path):
+def test_a_corrupt_parquet_footer_names_the_file(tmp_path):
     touch(tmp_path / "bad.parquet", "not parquet at all")
     mltable(tmp_path, "paths:\n  - pattern: ./*.parquet\ntransformations:\n  - read_parquet\n")
     with pytest.raises(PlanningError, match=r"bad\.parquet: cannot read the parquet footer"):
         plan_input(table_input(tmp_path), None)
 
 
-def test_unknown_transformation_named(tmp_path):
+def test_an_unknown_transformation_is_named_with_a_suggestion(tmp_path):
     touch(tmp_path / "a.csv")
     mltable(tmp_path, "paths:\n  - pattern: ./*.csv\ntransformations:\n  - read_delimted: {}\n")
     with pytest.raises(PlanningError, match=r"read_delimted.*did you mean 'read_delimited'"):
@@ -522,7 +522,7 @@ def test_default_split_reads_no_data_rows(tmp_path):
     assert data_bytes <= (len(plan.batches) + 2) * 16 * 1024
 
 
-def test_from_first_file_header_only_on_first(tmp_path):
+def test_from_first_file_headers_are_read_from_the_first_file_only(tmp_path):
     write_rows(tmp_path / "a.csv", 5)
     write_rows(tmp_path / "b.csv", 5, header="")
     csv_table(tmp_path, "{header: from_first_file}")
@@ -531,7 +531,7 @@ def test_from_first_file_header_only_on_first(tmp_path):
     assert plan.batches[1].read.columns == ("a", "b", "c")
 
 
-def test_no_header_never_skips(tmp_path):
+def test_without_a_header_no_line_is_skipped(tmp_path):
     write_rows(tmp_path / "a.csv", 50, header="")
     csv_table(tmp_path, "{header: no_header}")
     plan = plan_input(table_input(tmp_path), MiniBatchSize(100, "count"))
@@ -539,7 +539,7 @@ def test_no_header_never_skips(tmp_path):
     assert not any(b.pieces[0].skip_header for b in plan.batches)
 
 
-def test_utf16_files_are_not_cut(tmp_path):
+def test_utf16_files_are_never_cut_into_byte_ranges(tmp_path):
     (tmp_path / "a.csv").write_text("a,b\n" + "1,2\n" * 200, encoding="utf-16")
     csv_table(tmp_path, "{encoding: utf16}")
     plan = plan_input(table_input(tmp_path), MiniBatchSize(100, "bytes"))
@@ -547,7 +547,7 @@ def test_utf16_files_are_not_cut(tmp_path):
     assert any("never cut" in n for n in plan.notes)
 
 
-def test_plan_is_picklable(tmp_path):
+def test_a_plan_pickles_for_dask(tmp_path):
     write_rows(tmp_path / "a.csv", 100)
     csv_table(tmp_path)
     plan = plan_input(table_input(tmp_path), MiniBatchSize(300, "bytes"))
@@ -577,7 +577,7 @@ def parquet_table(folder: Path, more: str = "") -> Path:
     )
 
 
-def test_parquet_row_groups_by_rows(tmp_path):
+def test_parquet_splits_by_row_groups_for_a_row_count(tmp_path):
     write_parquet(tmp_path / "a.parquet", 0, 1000, 100)
     write_parquet(tmp_path / "b.parquet", 1000, 250, 100)
     parquet_table(tmp_path)
@@ -594,7 +594,7 @@ def test_parquet_row_groups_by_rows(tmp_path):
     assert not plan.scanned
 
 
-def test_parquet_row_groups_by_bytes_read_footers_only(tmp_path):
+def test_parquet_splits_by_row_group_bytes_from_footers_only(tmp_path):
     f = write_parquet(tmp_path / "a.parquet", 0, 20_000, 1000)
     parquet_table(tmp_path)
     fs = CountingFS()
@@ -614,7 +614,7 @@ def test_parquet_row_groups_by_bytes_read_footers_only(tmp_path):
     assert fs.bytes_read < f.stat().st_size / 2  # the footer, not the data
 
 
-def test_parquet_big_row_group_noted(tmp_path):
+def test_a_parquet_row_group_bigger_than_a_mini_batch_is_noted(tmp_path):
     write_parquet(tmp_path / "a.parquet", 0, 500, 500)
     parquet_table(tmp_path)
     plan = plan_input(table_input(tmp_path), MiniBatchSize(100, "rows"))
@@ -627,7 +627,7 @@ def test_parquet_big_row_group_noted(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-def test_csv_rows_unit_scans_and_counts(tmp_path):
+def test_a_row_count_unit_scans_csv_and_counts_rows(tmp_path):
     (tmp_path / "a.csv").write_text("a,b\n" + "".join(f"{i},x\n" for i in range(10)) + "\n\n")
     (tmp_path / "b.csv").write_text("a,b\r\n" + "\r\n".join(f"{i},y" for i in range(10, 15)))
     csv_table(tmp_path)
@@ -655,7 +655,7 @@ def test_multi_line_cuts_never_inside_quotes(tmp_path):
     assert sum(b.n_items for b in plan.batches) == 100
 
 
-def test_global_take_skip_rewritten_per_batch(tmp_path):
+def test_a_global_take_and_skip_become_per_batch_bounds(tmp_path):
     (tmp_path / "a.csv").write_text("a\n" + "".join(f"{i}\n" for i in range(10)))
     (tmp_path / "b.csv").write_text("a\n" + "".join(f"{i}\n" for i in range(10, 20)))
     csv_table(tmp_path, "{}", more="  - skip: 3\n  - keep_columns: [a]\n  - take: 12\n")
@@ -694,7 +694,7 @@ def keyed_folder(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_partition_keys_tabular(tmp_path):
+def test_partition_keys_group_tabular_rows_by_key(tmp_path):
     keyed_folder(tmp_path)
     csv_table(tmp_path, "{}", pattern="./**/*.csv", more=KEYED)
     plan = plan_input(table_input(tmp_path), MiniBatchSize(1, "bytes"), ["Store", "Brand"])
@@ -713,7 +713,7 @@ def test_partition_keys_tabular(tmp_path):
     assert second.pieces[0].partition_values == {"Store": "S1", "Brand": "b"}
 
 
-def test_partition_keys_file_list(tmp_path):
+def test_partition_keys_group_files_by_key(tmp_path):
     keyed_folder(tmp_path)
     mltable(tmp_path, f"paths:\n  - pattern: ./**/*.csv\ntransformations:\n{KEYED}")
     plan = plan_input(table_input(tmp_path, "ro_mount"), None, ["Brand"])
@@ -724,7 +724,7 @@ def test_partition_keys_file_list(tmp_path):
     ]
 
 
-def test_partition_keys_errors(tmp_path):
+def test_bad_partition_keys_are_refused(tmp_path):
     keyed_folder(tmp_path)
     touch(tmp_path / "loose.csv", "v\n1\n")
     csv_table(tmp_path, "{}", pattern="./**/*.csv", more=KEYED)
