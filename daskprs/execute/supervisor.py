@@ -26,8 +26,10 @@ __all__ = [
     "Supervisor",
     "Tally",
     "budget_verdict",
+    "explain",
     "failed_items",
     "final_verdict",
+    "summarize",
     "verdict_of",
 ]
 
@@ -181,15 +183,47 @@ def final_verdict(tally: Tally, total: int, policy: Policy) -> Stop:
     return Stop(None)
 
 
+def explain(stop: Stop, failed: Mapping[int, str]) -> Stop:
+    """``stop`` with the failed mini-batches (``{id: error}``) named in its message."""
+    if stop.failure is None or not failed:
+        return stop
+    ids = sorted(failed)
+    if stop.budget == Budget.ALL_FAILED:
+        return Stop(f"{stop.failure}; the first error: {failed[ids[0]]}", stop.budget)
+    if stop.budget == Budget.INIT:
+        return stop
+    lines = [f"  mini-batch {mb}: {failed[mb]}" for mb in ids[:5]]
+    more = f"\n  ... and {len(ids) - 5} more" if len(ids) > 5 else ""
+    return Stop(f"{stop.failure}. Failed mini-batches:\n" + "\n".join(lines) + more, stop.budget)
+
+
+def summarize(tally: Tally, total: int, running: int = 0, pending: int = 0) -> dict[str, int]:
+    """The counts progress reports and results show."""
+    return {
+        "total": total,
+        "done": tally.done,
+        "failed": tally.failed,
+        "cancelled": tally.cancelled,
+        "running": running,
+        "pending": pending,
+        "succeeded_items": tally.succeeded_items,
+        "failed_items": tally.failed_items,
+    }
+
+
 def verdict_of(
     items: Mapping[int, int | None], prior: Mapping[int, Prior], policy: Policy
 ) -> tuple[Stop, dict[str, int]]:
     """The verdict and summary of a step none of whose mini-batches is left to run (a resume
-    of a finished step): the same budgets a running supervisor applies."""
-    sup = Supervisor(items, policy, todo=[], prior=prior)
-    sup.start()
-    assert sup.stopped is not None
-    return sup.stopped, sup.summary()
+    of a finished step): the budgets a running supervisor applies, on the final states."""
+    tally, failed = Tally(), {}
+    for mb, p in prior.items():
+        tally.add(BatchState(p.state), p.succeeded, p.failed)
+        if p.state == BatchState.FAILED:
+            failed[mb] = p.error
+    total = len(items)
+    stop = budget_verdict(tally, total, policy, True) or final_verdict(tally, total, policy)
+    return explain(stop, failed), summarize(tally, total)
 
 
 class Supervisor:
@@ -334,17 +368,8 @@ class Supervisor:
 
     def summary(self) -> dict[str, int]:
         """Counts for progress reports, from the state (not guesses)."""
-        c = self.counts
-        return {
-            "total": self.total,
-            "done": c.done,
-            "failed": c.failed,
-            "cancelled": c.cancelled,
-            "running": len(self.in_flight),
-            "pending": sum(1 for s in self.state.values() if s == BatchState.PENDING),
-            "succeeded_items": c.succeeded_items,
-            "failed_items": c.failed_items,
-        }
+        pending = sum(1 for s in self.state.values() if s == BatchState.PENDING)
+        return summarize(self.counts, self.total, len(self.in_flight), pending)
 
     def validate_state(self) -> None:
         """Check the supervisor's invariants; raise AssertionError naming the first broken
@@ -446,18 +471,10 @@ class Supervisor:
     def _stop(self, stop: Stop, out: list[Instruction]) -> list[Instruction]:
         if self.stopped is not None:
             return out
-        if stop.failure is not None:
-            failed = sorted(mb for mb, s in self.state.items() if s == "FAILED")
-            if failed and stop.budget not in (Budget.INIT, Budget.ALL_FAILED):
-                lines = [f"  mini-batch {mb}: {self.errors.get(mb, '')}" for mb in failed[:5]]
-                more = f"\n  ... and {len(failed) - 5} more" if len(failed) > 5 else ""
-                stop = Stop(
-                    f"{stop.failure}. Failed mini-batches:\n" + "\n".join(lines) + more,
-                    stop.budget,
-                )
-            elif stop.budget == Budget.ALL_FAILED and failed:
-                first = self.errors.get(failed[0], "")
-                stop = Stop(f"{stop.failure}; the first error: {first}", stop.budget)
+        failed = {
+            mb: self.errors.get(mb, "") for mb, s in self.state.items() if s == BatchState.FAILED
+        }
+        stop = explain(stop, failed)
         self.stopped = stop
         for mb, state in sorted(self.state.items()):
             if state in (BatchState.PENDING, BatchState.RUNNING):
