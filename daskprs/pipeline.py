@@ -14,6 +14,7 @@ from typing import Any
 
 from daskprs.errors import JobFailed, PlanningError, UserInputError
 from daskprs.execute.cluster import open_cluster
+from daskprs.execute.preflight import check_entry_script
 from daskprs.execute.runner import assemble_output, policy_for, run_step
 from daskprs.execute.supervisor import Prior, failed_items, verdict_of
 from daskprs.inputs.plan import Plan, plan_input
@@ -128,6 +129,14 @@ class StepsRunner:
             )
         return self.handle
 
+    def _cluster_on_this_machine(self) -> bool:
+        """Whether the workers run here (the embedded cluster, or a client of an in-process
+        cluster), so that this machine's Python is theirs."""
+        args = self._cluster_args
+        if args["scheduler"] is not None:
+            return False
+        return args["client"] is None or getattr(args["client"], "cluster", None) is not None
+
     def _command(self, step: CommandStep) -> str | None:
         done = self.rundir.step(step.name).done
         for out in step.outputs.values():
@@ -206,6 +215,10 @@ class StepsRunner:
                 f"[{step.name}] {self.mode}: {len(todo)} of {len(plan.batches)} mini-batches to run"
             )
         if todo:
+            if self._cluster_on_this_machine():
+                check_entry_script(
+                    step.name, step.code_dir, step.entry_script, step.python, step.environment
+                )
             handle = self._cluster()
             ship_code = False
             if not handle.local:

@@ -62,6 +62,8 @@ class ChildConfig:
     cache_dir: str = ""
     to_csv: dict[str, Any] = field(default_factory=dict)
     profiling_module: str | None = None
+    # The interpreter to run in (None: the worker's own)
+    python: str | None = None
 
 
 class MiniBatchContext:

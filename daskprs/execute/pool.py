@@ -111,6 +111,7 @@ class SlotPool(WorkerPlugin):
             cache_dir=os.path.join(tempfile.gettempdir(), f"daskprs-cache-{ctx.token}-{process}"),
             to_csv=dict(ctx.to_csv),
             profiling_module=ctx.profiling_module,
+            python=ctx.python,
         )
         slot = Slot(config, ctx.memory_limit)
         if ctx.monitor_interval > 0:

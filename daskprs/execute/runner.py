@@ -362,6 +362,7 @@ def run_step(
         monitor_interval=step.settings.resource_monitor_interval,
         profiling_module=step.settings.profiling_module,
         lease_seconds=0.0 if local else lease_seconds(),
+        python=step.python,
     )
     for sub in (ctx.where.parts, ctx.where.claims):
         os.makedirs(sub, exist_ok=True)

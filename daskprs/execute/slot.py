@@ -46,10 +46,31 @@ _DIED_IN = {
 }
 
 
-def _package_root() -> str:
+def package_root() -> str:
     import daskprs
 
     return os.path.dirname(os.path.dirname(os.path.abspath(daskprs.__file__)))
+
+
+def package_shim() -> str:
+    """A folder holding only ``daskprs`` and ``azureml_user`` (links to this installation's),
+    for the ``PYTHONPATH`` of an entry-script process in another interpreter: the folder
+    this installation lives in may be a whole site-packages whose dask, cloudpickle or
+    scikit-learn would shadow the other environment's."""
+    import hashlib
+    import tempfile
+
+    root = package_root()
+    digest = hashlib.sha256(root.encode()).hexdigest()[:12]
+    shim = os.path.join(tempfile.gettempdir(), f"daskprs-shim-{os.getuid()}-{digest}")
+    for name in ("daskprs", "azureml_user"):
+        link = os.path.join(shim, name)
+        if not os.path.lexists(link):
+            os.makedirs(shim, exist_ok=True)
+            tmp = f"{link}.{os.getpid()}"
+            os.symlink(os.path.join(root, name), tmp)
+            os.replace(tmp, link)
+    return shim
 
 
 class Slot:
@@ -90,13 +111,18 @@ class Slot:
         ph_r, ph_w = os.pipe()
         os.set_blocking(ph_r, False)
         env = dict(os.environ)
-        root = _package_root()
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        if self.config.python:
+            # another interpreter sees daskprs alone, not the worker's other packages
+            env["PYTHONPATH"] = package_shim()
+        else:
+            root = package_root()
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         env["PYTHONUNBUFFERED"] = "1"
         out, err = self._log_file("stdout"), self._log_file("stderr")
+        python = self.config.python or sys.executable
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daskprs.execute.child", str(p2c_r), str(c2p_w), str(ph_w)],
+                [python, "-m", "daskprs.execute.child", str(p2c_r), str(c2p_w), str(ph_w)],
                 pass_fds=(p2c_r, c2p_w, ph_w),
                 stdin=subprocess.DEVNULL,
                 stdout=out,

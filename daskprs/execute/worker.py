@@ -51,6 +51,8 @@ class StepContext:
     # Seconds without the driver's lease renewed after which workers kill the step's
     # children (0: no lease); see ``daskprs.execute.pool``.
     lease_seconds: float = 0.0
+    # The Python interpreter entry scripts run in (None: the worker's own)
+    python: str | None = None
 
     @property
     def where(self) -> StepDir:

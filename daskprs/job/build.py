@@ -70,7 +70,10 @@ def _common_notes(node: Node, ctx: S.Context) -> None:
         else (("environment",), f.get("environment"))
     )
     env_at = node.origin(*env_keys)
-    if isinstance(env, str):
+    mapped = environment_python(env, ctx)
+    if mapped is not None:
+        ctx.note(f"{env_at(*env_keys)}: entry scripts run in {mapped[1]} ({mapped[0]})")
+    elif isinstance(env, str):
         ctx.note(f"{env_at(*env_keys)}: {env} is not applied: {S.AZURE_ONLY['image']}")
     elif isinstance(env, Mapping):
         for key in ("image", "conda_file", "build"):
@@ -78,6 +81,37 @@ def _common_notes(node: Node, ctx: S.Context) -> None:
                 ctx.not_applied(env_at(*env_keys, key), key, env[key] if key != "build" else None)
     if task.get("model") is not None:
         ctx.not_applied(node.origin("task", "model")("task", "model"), "model", task["model"])
+
+
+def environment_name(env: object) -> str | None:
+    """The name of a ``task.environment``: ``azureml:my-env:1`` and ``azureml:my-env@latest``
+    are ``my-env``; an inline environment's ``name``, if it has one."""
+    if isinstance(env, str):
+        return env.strip().removeprefix("azureml:").split("@", 1)[0].split(":", 1)[0]
+    if isinstance(env, Mapping) and isinstance(env.get("name"), str):
+        return env["name"]
+    return None
+
+
+def environment_python(env: object, ctx: S.Context) -> tuple[str, str] | None:
+    """The environment's name and the interpreter ``daskprs.yaml`` maps it to, if any.
+
+    An environment is matched by its name (``azureml:my-env:1`` and ``azureml:my-env@latest``
+    match ``my-env``), as written, or by its ``conda_file`` (as written, or the file's name).
+    """
+    if isinstance(env, str):
+        candidates = [env.strip(), environment_name(env)]
+    elif isinstance(env, Mapping) and isinstance(env.get("conda_file"), str):
+        conda = env["conda_file"]
+        candidates = [conda, os.path.basename(conda)]
+        if isinstance(env.get("name"), str):
+            candidates.insert(0, env["name"])
+    else:
+        return None
+    for key in candidates:
+        if key in ctx.environments:
+            return key, ctx.environments[key]
+    return None
 
 
 def _compute(node: Node, default: tuple[str, object], ctx: S.Context) -> str | None:
@@ -290,6 +324,8 @@ def _parallel_step(
             ctx.problem(code_at("task", "code"), str(err), "fix or remove the settings file")
     if code_dir is None or entry is None or input_data is None or settings is None:
         return None
+    env = task.get("environment")
+    mapped = environment_python(env, ctx)
     return ParallelStep(
         name=node.name,
         input_data=input_data,
@@ -306,6 +342,8 @@ def _parallel_step(
         program_arguments=argv,
         append_row_to=append_row_to,
         to_csv_options=to_csv,
+        environment=environment_name(env),
+        python=mapped[1] if mapped else None,
         output_dir=output_dir,
         compute=compute,
     )

@@ -54,15 +54,27 @@ def load_config(
     if not isinstance(config, Mapping):
         ctx.problem(label, f"the configuration must be a mapping, not {S.kind_of(config)}")
         return
-    for key, target in (("datastores", ctx.datastores), ("computes", ctx.computes)):
+    targets = (
+        ("datastores", ctx.datastores),
+        ("computes", ctx.computes),
+        ("environments", ctx.environments),
+    )
+    for key, target in targets:
         entries = config.get(key) or {}
         if not isinstance(entries, Mapping):
             ctx.problem(f"{label}: {key}", f"must be a mapping of name to {key[:-1]}")
             continue
         for name, value in entries.items():
             value = str(value)
-            if key == "datastores" and not URL.match(value):
+            if key in ("datastores", "environments") and not URL.match(value):
                 value = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+            if key == "environments" and not (os.path.isfile(value) and os.access(value, os.X_OK)):
+                ctx.problem(
+                    f"{label}: environments: {name}",
+                    f"{value} is not an executable Python interpreter",
+                    "give the path of a venv's or conda environment's bin/python",
+                )
+                continue
             target[str(name)] = value
 
 

@@ -122,6 +122,10 @@ class ParallelStep:
     append_row_to: str | None = None
     # pandas.DataFrame.to_csv options of parallel_run_step.settings.json (append_row jobs)
     to_csv_options: Mapping[str, Any] = field(default_factory=dict)
+    # the name of task.environment, and the Python interpreter daskprs.yaml maps it to
+    # (None: the workers' own Python)
+    environment: str | None = None
+    python: str | None = None
     output_dir: str | None = None
     compute: str | None = None
     depends_on: tuple[str, ...] = ()

@@ -338,8 +338,8 @@ class Context:
     """What loading one job file knows and has found.
 
     Where it runs (``cwd``, ``run_dir``, ``run_name``), the configuration (``datastores``,
-    ``computes``, ``default_datastore``), and the problems, notes and warnings collected so
-    far, each kept once.
+    ``computes``, ``environments``, ``default_datastore``), and the problems, notes and
+    warnings collected so far, each kept once.
     """
 
     cwd: str
@@ -350,6 +350,8 @@ class Context:
     warnings: list[str] = field(default_factory=list)
     datastores: dict[str, str] = field(default_factory=dict)
     computes: dict[str, str] = field(default_factory=dict)
+    # environment name (or conda file) -> the Python interpreter entry scripts run in
+    environments: dict[str, str] = field(default_factory=dict)
     default_datastore: str = "workspaceblobstore"
     noted_computes: set[str] = field(default_factory=set)
 

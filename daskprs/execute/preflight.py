@@ -1,0 +1,140 @@
+"""Before the first mini-batch: can the entry script's process start, and import what the
+script imports?
+
+An entry script runs in the workers' Python, or in the interpreter ``daskprs.yaml`` maps its
+``task.environment`` to. A missing package would otherwise surface as ``init()`` failing on
+every process; here it is named once, with the fix, before the cluster does any work.
+Only top-level imports outside ``try`` blocks are checked: an optional import guarded by
+``try``/``except ImportError`` is the script's own business.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+
+from daskprs.errors import UserInputError
+
+__all__ = ["check_entry_script", "script_imports"]
+
+# What daskprs's entry-script process needs in another interpreter (DESIGN decision 3).
+_CHILD_NEEDS = ("pandas", "pyarrow")
+
+_PROBE = r"""
+import importlib.util, json, sys
+sys.path.insert(0, sys.argv[1])
+missing = []
+for name in json.loads(sys.argv[2]):
+    try:
+        found = importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        missing.append(name)
+print(json.dumps({"version": list(sys.version_info[:2]), "missing": missing}))
+"""
+
+
+def script_imports(path: str) -> dict[str, int]:
+    """The top-level packages an entry script imports unconditionally, with the line of the
+    first import of each (pure: reads the file, runs nothing)."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    found: dict[str, int] = {}
+    for node in tree.body:  # module level only; not inside try, if, def or class
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                found.setdefault(alias.name.split(".")[0], node.lineno)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.setdefault(node.module.split(".")[0], node.lineno)
+    return found
+
+
+def _probe(python: str, code_dir: str, names: list[str], env: dict[str, str]) -> dict:
+    try:
+        proc = subprocess.run(
+            [python, "-c", _PROBE, code_dir, json.dumps(names)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise UserInputError(f"cannot start the Python interpreter {python}: {err}") from err
+    if proc.returncode != 0:
+        raise UserInputError(
+            f"the Python interpreter {python} failed to start: "
+            f"{(proc.stderr.strip().splitlines() or ['no message'])[-1]}"
+        )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def check_entry_script(
+    step: str, code_dir: str, entry_script: str, python: str | None, environment: str | None
+) -> None:
+    """Raise :class:`UserInputError` naming what the entry script's process cannot import.
+
+    Parameters
+    ----------
+    step : str
+        The step's name, for messages.
+    code_dir, entry_script : str
+        The code folder and the script in it.
+    python : str or None
+        The interpreter ``daskprs.yaml`` maps the step's environment to (None: this one).
+    environment : str or None
+        The name of the step's ``task.environment`` (for the suggested mapping).
+    """
+    from daskprs.execute.slot import package_root, package_shim
+
+    script = os.path.join(code_dir, entry_script)
+    try:
+        imports = script_imports(script)
+    except (OSError, SyntaxError, ValueError):
+        return  # init() reports a script that cannot be read or parsed, with its line
+    local = {os.path.splitext(n)[0] for n in os.listdir(code_dir)}
+    names = sorted(n for n in imports if n not in local and n not in sys.builtin_module_names)
+    env = dict(os.environ)
+    mapped = python is not None
+    if python:
+        env["PYTHONPATH"] = package_shim()
+        answer = _probe(python, code_dir, [*_CHILD_NEEDS, *names], env)
+        where = f"the interpreter {python} of environment {environment}"
+        if tuple(answer["version"]) < (3, 11):
+            raise UserInputError(
+                f"step {step}: {where} is Python {'.'.join(map(str, answer['version']))}; "
+                "daskprs runs entry scripts in Python 3.11 or newer"
+            )
+        lacking = [n for n in _CHILD_NEEDS if n in answer["missing"]]
+        if lacking:
+            raise UserInputError(
+                f"step {step}: {where} cannot run daskprs's entry-script process: it lacks "
+                f"{', '.join(lacking)}. Install them there: {python} -m pip install "
+                + " ".join(lacking)
+            )
+    else:
+        python = sys.executable
+        root = package_root()
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        answer = _probe(python, code_dir, names, env)
+        where = f"this Python ({python})"
+    missing = [n for n in names if n in answer["missing"]]
+    if not missing:
+        return
+    what = ", ".join(f"{n} (line {imports[n]})" for n in missing)
+    message = f"step {step}: the entry script {entry_script} imports {what}, which {where} "
+    message += "cannot import. "
+    if mapped:
+        message += f"Install {' '.join(missing)} in that environment."
+    else:
+        name = environment or "my-env"
+        message += (
+            "Install it, or run the step in a Python environment that has it: "
+            + ("" if environment else "give the step `task.environment: my-env` and ")
+            + "map the environment in daskprs.yaml next to the job file:\n"
+            f"  environments:\n    {name}: /path/to/env/bin/python"
+        )
+    raise UserInputError(message)
