@@ -32,7 +32,7 @@ from daskprs.inputs.batches import MiniBatch
 from daskprs.inputs.plan import Plan
 from daskprs.job.model import ParallelStep
 from daskprs.observe import logs
-from daskprs.results.formatting import load_to_csv_options
+from daskprs.results.formatting import load_to_csv_options, structured_part_options
 from daskprs.results.jobresult import StepOutcome
 from daskprs.results.ledger import Ledger, LedgerState
 from daskprs.results.outcome import Status, TryRecord
@@ -310,6 +310,7 @@ def run_step(
     echo: Callable[[str], None] | None = None,
     window: int | None = None,
     ship_code: bool = False,
+    structured_parts: bool = False,
 ) -> StepOutcome:
     """Run the mini-batches of one parallel step on ``client``'s cluster.
 
@@ -335,6 +336,9 @@ def run_step(
         Where progress lines go (default: stderr).
     ship_code : bool
         Copy the code folder to every worker (for workers that cannot see it).
+    structured_parts : bool
+        Keep every successful try's returned rows as a structured part (parquet or pickle,
+        :mod:`daskprs.results.structured`) instead of Azure's text rows: ``map_batches``.
     """
     echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
     started = time.monotonic()
@@ -351,8 +355,14 @@ def run_step(
         env={str(k): str(v) for k, v in step.environment_variables.items()},
         output_dir=step.output_dir or "",
         logging_level=step.settings.logging_level,
-        append_row=step.append_row_to is not None,
-        to_csv=load_to_csv_options(step.code_dir) if step.append_row_to else {},
+        append_row=step.append_row_to is not None or structured_parts,
+        to_csv=(
+            structured_part_options()
+            if structured_parts
+            else load_to_csv_options(step.code_dir)
+            if step.append_row_to
+            else {}
+        ),
         deadlines=Deadlines(load=step.settings.task_overhead_timeout, run=step.settings.timeout),
         memory_limit=_memory_limit(n_workers, local),
         local_concurrency=per_node if local else None,

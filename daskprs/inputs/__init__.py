@@ -2,7 +2,7 @@
 
 Owns the MLTable file (``mltable``, ``tablemodel``), listing an input's files (``listing``),
 planning mini-batches from metadata (``plan``, ``cuts``) into picklable descriptors
-(``batches``), and, inside a worker, reading one descriptor's data (``readers``) with the
+(``batches``; a staged partition of a user's Dask collection is one too), and, inside a worker, reading one descriptor's data (``readers``) with the
 MLTable transformations, filters and partition columns (``transforms``, ``filters``,
 ``partitions``).
 

@@ -1,6 +1,9 @@
 """Azure's ``append_row_to`` format: how one ``run()`` return value becomes bytes.
 
-Pure functions; pandas is only touched when the value is a DataFrame.
+Pure functions; pandas is only touched when the value is a DataFrame. The part options
+(``to_csv``) carry one reserved key, :data:`PART_FORMAT`, that daskprs sets for
+``daskprs.map_batches`` (never read from a settings file): its parts keep the returned rows
+as data (:mod:`daskprs.results.structured`).
 """
 
 from __future__ import annotations
@@ -11,9 +14,20 @@ import os
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
-__all__ = ["SETTINGS_FILE", "format_rows", "load_to_csv_options", "result_length", "write_rows"]
+__all__ = [
+    "PART_FORMAT",
+    "SETTINGS_FILE",
+    "format_rows",
+    "load_to_csv_options",
+    "result_length",
+    "structured_part_options",
+    "write_rows",
+]
 
 SETTINGS_FILE = "parallel_run_step.settings.json"
+
+# The reserved key of the part options: "structured" keeps rows as data (parquet or pickle).
+PART_FORMAT = "daskprs.part_format"
 
 _DEFAULT_TO_CSV = {"sep": " ", "header": False, "index": False, "lineterminator": "\n"}
 
@@ -54,9 +68,23 @@ def format_rows(value: Any, to_csv: Mapping[str, Any] | None = None) -> bytes:
     return buf.getvalue()
 
 
+def structured_part_options() -> dict[str, Any]:
+    """The part options under which :func:`write_rows` keeps rows as data."""
+    return {PART_FORMAT: "structured"}
+
+
 def write_rows(value: Any, out: BinaryIO, to_csv: Mapping[str, Any] | None = None) -> None:
     """Write what :func:`format_rows` returns straight into the binary file ``out`` (no
-    copy of the whole text in memory: a mini-batch's rows can be large)."""
+    copy of the whole text in memory: a mini-batch's rows can be large).
+
+    Under :func:`structured_part_options` the value is stored as data instead
+    (:func:`daskprs.results.structured.write_structured`).
+    """
+    if to_csv and to_csv.get(PART_FORMAT) == "structured":
+        from daskprs.results.structured import write_structured
+
+        write_structured(value, out)
+        return
     if _is_dataframe(value):
         options = {**_DEFAULT_TO_CSV, **(to_csv or {})}
         options.pop("path_or_buf", None)
@@ -92,5 +120,10 @@ def load_to_csv_options(code_dir: str) -> dict[str, Any]:
         raise ValueError(
             f'{path}: "append_row" -> "pandas.DataFrame.to_csv" must be an object of to_csv '
             'options, such as {"sep": ","}'
+        )
+    if PART_FORMAT in options:
+        raise ValueError(
+            f"{path}: {PART_FORMAT!r} is not a pandas to_csv option (daskprs reserves it); "
+            "remove it"
         )
     return options
