@@ -307,5 +307,5 @@ def map_batches(
             os.unlink(lock)
     result.seconds = time.monotonic() - started
     _write_result_log(result)
-    echo(f"[{STEP}] {result.status}: {result!r}")
+    echo(f"[{STEP}] {result.status} ({run_dir})")
     return result
