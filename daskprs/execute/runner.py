@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from daskprs.errors import Interrupted
@@ -355,20 +356,16 @@ def run_step(
         env={str(k): str(v) for k, v in step.environment_variables.items()},
         output_dir=step.output_dir or "",
         logging_level=step.settings.logging_level,
-        append_row=step.append_row_to is not None or structured_parts,
-        to_csv=(
-            structured_part_options()
-            if structured_parts
-            else load_to_csv_options(step.code_dir)
-            if step.append_row_to
-            else {}
-        ),
+        append_row=step.append_row_to is not None,
+        to_csv=load_to_csv_options(step.code_dir) if step.append_row_to else {},
         deadlines=Deadlines(load=step.settings.task_overhead_timeout, run=step.settings.timeout),
         memory_limit=_memory_limit(n_workers, local),
         local_concurrency=per_node if local else None,
         monitor_interval=step.settings.resource_monitor_interval,
         profiling_module=step.settings.profiling_module,
     )
+    if structured_parts:  # map_batches: every try's rows kept as data
+        ctx = replace(ctx, append_row=True, to_csv=structured_part_options())
     for sub in (ctx.parts_dir, ctx.claims_dir):
         os.makedirs(sub, exist_ok=True)
     if step.output_dir and "://" not in step.output_dir:
