@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import numbers
 import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from daskprs.api import _lock
 from daskprs.errors import Interrupted, UserInputError
 from daskprs.execute.cluster import open_cluster
 from daskprs.execute.runner import run_step
@@ -25,6 +27,7 @@ from daskprs.job.model import DataInput, ParallelStep, RuntimeSettings
 from daskprs.mapping.entry import entry_code
 from daskprs.mapping.staging import collection_kind, load_staged, stage
 from daskprs.observe import logs
+from daskprs.pipeline import _outcome_from_ledger, _todo, check_workers
 from daskprs.results.ledger import LedgerState, read_ledger
 from daskprs.results.mapresult import FailedPartition, MapResult
 
@@ -43,17 +46,21 @@ def _default_run_dir() -> str:
     return os.path.abspath(os.path.join("daskprs-runs", f"{STEP}-{stamp}"))
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _check_settings(timeout: float, max_retries: int, thresholds: dict[str, int]) -> None:
-    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+    if not isinstance(timeout, numbers.Real) or isinstance(timeout, bool) or timeout <= 0:
         raise UserInputError(
             f"map_batches: timeout must be a number of seconds > 0, not {timeout!r}"
         )
-    if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+    if not _is_int(max_retries) or max_retries < 0:
         raise UserInputError(
             f"map_batches: max_retries must be an integer >= 0, not {max_retries!r}"
         )
     for name, value in thresholds.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < -1:
+        if not _is_int(value) or value < -1:
             raise UserInputError(
                 f"map_batches: {name} must be an integer >= 0, or -1 for no limit, not {value!r}"
             )
@@ -234,9 +241,6 @@ def map_batches(
     code = entry_code(run=run, init=init, shutdown=shutdown, entry_script=entry_script)
     _, resumed = _open_record(run_dir, kind, npartitions)
 
-    from daskprs.api import _lock
-    from daskprs.pipeline import _outcome_from_ledger, _todo, check_workers
-
     lock = _lock(run_dir)
     try:
         code_dir, script = code.write(os.path.join(run_dir, "code"))
@@ -262,10 +266,10 @@ def map_batches(
                 code_dir=code_dir,
                 max_concurrency_per_instance=handle.n_workers,
                 settings=RuntimeSettings(
-                    max_retries=max_retries,
+                    max_retries=int(max_retries),
                     timeout=float(timeout),
-                    error_threshold=error_threshold,
-                    mini_batch_error_threshold=mini_batch_error_threshold,
+                    error_threshold=int(error_threshold),
+                    mini_batch_error_threshold=int(mini_batch_error_threshold),
                 ),
             )
             ledger_file = os.path.join(run_dir, "steps", STEP, "ledger.jsonl")

@@ -75,14 +75,21 @@ def test_a_dataframe_comes_back_in_partition_order_with_init_and_context(tmp_pat
     assert result.seconds > 0
 
 
-def test_a_bag_comes_back_in_partition_order(tmp_path, client):
+def test_a_bag_comes_back_in_partition_order_on_the_current_client(tmp_path, client):
+    import numpy as np
+
     bag = db.from_sequence(range(23), npartitions=5)
 
     def run(items):
         assert isinstance(items, list)
         return [{"item": i, "square": i * i} for i in items]
 
-    result = daskprs.map_batches(bag, run, client=client, run_dir=tmp_path / "run", echo=quiet)
+    with client.as_current():  # client=None: the current client's cluster, not a new one
+        result = daskprs.map_batches(
+            bag, run, max_retries=np.int64(1), run_dir=tmp_path / "run", echo=quiet
+        )
+    assert not (tmp_path / "run/logs/user/stdout/node000").exists()
+    assert (tmp_path / "run/logs/user/stdout/127.0.0.1").is_dir()
     assert result.ok, result.failure
     assert result.summary["total"] == 5
     out = result.output
@@ -265,7 +272,7 @@ def done(run_dir) -> set[int]:
     return {mb for mb, e in state.entries.items() if e.state == "DONE"}
 
 
-def test_after_the_driver_was_killed_a_second_call_runs_only_the_rest(tmp_path, client):
+def test_after_an_interrupt_a_second_call_runs_only_the_rest(tmp_path, client):
     script = tmp_path / "driver.py"
     script.write_text(textwrap.dedent(DRIVER))
     run_dir = tmp_path / "run"
@@ -273,15 +280,21 @@ def test_after_the_driver_was_killed_a_second_call_runs_only_the_rest(tmp_path, 
         [sys.executable, str(script), str(run_dir)],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
     )
     try:
         poll_for(lambda: (run_dir / "steps/map_batches/ledger.jsonl").exists(), timeout=120)
         poll_for(lambda: len(done(run_dir)) >= 5, timeout=120)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, to the driver only
+        _, err = proc.communicate(timeout=120)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver, its cluster and their children
-        proc.wait()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "Interrupted: map_batches was interrupted" in err
+    assert f"Continue with map_batches(..., run_dir='{run_dir}')" in err
     before = done(run_dir)
     assert 5 <= len(before) < 20
     calls = tmp_path / "calls"
