@@ -20,7 +20,7 @@ from typing import Any
 
 from daskprs.api import _lock
 from daskprs.errors import Interrupted, UserInputError
-from daskprs.execute.cluster import open_cluster
+from daskprs.execute.cluster import ClusterHandle, open_cluster
 from daskprs.execute.runner import run_step
 from daskprs.inputs.plan import Plan
 from daskprs.job.model import DataInput, ParallelStep, RuntimeSettings
@@ -28,6 +28,7 @@ from daskprs.mapping.entry import entry_code
 from daskprs.mapping.staging import collection_kind, load_staged, stage
 from daskprs.observe import logs
 from daskprs.pipeline import _outcome_from_ledger, _todo, check_workers
+from daskprs.results.jobresult import StepOutcome
 from daskprs.results.ledger import LedgerState, read_ledger
 from daskprs.results.mapresult import FailedPartition, MapResult
 
@@ -50,7 +51,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_settings(timeout: float, max_retries: int, thresholds: dict[str, int]) -> None:
+def _settings(
+    timeout: Any, max_retries: Any, error_threshold: Any, mini_batch_error_threshold: Any
+) -> RuntimeSettings:
+    """The step's failure handling, checked."""
     if not isinstance(timeout, numbers.Real) or isinstance(timeout, bool) or timeout <= 0:
         raise UserInputError(
             f"map_batches: timeout must be a number of seconds > 0, not {timeout!r}"
@@ -59,11 +63,75 @@ def _check_settings(timeout: float, max_retries: int, thresholds: dict[str, int]
         raise UserInputError(
             f"map_batches: max_retries must be an integer >= 0, not {max_retries!r}"
         )
+    thresholds = {
+        "error_threshold": error_threshold,
+        "mini_batch_error_threshold": mini_batch_error_threshold,
+    }
     for name, value in thresholds.items():
         if not _is_int(value) or value < -1:
             raise UserInputError(
                 f"map_batches: {name} must be an integer >= 0, or -1 for no limit, not {value!r}"
             )
+    return RuntimeSettings(
+        max_retries=int(max_retries),
+        timeout=float(timeout),
+        error_threshold=int(error_threshold),
+        mini_batch_error_threshold=int(mini_batch_error_threshold),
+    )
+
+
+def _step(
+    code_dir: str, script: str, staged_dir: str, slots: int, settings: RuntimeSettings
+) -> ParallelStep:
+    """The parallel step a map_batches call runs: every slot on one (emulated) node."""
+    return ParallelStep(
+        name=STEP,
+        input_data=DataInput(name="collection", type="uri_folder", path=staged_dir),
+        entry_script=script,
+        code_dir=code_dir,
+        max_concurrency_per_instance=slots,
+        settings=settings,
+    )
+
+
+def _run(
+    handle: ClusterHandle,
+    step: ParallelStep,
+    plan: Plan,
+    run_dir: str,
+    resumed: bool,
+    echo: Callable[[str], None],
+) -> StepOutcome:
+    """Run what the ledger says is left (all of it on a first call) and return the outcome."""
+    state = read_ledger(os.path.join(run_dir, "steps", STEP, "ledger.jsonl"))
+    todo, prior = _todo(plan, state, "resume" if resumed else "run")
+    if resumed:
+        echo(f"[{STEP}] continuing {run_dir}: {len(todo)} of {len(plan.batches)} partitions to run")
+    if not todo:
+        return _outcome_from_ledger(step, plan, state)
+    ship_code = False
+    if not handle.local:
+        ship_code = check_workers(handle.client, step, run_dir)
+    try:
+        return run_step(
+            handle.client,
+            step,
+            plan,
+            run_dir,
+            n_workers=handle.n_workers,
+            local=handle.local,
+            session=state.sessions,
+            prior=prior,
+            todo=todo,
+            echo=echo,
+            ship_code=ship_code,
+            structured_parts=True,
+        )
+    except Interrupted as err:
+        raise Interrupted(
+            "map_batches was interrupted; the partitions already done are kept. "
+            f"Continue with map_batches(..., run_dir={run_dir!r})"
+        ) from err
 
 
 def _open_record(run_dir: str, kind: str, npartitions: int) -> tuple[dict[str, Any], bool]:
@@ -104,6 +172,7 @@ def _current_client() -> Any:
 def _result(
     run_dir: str, plan: Plan, state: LedgerState, failure: str | None, summary: dict[str, int]
 ) -> MapResult:
+    """The result as the ledger records it; writes ``failed_mini_batches.jsonl`` too."""
     parts: dict[int, str] = {}
     failed: list[FailedPartition] = []
     entries: list[dict[str, Any]] = []
@@ -220,14 +289,7 @@ def map_batches(
     started = time.monotonic()
     echo = echo or _say
     kind = collection_kind(collection)
-    _check_settings(
-        timeout,
-        max_retries,
-        {
-            "error_threshold": error_threshold,
-            "mini_batch_error_threshold": mini_batch_error_threshold,
-        },
-    )
+    settings = _settings(timeout, max_retries, error_threshold, mini_batch_error_threshold)
     if run_dir is not None and "://" in os.fspath(run_dir):
         raise UserInputError(
             f"map_batches: run_dir {os.fspath(run_dir)} must be a folder (local, or on a "
@@ -248,64 +310,19 @@ def map_batches(
         workers = min(npartitions, os.cpu_count() or 1)
         with open_cluster(client=given, n_workers=workers) as handle:
             staged_dir = os.path.join(run_dir, "staged")
-            staged = load_staged(staged_dir) if resumed else None
-            if staged is None:
+            batches = load_staged(staged_dir) if resumed else None
+            if batches is None:
                 echo(f"[{STEP}] staging {npartitions} partitions of the Dask {kind}")
                 batches = stage(collection, staged_dir, handle.client)
-            else:
-                batches = staged[1]
             plan = Plan(
                 kind="tabular" if kind == "dataframe" else "files",
                 batches=tuple(batches),
                 input_root=staged_dir,
             )
-            step = ParallelStep(
-                name=STEP,
-                input_data=DataInput(name="collection", type="uri_folder", path=staged_dir),
-                entry_script=script,
-                code_dir=code_dir,
-                max_concurrency_per_instance=handle.n_workers,
-                settings=RuntimeSettings(
-                    max_retries=int(max_retries),
-                    timeout=float(timeout),
-                    error_threshold=int(error_threshold),
-                    mini_batch_error_threshold=int(mini_batch_error_threshold),
-                ),
-            )
-            ledger_file = os.path.join(run_dir, "steps", STEP, "ledger.jsonl")
-            state = read_ledger(ledger_file)
-            todo, prior = _todo(plan, state, "resume" if resumed else "run")
-            if resumed:
-                echo(
-                    f"[{STEP}] continuing {run_dir}: {len(todo)} of {npartitions} partitions to run"
-                )
-            if todo:
-                ship_code = False
-                if not handle.local:
-                    ship_code = check_workers(handle.client, step, run_dir)
-                try:
-                    outcome = run_step(
-                        handle.client,
-                        step,
-                        plan,
-                        run_dir,
-                        n_workers=handle.n_workers,
-                        local=handle.local,
-                        session=state.sessions,
-                        prior=prior,
-                        todo=todo,
-                        echo=echo,
-                        ship_code=ship_code,
-                        structured_parts=True,
-                    )
-                except Interrupted as err:
-                    raise Interrupted(
-                        "map_batches was interrupted; the partitions already done are kept. "
-                        f"Continue with map_batches(..., run_dir={run_dir!r})"
-                    ) from err
-            else:
-                outcome = _outcome_from_ledger(step, plan, state)
-        result = _result(run_dir, plan, read_ledger(ledger_file), outcome.failure, outcome.summary)
+            step = _step(code_dir, script, staged_dir, handle.n_workers, settings)
+            outcome = _run(handle, step, plan, run_dir, resumed, echo)
+        ledger = read_ledger(os.path.join(run_dir, "steps", STEP, "ledger.jsonl"))
+        result = _result(run_dir, plan, ledger, outcome.failure, outcome.summary)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lock)

@@ -136,7 +136,7 @@ def stage(collection: Any, folder: str, client: Any) -> list[StagedBatch]:
     return batches
 
 
-def load_staged(folder: str) -> tuple[Kind, list[StagedBatch]] | None:
+def load_staged(folder: str) -> list[StagedBatch] | None:
     """The partitions an earlier call staged in ``folder``, or None when staging did not
     finish (or never started)."""
     path = os.path.join(folder, MANIFEST)
@@ -150,4 +150,4 @@ def load_staged(folder: str) -> tuple[Kind, list[StagedBatch]] | None:
     ]
     if not all(os.path.isfile(b.path) for b in batches):
         return None
-    return manifest["kind"], batches
+    return batches
