@@ -80,14 +80,26 @@ def test_a_bag_comes_back_in_partition_order_on_the_current_client(tmp_path, cli
 
     bag = db.from_sequence(range(23), npartitions=5)
 
+    marks = str(tmp_path / "marks")
+    os.makedirs(marks)
+
     def run(items):
         assert isinstance(items, list)
         return [{"item": i, "square": i * i} for i in items]
 
+    def shutdown():
+        open(os.path.join(marks, f"shutdown-{os.getpid()}"), "w").close()
+
     with client.as_current():  # client=None: the current client's cluster, not a new one
         result = daskprs.map_batches(
-            bag, run, max_retries=np.int64(1), run_dir=tmp_path / "run", echo=quiet
+            bag,
+            run,
+            shutdown=shutdown,
+            max_retries=np.int64(1),
+            run_dir=tmp_path / "run",
+            echo=quiet,
         )
+    assert os.listdir(marks)  # shutdown() ran in the entry-script processes before the return
     assert not (tmp_path / "run/logs/user/stdout/node000").exists()
     assert (tmp_path / "run/logs/user/stdout/127.0.0.1").is_dir()
     assert result.ok, result.failure
