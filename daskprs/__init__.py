@@ -6,6 +6,9 @@ The public API (imported lazily, so that worker child processes stay light)::
     result = run_job("pipeline.yml", client=client)   # in a notebook with a Dask client
     result.raise_for_status()
 
+    result = daskprs.map_batches(ddf, run)              # run() over a Dask DataFrame or bag
+    result.output                                      # the returned rows, a Dask collection
+
 The subpackages follow a mini-batch's way, each importing only from those before it:
 :mod:`daskprs.job` (the job file) -> :mod:`daskprs.inputs` (planning and reading) ->
 :mod:`daskprs.results` (records, ledger, output) -> :mod:`daskprs.observe` (logs, progress)
@@ -24,11 +27,13 @@ __all__ = [
     "JobFailed",
     "JobResult",
     "JobSpecError",
+    "MapResult",
     "PlanningError",
     "UserInputError",
     "__version__",
     "input_collection",
     "load_job",
+    "map_batches",
     "resume_job",
     "run_job",
 ]
@@ -37,6 +42,8 @@ _LAZY = {
     "run_job": "daskprs.api",
     "resume_job": "daskprs.api",
     "input_collection": "daskprs.collections",
+    "map_batches": "daskprs.mapping.run",
+    "MapResult": "daskprs.results.mapresult",
     "JobResult": "daskprs.results.jobresult",
     "load_job": "daskprs.job.load",
     "DaskprsError": "daskprs.errors",

@@ -149,6 +149,21 @@ class RunDir:
     def failed_mini_batches(self) -> str:
         return os.path.join(self.root, "failed_mini_batches.jsonl")
 
+    @property
+    def map_record(self) -> str:
+        """``map_batches`` runs: the collection's kind and number of partitions."""
+        return os.path.join(self.root, "map_batches.json")
+
+    @property
+    def staged(self) -> str:
+        """``map_batches`` runs: the collection's partitions staged to files."""
+        return os.path.join(self.root, "staged")
+
+    @property
+    def generated_code(self) -> str:
+        """``map_batches`` runs: the pickled functions and their generated entry script."""
+        return os.path.join(self.root, "code")
+
     def output(self, step: str, name: str) -> str:
         """Where an output without a ``path`` goes."""
         return os.path.join(self.root, "outputs", step, name)

@@ -71,11 +71,13 @@ def test_public_api_is_explicit():
         "JobFailed",
         "JobResult",
         "JobSpecError",
+        "MapResult",
         "PlanningError",
         "UserInputError",
         "__version__",
         "input_collection",
         "load_job",
+        "map_batches",
         "resume_job",
         "run_job",
     }

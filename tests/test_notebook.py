@@ -23,6 +23,16 @@ def test_example_notebook_runs():
         resources={"metadata": {"path": str(NOTEBOOK.parent)}},
     )
     client.execute()
-    printed = "".join(out.get("text", "") for cell in nb.cells for out in cell.get("outputs", []))
+    outputs = [out for cell in nb.cells for out in cell.get("outputs", [])]
+    printed = "".join(out.get("text", "") for out in outputs)
     assert "600 rows scored, accuracy" in printed
     assert "8 mini-batches, 600 rows" in printed
+    # map_batches over a DataFrame built in the notebook, run() failing on two partitions
+    assert "150 of 200 rows calibrated in 6 partitions; status: succeeded with failures" in printed
+    for mb, rows in ((6, "150-174"), (7, "175-199")):
+        error = f"ValueError: corrupt readings in rows {rows}"
+        assert f"partition {mb} failed after 2 tries: {error}" in printed
+    [shown] = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    assert "daskprs.map_batches" in shown and "succeeded with failures" in shown
+    assert "8: 6 done, 2 failed, 0 cancelled" in shown
+    assert "corrupt readings in rows 150-174" in shown and "Failed partitions" in shown

@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from daskprs.errors import Interrupted
@@ -27,6 +28,7 @@ from daskprs.inputs.batches import MiniBatch
 from daskprs.inputs.plan import Plan
 from daskprs.job.model import ParallelStep
 from daskprs.observe import logs
+from daskprs.results.formatting import structured_part_options
 from daskprs.results.jobresult import StepOutcome
 from daskprs.results.ledger import Ledger, LedgerState
 from daskprs.results.outcome import BatchState, Status, TryRecord
@@ -314,6 +316,7 @@ def run_step(
     echo: Callable[[str], None] | None = None,
     window: int | None = None,
     ship_code: bool = False,
+    structured_parts: bool = False,
 ) -> StepOutcome:
     """Run the mini-batches of one parallel step on ``client``'s cluster.
 
@@ -339,6 +342,9 @@ def run_step(
         Where progress lines go (default: stderr).
     ship_code : bool
         Copy the code folder to every worker (for workers that cannot see it).
+    structured_parts : bool
+        Keep every successful try's returned rows as a structured part (parquet or pickle,
+        :mod:`daskprs.results.structured`) instead of Azure's text rows: ``map_batches``.
     """
     echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
     started = time.monotonic()
@@ -364,6 +370,8 @@ def run_step(
         lease_seconds=0.0 if local else lease_seconds(),
         python=step.python,
     )
+    if structured_parts:  # map_batches: every try's rows kept as data
+        ctx = replace(ctx, append_row=True, to_csv=structured_part_options())
     for sub in (ctx.where.parts, ctx.where.claims):
         os.makedirs(sub, exist_ok=True)
     if step.output_dir and "://" not in step.output_dir:

@@ -2,9 +2,9 @@
 
 Owns the MLTable file (``mltable``, ``tablemodel``), listing an input's files (``listing``),
 planning mini-batches from metadata (``plan``, ``cuts``) into picklable descriptors
-(``batches``), and, inside a worker, reading one descriptor's data (``readers``) with the
-MLTable transformations, filters and partition columns (``transforms``, ``filters``,
-``partitions``).
+(``batches``; a staged partition of a user's Dask collection is one too), and, inside a
+worker, reading one descriptor's data (``readers``) with the MLTable transformations, filters
+and partition columns (``transforms``, ``filters``, ``partitions``).
 
 May import: :mod:`daskprs.errors` and :mod:`daskprs.job`. No Dask here: the child process
 that runs entry scripts imports ``readers`` and must stay light.

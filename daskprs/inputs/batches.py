@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["FileBatch", "MiniBatch", "TableBatch", "TablePiece"]
+__all__ = ["FileBatch", "MiniBatch", "StagedBatch", "TableBatch", "TablePiece"]
 
 
 @dataclass(frozen=True)
@@ -122,4 +122,31 @@ class TableBatch:
         return f"TableBatch({self.index}: {p.path}{where}{more})"
 
 
-MiniBatch = FileBatch | TableBatch
+@dataclass(frozen=True)
+class StagedBatch:
+    """One partition of a user's Dask collection, staged to a file (``daskprs.map_batches``).
+
+    ``format`` is ``"parquet"`` (a DataFrame partition), ``"pickle"`` (a bag partition as a
+    list, or a DataFrame pyarrow cannot store). ``rows`` is the partition's length, known from
+    staging; ``row_lower_bound`` is the global index of its first row (DataFrames).
+    """
+
+    index: int
+    path: str
+    format: Literal["parquet", "pickle"]
+    rows: int
+    row_lower_bound: int | None = None
+    keys: Mapping[str, str] | None = None
+
+    @property
+    def n_items(self) -> int | None:
+        return self.rows
+
+    def describe(self) -> dict[str, Any]:
+        return {"partition": self.index, "file": self.path, "rows": self.rows}
+
+    def __repr__(self) -> str:
+        return f"StagedBatch({self.index}: partition {self.index}, {self.rows} rows)"
+
+
+MiniBatch = FileBatch | TableBatch | StagedBatch

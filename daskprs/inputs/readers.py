@@ -4,7 +4,9 @@
   downloaded into a worker-local cache first; ``direct`` passes the URLs through);
 - :class:`~daskprs.inputs.batches.TableBatch` -> a pandas DataFrame: each piece's bytes
   ``[start, end)`` (or parquet row groups) are read and parsed, transformed
-  (:func:`daskprs.inputs.mltable.apply_transforms`) and concatenated.
+  (:func:`daskprs.inputs.mltable.apply_transforms`) and concatenated;
+- :class:`~daskprs.inputs.batches.StagedBatch` -> the staged partition of a user's Dask
+  collection (``daskprs.map_batches``): a DataFrame, or a list for a bag.
 
 This module runs in the child process that hosts the entry script, so its imports stay light:
 stdlib, pandas and fsspec; pyarrow only when a parquet piece is read.
@@ -23,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from daskprs.inputs.batches import FileBatch, MiniBatch, TableBatch, TablePiece
+from daskprs.inputs.batches import FileBatch, MiniBatch, StagedBatch, TableBatch, TablePiece
 from daskprs.inputs.filesystems import filesystem
 from daskprs.inputs.tablemodel import TableRead
 from daskprs.inputs.transforms import apply_transforms, csv_read_options, infer_dates
@@ -39,12 +41,12 @@ class BatchLoadError(Exception):
     """Reading a mini-batch's data failed; the message names the file and range."""
 
 
-def load_batch(batch: MiniBatch, *, cache_dir: str) -> pd.DataFrame | list[str]:
+def load_batch(batch: MiniBatch, *, cache_dir: str) -> pd.DataFrame | list[Any]:
     """What ``run()`` receives for ``batch``.
 
     Parameters
     ----------
-    batch : FileBatch or TableBatch
+    batch : FileBatch, TableBatch or StagedBatch
         The descriptor.
     cache_dir : str
         A worker-local folder for downloaded remote files (created when needed); a file
@@ -52,9 +54,9 @@ def load_batch(batch: MiniBatch, *, cache_dir: str) -> pd.DataFrame | list[str]:
 
     Returns
     -------
-    list of str or pandas.DataFrame
+    list or pandas.DataFrame
         Local paths (or URLs with ``direct``) for a file list; the rows for tabular input,
-        with a fresh ``RangeIndex``.
+        with a fresh ``RangeIndex``; a staged partition as it was (index kept).
 
     Raises
     ------
@@ -65,6 +67,8 @@ def load_batch(batch: MiniBatch, *, cache_dir: str) -> pd.DataFrame | list[str]:
         return _load_files(batch, cache_dir)
     if isinstance(batch, TableBatch):
         return _load_table(batch)
+    if isinstance(batch, StagedBatch):
+        return _load_staged(batch)
     raise TypeError(f"not a mini-batch descriptor: {batch!r}")
 
 
@@ -109,6 +113,21 @@ def _load_files(batch: FileBatch, cache_dir: str) -> list[str]:
             ) from err
         out.append(local)
     return out
+
+
+def _load_staged(batch: StagedBatch) -> pd.DataFrame | list[Any]:
+    import pickle
+
+    try:
+        if batch.format == "parquet":
+            return pd.read_parquet(batch.path)
+        with open(batch.path, "rb") as f:
+            return pickle.load(f)
+    except Exception as err:
+        raise BatchLoadError(
+            f"reading the staged partition {batch.index} ({batch.path}) failed: "
+            f"{type(err).__name__}: {err}"
+        ) from err
 
 
 # --------------------------------------------------------------------------------------------

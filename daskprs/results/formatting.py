@@ -1,6 +1,9 @@
 """Azure's ``append_row_to`` format: how one ``run()`` return value becomes bytes.
 
-Pure functions; pandas is only touched when the value is a DataFrame.
+Pure functions; pandas is only touched when the value is a DataFrame. The part options
+(``to_csv``) carry one reserved key, :data:`PART_FORMAT`, that daskprs sets for
+``daskprs.map_batches`` (never read from a settings file): its parts keep the returned rows
+as data (:mod:`daskprs.results.structured`).
 """
 
 from __future__ import annotations
@@ -9,7 +12,16 @@ import io
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
-__all__ = ["format_rows", "result_length", "write_rows"]
+__all__ = [
+    "PART_FORMAT",
+    "format_rows",
+    "result_length",
+    "structured_part_options",
+    "write_rows",
+]
+
+# The reserved key of the part options: "structured" keeps rows as data (parquet or pickle).
+PART_FORMAT = "daskprs.part_format"
 
 _DEFAULT_TO_CSV = {"sep": " ", "header": False, "index": False, "lineterminator": "\n"}
 
@@ -50,9 +62,23 @@ def format_rows(value: Any, to_csv: Mapping[str, Any] | None = None) -> bytes:
     return buf.getvalue()
 
 
+def structured_part_options() -> dict[str, Any]:
+    """The part options under which :func:`write_rows` keeps rows as data."""
+    return {PART_FORMAT: "structured"}
+
+
 def write_rows(value: Any, out: BinaryIO, to_csv: Mapping[str, Any] | None = None) -> None:
     """Write what :func:`format_rows` returns straight into the binary file ``out`` (no
-    copy of the whole text in memory: a mini-batch's rows can be large)."""
+    copy of the whole text in memory: a mini-batch's rows can be large).
+
+    Under :func:`structured_part_options` the value is stored as data instead
+    (:func:`daskprs.results.structured.write_structured`).
+    """
+    if to_csv and to_csv.get(PART_FORMAT) == "structured":
+        from daskprs.results.structured import write_structured
+
+        write_structured(value, out)
+        return
     if _is_dataframe(value):
         options = {**_DEFAULT_TO_CSV, **(to_csv or {})}
         options.pop("path_or_buf", None)

@@ -364,3 +364,23 @@ def test_filter_to_empty_and_header_only_give_empty_frames(tmp_path):
     _, frames = plan_and_load(data, None, tmp_path)
     assert [len(f) for f in frames] == [0, 0]
     assert all(f.columns.tolist() == ["a", "b"] for f in frames)
+
+
+def test_staged_partitions_load_as_they_were_staged(tmp_path):
+    import pickle
+
+    from daskprs.inputs.batches import StagedBatch
+
+    df = pd.DataFrame({"a": [1, 2, 3]}, index=[7, 8, 9])
+    df.to_parquet(tmp_path / "0.parquet")
+    with open(tmp_path / "1.pkl", "wb") as f:
+        pickle.dump(["x", {"y": 1}], f)
+    frame = StagedBatch(0, str(tmp_path / "0.parquet"), "parquet", 3, row_lower_bound=0)
+    items = StagedBatch(1, str(tmp_path / "1.pkl"), "pickle", 2)
+    pd.testing.assert_frame_equal(load_batch(frame, cache_dir=str(tmp_path)), df)
+    assert load_batch(items, cache_dir=str(tmp_path)) == ["x", {"y": 1}]
+    assert frame.n_items == 3 and frame.describe()["partition"] == 0
+    assert repr(items) == "StagedBatch(1: partition 1, 2 rows)"
+    gone = StagedBatch(2, str(tmp_path / "2.pkl"), "pickle", 1)
+    with pytest.raises(BatchLoadError, match=r"staged partition 2 .*2\.pkl"):
+        load_batch(gone, cache_dir=str(tmp_path))
