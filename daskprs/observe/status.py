@@ -37,6 +37,8 @@ def _step_state(step: StepView, run_state: str) -> str:
         return "not started"
     if step.pending:
         return "running" if run_state == "running" else "unfinished"
+    if step.count("CANCELLED") and run_state in ("interrupted", "incomplete"):
+        return "interrupted"
     if step.count("FAILED") or step.count("CANCELLED"):
         return "with failures"
     return "done"
