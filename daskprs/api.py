@@ -20,6 +20,7 @@ from typing import Any
 from daskprs.errors import Interrupted, UserInputError
 from daskprs.job.model import Job
 from daskprs.observe import logs
+from daskprs.observe.progress import Progress, choose_progress
 from daskprs.pipeline import StepsRunner
 from daskprs.results import fingerprint
 from daskprs.results.jobresult import JobResult
@@ -109,7 +110,9 @@ def run_job(
     client : distributed.Client, optional
         Use this client's cluster (notebooks).
     echo : callable, optional
-        Where progress and notes go (default: stderr).
+        Where progress and notes go (default: stderr). Without it, progress is a live
+        display: a progress bar in a terminal, an updating HTML display in Jupyter, plain
+        lines every 5 s otherwise.
 
     Returns
     -------
@@ -123,6 +126,7 @@ def run_job(
     """
     from daskprs.job.load import load_job
 
+    progress = choose_progress(echo)
     echo = echo or _say
     job_file = os.path.abspath(os.fspath(job_file))
     if run_dir and "://" in os.fspath(run_dir):
@@ -154,7 +158,7 @@ def run_job(
     _write_json(os.path.join(run_dir, RUN_FILE), record)
     with open(os.path.join(run_dir, "job.json"), "w", encoding="utf-8") as f:
         json.dump(asdict(job), f, indent=2, default=str)
-    return _execute(job, run_dir, "run", record, scheduler, workers, client, echo)
+    return _execute(job, run_dir, "run", record, scheduler, workers, client, echo, progress)
 
 
 def resume_job(
@@ -192,6 +196,7 @@ def resume_job(
     from daskprs.errors import ResumeRefused
     from daskprs.job.load import load_job
 
+    progress = choose_progress(echo)
     echo = echo or _say
     run_dir = os.path.abspath(os.fspath(run_dir))
     path = os.path.join(run_dir, RUN_FILE)
@@ -227,7 +232,9 @@ def resume_job(
         if digest != record.get("code", {}).get(step.name) and not rerun_failed:
             echo(f"note: the code folder of step {step.name} changed since the run started")
     mode = "rerun-failed" if rerun_failed else "resume"
-    return _execute(job, run_dir, mode, record, scheduler, workers, client, echo, force=force)
+    return _execute(
+        job, run_dir, mode, record, scheduler, workers, client, echo, progress, force=force
+    )
 
 
 RUN_FILE = "run.json"
@@ -249,6 +256,7 @@ def _execute(
     workers: int | None,
     client: Any,
     echo: Callable[[str], None],
+    progress: Progress,
     force: bool = False,
 ) -> JobResult:
     result = JobResult(run_dir=run_dir, notes=[*job.notes, *job.warnings])
@@ -276,6 +284,7 @@ def _execute(
         echo,
         force,
         lambda: _write_json(os.path.join(run_dir, RUN_FILE), record),
+        progress,
     )
     lock = _lock(run_dir)
     try:

@@ -32,6 +32,7 @@ from daskprs.inputs.batches import MiniBatch
 from daskprs.inputs.plan import Plan
 from daskprs.job.model import ParallelStep
 from daskprs.observe import logs
+from daskprs.observe.progress import PlainProgress, Progress
 from daskprs.results.formatting import load_to_csv_options
 from daskprs.results.jobresult import StepOutcome
 from daskprs.results.ledger import Ledger, LedgerState
@@ -40,8 +41,10 @@ from daskprs.results.output import assemble
 
 __all__ = ["run_step"]
 
-# Seconds between progress reports on the console and in the progress overview file.
+# Seconds between updates of the progress overview file (the display throttles itself).
 _PROGRESS_EVERY = 5.0
+# Seconds between updates of the live display, at most.
+_LIVE_EVERY = 0.25
 # How often the driver wakes with nothing finished, to check the progress timeout.
 _TICK = 0.5
 
@@ -249,9 +252,9 @@ class _StepRun:
             self.client.run(prestart, self.ctx)
         except Exception:  # a worker that cannot start a slot now starts it on its first task
             pass
-        last_report = time.monotonic()
         self.carry_out(self.sup.start())
         while not self.sup.finished:
+            progress()
             try:
                 keys = [self.done.get(timeout=_TICK)]
             except queue.Empty:
@@ -268,9 +271,6 @@ class _StepRun:
                 instructions += self.handle(rec, sub)
             # the whole batch's submissions together, so that short tries can be packed
             self.carry_out(instructions)
-            if time.monotonic() - last_report >= _PROGRESS_EVERY:
-                last_report = time.monotonic()
-                progress()
         stop = self.sup.stopped
         assert isinstance(stop, Stop)
         if self.futures:
@@ -310,6 +310,7 @@ def run_step(
     echo: Callable[[str], None] | None = None,
     window: int | None = None,
     ship_code: bool = False,
+    progress: Progress | None = None,
 ) -> StepOutcome:
     """Run the mini-batches of one parallel step on ``client``'s cluster.
 
@@ -332,11 +333,15 @@ def run_step(
     prior, todo
         For resume and rerun: final states from earlier sessions and the mini-batches to run.
     echo : callable, optional
-        Where progress lines go (default: stderr).
+        Where progress lines go when ``progress`` is not given (default: stderr).
+    progress : Progress, optional
+        The live progress display (:func:`daskprs.observe.progress.choose_progress`); default:
+        plain lines through ``echo``.
     ship_code : bool
         Copy the code folder to every worker (for workers that cannot see it).
     """
     echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
+    display = progress or PlainProgress(echo)
     started = time.monotonic()
     step_dir = os.path.join(run_dir, "steps", step.name)
     batches: dict[int, MiniBatch] = {b.index: b for b in plan.batches}
@@ -377,12 +382,10 @@ def run_step(
         shipped = CodeFolder(ctx.token, step.code_dir)
         client.register_plugin(shipped)
     run = _StepRun(client, ctx, sup, batches, _Packer(n_workers), step_dir, run_dir)
+    live = _Live(display, run_dir, step.name, sup, started, plan.seconds)
+    display.start(step.name, sup.total, n_workers)
     try:
-        stop = run.loop(
-            lambda: _progress(
-                echo, run_dir, step.name, sup, time.monotonic() - started, plan.seconds
-            )
-        )
+        stop = run.loop(live.tick)
     except KeyboardInterrupt as err:
         run.abort()
         raise Interrupted(
@@ -390,6 +393,7 @@ def run_step(
             f"Continue with: daskprs run --resume {run_dir}"
         ) from err
     finally:
+        live.finish()
         run.close()
         if shipped is not None:
             try:
@@ -397,7 +401,6 @@ def run_step(
             except Exception:  # a cluster that is going away has nothing left to clean
                 pass
     elapsed = time.monotonic() - started
-    _progress(echo, run_dir, step.name, sup, elapsed, plan.seconds)
     return StepOutcome(
         step=step.name,
         failure=stop.failure,
@@ -409,20 +412,45 @@ def run_step(
     )
 
 
-def _progress(
-    echo: Callable[[str], None],
-    run_dir: str,
-    step: str,
-    sup: Supervisor,
-    elapsed: float,
-    plan_seconds: float,
-) -> None:
-    summary = sup.summary()
-    echo(logs.format_progress(step, summary, elapsed))
-    logs.write_text(
-        logs.progress_overview_path(run_dir),
-        logs.format_progress_overview(step, summary, elapsed, plan_seconds),
-    )
+class _Live:
+    """Feeds the progress display the supervisor's counts (at most every ``_LIVE_EVERY``
+    seconds) and rewrites the progress overview file every ``_PROGRESS_EVERY`` seconds."""
+
+    def __init__(
+        self,
+        display: Progress,
+        run_dir: str,
+        step: str,
+        sup: Supervisor,
+        started: float,
+        plan_seconds: float,
+    ):
+        self.display, self.run_dir, self.step, self.sup = display, run_dir, step, sup
+        self.started, self.plan_seconds = started, plan_seconds
+        self._shown = self._written = started
+
+    def _overview(self, summary: dict[str, int], elapsed: float) -> None:
+        logs.write_text(
+            logs.progress_overview_path(self.run_dir),
+            logs.format_progress_overview(self.step, summary, elapsed, self.plan_seconds),
+        )
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self._shown < _LIVE_EVERY:
+            return
+        self._shown = now
+        summary = self.sup.summary()
+        self.display.update(summary, now - self.started)
+        if now - self._written >= _PROGRESS_EVERY:
+            self._written = now
+            self._overview(summary, now - self.started)
+
+    def finish(self) -> None:
+        elapsed = time.monotonic() - self.started
+        summary = self.sup.summary()
+        self.display.finish(summary, elapsed)
+        self._overview(summary, elapsed)
 
 
 def _cancel(client: Any, futures: dict[str, tuple[Any, list]], token: str) -> None:
