@@ -1,7 +1,8 @@
 """What a person reads about a run: Azure-style logs, progress, the resource monitor.
 
-Owns the run's log files, progress overview and try report (``logs``), the per-process
-resource monitor (``monitor``), reading a run directory back (``rundir``), the
+Owns the run's log files, progress overview and try report (``logs``), the live progress
+displays the runner feeds (``progress``: plain lines, a rich bar, a Jupyter display), the
+per-process resource monitor (``monitor``), reading a run directory back (``rundir``), the
 ``daskprs status`` screen (``status``) and the ``daskprs report`` page (``report``, with its
 matplotlib plots in ``plots``).
 

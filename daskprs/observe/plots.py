@@ -93,7 +93,7 @@ def timeline_svg(bars: Sequence[Bar], lanes: Sequence[str], span: float) -> str:
         titles = {}
         for n, bar in enumerate(bars):
             # a try shorter than a pixel still shows
-            width = max(bar.length, span / 250)
+            width = max(bar.length, span / 150)
             box = Rectangle(
                 (bar.start, row[bar.lane] - 0.38),
                 width,
