@@ -174,7 +174,7 @@ def validate(file: str, sets: tuple[str, ...]) -> None:
 
 
 def _run_dir_view(run_dir: str) -> Any:
-    from daskprs.observe.rundir import read_run
+    from daskprs.observe.runview import read_run
 
     try:
         return read_run(run_dir)

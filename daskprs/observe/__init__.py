@@ -2,7 +2,7 @@
 
 Owns the run's log files, progress overview and try report (``logs``), the live progress
 displays the runner feeds (``progress``: plain lines, a rich bar, a Jupyter display), the
-per-process resource monitor (``monitor``), reading a run directory back (``rundir``), the
+per-process resource monitor (``monitor``), reading a run directory back (``runview``), the
 ``daskprs status`` screen (``status``) and the ``daskprs report`` page (``report``, with its
 matplotlib plots in ``plots``).
 

@@ -1,6 +1,6 @@
 """``daskprs report RUN_DIR``: one self-contained HTML page about a run.
 
-:func:`build_report` turns a :class:`~daskprs.observe.rundir.RunView` into plain values (pure),
+:func:`build_report` turns a :class:`~daskprs.observe.runview.RunView` into plain values (pure),
 :func:`render_html` makes the page from them (plots as inline SVG, CSS inline, no script and
 no link to the network), :func:`write_report` writes it. Sections: the outcome and budgets, a
 timeline of tries per process, throughput over time, the slowest mini-batches, failures with
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daskprs.observe import plots
-from daskprs.observe.rundir import RunView, StepView, failures, inputs_text
+from daskprs.observe.runview import RunView, StepView, failures, inputs_text
 from daskprs.observe.status import next_command
 from daskprs.results.outcome import TryRecord
 

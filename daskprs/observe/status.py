@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 
-from daskprs.observe.rundir import RunView, StepView, inputs_text
-from daskprs.observe.rundir import failures as failures_of
+from daskprs.observe.runview import RunView, StepView, inputs_text
+from daskprs.observe.runview import failures as failures_of
 
 __all__ = ["format_status", "next_command"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import make_files, poll_for, write_job
 
-from daskprs.observe.rundir import read_run
+from daskprs.observe.runview import read_run
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +84,16 @@ def finished_run(tmp_path_factory):
     )
     done = daskprs("run", str(job), "--run-dir", "run", cwd=folder)
     assert done.returncode == 0, done.stderr
+    (folder / "stderr.txt").write_text(done.stderr)
     return folder / "run"
+
+
+def test_plain_progress_lines_when_stderr_is_not_a_terminal(finished_run):
+    err = (finished_run.parent / "stderr.txt").read_text()
+    assert "[score] 10/10 mini-batches processed (9 done, 1 failed, 0 running)" in err
+    assert "\x1b[" not in err  # no escape codes in a log file
+    assert "━" not in err
+    assert "Dask dashboard: http://127.0.0.1:" in err
 
 
 def test_status_of_a_finished_run_with_a_failure(finished_run):

@@ -1,5 +1,5 @@
-"""The live progress display end to end: ``daskprs run`` in a terminal (tmux), with its output
-in a pipe, and ``run_job`` in a Jupyter kernel (nbclient)."""
+"""The live progress display end to end: ``daskprs run`` in a terminal (tmux) and ``run_job``
+in a Jupyter kernel (nbclient). Plain lines in a pipe: ``test_commands_e2e.py``."""
 
 from __future__ import annotations
 
@@ -106,23 +106,6 @@ def test_a_progress_bar_in_a_terminal(tmp_path):
         assert "job succeeded" in screen
     finally:
         subprocess.run(["tmux", "-L", tmux.socket, "kill-server"], capture_output=True)
-
-
-def test_plain_lines_when_stderr_is_not_a_terminal(tmp_path):
-    job = waiting_job(tmp_path)
-    (tmp_path / "go").touch()
-    done = subprocess.run(
-        [sys.executable, "-m", "daskprs", "run", str(job), "--run-dir", "run"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "[score] 6/6 mini-batches processed (6 done, 0 failed, 0 running)" in done.stderr
-    assert "\x1b[" not in done.stderr  # no escape codes in a log file
-    assert "━" not in done.stderr
-    assert "Dask dashboard: http://127.0.0.1:" in done.stderr
 
 
 def test_a_progress_display_in_a_notebook_ends_at_100_percent(tmp_path):

@@ -10,7 +10,7 @@ from rundirs import T0, bad, make_run, ok
 
 from daskprs.cli import cli
 from daskprs.observe.report import build_report, render_html
-from daskprs.observe.rundir import read_run
+from daskprs.observe.runview import read_run
 from daskprs.results.outcome import TryRecord
 
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from rundirs import bad, dead_pid, make_run, ok
 
 from daskprs.cli import cli
-from daskprs.observe.rundir import read_run
+from daskprs.observe.runview import read_run
 from daskprs.observe.status import format_status, next_command
 
 
