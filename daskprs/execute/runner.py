@@ -383,7 +383,7 @@ def run_step(
         client.register_plugin(shipped)
     run = _StepRun(client, ctx, sup, batches, _Packer(n_workers), step_dir, run_dir)
     live = _Live(display, run_dir, step.name, sup, started, plan.seconds)
-    display.start(step.name, sup.total, n_workers)
+    display.start(step.name, sup.summary(), n_workers)
     try:
         stop = run.loop(live.tick)
     except KeyboardInterrupt as err:

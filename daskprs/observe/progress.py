@@ -34,24 +34,34 @@ __all__ = [
 
 
 class Progress(Protocol):
-    """What the runner calls: ``start`` once a step, ``update`` as often as it likes (the sink
-    throttles), ``finish`` once at the end (also when interrupted)."""
+    """What the runner calls: ``start`` once a step with the counts it starts from (a resumed
+    step starts with mini-batches finished in earlier sessions) and the cluster's worker
+    slots, ``update`` as often as it likes (the sink throttles), ``finish`` once at the end
+    (also when interrupted)."""
 
-    def start(self, step: str, total: int, slots: int | None = None) -> None: ...
+    def start(self, step: str, first: Mapping[str, int], slots: int | None = None) -> None: ...
 
     def update(self, summary: Mapping[str, int], elapsed: float) -> None: ...
 
     def finish(self, summary: Mapping[str, int], elapsed: float) -> None: ...
 
 
-def figures(summary: Mapping[str, int], elapsed: float, slots: int | None = None) -> dict[str, Any]:
+def _finished(summary: Mapping[str, int]) -> int:
+    return summary["done"] + summary["failed"] + summary["cancelled"]
+
+
+def figures(
+    summary: Mapping[str, int], elapsed: float, slots: int | None = None, before: int = 0
+) -> dict[str, Any]:
     """What a progress display shows, from the supervisor's summary and the seconds since the
-    step started. ``rate`` is finished mini-batches per second; ``eta`` seconds left (None
-    until something finished). Of the tries in flight, at most ``slots`` (the cluster's
-    worker slots) can be running; the others are ``queued`` on the cluster."""
-    finished = summary["done"] + summary["failed"] + summary["cancelled"]
+    step started. ``rate`` is mini-batches finished per second in this session (``before``
+    were finished in earlier ones); ``eta`` seconds left (None until something finished).
+    Of the tries in flight, at most ``slots`` (the cluster's worker slots) can be running;
+    the others are ``queued`` on the cluster."""
+    finished = _finished(summary)
     total = summary["total"]
-    rate = finished / elapsed if elapsed > 0 and finished else 0.0
+    now = finished - before
+    rate = now / elapsed if elapsed > 0 and now > 0 else 0.0
     eta = 0.0 if finished >= total else (total - finished) / rate if rate > 0 else None
     return {
         "finished": finished,
@@ -91,7 +101,7 @@ class PlainProgress:
         self.step = ""
         self._last = 0.0
 
-    def start(self, step: str, total: int, slots: int | None = None) -> None:
+    def start(self, step: str, first: Mapping[str, int], slots: int | None = None) -> None:
         self.step = step
         self._last = self.clock()
 
@@ -134,13 +144,14 @@ class RichProgress:
         self._progress: Any = None
         self._task: Any = None
         self.slots: int | None = None
+        self.before = 0
 
-    def start(self, step: str, total: int, slots: int | None = None) -> None:
+    def start(self, step: str, first: Mapping[str, int], slots: int | None = None) -> None:
         from rich.console import Console
         from rich.markup import escape
         from rich.progress import BarColumn, MofNCompleteColumn, TaskProgressColumn, TextColumn
 
-        self.slots = slots
+        self.slots, self.before = slots, _finished(first)
         console = Console(file=self.file, width=self.width)
         self._progress = _two_line_progress()(
             TextColumn("[bold]{task.description}"),
@@ -152,11 +163,14 @@ class RichProgress:
             console=console,
             refresh_per_second=4,
         )
-        self._task = self._progress.add_task(escape(f"[{step}]"), total=total, counts="", timing="")
+        self._task = self._progress.add_task(
+            escape(f"[{step}]"), total=first["total"], counts="", timing=""
+        )
+        self._progress.update(self._task, **self._fields(first, 0.0))
         self._progress.start()
 
     def _fields(self, summary: Mapping[str, int], elapsed: float) -> dict[str, Any]:
-        f = figures(summary, elapsed, self.slots)
+        f = figures(summary, elapsed, self.slots, self.before)
         counts = f"[green]{f['done']} done[/]  [red]{f['failed']} failed[/]  "
         counts += f"[cyan]{f['running']} running[/]  {f['queued']} queued"
         if f["cancelled"]:
@@ -181,11 +195,15 @@ class RichProgress:
 
 
 def progress_html(
-    step: str, summary: Mapping[str, int], elapsed: float, slots: int | None = None
+    step: str,
+    summary: Mapping[str, int],
+    elapsed: float,
+    slots: int | None = None,
+    before: int = 0,
 ) -> str:
     """The notebook display of a step's progress: a bar and the same figures as the
     terminal's (pure)."""
-    f = figures(summary, elapsed, slots)
+    f = figures(summary, elapsed, slots, before)
     colour = "#d64545" if f["failed"] or f["cancelled"] else "#2e9e5b"
     cancelled = f", {f['cancelled']} cancelled" if f["cancelled"] else ""
     return (
@@ -199,7 +217,7 @@ def progress_html(
         f"<b>{f['percent']:.0f}%</b> {f['finished']}/{f['total']} mini-batches "
         f"({f['done']} done, {f['failed']} failed, {f['running']} running, "
         f"{f['queued']} queued{cancelled}); "
-        f"{f['items_ok']} items ok, {f['items_failed']} failed; {f['rate']:.1f}/s, "
+        f"{f['items_ok']} items ok, {f['items_failed']} failed; {_rate(f['rate'])}/s, "
         f"elapsed {_duration(elapsed)}, ETA {_duration(f['eta'])}"
         "</div>"
     )
@@ -213,30 +231,24 @@ class NotebookProgress:
         self.every, self.clock = every, clock
         self.step = ""
         self.slots: int | None = None
+        self.before = 0
         self._handle: Any = None
         self._last = 0.0
 
-    def start(self, step: str, total: int, slots: int | None = None) -> None:
+    def start(self, step: str, first: Mapping[str, int], slots: int | None = None) -> None:
         from IPython.display import HTML, display
 
-        self.step, self.slots = step, slots
-        empty = {
-            "total": total,
-            "done": 0,
-            "failed": 0,
-            "cancelled": 0,
-            "running": 0,
-            "succeeded_items": 0,
-            "failed_items": 0,
-        }
-        self._handle = display(HTML(progress_html(step, empty, 0.0, slots)), display_id=True)
+        self.step, self.slots, self.before = step, slots, _finished(first)
+        page = progress_html(step, first, 0.0, slots, self.before)
+        self._handle = display(HTML(page), display_id=True)
         self._last = self.clock()
 
     def _show(self, summary: Mapping[str, int], elapsed: float) -> None:
         from IPython.display import HTML
 
         if self._handle is not None:
-            self._handle.update(HTML(progress_html(self.step, summary, elapsed, self.slots)))
+            page = progress_html(self.step, summary, elapsed, self.slots, self.before)
+            self._handle.update(HTML(page))
 
     def update(self, summary: Mapping[str, int], elapsed: float) -> None:
         if self.clock() - self._last >= self.every:

@@ -37,6 +37,9 @@ def test_figures_rate_and_eta_from_the_counts():
     assert (f["running"], f["queued"]) == (2, 3)
     end = figures(summary(done=9, cancelled=1), elapsed=3.0)
     assert (end["percent"], end["eta"]) == (100.0, 0.0)
+    # a resumed step: 6 finished in earlier sessions, 2 in the 4 s of this one
+    f = figures(summary(done=8), elapsed=4.0, before=6)
+    assert (f["percent"], f["rate"], f["eta"]) == (80.0, 0.5, 4.0)
 
 
 class Clock:
@@ -51,7 +54,7 @@ def test_plain_lines_every_few_seconds_and_at_the_end():
     lines: list[str] = []
     clock = Clock()
     plain = PlainProgress(lines.append, every=5.0, clock=clock)
-    plain.start("score", 10)
+    plain.start("score", summary())
     plain.update(summary(done=1), 1.0)
     clock.now += 4.9
     plain.update(summary(done=2), 4.9)
@@ -69,7 +72,7 @@ def test_plain_lines_every_few_seconds_and_at_the_end():
 def test_rich_bar_shows_the_counts_and_ends_complete():
     out = io.StringIO()
     bar = RichProgress(out, width=80)
-    bar.start("score", 10, slots=2)
+    bar.start("score", summary(), slots=2)
     bar.update(summary(done=4, failed=1, running=3, ok=8, bad=2), 2.0)
     bar.finish(summary(done=9, failed=1, ok=18, bad=2), 4.0)
     text = out.getvalue()
@@ -87,6 +90,8 @@ def test_notebook_html_bar():
     assert "6/10 mini-batches (5 done, 1 failed, 2 running, 0 queued)" in page
     done = progress_html("score", summary(done=10, ok=10), 3.0)
     assert "<b>100%</b>" in done and "ETA 0:00" in done
+    resumed = progress_html("score", summary(done=8, ok=8), 4.0, before=6)
+    assert "0.50/s" in resumed and "ETA 0:04" in resumed
 
 
 class Tty(io.StringIO):
