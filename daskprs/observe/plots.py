@@ -92,16 +92,18 @@ def timeline_svg(bars: Sequence[Bar], lanes: Sequence[str], span: float) -> str:
         span = max(span, 1e-3)
         titles = {}
         for n, bar in enumerate(bars):
-            # a try shorter than a pixel still shows
-            width = max(bar.length, span / 150)
+            ok = bar.status in ("RUN_DONE", "EMPTY")
+            # a try shorter than a pixel still shows, a failed one a little wider
+            width = max(bar.length, span / (150 if ok else 90))
             box = Rectangle(
                 (bar.start, row[bar.lane] - 0.38),
                 width,
                 0.76,
                 facecolor=STATUS_COLOURS.get(bar.status, _OTHER),
                 edgecolor="#111111" if bar.retry else "white",
-                linewidth=1.2 if bar.retry else 0.4,
+                linewidth=0.9 if bar.retry else 0.4,
                 hatch="////" if bar.status.endswith("TIMEOUT") else None,
+                zorder=2 if ok else 3,  # failures drawn over their neighbours
             )
             box.set_gid(f"try-{n}")
             titles[f"try-{n}"] = bar.title
@@ -123,7 +125,7 @@ def timeline_svg(bars: Sequence[Bar], lanes: Sequence[str], span: float) -> str:
         ]
         if any(b.retry for b in bars):
             handles.append(
-                Patch(facecolor="white", edgecolor="#111111", linewidth=1.2, label="a retry")
+                Patch(facecolor="white", edgecolor="#111111", linewidth=0.9, label="a retry")
             )
         ax.legend(
             handles=handles,

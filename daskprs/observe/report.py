@@ -219,7 +219,7 @@ def build_report(view: RunView, now: float | None = None) -> ReportData:
         ),
         ("tries", f"{len(all_tries)} ({retries} retries)"),
         ("busy span", f"{span:.1f} s" if all_tries else "-"),
-        ("throughput", f"{len(ends_ok) / span:.2f} tries/s" if all_tries else "-"),
+        ("mini-batches / s", f"{done / span:.2f}" if all_tries else "-"),
     ]
     fails = failures(view)
     shown = []
