@@ -45,18 +45,26 @@ def _step_state(step: StepView, run_state: str) -> str:
 
 
 def next_command(view: RunView) -> str | None:
-    """What to run next, with why; None when nothing is left to do."""
-    if view.state == "running":
+    """What to run next; None when nothing is left to do (or a driver is running it).
+
+    An interrupted or killed run is resumed (``--resume`` runs what is not committed). A run
+    that ended with failed or cancelled mini-batches (a budget exceeded cancels the queued
+    ones) is rerun for them once the script is fixed: resuming it would only hit the same
+    budget again.
+    """
+    state = view.state
+    if state == "running":
         return None
+    if state in ("interrupted", "incomplete"):
+        return f"daskprs run --resume {view.root}"
+    if any(s.count("FAILED") or s.count("CANCELLED") for s in view.steps):
+        return f"daskprs rerun-failed {view.root}"
     unfinished = any(
-        (s.kind == "parallel" and (s.pending or s.count("CANCELLED")))
-        or (s.kind == "command" and not s.command_done)
+        (s.kind == "parallel" and s.pending) or (s.kind == "command" and not s.command_done)
         for s in view.steps
     )
-    if unfinished or view.state in ("interrupted", "incomplete"):
+    if unfinished:
         return f"daskprs run --resume {view.root}"
-    if any(s.count("FAILED") for s in view.steps):
-        return f"daskprs rerun-failed {view.root}"
     return None
 
 

@@ -209,3 +209,8 @@ def test_status_and_report_while_running_then_interrupted(tmp_path):
     row = next(line for line in done.stdout.splitlines() if line.strip().startswith("score"))
     assert row.split()[1:4] == ["interrupted", "2", "0"]  # two done and kept, none failed
     assert "score #2  CANCELLED" in done.stdout
+    done = daskprs("report", str(run_dir), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    page = (run_dir / "report.html").read_text()
+    assert 'class="badge interrupted"' in page
+    assert f"daskprs run --resume {run_dir}" in page

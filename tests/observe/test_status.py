@@ -124,3 +124,25 @@ def test_a_folder_that_is_not_a_run_directory_is_exit_2(tmp_path):
     code, out = status(tmp_path / "missing")
     assert code == 2
     assert "does not exist" in out
+
+
+def test_a_budget_exceeded_points_to_rerun_failed(tmp_path):
+    """The queued mini-batches were cancelled: resuming would hit the same budget again."""
+    tries = [(ok(0, 0), "DONE"), (bad(1, 0.1, 3), "FAILED"), (bad(2, 0.2, 3), "FAILED")]
+    root = make_run(
+        tmp_path / "r",
+        batches=5,
+        tries=tries,
+        finals=[(3, "CANCELLED"), (4, "CANCELLED")],
+        outcome="FAILED",
+        failure="step score: 2 mini-batches failed, over mini_batch_error_threshold (1)",
+    )
+    view = read_run(root)
+    assert view.state == "failed"
+    code, out = status(root)
+    assert code == 0
+    assert "run r: FAILED" in out
+    assert "failure:   step score: 2 mini-batches failed" in out
+    assert f"next: daskprs rerun-failed {root}" in out
+    row = next(line for line in out.splitlines() if line.strip().startswith("score"))
+    assert row.split()[1:8] == ["with", "failures", "1", "2", "2", "0", "5"]
