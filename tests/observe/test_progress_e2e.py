@@ -41,15 +41,15 @@ def waiting_job(folder: Path) -> Path:
 
 
 class Tmux:
-    """A tmux server of this test's own (its own socket), ended by the test."""
+    """A tmux server of this test's own (its socket in the test's folder), ended by the test."""
 
     def __init__(self, folder: Path):
-        self.socket = f"daskprs-test-{uuid.uuid4().hex[:8]}"
+        self.socket = str(folder / f"tmux-{uuid.uuid4().hex[:8]}.sock")
         self.last = ""
 
     def __call__(self, *args: str) -> str:
         done = subprocess.run(
-            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30
+            ["tmux", "-S", self.socket, *args], capture_output=True, text=True, timeout=30
         )
         assert done.returncode == 0, done.stderr
         return done.stdout
@@ -105,7 +105,7 @@ def test_a_progress_bar_in_a_terminal(tmp_path):
         assert "ETA 0:00" in screen
         assert "job succeeded" in screen
     finally:
-        subprocess.run(["tmux", "-L", tmux.socket, "kill-server"], capture_output=True)
+        subprocess.run(["tmux", "-S", tmux.socket, "kill-server"], capture_output=True)
 
 
 def test_a_progress_display_in_a_notebook_ends_at_100_percent(tmp_path):
