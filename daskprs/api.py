@@ -19,6 +19,7 @@ from typing import Any
 from daskprs.errors import Interrupted, UserInputError
 from daskprs.job.model import Job
 from daskprs.observe import logs
+from daskprs.observe.progress import Progress, choose_progress
 from daskprs.pipeline import StepsRunner
 from daskprs.results import fingerprint
 from daskprs.results.jobresult import JobResult
@@ -103,7 +104,9 @@ def run_job(
     client : distributed.Client, optional
         Use this client's cluster (notebooks).
     echo : callable, optional
-        Where progress and notes go (default: stderr).
+        Where progress and notes go (default: stderr). Without it, progress is a live
+        display: a progress bar in a terminal, an updating HTML display in Jupyter, plain
+        lines every 5 s otherwise.
 
     Returns
     -------
@@ -117,6 +120,7 @@ def run_job(
     """
     from daskprs.job.load import load_job
 
+    progress = choose_progress(echo)
     echo = echo or _say
     job_file = os.path.abspath(os.fspath(job_file))
     if run_dir and "://" in os.fspath(run_dir):
@@ -148,7 +152,7 @@ def run_job(
     run = RunDir(run_dir)
     run.write_record(record)
     write_json(run.resolved_job, asdict(job))
-    return _execute(job, run, "run", record, scheduler, workers, client, echo)
+    return _execute(job, run, "run", record, scheduler, workers, client, echo, progress)
 
 
 def resume_job(
@@ -186,6 +190,7 @@ def resume_job(
     from daskprs.errors import ResumeRefused
     from daskprs.job.load import load_job
 
+    progress = choose_progress(echo)
     echo = echo or _say
     run = RunDir(os.path.abspath(os.fspath(run_dir)))
     record = run.read_record()
@@ -219,7 +224,7 @@ def resume_job(
         if digest != record.get("code", {}).get(step.name) and not rerun_failed:
             echo(f"note: the code folder of step {step.name} changed since the run started")
     mode = "rerun-failed" if rerun_failed else "resume"
-    return _execute(job, run, mode, record, scheduler, workers, client, echo, force=force)
+    return _execute(job, run, mode, record, scheduler, workers, client, echo, progress, force=force)
 
 
 def _execute(
@@ -231,6 +236,7 @@ def _execute(
     workers: int | None,
     client: Any,
     echo: Callable[[str], None],
+    progress: Progress,
     force: bool = False,
 ) -> JobResult:
     result = JobResult(run_dir=run.root, notes=[*job.notes, *job.warnings])
@@ -250,7 +256,7 @@ def _execute(
         echo(f"note: {note}")
         result.notes.append(note)
     runner = StepsRunner(
-        job, result, run, mode, record, echo, force, lambda: run.write_record(record)
+        job, result, run, mode, record, echo, force, lambda: run.write_record(record), progress
     )
     try:
         run.lock()

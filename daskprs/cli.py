@@ -173,6 +173,47 @@ def validate(file: str, sets: tuple[str, ...]) -> None:
     click.echo(f"{file}: valid ({steps})")
 
 
+def _run_dir_view(run_dir: str) -> Any:
+    from daskprs.observe.runview import read_run
+
+    try:
+        return read_run(run_dir)
+    except DaskprsError as err:
+        _echo_err(f"error: {err}")
+        sys.exit(err.exit_code)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def status(run_dir: str) -> None:
+    """A one-screen summary of RUN_DIR: state per step, counts, failed mini-batches, and
+    what to run next. Works on a finished, failed, interrupted or still-running run."""
+    from daskprs.observe.status import format_status
+
+    click.echo(format_status(_run_dir_view(run_dir)))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="The HTML file to write (default: RUN_DIR/report.html).",
+)
+def report(run_dir: str, output: str | None) -> None:
+    """Write a self-contained HTML report of RUN_DIR: outcome and budgets, a timeline of
+    tries per process, throughput, the slowest mini-batches, failures and resource use."""
+    import os
+
+    from daskprs.observe.report import write_report
+
+    view = _run_dir_view(run_dir)
+    target = os.path.abspath(output or os.path.join(view.root, "report.html"))
+    write_report(view, target)
+    click.echo(f"report written to {target}")
+
+
 def main() -> None:
     """Entry point of the ``daskprs`` command."""
     cli(prog_name="daskprs")

@@ -21,6 +21,7 @@ from daskprs.inputs.plan import Plan, plan_input
 from daskprs.inputs.planfile import read_plan, write_plan
 from daskprs.job.model import CommandStep, Job, ParallelStep
 from daskprs.observe import logs
+from daskprs.observe.progress import Progress
 from daskprs.results import fingerprint
 from daskprs.results.jobresult import JobResult, StepOutcome
 from daskprs.results.ledger import LedgerState, read_ledger
@@ -97,10 +98,12 @@ class StepsRunner:
         echo: Callable[[str], None],
         force: bool,
         save_record: Callable[[], None],
+        progress: Progress | None = None,
     ):
         self.job, self.result, self.rundir, self.mode = job, result, run, mode
         self.record, self.echo, self.force = record, echo, force
         self.save_record = save_record
+        self.progress = progress
         self.handle: Any = None
         self._cluster_stack = contextlib.ExitStack()
 
@@ -127,6 +130,9 @@ class StepsRunner:
                 f"{where}: {self.handle.n_workers} worker slots, started in "
                 f"{self.handle.start_seconds:.1f} s"
             )
+            link = _dashboard_link(self.handle.client)
+            if link:
+                self.echo(f"Dask dashboard: {link}")
         return self.handle
 
     def _cluster_on_this_machine(self) -> bool:
@@ -240,6 +246,7 @@ class StepsRunner:
                 todo=todo,
                 echo=self.echo,
                 ship_code=ship_code,
+                progress=self.progress,
             )
         else:
             outcome = _outcome_from_ledger(step, plan, state)
@@ -255,6 +262,14 @@ class StepsRunner:
         self.result.steps.append(outcome)
         if outcome.failure is not None:
             return f"step {step.name}: {outcome.failure}"
+        return None
+
+
+def _dashboard_link(client: Any) -> str | None:
+    """The Dask dashboard's address, when the scheduler serves one."""
+    try:
+        return client.dashboard_link if client.scheduler_info().get("services") else None
+    except Exception:  # no dashboard (bokeh missing, --no-dashboard): nothing to print
         return None
 
 

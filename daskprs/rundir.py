@@ -168,8 +168,12 @@ class RunDir:
         """Where an output without a ``path`` goes."""
         return os.path.join(self.root, "outputs", step, name)
 
+    @property
+    def steps_root(self) -> str:
+        return os.path.join(self.root, "steps")
+
     def step(self, name: str) -> StepDir:
-        return StepDir(os.path.join(self.root, "steps", name))
+        return StepDir(os.path.join(self.steps_root, name))
 
     # -- the run record ----------------------------------------------------------------------
     def read_record(self) -> dict[str, Any] | None:

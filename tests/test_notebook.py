@@ -32,7 +32,9 @@ def test_example_notebook_runs():
     for mb, rows in ((6, "150-174"), (7, "175-199")):
         error = f"ValueError: corrupt readings in rows {rows}"
         assert f"partition {mb} failed after 2 tries: {error}" in printed
-    [shown] = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
-    assert "daskprs.map_batches" in shown and "succeeded with failures" in shown
+    htmls = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    [shown] = [h for h in htmls if "daskprs.map_batches" in h]  # the result's _repr_html_
+    assert "succeeded with failures" in shown
+    assert any("<b>100%</b>" in h for h in htmls)  # run_job's live display ended at 100%
     assert "8: 6 done, 2 failed, 0 cancelled" in shown
     assert "corrupt readings in rows 150-174" in shown and "Failed partitions" in shown

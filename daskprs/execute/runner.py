@@ -28,6 +28,7 @@ from daskprs.inputs.batches import MiniBatch
 from daskprs.inputs.plan import Plan
 from daskprs.job.model import ParallelStep
 from daskprs.observe import logs
+from daskprs.observe.progress import PlainProgress, Progress
 from daskprs.results.formatting import structured_part_options
 from daskprs.results.jobresult import StepOutcome
 from daskprs.results.ledger import Ledger, LedgerState
@@ -39,8 +40,10 @@ __all__ = ["run_step"]
 
 log = logging.getLogger(__name__)
 
-# Seconds between progress reports on the console and in the progress overview file.
+# Seconds between updates of the progress overview file (the display throttles itself).
 _PROGRESS_EVERY = 5.0
+# Seconds between updates of the live display, at most.
+_LIVE_EVERY = 0.25
 # How often the driver wakes with nothing finished, to check the progress timeout.
 _TICK = 0.5
 
@@ -256,9 +259,9 @@ class _StepRun:
 
     def loop(self, progress: Callable[[], None]) -> Stop:
         """Run until the supervisor stops; return its verdict."""
-        last_report = time.monotonic()
         self.carry_out(self.sup.start())
         while not self.sup.finished:
+            progress()
             try:
                 keys = [self.done.get(timeout=_TICK)]
             except queue.Empty:
@@ -275,9 +278,6 @@ class _StepRun:
                 instructions += self.handle(rec, sub)
             # the whole batch's submissions together, so that short tries can be packed
             self.carry_out(instructions)
-            if time.monotonic() - last_report >= _PROGRESS_EVERY:
-                last_report = time.monotonic()
-                progress()
         stop = self.sup.stopped
         assert isinstance(stop, Stop)
         if self.futures:
@@ -317,6 +317,7 @@ def run_step(
     window: int | None = None,
     ship_code: bool = False,
     structured_parts: bool = False,
+    progress: Progress | None = None,
 ) -> StepOutcome:
     """Run the mini-batches of one parallel step on ``client``'s cluster.
 
@@ -339,7 +340,10 @@ def run_step(
     prior, todo
         For resume and rerun: final states from earlier sessions and the mini-batches to run.
     echo : callable, optional
-        Where progress lines go (default: stderr).
+        Where progress lines go when ``progress`` is not given (default: stderr).
+    progress : Progress, optional
+        The live progress display (:func:`daskprs.observe.progress.choose_progress`); default:
+        plain lines through ``echo``.
     ship_code : bool
         Copy the code folder to every worker (for workers that cannot see it).
     structured_parts : bool
@@ -347,6 +351,7 @@ def run_step(
         :mod:`daskprs.results.structured`) instead of Azure's text rows: ``map_batches``.
     """
     echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
+    display = progress or PlainProgress(echo)
     started = time.monotonic()
     batches: dict[int, MiniBatch] = {b.index: b for b in plan.batches}
     per_node = step.processes_per_instance
@@ -395,10 +400,10 @@ def run_step(
     for plugin in plugins:
         client.register_plugin(plugin)
     step_run = _StepRun(client, ctx, sup, batches, _Packer(n_workers))
+    live = _Live(display, run, step.name, sup, started, plan.seconds)
+    display.start(step.name, sup.summary(), n_workers)
     try:
-        stop = step_run.loop(
-            lambda: _progress(echo, run, step.name, sup, time.monotonic() - started, plan.seconds)
-        )
+        stop = step_run.loop(live.tick)
     except KeyboardInterrupt as err:
         step_run.abort()
         raise Interrupted(
@@ -406,6 +411,7 @@ def run_step(
             f"Continue with: daskprs run --resume {run.root}"
         ) from err
     finally:
+        live.finish()
         step_run.close()
         # unregistering the pool runs every child's shutdown() (or finds it killed)
         for plugin in reversed(plugins):
@@ -413,7 +419,6 @@ def run_step(
         if lease is not None:
             lease.stop()
     elapsed = time.monotonic() - started
-    _progress(echo, run, step.name, sup, elapsed, plan.seconds)
     return StepOutcome(
         step=step.name,
         failure=stop.failure,
@@ -425,20 +430,45 @@ def run_step(
     )
 
 
-def _progress(
-    echo: Callable[[str], None],
-    run: RunDir,
-    step: str,
-    sup: Supervisor,
-    elapsed: float,
-    plan_seconds: float,
-) -> None:
-    summary = sup.summary()
-    echo(logs.format_progress(step, summary, elapsed))
-    logs.write_text(
-        run.logs.progress_overview(),
-        logs.format_progress_overview(step, summary, elapsed, plan_seconds),
-    )
+class _Live:
+    """Feeds the progress display the supervisor's counts (at most every ``_LIVE_EVERY``
+    seconds) and rewrites the progress overview file every ``_PROGRESS_EVERY`` seconds."""
+
+    def __init__(
+        self,
+        display: Progress,
+        run: RunDir,
+        step: str,
+        sup: Supervisor,
+        started: float,
+        plan_seconds: float,
+    ):
+        self.display, self.run, self.step, self.sup = display, run, step, sup
+        self.started, self.plan_seconds = started, plan_seconds
+        self._shown = self._written = started
+
+    def _overview(self, summary: dict[str, int], elapsed: float) -> None:
+        logs.write_text(
+            self.run.logs.progress_overview(),
+            logs.format_progress_overview(self.step, summary, elapsed, self.plan_seconds),
+        )
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self._shown < _LIVE_EVERY:
+            return
+        self._shown = now
+        summary = self.sup.summary()
+        self.display.update(summary, now - self.started)
+        if now - self._written >= _PROGRESS_EVERY:
+            self._written = now
+            self._overview(summary, now - self.started)
+
+    def finish(self) -> None:
+        elapsed = time.monotonic() - self.started
+        summary = self.sup.summary()
+        self.display.finish(summary, elapsed)
+        self._overview(summary, elapsed)
 
 
 def _cancel(client: Any, futures: dict[str, tuple[Any, list]], token: str) -> None:

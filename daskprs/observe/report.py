@@ -1,0 +1,410 @@
+"""``daskprs report RUN_DIR``: one self-contained HTML page about a run.
+
+:func:`build_report` turns a :class:`~daskprs.observe.runview.RunView` into plain values (pure),
+:func:`render_html` makes the page from them (plots as inline SVG, CSS inline, no script and
+no link to the network), :func:`write_report` writes it. Sections: the outcome and budgets, a
+timeline of tries per process, throughput over time, the slowest mini-batches, failures with
+their error lines and inputs, and the resource monitor's curves when it sampled.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from daskprs.observe import plots
+from daskprs.observe.runview import RunView, StepView, failures, inputs_text
+from daskprs.observe.status import next_command
+from daskprs.results.outcome import TryRecord
+
+__all__ = ["ReportData", "build_report", "render_html", "write_report"]
+
+# Rows of the slowest mini-batches table.
+_SLOWEST = 10
+# Failures listed in full; the rest are counted (failed_mini_batches.jsonl has them all).
+_FAILURES = 50
+
+
+@dataclass
+class ReportData:
+    """What the page shows, as plain values."""
+
+    title: str
+    state: str
+    failure: str | None
+    next_command: str | None
+    facts: list[tuple[str, str]]
+    budgets: list[dict[str, str]]
+    bars: list[plots.Bar]
+    lanes: list[str]
+    span: float
+    ends_ok: list[float]
+    ends_failed: list[float]
+    slowest: list[dict[str, str]]
+    failures: list[dict[str, str]]
+    more_failures: int
+    perf: list[tuple[str, list[float], list[float | None], list[float | None]]]
+    node_cpu: dict[str, tuple[list[float], list[float | None]]] = field(default_factory=dict)
+    generated: str = ""
+
+
+def _limit(value: Any) -> str:
+    if value is None:
+        return "-"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return "no limit" if number < 0 else f"{number:g}"
+
+
+def _budgets(step: StepView) -> list[dict[str, str]]:
+    s = step.settings
+    failed_mb = step.count("FAILED")
+    finished = step.count("DONE") + failed_mb
+    percent = 100.0 * failed_mb / finished if finished else 0.0
+    timeout = s.get("timeout")
+    overhead = s.get("task_overhead_timeout")
+    progress = s.get("progress_update_timeout")
+    if progress is None and timeout is not None and overhead is not None:
+        progress = 3 * (float(timeout) + float(overhead))
+    rows = [
+        ("failed items", "error_threshold", step.failed_items, s.get("error_threshold")),
+        (
+            "failed mini-batches",
+            "mini_batch_error_threshold",
+            failed_mb,
+            s.get("mini_batch_error_threshold"),
+        ),
+        (
+            "failed mini-batches, % of finished",
+            "allowed_failed_percent",
+            f"{percent:.1f}",
+            s.get("allowed_failed_percent"),
+        ),
+        (
+            "tries per mini-batch (most used)",
+            "1 + max_retries",
+            max((t.try_no for t in step.tries), default=0),
+            None if s.get("max_retries") is None else 1 + int(s["max_retries"]),
+        ),
+        ("run() seconds (longest try)", "timeout", _longest(step.tries), timeout),
+        (
+            "seconds without a finished try (longest)",
+            "progress_update_timeout",
+            _longest_gap(step.tries),
+            progress,
+        ),
+    ]
+    return [
+        {"step": step.name, "what": what, "setting": name, "used": str(used), "limit": _limit(lim)}
+        for what, name, used, lim in rows
+    ]
+
+
+def _longest(tries: list[TryRecord]) -> str:
+    return f"{max((t.run_seconds for t in tries), default=0.0):.2f}"
+
+
+def _longest_gap(tries: list[TryRecord]) -> str:
+    """The longest wait between one try ending and the next, from the first start."""
+    timed = [t for t in tries if t.start_time > 0]
+    if not timed:
+        return ""
+    ends = sorted(t.start_time + t.elapsed for t in timed)
+    marks = [min(t.start_time for t in timed), *ends]
+    return f"{max(b - a for a, b in itertools.pairwise(marks)):.2f}"
+
+
+def _try_title(step: str, t: TryRecord) -> str:
+    where = f"{t.node}/{t.process}" if t.node or t.process else "worker lost"
+    text = (
+        f"{step} mini-batch {t.mb}, try {t.try_no}: {t.status} after {t.elapsed:.2f} s "
+        f"(run() {t.run_seconds:.2f} s) on {where}"
+    )
+    if t.error:
+        text += "\n" + t.error.strip().splitlines()[0]
+    return text
+
+
+def _timeline(
+    view: RunView,
+) -> tuple[list[plots.Bar], list[str], float, list[float], list[float]]:
+    tries = [(s.name, t) for s in view.steps for t in s.tries]
+    timed = [t.start_time for _, t in tries if t.start_time > 0]
+    origin = min(timed, default=0.0)
+    end = max((t.start_time + t.elapsed for _, t in tries if t.start_time > 0), default=origin)
+    span = max(end - origin, 1e-3)
+    # a try lost with its worker has no start: shown where the mini-batch was tried next
+    next_start: dict[tuple[str, int], list[float]] = {}
+    for step, t in tries:
+        if t.start_time > 0:
+            next_start.setdefault((step, t.mb), []).append(t.start_time - origin)
+    bars: list[plots.Bar] = []
+    ends_ok: list[float] = []
+    ends_failed: list[float] = []
+    lost_lane = "(lost with its worker)"
+    for step, t in tries:
+        if t.start_time > 0:
+            start, length = t.start_time - origin, t.elapsed
+            lane = f"{t.node}/{t.process}" if t.node or t.process else lost_lane
+        else:
+            later = next_start.get((step, t.mb), [])
+            start, length, lane = (min(later) if later else span), 0.0, lost_lane
+        bars.append(plots.Bar(lane, start, length, t.status, t.try_no > 1, _try_title(step, t)))
+        (ends_ok if t.ok else ends_failed).append(start + length)
+    lanes = sorted({b.lane for b in bars}, key=lambda lane: (lane == lost_lane, lane))
+    return bars, lanes, span, ends_ok, ends_failed
+
+
+def _slowest(view: RunView) -> list[dict[str, str]]:
+    per_mb: dict[tuple[str, int], list[TryRecord]] = {}
+    for s in view.steps:
+        for t in s.tries:
+            per_mb.setdefault((s.name, t.mb), []).append(t)
+    states = {(s.name, mb): st for s in view.steps for mb, st in s.states.items()}
+    ranked = sorted(per_mb.items(), key=lambda kv: -sum(t.elapsed for t in kv[1]))
+    out = []
+    for (step, mb), tries in ranked[:_SLOWEST]:
+        last = tries[-1]
+        out.append(
+            {
+                "step": step,
+                "mini-batch": str(mb),
+                "state": states.get((step, mb), "PENDING"),
+                "tries": str(len(tries)),
+                "seconds (all tries)": f"{sum(t.elapsed for t in tries):.2f}",
+                "run() seconds": f"{sum(t.run_seconds for t in tries):.2f}",
+                "items": "" if last.total is None else str(last.total),
+                "last process": f"{last.node}/{last.process}" if last.node else "-",
+            }
+        )
+    return out
+
+
+def _perf(view: RunView, origin: float) -> tuple[list, dict]:
+    series = []
+    nodes: dict[str, tuple[list[float], list[float | None]]] = {}
+    for p in view.perf:
+        times = [t - origin for t in p.times]
+        if any(v is not None for v in p.proc_cpu) or any(v is not None for v in p.proc_rss_mb):
+            series.append((f"{p.node}/{p.process}", times, p.proc_cpu, p.proc_rss_mb))
+        if p.node not in nodes and p.times:
+            nodes[p.node] = (times, p.node_cpu)
+    return series, nodes
+
+
+def build_report(view: RunView, now: float | None = None) -> ReportData:
+    """The report's content from a run directory's view (pure)."""
+    bars, lanes, span, ends_ok, ends_failed = _timeline(view)
+    all_tries = [t for s in view.steps for t in s.tries]
+    origin = min((t.start_time for t in all_tries if t.start_time > 0), default=view.created)
+    parallel = [s for s in view.steps if s.kind == "parallel"]
+    total = sum(s.total for s in parallel)
+    done = sum(s.count("DONE") for s in parallel)
+    retries = sum(1 for t in all_tries if t.try_no > 1)
+    facts = [
+        ("mini-batches", f"{done} of {total} done"),
+        ("failed", str(sum(s.count("FAILED") for s in parallel))),
+        ("cancelled", str(sum(s.count("CANCELLED") for s in parallel))),
+        ("not finished", str(sum(s.pending for s in parallel))),
+        (
+            "items",
+            f"{sum(s.succeeded_items for s in parallel)} ok, "
+            f"{sum(s.failed_items for s in parallel)} failed",
+        ),
+        ("tries", f"{len(all_tries)} ({retries} retries)"),
+        ("busy span", f"{span:.1f} s" if all_tries else "-"),
+        ("mini-batches / s", f"{done / span:.2f}" if all_tries else "-"),
+    ]
+    fails = failures(view)
+    shown = []
+    for f in fails[:_FAILURES]:
+        error = str(f.get("error") or "").strip()
+        shown.append(
+            {
+                "step": str(f.get("step", "")),
+                "id": str(f.get("id", "")),
+                "status": str(f.get("status", "")),
+                "tries": str(f.get("tries", "")),
+                "error": error.splitlines()[-1] if error else "",
+                "inputs": inputs_text(f.get("inputs"), most=5),
+                "traceback": str(f.get("traceback") or ""),
+            }
+        )
+    series, nodes = _perf(view, origin)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now or time.time()))
+    return ReportData(
+        title=f"daskprs run {view.name}",
+        state=view.state,
+        failure=view.failure,
+        next_command=next_command(view),
+        facts=facts,
+        budgets=[row for s in parallel for row in _budgets(s)],
+        bars=bars,
+        lanes=lanes,
+        span=span,
+        ends_ok=ends_ok,
+        ends_failed=ends_failed,
+        slowest=_slowest(view),
+        failures=shown,
+        more_failures=max(0, len(fails) - _FAILURES),
+        perf=series,
+        node_cpu=nodes,
+        generated=f"{view.root} · job {view.job_file} · written {stamp}",
+    )
+
+
+_CSS = """
+:root { --ink:#1e293b; --muted:#64748b; --line:#e2e8f0; --card:#f8fafc; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-serif;
+  color: var(--ink); margin: 0; background: #fff; }
+header { padding: 22px 32px 18px; border-bottom: 1px solid var(--line); background: var(--card); }
+h1 { font-size: 22px; margin: 0 0 4px; display: flex; align-items: center; gap: 12px; }
+h2 { font-size: 17px; margin: 30px 0 10px; padding-bottom: 4px;
+  border-bottom: 1px solid var(--line); }
+main { padding: 4px 32px 40px; max-width: 1240px; }
+.badge { font-size: 13px; padding: 3px 10px; border-radius: 999px; color: #fff;
+  text-transform: uppercase; letter-spacing: .04em; }
+.succeeded { background: #2e9e5b; } .failed { background: #d64545; }
+.running { background: #1d4ed8; } .interrupted, .incomplete { background: #f08c00; }
+.sub { color: var(--muted); font-size: 12px; word-break: break-all; }
+.failure { margin-top: 8px; color: #b42318; }
+.next { margin-top: 6px; } code { background: #eef2f7; padding: 1px 5px; border-radius: 4px; }
+.facts { display: grid; grid-template-columns: repeat(auto-fill, minmax(140px, 1fr)); gap: 10px;
+  margin: 18px 0 6px; }
+.fact { background: var(--card); border: 1px solid var(--line); border-radius: 8px;
+  padding: 8px 12px; white-space: nowrap; }
+.fact b { display: block; font-size: 16px; } .fact span { color: var(--muted); font-size: 12px; }
+table { border-collapse: collapse; width: 100%; font-size: 13px; }
+th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line);
+  vertical-align: top; }
+th { background: var(--card); font-weight: 600; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.figure svg { width: 100%; height: auto; }
+details pre { background: #0f172a; color: #e2e8f0; padding: 8px 10px; border-radius: 6px;
+  overflow-x: auto; font-size: 12px; margin: 6px 0 0; }
+.empty { color: var(--muted); font-style: italic; }
+"""
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _table(rows: list[dict[str, str]], numeric: tuple[str, ...] = ()) -> str:
+    if not rows:
+        return '<p class="empty">none</p>'
+    head = "".join(f"<th>{_e(k)}</th>" for k in rows[0])
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="num">{_e(v)}</td>' if k in numeric else f"<td>{_e(v)}</td>"
+            for k, v in r.items()
+        )
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _failures_html(data: ReportData) -> str:
+    if not data.failures:
+        return '<p class="empty">no failed or cancelled mini-batch</p>'
+    rows = []
+    for f in data.failures:
+        tb = (
+            f"<details><summary>traceback</summary><pre>{_e(f['traceback'])}</pre></details>"
+            if f["traceback"]
+            else ""
+        )
+        rows.append(
+            f"<tr><td>{_e(f['step'])}</td><td class='num'>{_e(f['id'])}</td>"
+            f"<td>{_e(f['status'])}</td><td class='num'>{_e(f['tries'])}</td>"
+            f"<td>{_e(f['error'])}{tb}</td><td>{_e(f['inputs'])}</td></tr>"
+        )
+    more = (
+        f"<p class='sub'>... and {data.more_failures} more in failed_mini_batches.jsonl</p>"
+        if data.more_failures
+        else ""
+    )
+    return (
+        "<table><thead><tr><th>step</th><th>mini-batch</th><th>status</th><th>tries</th>"
+        "<th>error</th><th>inputs</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+        + more
+    )
+
+
+_NUMERIC = ("mini-batch", "tries", "seconds (all tries)", "run() seconds", "items")
+
+
+def render_html(data: ReportData) -> str:
+    """The report page: one string of HTML with everything inline."""
+    facts = "".join(
+        f'<div class="fact"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for k, v in data.facts
+    )
+    failure = f'<div class="failure">{_e(data.failure)}</div>' if data.failure else ""
+    next_line = (
+        f'<div class="next">next: <code>{_e(data.next_command)}</code></div>'
+        if data.next_command
+        else ""
+    )
+    if data.bars:
+        timeline = plots.timeline_svg(data.bars, data.lanes, data.span)
+        throughput = plots.throughput_svg(data.ends_ok, data.ends_failed, data.span)
+    else:
+        timeline = throughput = '<p class="empty">no try has ended yet</p>'
+    resources = (
+        plots.resources_svg(data.perf, data.node_cpu)
+        if data.perf or data.node_cpu
+        else '<p class="empty">the resource monitor took no samples '
+        "(--resource_monitor_interval)</p>"
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(data.title)}</title>
+<style>{_CSS}</style></head>
+<body>
+<header>
+<h1>{_e(data.title)} <span class="badge {_e(data.state)}">{_e(data.state)}</span></h1>
+<div class="sub">{_e(data.generated)}</div>
+{failure}{next_line}
+<div class="facts">{facts}</div>
+</header>
+<main>
+<h2>Budgets</h2>
+{_table(data.budgets)}
+<h2>Timeline of tries per process</h2>
+<p class="sub">One box a try ({len(data.bars)} tries), coloured by its outcome; retries are
+outlined, timeouts hatched. Hover a box for the mini-batch, try and error.</p>
+<div class="figure" id="timeline">{timeline}</div>
+<h2>Throughput</h2>
+<div class="figure" id="throughput">{throughput}</div>
+<h2>Slowest mini-batches</h2>
+{_table(data.slowest, numeric=_NUMERIC)}
+<h2>Failures</h2>
+{_failures_html(data)}
+<h2>Resources</h2>
+<div class="figure" id="resources">{resources}</div>
+</main>
+</body></html>
+"""
+
+
+def write_report(view: RunView, path: str) -> None:
+    """Write the report of ``view`` to ``path`` (replaced atomically)."""
+    text = render_html(build_report(view))
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,406 @@
+"""Reading a run directory back: what ``daskprs status`` and ``daskprs report`` show.
+
+Every path these commands read is named in :class:`RunPaths`, in one place. Reading never
+needs the plan: the ledger (``steps/<step>/ledger.jsonl``) gives each mini-batch's state and
+every try with its timings; ``failed_mini_batches.jsonl`` adds the failed inputs;
+``job.json`` the step order and budgets; ``logs/perf`` the resource monitor's samples. A run
+that is still going, was interrupted or crashed reads as well as a finished one.
+"""
+
+from __future__ import annotations
+
+import calendar
+import csv
+import glob
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from daskprs.errors import UserInputError
+from daskprs.results.ledger import LedgerState, read_ledger
+from daskprs.results.outcome import TryRecord
+from daskprs.rundir import RunDir
+
+__all__ = [
+    "PerfSeries",
+    "RunPaths",
+    "RunView",
+    "StepView",
+    "failures",
+    "inputs_text",
+    "read_run",
+]
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The files of a run directory that status and report read (SPEC section 7), as
+    :class:`~daskprs.rundir.RunDir` names them."""
+
+    root: str
+
+    @property
+    def _run(self) -> RunDir:
+        return RunDir(self.root)
+
+    @property
+    def run_record(self) -> str:
+        return self._run.record
+
+    @property
+    def job(self) -> str:
+        return self._run.resolved_job
+
+    @property
+    def lock(self) -> str:
+        return self._run.lock_file
+
+    @property
+    def result(self) -> str:
+        return self._run.logs.job_result
+
+    @property
+    def failed(self) -> str:
+        return self._run.failed_mini_batches
+
+    @property
+    def tries_csv(self) -> str:
+        return self._run.logs.processed_report
+
+    @property
+    def perf_files(self) -> list[str]:
+        return sorted(glob.glob(self._run.logs.perf("*", "*")))
+
+    @property
+    def steps_dir(self) -> str:
+        return self._run.steps_root
+
+    def ledger(self, step: str) -> str:
+        return self._run.step(step).ledger
+
+    def command_done(self, step: str) -> str:
+        return self._run.step(step).done
+
+
+@dataclass
+class StepView:
+    """One step of a run as its files tell it.
+
+    ``states`` maps each mini-batch id to ``DONE``, ``FAILED``, ``CANCELLED`` or ``PENDING``
+    (not final yet: queued, running, or waiting for a retry); ``tries`` has every try the
+    ledger recorded, in the order they ended.
+    """
+
+    name: str
+    kind: str  # "parallel" or "command"
+    total: int = 0
+    states: dict[int, str] = field(default_factory=dict)
+    tries: list[TryRecord] = field(default_factory=list)
+    finals: dict[int, TryRecord] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    sessions: int = 0
+    command_done: bool = False
+
+    def count(self, state: str) -> int:
+        return sum(1 for s in self.states.values() if s == state)
+
+    @property
+    def pending(self) -> int:
+        return self.total - self.count("DONE") - self.count("FAILED") - self.count("CANCELLED")
+
+    @property
+    def succeeded_items(self) -> int:
+        return sum(r.succeeded for mb, r in self.finals.items() if self.states[mb] == "DONE")
+
+    @property
+    def failed_items(self) -> int:
+        out = 0
+        for mb, r in self.finals.items():
+            out += r.failed if self.states[mb] == "DONE" else (r.total or r.failed)
+        return out
+
+    @property
+    def finished(self) -> bool:
+        if self.kind == "command":
+            return self.command_done
+        return self.total > 0 and self.pending == 0
+
+
+@dataclass
+class PerfSeries:
+    """The resource monitor's samples of one process: ``logs/perf/<node>/<process>.csv``."""
+
+    node: str
+    process: str
+    times: list[float] = field(default_factory=list)
+    node_cpu: list[float | None] = field(default_factory=list)
+    node_mem: list[float | None] = field(default_factory=list)
+    proc_cpu: list[float | None] = field(default_factory=list)
+    proc_rss_mb: list[float | None] = field(default_factory=list)
+
+
+@dataclass
+class RunView:
+    """Everything status and report show about one run directory."""
+
+    root: str
+    name: str
+    job_file: str
+    created: float
+    steps: list[StepView]
+    driver_pid: int | None  # the pid holding the run's lock, None when no driver holds it
+    driver_alive: bool
+    result_lines: list[str]
+    failed: list[dict[str, Any]]
+    perf: list[PerfSeries]
+
+    @property
+    def running(self) -> bool:
+        return self.driver_alive
+
+    @property
+    def result_outcome(self) -> str | None:
+        """``succeeded`` or ``FAILED`` as ``logs/job_result.txt`` says, or None."""
+        return _field(self.result_lines, "outcome")
+
+    @property
+    def failure(self) -> str | None:
+        return _field(self.result_lines, "failure")
+
+    @property
+    def state(self) -> str:
+        """``running``, ``succeeded``, ``failed``, ``interrupted`` or ``incomplete``.
+
+        ``incomplete``: no driver runs it and it never finished (a killed driver, or a run
+        that never got to write its result).
+        """
+        if self.running:
+            return "running"
+        unfinished = any(not s.finished for s in self.steps)
+        failure = self.failure or ""
+        if failure.startswith("interrupted"):
+            return "interrupted"
+        if self.result_outcome == "FAILED":
+            return "failed"
+        if self.result_outcome == "succeeded" and not unfinished:
+            return "succeeded"
+        return "incomplete"
+
+
+def _field(lines: list[str], name: str) -> str | None:
+    prefix = f"{name}: "
+    for line in lines:
+        if line.startswith(prefix):
+            return line[len(prefix) :]
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _step_view(paths: RunPaths, name: str, kind: str, settings: dict[str, Any]) -> StepView:
+    view = StepView(name=name, kind=kind, settings=settings)
+    if kind == "command":
+        view.command_done = os.path.exists(paths.command_done(name))
+        return view
+    state: LedgerState = read_ledger(paths.ledger(name))
+    view.sessions = state.sessions
+    view.total = int(state.header.get("batches", 0)) if state.header else 0
+    view.tries = _tries(paths.ledger(name))
+    for mb, entry in state.entries.items():
+        if entry.state in ("DONE", "FAILED", "CANCELLED"):
+            view.states[mb] = entry.state
+            if entry.record is not None:
+                view.finals[mb] = entry.record
+    view.total = max(view.total, len(view.states), max(view.states, default=-1) + 1)
+    for mb in range(view.total):
+        view.states.setdefault(mb, "PENDING")
+    return view
+
+
+def _tries(ledger: str) -> list[TryRecord]:
+    """Every try of a ledger, in the order they ended (a line cut short is skipped)."""
+    out: list[TryRecord] = []
+    if not os.path.exists(ledger):
+        return out
+    with open(ledger, encoding="utf-8") as f:
+        for line in f:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if event.get("event") == "try":
+                out.append(TryRecord.from_dict(event["record"]))
+    return out
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _perf(path: str) -> PerfSeries:
+    node = os.path.basename(os.path.dirname(path))
+    series = PerfSeries(node=node, process=os.path.splitext(os.path.basename(path))[0])
+    with open(path, encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                stamp = time.strptime(row["Time"], "%Y-%m-%d %H:%M:%S")
+            except (KeyError, TypeError, ValueError):
+                continue
+            series.times.append(float(calendar.timegm(stamp)))
+            series.node_cpu.append(_number(row.get("Node CPU Percent") or ""))
+            series.node_mem.append(_number(row.get("Node Memory Percent") or ""))
+            series.proc_cpu.append(_number(row.get("Process CPU Percent") or ""))
+            series.proc_rss_mb.append(_number(row.get("Process RSS MB") or ""))
+    return series
+
+
+def _steps_of(paths: RunPaths, job: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    """(name, kind, settings) of each step, in the job's order."""
+    steps: list[tuple[str, str, dict[str, Any]]] = []
+    if isinstance(job, dict):
+        for s in job.get("steps", []):
+            if not isinstance(s, dict) or "name" not in s:
+                continue
+            kind = s.get("kind") or ("command" if "command" in s else "parallel")
+            steps.append((s["name"], kind, dict(s.get("settings") or {})))
+    known = {name for name, _, _ in steps}
+    for ledger in sorted(glob.glob(os.path.join(paths.steps_dir, "*", "ledger.jsonl"))):
+        name = os.path.basename(os.path.dirname(ledger))
+        if name not in known:
+            steps.append((name, "parallel", {}))
+    return steps
+
+
+def read_run(run_dir: str | os.PathLike) -> RunView:
+    """Read a run directory (finished, failed, interrupted or still running).
+
+    Raises
+    ------
+    UserInputError
+        The folder is not a daskprs run directory.
+    """
+    root = os.path.abspath(os.fspath(run_dir))
+    paths = RunPaths(root)
+    if not os.path.isdir(root):
+        raise UserInputError(f"{root} does not exist; give the run directory `daskprs run` made")
+    record = _read_json(paths.run_record)
+    if not isinstance(record, dict):
+        raise UserInputError(
+            f"{root} is not a daskprs run directory (no readable run.json); give the folder "
+            "that `daskprs run` created (by default under ./daskprs-runs/)"
+        )
+    job = _read_json(paths.job)
+    steps = [_step_view(paths, n, k, s) for n, k, s in _steps_of(paths, job)]
+    pid = None
+    try:
+        with open(paths.lock, encoding="utf-8") as f:
+            pid = int(f.read().strip() or 0) or None
+    except (OSError, ValueError):
+        pid = None
+    lines: list[str] = []
+    if os.path.exists(paths.result):
+        with open(paths.result, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    failed: list[dict[str, Any]] = []
+    if os.path.exists(paths.failed):
+        with open(paths.failed, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    failed.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    return RunView(
+        root=root,
+        name=str(record.get("name", os.path.basename(root))),
+        job_file=str(record.get("job_file", "")),
+        created=float(record.get("created", 0.0) or 0.0),
+        steps=steps,
+        driver_pid=pid,
+        driver_alive=pid is not None and _pid_alive(pid),
+        result_lines=lines,
+        failed=failed,
+        perf=[_perf(p) for p in paths.perf_files],
+    )
+
+
+def inputs_text(inputs: Any, most: int = 3) -> str:
+    """A short line naming a mini-batch's inputs (``failed_mini_batches.jsonl``'s ``inputs``)."""
+    if not inputs:
+        return ""
+    if not isinstance(inputs, dict):
+        return str(inputs)
+    if inputs.get("files"):
+        files = [str(f) for f in inputs["files"]]
+        more = f" (+{len(files) - most} more)" if len(files) > most else ""
+        return ", ".join(files[:most]) + more
+    if "file" in inputs:
+        where = (
+            f"row groups {inputs['row_groups']}"
+            if "row_groups" in inputs
+            else f"bytes {inputs.get('start', 0)}-{inputs.get('end') or 'end'}"
+        )
+        return f"{inputs['file']} {where}"
+    if inputs.get("pieces"):
+        pieces = [inputs_text(p) for p in inputs["pieces"]]
+        more = f" (+{len(pieces) - most} more)" if len(pieces) > most else ""
+        return "; ".join(pieces[:most]) + more
+    return ", ".join(f"{k}={v}" for k, v in inputs.items())
+
+
+def failures(view: RunView) -> list[dict[str, Any]]:
+    """Failed and cancelled mini-batches, as ``failed_mini_batches.jsonl`` objects.
+
+    From that file where it lists them; from the ledgers for the others (a run still going,
+    or one killed before it wrote the file), without their inputs.
+    """
+    listed = {(str(f.get("step")), f.get("id")) for f in view.failed}
+    current = {
+        (s.name, mb)
+        for s in view.steps
+        for mb, st in s.states.items()
+        if st in ("FAILED", "CANCELLED")
+    }
+    # a rerun may have fixed some since the file was written
+    out = [f for f in view.failed if (str(f.get("step")), f.get("id")) in current]
+    for step in view.steps:
+        for mb, state in sorted(step.states.items()):
+            if state in ("FAILED", "CANCELLED") and (step.name, mb) not in listed:
+                rec = step.finals.get(mb)
+                out.append(
+                    {
+                        "step": step.name,
+                        "id": mb,
+                        "state": state,
+                        "status": rec.status if rec is not None else state,
+                        "tries": rec.try_no if rec is not None else 0,
+                        "error": rec.error if rec is not None else "cancelled before it ran",
+                        "traceback": rec.traceback if rec is not None else "",
+                        "inputs": {},
+                    }
+                )
+    return out
