@@ -89,6 +89,7 @@ def run_job(
     workers: int | None = None,
     client: Any = None,
     echo: Callable[[str], None] | None = None,
+    security: Any = None,
 ) -> JobResult:
     """Run every step of a job file and return what happened.
 
@@ -110,6 +111,9 @@ def run_job(
         Use this client's cluster (notebooks).
     echo : callable, optional
         Where progress and notes go (default: stderr).
+    security : distributed.Security, optional
+        TLS certificates for a ``tls://`` scheduler; default: from the Dask configuration
+        (:func:`daskprs.execute.tls.client_security`).
 
     Returns
     -------
@@ -154,7 +158,9 @@ def run_job(
     _write_json(os.path.join(run_dir, RUN_FILE), record)
     with open(os.path.join(run_dir, "job.json"), "w", encoding="utf-8") as f:
         json.dump(asdict(job), f, indent=2, default=str)
-    return _execute(job, run_dir, "run", record, scheduler, workers, client, echo)
+    return _execute(
+        job, run_dir, "run", record, scheduler, workers, client, echo, security=security
+    )
 
 
 def resume_job(
@@ -167,6 +173,7 @@ def resume_job(
     workers: int | None = None,
     client: Any = None,
     echo: Callable[[str], None] | None = None,
+    security: Any = None,
 ) -> JobResult:
     """Continue a run from its ledger (``--resume``), or rerun its failed mini-batches.
 
@@ -181,7 +188,7 @@ def resume_job(
     rerun_failed : bool
         Run the FAILED and CANCELLED mini-batches (``daskprs rerun-failed``) instead of the
         PENDING, RUNNING and CANCELLED ones.
-    scheduler, workers, client, echo
+    scheduler, workers, client, echo, security
         As for :func:`run_job`.
 
     Returns
@@ -227,7 +234,9 @@ def resume_job(
         if digest != record.get("code", {}).get(step.name) and not rerun_failed:
             echo(f"note: the code folder of step {step.name} changed since the run started")
     mode = "rerun-failed" if rerun_failed else "resume"
-    return _execute(job, run_dir, mode, record, scheduler, workers, client, echo, force=force)
+    return _execute(
+        job, run_dir, mode, record, scheduler, workers, client, echo, force=force, security=security
+    )
 
 
 RUN_FILE = "run.json"
@@ -250,10 +259,15 @@ def _execute(
     client: Any,
     echo: Callable[[str], None],
     force: bool = False,
+    security: Any = None,
 ) -> JobResult:
     result = JobResult(run_dir=run_dir, notes=[*job.notes, *job.warnings])
     n_workers = workers or _default_workers(job)
     scheduler = scheduler or next((s.compute for s in job.parallel_steps if s.compute), None)
+    if security is None and client is None:
+        from daskprs.execute.tls import client_security
+
+        security = client_security(scheduler)
     cores = os.cpu_count() or 1
     if workers and (scheduler is not None or client is not None):
         note = "--workers sizes the embedded cluster only; the given cluster is used as it is"
@@ -279,7 +293,7 @@ def _execute(
     )
     lock = _lock(run_dir)
     try:
-        runner.run(scheduler, client, n_workers)
+        runner.run(scheduler, client, n_workers, security)
     except (KeyboardInterrupt, Interrupted) as err:
         result.failure = f"interrupted: {err}" if str(err) else "interrupted"
         raise

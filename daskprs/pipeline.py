@@ -99,8 +99,13 @@ class StepsRunner:
         self.handle: Any = None
         self._cluster_stack = contextlib.ExitStack()
 
-    def run(self, scheduler: str | None, client: Any, n_workers: int) -> None:
-        self._cluster_args = {"scheduler": scheduler, "client": client, "n_workers": n_workers}
+    def run(self, scheduler: str | None, client: Any, n_workers: int, security: Any = None) -> None:
+        self._cluster_args = {
+            "scheduler": scheduler,
+            "client": client,
+            "n_workers": n_workers,
+            "security": security,
+        }
         try:
             for step in self.job.steps:
                 if isinstance(step, CommandStep):
