@@ -90,6 +90,8 @@ def run_job(
     client: Any = None,
     echo: Callable[[str], None] | None = None,
     security: Any = None,
+    input_path: str | os.PathLike | None = None,
+    output_path: str | os.PathLike | None = None,
 ) -> JobResult:
     """Run every step of a job file and return what happened.
 
@@ -114,6 +116,9 @@ def run_job(
     security : distributed.Security, optional
         TLS certificates for a ``tls://`` scheduler; default: from the Dask configuration
         (:func:`daskprs.execute.tls.client_security`).
+    input_path, output_path : path, optional
+        A v1 ``ParallelRunConfig`` file's dataset (a folder of files, a file or an MLTable
+        folder) and output folder (``--input``, ``--output``).
 
     Returns
     -------
@@ -141,13 +146,18 @@ def run_job(
             f"the run directory {run_dir} exists and is not empty. Give a new --run-dir, or "
             f"continue that run with `daskprs run --resume {run_dir}`."
         )
-    job = load_job(job_file, sets, run_dir=run_dir, run_name=os.path.basename(run_dir))
+    io = {
+        "input_path": os.fspath(input_path) if input_path is not None else None,
+        "output_path": os.fspath(output_path) if output_path is not None else None,
+    }
+    job = load_job(job_file, sets, run_dir=run_dir, run_name=os.path.basename(run_dir), **io)
     for line in (*job.notes, *job.warnings):
         echo(f"note: {line}")
     os.makedirs(run_dir, exist_ok=True)
     record = {
         "job_file": job_file,
         "sets": list(sets),
+        **{k: v for k, v in io.items() if v is not None},
         "cwd": os.getcwd(),
         "name": job.name,
         "created": time.time(),
@@ -217,7 +227,14 @@ def resume_job(
         # --set paths were relative to the directory the run was started from
         if os.path.isdir(record.get("cwd", "")):
             os.chdir(record["cwd"])
-        job = load_job(given, record["sets"], run_dir=run_dir, run_name=record["name"])
+        job = load_job(
+            given,
+            record["sets"],
+            run_dir=run_dir,
+            run_name=record["name"],
+            input_path=record.get("input_path"),
+            output_path=record.get("output_path"),
+        )
     finally:
         os.chdir(previous)
     changed = fingerprint.diff_jobs(record["job"], fingerprint.job_fields(job))

@@ -91,6 +91,22 @@ def _tls_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def _v1_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--input`` and ``--output``: the dataset and output folder of a v1 ParallelRunConfig."""
+    fn = click.option(
+        "--output",
+        "output_path",
+        metavar="FOLDER",
+        help="v1 ParallelRunConfig: the output folder (default: in the run directory).",
+    )(fn)
+    return click.option(
+        "--input",
+        "input_path",
+        metavar="PATH",
+        help="v1 ParallelRunConfig: its dataset (a folder of files, a file, an MLTable folder).",
+    )(fn)
+
+
 def _security(scheduler: str | None, ca: str | None, cert: str | None, key: str | None) -> Any:
     from daskprs.execute.tls import client_security
 
@@ -119,6 +135,7 @@ def _security(scheduler: str | None, ca: str | None, cert: str | None, key: str 
     help="Continue the run in RUN_DIR from its ledger.",
 )
 @click.option("--force", is_flag=True, help="With --resume: accept a changed job or input.")
+@_v1_options
 @_tls_options
 def run(
     file: str | None,
@@ -128,6 +145,8 @@ def run(
     workers: int | None,
     resume: str | None,
     force: bool,
+    input_path: str | None,
+    output_path: str | None,
     tls_ca_file: str | None,
     tls_cert: str | None,
     tls_key: str | None,
@@ -140,10 +159,10 @@ def run(
 
     tls = (scheduler, tls_ca_file, tls_cert, tls_key)
     if resume is not None:
-        if run_dir or sets:
+        if run_dir or sets or input_path or output_path:
             raise click.UsageError(
-                "--resume continues a run as it was started: leave out --run-dir and --set "
-                "(start a new run to change them)"
+                "--resume continues a run as it was started: leave out --run-dir, --set, "
+                "--input and --output (start a new run to change them)"
             )
         if file is not None:
             _existing_file(file)
@@ -170,6 +189,8 @@ def run(
             scheduler=scheduler,
             workers=workers,
             security=_security(*tls),
+            input_path=input_path,
+            output_path=output_path,
         )
     )
 
@@ -207,12 +228,15 @@ def rerun_failed(
 @cli.command()
 @click.argument("file", required=True, type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="As for `run`.")
-def validate(file: str, sets: tuple[str, ...]) -> None:
+@_v1_options
+def validate(
+    file: str, sets: tuple[str, ...], input_path: str | None, output_path: str | None
+) -> None:
     """Check a job FILE without running it."""
     from daskprs.job.load import validate_file
 
     _existing_file(file)
-    job, problems, notes = validate_file(file, sets)
+    job, problems, notes = validate_file(file, sets, input_path, output_path)
     for note in notes:
         click.echo(f"note: {note}")
     if problems:

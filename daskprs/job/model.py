@@ -144,7 +144,7 @@ class Job:
     """A whole job file, resolved: its steps in dependency order and the notes to print."""
 
     source: str
-    kind: Literal["pipeline", "component", "parallel"]
+    kind: Literal["pipeline", "component", "parallel", "v1"]
     steps: tuple[ParallelStep | CommandStep, ...]
     name: str
     run_dir: str
