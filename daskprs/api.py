@@ -52,6 +52,11 @@ def _write_results(run_dir: str, result: JobResult, job: Job) -> None:
     lines = [f"job: {job.source}", f"run: {job.name}", f"run directory: {run_dir}"]
     lines.append("outcome: " + ("succeeded" if result.ok else "FAILED"))
     lines += [f"note: {n}" for n in result.notes]
+    for step, earlier in result.reused.items():
+        lines.append(
+            f"step {step}: reused, not run (inputs, code and settings unchanged since the run "
+            f"{earlier}; outputs copied from there)"
+        )
     for s in result.steps:
         sm = s.summary
         lines.append(
@@ -92,6 +97,8 @@ def run_job(
     security: Any = None,
     input_path: str | os.PathLike | None = None,
     output_path: str | os.PathLike | None = None,
+    cache: str | os.PathLike | None = None,
+    force_rerun: bool = False,
 ) -> JobResult:
     """Run every step of a job file and return what happened.
 
@@ -119,6 +126,13 @@ def run_job(
     input_path, output_path : path, optional
         A v1 ``ParallelRunConfig`` file's dataset (a folder of files, a file or an MLTable
         folder) and output folder (``--input``, ``--output``).
+    cache : path, optional
+        Where step-reuse records live (``--cache``); default: the run directory's parent. A
+        step whose resolved inputs, code folder and settings are unchanged since an earlier
+        successful run under the same cache is reused: its outputs are copied, it does not run.
+    force_rerun : bool
+        Run every step (``--force-rerun``); also ``settings.force_rerun: true`` in the job,
+        and ``is_deterministic: false`` in a component for its steps.
 
     Returns
     -------
@@ -169,7 +183,17 @@ def run_job(
     with open(os.path.join(run_dir, "job.json"), "w", encoding="utf-8") as f:
         json.dump(asdict(job), f, indent=2, default=str)
     return _execute(
-        job, run_dir, "run", record, scheduler, workers, client, echo, security=security
+        job,
+        run_dir,
+        "run",
+        record,
+        scheduler,
+        workers,
+        client,
+        echo,
+        security=security,
+        cache=os.fspath(cache) if cache is not None else None,
+        force_rerun=force_rerun,
     )
 
 
@@ -277,6 +301,8 @@ def _execute(
     echo: Callable[[str], None],
     force: bool = False,
     security: Any = None,
+    cache: str | None = None,
+    force_rerun: bool = False,
 ) -> JobResult:
     result = JobResult(run_dir=run_dir, notes=[*job.notes, *job.warnings])
     n_workers = workers or _default_workers(job)
@@ -307,6 +333,8 @@ def _execute(
         echo,
         force,
         lambda: _write_json(os.path.join(run_dir, RUN_FILE), record),
+        cache=cache,
+        force_rerun=force_rerun,
     )
     lock = _lock(run_dir)
     try:

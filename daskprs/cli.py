@@ -135,6 +135,15 @@ def _security(scheduler: str | None, ca: str | None, cert: str | None, key: str 
     help="Continue the run in RUN_DIR from its ledger.",
 )
 @click.option("--force", is_flag=True, help="With --resume: accept a changed job or input.")
+@click.option(
+    "--force-rerun", is_flag=True, help="Run every step, even those an earlier run could lend."
+)
+@click.option(
+    "--cache",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Where step-reuse records live (default: the run directory's parent).",
+)
 @_v1_options
 @_tls_options
 def run(
@@ -145,6 +154,8 @@ def run(
     workers: int | None,
     resume: str | None,
     force: bool,
+    force_rerun: bool,
+    cache: str | None,
     input_path: str | None,
     output_path: str | None,
     tls_ca_file: str | None,
@@ -159,10 +170,10 @@ def run(
 
     tls = (scheduler, tls_ca_file, tls_cert, tls_key)
     if resume is not None:
-        if run_dir or sets or input_path or output_path:
+        if run_dir or sets or input_path or output_path or cache or force_rerun:
             raise click.UsageError(
                 "--resume continues a run as it was started: leave out --run-dir, --set, "
-                "--input and --output (start a new run to change them)"
+                "--input, --output, --cache and --force-rerun (start a new run to change them)"
             )
         if file is not None:
             _existing_file(file)
@@ -191,6 +202,8 @@ def run(
             security=_security(*tls),
             input_path=input_path,
             output_path=output_path,
+            cache=cache,
+            force_rerun=force_rerun,
         )
     )
 

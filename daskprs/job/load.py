@@ -186,6 +186,10 @@ def _load(
             steps, continue_on_failure = _pipeline(doc, at, ctx)
         else:
             steps = _single(doc, at, Path(source).stem, ctx)
+    force_rerun = False
+    settings = doc.get("settings") if kind == "pipeline" else None
+    if isinstance(settings, Mapping) and settings.get("force_rerun") is not None:
+        force_rerun = S.as_bool(settings["force_rerun"], "settings.force_rerun", ctx) is True
     if ctx.problems:
         return None, ctx.problems, ctx.notes, ctx.warnings
     job = Job(
@@ -197,6 +201,7 @@ def _load(
         notes=tuple(ctx.notes),
         warnings=tuple(ctx.warnings),
         continue_on_step_failure=continue_on_failure,
+        force_rerun=force_rerun,
     )
     return job, [], ctx.notes, ctx.warnings
 
@@ -249,7 +254,7 @@ def _pipeline(doc: dict, at: S.At, ctx: S.Context) -> tuple[list[ParallelStep | 
             settings["continue_on_step_failure"], "settings.continue_on_step_failure", ctx
         )
         continue_on_failure = bool(value)
-    for key in ("force_rerun", "on_init", "on_finalize"):
+    for key in ("on_init", "on_finalize"):
         if settings.get(key):
             ctx.not_applied(f"settings.{key}", key, settings[key])
     if doc.get("identity"):

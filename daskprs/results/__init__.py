@@ -3,8 +3,8 @@
 Owns the record of one try and its statuses (``outcome``), the ledger of mini-batch states
 behind resume and rerun-failed (``ledger``), Azure's row format and the part files
 (``formatting``), assembling parts into the output in mini-batch order (``output``), the
-fingerprint a resume compares (``fingerprint``), and the values ``run_job`` returns
-(``jobresult``).
+fingerprint a resume compares (``fingerprint``), the keys and records of step reuse
+(``reuse``), and the values ``run_job`` returns (``jobresult``).
 
 May import: :mod:`daskprs.errors`, :mod:`daskprs.job` and :mod:`daskprs.inputs`.
 """
