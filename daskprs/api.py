@@ -127,9 +127,10 @@ def run_job(
         A v1 ``ParallelRunConfig`` file's dataset (a folder of files, a file or an MLTable
         folder) and output folder (``--input``, ``--output``).
     cache : path, optional
-        Where step-reuse records live (``--cache``); default: the run directory's parent. A
-        step whose resolved inputs, code folder and settings are unchanged since an earlier
-        successful run under the same cache is reused: its outputs are copied, it does not run.
+        A folder of run directories to reuse steps from (``--cache``), besides the run
+        directory's parent. A step whose resolved inputs, code folder and settings are
+        unchanged since an earlier successful run there is reused: its outputs are copied, it
+        does not run.
     force_rerun : bool
         Run every step (``--force-rerun``); also ``settings.force_rerun: true`` in the job,
         and ``is_deterministic: false`` in a component for its steps.

@@ -135,14 +135,12 @@ def _security(scheduler: str | None, ca: str | None, cert: str | None, key: str 
     help="Continue the run in RUN_DIR from its ledger.",
 )
 @click.option("--force", is_flag=True, help="With --resume: accept a changed job or input.")
-@click.option(
-    "--force-rerun", is_flag=True, help="Run every step, even those an earlier run could lend."
-)
+@click.option("--force-rerun", is_flag=True, help="Run every step: reuse none from an earlier run.")
 @click.option(
     "--cache",
     metavar="DIR",
     type=click.Path(file_okay=False),
-    help="Where step-reuse records live (default: the run directory's parent).",
+    help="Also reuse unchanged steps of the runs in DIR (besides the run directory's parent).",
 )
 @_v1_options
 @_tls_options

@@ -100,7 +100,7 @@ class StepsRunner:
         self.job, self.result, self.run_dir, self.mode = job, result, run_dir, mode
         self.record, self.echo, self.force = record, echo, force
         self.save_record = save_record
-        self.cache = reuse.cache_root(run_dir, cache)
+        self.reuse_roots = reuse.search_roots(run_dir, cache)
         self.force_rerun = force_rerun or job.force_rerun
         self.handle: Any = None
         self._cluster_stack = contextlib.ExitStack()
@@ -145,9 +145,12 @@ class StepsRunner:
             if isinstance(step, ParallelStep):
                 plan = plan_step(step)
             key = reuse.step_key(step, self.run_dir, plan.batches if plan else ())
-            found = reuse.lookup(self.cache, key, step) if key and not self.force_rerun else None
+            found = None
+            if key is not None and not self.force_rerun:
+                found = reuse.lookup(self.reuse_roots, key, step, self.run_dir)
             if found is not None:
                 self._reused(step, found, marker, copy=True)
+                reuse.remember(self.run_dir, key, step, found["outcome"])  # a source in turn
                 return None
         if isinstance(step, CommandStep):
             failure = self._command(step)
@@ -157,7 +160,7 @@ class StepsRunner:
             outcome = None
             if isinstance(step, ParallelStep):
                 outcome = asdict(next(o for o in self.result.steps if o.step == step.name))
-            reuse.remember(self.cache, key, step, self.run_dir, outcome)
+            reuse.remember(self.run_dir, key, step, outcome)
         return failure
 
     def _reused(

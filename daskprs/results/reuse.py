@@ -1,13 +1,17 @@
 """Step reuse, like Azure pipelines: a step whose resolved inputs, code folder and settings
-are unchanged since an earlier successful run under the same cache is not run again; its
-outputs are copied from that run.
+are unchanged since an earlier successful run is not run again; its outputs are copied from
+that run.
 
-The cache is ``--cache DIR``, else the run root (the parent folder of the run directory, e.g.
-``./daskprs-runs``); it holds ``.daskprs-reuse/<key>.json``, one small record per successful
-step, naming the run and the outputs it made. A step's key (:func:`step_key`) digests the
-resolved step (paths inside the run directory written relative to it, so two runs of one job
-compare equal), every file of its local data inputs (relative name, size, modification time),
-for a parallel step the plan of its mini-batches, and the files of its code folder.
+Each successful step leaves a record, ``<run_dir>/steps/<step>/reuse.json`` (its key, the
+outputs it made, its outcome). A new run looks for a record with the same key in the other
+run directories of its run root (the parent folder of its run directory, e.g.
+``./daskprs-runs``) and of ``--cache DIR`` if given, and takes the newest whose outputs still
+exist. Deleting a run directory deletes its records with it.
+
+A step's key (:func:`step_key`) digests the resolved step (paths inside the run directory
+written relative to it, so two runs of one job compare equal), every file of its local data
+inputs (relative name, size, modification time), for a parallel step the plan of its
+mini-batches, and the files of its code folder.
 """
 
 from __future__ import annotations
@@ -26,22 +30,28 @@ from daskprs.job.model import CommandStep, DataInput, Output, ParallelStep
 from daskprs.results.fingerprint import code_digest
 
 __all__ = [
-    "INDEX",
     "MARKER",
-    "cache_root",
+    "RECORD",
     "copy_outputs",
     "lookup",
     "remember",
+    "search_roots",
     "step_key",
 ]
 
-INDEX = ".daskprs-reuse"
+RECORD = "reuse.json"  # in <run_dir>/steps/<step>/: the step succeeded here, with this key
 MARKER = "reused.json"  # in <run_dir>/steps/<step>/: this run reused the step
 
 
-def cache_root(run_dir: str, cache: str | os.PathLike | None = None) -> str:
-    """Where the reuse records live: ``cache`` if given, else the run directory's parent."""
-    return os.path.abspath(os.fspath(cache)) if cache else os.path.dirname(run_dir)
+def search_roots(run_dir: str, cache: str | os.PathLike | None = None) -> list[str]:
+    """The folders whose run directories a new run may reuse steps from: the run root (the
+    run directory's parent) and ``cache`` if given."""
+    roots = [os.path.dirname(run_dir)]
+    if cache:
+        extra = os.path.abspath(os.fspath(cache))
+        if extra not in roots:
+            roots.append(extra)
+    return roots
 
 
 def _relative(text: str, run_dir: str) -> str:
@@ -123,27 +133,27 @@ def step_key(
     return h.hexdigest()
 
 
-def _record_path(root: str, key: str) -> str:
-    return os.path.join(root, INDEX, f"{key}.json")
+def _record_path(run_dir: str, step: str) -> str:
+    return os.path.join(run_dir, "steps", step, RECORD)
 
 
 def remember(
-    root: str,
+    run_dir: str,
     key: str,
     step: ParallelStep | CommandStep,
-    run_dir: str,
     outcome: Mapping[str, Any] | None = None,
 ) -> None:
-    """Record that ``step`` succeeded in ``run_dir`` (its outputs and, for a parallel step,
-    its outcome), so a later run under ``root`` may reuse it."""
+    """Record that ``step`` succeeded (or was reused) in ``run_dir``: its key, its outputs and,
+    for a parallel step, its outcome; later runs may reuse it."""
     record = {
+        "key": key,
         "step": step.name,
         "run_dir": run_dir,
         "created": time.time(),
         "outputs": {name: out.path for name, out in step.outputs.items()},
         "outcome": dict(outcome) if outcome is not None else None,
     }
-    path = _record_path(root, key)
+    path = _record_path(run_dir, step.name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -151,26 +161,45 @@ def remember(
     os.replace(tmp, path)
 
 
-def lookup(root: str, key: str, step: ParallelStep | CommandStep) -> dict[str, Any] | None:
-    """The record of an earlier successful run of this step whose outputs are all still
-    there, or None."""
-    try:
-        with open(_record_path(root, key), encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return None
+def _usable(record: Mapping[str, Any], step: ParallelStep | CommandStep) -> bool:
     outputs = record.get("outputs", {})
     if set(outputs) != set(step.outputs):
-        return None
+        return False
     for name, src in outputs.items():
         dst = step.outputs[name].path
         if "://" in src or "://" in dst:
             if src != dst:
-                return None
+                return False
+        elif not os.path.exists(src):
+            return False
+    return True
+
+
+def lookup(
+    roots: Iterable[str], key: str, step: ParallelStep | CommandStep, run_dir: str
+) -> dict[str, Any] | None:
+    """The newest record of this step with this key, in the run directories under ``roots``
+    (``run_dir`` itself left out), whose outputs are all still there; or None."""
+    best: dict[str, Any] | None = None
+    for root in roots:
+        try:
+            names = os.listdir(root)
+        except OSError:
             continue
-        if not os.path.exists(src):
-            return None
-    return record
+        for name in names:
+            other = os.path.join(root, name)
+            if other == run_dir:
+                continue
+            try:
+                with open(_record_path(other, step.name), encoding="utf-8") as f:
+                    record = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if record.get("key") != key or not _usable(record, step):
+                continue
+            if best is None or record.get("created", 0) > best.get("created", 0):
+                best = record
+    return best
 
 
 def copy_outputs(record: Mapping[str, Any], outputs: Mapping[str, Output]) -> None:

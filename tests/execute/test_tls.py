@@ -120,9 +120,10 @@ def test_a_job_runs_on_a_tls_cluster_and_bad_certificates_are_user_errors(tmp_pa
         lines = output_of(tmp_path / "r1").read_text().splitlines()
         assert lines == [f"f{i:03d}.txt" for i in range(6)]
 
-        # a certificate another CA signed: the scheduler refuses it
+        # a certificate another CA signed: the scheduler refuses it (--force-rerun: the
+        # unchanged step would be reused, without connecting)
         wrong = ["--tls-ca-file", str(other_ca), "--tls-cert", str(other_cert)]
-        wrong += ["--tls-key", str(other_key)]
+        wrong += ["--tls-key", str(other_key), "--force-rerun"]
         bad = daskprs(
             "run", str(job), "--scheduler", address, "--run-dir", "r2", *wrong, cwd=tmp_path
         )

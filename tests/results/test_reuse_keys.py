@@ -70,21 +70,24 @@ def test_records_are_found_while_their_outputs_exist_and_copied_with_their_times
     job = job_folder(tmp_path)
     one, two = tmp_path / "runs/one", tmp_path / "runs/two"
     first, second = step_in(job, one), step_in(job, two)
-    root = reuse.cache_root(str(one))
-    assert root == str(tmp_path / "runs")
-    assert reuse.cache_root(str(one), tmp_path / "c") == str(tmp_path / "c")
+    roots = reuse.search_roots(str(two))
+    assert roots == [str(tmp_path / "runs")]
+    assert reuse.search_roots(str(two), tmp_path / "c") == [*roots, str(tmp_path / "c")]
     key = reuse.step_key(first, str(one))
-    assert reuse.lookup(root, key, second) is None  # nothing recorded yet
+    assert reuse.lookup(roots, key, second, str(two)) is None  # nothing recorded yet
     out = Path(first.outputs["result"].path)
     out.mkdir(parents=True)
     (out / "parallel_run_step.txt").write_text("a\n")
     os.utime(out / "parallel_run_step.txt", ns=(1_000_000_000, 1_000_000_000))
-    reuse.remember(root, key, first, str(one), {"step": "score"})
-    record = reuse.lookup(root, key, second)
+    reuse.remember(str(one), key, first, {"step": "score"})
+    assert (one / "steps/score/reuse.json").is_file()
+    assert reuse.lookup(roots, "another key", second, str(two)) is None
+    record = reuse.lookup(roots, key, second, str(two))
     assert record is not None and record["run_dir"] == str(one)
+    assert reuse.lookup(roots, key, first, str(one)) is None  # never the run itself
     reuse.copy_outputs(record, second.outputs)
     copied = Path(second.outputs["result"].path) / "parallel_run_step.txt"
     assert copied.read_text() == "a\n" and copied.stat().st_mtime_ns == 1_000_000_000
     (out / "parallel_run_step.txt").unlink()
     out.rmdir()
-    assert reuse.lookup(root, key, second) is None  # the earlier outputs are gone
+    assert reuse.lookup(roots, key, second, str(two)) is None  # the earlier outputs are gone

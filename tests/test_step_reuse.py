@@ -135,7 +135,7 @@ def test_steps_are_reused_until_an_input_code_or_flag_changes(tmp_path, client):
     (tmp_path / "lookup" / "factor.txt").write_text("100")
     result, lines = api_run("r3")
     assert ran(lines) == {"score"}
-    assert result.reused == {"prep": str(tmp_path / "r1")}
+    assert result.reused == {"prep": str(tmp_path / "r2")}  # the newest run that has it
     assert result_lines(tmp_path / "r3") == ["0", "100", "200", "300"]
 
     # a changed code file
