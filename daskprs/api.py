@@ -50,6 +50,11 @@ def _write_results(run: RunDir, result: JobResult, job: Job) -> None:
     lines = [f"job: {job.source}", f"run: {job.name}", f"run directory: {run.root}"]
     lines.append("outcome: " + ("succeeded" if result.ok else "FAILED"))
     lines += [f"note: {n}" for n in result.notes]
+    for step, earlier in result.reused.items():
+        lines.append(
+            f"step {step}: reused, not run (inputs, code and settings unchanged since the run "
+            f"{earlier}; outputs copied from there)"
+        )
     for s in result.steps:
         sm = s.summary
         lines.append(
@@ -84,6 +89,11 @@ def run_job(
     workers: int | None = None,
     client: Any = None,
     echo: Callable[[str], None] | None = None,
+    security: Any = None,
+    input_path: str | os.PathLike | None = None,
+    output_path: str | os.PathLike | None = None,
+    cache: str | os.PathLike | None = None,
+    force_rerun: bool = False,
 ) -> JobResult:
     """Run every step of a job file and return what happened.
 
@@ -107,6 +117,20 @@ def run_job(
         Where progress and notes go (default: stderr). Without it, progress is a live
         display: a progress bar in a terminal, an updating HTML display in Jupyter, plain
         lines every 5 s otherwise.
+    security : distributed.Security, optional
+        TLS certificates for a ``tls://`` scheduler; default: from the Dask configuration
+        (:func:`daskprs.execute.tls.client_security`).
+    input_path, output_path : path, optional
+        A v1 ``ParallelRunConfig`` file's dataset (a folder of files, a file or an MLTable
+        folder) and output folder (``--input``, ``--output``).
+    cache : path, optional
+        A folder of run directories to reuse steps from (``--cache``), besides the run
+        directory's parent. A step whose resolved inputs, code folder and settings are
+        unchanged since an earlier successful run there is reused: its outputs are copied, it
+        does not run.
+    force_rerun : bool
+        Run every step (``--force-rerun``); also ``settings.force_rerun: true`` in the job,
+        and ``is_deterministic: false`` in a component for its steps.
 
     Returns
     -------
@@ -135,13 +159,18 @@ def run_job(
             f"the run directory {run_dir} exists and is not empty. Give a new --run-dir, or "
             f"continue that run with `daskprs run --resume {run_dir}`."
         )
-    job = load_job(job_file, sets, run_dir=run_dir, run_name=os.path.basename(run_dir))
+    io = {
+        "input_path": os.fspath(input_path) if input_path is not None else None,
+        "output_path": os.fspath(output_path) if output_path is not None else None,
+    }
+    job = load_job(job_file, sets, run_dir=run_dir, run_name=os.path.basename(run_dir), **io)
     for line in (*job.notes, *job.warnings):
         echo(f"note: {line}")
     os.makedirs(run_dir, exist_ok=True)
     record = {
         "job_file": job_file,
         "sets": list(sets),
+        **{k: v for k, v in io.items() if v is not None},
         "cwd": os.getcwd(),
         "name": job.name,
         "created": time.time(),
@@ -152,7 +181,20 @@ def run_job(
     run = RunDir(run_dir)
     run.write_record(record)
     write_json(run.resolved_job, asdict(job))
-    return _execute(job, run, "run", record, scheduler, workers, client, echo, progress)
+    return _execute(
+        job,
+        run,
+        "run",
+        record,
+        scheduler,
+        workers,
+        client,
+        echo,
+        progress,
+        security=security,
+        cache=os.fspath(cache) if cache is not None else None,
+        force_rerun=force_rerun,
+    )
 
 
 def resume_job(
@@ -165,6 +207,7 @@ def resume_job(
     workers: int | None = None,
     client: Any = None,
     echo: Callable[[str], None] | None = None,
+    security: Any = None,
 ) -> JobResult:
     """Continue a run from its ledger (``--resume``), or rerun its failed mini-batches.
 
@@ -179,7 +222,7 @@ def resume_job(
     rerun_failed : bool
         Run the FAILED and CANCELLED mini-batches (``daskprs rerun-failed``) instead of the
         PENDING, RUNNING and CANCELLED ones.
-    scheduler, workers, client, echo
+    scheduler, workers, client, echo, security
         As for :func:`run_job`.
 
     Returns
@@ -207,7 +250,14 @@ def resume_job(
         # --set paths were relative to the directory the run was started from
         if os.path.isdir(record.get("cwd", "")):
             os.chdir(record["cwd"])
-        job = load_job(given, record["sets"], run_dir=run.root, run_name=record["name"])
+        job = load_job(
+            given,
+            record["sets"],
+            run_dir=run.root,
+            run_name=record["name"],
+            input_path=record.get("input_path"),
+            output_path=record.get("output_path"),
+        )
     finally:
         os.chdir(previous)
     changed = fingerprint.diff_jobs(record["job"], fingerprint.job_fields(job))
@@ -224,7 +274,19 @@ def resume_job(
         if digest != record.get("code", {}).get(step.name) and not rerun_failed:
             echo(f"note: the code folder of step {step.name} changed since the run started")
     mode = "rerun-failed" if rerun_failed else "resume"
-    return _execute(job, run, mode, record, scheduler, workers, client, echo, progress, force=force)
+    return _execute(
+        job,
+        run,
+        mode,
+        record,
+        scheduler,
+        workers,
+        client,
+        echo,
+        progress,
+        force=force,
+        security=security,
+    )
 
 
 def _execute(
@@ -238,10 +300,17 @@ def _execute(
     echo: Callable[[str], None],
     progress: Progress,
     force: bool = False,
+    security: Any = None,
+    cache: str | None = None,
+    force_rerun: bool = False,
 ) -> JobResult:
     result = JobResult(run_dir=run.root, notes=[*job.notes, *job.warnings])
     n_workers = workers or _default_workers(job)
     scheduler = scheduler or next((s.compute for s in job.parallel_steps if s.compute), None)
+    if security is None and client is None:
+        from daskprs.execute.tls import client_security
+
+        security = client_security(scheduler)
     cores = os.cpu_count() or 1
     if workers and (scheduler is not None or client is not None):
         note = "--workers sizes the embedded cluster only; the given cluster is used as it is"
@@ -256,7 +325,17 @@ def _execute(
         echo(f"note: {note}")
         result.notes.append(note)
     runner = StepsRunner(
-        job, result, run, mode, record, echo, force, lambda: run.write_record(record), progress
+        job,
+        result,
+        run,
+        mode,
+        record,
+        echo,
+        force,
+        lambda: run.write_record(record),
+        progress,
+        cache=cache,
+        force_rerun=force_rerun,
     )
     try:
         run.lock()
@@ -267,7 +346,7 @@ def _execute(
     try:
         with logs.driver_logging(run.logs.driver, console_level) as log:
             log.debug("%s %s (%s) in %s", mode, job.source, job.name, run.root)
-            runner.run(scheduler, client, n_workers)
+            runner.run(scheduler, client, n_workers, security)
     except (KeyboardInterrupt, Interrupted) as err:
         result.failure = f"interrupted: {err}" if str(err) else "interrupted"
         raise

@@ -78,6 +78,41 @@ def _existing_file(file: str) -> None:
         raise click.BadParameter(f"{file} does not exist or is not a file", param_hint="FILE")
 
 
+def _tls_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--tls-ca-file``, ``--tls-cert``, ``--tls-key``: certificates for a tls:// scheduler."""
+    for flag, what in reversed(
+        (
+            ("--tls-ca-file", "CA certificate (PEM) of a tls:// scheduler."),
+            ("--tls-cert", "Client certificate (PEM) for a tls:// scheduler."),
+            ("--tls-key", "Private key (PEM) of --tls-cert, if not in that file."),
+        )
+    ):
+        fn = click.option(flag, metavar="FILE", help=what)(fn)
+    return fn
+
+
+def _v1_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--input`` and ``--output``: the dataset and output folder of a v1 ParallelRunConfig."""
+    fn = click.option(
+        "--output",
+        "output_path",
+        metavar="FOLDER",
+        help="v1 ParallelRunConfig: the output folder (default: in the run directory).",
+    )(fn)
+    return click.option(
+        "--input",
+        "input_path",
+        metavar="PATH",
+        help="v1 ParallelRunConfig: its dataset (a folder of files, a file, an MLTable folder).",
+    )(fn)
+
+
+def _security(scheduler: str | None, ca: str | None, cert: str | None, key: str | None) -> Any:
+    from daskprs.execute.tls import client_security
+
+    return client_security(scheduler, ca, cert, key)
+
+
 @cli.command()
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Run directory (new or empty).")
@@ -100,6 +135,15 @@ def _existing_file(file: str) -> None:
     help="Continue the run in RUN_DIR from its ledger.",
 )
 @click.option("--force", is_flag=True, help="With --resume: accept a changed job or input.")
+@click.option("--force-rerun", is_flag=True, help="Run every step: reuse none from an earlier run.")
+@click.option(
+    "--cache",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Also reuse unchanged steps of the runs in DIR (besides the run directory's parent).",
+)
+@_v1_options
+@_tls_options
 def run(
     file: str | None,
     run_dir: str | None,
@@ -108,6 +152,13 @@ def run(
     workers: int | None,
     resume: str | None,
     force: bool,
+    force_rerun: bool,
+    cache: str | None,
+    input_path: str | None,
+    output_path: str | None,
+    tls_ca_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
     """Run a job FILE (pipeline, parallel component or type: parallel YAML).
 
@@ -115,16 +166,24 @@ def run(
     """
     from daskprs.api import resume_job, run_job
 
+    tls = (scheduler, tls_ca_file, tls_cert, tls_key)
     if resume is not None:
-        if run_dir or sets:
+        if run_dir or sets or input_path or output_path or cache or force_rerun:
             raise click.UsageError(
-                "--resume continues a run as it was started: leave out --run-dir and --set "
-                "(start a new run to change them)"
+                "--resume continues a run as it was started: leave out --run-dir, --set, "
+                "--input, --output, --cache and --force-rerun (start a new run to change them)"
             )
         if file is not None:
             _existing_file(file)
         _run_and_exit(
-            lambda: resume_job(resume, file, force=force, scheduler=scheduler, workers=workers)
+            lambda: resume_job(
+                resume,
+                file,
+                force=force,
+                scheduler=scheduler,
+                workers=workers,
+                security=_security(*tls),
+            )
         )
     if file is None:
         raise click.UsageError("give a job FILE to run, or --resume RUN_DIR")
@@ -132,7 +191,18 @@ def run(
         raise click.UsageError("--force goes with --resume")
     _existing_file(file)
     _run_and_exit(
-        lambda: run_job(file, sets=sets, run_dir=run_dir, scheduler=scheduler, workers=workers)
+        lambda: run_job(
+            file,
+            sets=sets,
+            run_dir=run_dir,
+            scheduler=scheduler,
+            workers=workers,
+            security=_security(*tls),
+            input_path=input_path,
+            output_path=output_path,
+            cache=cache,
+            force_rerun=force_rerun,
+        )
     )
 
 
@@ -142,25 +212,42 @@ def run(
 @click.option(
     "--workers", type=click.IntRange(min=1), help="Worker processes of the embedded cluster."
 )
-def rerun_failed(run_dir: str, scheduler: str | None, workers: int | None) -> None:
+@_tls_options
+def rerun_failed(
+    run_dir: str,
+    scheduler: str | None,
+    workers: int | None,
+    tls_ca_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+) -> None:
     """Run the failed and cancelled mini-batches of a finished run again, and re-assemble
     its output (for example after fixing the entry script)."""
     from daskprs.api import resume_job
 
     _run_and_exit(
-        lambda: resume_job(run_dir, rerun_failed=True, scheduler=scheduler, workers=workers)
+        lambda: resume_job(
+            run_dir,
+            rerun_failed=True,
+            scheduler=scheduler,
+            workers=workers,
+            security=_security(scheduler, tls_ca_file, tls_cert, tls_key),
+        )
     )
 
 
 @cli.command()
 @click.argument("file", required=True, type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="As for `run`.")
-def validate(file: str, sets: tuple[str, ...]) -> None:
+@_v1_options
+def validate(
+    file: str, sets: tuple[str, ...], input_path: str | None, output_path: str | None
+) -> None:
     """Check a job FILE without running it."""
     from daskprs.job.load import validate_file
 
     _existing_file(file)
-    job, problems, notes = validate_file(file, sets)
+    job, problems, notes = validate_file(file, sets, input_path, output_path)
     for note in notes:
         click.echo(f"note: {note}")
     if problems:

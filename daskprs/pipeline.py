@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
 import os
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from daskprs.errors import JobFailed, PlanningError, UserInputError
@@ -22,7 +24,7 @@ from daskprs.inputs.planfile import read_plan, write_plan
 from daskprs.job.model import CommandStep, Job, ParallelStep
 from daskprs.observe import logs
 from daskprs.observe.progress import Progress
-from daskprs.results import fingerprint
+from daskprs.results import fingerprint, reuse
 from daskprs.results.jobresult import JobResult, StepOutcome
 from daskprs.results.ledger import LedgerState, read_ledger
 from daskprs.results.outcome import BatchState
@@ -99,22 +101,28 @@ class StepsRunner:
         force: bool,
         save_record: Callable[[], None],
         progress: Progress | None = None,
+        cache: str | None = None,
+        force_rerun: bool = False,
     ):
         self.job, self.result, self.rundir, self.mode = job, result, run, mode
         self.record, self.echo, self.force = record, echo, force
         self.save_record = save_record
         self.progress = progress
+        self.reuse_roots = reuse.search_roots(run.root, cache)
+        self.force_rerun = force_rerun or job.force_rerun
         self.handle: Any = None
         self._cluster_stack = contextlib.ExitStack()
 
-    def run(self, scheduler: str | None, client: Any, n_workers: int) -> None:
-        self._cluster_args = {"scheduler": scheduler, "client": client, "n_workers": n_workers}
+    def run(self, scheduler: str | None, client: Any, n_workers: int, security: Any = None) -> None:
+        self._cluster_args = {
+            "scheduler": scheduler,
+            "client": client,
+            "n_workers": n_workers,
+            "security": security,
+        }
         try:
             for step in self.job.steps:
-                if isinstance(step, CommandStep):
-                    failure = self._command(step)
-                else:
-                    failure = self._parallel(step)
+                failure = self._step(step)
                 if failure is not None:
                     self.result.failure = self.result.failure or failure
                     if not self.job.continue_on_step_failure:
@@ -143,6 +151,66 @@ class StepsRunner:
             return False
         return args["client"] is None or getattr(args["client"], "cluster", None) is not None
 
+    def _step(self, step: ParallelStep | CommandStep) -> str | None:
+        """Run a step, or reuse it (a new run only; see :mod:`daskprs.results.reuse`)."""
+        marker = os.path.join(self.rundir.step(step.name).root, reuse.MARKER)
+        if self.mode != "run" and os.path.exists(marker):
+            with open(marker, encoding="utf-8") as f:
+                self._reused(step, json.load(f), marker, copy=False)
+            return None
+        plan = None
+        key = None
+        if self.mode == "run" and step.is_deterministic:
+            if isinstance(step, ParallelStep):
+                plan = plan_step(step)
+            key = reuse.step_key(step, self.rundir.root, plan.batches if plan else ())
+            found = None
+            if key is not None and not self.force_rerun:
+                found = reuse.lookup(self.reuse_roots, key, step, self.rundir.root)
+            if found is not None:
+                self._reused(step, found, marker, copy=True)
+                reuse.remember(self.rundir.root, key, step, found["outcome"])  # a source in turn
+                return None
+        if isinstance(step, CommandStep):
+            failure = self._command(step)
+        else:
+            failure = self._parallel(step, plan)
+        if failure is None and key is not None:
+            outcome = None
+            if isinstance(step, ParallelStep):
+                outcome = asdict(next(o for o in self.result.steps if o.step == step.name))
+            reuse.remember(self.rundir.root, key, step, outcome)
+        return failure
+
+    def _reused(
+        self, step: ParallelStep | CommandStep, found: dict[str, Any], marker: str, copy: bool
+    ) -> None:
+        """Take an earlier run's outputs and outcome of ``step`` as this run's."""
+        earlier = found["run_dir"]
+        if copy:
+            reuse.copy_outputs(found, step.outputs)
+            os.makedirs(os.path.dirname(marker), exist_ok=True)
+            with open(marker, "w", encoding="utf-8") as f:
+                json.dump(found, f, indent=2, default=str)
+            self.echo(
+                f"[{step.name}] reused: inputs, code and settings unchanged since the run "
+                f"{earlier}; its outputs are copied from there (--force-rerun runs it again)"
+            )
+        else:
+            self.echo(f"[{step.name}] reused from the run {earlier} when this run started")
+        self.result.reused[step.name] = earlier
+        for out in step.outputs.values():
+            self.result.outputs[f"{step.name}.{out.name}"] = out.path
+        if isinstance(step, ParallelStep):
+            saved = dict(found["outcome"] or {})
+            outcome = StepOutcome(**saved)
+            if step.append_row_to:
+                outcome.output = step.append_row_to
+                for out in step.outputs.values():
+                    if os.path.dirname(step.append_row_to) == out.path:
+                        self.result.outputs[f"{step.name}.{out.name}"] = step.append_row_to
+            self.result.steps.append(outcome)
+
     def _command(self, step: CommandStep) -> str | None:
         done = self.rundir.step(step.name).done
         for out in step.outputs.values():
@@ -156,9 +224,9 @@ class StepsRunner:
             open(done, "w").close()
         return failure
 
-    def _plan(self, step: ParallelStep) -> Plan:
+    def _plan(self, step: ParallelStep, fresh: Plan | None = None) -> Plan:
         where = self.rundir.step(step.name)
-        fresh = plan_step(step)
+        fresh = fresh or plan_step(step)
         if self.mode != "run" and os.path.exists(where.plan):
             saved = read_plan(where.plan)
             old = self.record.get("inputs", {}).get(step.name)
@@ -193,8 +261,8 @@ class StepsRunner:
         self.save_record()
         return fresh
 
-    def _parallel(self, step: ParallelStep) -> str | None:
-        plan = self._plan(step)
+    def _parallel(self, step: ParallelStep, fresh: Plan | None = None) -> str | None:
+        plan = self._plan(step, fresh)
         self.echo(
             f"[{step.name}] planned {len(plan.batches)} mini-batches ({plan.kind} input) in "
             f"{plan.seconds:.2f} s"

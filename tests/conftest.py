@@ -67,21 +67,35 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def external_cluster_at(folder: Path, hide: Path | None = None):
+def external_cluster_at(
+    folder: Path, hide: Path | None = None, tls: tuple[Path, Path, Path] | None = None
+):
     """Start a real `dask scheduler` and `dask worker --nworkers 2 --nthreads 1` on 127.0.0.1;
     yield the scheduler address; end both process groups.
 
     With ``hide``, the worker runs in its own mount namespace where that folder is covered by
-    an empty tmpfs: a worker "on another host" that cannot see it.
+    an empty tmpfs: a worker "on another host" that cannot see it. With ``tls`` (CA file,
+    certificate, key), both speak TLS only (``tls://`` address).
     """
     port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
+    address = f"{'tls' if tls else 'tcp'}://127.0.0.1:{port}"
+    security = None
+    tls_args: list[str] = []
+    if tls is not None:
+        from distributed.security import Security
+
+        ca, cert, key = (str(p) for p in tls)
+        tls_args = ["--tls-ca-file", ca, "--tls-cert", cert, "--tls-key", key]
+        security = Security(
+            tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, require_encryption=True
+        )
     log = open(folder / "cluster.log", "wb")
     scheduler = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1"]
     scheduler += ["--port", str(port), "--dashboard-address", ":0", "--no-show"]
+    scheduler += [*tls_args, *(["--protocol", "tls"] if tls else [])]
     worker = [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "2"]
     worker += ["--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"]
-    worker += ["--memory-limit", "0"]
+    worker += ["--memory-limit", "0", *tls_args]
     if hide is not None:
         command = f"mount -t tmpfs tmpfs {shlex.quote(str(hide))} && exec {shlex.join(worker)}"
         worker = ["unshare", "--mount", "--propagation", "private", "sh", "-c", command]
@@ -91,14 +105,14 @@ def external_cluster_at(folder: Path, hide: Path | None = None):
 
         def connected():
             try:
-                with Client(address, timeout="1s") as c:
+                with Client(address, timeout="1s", security=security) as c:
                     return c is not None
             except (OSError, TimeoutError):
                 return False
 
         poll_for(connected, timeout=60, interval=0.2)
         procs.append(subprocess.Popen(worker, stdout=log, stderr=log, start_new_session=True))
-        with Client(address, timeout="10s") as c:
+        with Client(address, timeout="10s", security=security) as c:
             c.wait_for_workers(2, timeout=60)
         yield address
     finally:

@@ -3,8 +3,8 @@
 Owns the retry, timeout and budget policy as a pure state machine (``supervisor``), the
 driver loop that submits tries and carries out its instructions (``runner``), one try as a
 Dask task (``worker``), the slot that owns the entry-script process and its deadlines
-(``slot``), that process (``child``) and the messages between them (``wire``), and getting a
-Dask client (``cluster``).
+(``slot``), that process (``child``) and the messages between them (``wire``), getting a
+Dask client (``cluster``) and the TLS certificates of a ``tls://`` scheduler (``tls``).
 
 May import: every layer below (:mod:`daskprs.errors`, :mod:`daskprs.job`,
 :mod:`daskprs.inputs`, :mod:`daskprs.results`, :mod:`daskprs.observe`). ``child`` and

@@ -42,6 +42,7 @@ def open_cluster(
     client: Any = None,
     n_workers: int = 1,
     connect_timeout: float | None = None,
+    security: Any = None,
 ) -> Iterator[ClusterHandle]:
     """Yield a :class:`ClusterHandle`; close what was started here on exit.
 
@@ -55,6 +56,8 @@ def open_cluster(
         Worker processes of the embedded cluster (when neither of the above is given).
     connect_timeout : float, optional
         Seconds to wait for ``scheduler`` (default: ``DASKPRS_CONNECT_TIMEOUT`` or 10).
+    security : distributed.Security, optional
+        TLS certificates for a ``tls://`` scheduler (:func:`daskprs.execute.tls.client_security`).
     """
     import time
 
@@ -69,8 +72,17 @@ def open_cluster(
         return
     if scheduler is not None:
         try:
-            remote = Client(scheduler, timeout=f"{connect_timeout}s", set_as_default=False)
-        except (OSError, TimeoutError) as err:
+            remote = Client(
+                scheduler, timeout=f"{connect_timeout}s", set_as_default=False, security=security
+            )
+        except (OSError, TimeoutError, ValueError, TypeError) as err:
+            if scheduler.startswith("tls://"):
+                raise UserInputError(
+                    f"cannot connect to the Dask scheduler at {scheduler} over TLS "
+                    f"({type(err).__name__}: {err}). Check that --tls-ca-file is the CA that "
+                    "signed the scheduler's certificate, that --tls-cert/--tls-key are a "
+                    "certificate and key that CA signed, and that the scheduler runs there."
+                ) from err
             raise UserInputError(
                 f"cannot reach the Dask scheduler at {scheduler} ({err}). Check the address "
                 "(tcp://host:8786) and that `dask scheduler` runs there, or leave out "

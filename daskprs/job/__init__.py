@@ -3,8 +3,8 @@
 Owns the YAML schema and its checks (``schema``), input and output bindings (``binding``),
 pipeline nodes and components (``nodes``), a node built into a step (``build``), runtime
 settings and arguments (``runtime``), ``--set`` overrides (``sets``), the ``daskprs.yaml``
-configuration (``files``), and the values every later layer reads (``model``). ``load``
-puts them together.
+configuration (``files``), a v1 ``ParallelRunConfig`` translated into a parallel job
+(``v1``), and the values every later layer reads (``model``). ``load`` puts them together.
 
 May import: :mod:`daskprs.errors` only. Reads files; starts nothing.
 """

@@ -167,7 +167,17 @@ def _command_step(
         inputs={k: v for k, v in node.inputs.items() if v is not ABSENT},
         outputs=node.outputs,
         environment_variables=env_vars,
+        is_deterministic=_deterministic(node, ctx),
     )
+
+
+def _deterministic(node: Node, ctx: S.Context) -> bool:
+    """A component's ``is_deterministic`` (default true): false turns step reuse off."""
+    value = node.fields.get("is_deterministic")
+    if value is None:
+        return True
+    place = node.origin("is_deterministic")("is_deterministic")
+    return S.as_bool(value, place, ctx) is not False
 
 
 def _entry_script(code_dir: str, entry: object, at: S.At, ctx: S.Context) -> str | None:
@@ -346,6 +356,7 @@ def _parallel_step(
         python=mapped[1] if mapped else None,
         output_dir=output_dir,
         compute=compute,
+        is_deterministic=_deterministic(node, ctx),
     )
 
 

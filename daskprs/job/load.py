@@ -23,7 +23,9 @@ those listed before it:
 - :mod:`daskprs.job.sets`: ``--set`` overrides;
 - :mod:`daskprs.job.nodes`: components merged into nodes, and the order of a pipeline's nodes;
 - :mod:`daskprs.job.runtime`: a parallel node's runtime settings and ``mini_batch_size``;
-- :mod:`daskprs.job.build`: a bound node built into a parallel or command step.
+- :mod:`daskprs.job.build`: a bound node built into a parallel or command step;
+- :mod:`daskprs.job.v1`: a v1 ``ParallelRunConfig`` YAML translated into a ``type: parallel``
+  document (with ``--input`` and ``--output``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from daskprs.job.model import CommandStep, Job, ParallelStep
 from daskprs.job.nodes import Node, dependency_order, make_node, merge
 from daskprs.job.runtime import NOT_YET_APPLIED, parse_mini_batch_size
 from daskprs.job.sets import apply_sets
+from daskprs.job.v1 import is_v1, translate_v1
 
 __all__ = ["NOT_YET_APPLIED", "load_job", "parse_mini_batch_size", "validate_file"]
 
@@ -57,6 +60,8 @@ def load_job(
     run_name: str | None = None,
     config: Mapping | None = None,
     env: Mapping[str, str] | None = None,
+    input_path: str | None = None,
+    output_path: str | None = None,
 ) -> Job:
     """Read, validate and bind a job file.
 
@@ -84,6 +89,10 @@ def load_job(
         current directory for a mapping given here).
     env : mapping, optional
         The environment (``XDG_CONFIG_HOME``, ``HOME``); default :data:`os.environ`.
+    input_path, output_path : str, optional
+        ``--input`` and ``--output`` of a v1 ``ParallelRunConfig`` file: its dataset (a folder,
+        a file or an MLTable folder; required) and output folder (default
+        ``<run_dir>/outputs/<name>/output``). An error for other files.
 
     Returns
     -------
@@ -95,14 +104,19 @@ def load_job(
     JobSpecError
         Listing every problem of the file (and of the ``--set`` values), not only the first.
     """
-    job, problems, _, _ = _load(path, sets, run_dir, run_name, config, env)
+    job, problems, _, _ = _load(
+        path, sets, run_dir, run_name, config, env, (input_path, output_path)
+    )
     if problems or job is None:
         raise JobSpecError(os.fspath(path), problems)
     return job
 
 
 def validate_file(
-    path: str | os.PathLike, sets: Sequence[str] = ()
+    path: str | os.PathLike,
+    sets: Sequence[str] = (),
+    input_path: str | None = None,
+    output_path: str | None = None,
 ) -> tuple[Job | None, list[Problem], list[str]]:
     """Validate a job file without raising.
 
@@ -112,6 +126,8 @@ def validate_file(
         The job file.
     sets : sequence of str
         ``--set`` values, as for :func:`load_job`.
+    input_path, output_path : str, optional
+        ``--input`` and ``--output``, as for :func:`load_job`.
 
     Returns
     -------
@@ -119,7 +135,9 @@ def validate_file(
         ``(job, problems, messages)``: the job (None when there are problems), every problem
         found, and the notes followed by the warnings.
     """
-    job, problems, notes, warnings = _load(path, sets, None, None, None, None)
+    job, problems, notes, warnings = _load(
+        path, sets, None, None, None, None, (input_path, output_path)
+    )
     return job, problems, [*notes, *warnings]
 
 
@@ -133,6 +151,7 @@ def _load(
     run_name: str | None,
     config: Mapping | None,
     env: Mapping[str, str] | None,
+    v1_io: tuple[str | None, str | None] = (None, None),
 ) -> tuple[Job | None, list[Problem], list[str], list[str]]:
     env = os.environ if env is None else env
     source = os.path.abspath(os.fspath(path))
@@ -145,16 +164,32 @@ def _load(
         ctx.problem("", f"the job file must be a YAML mapping, not {S.kind_of(doc)}")
         return None, ctx.problems, ctx.notes, ctx.warnings
     load_config(config, os.path.dirname(source), env, ctx)
-    kind = _file_kind(doc, ctx)
     steps: list[ParallelStep | CommandStep] = []
     continue_on_failure = False
-    if kind is not None:
+    if is_v1(doc):
+        kind: str | None = "v1"
+        steps = _v1(doc, sets, v1_io, source, ctx)
+    else:
+        kind = _file_kind(doc, ctx)
+        for flag, value in zip(("--input", "--output"), v1_io, strict=True):
+            if value is not None:
+                ctx.problem(
+                    flag,
+                    f"{flag} goes with a v1 ParallelRunConfig file only",
+                    "bind this file's inputs and outputs with --set inputs.<name>=PATH (or "
+                    "jobs.<node>.outputs.<name>.path=PATH)",
+                )
+    if kind is not None and kind != "v1":
         apply_sets(doc, sets, kind, Path(source).stem, ctx)
         at = S.At("", os.path.dirname(source))
         if kind == "pipeline":
             steps, continue_on_failure = _pipeline(doc, at, ctx)
         else:
             steps = _single(doc, at, Path(source).stem, ctx)
+    force_rerun = False
+    settings = doc.get("settings") if kind == "pipeline" else None
+    if isinstance(settings, Mapping) and settings.get("force_rerun") is not None:
+        force_rerun = S.as_bool(settings["force_rerun"], "settings.force_rerun", ctx) is True
     if ctx.problems:
         return None, ctx.problems, ctx.notes, ctx.warnings
     job = Job(
@@ -166,8 +201,29 @@ def _load(
         notes=tuple(ctx.notes),
         warnings=tuple(ctx.warnings),
         continue_on_step_failure=continue_on_failure,
+        force_rerun=force_rerun,
     )
     return job, [], ctx.notes, ctx.warnings
+
+
+def _v1(
+    doc: dict,
+    sets: Sequence[str],
+    io: tuple[str | None, str | None],
+    source: str,
+    ctx: S.Context,
+) -> list[ParallelStep | CommandStep]:
+    """A v1 ``ParallelRunConfig``: translated, then loaded as a bare ``type: parallel`` file."""
+    ctx.note("a v1 ParallelRunConfig: loaded as the type: parallel job it describes")
+    translated = translate_v1(doc, io[0], io[1], sets, os.path.dirname(source), ctx)
+    if translated is None:
+        return []
+    steps = _single(translated.doc, S.At("", os.path.dirname(source)), Path(source).stem, ctx)
+    name = translated.append_row_file_name
+    if name and steps and isinstance(steps[0], ParallelStep) and steps[0].append_row_to:
+        folder = os.path.dirname(steps[0].append_row_to)
+        steps = [replace(steps[0], append_row_to=f"{folder}/{name}")]
+    return steps
 
 
 def _file_kind(doc: dict, ctx: S.Context) -> str | None:
@@ -198,7 +254,7 @@ def _pipeline(doc: dict, at: S.At, ctx: S.Context) -> tuple[list[ParallelStep | 
             settings["continue_on_step_failure"], "settings.continue_on_step_failure", ctx
         )
         continue_on_failure = bool(value)
-    for key in ("force_rerun", "on_init", "on_finalize"):
+    for key in ("on_init", "on_finalize"):
         if settings.get(key):
             ctx.not_applied(f"settings.{key}", key, settings[key])
     if doc.get("identity"):

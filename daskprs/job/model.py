@@ -129,6 +129,7 @@ class ParallelStep:
     output_dir: str | None = None
     compute: str | None = None
     depends_on: tuple[str, ...] = ()
+    is_deterministic: bool = True
     kind: Literal["parallel"] = "parallel"
 
     @property
@@ -149,21 +150,26 @@ class CommandStep:
     outputs: Mapping[str, Output] = field(default_factory=dict)
     environment_variables: Mapping[str, str] = field(default_factory=dict)
     depends_on: tuple[str, ...] = ()
+    is_deterministic: bool = True
     kind: Literal["command"] = "command"
 
 
 @dataclass(frozen=True)
 class Job:
-    """A whole job file, resolved: its steps in dependency order and the notes to print."""
+    """A whole job file, resolved: its steps in dependency order and the notes to print.
+
+    ``force_rerun`` is the pipeline's ``settings.force_rerun``: no step is reused.
+    """
 
     source: str
-    kind: Literal["pipeline", "component", "parallel"]
+    kind: Literal["pipeline", "component", "parallel", "v1"]
     steps: tuple[ParallelStep | CommandStep, ...]
     name: str
     run_dir: str
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     continue_on_step_failure: bool = False
+    force_rerun: bool = False
 
     @property
     def parallel_steps(self) -> tuple[ParallelStep, ...]:

@@ -207,7 +207,6 @@ AZURE_ONLY = {
     "conda_file": "entry scripts run in the Dask workers' Python environment",
     "build": "entry scripts run in the Dask workers' Python environment",
     "identity": "daskprs uses the credentials of the processes that run the job",
-    "force_rerun": "daskprs reruns through --resume and rerun-failed",
     "on_init": "daskprs runs no init/finalize nodes",
     "on_finalize": "daskprs runs no init/finalize nodes",
     "distribution": "a command step runs as one local process",

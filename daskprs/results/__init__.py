@@ -4,8 +4,8 @@ Owns the record of one try and its statuses (``outcome``), the ledger of mini-ba
 behind resume and rerun-failed (``ledger``), Azure's row format and the part files
 (``formatting``), parts that keep rows as data for ``map_batches`` (``structured``),
 assembling parts into the output in mini-batch order (``output``), the fingerprint a resume
-compares (``fingerprint``), and the values ``run_job`` and ``map_batches`` return
-(``jobresult``, ``mapresult``).
+compares (``fingerprint``), the keys and records of step reuse (``reuse``), and the values
+``run_job`` and ``map_batches`` return (``jobresult``, ``mapresult``).
 
 May import: :mod:`daskprs.errors`, :mod:`daskprs.job` and :mod:`daskprs.inputs`.
 """

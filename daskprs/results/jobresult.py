@@ -42,6 +42,8 @@ class JobResult:
         ``{"<step>.<output>": absolute path or URL}`` of every output.
     steps : list of StepOutcome
         Per parallel step: counts, timings, failed mini-batches.
+    reused : dict
+        ``{step: earlier run directory}`` of the steps reused instead of run.
     """
 
     run_dir: str
@@ -49,6 +51,7 @@ class JobResult:
     outputs: dict[str, str] = field(default_factory=dict)
     steps: list[StepOutcome] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    reused: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -968,10 +968,11 @@ def test_azure_only_keys_are_noted_once(folder: Path):
     )
     job = load(job_file)
     notes = "\n".join(job.notes)
-    for key in ("identity", "instance_type", "shm_size", "docker_args", "force_rerun"):
+    for key in ("identity", "instance_type", "shm_size", "docker_args"):
         assert notes.count(f".{key}") + notes.count(f"{key}:") >= 1, key
     assert notes.count("azureml:c1 is not applied") == 1
-    assert len(job.notes) == len(set(job.notes)) == 6
+    assert len(job.notes) == len(set(job.notes)) == 5
+    assert job.force_rerun  # applied: no step of this pipeline is reused
 
 
 def test_node_environment_variables_are_strings(folder: Path):

@@ -1,0 +1,217 @@
+"""Step reuse, like Azure pipelines: a step whose resolved inputs, code folder and settings
+are unchanged since an earlier successful run is not run again; its outputs are copied from
+that run.
+
+Each successful step leaves a record, ``<run_dir>/steps/<step>/reuse.json`` (its key, the
+outputs it made, its outcome). A new run looks for a record with the same key in the other
+run directories of its run root (the parent folder of its run directory, e.g.
+``./daskprs-runs``) and of ``--cache DIR`` if given, and takes the newest whose outputs still
+exist. Deleting a run directory deletes its records with it.
+
+A step's key (:func:`step_key`) digests the resolved step (paths inside the run directory
+written relative to it, so two runs of one job compare equal), every file of its local data
+inputs (relative name, size, modification time), for a parallel step the plan of its
+mini-batches, and the files of its code folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from typing import Any
+
+from daskprs.inputs.batches import FileBatch, MiniBatch, TableBatch
+from daskprs.job.model import CommandStep, DataInput, Output, ParallelStep
+from daskprs.results.fingerprint import code_digest
+
+__all__ = [
+    "MARKER",
+    "RECORD",
+    "copy_outputs",
+    "lookup",
+    "remember",
+    "search_roots",
+    "step_key",
+]
+
+RECORD = "reuse.json"  # in <run_dir>/steps/<step>/: the step succeeded here, with this key
+MARKER = "reused.json"  # in <run_dir>/steps/<step>/: this run reused the step
+
+
+def search_roots(run_dir: str, cache: str | os.PathLike | None = None) -> list[str]:
+    """The folders whose run directories a new run may reuse steps from: the run root (the
+    run directory's parent) and ``cache`` if given."""
+    roots = [os.path.dirname(run_dir)]
+    if cache:
+        extra = os.path.abspath(os.fspath(cache))
+        if extra not in roots:
+            roots.append(extra)
+    return roots
+
+
+def _relative(text: str, run_dir: str) -> str:
+    return text.replace(run_dir + os.sep, "<run>" + os.sep).replace(run_dir, "<run>")
+
+
+def _tree_digest(path: str, run_dir: str) -> str:
+    """Relative names, sizes and modification times of every file at ``path``."""
+    h = hashlib.sha256(_relative(path, run_dir).encode() + b"\n")
+    if os.path.isfile(path):
+        st = os.stat(path)
+        h.update(f"{st.st_size}\0{st.st_mtime_ns}".encode())
+        return h.hexdigest()
+    if not os.path.isdir(path):
+        return h.hexdigest() + "-missing"
+    for root, dirs, names in os.walk(path, followlinks=True):
+        dirs.sort()
+        for name in sorted(names):
+            full = os.path.join(root, name)
+            try:
+                st = os.stat(full)
+            except OSError:
+                continue
+            rel = os.path.relpath(full, path)
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _plan_digest(batches: Iterable[MiniBatch], run_dir: str) -> str:
+    """The mini-batches of a plan, with the size and time of each file they read (an MLTable
+    may read files outside its folder)."""
+    h = hashlib.sha256()
+    files: dict[str, None] = {}
+    for batch in batches:
+        described = _relative(json.dumps(batch.describe(), sort_keys=True, default=str), run_dir)
+        h.update(described.encode() + b"\n")
+        if isinstance(batch, FileBatch):
+            files.update(dict.fromkeys(batch.files))
+        elif isinstance(batch, TableBatch):
+            files.update(dict.fromkeys(p.path for p in batch.pieces))
+    for path in files:
+        h.update(_tree_digest(path, run_dir).encode())
+    return h.hexdigest()
+
+
+def step_key(
+    step: ParallelStep | CommandStep,
+    run_dir: str,
+    batches: Iterable[MiniBatch] = (),
+) -> str | None:
+    """The key of a step's resolved inputs, code folder and settings, or None when the step
+    cannot be compared (it reads remote data, which is not fingerprinted).
+
+    Parameters
+    ----------
+    step : ParallelStep or CommandStep
+        The resolved step.
+    run_dir : str
+        This run's directory (paths inside it are compared relative to it).
+    batches : iterable of MiniBatch
+        A parallel step's planned mini-batches.
+    """
+    data = [v for v in step.inputs.values() if isinstance(v, DataInput)]
+    if isinstance(step, ParallelStep):
+        data.append(step.input_data)
+    if any("://" in d.path for d in data):
+        return None
+    h = hashlib.sha256()
+    fields = asdict(step)
+    fields.pop("depends_on", None)
+    h.update(_relative(json.dumps(fields, sort_keys=True, default=str), run_dir).encode())
+    h.update(code_digest(step.code_dir).encode())
+    for d in sorted(data, key=lambda d: (d.name, d.path)):
+        h.update(_tree_digest(d.path, run_dir).encode())
+    h.update(_plan_digest(batches, run_dir).encode())
+    for d in data:
+        if d.type == "mltable":
+            h.update(_tree_digest(os.path.join(d.path, "MLTable"), run_dir).encode())
+    return h.hexdigest()
+
+
+def _record_path(run_dir: str, step: str) -> str:
+    return os.path.join(run_dir, "steps", step, RECORD)
+
+
+def remember(
+    run_dir: str,
+    key: str,
+    step: ParallelStep | CommandStep,
+    outcome: Mapping[str, Any] | None = None,
+) -> None:
+    """Record that ``step`` succeeded (or was reused) in ``run_dir``: its key, its outputs and,
+    for a parallel step, its outcome; later runs may reuse it."""
+    record = {
+        "key": key,
+        "step": step.name,
+        "run_dir": run_dir,
+        "created": time.time(),
+        "outputs": {name: out.path for name, out in step.outputs.items()},
+        "outcome": dict(outcome) if outcome is not None else None,
+    }
+    path = _record_path(run_dir, step.name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def _usable(record: Mapping[str, Any], step: ParallelStep | CommandStep) -> bool:
+    outputs = record.get("outputs", {})
+    if set(outputs) != set(step.outputs):
+        return False
+    for name, src in outputs.items():
+        dst = step.outputs[name].path
+        if "://" in src or "://" in dst:
+            if src != dst:
+                return False
+        elif not os.path.exists(src):
+            return False
+    return True
+
+
+def lookup(
+    roots: Iterable[str], key: str, step: ParallelStep | CommandStep, run_dir: str
+) -> dict[str, Any] | None:
+    """The newest record of this step with this key, in the run directories under ``roots``
+    (``run_dir`` itself left out), whose outputs are all still there; or None."""
+    best: dict[str, Any] | None = None
+    for root in roots:
+        try:
+            names = os.listdir(root)
+        except OSError:
+            continue
+        for name in names:
+            other = os.path.join(root, name)
+            if other == run_dir:
+                continue
+            try:
+                with open(_record_path(other, step.name), encoding="utf-8") as f:
+                    record = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if record.get("key") != key or not _usable(record, step):
+                continue
+            if best is None or record.get("created", 0) > best.get("created", 0):
+                best = record
+    return best
+
+
+def copy_outputs(record: Mapping[str, Any], outputs: Mapping[str, Output]) -> None:
+    """Copy a reused step's outputs from the earlier run to this run's output paths (file
+    times kept, so the steps after it compare equal too)."""
+    for name, out in outputs.items():
+        src = record["outputs"][name]
+        dst = out.path
+        if src == dst:
+            continue
+        if os.path.isdir(src):
+            shutil.copytree(src, dst, dirs_exist_ok=True, symlinks=True)
+        else:
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copy2(src, dst)

@@ -1,0 +1,93 @@
+"""Step-reuse keys and records (:mod:`daskprs.results.reuse`), without a cluster."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from daskprs.job.load import load_job
+from daskprs.job.model import DataInput
+from daskprs.results import reuse
+
+COMPONENT = """\
+type: parallel
+name: score
+version: 1
+is_deterministic: {det}
+inputs:
+  data: {{type: uri_folder, path: ./data}}
+outputs:
+  result: {{type: uri_file}}
+input_data: ${{{{inputs.data}}}}
+task:
+  type: run_function
+  code: ./code
+  entry_script: score.py
+  append_row_to: ${{{{outputs.result}}}}
+"""
+
+
+def job_folder(tmp_path: Path, det: str = "true") -> Path:
+    (tmp_path / "code").mkdir(exist_ok=True)
+    (tmp_path / "code" / "score.py").write_text("def run(mini_batch):\n    return mini_batch\n")
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data" / "a.txt").write_text("a\n")
+    path = tmp_path / "component.yml"
+    path.write_text(COMPONENT.format(det=det))
+    return path
+
+
+def step_in(job: Path, run_dir: Path):
+    [step] = load_job(job, run_dir=str(run_dir), env={"HOME": "/nonexistent"}).steps
+    return step
+
+
+def test_the_key_ignores_the_run_directory_and_sees_inputs_and_code(tmp_path):
+    job = job_folder(tmp_path)
+    one, two = tmp_path / "runs/one", tmp_path / "runs/two"
+    key = reuse.step_key(step_in(job, one), str(one))
+    assert key == reuse.step_key(step_in(job, two), str(two))
+    (tmp_path / "data" / "a.txt").write_text("changed\n")
+    changed_input = reuse.step_key(step_in(job, two), str(two))
+    assert changed_input != key
+    (tmp_path / "code" / "score.py").write_text("def run(mini_batch):\n    return []\n")
+    changed_code = reuse.step_key(step_in(job, two), str(two))
+    assert changed_code not in (key, changed_input)
+    (tmp_path / "data" / "b.txt").write_text("new file\n")
+    assert reuse.step_key(step_in(job, two), str(two)) != changed_code
+    step = step_in(job, two)
+    remote = replace(step, input_data=DataInput("data", "uri_folder", "s3://bucket/data"))
+    assert reuse.step_key(remote, str(two)) is None
+
+
+def test_is_deterministic_false_turns_reuse_off(tmp_path):
+    assert step_in(job_folder(tmp_path), tmp_path / "r").is_deterministic
+    assert not step_in(job_folder(tmp_path, "false"), tmp_path / "r").is_deterministic
+
+
+def test_records_are_found_while_their_outputs_exist_and_copied_with_their_times(tmp_path):
+    job = job_folder(tmp_path)
+    one, two = tmp_path / "runs/one", tmp_path / "runs/two"
+    first, second = step_in(job, one), step_in(job, two)
+    roots = reuse.search_roots(str(two))
+    assert roots == [str(tmp_path / "runs")]
+    assert reuse.search_roots(str(two), tmp_path / "c") == [*roots, str(tmp_path / "c")]
+    key = reuse.step_key(first, str(one))
+    assert reuse.lookup(roots, key, second, str(two)) is None  # nothing recorded yet
+    out = Path(first.outputs["result"].path)
+    out.mkdir(parents=True)
+    (out / "parallel_run_step.txt").write_text("a\n")
+    os.utime(out / "parallel_run_step.txt", ns=(1_000_000_000, 1_000_000_000))
+    reuse.remember(str(one), key, first, {"step": "score"})
+    assert (one / "steps/score/reuse.json").is_file()
+    assert reuse.lookup(roots, "another key", second, str(two)) is None
+    record = reuse.lookup(roots, key, second, str(two))
+    assert record is not None and record["run_dir"] == str(one)
+    assert reuse.lookup(roots, key, first, str(one)) is None  # never the run itself
+    reuse.copy_outputs(record, second.outputs)
+    copied = Path(second.outputs["result"].path) / "parallel_run_step.txt"
+    assert copied.read_text() == "a\n" and copied.stat().st_mtime_ns == 1_000_000_000
+    (out / "parallel_run_step.txt").unlink()
+    out.rmdir()
+    assert reuse.lookup(roots, key, second, str(two)) is None  # the earlier outputs are gone
