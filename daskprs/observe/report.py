@@ -186,14 +186,19 @@ def _slowest(view: RunView) -> list[dict[str, str]]:
     return out
 
 
+def _samples(values: list[float | None]) -> int:
+    return sum(1 for v in values if v is not None)
+
+
 def _perf(view: RunView, origin: float) -> tuple[list, dict]:
     series = []
     nodes: dict[str, tuple[list[float], list[float | None]]] = {}
     for p in view.perf:
         times = [t - origin for t in p.times]
-        if any(v is not None for v in p.proc_cpu) or any(v is not None for v in p.proc_rss_mb):
+        # a curve needs two samples; a run shorter than the interval has one at most
+        if _samples(p.proc_cpu) >= 2 or _samples(p.proc_rss_mb) >= 2:
             series.append((f"{p.node}/{p.process}", times, p.proc_cpu, p.proc_rss_mb))
-        if p.node not in nodes and p.times:
+        if p.node not in nodes and _samples(p.node_cpu) >= 2:
             nodes[p.node] = (times, p.node_cpu)
     return series, nodes
 
@@ -364,8 +369,8 @@ def render_html(data: ReportData) -> str:
     resources = (
         plots.resources_svg(data.perf, data.node_cpu)
         if data.perf or data.node_cpu
-        else '<p class="empty">the resource monitor took no samples '
-        "(--resource_monitor_interval)</p>"
+        else '<p class="empty">the resource monitor took fewer than two samples of any process '
+        "(it samples every --resource_monitor_interval seconds; 0 turns it off)</p>"
     )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

@@ -83,7 +83,7 @@ def test_a_run_that_has_not_finished_a_try_yet(tmp_path):
     page = render_html(build_report(read_run(root)))
     assert 'class="badge running"' in page
     assert "no try has ended yet" in page
-    assert "the resource monitor took no samples" in page
+    assert "the resource monitor took fewer than two samples" in page
 
 
 def test_resource_monitor_curves_when_it_sampled(tmp_path):
@@ -102,7 +102,7 @@ def test_resource_monitor_curves_when_it_sampled(tmp_path):
     assert (series.node, series.process) == ("node000", "process000")
     assert series.proc_rss_mb == [150.5, 151.5, None]
     page = render_html(build_report(view))
-    assert "the resource monitor took no samples" not in page
+    assert "the resource monitor took fewer than two samples" not in page
     assert "resident memory of each process" in page
     assert "node000 (whole node)" in page
 
@@ -120,3 +120,17 @@ def test_report_command_writes_the_page(tmp_path):
     result = CliRunner().invoke(cli, ["report", str(tmp_path)])
     assert result.exit_code == 2
     assert "not a daskprs run directory" in result.output
+
+
+def test_a_single_resource_sample_draws_no_empty_chart(tmp_path):
+    """A run shorter than the sampling interval has one sample: no curve can be drawn."""
+    root, _ = failing_run(tmp_path)
+    perf = root / "logs" / "perf" / "node000"
+    perf.mkdir(parents=True)
+    (perf / "process000.csv").write_text(
+        "Time,Node CPU Percent,Node Memory Percent,Node Memory Used MB,Disk Used Percent,"
+        "Process Id,Process CPU Percent,Process RSS MB\n"
+        "2026-09-21 14:13:20,50.0,20.0,1000.0,30.0,,,\n"
+    )
+    page = render_html(build_report(read_run(root)))
+    assert "the resource monitor took fewer than two samples" in page
