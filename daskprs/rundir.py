@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LogsDir", "RunDir", "RunLocked", "StepDir", "write_json"]
+__all__ = ["LogsDir", "RunDir", "RunLocked", "StepDir", "pid_alive", "write_json"]
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ class RunDir:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 pid = _lock_owner(path)
-                if pid and _pid_alive(pid):
+                if pid and pid_alive(pid):
                     raise RunLocked(self.root, pid) from None
                 try:
                     os.unlink(path)  # left by a driver that was killed
@@ -210,6 +210,11 @@ class RunDir:
                 f.write(str(os.getpid()))
             return path
         raise RunLocked(self.root, _lock_owner(path))
+
+    def lock_owner(self) -> int | None:
+        """The pid written in the lock (a driver running the run, or one that was killed),
+        or None when there is no lock."""
+        return _lock_owner(self.lock_file) or None
 
     def unlock(self) -> None:
         try:
@@ -234,11 +239,16 @@ def _lock_owner(path: str) -> int:
         return 0
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except (FileNotFoundError, IndexError):
+        return True

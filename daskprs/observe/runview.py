@@ -21,7 +21,7 @@ from typing import Any
 from daskprs.errors import UserInputError
 from daskprs.results.ledger import LedgerState, read_ledger
 from daskprs.results.outcome import TryRecord
-from daskprs.rundir import RunDir
+from daskprs.rundir import RunDir, pid_alive
 
 __all__ = [
     "PerfSeries",
@@ -197,20 +197,6 @@ def _field(lines: list[str], name: str) -> str | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except (FileNotFoundError, IndexError):
-        return True
-
-
 def _read_json(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
@@ -316,12 +302,7 @@ def read_run(run_dir: str | os.PathLike) -> RunView:
         )
     job = _read_json(paths.job)
     steps = [_step_view(paths, n, k, s) for n, k, s in _steps_of(paths, job)]
-    pid = None
-    try:
-        with open(paths.lock, encoding="utf-8") as f:
-            pid = int(f.read().strip() or 0) or None
-    except (OSError, ValueError):
-        pid = None
+    pid = RunDir(paths.root).lock_owner()
     lines: list[str] = []
     if os.path.exists(paths.result):
         with open(paths.result, encoding="utf-8") as f:
@@ -341,7 +322,7 @@ def read_run(run_dir: str | os.PathLike) -> RunView:
         created=float(record.get("created", 0.0) or 0.0),
         steps=steps,
         driver_pid=pid,
-        driver_alive=pid is not None and _pid_alive(pid),
+        driver_alive=pid is not None and pid_alive(pid),
         result_lines=lines,
         failed=failed,
         perf=[_perf(p) for p in paths.perf_files],
