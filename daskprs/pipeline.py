@@ -153,7 +153,7 @@ class StepsRunner:
 
     def _step(self, step: ParallelStep | CommandStep) -> str | None:
         """Run a step, or reuse it (a new run only; see :mod:`daskprs.results.reuse`)."""
-        marker = os.path.join(self.rundir.step(step.name).root, reuse.MARKER)
+        marker = self.rundir.step(step.name).reused
         if self.mode != "run" and os.path.exists(marker):
             with open(marker, encoding="utf-8") as f:
                 self._reused(step, json.load(f), marker, copy=False)

@@ -99,6 +99,16 @@ class StepDir:
         return os.path.join(self.root, "lease")
 
     @property
+    def reuse_record(self) -> str:
+        """The step succeeded in this run, with this reuse key (see ``results.reuse``)."""
+        return os.path.join(self.root, "reuse.json")
+
+    @property
+    def reused(self) -> str:
+        """This run reused the step from an earlier run (which one, and its outcome)."""
+        return os.path.join(self.root, "reused.json")
+
+    @property
     def done(self) -> str:
         """The marker of a command step that succeeded."""
         return os.path.join(self.root, "done")

@@ -54,10 +54,6 @@ class RunPaths:
         return self._run.resolved_job
 
     @property
-    def lock(self) -> str:
-        return self._run.lock_file
-
-    @property
     def result(self) -> str:
         return self._run.logs.job_result
 

@@ -28,10 +28,9 @@ from typing import Any
 from daskprs.inputs.batches import FileBatch, MiniBatch, TableBatch
 from daskprs.job.model import CommandStep, DataInput, Output, ParallelStep
 from daskprs.results.fingerprint import code_digest
+from daskprs.rundir import RunDir
 
 __all__ = [
-    "MARKER",
-    "RECORD",
     "copy_outputs",
     "lookup",
     "remember",
@@ -39,8 +38,6 @@ __all__ = [
     "step_key",
 ]
 
-RECORD = "reuse.json"  # in <run_dir>/steps/<step>/: the step succeeded here, with this key
-MARKER = "reused.json"  # in <run_dir>/steps/<step>/: this run reused the step
 
 
 def search_roots(run_dir: str, cache: str | os.PathLike | None = None) -> list[str]:
@@ -134,7 +131,7 @@ def step_key(
 
 
 def _record_path(run_dir: str, step: str) -> str:
-    return os.path.join(run_dir, "steps", step, RECORD)
+    return RunDir(run_dir).step(step).reuse_record
 
 
 def remember(
