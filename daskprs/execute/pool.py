@@ -147,9 +147,15 @@ class SlotPool(WorkerPlugin):
         with self._lock:
             self._closed.set()
             slots, self._all, self._idle = self._all, [], []
-        for slot in slots:
-            slot.close(kill=kill)
-            shutil.rmtree(slot.config.cache_dir, ignore_errors=True)
+        # every child's shutdown() at once: teardown runs on the worker's event loop
+        threads = [
+            threading.Thread(target=_end_slot, args=(slot, kill), name="daskprs-stop-slot")
+            for slot in slots
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         return len(slots)
 
     # -- the driver's lease ------------------------------------------------------------------
@@ -174,6 +180,11 @@ class SlotPool(WorkerPlugin):
                 self._expired.set()
                 self.close(kill=True)
                 return
+
+
+def _end_slot(slot: Slot, kill: bool) -> None:
+    slot.close(kill=kill)
+    shutil.rmtree(slot.config.cache_dir, ignore_errors=True)
 
 
 def pool_name(token: str) -> str:
