@@ -38,6 +38,7 @@ from daskprs.execute.wire import (
     read_message,
     write_message,
 )
+from daskprs.paths import redact
 from daskprs.results.outcome import Status, TryRecord
 from daskprs.rundir import LogsDir
 
@@ -137,7 +138,7 @@ class _Runner:
             return
         os.makedirs(os.path.dirname(self.error_log), exist_ok=True)
         with open(self.error_log, "a", encoding="utf-8") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n{tb}\n\n")
+            f.write(redact(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n{tb}\n\n"))
 
     def setup_process(self) -> None:
         cfg = self.cfg

@@ -186,6 +186,11 @@ def read_step_settings(code_dir: str) -> dict[str, Any]:
             'options, such as {"sep": ","}'
         )
     options = options or {}
+    if "path_or_buf" in options:  # rows go to the step's output, nowhere else
+        raise ValueError(
+            f"{path}: path_or_buf cannot be set: daskprs writes the rows to the step's "
+            "append_row_to output; leave it out and set the output's path in the job file"
+        )
     unknown = sorted(set(options) - _to_csv_parameters())
     if unknown:
         raise ValueError(

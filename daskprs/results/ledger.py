@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from daskprs.paths import redact_data
 from daskprs.results.outcome import TryRecord
 
 __all__ = ["Ledger", "LedgerState", "MiniBatchEntry", "read_ledger"]
@@ -95,7 +96,7 @@ class Ledger:
         self._f = open(path, "a", encoding="utf-8")
 
     def _write(self, event: dict[str, Any]) -> None:
-        self._f.write(json.dumps(event, default=str) + "\n")
+        self._f.write(json.dumps(redact_data(event), default=str) + "\n")
         self._f.flush()
 
     def start_session(self, header: dict[str, Any]) -> None:
