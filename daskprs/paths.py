@@ -65,9 +65,9 @@ _SECRET_PART = re.compile(
 _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)([^/\s@]+)(@)")
 # ?sig=SECRET&... (an Azure SAS), X-Amz-Signature=..., token=...
 _QUERY = re.compile(r"(?P<head>[?&;](?P<name>[\w.-]+)=)(?P<value>[^&#\s'\"]+)")
-# NAME=SECRET, NAME: SECRET, "name": "SECRET"
+# NAME=SECRET, NAME: SECRET, "name": "SECRET"; not a folder of a path (``/data/key=3/``)
 _ASSIGNED = re.compile(
-    r"(?P<head>(?P<name>[A-Za-z_][\w.-]*)['\"]?\s*[=:]\s*['\"]?)(?P<value>[^\s'\",;}&]+)"
+    r"(?<![/\w.-])(?P<head>(?P<name>[A-Za-z_][\w.-]*)['\"]?\s*[=:]\s*['\"]?)(?P<value>[^\s'\",;}&]+)"
 )
 # --name SECRET, and in a list written out: "--name", "SECRET"
 _FLAG = re.compile(
@@ -80,7 +80,7 @@ def looks_secret(name: object) -> bool:
     """Whether a variable, setting, parameter or key named ``name`` holds a secret
     (``AWS_SECRET_ACCESS_KEY``, ``API_TOKEN``, ``db-password``, ``storage_key``, ``sig``)."""
     parts = re.split(r"[^a-zA-Z0-9]+", str(name))
-    return any(_SECRET_PART.fullmatch(p) or _SECRET_PART.fullmatch(p[:-1]) for p in parts if p)
+    return any(_SECRET_PART.fullmatch(p) for p in parts if p)
 
 
 def _mask(match: re.Match) -> str:
@@ -106,20 +106,22 @@ def redact(text: str) -> str:
     return text
 
 
+def _secret_key(key: object) -> bool:
+    return looks_secret(str(key).rsplit(".", 1)[-1])
+
+
 def _scalar(value: Any) -> bool:
     return isinstance(value, str | int | float) and not isinstance(value, bool) and value != ""
 
 
 def redact_data(data: Any) -> Any:
     """A copy of JSON-like ``data`` with every value under a secret-looking key replaced by
-    :data:`REDACTED` and every string passed through :func:`redact`."""
+    :data:`REDACTED` (for a flat key such as ``jobs.score.environment_variables.API_TOKEN``,
+    its last part counts), every value after a secret-looking flag in a list too, and every
+    string passed through :func:`redact`."""
     if isinstance(data, dict):
         return {
-            k: (
-                REDACTED
-                if looks_secret(k) and isinstance(v, str | int | float) and v != ""
-                else redact_data(v)
-            )
+            k: REDACTED if _secret_key(k) and _scalar(v) else redact_data(v)
             for k, v in data.items()
         }
     if isinstance(data, list | tuple):  # an argv: ["--api-key", "SECRET"]

@@ -60,6 +60,7 @@ def digest(text: str) -> str:
         # what is not a secret stays as it is
         ("the token expired at --task_overhead_timeout 30", None),
         ("tokenizer=bert keyboard=us signal=9 --mini_batch_size 10", None),
+        ("/data/key=3/token=x/f.csv", None),  # hive-style folders of a path
     ],
 )
 def test_redact(text, expected):
@@ -70,13 +71,15 @@ def test_redact(text, expected):
 def test_secret_names_and_data():
     for name in ("AWS_SECRET_ACCESS_KEY", "API_TOKEN", "db-password", "storage_key", "sig"):
         assert looks_secret(name), name
-    for name in ("PATH", "HOME", "TOKENIZERS_PARALLELISM", "KEYBOARD", "signal", "author"):
+    for name in ("PATH", "HOME", "TOKENIZERS_PARALLELISM", "KEYBOARD", "signal", "partition_keys"):
         assert not looks_secret(name), name
     data = {"env": {"API_TOKEN": "t", "HOME": "/h"}, "argv": ["--api-key", "k", "--n", "1"]}
     assert redact_data(data) == {
         "env": {"API_TOKEN": REDACTED, "HOME": "/h"},
         "argv": ["--api-key", REDACTED, "--n", "1"],
     }
+    flat = {"jobs.token_counter.timeout": 5, "jobs.s.environment_variables.DB_PASSWORD": "p"}
+    assert redact_data(flat) == {**flat, "jobs.s.environment_variables.DB_PASSWORD": REDACTED}
 
 
 def every_file(root: Path):

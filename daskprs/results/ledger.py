@@ -81,6 +81,11 @@ def read_ledger(path: str) -> LedgerState:
     return state
 
 
+# The fields of a try's record that carry the entry script's messages, where it may have put
+# a secret (masked when written); paths and counts are kept as they are.
+_TEXT_FIELDS = ("error", "traceback", "warning")
+
+
 class Ledger:
     """Appends events to a ledger file.
 
@@ -96,7 +101,11 @@ class Ledger:
         self._f = open(path, "a", encoding="utf-8")
 
     def _write(self, event: dict[str, Any]) -> None:
-        self._f.write(json.dumps(redact_data(event), default=str) + "\n")
+        record = event.get("record")
+        if isinstance(record, dict):  # the script's messages, not the paths resume reads
+            texts = {k: record[k] for k in _TEXT_FIELDS if record.get(k)}
+            event = {**event, "record": {**record, **redact_data(texts)}}
+        self._f.write(json.dumps(event, default=str) + "\n")
         self._f.flush()
 
     def start_session(self, header: dict[str, Any]) -> None:
