@@ -205,6 +205,8 @@ class Slot:
             root = package_root()
             env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         env["PYTHONUNBUFFERED"] = "1"
+        # in bytes, for EntryScript().logger's file (no dask in the child to parse "64MiB")
+        env["DASKPRS_USER_LOG_LIMIT"] = str(user_log_limit() or 0)
         out, err = self._log_pipe("stdout"), self._log_pipe("stderr")
         python = self.config.python or sys.executable
         try:

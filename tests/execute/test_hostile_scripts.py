@@ -5,6 +5,7 @@ process) and reported; the slot goes on. A script leaking memory is in ``test_sl
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 from conftest import pid_alive, poll_for
@@ -30,6 +31,9 @@ def run(mini_batch):
         for _ in range(3):
             sys.stdout.write("x" * 2**20 + "\\n")
             sys.stderr.write("y" * 2**20 + "\\n")
+        from azureml_user.parallel_run import EntryScript
+        for i in range(2000):
+            EntryScript().logger.info("%d %s", i, "z" * 100)
     if name == "spawn.txt":
         spawn()
     if name == "spawn-hang.txt":
@@ -128,6 +132,11 @@ def test_megabytes_of_output_are_capped_with_a_note(hostile, monkeypatch):
         assert notes == 2, kind  # one note per process whose output was cut
         assert 100 * 2**10 <= len(text) < 100 * 2**10 + 2 * 200
         assert b"DASKPRS_USER_LOG_LIMIT" in text
+    # EntryScript().logger's file too: per process, so the second process adds its note
+    log = Path(logs.root, "user/entry_script_log/node000/process000.log.txt").read_bytes()
+    assert log.count(b"reached its limit of 102400 bytes") == 2
+    assert 100 * 2**10 - 200 <= len(log) < 100 * 2**10 + 2 * 200
+    assert log.splitlines()[0].endswith(b"process000: 0 " + b"z" * 100)
 
 
 def test_processes_a_run_leaves_behind_end_with_its_process(hostile):
