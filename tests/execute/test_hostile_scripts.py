@@ -243,3 +243,39 @@ def test_the_shutdown_deadline_comes_from_the_environment(monkeypatch):
     assert _deadlines(step) == Deadlines(load=30, run=60, init=90, shutdown=30)
     monkeypatch.setenv("DASKPRS_SHUTDOWN_TIMEOUT", "2.5")
     assert _deadlines(step).shutdown == 2.5
+
+
+KEYED = """
+def run(mini_batch, context):
+    return [repr(context.partition_key_value)]
+"""
+
+
+def test_partition_key_values_are_data_never_paths(tmp_path):
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "score.py").write_text(KEYED)
+    (tmp_path / "data.txt").write_text("x\n")
+    config = ChildConfig(
+        code_dir=str(tmp_path / "code"),
+        entry_script="score.py",
+        logs=LogsDir(str(tmp_path / "run" / "logs")),
+        cache_dir=str(tmp_path / "run" / "cache"),
+    )
+    keys = {"Store": "../../etc", "Brand": "/abs/x"}
+    part = tmp_path / "run" / "00000.s0t1.part"
+    slot = Slot(config)
+    try:
+        batch = FileBatch(0, (str(tmp_path / "data.txt"),), keys=keys)
+        record = slot.run(RunTask(batch, 1, str(part)), Deadlines())
+    finally:
+        slot.stop()
+    assert record.status == "RUN_DONE"
+    assert part.read_text() == f"{keys!r}\n"  # the script got them as given
+    inside = (tmp_path / "run", tmp_path / "code")
+    outside = [
+        p
+        for p in tmp_path.rglob("*")
+        if p.is_file() and p != tmp_path / "data.txt" and not any(d in p.parents for d in inside)
+    ]
+    assert outside == []
+    assert not (tmp_path.parent / "etc").exists() and not any(tmp_path.rglob("etc"))
