@@ -109,7 +109,15 @@ def user_log_limit(env: Mapping[str, str] | None = None) -> int | None:
         return _USER_LOG_LIMIT
     from dask.utils import parse_bytes
 
-    limit = parse_bytes(value)
+    try:
+        limit = parse_bytes(value)
+    except ValueError:
+        log.warning(
+            "DASKPRS_USER_LOG_LIMIT=%r is not a size (such as 100MB); using %d bytes",
+            value,
+            _USER_LOG_LIMIT,
+        )
+        return _USER_LOG_LIMIT
     return limit or None
 
 

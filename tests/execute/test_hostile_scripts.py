@@ -113,6 +113,7 @@ def test_user_log_limit_reads_its_variable():
     assert user_log_limit({}) == 64 * 2**20
     assert user_log_limit({"DASKPRS_USER_LOG_LIMIT": "1kB"}) == 1000
     assert user_log_limit({"DASKPRS_USER_LOG_LIMIT": "0"}) is None
+    assert user_log_limit({"DASKPRS_USER_LOG_LIMIT": "lots"}) == 64 * 2**20
 
 
 def test_megabytes_of_output_are_capped_with_a_note(hostile, monkeypatch):
