@@ -15,6 +15,49 @@ __all__ = ["EntryScript"]
 
 _CONFIG: dict[str, str] = {}
 
+# Bytes kept in the log file, unless DASKPRS_USER_LOG_LIMIT (set to a number of bytes by
+# daskprs in the process's environment; 0: no limit) says otherwise.
+_DEFAULT_LOG_LIMIT = 64 * 2**20
+
+
+class _CappedFileHandler(logging.FileHandler):
+    """A log file that stops growing at ``limit`` bytes, with one note where it stopped."""
+
+    def __init__(self, path: str, limit: int | None):
+        super().__init__(path, encoding="utf-8")
+        self.limit = limit
+        self._cut = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.limit is None:
+            super().emit(record)
+            return
+        if self._cut:
+            return
+        try:
+            size = os.fstat(self.stream.fileno()).st_size
+            text = self.format(record)
+        except Exception:  # as logging.Handler does: never fail the caller
+            self.handleError(record)
+            return
+        if size + len(text.encode("utf-8")) + 1 <= self.limit:
+            super().emit(record)
+            return
+        self._cut = True
+        self.stream.write(
+            f"[daskprs: this log file reached its limit of {self.limit} bytes; the rest of "
+            "this process's log is not kept (DASKPRS_USER_LOG_LIMIT changes the limit)]\n"
+        )
+        self.flush()
+
+
+def _log_limit() -> int | None:
+    try:
+        limit = int(os.environ.get("DASKPRS_USER_LOG_LIMIT") or _DEFAULT_LOG_LIMIT)
+    except ValueError:
+        limit = _DEFAULT_LOG_LIMIT
+    return limit or None
+
 
 def _configure(
     *, logs_dir: str, output_dir: str, node: str, process: str, logging_level: str = "INFO"
@@ -68,8 +111,8 @@ class EntryScript:
         if not logger.handlers:
             if _CONFIG.get("logs_dir"):
                 os.makedirs(self.log_dir, exist_ok=True)
-                handler: logging.Handler = logging.FileHandler(
-                    os.path.join(self.log_dir, f"{process}.log.txt"), encoding="utf-8"
+                handler: logging.Handler = _CappedFileHandler(
+                    os.path.join(self.log_dir, f"{process}.log.txt"), _log_limit()
                 )
             else:
                 handler = logging.StreamHandler(sys.stderr)

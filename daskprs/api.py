@@ -20,6 +20,7 @@ from daskprs.errors import Interrupted, UserInputError
 from daskprs.job.model import Job
 from daskprs.observe import logs
 from daskprs.observe.progress import Progress, choose_progress
+from daskprs.paths import redact_data
 from daskprs.pipeline import StepsRunner
 from daskprs.results import fingerprint
 from daskprs.results.jobresult import JobResult
@@ -180,7 +181,7 @@ def run_job(
     }
     run = RunDir(run_dir)
     run.write_record(record)
-    write_json(run.resolved_job, asdict(job))
+    write_json(run.resolved_job, redact_data(asdict(job)))  # no secrets in job.json
     return _execute(
         job,
         run,

@@ -23,7 +23,9 @@ EXIT_INTERRUPTED = 130
 
 
 def _echo_err(line: str) -> None:
-    click.echo(line, err=True)
+    from daskprs.paths import redact
+
+    click.echo(redact(line), err=True)
 
 
 def _guard(fn: Callable[[], Any]) -> int:

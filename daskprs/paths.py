@@ -1,6 +1,7 @@
-"""Paths that may be local or URLs: one way to tell them apart and to join them.
+"""Paths that may be local or URLs: one way to tell them apart and to join them, and to
+write them down without the secrets they may carry.
 
-Standard library only; every layer uses it.
+Standard library only; every layer uses it (the entry-script process too).
 """
 
 from __future__ import annotations
@@ -8,8 +9,9 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+from typing import Any
 
-__all__ = ["URL", "join_path", "parent_path"]
+__all__ = ["REDACTED", "URL", "join_path", "looks_secret", "parent_path", "redact", "redact_data"]
 
 # An fsspec URL: a scheme and ``://`` (``s3://bucket/key``, ``file:///tmp``).
 URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -45,3 +47,89 @@ def parent_path(path: str) -> str:
     if URL.match(path):
         return path.rstrip("/").rsplit("/", 1)[0]
     return os.path.dirname(path)
+
+
+# -- secrets ---------------------------------------------------------------------------------
+# What daskprs writes in place of a secret in its logs, reports, job.json and messages.
+REDACTED = "***"
+
+# A part of a name (split at ``_``, ``-``, ``.``, ...) that says it holds a secret:
+# ``AWS_SECRET_ACCESS_KEY``, ``API_TOKEN``, ``db-password``, ``storage_key``, ``sig``; not
+# ``TOKENIZERS_PARALLELISM`` or ``KEYBOARD``.
+_SECRET_PART = re.compile(
+    r"\w*(?:secret|password|passwd|credentials?|token)|pwd|key|apikey|accesskey|accountkey"
+    r"|privatekey|sig|signature|sas|auth|authorization|connectionstring",
+    re.IGNORECASE,
+)
+# scheme://user:PASSWORD@host
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)([^/\s@]+)(@)")
+# ?sig=SECRET&... (an Azure SAS), X-Amz-Signature=..., token=...
+_QUERY = re.compile(r"(?P<head>[?&;](?P<name>[\w.-]+)=)(?P<value>[^&#\s'\"]+)")
+# NAME=SECRET, NAME: SECRET, "name": "SECRET"; not a folder of a path (``/data/key=3/``)
+_ASSIGNED = re.compile(
+    r"(?<![/\w.-])(?P<head>(?P<name>[A-Za-z_][\w.-]*)['\"]?\s*[=:]\s*['\"]?)(?P<value>[^\s'\",;}&]+)"
+)
+# --name SECRET, and in a list written out: "--name", "SECRET"
+_FLAG = re.compile(
+    r"(?P<head>--?(?P<name>[A-Za-z][\w-]*)(?:['\"]?,\s*['\"]|\s+))"
+    r"(?P<value>[^\s'\",;}&-][^\s'\",;}&]*)"
+)
+
+
+def looks_secret(name: object) -> bool:
+    """Whether a variable, setting, parameter or key named ``name`` holds a secret
+    (``AWS_SECRET_ACCESS_KEY``, ``API_TOKEN``, ``db-password``, ``storage_key``, ``sig``)."""
+    parts = re.split(r"[^a-zA-Z0-9]+", str(name))
+    return any(_SECRET_PART.fullmatch(p) for p in parts if p)
+
+
+def _mask(match: re.Match) -> str:
+    name, value = match["name"], match["value"]
+    if value == REDACTED or not (looks_secret(name) or name.lower().startswith("x-amz-")):
+        return match[0]
+    return f"{match['head']}{REDACTED}"
+
+
+def redact(text: str) -> str:
+    """``text`` with the secrets it shows replaced by :data:`REDACTED`: passwords in URLs,
+    secret query parameters (SAS signatures, tokens), and values given to names that look
+    secret (``TOKEN=...``, ``--api-key ...``, ``"password": "..."``).
+
+    >>> redact("s3://me:pa55@host/b?sig=abc&sv=1 --api_key xyz")
+    's3://me:***@host/b?sig=***&sv=1 --api_key ***'
+    """
+    if not text:
+        return text
+    text = _URL_PASSWORD.sub(rf"\1{REDACTED}\3", text)
+    for pattern in (_QUERY, _ASSIGNED, _FLAG):
+        text = pattern.sub(_mask, text)
+    return text
+
+
+def _secret_key(key: object) -> bool:
+    return looks_secret(str(key).rsplit(".", 1)[-1])
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float) and not isinstance(value, bool) and value != ""
+
+
+def redact_data(data: Any) -> Any:
+    """A copy of JSON-like ``data`` with every value under a secret-looking key replaced by
+    :data:`REDACTED` (for a flat key such as ``jobs.score.environment_variables.API_TOKEN``,
+    its last part counts), every value after a secret-looking flag in a list too, and every
+    string passed through :func:`redact`."""
+    if isinstance(data, dict):
+        return {
+            k: REDACTED if _secret_key(k) and _scalar(v) else redact_data(v)
+            for k, v in data.items()
+        }
+    if isinstance(data, list | tuple):  # an argv: ["--api-key", "SECRET"]
+        flags = [isinstance(v, str) and v.startswith("-") and looks_secret(v) for v in data]
+        return [
+            REDACTED if i and flags[i - 1] and _scalar(v) else redact_data(v)
+            for i, v in enumerate(data)
+        ]
+    if isinstance(data, str):
+        return redact(data)
+    return data

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -37,12 +38,24 @@ from daskprs.execute.wire import (
     read_message,
     write_message,
 )
+from daskprs.paths import redact
 from daskprs.results.outcome import Status, TryRecord
 from daskprs.rundir import LogsDir
 
 __all__ = ["ChildConfig", "MiniBatchContext", "main"]
 
 _TRACEBACK_LINES = 20
+# Characters kept of an error line and of a traceback: an exception carrying megabytes of
+# text must not travel into the ledger, the report and every log as it is.
+_ERROR_CHARS = 2000
+_TRACEBACK_CHARS = 8000
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]} ... [{len(text) - limit} characters cut] ... {text[-half:]}"
 
 
 @dataclass(frozen=True)
@@ -95,7 +108,7 @@ def _format_error(exc: BaseException, script_path: str) -> tuple[str, str]:
     where = f" (at {os.path.basename(script_path)}:{user[-1].lineno})" if user else ""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     tail = "\n".join(text.rstrip().splitlines()[-_TRACEBACK_LINES:])
-    return line + where, tail
+    return _clip(line, _ERROR_CHARS) + where, _clip(tail, _TRACEBACK_CHARS)
 
 
 class _Runner:
@@ -125,7 +138,7 @@ class _Runner:
             return
         os.makedirs(os.path.dirname(self.error_log), exist_ok=True)
         with open(self.error_log, "a", encoding="utf-8") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n{tb}\n\n")
+            f.write(redact(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n{tb}\n\n"))
 
     def setup_process(self) -> None:
         cfg = self.cfg
@@ -180,7 +193,7 @@ class _Runner:
         if callable(fn):
             try:
                 fn()
-            except Exception as exc:
+            except BaseException as exc:  # sys.exit() too: the child still says it stopped
                 self.log_error("shutdown() raised", _format_error(exc, self.script_path)[1])
 
     def do_task(self, task: RunTask) -> TryRecord:
@@ -214,6 +227,7 @@ class _Runner:
             return base.with_(status=Status.EMPTY, total=0)
         self.phase("run")
         run = self.module.run
+        saved = _ProcessState.save()
         started = time.perf_counter()
         try:
             if _wants_context(run):
@@ -237,6 +251,8 @@ class _Runner:
                 error=error,
                 traceback=tb,
             )
+        finally:
+            saved.restore()
         seconds = time.perf_counter() - started
         return self.finish(base, result, total, seconds, task.part)
 
@@ -285,6 +301,37 @@ class _Runner:
         )
 
 
+@dataclass
+class _ProcessState:
+    """What a ``run()`` may change in its process and the next mini-batch must not inherit:
+    the environment, ``sys.path``, ``sys.argv`` and the working directory."""
+
+    environ: dict[str, str]
+    path: list[str]
+    argv: list[str]
+    cwd: str | None
+
+    @classmethod
+    def save(cls) -> _ProcessState:
+        try:
+            cwd: str | None = os.getcwd()
+        except OSError:
+            cwd = None
+        return cls(dict(os.environ), list(sys.path), list(sys.argv), cwd)
+
+    def restore(self) -> None:
+        if dict(os.environ) != self.environ:
+            os.environ.clear()
+            os.environ.update(self.environ)
+        sys.path[:] = self.path
+        sys.argv[:] = self.argv
+        if self.cwd is not None:
+            try:
+                os.chdir(self.cwd)
+            except OSError:  # run() deleted its working directory: the next one gets a new one
+                os.chdir(tempfile.mkdtemp(prefix="daskprs-"))
+
+
 def _wants_context(run: Any) -> bool:
     try:
         params = inspect.signature(run).parameters.values()
@@ -299,10 +346,13 @@ def _wants_context(run: Any) -> bool:
 
 
 def _watch_parent(parent: int) -> None:
-    """Exit when the worker process that started us is gone (killed with SIGKILL)."""
+    """Exit when the worker process that started us is gone (killed with SIGKILL), taking
+    down the processes the entry script started in our session."""
     while True:
         time.sleep(1.0)
         if os.getppid() != parent:
+            if os.getpgid(0) == os.getpid():  # our own group (the slot made it): all of it
+                os.killpg(os.getpid(), signal.SIGKILL)
             os._exit(1)
 
 

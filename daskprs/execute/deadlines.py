@@ -14,7 +14,11 @@ from enum import StrEnum
 
 from daskprs.results.outcome import Status
 
-__all__ = ["DeadlineClock", "Deadlines", "Phase"]
+__all__ = ["SHUTDOWN_SECONDS", "DeadlineClock", "Deadlines", "Phase"]
+
+# How long a process may take in ``shutdown()`` before it is killed, unless
+# ``DASKPRS_SHUTDOWN_TIMEOUT`` says otherwise (the time the slot waited before it was named).
+SHUTDOWN_SECONDS = 30.0
 
 
 class Phase(StrEnum):
@@ -30,12 +34,14 @@ class Deadlines:
     """Per-phase time limits of one try, in seconds (None: no limit).
 
     ``load`` is ``--task_overhead_timeout``, ``run`` is ``retry_settings.timeout``; ``init``
-    bounds loading the entry script and its ``init()`` (by default the two added up).
+    bounds loading the entry script and its ``init()`` (by default the two added up);
+    ``shutdown`` bounds a process's ``shutdown()`` at the end (``DASKPRS_SHUTDOWN_TIMEOUT``).
     """
 
     load: float | None = 30.0
     run: float | None = 60.0
     init: float | None = None
+    shutdown: float | None = SHUTDOWN_SECONDS
 
     def limit(self, phase: Phase) -> float | None:
         return {Phase.INIT: self.init, Phase.LOAD: self.load, Phase.RUN: self.run}[phase]

@@ -20,7 +20,7 @@ from typing import Any
 
 from daskprs.errors import Interrupted
 from daskprs.execute.codefolder import CodeFolder
-from daskprs.execute.deadlines import Deadlines
+from daskprs.execute.deadlines import SHUTDOWN_SECONDS, Deadlines
 from daskprs.execute.pool import LeaseKeeper, SlotPool, lease_seconds
 from daskprs.execute.supervisor import Finalize, Policy, Prior, Stop, Submit, Supervisor
 from daskprs.execute.worker import StepContext, claimed, kill_running, run_tries, run_try
@@ -148,10 +148,11 @@ def policy_for(step: ParallelStep, n_workers: int, window: int | None) -> Policy
 
 def _deadlines(step: ParallelStep) -> Deadlines:
     """The try's phase limits; loading the script and ``init()`` get the load and the run
-    limits added up."""
+    limits added up; ``shutdown()`` gets ``DASKPRS_SHUTDOWN_TIMEOUT`` seconds (default 30)."""
     load, run = step.settings.task_overhead_timeout, step.settings.timeout
     init = load + run if load is not None and run is not None else None
-    return Deadlines(load=load, run=run, init=init)
+    shutdown = float(os.environ.get("DASKPRS_SHUTDOWN_TIMEOUT") or SHUTDOWN_SECONDS)
+    return Deadlines(load=load, run=run, init=init, shutdown=shutdown)
 
 
 def _memory_limit(n_workers: int, local: bool) -> int | None:

@@ -7,16 +7,26 @@ It sends a task, waits for the child's answer under the deadline of the phase th
 while ``run()`` runs, both together for loading the script and ``init()``) and kills
 the child with SIGKILL when a deadline passes or the child's memory goes over its limit. The
 next task starts a new child, which runs ``init()`` again.
+
+The child runs in a session of its own, so a kill takes the processes the entry script
+started with it (a subprocess left running by ``run()`` ends with the child that started it,
+at a kill or at the end of the step). Its stdout and stderr reach their log files through a
+pipe that the slot drains, keeping at most :func:`user_log_limit` bytes per file and a
+one-line note where it cut. ``shutdown()`` at the end has its own deadline
+(``Deadlines.shutdown``); a process that overruns it is killed, and its error log says so.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from daskprs.execute.child import ChildConfig
@@ -32,11 +42,22 @@ from daskprs.execute.wire import (
 )
 from daskprs.results.outcome import Status, TryRecord
 
-__all__ = ["Deadlines", "Slot"]
+__all__ = ["Deadlines", "Slot", "user_log_limit"]
+
+log = logging.getLogger(__name__)
 
 # How often a waiting slot wakes to check the child's memory. A deadline is never overslept:
 # the wait is cut to end at it.
 _POLL_SECONDS = 0.25
+
+# Bytes of an entry script's stdout (and as much of its stderr) kept in each log file; the
+# rest is dropped with a note, so a script printing megabytes per mini-batch cannot fill the
+# disk of the run directory. DASKPRS_USER_LOG_LIMIT changes it ("100MB", "0" for no limit).
+_USER_LOG_LIMIT = 64 * 2**20
+
+# Seconds to wait for a log pipe's last bytes after its child was reaped (a grandchild that
+# left the child's session may hold the pipe open: its output is then no longer copied).
+_DRAIN_SECONDS = 5.0
 
 # Where a process that died was, by the phase it was in.
 _DIED_IN = {
@@ -73,6 +94,72 @@ def package_shim() -> str:
     return shim
 
 
+def user_log_limit(env: Mapping[str, str] | None = None) -> int | None:
+    """Bytes kept of an entry script's stdout or stderr per log file (None: no limit).
+
+    Parameters
+    ----------
+    env : mapping, optional
+        Where ``DASKPRS_USER_LOG_LIMIT`` is read (a size such as ``"100MB"``; ``"0"`` turns
+        the limit off); default :data:`os.environ`.
+    """
+    env = os.environ if env is None else env
+    value = env.get("DASKPRS_USER_LOG_LIMIT")
+    if not value:
+        return _USER_LOG_LIMIT
+    from dask.utils import parse_bytes
+
+    try:
+        limit = parse_bytes(value)
+    except ValueError:
+        log.warning(
+            "DASKPRS_USER_LOG_LIMIT=%r is not a size (such as 100MB); using %d bytes",
+            value,
+            _USER_LOG_LIMIT,
+        )
+        return _USER_LOG_LIMIT
+    return limit or None
+
+
+class _CappedLog(threading.Thread):
+    """Copies one stream of a child (a pipe) to its log file, up to ``limit`` bytes in the
+    file; beyond that it writes one note and drains the rest, so the child never blocks."""
+
+    def __init__(self, fd: int, path: str, kind: str, limit: int | None):
+        super().__init__(name=f"daskprs-{kind}-{os.path.basename(path)}", daemon=True)
+        self.fd, self.path, self.kind, self.limit = fd, path, kind, limit
+
+    def run(self) -> None:
+        try:
+            with open(self.path, "ab", buffering=0) as f:
+                room = None if self.limit is None else self.limit - f.tell()
+                cut = False
+                while chunk := os.read(self.fd, 1 << 16):
+                    if room is None:
+                        f.write(chunk)
+                        continue
+                    keep = chunk[: max(0, room)]
+                    if keep:
+                        f.write(keep)
+                        room -= len(keep)
+                    if len(keep) < len(chunk) and not cut:
+                        cut = True
+                        f.write(
+                            f"\n[daskprs: this log file reached its limit of {self.limit} "
+                            f"bytes; the rest of this process's {self.kind} is not kept "
+                            "(DASKPRS_USER_LOG_LIMIT changes the limit)]\n".encode()
+                        )
+        except OSError as err:  # a full or vanished disk: keep draining, or the child blocks
+            log.warning("cannot write %s: %s", self.path, err)
+            try:
+                while os.read(self.fd, 1 << 16):
+                    pass
+            except OSError:
+                pass
+        finally:
+            os.close(self.fd)
+
+
 class Slot:
     """One child process running an entry script, replaced when it dies or is killed.
 
@@ -92,17 +179,25 @@ class Slot:
         self._from_child = -1
         self._phases = -1
         self._psutil_proc: Any = None
+        self._logs: list[_CappedLog] = []
         self.started = 0
         self.monitor: Any = None
+        # the deadlines of the last try, whose ``shutdown`` bounds the end of the child
+        self.deadlines = Deadlines()
 
     # -- life cycle --------------------------------------------------------------------------
-    def _log_file(self, kind: str) -> Any:
+    def _log_pipe(self, kind: str) -> int:
+        """The write end of a pipe to this slot's ``kind`` log (``-1``: no logs)."""
         cfg = self.config
         if cfg.logs is None:
-            return subprocess.DEVNULL
+            return -1
         path = cfg.logs.user_output(kind, cfg.node, cfg.process)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        return open(path, "ab")
+        read_end, write_end = os.pipe()
+        reader = _CappedLog(read_end, path, kind, user_log_limit())
+        reader.start()
+        self._logs.append(reader)
+        return write_end
 
     def start(self) -> None:
         """Start a new child process and send it its configuration."""
@@ -118,25 +213,26 @@ class Slot:
             root = package_root()
             env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         env["PYTHONUNBUFFERED"] = "1"
-        out, err = self._log_file("stdout"), self._log_file("stderr")
+        # in bytes, for EntryScript().logger's file (no dask in the child to parse "64MiB")
+        env["DASKPRS_USER_LOG_LIMIT"] = str(user_log_limit() or 0)
+        out, err = self._log_pipe("stdout"), self._log_pipe("stderr")
         python = self.config.python or sys.executable
         try:
             self.proc = subprocess.Popen(
                 [python, "-m", "daskprs.execute.child", str(p2c_r), str(c2p_w), str(ph_w)],
                 pass_fds=(p2c_r, c2p_w, ph_w),
                 stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
+                stdout=out if out >= 0 else subprocess.DEVNULL,
+                stderr=err if err >= 0 else subprocess.DEVNULL,
                 env=env,
                 close_fds=True,
+                # its own session and process group: a kill takes what the script started
+                start_new_session=True,
             )
         finally:
-            os.close(p2c_r)
-            os.close(c2p_w)
-            os.close(ph_w)
-            for f in (out, err):
-                if f is not subprocess.DEVNULL:
-                    f.close()
+            for fd in (p2c_r, c2p_w, ph_w, out, err):
+                if fd >= 0:
+                    os.close(fd)
         self._to_child, self._from_child, self._phases = p2c_w, c2p_r, ph_r
         self._psutil_proc = None
         self.started += 1
@@ -155,25 +251,33 @@ class Slot:
                     pass
         self._to_child = self._from_child = self._phases = -1
 
+    def _kill_group(self) -> None:
+        """SIGKILL the child's process group: the child and whatever it started that is
+        still in its session."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
     def kill(self) -> None:
-        """Kill the child at once (SIGKILL) and reap it."""
+        """Kill the child and its process group at once (SIGKILL), reap it, and wait for the
+        last bytes of its logs."""
         if self.proc is not None:
-            if self.proc.poll() is None:
-                try:
-                    self.proc.send_signal(signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            self._kill_group()
             self.proc.wait()
         self._close_pipes()
         self.proc = None
+        deadline = time.monotonic() + _DRAIN_SECONDS
+        for reader in self._logs:
+            reader.join(max(0.0, deadline - time.monotonic()))
+        self._logs = [r for r in self._logs if r.is_alive()]
 
     def kill_child(self) -> None:
         """Kill the child now (an abort), leaving the reaping to the next call."""
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                self.proc.kill()
-            except ProcessLookupError:
-                pass
+        if self.proc is not None and self.proc.returncode is None:
+            self._kill_group()
 
     def watch_resources(self, path: str, interval: float) -> None:
         """Sample the child's CPU and memory to ``path`` every ``interval`` seconds."""
@@ -195,15 +299,38 @@ class Slot:
         else:
             self.stop()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Ask the child to run ``shutdown()`` and exit; kill it if it takes too long."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the child to run ``shutdown()`` and exit; kill it if it takes longer than
+        ``timeout`` seconds (default: the ``shutdown`` deadline of the last try), noting that
+        in the process's error log."""
+        limit = self.deadlines.shutdown if timeout is None else timeout
         if self.alive:
             try:
                 write_message(self._to_child, StopChild())
-                self.proc.wait(timeout)  # type: ignore[union-attr]
-            except (OSError, subprocess.TimeoutExpired):
+                self.proc.wait(limit)  # type: ignore[union-attr]
+            except subprocess.TimeoutExpired:
+                message = (
+                    f"shutdown() did not finish within {limit:g} s; its process was killed "
+                    "(DASKPRS_SHUTDOWN_TIMEOUT sets this limit in seconds)"
+                )
+                log.warning("%s %s: %s", self.config.node, self.config.process, message)
+                self._log_error(message)
+            except OSError:
                 pass
         self.kill()
+
+    def _log_error(self, message: str) -> None:
+        """Append a line to the process's error log, as the child does."""
+        cfg = self.config
+        if cfg.logs is None:
+            return
+        path = cfg.logs.user_error(cfg.node, cfg.process)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n\n")
+        except OSError as err:
+            log.warning("cannot write %s: %s", path, err)
 
     # -- one try -----------------------------------------------------------------------------
     def _rss(self) -> int:
@@ -234,6 +361,7 @@ class Slot:
         Never raises for anything the entry script does: a timeout, a crash or a memory kill
         come back as records, and the child is replaced on the next call.
         """
+        self.deadlines = deadlines
         if not self.alive:
             self.kill()
             self.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,24 +14,91 @@ import yaml
 from daskprs.job import schema as S
 from daskprs.paths import URL
 
+# Levels of nesting a job file may have: real ones have fewer than ten. Bounding them keeps a
+# runaway `[[[[...` from reaching Python's recursion limit anywhere after the parser.
+MAX_DEPTH = 64
+# Values a job file may hold once its aliases are expanded (as copying or writing the
+# resolved job does): a "billion laughs" file of a few lines would expand to millions.
+MAX_VALUES = 100_000
+
+
+def yaml_shape_problem(
+    doc: object, limit: int = MAX_DEPTH, max_values: int = MAX_VALUES
+) -> str | None:
+    """What makes a parsed YAML document unusable as a job, or None: nesting deeper than
+    ``limit``, an alias that contains itself (``&a [*a]``), or aliases that expand it to more
+    than ``max_values`` values.
+
+    Walks the document without recursion and visits an object shared through aliases once,
+    so a "billion laughs" document is checked in time linear in its text.
+    """
+    depth: dict[int, int] = {}
+    size: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(doc, False)] if isinstance(doc, dict | list) else []
+    while stack:
+        node, closing = stack.pop()
+        values = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+        children = [c for c in values if isinstance(c, dict | list)]
+        if closing:
+            open_.discard(id(node))
+            depth[id(node)] = 1 + max((depth[id(c)] for c in children), default=0)
+            size[id(node)] = 1 + len(values) + sum(size[id(c)] - 1 for c in children)
+            if depth[id(node)] > limit:
+                return f"it nests more than {limit} levels deep"
+            if size[id(node)] > max_values:
+                return f"its aliases (`*name`) expand it to more than {max_values} values"
+            continue
+        if id(node) in depth:
+            continue
+        if id(node) in open_:
+            return "an alias refers to a node that contains it (`&a ... *a` inside itself)"
+        open_.add(id(node))
+        stack.append((node, True))
+        stack += [(c, False) for c in children if id(c) not in depth]
+    return None
+
 
 def read_yaml(path: str, place: str, ctx: S.Context) -> object | None:
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        ctx.problem(place, f"cannot read {path}: {err.strerror or err}", "check the path")
+    except (OSError, UnicodeDecodeError) as err:
+        what = getattr(err, "strerror", None) or err
+        ctx.problem(place, f"cannot read {path}: {what}", "check the path; save it as UTF-8")
         return None
+    name = path if place else "the file"
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         what = getattr(err, "problem", None) or str(err)
-        name = path if place else "the file"
         ctx.problem(place, f"{name} is not valid YAML{where}: {what}", "fix the YAML syntax")
+        return None
+    except RecursionError:
+        ctx.problem(
+            place,
+            f"{name} nests too deeply to be read",
+            f"a job file needs a few levels, at most {MAX_DEPTH}; look for a runaway `[` or `{{`",
+        )
+        return None
+    except ValueError as err:  # PyYAML leaves numbers to int() and float()
+        huge = "integer string conversion" in str(err)
+        ctx.problem(
+            place,
+            f"{name} holds a number of more than {sys.get_int_max_str_digits()} digits"
+            if huge
+            else f"{name} holds a value that cannot be read: {err}",
+            "quote it to make it a string" if huge else "fix or quote the value",
+        )
         return None
     if doc is None:
         ctx.problem(place, f"{path} is empty", "write a pipeline or parallel job YAML")
+        return None
+    shape = yaml_shape_problem(doc)
+    if shape is not None:
+        ctx.problem(place, f"{name} cannot be a job file: {shape}", "simplify the YAML")
+        return None
     return doc
 
 
@@ -118,6 +186,11 @@ def read_step_settings(code_dir: str) -> dict[str, Any]:
             'options, such as {"sep": ","}'
         )
     options = options or {}
+    if "path_or_buf" in options:  # rows go to the step's output, nowhere else
+        raise ValueError(
+            f"{path}: path_or_buf cannot be set: daskprs writes the rows to the step's "
+            "append_row_to output; leave it out and set the output's path in the job file"
+        )
     unknown = sorted(set(options) - _to_csv_parameters())
     if unknown:
         raise ValueError(

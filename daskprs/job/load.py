@@ -190,6 +190,7 @@ def _load(
     settings = doc.get("settings") if kind == "pipeline" else None
     if isinstance(settings, Mapping) and settings.get("force_rerun") is not None:
         force_rerun = S.as_bool(settings["force_rerun"], "settings.force_rerun", ctx) is True
+    _check_folder_names(steps, kind, ctx)
     if ctx.problems:
         return None, ctx.problems, ctx.notes, ctx.warnings
     job = Job(
@@ -204,6 +205,28 @@ def _load(
         force_rerun=force_rerun,
     )
     return job, [], ctx.notes, ctx.warnings
+
+
+def unsafe_folder_name(name: str) -> bool:
+    """Whether ``name`` cannot be one folder's name inside the run directory: empty, ``.``
+    or ``..``, or holding a path separator or a NUL (``../../etc``, ``/abs``)."""
+    return name in ("", ".", "..") or any(c in name for c in ("/", "\\", "\0"))
+
+
+def _check_folder_names(
+    steps: Sequence[ParallelStep | CommandStep], kind: str | None, ctx: S.Context
+) -> None:
+    """Step and output names become folders of the run directory (``steps/<step>``,
+    ``outputs/<step>/<output>``): none may lead out of it."""
+    hint = "use letters, digits, `_`, `-` and `.`: it names a folder in the run directory"
+    for step in steps:
+        at = f"jobs.{step.name}" if kind == "pipeline" else ""
+        if unsafe_folder_name(step.name):
+            ctx.problem(at or "name", f"{step.name!r} is not a valid step name", hint)
+        for name in step.outputs:
+            if unsafe_folder_name(str(name)):
+                place = f"{at}.outputs.{name}" if at else f"outputs.{name}"
+                ctx.problem(place, f"{name!r} is not a valid output name", hint)
 
 
 def _v1(

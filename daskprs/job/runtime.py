@@ -53,7 +53,7 @@ def parse_mini_batch_size(value: object) -> MiniBatchSize:
         return MiniBatchSize(value, "count", str(value))
     if isinstance(value, str):
         match = S.SIZE.fullmatch(value)
-        if match:
+        if match and len(match[1]) <= S.MAX_DIGITS:
             number, unit = int(match[1]), (match[2] or "").lower()
             if not unit:
                 return MiniBatchSize(number, "count", value)

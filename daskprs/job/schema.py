@@ -278,6 +278,11 @@ def edit_distance(a: str, b: str) -> int:
 # --------------------------------------------------------------------------- checking
 
 
+# Digits a number written as a string may have: no count, size or limit of a job needs more,
+# and ``int()`` of thousands of digits is slow (Python refuses beyond 4300).
+MAX_DIGITS = 30
+
+
 def size_hint(value: object) -> str:
     """The right form of a ``mini_batch_size`` the user got wrong, as a hint."""
     forms = f"write digits with an optional unit: {SIZE_FORMS}"
@@ -285,6 +290,8 @@ def size_hint(value: object) -> str:
         return forms
     text = str(value).strip().lower()
     compact = text.replace(" ", "")
+    if len(re.sub(r"\D", "", compact)) > MAX_DIGITS:
+        return f"it has more than {MAX_DIGITS} digits; {forms}"
     if compact != text and SIZE.fullmatch(compact):
         return f'no spaces: "{compact}"'
     if isinstance(value, int | float) and value < 0:
@@ -404,6 +411,9 @@ def as_int(value: object, place: str, ctx: Context, low: int | None) -> int | No
     elif isinstance(value, float) and value.is_integer():
         number = int(value)
     elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        if len(value.strip().lstrip("+-")) > MAX_DIGITS:
+            ctx.problem(place, f"has more than {MAX_DIGITS} digits", "no setting needs so many")
+            return None
         number = int(value)
     if number is None:
         ctx.problem(
@@ -430,7 +440,7 @@ def as_float(
         if isinstance(value, bool):
             raise ValueError
         number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int of 400 digits
         ctx.problem(place, f"must be a number, not {value!r}", hint)
         return None
     low, high = arg.low, arg.high

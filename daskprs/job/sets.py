@@ -97,7 +97,7 @@ def _set_nested(target: dict, fields_: list[str], value: object, key: str, ctx: 
 def _scalar(text: str) -> object:
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # a huge number, a runaway nesting
         return text
     return value if value is None or isinstance(value, str | int | float | bool) else text
 

@@ -101,7 +101,7 @@ def _v1_sets(config: dict, sets: Sequence[str], ctx: S.Context) -> None:
             continue
         try:
             config[key] = yaml.safe_load(text) if text.strip() else text
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, RecursionError):  # a huge number, a deep nesting
             config[key] = text
 
 

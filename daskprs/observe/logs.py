@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from daskprs.paths import redact, redact_data
 from daskprs.results.outcome import TryRecord
 
 __all__ = [
@@ -74,7 +75,7 @@ class Report:
             self._f.write(REPORT_HEADER + "\n")
 
     def add(self, rec: TryRecord) -> None:
-        self._f.write(format_report_row(rec))
+        self._f.write(redact(format_report_row(rec)))
         self._f.flush()
 
     def close(self) -> None:
@@ -103,14 +104,15 @@ def write_jsonl(path: str, objects: Iterable[Mapping[str, Any]]) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         for obj in objects:
-            f.write(json.dumps(obj, default=str) + "\n")
+            f.write(json.dumps(redact_data(dict(obj)), default=str) + "\n")
     os.replace(tmp, path)
 
 
 def write_text(path: str, text: str) -> None:
-    """Write (replace) a text file, creating its folder."""
+    """Write (replace) a text file, creating its folder; secrets in it are masked."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp"
+    text = redact(text)
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text if text.endswith("\n") else text + "\n")
     os.replace(tmp, path)
@@ -156,6 +158,13 @@ def format_progress_overview(
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class RedactingFormatter(logging.Formatter):
+    """A log formatter that masks secrets (:func:`daskprs.paths.redact`) in what it writes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 @contextlib.contextmanager
 def driver_logging(path: str, console_level: str = "INFO") -> Iterator[logging.Logger]:
     """Send daskprs's own loggers (``daskprs.*``) to ``path`` (everything) and to stderr (at
@@ -163,10 +172,10 @@ def driver_logging(path: str, console_level: str = "INFO") -> Iterator[logging.L
     logger = logging.getLogger("daskprs")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     to_file = logging.FileHandler(path, encoding="utf-8")
-    to_file.setFormatter(logging.Formatter(_LOG_FORMAT))
+    to_file.setFormatter(RedactingFormatter(_LOG_FORMAT))
     to_file.setLevel(logging.DEBUG)
     to_console = logging.StreamHandler(sys.stderr)
-    to_console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    to_console.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
     to_console.setLevel(getattr(logging, console_level.upper(), logging.INFO))
     previous = logger.level
     logger.setLevel(logging.DEBUG)

@@ -15,6 +15,7 @@ from typing import Any
 
 from daskprs.inputs.batches import FileBatch, MiniBatch, TableBatch
 from daskprs.job.model import Job
+from daskprs.paths import redact_data
 
 __all__ = ["code_digest", "diff_jobs", "input_digest", "job_digest", "job_fields"]
 
@@ -23,7 +24,8 @@ _RUN_FIELDS = ("run_dir", "name", "notes", "warnings")
 
 
 def job_fields(job: Job) -> dict[str, Any]:
-    """The resolved job as a flat ``{dotted.key: value}`` mapping (run fields left out)."""
+    """The resolved job as a flat ``{dotted.key: value}`` mapping (run fields left out),
+    secrets masked (:func:`daskprs.paths.redact_data`)."""
     data = asdict(job)
     for key in _RUN_FIELDS:
         data.pop(key, None)
@@ -44,7 +46,8 @@ def job_fields(job: Job) -> dict[str, Any]:
             )
 
     walk("", data)
-    return flat
+    # run.json keeps these: secrets are masked (a changed token does not refuse a resume)
+    return redact_data(flat)
 
 
 def job_digest(job: Job) -> str:

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from daskprs.paths import redact_data
 from daskprs.results.outcome import TryRecord
 
 __all__ = ["Ledger", "LedgerState", "MiniBatchEntry", "read_ledger"]
@@ -80,6 +81,11 @@ def read_ledger(path: str) -> LedgerState:
     return state
 
 
+# The fields of a try's record that carry the entry script's messages, where it may have put
+# a secret (masked when written); paths and counts are kept as they are.
+_TEXT_FIELDS = ("error", "traceback", "warning")
+
+
 class Ledger:
     """Appends events to a ledger file.
 
@@ -95,6 +101,10 @@ class Ledger:
         self._f = open(path, "a", encoding="utf-8")
 
     def _write(self, event: dict[str, Any]) -> None:
+        record = event.get("record")
+        if isinstance(record, dict):  # the script's messages, not the paths resume reads
+            texts = {k: record[k] for k in _TEXT_FIELDS if record.get(k)}
+            event = {**event, "record": {**record, **redact_data(texts)}}
         self._f.write(json.dumps(event, default=str) + "\n")
         self._f.flush()
 

@@ -211,3 +211,74 @@ def test_progress_timeout_fails_the_job_and_kills_what_runs(tmp_path, client):
         poll_for(lambda pid=pid: not pid_alive(pid), timeout=30)
     failed = [json.loads(x) for x in (tmp_path / "run/failed_mini_batches.jsonl").open()]
     assert {f["state"] for f in failed} == {"CANCELLED"}
+
+
+HOSTILE = """
+import os, subprocess, sys, time
+
+def run(mini_batch, context):
+    i = context.minibatch_index
+    if i == 1:
+        for _ in range(4):
+            print("x" * 2**19)
+    if i == 2:
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        open(os.path.join(os.environ["MARKS"], str(child.pid)), "w").close()
+    if i == 3:
+        sys.exit(3)
+    if i == 4:
+        raise KeyboardInterrupt
+    if i == 5:
+        hog = []
+        for _ in range(60):
+            hog.append(bytearray(10 * 2**20))
+            hog[-1][::4096] = b"x" * len(hog[-1][::4096])
+            time.sleep(0.02)
+        time.sleep(3600)
+    if i == 6:
+        return list(range(100_000))
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+def test_misbehaving_scripts_are_contained_to_their_mini_batch(tmp_path, monkeypatch):
+    monkeypatch.setenv("DASKPRS_USER_LOG_LIMIT", "256KiB")
+    monkeypatch.setenv("DASKPRS_CHILD_MEMORY_LIMIT", "150MiB")
+    make_files(tmp_path / "data", 8)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    job = write_job(
+        tmp_path,
+        HOSTILE,
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"1"',
+        extra=f"retry_settings:\n  max_retries: 0\nenvironment_variables:\n  MARKS: {marks}",
+    )
+    run_dir = tmp_path / "run"
+    result = run_job(job, run_dir=run_dir, workers=2, echo=lambda s: None)
+    assert result.ok, result.failure  # no budget set: the others go on
+    status = {int(r["Mini-batch Id"]): r for r in tries(run_dir)}
+    assert {i: status[i]["Status"] for i in status} == {
+        0: "RUN_DONE",
+        1: "RUN_DONE",
+        2: "RUN_DONE",
+        3: "RUN_EXCEPTION",
+        4: "RUN_EXCEPTION",
+        5: "PROCESS_DIED",
+        6: "RUN_DONE",
+        7: "RUN_DONE",
+    }
+    assert status[3]["Error Message"].startswith("SystemExit: 3")
+    assert status[4]["Error Message"].startswith("KeyboardInterrupt")
+    assert "memory limit of 150 MiB" in status[5]["Error Message"]
+    assert status[6]["Succeeded"] == "100000"
+    rows = output_of(run_dir).read_text().splitlines()
+    assert rows[:3] == ["f000.txt", "f001.txt", "f002.txt"]
+    assert rows[3:-1] == [str(i) for i in range(100_000)] and rows[-1] == "f007.txt"
+    failed = [json.loads(x)["id"] for x in (run_dir / "failed_mini_batches.jsonl").open()]
+    assert sorted(failed) == [3, 4, 5]
+    stdout = [p.read_bytes() for p in (run_dir / "logs/user/stdout").rglob("*.txt")]
+    assert any(b"reached its limit of 262144 bytes" in s for s in stdout)
+    assert all(len(s) < 262144 + 1000 for s in stdout)
+    [helper] = [int(p.name) for p in marks.iterdir()]
+    poll_for(lambda: not pid_alive(helper), timeout=30)  # ended with its process

@@ -147,16 +147,44 @@ def test_resume_refuses_a_changed_job_or_input_unless_forced(tmp_path, monkeypat
     assert "not a daskprs run directory" in missing.output
 
 
+MARKED = """
+import os, time
+
+def run(mini_batch):
+    open(os.path.join(os.environ["MARKS"], str(os.getpid())), "a").close()
+    time.sleep(0.2)
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+def descendants(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_exits_130_keeps_work_and_says_how_to_resume(tmp_path, sig):
+    from conftest import pid_alive
+
     make_files(tmp_path / "data", 30)
+    marks = tmp_path / "marks"
+    marks.mkdir()
     job = write_job(
-        tmp_path, SLOW, input_yaml="type: uri_folder\npath: ./data", mini_batch_size='"1"'
+        tmp_path,
+        MARKED,
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"1"',
+        extra=f"environment_variables:\n  MARKS: {marks}",
     )
     run_dir = tmp_path / "run"
     proc = start_run(job, run_dir, subprocess.PIPE)
     try:
         poll_for(lambda: done_count(run_dir) >= 5, timeout=120)
+        started = descendants(proc.pid)  # the Dask workers and the entry-script processes
         proc.send_signal(sig)  # to the driver only
         _, err = proc.communicate(timeout=120)
     finally:
@@ -165,9 +193,23 @@ def test_interrupt_exits_130_keeps_work_and_says_how_to_resume(tmp_path, sig):
             proc.wait()
     assert proc.returncode == 130, err
     assert f"daskprs run --resume {run_dir}" in err
+    assert "Traceback" not in err
     assert "interrupted" in (run_dir / "logs/job_result.txt").read_text()
-    kept = done_count(run_dir)
-    assert kept >= 5
+    # nothing left running: workers, their entry-script processes (in sessions of their own)
+    scripts = [int(p.name) for p in marks.iterdir()]
+    assert scripts and started
+    for pid in {*started, *scripts}:
+        poll_for(lambda pid=pid: not pid_alive(pid), timeout=30)
+    # the ledger is consistent: every mini-batch it calls done has its committed part
+    ledger = read_ledger(str(run_dir / "steps/score/ledger.jsonl"))
+    states = {e.state for e in ledger.entries.values()}
+    assert states <= {"DONE", "CANCELLED", "PENDING"}, states
+    done = [e for e in ledger.entries.values() if e.state == "DONE"]
+    assert len(done) >= 5 and all(e.part and os.path.isfile(e.part) for e in done)
     result = CliRunner().invoke(cli, ["run", "--resume", str(run_dir), "--workers", "2"])
     assert result.exit_code == 0, result.output
     assert output_of(run_dir).read_text().splitlines() == [f"f{i:03d}.txt" for i in range(30)]
+    rows = list(csv.DictReader((run_dir / "logs/sys/job_report/processed_mini-batches.csv").open()))
+    ids = [int(r["Mini-batch Id"]) for r in rows if r["Status"] == "RUN_DONE"]
+    kept = {mb for mb, e in ledger.entries.items() if e.state == "DONE"}
+    assert all(ids.count(mb) <= 1 for mb in kept)  # what was committed did not run again
