@@ -39,7 +39,6 @@ __all__ = [
 ]
 
 
-
 def search_roots(run_dir: str, cache: str | os.PathLike | None = None) -> list[str]:
     """The folders whose run directories a new run may reuse steps from: the run root (the
     run directory's parent) and ``cache`` if given."""
