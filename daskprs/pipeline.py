@@ -21,7 +21,7 @@ from daskprs.execute.runner import assemble_output, policy_for, run_step
 from daskprs.execute.supervisor import Prior, failed_items, verdict_of
 from daskprs.inputs.plan import Plan, plan_input
 from daskprs.inputs.planfile import read_plan, write_plan
-from daskprs.job.model import CommandStep, Job, ParallelStep
+from daskprs.job.model import ClusterSpec, CommandStep, Job, ParallelStep
 from daskprs.observe import logs
 from daskprs.observe.progress import Progress
 from daskprs.results import fingerprint, reuse
@@ -113,12 +113,20 @@ class StepsRunner:
         self.handle: Any = None
         self._cluster_stack = contextlib.ExitStack()
 
-    def run(self, scheduler: str | None, client: Any, n_workers: int, security: Any = None) -> None:
+    def run(
+        self,
+        scheduler: str | None,
+        client: Any,
+        n_workers: int,
+        security: Any = None,
+        cluster_spec: ClusterSpec | None = None,
+    ) -> None:
         self._cluster_args = {
             "scheduler": scheduler,
             "client": client,
             "n_workers": n_workers,
             "security": security,
+            "cluster_spec": cluster_spec,
         }
         try:
             for step in self.job.steps:
@@ -147,7 +155,7 @@ class StepsRunner:
         """Whether the workers run here (the embedded cluster, or a client of an in-process
         cluster), so that this machine's Python is theirs."""
         args = self._cluster_args
-        if args["scheduler"] is not None:
+        if args["scheduler"] is not None or args["cluster_spec"] is not None:
             return False
         return args["client"] is None or getattr(args["client"], "cluster", None) is not None
 
