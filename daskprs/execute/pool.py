@@ -6,6 +6,11 @@ one slot per worker thread at once (the children import their libraries while th
 submits), hands idle slots to tries and takes them back. Unregistering the plugin tears the
 pool down: every child runs ``shutdown()`` and exits.
 
+On a worker that sees GPUs (:func:`daskprs.job.devices.visible_gpus`) each slot's process
+gets its own ``CUDA_VISIBLE_DEVICES``, round-robin over the devices by the slot's process index
+on its node, as Azure does. A worker started with ``--resources GPU=n`` starts at most ``n``
+slots (the runner then asks one ``GPU`` per task, so Dask runs at most ``n`` at once there).
+
 The pool also holds a lease on the driver: the driver rewrites the step's lease file every
 few seconds (:class:`LeaseKeeper`), and a pool that sees it unchanged for ``lease_seconds``
 (the driver was killed; its plugin is still registered) kills its children, so no
@@ -27,6 +32,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from daskprs.execute.child import ChildConfig
 from daskprs.execute.codefolder import code_dir_for
 from daskprs.execute.slot import Slot
+from daskprs.job.devices import device_for, visible_gpus
 
 __all__ = ["LeaseKeeper", "SlotPool", "lease_seconds", "pool_of"]
 
@@ -56,6 +62,23 @@ def _identity(ctx: Any, index: int, worker: Any) -> tuple[str, str]:
     return host, f"process-{safe}{suffix}"
 
 
+def _node_index(ctx: Any, index: int, worker: Any) -> int:
+    """The index of slot ``index`` of ``worker`` among its node's entry-script processes: the
+    worker's place on its node on the embedded cluster (one single-threaded worker a
+    process), else the slot's place on its worker."""
+    name = getattr(worker, "name", None)
+    if ctx.local_concurrency and isinstance(name, int):
+        return (name % ctx.local_concurrency) * max(1, worker.state.nthreads) + index
+    return index
+
+
+def gpu_slots(worker: Any) -> int | None:
+    """The ``GPU`` resource a worker was started with (``--resources GPU=n``), if any."""
+    resources = getattr(getattr(worker, "state", None), "total_resources", None) or {}
+    value = resources.get("GPU")
+    return None if value is None else int(value)
+
+
 class SlotPool(WorkerPlugin):
     """The entry-script slots of one step run on one worker.
 
@@ -77,7 +100,11 @@ class SlotPool(WorkerPlugin):
         self._all: list[Slot] = []
         self._expired = threading.Event()
         self._closed = threading.Event()
+        self._devices = visible_gpus()
         nthreads = worker.state.nthreads if worker is not None else 1
+        gpus = gpu_slots(worker)
+        if gpus is not None:
+            nthreads = max(1, min(nthreads, gpus))
         for _ in range(nthreads):
             slot = self._new_slot()
             slot.start()
@@ -97,12 +124,17 @@ class SlotPool(WorkerPlugin):
     # -- slots -------------------------------------------------------------------------------
     def _new_slot(self) -> Slot:
         ctx = self.ctx
-        node, process = _identity(ctx, len(self._all), self.worker)
+        index = len(self._all)
+        node, process = _identity(ctx, index, self.worker)
+        env = dict(ctx.env)
+        device = device_for(_node_index(ctx, index, self.worker), self._devices)
+        if device is not None and "CUDA_VISIBLE_DEVICES" not in ctx.env:
+            env["CUDA_VISIBLE_DEVICES"] = device
         config = ChildConfig(
             code_dir=code_dir_for(ctx.token, ctx.code_dir),
             entry_script=ctx.entry_script,
             argv=ctx.argv,
-            env=dict(ctx.env),
+            env=env,
             node=node,
             process=process,
             logs=ctx.run.logs,

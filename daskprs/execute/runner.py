@@ -146,6 +146,19 @@ def policy_for(step: ParallelStep, n_workers: int, window: int | None) -> Policy
     )
 
 
+def task_resources(client: Any) -> dict[str, float] | None:
+    """``{"GPU": 1}`` when a worker of the cluster was started with ``--resources GPU=n``: each
+    task then holds one GPU, so Dask runs at most ``n`` tries at once on that worker and none
+    on workers without GPUs; else None (one try per worker thread)."""
+    try:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    except (OSError, TimeoutError):
+        return None
+    if any((w.get("resources") or {}).get("GPU") for w in workers.values()):
+        return {"GPU": 1}
+    return None
+
+
 def _deadlines(step: ParallelStep) -> Deadlines:
     """The try's phase limits; loading the script and ``init()`` get the load and the run
     limits added up."""
@@ -179,6 +192,7 @@ class _StepRun:
         sup: Supervisor,
         batches: dict[int, MiniBatch],
         packer: _Packer,
+        resources: dict[str, float] | None = None,
     ):
         self.client, self.ctx, self.sup, self.batches, self.packer = (
             client,
@@ -187,6 +201,7 @@ class _StepRun:
             batches,
             packer,
         )
+        self.resources = resources
         self.ledger = Ledger(ctx.where.ledger)
         self.ledger.start_session(
             {"step": ctx.step, "session": sup.session, "batches": len(batches)}
@@ -205,7 +220,7 @@ class _StepRun:
             items = [(self.batches[g.mb], g.try_no, g.try_key) for g in group]
             args = (run_tries, self.ctx, items)
             key = f"{group[0].key}-x{len(group)}"
-        fut = self.client.submit(*args, key=key, pure=False, retries=0)
+        fut = self.client.submit(*args, key=key, pure=False, retries=0, resources=self.resources)
         self.futures[fut.key] = (fut, group)
         fut.add_done_callback(lambda f: self.done.put(f.key))
 
@@ -399,7 +414,7 @@ def run_step(
     lease = LeaseKeeper(ctx.where.lease, ctx.lease_seconds).start() if ctx.lease_seconds else None
     for plugin in plugins:
         client.register_plugin(plugin)
-    step_run = _StepRun(client, ctx, sup, batches, _Packer(n_workers))
+    step_run = _StepRun(client, ctx, sup, batches, _Packer(n_workers), task_resources(client))
     live = _Live(display, run, step.name, sup, started, plan.seconds)
     display.start(step.name, sup.summary(), n_workers)
     try:

@@ -153,9 +153,11 @@ class ParallelStep:
 
     @property
     def processes_per_instance(self) -> int:
-        """Entry-script processes per node: ``max_concurrency_per_instance``, or the cores of
-        this machine when it is not given."""
-        return self.max_concurrency_per_instance or os.cpu_count() or 1
+        """Entry-script processes per node: ``max_concurrency_per_instance``, or when it is not
+        given the GPUs this machine sees (as on an Azure GPU node), else its cores."""
+        from daskprs.job.devices import visible_gpus
+
+        return self.max_concurrency_per_instance or len(visible_gpus()) or os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
