@@ -192,3 +192,114 @@ def test_the_embedded_cluster_on_a_gpu_machine_runs_a_process_per_device(tmp_pat
     assert max(r[3] for r in rows) == 2
     by_process = devices_by_process(rows)
     assert sorted(d for devices in by_process.values() for d in devices) == ["3", "5"]
+
+
+# --------------------------------------------------------------------------- elastic clusters
+
+# $WHO names the worker a child runs on (set in each `dask worker`'s environment). A run on a
+# worker other than $GO_WHO first waits (bounded) for the file $GO; runs on $MARK_WHO leave
+# a marker "<WHO>-<file>" in $MARKS first.
+ELASTIC = """\
+import os, time
+
+
+def init():
+    pass
+
+
+def run(mini_batch):
+    who, marks = os.environ["WHO"], os.environ["MARKS"]
+    for p in mini_batch:
+        open(os.path.join(marks, f"{who}-{os.path.basename(p)}"), "w").close()
+    deadline = time.monotonic() + 60
+    if who != os.environ["GO_WHO"]:
+        while not os.path.exists(os.environ["GO"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return [f"{os.path.basename(p)} {who}" for p in mini_batch]
+"""
+
+
+def elastic_job(folder: Path, n: int, go_who: str) -> tuple[Path, Path]:
+    make_files(folder / "data", n)
+    marks = folder / "marks"
+    marks.mkdir()
+    job = write_job(
+        folder,
+        ELASTIC,
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"1"',
+        extra=f"retry_settings:\n  max_retries: 2\nenvironment_variables:\n  MARKS: {marks}\n"
+        f"  GO: {folder / 'go'}\n  GO_WHO: {go_who}",
+    )
+    return job, marks
+
+
+def tries_of(run_dir: Path) -> dict[str, list[tuple[str, str]]]:
+    import csv
+
+    path = run_dir / "logs/sys/job_report/processed_mini-batches.csv"
+    found: dict[str, list[tuple[str, str]]] = {}
+    for r in csv.DictReader(path.open()):
+        found.setdefault(r["Mini-batch Id"], []).append((r["Try"], r["Status"]))
+    return found
+
+
+def run_in_thread(job: Path, run_dir: Path, address: str):
+    import threading
+
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["result"] = run_job(job, run_dir=run_dir, scheduler=address, echo=lambda s: 0)
+        except BaseException as err:  # reported by the test
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.slow
+def test_a_worker_that_joins_in_the_middle_gets_work(tmp_path):
+    """The first worker's runs wait until the worker that joins later ran a mini-batch."""
+    job, marks = elastic_job(tmp_path, 6, go_who="late")
+    with cluster(tmp_path, ("--nthreads", "1"), env={"WHO": "early"}) as c:
+        thread, outcome = run_in_thread(job, tmp_path / "run", c.address)
+        poll_for(lambda: any(marks.glob("early-*")), timeout=60)
+        c.add_worker("--nthreads", "1", env={"WHO": "late"})
+        poll_for(lambda: any(marks.glob("late-*")), timeout=60)
+        (tmp_path / "go").touch()
+        thread.join(120)
+    assert not thread.is_alive() and "error" not in outcome, outcome
+    assert outcome["result"].ok, outcome["result"].failure
+    rows = [line.split() for line in output_of(tmp_path / "run").read_text().splitlines()]
+    assert sorted(name for name, _ in rows) == [f"f{i:03d}.txt" for i in range(6)]
+    assert {who for _, who in rows} == {"early", "late"}
+    assert all(t == [("1", "RUN_DONE")] for t in tries_of(tmp_path / "run").values())
+
+
+@pytest.mark.slow
+def test_a_retired_worker_hands_back_its_mini_batches_without_burning_tries(tmp_path):
+    """Retiring a worker in the middle: its running try and the queued ones run on the
+    other worker, each counted once, with no try burnt."""
+    from distributed import Client
+
+    job, marks = elastic_job(tmp_path, 6, go_who="nobody")
+    with cluster(tmp_path, ("--nthreads", "1", "--name", "stay"), env={"WHO": "stay"}) as c:
+        c.add_worker("--nthreads", "2", "--name", "leave", env={"WHO": "leave"})
+        poll_for(lambda: c.n_workers() == 2, timeout=60)
+        thread, outcome = run_in_thread(job, tmp_path / "run", c.address)
+        poll_for(lambda: len(list(marks.glob("leave-*"))) == 2, timeout=60)
+        poll_for(lambda: any(marks.glob("stay-*")), timeout=60)
+        with Client(c.address, timeout="10s") as client:
+            client.retire_workers(names=["leave"], close_workers=True)
+        poll_for(lambda: c.n_workers() == 1, timeout=60)
+        (tmp_path / "go").touch()
+        thread.join(120)
+    assert not thread.is_alive() and "error" not in outcome, outcome
+    assert outcome["result"].ok, outcome["result"].failure
+    rows = [line.split() for line in output_of(tmp_path / "run").read_text().splitlines()]
+    assert sorted(name for name, _ in rows) == [f"f{i:03d}.txt" for i in range(6)]
+    assert {who for _, who in rows} == {"stay"}
+    assert all(t == [("1", "RUN_DONE")] for t in tries_of(tmp_path / "run").values())
