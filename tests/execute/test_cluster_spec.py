@@ -77,3 +77,55 @@ def test_wrong_cluster_arguments_are_a_user_error(tmp_path):
     with pytest.raises(UserInputError) as info:
         run_job(job, run_dir=tmp_path / "run", echo=lambda line: None)
     assert "nworkerz" in str(info.value) and "Fix `kwargs`" in str(info.value)
+
+
+# Each run() leaves a marker named after its process, and waits (bounded) until markers of
+# two processes are there: the job ends quickly only on two workers.
+TWO_WORKERS = """\
+import os, time
+
+
+def init():
+    pass
+
+
+def run(mini_batch):
+    marks = os.environ["MARKS"]
+    open(os.path.join(marks, str(os.getpid())), "w").close()
+    deadline = time.monotonic() + 60
+    while len(os.listdir(marks)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [f"{os.path.basename(p)} {os.getpid()}" for p in mini_batch]
+"""
+
+ADAPTIVE_SPEC = """\
+computes:
+  gpu-cluster:
+    class: distributed.LocalCluster
+    kwargs: {n_workers: 1, threads_per_worker: 1, dashboard_address: null, memory_limit: 0}
+    adapt: {minimum: 1, maximum: 2, interval: 100ms, target_duration: 0.1s}
+"""
+
+
+@pytest.mark.slow
+def test_an_adaptive_local_cluster_grows_with_the_queue(tmp_path):
+    """Started with one worker and adapt(maximum=2): the queued mini-batches make it add the
+    second worker, which gets work."""
+    make_files(tmp_path / "data", 4)
+    (tmp_path / "marks").mkdir()
+    (tmp_path / "daskprs.yaml").write_text(ADAPTIVE_SPEC)
+    job = write_job(
+        tmp_path,
+        TWO_WORKERS,
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"1"',
+        extra="compute: azureml:gpu-cluster\n"
+        f"environment_variables:\n  MARKS: {tmp_path / 'marks'}",
+    )
+    lines: list[str] = []
+    result = run_job(job, run_dir=tmp_path / "run", echo=lines.append)
+    assert result.ok, result.failure
+    assert "cluster: 1 worker slots" in "\n".join(lines)
+    rows = [line.split() for line in output_of(tmp_path / "run").read_text().splitlines()]
+    assert sorted(name for name, _ in rows) == [f"f{i:03d}.txt" for i in range(4)]
+    assert len({pid for _, pid in rows}) == 2
