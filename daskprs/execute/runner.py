@@ -46,6 +46,9 @@ _PROGRESS_EVERY = 5.0
 _LIVE_EVERY = 0.25
 # How often the driver wakes with nothing finished, to check the progress timeout.
 _TICK = 0.5
+# How often the driver counts the cluster's worker threads, so that the submission window
+# follows workers that join or leave (an adaptive cluster).
+_RESIZE_EVERY = 5.0
 
 
 def _duplicate_as_death(rec: TryRecord) -> TryRecord:
@@ -202,6 +205,7 @@ class _StepRun:
             packer,
         )
         self.resources = resources
+        self._sized = time.monotonic()
         self.ledger = Ledger(ctx.where.ledger)
         self.ledger.start_session(
             {"step": ctx.step, "session": sup.session, "batches": len(batches)}
@@ -277,6 +281,7 @@ class _StepRun:
         self.carry_out(self.sup.start())
         while not self.sup.finished:
             progress()
+            self._follow_cluster()
             try:
                 keys = [self.done.get(timeout=_TICK)]
             except queue.Empty:
@@ -298,6 +303,21 @@ class _StepRun:
         if self.futures:
             _cancel(self.client, self.futures, self.ctx.token)
         return stop
+
+    def _follow_cluster(self) -> None:
+        """Every few seconds: size the window to the worker threads there are now."""
+        now = time.monotonic()
+        if now - self._sized < _RESIZE_EVERY:
+            return
+        self._sized = now
+        try:
+            workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        except (OSError, TimeoutError):
+            return
+        slots = sum(w.get("nthreads", 1) for w in workers.values())
+        if slots and slots != self.packer.n_workers:
+            self.packer.n_workers = slots
+            self.carry_out(self.sup.on_window(self.packer.window))
 
     def abort(self) -> None:
         """Interrupted: cancel what is queued, kill what runs, keep what is committed."""

@@ -90,10 +90,11 @@ class Processes:
             return None
 
     def close(self) -> None:
+        # one at a time, the scheduler last: a worker closes quickly while it can still
+        # say goodbye to its scheduler
         for p in reversed(self.procs):
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)
-        for p in reversed(self.procs):
             try:
                 p.wait(30)
             except subprocess.TimeoutExpired:
