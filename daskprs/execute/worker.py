@@ -84,7 +84,13 @@ def _claim(ctx: StepContext, mb: int, try_key: str) -> bool:
     return True
 
 
-def run_try(ctx: StepContext, batch: MiniBatch, try_no: int, try_key: str) -> TryRecord:
+def run_try(
+    ctx: StepContext,
+    batch: MiniBatch,
+    try_no: int,
+    try_key: str,
+    handback_wait: list[float | None] | None = None,
+) -> TryRecord:
     """Run one try of one mini-batch in this worker's slot and return its record.
 
     Parameters
@@ -97,11 +103,18 @@ def run_try(ctx: StepContext, batch: MiniBatch, try_no: int, try_key: str) -> Tr
         The try number (1 for the first try).
     try_key : str
         Unique among all submissions of the run (``s0t1``); names the claim and the part.
+    handback_wait : list, optional
+        ``[seconds]`` to wait for a hand-back when the claim is taken (None: the default),
+        shared by the tries of one packed task: after the first wait the others wait 0 s
+        (the worker died: nothing comes) or 1 s (it handed its tries back together).
     """
     start = time.time()
     if not _claim(ctx, batch.index, try_key):
         # a worker that closed under this try (retired) handed it back, or left its record
-        taken = take_over(ctx.where, batch.index, try_key)
+        wait = handback_wait[0] if handback_wait else None
+        taken = take_over(ctx.where, batch.index, try_key, wait)
+        if handback_wait is not None:
+            handback_wait[:] = [1.0 if taken is not False else 0.0]
         if isinstance(taken, TryRecord):
             return taken
         if not taken:
@@ -132,9 +145,10 @@ def run_tries(ctx: StepContext, items: list[tuple[MiniBatch, int, str]]) -> list
     small mini-batches). Each keeps its own claim, deadline and record."""
     pool = pool_of(ctx.token, _current_worker())
     records = []
+    wait: list[float | None] = [None]
     try:
         for batch, try_no, try_key in items:
-            record = run_try(ctx, batch, try_no, try_key)
+            record = run_try(ctx, batch, try_no, try_key, wait)
             pool.keep(batch.index, try_key, record)
             records.append(record)
     finally:
