@@ -151,6 +151,19 @@ class StepsRunner:
                 self.echo(f"Dask dashboard: {link}")
         return self.handle
 
+    def _note_concurrency(self, step: ParallelStep, slots: int) -> None:
+        """On an existing cluster its worker threads decide how many mini-batches run at
+        once; say so when the job file asks for another number."""
+        if not step.max_concurrency_per_instance and step.instance_count == 1:
+            return
+        asked = step.instance_count * step.processes_per_instance
+        if asked != slots:
+            self.echo(
+                f"note: [{step.name}] the cluster runs {slots} mini-batches at once (its worker "
+                f"threads); instance_count x max_concurrency_per_instance = {asked} sizes the "
+                "embedded cluster only (docs/clusters.md)"
+            )
+
     def _cluster_on_this_machine(self) -> bool:
         """Whether the workers run here (the embedded cluster, or a client of an in-process
         cluster), so that this machine's Python is theirs."""
@@ -304,6 +317,7 @@ class StepsRunner:
             handle = self._cluster()
             ship_code = False
             if not handle.local:
+                self._note_concurrency(step, handle.n_workers)
                 ship_code = check_workers(handle.client, step, self.rundir.root)
                 if ship_code:
                     self.echo(

@@ -153,9 +153,14 @@ def test_a_workers_threads_run_that_many_at_once_each_with_its_own_gpu(tmp_path)
             "max_concurrency_per_instance: 2", "max_concurrency_per_instance: 1"
         )
     )
+    lines: list[str] = []
     with cluster(tmp_path, ("--nthreads", "2"), env={"CUDA_VISIBLE_DEVICES": "7,8"}) as c:
-        result = run_job(job, run_dir=tmp_path / "run", scheduler=c.address, echo=lambda s: None)
+        result = run_job(job, run_dir=tmp_path / "run", scheduler=c.address, echo=lines.append)
     assert result.ok, result.failure
+    assert (
+        "note: [score] the cluster runs 2 mini-batches at once (its worker threads); "
+        "instance_count x max_concurrency_per_instance = 1 sizes the embedded cluster only"
+    ) in "\n".join(lines)
     rows = rows_of(tmp_path / "run")
     assert sorted(r[0] for r in rows) == ["f000.txt", "f001.txt"]
     assert max(r[3] for r in rows) == 2
