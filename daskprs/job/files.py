@@ -70,6 +70,8 @@ def load_config(
                 spec = _cluster_spec(str(name), value, f"{label}: computes: {name}", ctx)
                 if spec is not None:
                     target[str(name)] = spec
+                else:  # its problem is reported; no "not applied" note on top of it
+                    ctx.noted_computes.add(str(name))
                 continue
             value = str(value)
             if key in ("datastores", "environments") and not URL.match(value):
@@ -98,7 +100,7 @@ def _cluster_spec(name: str, value: Mapping, place: str, ctx: S.Context) -> Clus
         ctx.problem(
             place,
             f"unknown key {unknown[0]!r}",
-            S.suggest(unknown[0], _SPEC_KEYS, "key") + f"; e.g. {_SPEC_EXAMPLE}",
+            f"{S.suggest(unknown[0], _SPEC_KEYS, 'key')} e.g. {_SPEC_EXAMPLE}",
         )
         return None
     cls = value.get("class")
