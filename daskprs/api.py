@@ -17,7 +17,7 @@ from dataclasses import asdict
 from typing import Any
 
 from daskprs.errors import Interrupted, UserInputError
-from daskprs.job.model import Job
+from daskprs.job.model import ClusterSpec, Job
 from daskprs.observe import logs
 from daskprs.observe.progress import Progress, choose_progress
 from daskprs.paths import redact_data
@@ -307,17 +307,24 @@ def _execute(
 ) -> JobResult:
     result = JobResult(run_dir=run.root, notes=[*job.notes, *job.warnings])
     n_workers = workers or _default_workers(job)
-    scheduler = scheduler or next((s.compute for s in job.parallel_steps if s.compute), None)
+    compute = next((s.compute for s in job.parallel_steps if s.compute), None)
+    # a compute that daskprs.yaml maps to a cluster class is started unless --scheduler or a
+    # client is given
+    cluster_spec = compute if isinstance(compute, ClusterSpec) and not scheduler else None
+    if cluster_spec is not None and client is not None:
+        cluster_spec = None
+    if isinstance(compute, str):
+        scheduler = scheduler or compute
     if security is None and client is None:
         from daskprs.execute.tls import client_security
 
         security = client_security(scheduler)
     cores = os.cpu_count() or 1
-    if workers and (scheduler is not None or client is not None):
+    if workers and (scheduler is not None or client is not None or cluster_spec is not None):
         note = "--workers sizes the embedded cluster only; the given cluster is used as it is"
         echo(f"note: {note}")
         result.notes.append(note)
-    if scheduler is None and client is None and n_workers > 4 * cores:
+    if scheduler is None and client is None and cluster_spec is None and n_workers > 4 * cores:
         note = (
             f"the embedded cluster starts {n_workers} worker processes on {cores} cores "
             f"({'--workers' if workers else 'instance_count x max_concurrency_per_instance'}); "
@@ -347,7 +354,7 @@ def _execute(
     try:
         with logs.driver_logging(run.logs.driver, console_level) as log:
             log.debug("%s %s (%s) in %s", mode, job.source, job.name, run.root)
-            runner.run(scheduler, client, n_workers, security)
+            runner.run(scheduler, client, n_workers, security, cluster_spec)
     except (KeyboardInterrupt, Interrupted) as err:
         result.failure = f"interrupted: {err}" if str(err) else "interrupted"
         raise

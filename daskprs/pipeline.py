@@ -21,7 +21,7 @@ from daskprs.execute.runner import assemble_output, policy_for, run_step
 from daskprs.execute.supervisor import Prior, failed_items, verdict_of
 from daskprs.inputs.plan import Plan, plan_input
 from daskprs.inputs.planfile import read_plan, write_plan
-from daskprs.job.model import CommandStep, Job, ParallelStep
+from daskprs.job.model import ClusterSpec, CommandStep, Job, ParallelStep
 from daskprs.observe import logs
 from daskprs.observe.progress import Progress
 from daskprs.results import fingerprint, reuse
@@ -113,12 +113,20 @@ class StepsRunner:
         self.handle: Any = None
         self._cluster_stack = contextlib.ExitStack()
 
-    def run(self, scheduler: str | None, client: Any, n_workers: int, security: Any = None) -> None:
+    def run(
+        self,
+        scheduler: str | None,
+        client: Any,
+        n_workers: int,
+        security: Any = None,
+        cluster_spec: ClusterSpec | None = None,
+    ) -> None:
         self._cluster_args = {
             "scheduler": scheduler,
             "client": client,
             "n_workers": n_workers,
             "security": security,
+            "cluster_spec": cluster_spec,
         }
         try:
             for step in self.job.steps:
@@ -143,11 +151,24 @@ class StepsRunner:
                 self.echo(f"Dask dashboard: {link}")
         return self.handle
 
+    def _note_concurrency(self, step: ParallelStep, slots: int) -> None:
+        """On an existing cluster its worker threads decide how many mini-batches run at
+        once; say so when the job file asks for another number."""
+        if not step.max_concurrency_per_instance and step.instance_count == 1:
+            return
+        asked = step.instance_count * step.processes_per_instance
+        if asked != slots:
+            self.echo(
+                f"note: [{step.name}] the cluster runs {slots} mini-batches at once (its worker "
+                f"threads); instance_count x max_concurrency_per_instance = {asked} sizes the "
+                "embedded cluster only (docs/clusters.md)"
+            )
+
     def _cluster_on_this_machine(self) -> bool:
         """Whether the workers run here (the embedded cluster, or a client of an in-process
         cluster), so that this machine's Python is theirs."""
         args = self._cluster_args
-        if args["scheduler"] is not None:
+        if args["scheduler"] is not None or args["cluster_spec"] is not None:
             return False
         return args["client"] is None or getattr(args["client"], "cluster", None) is not None
 
@@ -296,6 +317,7 @@ class StepsRunner:
             handle = self._cluster()
             ship_code = False
             if not handle.local:
+                self._note_concurrency(step, handle.n_workers)
                 ship_code = check_workers(handle.client, step, self.rundir.root)
                 if ship_code:
                     self.echo(

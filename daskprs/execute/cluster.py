@@ -1,4 +1,5 @@
-"""Getting a Dask client: the embedded ``LocalCluster``, or a scheduler's address.
+"""Getting a Dask client: the embedded ``LocalCluster``, a scheduler's address, or a cluster
+that ``daskprs.yaml`` names by its class (:class:`~daskprs.job.model.ClusterSpec`).
 
 The embedded cluster has one single-threaded worker process per slot and sets
 ``distributed.scheduler.allowed-failures`` to 0, so a task whose worker died is reported to
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daskprs.errors import UserInputError
+from daskprs.job.model import ClusterSpec
 
 __all__ = ["ClusterHandle", "open_cluster"]
 
@@ -43,6 +45,7 @@ def open_cluster(
     n_workers: int = 1,
     connect_timeout: float | None = None,
     security: Any = None,
+    cluster_spec: ClusterSpec | None = None,
 ) -> Iterator[ClusterHandle]:
     """Yield a :class:`ClusterHandle`; close what was started here on exit.
 
@@ -58,6 +61,9 @@ def open_cluster(
         Seconds to wait for ``scheduler`` (default: ``DASKPRS_CONNECT_TIMEOUT`` or 10).
     security : distributed.Security, optional
         TLS certificates for a ``tls://`` scheduler (:func:`daskprs.execute.tls.client_security`).
+    cluster_spec : ClusterSpec, optional
+        A cluster to start (``daskprs.yaml`` ``computes:``), used when neither ``scheduler``
+        nor ``client`` is given; closed on exit.
     """
     import time
 
@@ -106,6 +112,12 @@ def open_cluster(
         finally:
             remote.close()
         return
+    if cluster_spec is not None:
+        with _spec_cluster(cluster_spec, connect_timeout) as (spec_client, slots):
+            yield ClusterHandle(
+                spec_client, slots, local=False, start_seconds=time.monotonic() - started
+            )
+        return
     from distributed import LocalCluster
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
@@ -122,4 +134,72 @@ def open_cluster(
         yield ClusterHandle(local, n_workers, local=True, start_seconds=time.monotonic() - started)
     finally:
         local.close()
+        cluster.close()
+
+
+def _cluster_class(spec: ClusterSpec) -> Any:
+    import importlib
+
+    module_name, _, attr = spec.cls.rpartition(".")
+    where = f"daskprs.yaml computes: {spec.name}: class {spec.cls}"
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        package = module_name.split(".")[0].replace("_", "-")
+        raise UserInputError(
+            f"{where}: cannot import {module_name} ({err}). Install it where daskprs runs "
+            f"(e.g. pip install {package}), or fix the class name."
+        ) from err
+    cls = getattr(module, attr, None)
+    if not callable(cls):
+        raise UserInputError(
+            f"{where}: {module_name} has no class {attr}. Give the dotted name of a Dask "
+            "cluster class, e.g. dask_jobqueue.SLURMCluster or distributed.LocalCluster."
+        )
+    return cls
+
+
+@contextlib.contextmanager
+def _spec_cluster(spec: ClusterSpec, timeout: float) -> Iterator[tuple[Any, int]]:
+    """Start ``spec``'s cluster, size it, connect a client; yield (client, worker slots)."""
+    from distributed import Client
+
+    cls = _cluster_class(spec)
+    where = f"daskprs.yaml computes: {spec.name}"
+    try:
+        cluster = cls(**spec.kwargs)
+    except Exception as err:  # any failure to start the user's cluster is theirs to fix
+        root = err
+        while root.__cause__ is not None:
+            root = root.__cause__
+        why = f"{type(root).__name__}: {root}"
+        raise UserInputError(
+            f"{where}: {spec.cls}({', '.join(f'{k}=...' for k in spec.kwargs)}) failed "
+            f"({why}). Fix `kwargs` to the arguments the class takes, or check that the "
+            "cluster can start from here."
+        ) from err
+    try:
+        if spec.adapt is not None:
+            cluster.adapt(**spec.adapt)
+        elif spec.scale is not None:
+            cluster.scale(spec.scale)
+        client = Client(cluster, set_as_default=False)
+        try:
+            slots = _worker_slots(client)
+            if slots == 0:
+                wait = max(timeout, float(os.environ.get("DASKPRS_CLUSTER_TIMEOUT", "300")))
+                try:
+                    client.wait_for_workers(1, timeout=wait)
+                except (OSError, TimeoutError) as err:
+                    raise UserInputError(
+                        f"{where}: the {spec.cls} cluster started no worker in {wait:.0f} s. "
+                        "Give it workers (scale: N, adapt: {minimum: 1, ...}, or the class's "
+                        "own n_workers), and check its queue or pods; DASKPRS_CLUSTER_TIMEOUT "
+                        "waits longer."
+                    ) from err
+                slots = _worker_slots(client)
+            yield client, max(1, slots)
+        finally:
+            client.close()
+    finally:
         cluster.close()

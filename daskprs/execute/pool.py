@@ -6,6 +6,18 @@ one slot per worker thread at once (the children import their libraries while th
 submits), hands idle slots to tries and takes them back. Unregistering the plugin tears the
 pool down: every child runs ``shutdown()`` and exits.
 
+On a worker that sees GPUs (:func:`daskprs.job.devices.visible_gpus`) each slot's process
+gets its own ``CUDA_VISIBLE_DEVICES``, round-robin over the devices by the slot's process index
+on its node, as Azure does. A worker started with ``--resources GPU=n`` starts at most ``n``
+slots (the runner then asks one ``GPU`` per task, so Dask runs at most ``n`` at once there).
+
+A worker that closes under running tries (``client.retire_workers``, an adaptive cluster
+scaling down, ``dask worker`` stopped) hands them back: :meth:`SlotPool.teardown` leaves a
+hand-back marker beside each running try's claim (and the record of each try its packed task
+already finished) before it stops the children, so the task Dask reruns elsewhere runs the try
+again (or returns its record) instead of counting it as a death (:mod:`daskprs.execute.worker`).
+Tries queued on the worker never started and are simply run elsewhere.
+
 The pool also holds a lease on the driver: the driver rewrites the step's lease file every
 few seconds (:class:`LeaseKeeper`), and a pool that sees it unchanged for ``lease_seconds``
 (the driver was killed; its plugin is still registered) kills its children, so no
@@ -27,6 +39,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from daskprs.execute.child import ChildConfig
 from daskprs.execute.codefolder import code_dir_for
 from daskprs.execute.slot import Slot
+from daskprs.job.devices import device_for, visible_gpus
 
 __all__ = ["LeaseKeeper", "SlotPool", "lease_seconds", "pool_of"]
 
@@ -56,6 +69,23 @@ def _identity(ctx: Any, index: int, worker: Any) -> tuple[str, str]:
     return host, f"process-{safe}{suffix}"
 
 
+def _node_index(ctx: Any, index: int, worker: Any) -> int:
+    """The index of slot ``index`` of ``worker`` among its node's entry-script processes: the
+    worker's place on its node on the embedded cluster (one single-threaded worker a
+    process), else the slot's place on its worker."""
+    name = getattr(worker, "name", None)
+    if ctx.local_concurrency and isinstance(name, int):
+        return (name % ctx.local_concurrency) * max(1, worker.state.nthreads) + index
+    return index
+
+
+def gpu_slots(worker: Any) -> int | None:
+    """The ``GPU`` resource a worker was started with (``--resources GPU=n``), if any."""
+    resources = getattr(getattr(worker, "state", None), "total_resources", None) or {}
+    value = resources.get("GPU")
+    return None if value is None else int(value)
+
+
 class SlotPool(WorkerPlugin):
     """The entry-script slots of one step run on one worker.
 
@@ -75,9 +105,16 @@ class SlotPool(WorkerPlugin):
         self._lock = threading.Lock()
         self._idle: list[Slot] = []
         self._all: list[Slot] = []
+        # slot -> (mini-batch, try key) it runs now; thread -> tries its task finished
+        self._running: dict[Slot, tuple[int, str]] = {}
+        self._finished: dict[int, list[tuple[int, str, Any]]] = {}
         self._expired = threading.Event()
         self._closed = threading.Event()
+        self._devices = visible_gpus()
         nthreads = worker.state.nthreads if worker is not None else 1
+        gpus = gpu_slots(worker)
+        if gpus is not None:
+            nthreads = max(1, min(nthreads, gpus))
         for _ in range(nthreads):
             slot = self._new_slot()
             slot.start()
@@ -92,17 +129,23 @@ class SlotPool(WorkerPlugin):
             ).start()
 
     def teardown(self, worker: Any = None) -> None:
+        self.hand_back()
         self.close()
 
     # -- slots -------------------------------------------------------------------------------
     def _new_slot(self) -> Slot:
         ctx = self.ctx
-        node, process = _identity(ctx, len(self._all), self.worker)
+        index = len(self._all)
+        node, process = _identity(ctx, index, self.worker)
+        env = dict(ctx.env)
+        device = device_for(_node_index(ctx, index, self.worker), self._devices)
+        if device is not None and "CUDA_VISIBLE_DEVICES" not in ctx.env:
+            env["CUDA_VISIBLE_DEVICES"] = device
         config = ChildConfig(
             code_dir=code_dir_for(ctx.token, ctx.code_dir),
             entry_script=ctx.entry_script,
             argv=ctx.argv,
-            env=dict(ctx.env),
+            env=env,
             node=node,
             process=process,
             logs=ctx.run.logs,
@@ -119,20 +162,56 @@ class SlotPool(WorkerPlugin):
         self._all.append(slot)
         return slot
 
-    def acquire(self) -> Slot:
-        """An idle slot (a new one when all are busy)."""
+    def acquire(self, mb: int = -1, try_key: str = "") -> Slot:
+        """An idle slot (a new one when all are busy), noted as running try ``try_key``."""
         if self._expired.is_set():
             raise RuntimeError(
                 f"the driver of step run {self.ctx.token} is gone (its lease expired); "
                 "this worker no longer runs its tries"
             )
         with self._lock:
-            return self._idle.pop() if self._idle else self._new_slot()
+            slot = self._idle.pop() if self._idle else self._new_slot()
+            if try_key:
+                self._running[slot] = (mb, try_key)
+            return slot
 
     def release(self, slot: Slot) -> None:
         with self._lock:
+            self._running.pop(slot, None)
             if not self._closed.is_set():
                 self._idle.append(slot)
+
+    def keep(self, mb: int, try_key: str, record: Any) -> None:
+        """Note a try this thread's (packed) task finished, until the task returns."""
+        with self._lock:
+            self._finished.setdefault(threading.get_ident(), []).append((mb, try_key, record))
+
+    def forget(self) -> None:
+        """This thread's task returned its records: nothing of it to hand back."""
+        with self._lock:
+            self._finished.pop(threading.get_ident(), None)
+
+    def hand_back(self) -> int:
+        """Kill the busy children, then leave a hand-back marker for every try they ran and
+        the record of every try a still-running task finished; return the markers left."""
+        from daskprs.execute.handback import leave_marker, leave_record
+
+        with self._lock:
+            running = list(self._running.values())
+            finished = [item for items in self._finished.values() for item in items]
+        if running:
+            # first the children, so that a try never runs in two places at once
+            self.kill_running()
+            log.info(
+                "this worker closes under %d running tries of step run %s; handed back",
+                len(running),
+                self.ctx.token,
+            )
+        for mb, try_key in running:
+            leave_marker(self.ctx.where, mb, try_key)
+        for mb, try_key, record in finished:
+            leave_record(self.ctx.where, mb, try_key, record)
+        return len(running) + len(finished)
 
     def kill_running(self) -> int:
         """Kill the children that are running a try now (an abort); slots stay."""

@@ -46,6 +46,9 @@ _PROGRESS_EVERY = 5.0
 _LIVE_EVERY = 0.25
 # How often the driver wakes with nothing finished, to check the progress timeout.
 _TICK = 0.5
+# How often the driver counts the cluster's worker threads, so that the submission window
+# follows workers that join or leave (an adaptive cluster).
+_RESIZE_EVERY = 5.0
 
 
 def _duplicate_as_death(rec: TryRecord) -> TryRecord:
@@ -146,6 +149,19 @@ def policy_for(step: ParallelStep, n_workers: int, window: int | None) -> Policy
     )
 
 
+def task_resources(client: Any) -> dict[str, float] | None:
+    """``{"GPU": 1}`` when a worker of the cluster was started with ``--resources GPU=n``: each
+    task then holds one GPU, so Dask runs at most ``n`` tries at once on that worker and none
+    on workers without GPUs; else None (one try per worker thread)."""
+    try:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    except (OSError, TimeoutError):
+        return None
+    if any((w.get("resources") or {}).get("GPU") for w in workers.values()):
+        return {"GPU": 1}
+    return None
+
+
 def _deadlines(step: ParallelStep) -> Deadlines:
     """The try's phase limits; loading the script and ``init()`` get the load and the run
     limits added up; ``shutdown()`` gets ``DASKPRS_SHUTDOWN_TIMEOUT`` seconds (default 30)."""
@@ -180,6 +196,7 @@ class _StepRun:
         sup: Supervisor,
         batches: dict[int, MiniBatch],
         packer: _Packer,
+        resources: dict[str, float] | None = None,
     ):
         self.client, self.ctx, self.sup, self.batches, self.packer = (
             client,
@@ -188,6 +205,8 @@ class _StepRun:
             batches,
             packer,
         )
+        self.resources = resources
+        self._sized = time.monotonic()
         self.ledger = Ledger(ctx.where.ledger)
         self.ledger.start_session(
             {"step": ctx.step, "session": sup.session, "batches": len(batches)}
@@ -206,7 +225,7 @@ class _StepRun:
             items = [(self.batches[g.mb], g.try_no, g.try_key) for g in group]
             args = (run_tries, self.ctx, items)
             key = f"{group[0].key}-x{len(group)}"
-        fut = self.client.submit(*args, key=key, pure=False, retries=0)
+        fut = self.client.submit(*args, key=key, pure=False, retries=0, resources=self.resources)
         self.futures[fut.key] = (fut, group)
         fut.add_done_callback(lambda f: self.done.put(f.key))
 
@@ -263,6 +282,7 @@ class _StepRun:
         self.carry_out(self.sup.start())
         while not self.sup.finished:
             progress()
+            self._follow_cluster()
             try:
                 keys = [self.done.get(timeout=_TICK)]
             except queue.Empty:
@@ -284,6 +304,21 @@ class _StepRun:
         if self.futures:
             _cancel(self.client, self.futures, self.ctx.token)
         return stop
+
+    def _follow_cluster(self) -> None:
+        """Every few seconds: size the window to the worker threads there are now."""
+        now = time.monotonic()
+        if now - self._sized < _RESIZE_EVERY:
+            return
+        self._sized = now
+        try:
+            workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        except (OSError, TimeoutError):
+            return
+        slots = sum(w.get("nthreads", 1) for w in workers.values())
+        if slots and slots != self.packer.n_workers:
+            self.packer.n_workers = slots
+            self.carry_out(self.sup.on_window(self.packer.window))
 
     def abort(self) -> None:
         """Interrupted: cancel what is queued, kill what runs, keep what is committed."""
@@ -400,7 +435,7 @@ def run_step(
     lease = LeaseKeeper(ctx.where.lease, ctx.lease_seconds).start() if ctx.lease_seconds else None
     for plugin in plugins:
         client.register_plugin(plugin)
-    step_run = _StepRun(client, ctx, sup, batches, _Packer(n_workers))
+    step_run = _StepRun(client, ctx, sup, batches, _Packer(n_workers), task_resources(client))
     live = _Live(display, run, step.name, sup, started, plan.seconds)
     display.start(step.name, sup.summary(), n_workers)
     try:

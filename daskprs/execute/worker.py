@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daskprs.execute.deadlines import Deadlines
+from daskprs.execute.handback import take_over
 from daskprs.execute.pool import pool_name, pool_of
 from daskprs.execute.wire import RunTask
 from daskprs.inputs.batches import MiniBatch
@@ -83,7 +84,13 @@ def _claim(ctx: StepContext, mb: int, try_key: str) -> bool:
     return True
 
 
-def run_try(ctx: StepContext, batch: MiniBatch, try_no: int, try_key: str) -> TryRecord:
+def run_try(
+    ctx: StepContext,
+    batch: MiniBatch,
+    try_no: int,
+    try_key: str,
+    handback_wait: list[float | None] | None = None,
+) -> TryRecord:
     """Run one try of one mini-batch in this worker's slot and return its record.
 
     Parameters
@@ -96,18 +103,30 @@ def run_try(ctx: StepContext, batch: MiniBatch, try_no: int, try_key: str) -> Tr
         The try number (1 for the first try).
     try_key : str
         Unique among all submissions of the run (``s0t1``); names the claim and the part.
+    handback_wait : list, optional
+        ``[seconds]`` to wait for a hand-back when the claim is taken (None: the default),
+        shared by the tries of one packed task: after the first wait the others wait 0 s
+        (the worker died: nothing comes) or 1 s (it handed its tries back together).
     """
     start = time.time()
     if not _claim(ctx, batch.index, try_key):
-        return TryRecord(
-            mb=batch.index,
-            try_no=try_no,
-            status=Status.DUPLICATE,
-            start_time=start,
-            error="this try was already started elsewhere; Dask ran its task a second time",
-        )
+        # a worker that closed under this try (retired) handed it back, or left its record
+        wait = handback_wait[0] if handback_wait else None
+        taken = take_over(ctx.where, batch.index, try_key, wait)
+        if handback_wait is not None:
+            handback_wait[:] = [1.0 if taken is not False else 0.0]
+        if isinstance(taken, TryRecord):
+            return taken
+        if not taken:
+            return TryRecord(
+                mb=batch.index,
+                try_no=try_no,
+                status=Status.DUPLICATE,
+                start_time=start,
+                error="this try was already started elsewhere; Dask ran its task a second time",
+            )
     pool = pool_of(ctx.token, _current_worker())
-    slot = pool.acquire()
+    slot = pool.acquire(batch.index, try_key)
     part = ctx.where.part(batch.index, try_key) if ctx.append_row else None
     try:
         record = slot.run(RunTask(batch, try_no, part), ctx.deadlines)
@@ -124,7 +143,17 @@ def run_try(ctx: StepContext, batch: MiniBatch, try_no: int, try_key: str) -> Tr
 def run_tries(ctx: StepContext, items: list[tuple[MiniBatch, int, str]]) -> list[TryRecord]:
     """Run several tries, one after the other, in this worker's slot (one Dask task for many
     small mini-batches). Each keeps its own claim, deadline and record."""
-    return [run_try(ctx, batch, try_no, try_key) for batch, try_no, try_key in items]
+    pool = pool_of(ctx.token, _current_worker())
+    records = []
+    wait: list[float | None] = [None]
+    try:
+        for batch, try_no, try_key in items:
+            record = run_try(ctx, batch, try_no, try_key, wait)
+            pool.keep(batch.index, try_key, record)
+            records.append(record)
+    finally:
+        pool.forget()
+    return records
 
 
 def claimed(ctx: StepContext, mb: int, try_key: str) -> bool:

@@ -19,7 +19,7 @@ from daskprs.job.binding import (
     local_dir,
 )
 from daskprs.job.files import read_step_settings
-from daskprs.job.model import CommandStep, DataInput, ParallelStep
+from daskprs.job.model import ClusterSpec, CommandStep, DataInput, ParallelStep
 from daskprs.job.nodes import Node
 from daskprs.job.runtime import (
     field_settings,
@@ -114,7 +114,7 @@ def environment_python(env: object, ctx: S.Context) -> tuple[str, str] | None:
     return None
 
 
-def _compute(node: Node, default: tuple[str, object], ctx: S.Context) -> str | None:
+def _compute(node: Node, default: tuple[str, object], ctx: S.Context) -> str | ClusterSpec | None:
     value = node.fields.get("compute")
     place = node.origin("compute")("compute") if value else default[0]
     value = value or default[1]
@@ -238,7 +238,7 @@ def _parallel_step(
     field_scope: Mapping[str, object],
     body_scope: Mapping[str, object],
     env_vars: dict[str, str],
-    compute: str | None,
+    compute: str | ClusterSpec | None,
     ctx: S.Context,
 ) -> ParallelStep | None:
     f = node.fields

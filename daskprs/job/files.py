@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from daskprs.job import schema as S
+from daskprs.job.model import ClusterSpec
 from daskprs.paths import URL
 
 # Levels of nesting a job file may have: real ones have fewer than ten. Bounding them keeps a
@@ -133,6 +134,13 @@ def load_config(
             ctx.problem(f"{label}: {key}", f"must be a mapping of name to {key[:-1]}")
             continue
         for name, value in entries.items():
+            if key == "computes" and isinstance(value, Mapping):
+                spec = _cluster_spec(str(name), value, f"{label}: computes: {name}", ctx)
+                if spec is not None:
+                    target[str(name)] = spec
+                else:  # its problem is reported; no "not applied" note on top of it
+                    ctx.noted_computes.add(str(name))
+                continue
             value = str(value)
             if key in ("datastores", "environments") and not URL.match(value):
                 value = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
@@ -144,6 +152,57 @@ def load_config(
                 )
                 continue
             target[str(name)] = value
+
+
+_SPEC_KEYS = ("class", "kwargs", "adapt", "scale")
+_SPEC_EXAMPLE = (
+    "{class: dask_jobqueue.SLURMCluster, kwargs: {cores: 8, memory: 32GB}, "
+    "adapt: {minimum: 1, maximum: 10}}"
+)
+
+
+def _cluster_spec(name: str, value: Mapping, place: str, ctx: S.Context) -> ClusterSpec | None:
+    """A ``computes:`` entry that names a cluster class (checked here, imported when run)."""
+    unknown = [str(k) for k in value if k not in _SPEC_KEYS]
+    if unknown:
+        ctx.problem(
+            place,
+            f"unknown key {unknown[0]!r}",
+            f"{S.suggest(unknown[0], _SPEC_KEYS, 'key')} e.g. {_SPEC_EXAMPLE}",
+        )
+        return None
+    cls = value.get("class")
+    if not isinstance(cls, str) or "." not in cls.strip(".") or " " in cls:
+        ctx.problem(
+            place,
+            f"`class` must be the dotted name of a Dask cluster class, not {cls!r}",
+            f"e.g. {_SPEC_EXAMPLE}",
+        )
+        return None
+    kwargs, adapt, scale = value.get("kwargs") or {}, value.get("adapt"), value.get("scale")
+    if not isinstance(kwargs, Mapping):
+        ctx.problem(place, "`kwargs` must be a mapping of the class's keyword arguments")
+        return None
+    if adapt is not None and not isinstance(adapt, Mapping):
+        ctx.problem(
+            place,
+            "`adapt` must be a mapping of cluster.adapt() arguments",
+            "e.g. adapt: {minimum: 1, maximum: 10}",
+        )
+        return None
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int) or scale < 0):
+        ctx.problem(place, f"`scale` must be a number of workers, not {scale!r}", "e.g. scale: 4")
+        return None
+    if adapt is not None and scale is not None:
+        ctx.problem(place, "give `adapt` or `scale`, not both")
+        return None
+    return ClusterSpec(
+        name=name,
+        cls=cls,
+        kwargs={str(k): v for k, v in kwargs.items()},
+        adapt=None if adapt is None else {str(k): v for k, v in adapt.items()},
+        scale=scale,
+    )
 
 
 SETTINGS_FILE = "parallel_run_step.settings.json"

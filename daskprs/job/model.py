@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
+    "ClusterSpec",
     "CommandStep",
     "DataInput",
     "Job",
@@ -23,6 +24,23 @@ __all__ = [
 ]
 
 InputType = Literal["uri_file", "uri_folder", "mltable"]
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A Dask cluster that ``daskprs.yaml`` ``computes:`` names by its class.
+
+    ``compute: azureml:<name>`` starts ``cls(**kwargs)`` (any importable Dask cluster class,
+    ``dask_jobqueue.SLURMCluster``, ``distributed.LocalCluster``...), then ``adapt(**adapt)``
+    when ``adapt`` is given, else ``scale(scale)`` when ``scale`` is given; the job runs on it
+    and it is closed at the end.
+    """
+
+    name: str
+    cls: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    adapt: Mapping[str, Any] | None = None
+    scale: int | None = None
 
 
 @dataclass(frozen=True)
@@ -127,16 +145,19 @@ class ParallelStep:
     environment: str | None = None
     python: str | None = None
     output_dir: str | None = None
-    compute: str | None = None
+    # a scheduler address, or a cluster to start (daskprs.yaml computes:)
+    compute: str | ClusterSpec | None = None
     depends_on: tuple[str, ...] = ()
     is_deterministic: bool = True
     kind: Literal["parallel"] = "parallel"
 
     @property
     def processes_per_instance(self) -> int:
-        """Entry-script processes per node: ``max_concurrency_per_instance``, or the cores of
-        this machine when it is not given."""
-        return self.max_concurrency_per_instance or os.cpu_count() or 1
+        """Entry-script processes per node: ``max_concurrency_per_instance``, or when it is not
+        given the GPUs this machine sees (as on an Azure GPU node), else its cores."""
+        from daskprs.job.devices import visible_gpus
+
+        return self.max_concurrency_per_instance or len(visible_gpus()) or os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

@@ -355,7 +355,8 @@ class Context:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     datastores: dict[str, str] = field(default_factory=dict)
-    computes: dict[str, str] = field(default_factory=dict)
+    # name -> a scheduler address (str) or a cluster to start (model.ClusterSpec)
+    computes: dict[str, object] = field(default_factory=dict)
     # environment name (or conda file) -> the Python interpreter entry scripts run in
     environments: dict[str, str] = field(default_factory=dict)
     default_datastore: str = "workspaceblobstore"

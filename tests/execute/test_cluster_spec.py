@@ -1,0 +1,131 @@
+"""``compute: azureml:<name>`` starting the cluster class ``daskprs.yaml`` names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import make_files, output_of
+
+from daskprs.api import run_job
+from daskprs.errors import UserInputError
+from daskprs.testing import write_job
+
+SCRIPT = """\
+import os
+
+
+def init():
+    pass
+
+
+def run(mini_batch):
+    return [f"{os.path.basename(p)} {os.environ.get('DASK_WORKER_NAME', '?')}" for p in mini_batch]
+"""
+
+LOCAL_SPEC = """\
+computes:
+  gpu-cluster:
+    class: distributed.LocalCluster
+    kwargs:
+      n_workers: 2
+      threads_per_worker: 1
+      processes: true
+      dashboard_address: null
+      memory_limit: 0
+"""
+
+
+def spec_job(tmp_path: Path, config: str) -> Path:
+    make_files(tmp_path / "data", 6)
+    (tmp_path / "daskprs.yaml").write_text(config)
+    return write_job(
+        tmp_path,
+        SCRIPT,
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"1"',
+        extra="compute: azureml:gpu-cluster",
+    )
+
+
+@pytest.mark.slow
+def test_a_local_cluster_named_in_the_configuration_runs_the_job(tmp_path):
+    job = spec_job(tmp_path, LOCAL_SPEC)
+    lines: list[str] = []
+    result = run_job(job, run_dir=tmp_path / "run", echo=lines.append)
+    assert result.ok, result.failure
+    rows = output_of(tmp_path / "run").read_text().splitlines()
+    assert sorted(r.split()[0] for r in rows) == [f"f{i:03d}.txt" for i in range(6)]
+    # the named cluster ran it, not the embedded one (which is not announced as "cluster:")
+    assert "cluster: 2 worker slots" in "\n".join(lines)
+    assert not any("embedded" in line for line in lines)
+
+
+def test_a_cluster_class_that_cannot_be_imported_is_a_user_error(tmp_path):
+    job = spec_job(tmp_path, "computes:\n  gpu-cluster: {class: dask_nowhere.SLURMCluster}\n")
+    with pytest.raises(UserInputError) as info:
+        run_job(job, run_dir=tmp_path / "run", echo=lambda line: None)
+    message = str(info.value)
+    assert "computes: gpu-cluster: class dask_nowhere.SLURMCluster" in message
+    assert "pip install dask-nowhere" in message
+
+
+def test_wrong_cluster_arguments_are_a_user_error(tmp_path):
+    config = "computes:\n  gpu-cluster:\n    class: distributed.LocalCluster\n"
+    config += "    kwargs: {nworkerz: 2}\n"
+    job = spec_job(tmp_path, config)
+    with pytest.raises(UserInputError) as info:
+        run_job(job, run_dir=tmp_path / "run", echo=lambda line: None)
+    assert "nworkerz" in str(info.value) and "Fix `kwargs`" in str(info.value)
+
+
+# Each run() leaves a marker named after its process, and waits (bounded) until markers of
+# two processes are there: the job ends quickly only on two workers.
+TWO_WORKERS = """\
+import os, time
+
+
+def init():
+    pass
+
+
+def run(mini_batch):
+    marks = os.environ["MARKS"]
+    open(os.path.join(marks, str(os.getpid())), "w").close()
+    deadline = time.monotonic() + 60
+    while len(os.listdir(marks)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [f"{os.path.basename(p)} {os.getpid()}" for p in mini_batch]
+"""
+
+ADAPTIVE_SPEC = """\
+computes:
+  gpu-cluster:
+    class: distributed.LocalCluster
+    kwargs: {n_workers: 1, threads_per_worker: 1, dashboard_address: null, memory_limit: 0}
+    adapt: {minimum: 1, maximum: 2, interval: 100ms, target_duration: 0.1s}
+"""
+
+
+@pytest.mark.slow
+def test_an_adaptive_local_cluster_grows_with_the_queue(tmp_path):
+    """Started with one worker and adapt(maximum=2): the queued mini-batches make it add the
+    second worker, which gets work."""
+    make_files(tmp_path / "data", 4)
+    (tmp_path / "marks").mkdir()
+    (tmp_path / "daskprs.yaml").write_text(ADAPTIVE_SPEC)
+    job = write_job(
+        tmp_path,
+        TWO_WORKERS,
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"1"',
+        extra="compute: azureml:gpu-cluster\n"
+        f"environment_variables:\n  MARKS: {tmp_path / 'marks'}",
+    )
+    lines: list[str] = []
+    result = run_job(job, run_dir=tmp_path / "run", echo=lines.append)
+    assert result.ok, result.failure
+    assert "cluster: 1 worker slots" in "\n".join(lines)
+    rows = [line.split() for line in output_of(tmp_path / "run").read_text().splitlines()]
+    assert sorted(name for name, _ in rows) == [f"f{i:03d}.txt" for i in range(4)]
+    assert len({pid for _, pid in rows}) == 2
