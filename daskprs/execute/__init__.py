@@ -2,11 +2,16 @@
 
 Owns the retry, timeout and budget policy as a pure state machine (``supervisor``), the
 driver loop that submits tries and carries out its instructions (``runner``), one try as a
-Dask task (``worker``), the slot that owns the entry-script process and its deadlines
-(``slot``), that process (``child``) and the messages between them (``wire``), getting a
-Dask client (``cluster``) and the TLS certificates of a ``tls://`` scheduler (``tls``).
+Dask task (``worker``), the per-step worker plugin that holds a worker's slots and the
+driver's lease (``pool``), the slot that owns the entry-script process (``slot``) and the
+pure clock of its deadlines (``deadlines``), that process (``child``) and the messages
+between them (``wire``), tries handed back by a worker that leaves (``handback``), the code
+folder shipped to workers that cannot see it (``codefolder``), the check of the entry
+script's imports before the first mini-batch (``preflight``), getting a Dask client
+(``cluster``) and the TLS certificates of a ``tls://`` scheduler (``tls``).
 
-May import: every layer below (:mod:`daskprs.errors`, :mod:`daskprs.job`,
-:mod:`daskprs.inputs`, :mod:`daskprs.results`, :mod:`daskprs.observe`). ``child`` and
-``wire`` import no Dask: they run in the entry-script process.
+May import: every layer below (:mod:`daskprs.errors`, :mod:`daskprs.paths`,
+:mod:`daskprs.rundir`, :mod:`daskprs.job`, :mod:`daskprs.inputs`, :mod:`daskprs.results`,
+:mod:`daskprs.observe`). ``child``, ``wire`` and ``deadlines`` import no Dask: they run in the
+entry-script process, maybe in another interpreter.
 """
