@@ -130,3 +130,10 @@ def test_one_join_path_for_local_paths_and_urls(base, parts, joined):
     from daskprs.paths import join_path
 
     assert join_path(base, *parts) == joined
+
+
+@pytest.mark.parametrize("sub", ["job", "inputs", "results", "observe", "execute", "mapping"])
+def test_each_layer_names_every_module_it_owns(sub):
+    doc = importlib.import_module(f"daskprs.{sub}").__doc__ or ""
+    modules = sorted(p.stem for p in (PACKAGE / sub).glob("*.py") if p.stem != "__init__")
+    assert [m for m in modules if f"``{m}``" not in doc] == []
