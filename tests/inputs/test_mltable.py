@@ -378,3 +378,21 @@ def test_iso_dates_inferred_like_mltable():
     out = infer_dates(df)
     assert out["d"].dtype == "datetime64[ns]" and pd.isna(out["d"].iloc[1])
     assert out["s"].tolist()[:2] == ["2024-01-02", "x"]
+
+
+@pytest.mark.parametrize(
+    ("values", "converted"),
+    [
+        (["2024-01-02", "2024-01-03T04:05:06.5", None], True),
+        (["2024-01-02", "2024-01-03", "2024-1-04"], False),  # one value is no ISO date
+        (["2024-01-02", 20240103, "2024-01-04"], False),  # a value that is no string
+        (["2024-01-02", "2024-01-03 noon"], False),
+        # digits of another script are not ISO
+        (["\u0662\u0660\u0662\u0664-\u0660\u0661-\u0660\u0662"], False),
+    ],
+)
+def test_a_column_becomes_dates_only_when_every_value_is_an_iso_date(values, converted):
+    from daskprs.inputs.mltable import infer_dates
+
+    out = infer_dates(pd.DataFrame({"d": pd.Series(values, dtype=object)}))
+    assert (out["d"].dtype == "datetime64[ns]") is converted
