@@ -198,12 +198,13 @@ def test_progress_timeout_fails_the_job_and_kills_what_runs(tmp_path, client):
         tmp_path,
         STALL,
         input_yaml="type: uri_folder\npath: ./data",
-        program_arguments="--progress_update_timeout 2",
+        # long enough for both children to reach run() on a busy machine before the stop
+        program_arguments="--progress_update_timeout 4",
         extra=f"environment_variables:\n  MARKS: {marks}",
     )
     result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
     assert not result.ok
-    assert "progress_update_timeout (2 s)" in result.failure
+    assert "progress_update_timeout (4 s)" in result.failure
     assert result.steps[0].summary["cancelled"] == 2
     pids = [int(p.name) for p in marks.iterdir()]
     assert pids
