@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daskprs.errors import UserInputError
-from daskprs.results.ledger import LedgerState, read_ledger
+from daskprs.results.ledger import LedgerState, ledger_tries, read_ledger
 from daskprs.results.outcome import TryRecord
 from daskprs.rundir import RunDir, pid_alive
 
@@ -209,7 +209,7 @@ def _step_view(paths: RunPaths, name: str, kind: str, settings: dict[str, Any]) 
     state: LedgerState = read_ledger(paths.ledger(name))
     view.sessions = state.sessions
     view.total = int(state.header.get("batches", 0)) if state.header else 0
-    view.tries = _tries(paths.ledger(name))
+    view.tries = ledger_tries(paths.ledger(name))
     for mb, entry in state.entries.items():
         if entry.state in ("DONE", "FAILED", "CANCELLED"):
             view.states[mb] = entry.state
@@ -219,22 +219,6 @@ def _step_view(paths: RunPaths, name: str, kind: str, settings: dict[str, Any]) 
     for mb in range(view.total):
         view.states.setdefault(mb, "PENDING")
     return view
-
-
-def _tries(ledger: str) -> list[TryRecord]:
-    """Every try of a ledger, in the order they ended (a line cut short is skipped)."""
-    out: list[TryRecord] = []
-    if not os.path.exists(ledger):
-        return out
-    with open(ledger, encoding="utf-8") as f:
-        for line in f:
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if event.get("event") == "try":
-                out.append(TryRecord.from_dict(event["record"]))
-    return out
 
 
 def _number(text: str) -> float | None:

@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from daskprs.paths import redact_data
 from daskprs.results.outcome import TryRecord
 
-__all__ = ["Ledger", "LedgerState", "MiniBatchEntry", "read_ledger"]
+__all__ = [
+    "Ledger",
+    "LedgerState",
+    "MiniBatchEntry",
+    "ledger_events",
+    "ledger_tries",
+    "read_ledger",
+]
 
 
 @dataclass
@@ -48,36 +56,49 @@ class LedgerState:
         return e.state if e is not None else "PENDING"
 
 
-def read_ledger(path: str) -> LedgerState:
-    """Replay a ledger file (missing file: an empty state)."""
-    state = LedgerState()
+def ledger_events(path: str) -> Iterator[dict[str, Any]]:
+    """The events of a ledger file in the order they were written (none for a missing file;
+    a line cut short by a crash is skipped)."""
     if not os.path.exists(path):
-        return state
+        return
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
-                event = json.loads(line)
+                yield json.loads(line)
             except json.JSONDecodeError:
-                continue  # a line cut short by a crash
-            kind = event.get("event")
-            if kind == "session":
-                state.sessions += 1
-                if not state.header:
-                    state.header = event.get("header", {})
-            elif kind == "try":
-                rec = TryRecord.from_dict(event["record"])
-                e = state.entry(rec.mb)
-                e.tries = max(e.tries, rec.try_no)
-                if event.get("final"):
-                    e.state = event["final"]
-                    e.record = rec
-                    e.part = rec.part if e.state == "DONE" else None
-            elif kind == "final":
-                e = state.entry(event["mb"])
-                e.state = event["state"]
-                e.part = event.get("part")
-                if event.get("record") is not None:
-                    e.record = TryRecord.from_dict(event["record"])
+                continue
+
+
+def ledger_tries(path: str) -> list[TryRecord]:
+    """Every try a ledger recorded, in the order they ended."""
+    return [
+        TryRecord.from_dict(e["record"]) for e in ledger_events(path) if e.get("event") == "try"
+    ]
+
+
+def read_ledger(path: str) -> LedgerState:
+    """Replay a ledger file (missing file: an empty state)."""
+    state = LedgerState()
+    for event in ledger_events(path):
+        kind = event.get("event")
+        if kind == "session":
+            state.sessions += 1
+            if not state.header:
+                state.header = event.get("header", {})
+        elif kind == "try":
+            rec = TryRecord.from_dict(event["record"])
+            e = state.entry(rec.mb)
+            e.tries = max(e.tries, rec.try_no)
+            if event.get("final"):
+                e.state = event["final"]
+                e.record = rec
+                e.part = rec.part if e.state == "DONE" else None
+        elif kind == "final":
+            e = state.entry(event["mb"])
+            e.state = event["state"]
+            e.part = event.get("part")
+            if event.get("record") is not None:
+                e.record = TryRecord.from_dict(event["record"])
     return state
 
 
