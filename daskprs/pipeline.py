@@ -32,7 +32,13 @@ from daskprs.rundir import RunDir
 
 PENDING, RUNNING, DONE, FAILED, CANCELLED = BatchState
 
-__all__ = ["StepsRunner", "check_workers", "plan_step"]
+__all__ = [
+    "StepsRunner",
+    "check_workers",
+    "outcome_from_ledger",
+    "plan_step",
+    "todo_and_prior",
+]
 
 
 def plan_step(step: ParallelStep) -> Plan:
@@ -304,7 +310,7 @@ class StepsRunner:
                 os.makedirs(folder, exist_ok=True)
         ledger_file = self.rundir.step(step.name).ledger
         state = read_ledger(ledger_file)
-        todo, prior = _todo(plan, state, self.mode)
+        todo, prior = todo_and_prior(plan, state, self.mode)
         if self.mode != "run":
             self.echo(
                 f"[{step.name}] {self.mode}: {len(todo)} of {len(plan.batches)} mini-batches to run"
@@ -339,7 +345,7 @@ class StepsRunner:
                 progress=self.progress,
             )
         else:
-            outcome = _outcome_from_ledger(step, plan, state)
+            outcome = outcome_from_ledger(step, plan, state)
         state = read_ledger(ledger_file)  # once more: now with this session's tries
         outcome.failed = _failed_entries(step.name, plan, state)
         out_path, _ = assemble_output(step, state)
@@ -406,7 +412,7 @@ def check_workers(client: Any, step: ParallelStep, run_dir: str) -> bool:
     return ship_code
 
 
-def _todo(plan: Plan, state: Any, mode: str) -> tuple[list[int], dict[int, Prior]]:
+def todo_and_prior(plan: Plan, state: Any, mode: str) -> tuple[list[int], dict[int, Prior]]:
     """Which mini-batches to run, and the final states the others keep."""
     rerun = {"run": (), "resume": (PENDING, RUNNING, CANCELLED)}.get(
         mode, (PENDING, RUNNING, FAILED, CANCELLED)
@@ -429,9 +435,9 @@ def _todo(plan: Plan, state: Any, mode: str) -> tuple[list[int], dict[int, Prior
     return todo, prior
 
 
-def _outcome_from_ledger(step_obj: ParallelStep, plan: Plan, state: Any) -> StepOutcome:
+def outcome_from_ledger(step_obj: ParallelStep, plan: Plan, state: Any) -> StepOutcome:
     """A step with nothing left to run: its outcome as the ledger records it."""
-    _, prior = _todo(plan, state, "resume")
+    _, prior = todo_and_prior(plan, state, "resume")
     items = {b.index: b.n_items for b in plan.batches}
     stop, summary = verdict_of(items, prior, policy_for(step_obj, 1, None))
     return StepOutcome(

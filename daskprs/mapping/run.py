@@ -25,7 +25,7 @@ from daskprs.job.model import DataInput, ParallelStep, RuntimeSettings
 from daskprs.mapping.entry import entry_code
 from daskprs.mapping.staging import collection_kind, load_staged, stage
 from daskprs.observe import logs
-from daskprs.pipeline import _outcome_from_ledger, _todo, check_workers
+from daskprs.pipeline import check_workers, outcome_from_ledger, todo_and_prior
 from daskprs.results.jobresult import StepOutcome
 from daskprs.results.ledger import LedgerState, read_ledger
 from daskprs.results.mapresult import FailedPartition, MapResult
@@ -103,11 +103,11 @@ def _run(
 ) -> StepOutcome:
     """Run what the ledger says is left (all of it on a first call) and return the outcome."""
     state = read_ledger(RunDir(run_dir).step(STEP).ledger)
-    todo, prior = _todo(plan, state, "resume" if resumed else "run")
+    todo, prior = todo_and_prior(plan, state, "resume" if resumed else "run")
     if resumed:
         echo(f"[{STEP}] continuing {run_dir}: {len(todo)} of {len(plan.batches)} partitions to run")
     if not todo:
-        return _outcome_from_ledger(step, plan, state)
+        return outcome_from_ledger(step, plan, state)
     ship_code = False
     if not handle.local:
         ship_code = check_workers(handle.client, step, run_dir)
