@@ -85,6 +85,13 @@ def write_rows(value: Any, out: BinaryIO, to_csv: Mapping[str, Any] | None = Non
         encoding = options.pop("encoding", "utf-8") or "utf-8"
         if len(value) == 0:
             return
+        from daskprs.results.fastcsv import csv_chunks
+
+        chunks = csv_chunks(value, options)
+        if chunks is not None:  # the same text, without pandas' per-value formatting
+            for chunk in chunks:
+                out.write(chunk.encode(encoding))
+            return
         text = io.TextIOWrapper(out, encoding=encoding, newline="")
         try:
             value.to_csv(text, **options)
