@@ -92,6 +92,21 @@ def _write_table(folder, rows=500):
     return df
 
 
+def test_a_file_list_job_never_imports_pandas_for_the_script(tmp_path, client):
+    """Its processes start without pandas (a few hundred milliseconds each, at every start
+    and after every kill); the script imports what it needs itself."""
+    make_files(tmp_path / "data", 4, "a")
+    job = write_job(
+        tmp_path,
+        "import sys\n\ndef run(mini_batch):\n    return [str('pandas' in sys.modules)]\n",
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"1"',
+    )
+    result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
+    assert result.ok, result.failure
+    assert output_of(tmp_path / "run").read_text().splitlines() == ["False"] * 4
+
+
 def test_tabular_job_is_byte_identical_to_a_serial_computation(tmp_path, client):
     df = _write_table(tmp_path / "table")
     job = write_job(

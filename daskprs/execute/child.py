@@ -10,8 +10,8 @@ from which the slot computes the phase's deadline; the slot reads those lines wh
 so a phase change costs it no wake-up of its own. Failures come back as records; a failed
 ``init()`` ends this process (the slot starts a new one).
 
-Imports stay light (standard library, then pandas through the readers) so an entry script
-could later run in another interpreter.
+Imports stay light (the standard library; pandas only for a step that reads tables) so an
+entry script can run in another interpreter, and a process starts in tens of milliseconds.
 """
 
 from __future__ import annotations
@@ -77,6 +77,9 @@ class ChildConfig:
     profiling_module: str | None = None
     # The interpreter to run in (None: the worker's own)
     python: str | None = None
+    # The step reads tables: import pandas and the table reader when the process starts, not
+    # inside the first try's load deadline (a file-list step never needs them)
+    tables: bool = True
 
 
 class MiniBatchContext:
@@ -368,10 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     assert isinstance(setup, Setup), setup
     runner = _Runner(setup.config, out_fd, phase_fd)
     runner.setup_process()
-    try:  # import the readers (pandas) now, before the first task arrives
-        import daskprs.inputs.readers  # noqa: F401
-    except Exception:  # the first load will report it, against its mini-batch
-        pass
+    if runner.cfg.tables:
+        try:  # import the table reader (pandas) now, before the first task arrives
+            import daskprs.inputs.tableread  # noqa: F401
+        except Exception:  # the first load will report it, against its mini-batch
+            pass
     while True:
         try:
             message = read_message(in_fd)

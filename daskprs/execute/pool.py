@@ -155,6 +155,7 @@ class SlotPool(WorkerPlugin):
             to_csv=dict(ctx.to_csv),
             profiling_module=ctx.profiling_module,
             python=ctx.python,
+            tables=ctx.tables,
         )
         slot = Slot(config, ctx.memory_limit)
         if ctx.monitor_interval > 0:

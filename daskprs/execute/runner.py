@@ -24,7 +24,7 @@ from daskprs.execute.deadlines import SHUTDOWN_SECONDS, Deadlines
 from daskprs.execute.pool import LeaseKeeper, SlotPool, lease_seconds
 from daskprs.execute.supervisor import Finalize, Policy, Prior, Stop, Submit, Supervisor
 from daskprs.execute.worker import StepContext, claimed, kill_running, run_tries, run_try
-from daskprs.inputs.batches import MiniBatch
+from daskprs.inputs.batches import FileBatch, MiniBatch
 from daskprs.inputs.plan import Plan
 from daskprs.job.model import ParallelStep
 from daskprs.observe import logs
@@ -410,6 +410,7 @@ def run_step(
         profiling_module=step.settings.profiling_module,
         lease_seconds=0.0 if local else lease_seconds(),
         python=step.python,
+        tables=any(not isinstance(b, FileBatch) for b in plan.batches),
     )
     if structured_parts:  # map_batches: every try's rows kept as data
         ctx = replace(ctx, append_row=True, to_csv=structured_part_options())

@@ -54,6 +54,8 @@ class StepContext:
     lease_seconds: float = 0.0
     # The Python interpreter entry scripts run in (None: the worker's own)
     python: str | None = None
+    # The step's mini-batches are tables (its processes import pandas when they start)
+    tables: bool = True
 
     @property
     def where(self) -> StepDir:

@@ -11,7 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["FileBatch", "MiniBatch", "StagedBatch", "TableBatch", "TablePiece"]
+__all__ = ["BatchLoadError", "FileBatch", "MiniBatch", "StagedBatch", "TableBatch", "TablePiece"]
+
+
+class BatchLoadError(Exception):
+    """Reading a mini-batch's data failed; the message names the file and range."""
 
 
 @dataclass(frozen=True)

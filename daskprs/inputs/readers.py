@@ -2,14 +2,15 @@
 
 - :class:`~daskprs.inputs.batches.FileBatch` -> a list of local file paths (remote files are
   downloaded into a worker-local cache first; ``direct`` passes the URLs through);
-- :class:`~daskprs.inputs.batches.TableBatch` -> a pandas DataFrame: each piece's bytes
-  ``[start, end)`` (or parquet row groups) are read and parsed, transformed
-  (:func:`daskprs.inputs.mltable.apply_transforms`) and concatenated;
+- :class:`~daskprs.inputs.batches.TableBatch` -> a pandas DataFrame
+  (:mod:`daskprs.inputs.tableread`);
 - :class:`~daskprs.inputs.batches.StagedBatch` -> the staged partition of a user's Dask
   collection (``daskprs.map_batches``): a DataFrame, or a list for a bag.
 
 This module runs in the child process that hosts the entry script, so its imports stay light:
-stdlib, pandas and fsspec; pyarrow only when a parquet piece is read.
+the standard library, and fsspec for remote files. pandas is imported when a table is read,
+not before: a process that runs a file-list step starts in tens of milliseconds instead of
+the few hundred that importing pandas takes.
 
 Any read failure raises :class:`BatchLoadError`, whose message names the file and the byte
 range (or row groups); the caller records it as ``LOAD_ERROR``.
@@ -17,31 +18,16 @@ range (or row groups); the caller records it as ``LOAD_ERROR``.
 
 from __future__ import annotations
 
-import io
-import json
 import os
-from collections.abc import Mapping
 from typing import Any
 
-import pandas as pd
-
-from daskprs.inputs.batches import FileBatch, MiniBatch, StagedBatch, TableBatch, TablePiece
+from daskprs.inputs.batches import BatchLoadError, FileBatch, MiniBatch, StagedBatch, TableBatch
 from daskprs.inputs.filesystems import filesystem
-from daskprs.inputs.tablemodel import TableRead
-from daskprs.inputs.transforms import apply_transforms, csv_read_options, infer_dates
 
-__all__ = ["BatchLoadError", "load_batch", "read_piece"]
-
-# First window read to find a file's header line; doubled until a newline is found.
-_HEADER_PROBE = 16 * 1024
-_NAMED_HEADERS = ("all_files_same_headers", "from_first_file")
+__all__ = ["BatchLoadError", "load_batch"]
 
 
-class BatchLoadError(Exception):
-    """Reading a mini-batch's data failed; the message names the file and range."""
-
-
-def load_batch(batch: MiniBatch, *, cache_dir: str) -> pd.DataFrame | list[Any]:
+def load_batch(batch: MiniBatch, *, cache_dir: str) -> Any:
     """What ``run()`` receives for ``batch``.
 
     Parameters
@@ -66,9 +52,13 @@ def load_batch(batch: MiniBatch, *, cache_dir: str) -> pd.DataFrame | list[Any]:
     if isinstance(batch, FileBatch):
         return _load_files(batch, cache_dir)
     if isinstance(batch, TableBatch):
-        return _load_table(batch)
+        from daskprs.inputs.tableread import load_table
+
+        return load_table(batch)
     if isinstance(batch, StagedBatch):
-        return _load_staged(batch)
+        from daskprs.inputs.tableread import load_staged
+
+        return load_staged(batch)
     raise TypeError(f"not a mini-batch descriptor: {batch!r}")
 
 
@@ -113,138 +103,3 @@ def _load_files(batch: FileBatch, cache_dir: str) -> list[str]:
             ) from err
         out.append(local)
     return out
-
-
-def _load_staged(batch: StagedBatch) -> pd.DataFrame | list[Any]:
-    import pickle
-
-    try:
-        if batch.format == "parquet":
-            return pd.read_parquet(batch.path)
-        with open(batch.path, "rb") as f:
-            return pickle.load(f)
-    except Exception as err:
-        raise BatchLoadError(
-            f"reading the staged partition {batch.index} ({batch.path}) failed: "
-            f"{type(err).__name__}: {err}"
-        ) from err
-
-
-# --------------------------------------------------------------------------------------------
-# Tables
-# --------------------------------------------------------------------------------------------
-
-
-def _where(piece: TablePiece) -> str:
-    if piece.row_groups is not None:
-        return f"{piece.path} row groups {list(piece.row_groups)}"
-    end = "end" if piece.end is None else piece.end
-    return f"{piece.path} bytes [{piece.start}:{end})"
-
-
-def _load_table(batch: TableBatch) -> pd.DataFrame:
-    frames = []
-    for piece in batch.pieces:
-        try:
-            df = read_piece(piece, batch.read, batch.storage_options)
-            salt = f"{piece.path}:{piece.start}:{piece.row_groups}"
-            df = apply_transforms(df, batch.read, piece.path, salt=salt)
-        except Exception as err:
-            raise BatchLoadError(
-                f"reading {_where(piece)} failed: {type(err).__name__}: {err}"
-            ) from err
-        frames.append(df)
-    if len(frames) == 1:
-        return frames[0].reset_index(drop=True)
-    return pd.concat(frames, ignore_index=True)
-
-
-def read_piece(
-    piece: TablePiece, read: TableRead, storage_options: Mapping[str, Any] | None = None
-) -> pd.DataFrame:
-    """The rows of one piece, parsed but not transformed."""
-    fs, path = filesystem(piece.path, storage_options or {})
-    if read.reader == "parquet":
-        return _read_parquet(fs, path, piece)
-    data = fs.cat_file(path, start=piece.start, end=piece.end)
-    if read.reader == "json_lines":
-        return _parse_json_lines(data, read)
-    return _parse_delimited(data, read, piece, fs, path)
-
-
-def _read_parquet(fs: Any, path: str, piece: TablePiece) -> pd.DataFrame:
-    import pyarrow.parquet as pq
-
-    with fs.open(path, "rb") as fh:
-        pf = pq.ParquetFile(fh)
-        if piece.row_groups is None:
-            table = pf.read()
-        elif not piece.row_groups:
-            table = pf.schema_arrow.empty_table()
-        else:
-            table = pf.read_row_groups(list(piece.row_groups))
-    return table.to_pandas()
-
-
-def _parse_json_lines(data: bytes, read: TableRead) -> pd.DataFrame:
-    records = []
-    for n, line in enumerate(data.decode(read.codec).split("\n"), start=1):
-        line = line.rstrip("\r")
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict):
-                raise ValueError(f"a JSON {type(obj).__name__}, not an object")
-        except ValueError as err:
-            if read.invalid_lines == "drop":
-                continue
-            raise ValueError(
-                f"line {n} of the range is not a JSON object ({err}); fix it or set "
-                f"invalid_lines: drop"
-            ) from err
-        records.append(obj)
-    if not records:
-        return pd.DataFrame()
-    return pd.DataFrame.from_records(records).infer_objects()
-
-
-def _file_header(fs: Any, path: str, read: TableRead) -> list[str]:
-    """Column names from the header line of ``path`` (read in small windows)."""
-    n = _HEADER_PROBE
-    while True:
-        head = fs.cat_file(path, start=0, end=n)
-        if b"\n" in head or len(head) < n:
-            head = head.split(b"\n", 1)[0]
-            break
-        n *= 2
-    opts = csv_read_options(read)
-    opts.pop("dtype", None)
-    try:
-        return [str(c) for c in pd.read_csv(io.BytesIO(head), header=0, nrows=0, **opts).columns]
-    except pd.errors.EmptyDataError:
-        return []
-
-
-def _parse_delimited(
-    data: bytes, read: TableRead, piece: TablePiece, fs: Any, path: str
-) -> pd.DataFrame:
-    opts = csv_read_options(read)
-    names: list[str] | None
-    if read.header == "no_header":
-        header, names = None, None
-    else:
-        if read.columns is not None and read.header in _NAMED_HEADERS:
-            names = list(read.columns)
-        elif piece.skip_header:
-            names = None
-        else:
-            names = _file_header(fs, path, read)
-        header = 0 if piece.skip_header else None
-    try:
-        df = pd.read_csv(io.BytesIO(data), header=header, names=names, **opts)
-    except pd.errors.EmptyDataError:
-        df = pd.DataFrame(columns=names or [])
-    if read.header == "no_header":
-        df.columns = [f"Column{i + 1}" for i in range(len(df.columns))]
-    return infer_dates(df) if read.infer_column_types else df

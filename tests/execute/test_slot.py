@@ -190,3 +190,31 @@ def test_an_init_that_hangs_is_bounded_and_counted_as_an_init_failure(setup):
         assert not pid_alive(int(init_log.read_text().split()[0]))
     finally:
         slot.stop()
+
+
+MODULES_SCRIPT = """
+import sys
+
+def run(mini_batch):
+    return [" ".join(m for m in ("pandas", "numpy") if m in sys.modules) or "-"]
+"""
+
+
+@pytest.mark.parametrize(("tables", "seen"), [(False, "-"), (True, "pandas numpy")])
+def test_a_file_list_process_starts_without_pandas(tmp_path, tables, seen):
+    """pandas takes a few hundred milliseconds to import: only a step reading tables pays it
+    when its process starts (a file-list one never, unless the entry script imports it)."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "score.py").write_text(MODULES_SCRIPT)
+    (tmp_path / "a.txt").write_text("x\n")
+    part = tmp_path / "a.part"
+    cfg = ChildConfig(code_dir=str(code), entry_script="score.py", tables=tables)
+    slot = Slot(cfg)
+    try:
+        task = RunTask(FileBatch(0, (str(tmp_path / "a.txt"),)), 1, str(part))
+        record = slot.run(task, Deadlines(load=30, run=30))
+    finally:
+        slot.stop()
+    assert record.status == "RUN_DONE", record.error
+    assert part.read_text() == f"{seen}\n"
