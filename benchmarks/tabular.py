@@ -1,11 +1,14 @@
-"""tabular: a folder of generated CSV, mini_batch_size 10mb, append_row_to, vs three peers.
+"""tabular: a folder of generated CSV, mini_batch_size 10mb, append_row_to, vs four peers.
 
 Contenders, all writing the same bytes (space-separated, no header, no index, ``\\n``):
 serial pandas (chunks per file), hand-written Dask (``read_csv(blocksize="10MB")`` +
 ``map_partitions`` + ``to_csv`` parts + concatenation), a ``ProcessPoolExecutor`` over 10 MB
-byte ranges cut at line ends, and daskprs on its embedded cluster. Every contender is timed
-from nothing to its output file (cluster or pool start included). Targets: daskprs <= 0.65 x
-serial, <= 0.8 x Dask, <= 1.1 x the pool; outputs byte-identical.
+byte ranges cut at line ends, daskprs on its embedded cluster, and, when ray is installed
+(``pip install 'ray[data]'``; not a project dependency), Ray Data on a local Ray
+(``read_csv`` in 10 MiB blocks + ``map_batches`` + ``to_csv`` per block, written in order),
+run last. Every contender is timed from nothing to its output file (cluster, pool or Ray
+start included). Targets: daskprs <= 0.65 x serial, <= 0.8 x Dask, <= 1.1 x the pool; outputs
+byte-identical. Ray has no target: the table shows daskprs / ray.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import inspect
 import io
 import itertools
 import json
+import logging
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -75,8 +80,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--file-size", default="50MB", help="size of each generated CSV file")
     p.add_argument(
         "--only",
-        default="serial,pool,dask,daskprs",
-        help="contenders to run, comma-separated (daskprs is the reference)",
+        default="serial,pool,dask,daskprs,ray",
+        help="contenders to run, comma-separated (daskprs is the reference; ray is skipped "
+        "when not installed)",
     )
     p.add_argument("--verbose", action="store_true", help="show daskprs progress lines")
 
@@ -233,6 +239,84 @@ def run_dask(
     return start
 
 
+class RayMissing(Exception):
+    """``import ray`` (or ``ray.data``) failed: the ray contender is skipped."""
+
+
+def _ray_part(df, extra: tuple[str, ...] = ()):
+    """One Ray Data batch (a whole block): compute(), then its output bytes as one text row."""
+    import pandas as pd
+
+    return pd.DataFrame({"text": [compute(df, extra).to_csv(**TO_CSV)]})
+
+
+def run_ray(
+    files: list[Path], out: Path, work: Path, workers: int, extra: tuple[str, ...] = ()
+) -> dict:
+    """Ray Data on a new local Ray (``ray.init(num_cpus=workers)``, the import included in
+    the start): ``read_csv`` with one read task per file and blocks of 10 MiB of CSV,
+    ``map_batches(batch_format="pandas")`` of compute() + ``to_csv`` per block, the blocks'
+    text written in input order (``preserve_order``); Ray shut down at the end. Returns the
+    start and shutdown seconds, the number of blocks and the ray version. ``work`` is not
+    used: the blocks' text goes through Ray's object store, not part files."""
+    t0 = time.perf_counter()
+    try:
+        import ray
+        import ray.data
+    except ImportError as e:
+        raise RayMissing(
+            "ray is not installed" if getattr(e, "name", None) == "ray" else str(e)
+        ) from e
+    from pyarrow import csv
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report while timed
+    # "local": a new Ray of its own, never one already running on the machine
+    ray.init(
+        address="local",
+        num_cpus=workers,
+        include_dashboard=False,
+        logging_level=logging.ERROR,
+    )
+    start = time.perf_counter() - t0
+    blocks = 0
+    data_logger = logging.getLogger("ray.data")
+    level = data_logger.level
+    data_logger.setLevel(logging.ERROR)  # no execution-plan lines (Dask: silence_logs too)
+    try:
+        ctx = ray.data.DataContext.get_current()  # this process's: read by the next Dataset
+        ctx.execution_options.preserve_order = True  # blocks come out in input order
+        ctx.enable_progress_bars = False
+        # A read task emits a block when its buffer reaches this size, so each 10 MiB batch
+        # of pyarrow's streaming CSV reader (read_options below) becomes one block.
+        ctx.target_max_block_size = BLOCK
+        # Pandas batches with numpy dtypes, as the other contenders' compute() sees
+        # (Ray >= 2.56 would hand it pd.ArrowDtype columns).
+        ctx.enable_arrow_backed_pandas_conversion = False
+        ds = ray.data.read_csv(
+            [str(f) for f in files],
+            # one read task per file (Ray never splits a CSV file); left to itself, Ray aims
+            # at read_op_min_num_blocks (200) blocks and cuts each task's output into ~1 MB
+            # blocks, which also stops the read from fusing with map_batches
+            override_num_blocks=len(files),
+            read_options=csv.ReadOptions(block_size=BLOCK, use_threads=False),
+            # as READ_OPTS: only empty fields are missing values
+            convert_options=csv.ConvertOptions(null_values=[""], strings_can_be_null=True),
+        )
+        ds = ds.map_batches(
+            _ray_part, batch_size=None, batch_format="pandas", fn_kwargs={"extra": tuple(extra)}
+        )
+        with open(out, "w", encoding="utf-8", newline="") as f:
+            for row in ds.iter_rows():
+                f.write(row["text"])
+                blocks += 1
+    finally:
+        data_logger.setLevel(level)
+        t1 = time.perf_counter()
+        ray.shutdown()
+        stop = time.perf_counter() - t1
+    return {"start": start, "shutdown": stop, "blocks": blocks, "version": ray.__version__}
+
+
 def _cluster_start(echo: c.Echo) -> float | None:
     for line in echo.lines:
         m = re.search(r"started in ([0-9.]+) s", line)
@@ -269,12 +353,23 @@ def main(args: argparse.Namespace) -> dict:
         work = root / "work"
         work.mkdir(exist_ok=True)
         # The pool forks: run it before anything starts threads (Dask clients) in this process.
-        for name in ("serial", "pool", "dask", "daskprs"):
+        # Ray last: its processes (raylet, GCS, workers) must not disturb the others.
+        for name in ("serial", "pool", "dask", "daskprs", "ray"):
             if name not in only:
                 continue
             out = work / f"{name}.txt"
             t0 = time.perf_counter()
-            if name == "serial":
+            if name == "ray":
+                try:
+                    info = run_ray(files, out, work, workers)
+                except RayMissing as e:
+                    print(f"  ray: skipped ({e}; pip install 'ray[data]')", flush=True)
+                    continue
+                notes[name] = (
+                    f"ray {info['version']}: ray start {info['start']:.2f} s, "
+                    f"shutdown {info['shutdown']:.2f} s, {info['blocks']} blocks"
+                )
+            elif name == "serial":
                 run_serial(files, out)
             elif name == "pool":
                 run_pool(files, out, work, workers)
@@ -318,7 +413,9 @@ def main(args: argparse.Namespace) -> dict:
         print(f"  outputs byte-identical: {identical}")
         row: dict = {"size": in_bytes, "workers": workers, "identical": identical}
         row.update({f"{k}_s": v for k, v in secs.items()})
-        met_all = identical
+        # ray has no target: its bytes show in the table and in "identical", not in "met"
+        targeted = {v for k, v in digests.items() if k != "ray"} or set(digests.values())
+        met_all = len(targeted) == 1
         if "daskprs" in secs:
             for k, target in TARGETS.items():
                 if k in secs:
@@ -326,6 +423,8 @@ def main(args: argparse.Namespace) -> dict:
                     met = c.verdict(f"daskprs / {k}", ratio, target)
                     row[f"ratio_{k}"] = ratio
                     met_all = met_all and met
+            if "ray" in secs:  # no target: the ratio is recorded, not judged
+                row["ratio_ray"] = secs["daskprs"] / secs["ray"]
         row["met"] = met_all
         c.record("tabular", row, not args.no_csv)
         return row
