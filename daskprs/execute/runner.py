@@ -33,7 +33,7 @@ from daskprs.results.formatting import structured_part_options
 from daskprs.results.jobresult import StepOutcome
 from daskprs.results.ledger import Ledger, LedgerState
 from daskprs.results.outcome import BatchState, Status, TryRecord
-from daskprs.results.output import assemble
+from daskprs.results.output import PartialOutput, assemble, is_url
 from daskprs.rundir import RunDir
 
 __all__ = ["run_step"]
@@ -197,6 +197,7 @@ class _StepRun:
         batches: dict[int, MiniBatch],
         packer: _Packer,
         resources: dict[str, float] | None = None,
+        output: PartialOutput | None = None,
     ):
         self.client, self.ctx, self.sup, self.batches, self.packer = (
             client,
@@ -206,6 +207,7 @@ class _StepRun:
             packer,
         )
         self.resources = resources
+        self.output = output
         self._sized = time.monotonic()
         self.ledger = Ledger(ctx.where.ledger)
         self.ledger.start_session(
@@ -237,6 +239,7 @@ class _StepRun:
             for ins in instructions:
                 if isinstance(ins, Finalize):
                     self.ledger.record_final(ins.mb, ins.state, ins.record)
+                    self._ended(ins.mb, ins.state, ins.record)
             # packing more tries a task wants more of them in flight
             window = self.packer.window
             instructions = self.sup.on_window(window) if window != self.sup.window else []
@@ -252,7 +255,15 @@ class _StepRun:
         final = next((i for i in instructions if isinstance(i, Finalize) and i.record is rec), None)
         self.ledger.record_try(rec, final.state if final is not None else None)
         self.report.add(rec)
+        if final is not None:
+            self._ended(rec.mb, final.state, rec)
         return [i for i in instructions if i is not final]
+
+    def _ended(self, mb: int, state: BatchState, record: TryRecord | None) -> None:
+        """Mini-batch ``mb`` reached its final state: its part (if DONE) joins the output."""
+        if self.output is not None:
+            part = record.part if state == BatchState.DONE and record is not None else None
+            self.output.ended(mb, part)
 
     def _records(self, ready: list[tuple[Any, list[Submit]]]) -> list[tuple[TryRecord, Submit]]:
         """The records of finished futures, fetched in one round trip."""
@@ -325,9 +336,11 @@ class _StepRun:
         self.carry_out(self.sup.abort("interrupted"))
         _cancel(self.client, self.futures, self.ctx.token)
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
         self.ledger.close()
         self.report.close()
+        if self.output is not None:
+            self.output.close(keep=finished)
 
 
 def _result_or_none(fut: Any) -> Any:
@@ -436,11 +449,20 @@ def run_step(
     lease = LeaseKeeper(ctx.where.lease, ctx.lease_seconds).start() if ctx.lease_seconds else None
     for plugin in plugins:
         client.register_plugin(plugin)
-    step_run = _StepRun(client, ctx, sup, batches, _Packer(n_workers), task_resources(client))
+    output = None
+    dest = step.append_row_to
+    if dest and not structured_parts and not prior and not is_url(dest):
+        # a fresh step: its output grows while it runs (resume and rerun assemble at the end)
+        output = PartialOutput(dest, sorted(batches))
+    step_run = _StepRun(
+        client, ctx, sup, batches, _Packer(n_workers), task_resources(client), output
+    )
     live = _Live(display, run, step.name, sup, started, plan.seconds)
     display.start(step.name, sup.summary(), n_workers)
+    finished = False
     try:
         stop = step_run.loop(live.tick)
+        finished = True
     except KeyboardInterrupt as err:
         step_run.abort()
         raise Interrupted(
@@ -449,7 +471,7 @@ def run_step(
         ) from err
     finally:
         live.finish()
-        step_run.close()
+        step_run.close(finished)
         # unregistering the pool runs every child's shutdown() (or finds it killed)
         for plugin in reversed(plugins):
             _unregister(client, plugin.name)

@@ -5,17 +5,29 @@ committed parts, in mini-batch order, into the output (DESIGN decision 4). The o
 only when complete: it is written beside its destination and renamed over it (on an object
 store, uploaded in one piece once complete), so a crash never leaves a half-written output
 looking finished. Driver memory stays flat: parts are copied in chunks.
+
+While a fresh step runs, a :class:`PartialOutput` appends each committed part beside the
+destination as soon as every mini-batch before it has ended, in a thread of its own, so the
+copy overlaps the work instead of following it. :func:`assemble` continues that file when its
+manifest shows the same leading parts (parts never change once committed), and starts over
+otherwise.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import queue
 import tempfile
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Sequence
 
 from daskprs.inputs.filesystems import filesystem
 
-__all__ = ["assemble", "is_url"]
+__all__ = ["PartialOutput", "assemble", "is_url", "partial_path"]
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 
@@ -50,11 +62,121 @@ def _copy_parts(parts: Iterable[str], out) -> int:
     return written
 
 
+def partial_path(dest: str) -> str:
+    """Where the output ``dest`` (a local path) is assembled while its step runs: a hidden
+    file beside it, so that the finished file is renamed into place, never copied again."""
+    if dest.startswith("file://"):
+        dest = dest[len("file://") :]
+    folder, name = os.path.split(os.path.abspath(dest))
+    return os.path.join(folder, f".{name}.daskprs-partial")
+
+
+def _manifest_path(partial: str) -> str:
+    return f"{partial}.json"
+
+
+class PartialOutput:
+    """The output of a fresh step, assembled while the step runs.
+
+    The runner calls :meth:`ended` when a mini-batch reaches its final state; a thread
+    appends the committed parts to :func:`partial_path` in mini-batch order, as far as every
+    earlier mini-batch has ended. :meth:`close` waits for it and writes a manifest (the parts
+    appended and the bytes) that :func:`assemble` checks before continuing the file.
+
+    Parameters
+    ----------
+    dest : str
+        The local output path.
+    order : sequence of int
+        Every mini-batch index of the step, in output order.
+    """
+
+    def __init__(self, dest: str, order: Sequence[int]):
+        self.dest = dest
+        self.path = partial_path(dest)
+        self._order = list(order)
+        self._next = 0
+        self._ended: dict[int, str | None] = {}
+        self.parts: list[str] = []
+        self.size = 0
+        self._failed: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue()
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        for old in (self.path, _manifest_path(self.path)):
+            if os.path.exists(old):
+                os.unlink(old)
+        self._out = open(self.path, "wb")  # closed by the thread
+        self._thread = threading.Thread(target=self._work, name="daskprs-output", daemon=True)
+        self._thread.start()
+
+    def ended(self, mb: int, part: str | None) -> None:
+        """Mini-batch ``mb`` ended: ``part`` holds its rows (None: nothing to write)."""
+        self._queue.put((mb, part))
+
+    def _work(self) -> None:
+        try:
+            while (item := self._queue.get()) is not None:
+                if self._failed is not None:
+                    continue
+                mb, part = item
+                self._ended[mb] = part
+                ready = []
+                while self._next < len(self._order) and self._order[self._next] in self._ended:
+                    done = self._ended.pop(self._order[self._next])
+                    if done is not None:
+                        ready.append(done)
+                    self._next += 1
+                if ready:
+                    try:
+                        self.size += _copy_parts(ready, self._out)
+                        self.parts += ready
+                    except OSError as err:  # the final assembly starts over; say why
+                        log.warning("assembling %s while the step runs failed: %s", self.dest, err)
+                        self._failed = err
+        finally:
+            self._out.close()
+
+    def close(self, keep: bool = True) -> None:
+        """Wait for the parts handed so far, then write the manifest :func:`assemble` reads
+        (``keep``), or remove the partial output (an interrupted step leaves none behind)."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._failed is not None or not keep:
+            _remove(self.path)
+            return
+        manifest = {"parts": self.parts, "size": self.size}
+        with open(_manifest_path(self.path), "w", encoding="utf-8") as f:
+            json.dump(manifest, f)
+
+
+def _remove(path: str) -> None:
+    for p in (path, _manifest_path(path)):
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+
+def _started(partial: str, parts: list[str]) -> int:
+    """How many leading ``parts`` the partial output already holds (0: none, or not usable)."""
+    try:
+        with open(_manifest_path(partial), encoding="utf-8") as f:
+            manifest = json.load(f)
+        done, size = list(manifest["parts"]), int(manifest["size"])
+        if done != parts[: len(done)] or os.path.getsize(partial) != size:
+            return 0
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    return len(done)
+
+
 def assemble(parts: Iterable[str], dest: str, storage_options: dict | None = None) -> int:
     """Concatenate ``parts`` (local files, in order) into ``dest``; return the bytes written.
 
     ``dest`` is a local path (its folder is created) or an fsspec URL. The destination is
-    replaced only once the whole output is written.
+    replaced only once the whole output is written. A partial output that a
+    :class:`PartialOutput` left for ``dest`` is continued when it holds the leading parts,
+    and removed in any case.
     """
     if is_url(dest):
         fs, path = filesystem(dest, storage_options)
@@ -70,6 +192,20 @@ def assemble(parts: Iterable[str], dest: str, storage_options: dict | None = Non
         dest = dest[len("file://") :]
     folder = os.path.dirname(os.path.abspath(dest))
     os.makedirs(folder, exist_ok=True)
+    parts = list(parts)
+    partial = partial_path(dest)
+    if os.path.exists(partial):
+        start = _started(partial, parts)
+        if start:
+            try:
+                with open(partial, "r+b") as out:  # not "ab": copy_file_range refuses O_APPEND
+                    out.seek(0, os.SEEK_END)
+                    written = out.tell() + _copy_parts(parts[start:], out)
+                os.replace(partial, dest)
+                return written
+            finally:
+                _remove(partial)
+        _remove(partial)
     fd, tmp_path = tempfile.mkstemp(prefix=".daskprs-", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as out:

@@ -160,7 +160,9 @@ def test_many_workers_through_failures_give_the_bytes_of_one_clean_worker(tmp_pa
         result = run_job(job, run_dir=folder / "run", workers=workers, echo=lambda s: None)
         assert result.ok, result.failure
         assert result.steps[0].summary["total"] >= 12
-        outputs.append(output_of(folder / "run").read_bytes())
+        out = output_of(folder / "run")
+        outputs.append(out.read_bytes())
+        assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # no partial left
         report = (folder / "run/logs/sys/job_report/processed_mini-batches.csv").read_text()
         for status in ("RUN_EXCEPTION", "PROCESS_DIED", "RUN_TIMEOUT", "WRONG_RETURN"):
             assert (status in report) is chaos
@@ -222,3 +224,74 @@ def test_assemble_concatenates_parts_in_order(tmp_path, monkeypatch, kernel_copy
     dest = tmp_path / "out" / "all.txt"
     assert assemble(parts, str(dest)) == sum(os.path.getsize(p) for p in parts)
     assert dest.read_bytes() == b"".join(open(p, "rb").read() for p in parts)
+
+
+def _parts(tmp_path, n):
+    parts = []
+    for i in range(n):
+        p = tmp_path / "parts" / f"p{i}"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(f"row {i}\n".encode() * (i + 1))
+        parts.append(str(p))
+    return parts
+
+
+def test_the_output_grows_in_order_while_the_step_runs(tmp_path):
+    """Parts join the partial output as soon as every earlier mini-batch has ended; the
+    final assembly renames that file into place instead of copying it all again."""
+    import os
+
+    from daskprs.results.output import PartialOutput, assemble, partial_path
+
+    parts = _parts(tmp_path, 6)
+    dest = tmp_path / "out" / "result.txt"
+    partial = PartialOutput(str(dest), range(6))
+    for mb in (1, 3, 0, 2):  # mini-batch 2 failed: nothing of it is written
+        partial.ended(mb, None if mb == 2 else parts[mb])
+    partial.close()
+    path = partial_path(str(dest))
+    assert partial.parts == [parts[0], parts[1], parts[3]]  # 4 and 5 had not ended
+    assert open(path, "rb").read() == b"".join(open(p, "rb").read() for p in partial.parts)
+    inode = os.stat(path).st_ino
+    final = [parts[0], parts[1], parts[3], parts[4], parts[5]]
+    assert assemble(final, str(dest)) == sum(os.path.getsize(p) for p in final)
+    assert os.stat(dest).st_ino == inode  # continued and renamed, not rebuilt
+    assert dest.read_bytes() == b"".join(open(p, "rb").read() for p in final)
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["result.txt"]
+
+
+@pytest.mark.parametrize("damage", ["other parts", "truncated", "no manifest"])
+def test_a_partial_output_that_does_not_match_is_rebuilt(tmp_path, damage):
+    import os
+
+    from daskprs.results.output import PartialOutput, assemble, partial_path
+
+    parts = _parts(tmp_path, 4)
+    dest = tmp_path / "out" / "result.txt"
+    partial = PartialOutput(str(dest), range(4))
+    for mb in range(3):
+        partial.ended(mb, parts[mb])
+    partial.close()
+    path = partial_path(str(dest))
+    final = list(parts)
+    if damage == "other parts":  # a rerun committed another try of mini-batch 1
+        final[1] = str(tmp_path / "parts" / "p1-try2")
+        open(final[1], "wb").write(b"again\n")
+    elif damage == "truncated":
+        os.truncate(path, os.path.getsize(path) - 1)
+    else:
+        os.unlink(f"{path}.json")
+    assemble(final, str(dest))
+    assert dest.read_bytes() == b"".join(open(p, "rb").read() for p in final)
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["result.txt"]
+
+
+def test_an_interrupted_step_leaves_no_partial_output(tmp_path):
+    from daskprs.results.output import PartialOutput
+
+    parts = _parts(tmp_path, 2)
+    dest = tmp_path / "out" / "result.txt"
+    partial = PartialOutput(str(dest), range(2))
+    partial.ended(0, parts[0])
+    partial.close(keep=False)
+    assert list(dest.parent.iterdir()) == []
