@@ -94,10 +94,12 @@ class _Packer:
     idle. Each try keeps its own claim, deadline and record.
     """
 
-    # Chosen with `python -m benchmarks overhead` and `cpu`: 250 ms tasks keep Dask's and the
-    # driver's per-task cost under a few percent (0.05 s gave the same overhead figure but a
-    # lower cpu efficiency); tasks shrink again at the tail (see ``groups``).
-    TARGET_SECONDS = 0.25
+    # Chosen with `python -m benchmarks overhead` and `cpu`: Dask's per-task cost (the
+    # scheduler and the client, in the driver process) takes CPU from the entry scripts on a
+    # small machine. 1 s tasks took about a third less driver CPU than 250 ms ones over 200
+    # x 100 ms tries (0.05 s gave the same overhead figure but a lower cpu efficiency); tasks
+    # shrink again at the tail (see ``groups``).
+    TARGET_SECONDS = 1.0
     MAX_PACK = 64
 
     def __init__(self, n_workers: int):

@@ -16,10 +16,10 @@ def test_packer_starts_with_single_tries_then_packs_short_ones():
     p = _Packer(n_workers=2)
     assert p.size == 1 and [len(g) for g in p.groups(subs(4), pending=100)] == [1, 1, 1, 1]
     for i in range(4):
-        p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, elapsed=0.008))
-    assert p.size == 31  # 250 ms of 8 ms tries
-    assert p.window == 8 * 31
-    assert [len(g) for g in p.groups(subs(70), pending=1000)] == [31, 31, 8]
+        p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, elapsed=0.03))
+    assert p.size == 33  # 1 s of 30 ms tries
+    assert p.window == 8 * 33
+    assert [len(g) for g in p.groups(subs(70), pending=1000)] == [33, 33, 4]
     # near the end, tasks get smaller so that no worker idles while another has a long queue
     assert [len(g) for g in p.groups(subs(12), pending=0)] == [3, 3, 3, 3]
 
@@ -27,7 +27,7 @@ def test_packer_starts_with_single_tries_then_packs_short_ones():
 def test_packer_keeps_long_tries_alone_and_ignores_failures():
     p = _Packer(n_workers=2)
     for i in range(4):
-        p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, elapsed=0.3))
+        p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, elapsed=1.2))
         p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_TIMEOUT, elapsed=0.0001))
     assert p.size == 1
 
