@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -118,6 +119,8 @@ class StepsRunner:
         self.force_rerun = force_rerun or job.force_rerun
         self.handle: Any = None
         self._cluster_stack = contextlib.ExitStack()
+        # a cluster starting in a thread while the first parallel step plans (see _prestart)
+        self._starting: tuple[Any, threading.Thread, dict[str, Any]] | None = None
 
     def run(
         self,
@@ -144,17 +147,58 @@ class StepsRunner:
         finally:
             self._cluster_stack.close()
 
+    def _prestart(self) -> None:
+        """Start the cluster in a thread while the step plans and checks its entry script
+        (:meth:`_cluster` takes it over); a cluster given as a client is there already."""
+        if self.handle is not None or self._starting is not None:
+            return
+        if self._cluster_args["client"] is not None:
+            return
+        opening = open_cluster(**self._cluster_args)
+        box: dict[str, Any] = {}
+
+        def start() -> None:
+            try:
+                box["handle"] = opening.__enter__()
+            except BaseException as err:  # raised again by _cluster(), in the main thread
+                box["error"] = err
+
+        thread = threading.Thread(target=start, name="daskprs-cluster-start", daemon=True)
+        thread.start()
+        self._starting = (opening, thread, box)
+        self._cluster_stack.callback(self._abandon_start)
+
+    def _abandon_start(self) -> None:
+        """At the end of the run: close a cluster started in advance and never used."""
+        if self._starting is None:
+            return
+        opening, thread, box = self._starting
+        self._starting = None
+        thread.join()
+        if "handle" in box:
+            opening.__exit__(None, None, None)
+
     def _cluster(self) -> Any:
-        if self.handle is None:
+        if self.handle is not None:
+            return self.handle
+        if self._starting is not None:  # started in advance: wait for it
+            opening, thread, box = self._starting
+            self._starting = None
+            thread.join()
+            if "error" in box:
+                raise box["error"]
+            self._cluster_stack.push(opening.__exit__)
+            self.handle = box["handle"]
+        else:
             self.handle = self._cluster_stack.enter_context(open_cluster(**self._cluster_args))
-            where = "embedded local cluster" if self.handle.local else "cluster"
-            self.echo(
-                f"{where}: {self.handle.n_workers} worker slots, started in "
-                f"{self.handle.start_seconds:.1f} s"
-            )
-            link = _dashboard_link(self.handle.client)
-            if link:
-                self.echo(f"Dask dashboard: {link}")
+        where = "embedded local cluster" if self.handle.local else "cluster"
+        self.echo(
+            f"{where}: {self.handle.n_workers} worker slots, started in "
+            f"{self.handle.start_seconds:.1f} s"
+        )
+        link = _dashboard_link(self.handle.client)
+        if link:
+            self.echo(f"Dask dashboard: {link}")
         return self.handle
 
     def _note_concurrency(self, step: ParallelStep, slots: int) -> None:
@@ -187,7 +231,10 @@ class StepsRunner:
             return None
         plan = None
         key = None
-        if self.mode == "run" and step.is_deterministic:
+        reusable = self.mode == "run" and step.is_deterministic
+        if isinstance(step, ParallelStep) and not (reusable and not self.force_rerun):
+            self._prestart()  # nothing to look up first: the cluster starts while it plans
+        if reusable:
             if isinstance(step, ParallelStep):
                 plan = plan_step(step)
             key = reuse.step_key(step, self.rundir.root, plan.batches if plan else ())
@@ -201,6 +248,7 @@ class StepsRunner:
         if isinstance(step, CommandStep):
             failure = self._command(step)
         else:
+            self._prestart()
             failure = self._parallel(step, plan)
         if failure is None and key is not None:
             outcome = None

@@ -32,6 +32,14 @@ def run(mini_batch):
 """
 
 
+FILE_ECHO = """
+import os
+
+def run(mini_batch):
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
 def test_file_list_job_output_in_input_order(tmp_path, client):
     files = make_files(tmp_path / "data" / "sub", 7, "b") + make_files(tmp_path / "data", 6, "a")
     (tmp_path / "data" / ".hidden").write_text("x")
@@ -105,6 +113,53 @@ def test_a_file_list_job_never_imports_pandas_for_the_script(tmp_path, client):
     result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
     assert result.ok, result.failure
     assert output_of(tmp_path / "run").read_text().splitlines() == ["False"] * 4
+
+
+def test_the_embedded_cluster_starts_while_the_step_plans(tmp_path, monkeypatch):
+    """Planning (a listing of an object store can take seconds) does not wait for the
+    cluster to start, nor the cluster for planning."""
+    import contextlib
+    import threading
+
+    from daskprs import pipeline
+
+    opening = threading.Event()
+    real_open, real_plan = pipeline.open_cluster, pipeline.plan_input
+
+    @contextlib.contextmanager
+    def watched(**kwargs):
+        opening.set()
+        with real_open(**kwargs) as handle:
+            yield handle
+
+    def plan_once_the_cluster_starts(*args, **kwargs):
+        assert opening.wait(20), "the cluster was not starting while the step planned"
+        return real_plan(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "open_cluster", watched)
+    monkeypatch.setattr(pipeline, "plan_input", plan_once_the_cluster_starts)
+    make_files(tmp_path / "data", 3, "a")
+    job = write_job(tmp_path, FILE_ECHO, input_yaml="type: uri_folder\npath: ./data")
+    lines = []
+    result = run_job(job, run_dir=tmp_path / "run", workers=1, echo=lines.append, force_rerun=True)
+    assert result.ok, result.failure
+    assert len(output_of(tmp_path / "run").read_text().splitlines()) == 3
+    assert any(line.startswith("embedded local cluster: 1 worker slots") for line in lines)
+
+
+def test_a_planning_error_closes_the_cluster_started_for_it(tmp_path):
+    import psutil
+
+    from daskprs.errors import PlanningError
+    from daskprs.testing import poll_for
+
+    (tmp_path / "data").mkdir()
+    job = write_job(tmp_path, FILE_ECHO, input_yaml="type: uri_folder\npath: ./data")
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    with pytest.raises(PlanningError, match="the folder holds no files"):
+        run_job(job, run_dir=tmp_path / "run", workers=1, echo=lambda s: None, force_rerun=True)
+    assert poll_for(lambda: {p.pid for p in me.children(recursive=True)} <= before, timeout=20)
 
 
 def test_tabular_job_is_byte_identical_to_a_serial_computation(tmp_path, client):
