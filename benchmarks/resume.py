@@ -198,11 +198,15 @@ def main(args: argparse.Namespace) -> dict:
             shutil.rmtree(d, ignore_errors=True)  # daskprs creates it
         logs = c.fresh_dir(root / "logs")
 
-        full_s = run_cli(_cli(str(job), "--run-dir", str(full_dir), *w), root, logs / "full.txt")
+        # --force-rerun: both runs share a run root, where step reuse would copy the first
+        fresh = ("--force-rerun",)
+        full_s = run_cli(
+            _cli(str(job), "--run-dir", str(full_dir), *fresh, *w), root, logs / "full.txt"
+        )
         print(f"  full run: {full_s:.2f} s", flush=True)
 
         to_kill, seen, kill_lag = run_and_kill(
-            _cli(str(job), "--run-dir", str(kill_dir), *w),
+            _cli(str(job), "--run-dir", str(kill_dir), *fresh, *w),
             root,
             kill_dir,
             at,
