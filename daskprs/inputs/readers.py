@@ -19,15 +19,18 @@ range (or row groups); the caller records it as ``LOAD_ERROR``.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daskprs.inputs.batches import BatchLoadError, FileBatch, MiniBatch, StagedBatch, TableBatch
 from daskprs.inputs.filesystems import filesystem
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 __all__ = ["BatchLoadError", "load_batch"]
 
 
-def load_batch(batch: MiniBatch, *, cache_dir: str) -> Any:
+def load_batch(batch: MiniBatch, *, cache_dir: str) -> pd.DataFrame | list[Any]:
     """What ``run()`` receives for ``batch``.
 
     Parameters
