@@ -91,8 +91,8 @@ def _column(series: Any, sep: str, na_rep: str) -> _Column | None:
             return None
     elif not isinstance(dtype, pd.StringDtype) or series.hasnans:
         return None
-    values = series.tolist()
-    if not values or "" in values or not all(type(v) is str for v in values):
+    values = series.tolist()  # all strings: the dtype or infer_dtype said so
+    if not values or "" in values:
         return None
     if _needs_quotes("".join(values), sep):
         return None
