@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 
 __all__ = ["EntryScript"]
 
 _CONFIG: dict[str, str] = {}
 
 # Bytes kept in the log file, unless DASKPRS_USER_LOG_LIMIT (set to a number of bytes by
-# daskprs in the process's environment; 0: no limit) says otherwise.
+# daskprs in the process's environment; 0: no limit) says otherwise. The default of
+# daskprs.settings.EnvSettings.user_log_limit.
 _DEFAULT_LOG_LIMIT = 64 * 2**20
 
 
@@ -35,7 +37,10 @@ class _CappedFileHandler(logging.FileHandler):
         if self._cut:
             return
         try:
-            size = os.fstat(self.stream.fileno()).st_size
+            stream = self.stream
+            if stream is None:  # closed (close() drops the stream): handled as any failure
+                raise ValueError("the log file is closed")
+            size = os.fstat(stream.fileno()).st_size
             text = self.format(record)
         except Exception:  # as logging.Handler does: never fail the caller
             self.handleError(record)
@@ -44,16 +49,24 @@ class _CappedFileHandler(logging.FileHandler):
             super().emit(record)
             return
         self._cut = True
-        self.stream.write(
+        stream.write(
             f"[daskprs: this log file reached its limit of {self.limit} bytes; the rest of "
             "this process's log is not kept (DASKPRS_USER_LOG_LIMIT changes the limit)]\n"
         )
         self.flush()
 
 
-def _log_limit() -> int | None:
+def _log_limit(env: Mapping[str, str] | None = None) -> int | None:
+    """Bytes kept in the log file (None: no limit). daskprs sets the variable to a number of
+    bytes; a size by hand (``200MB``) is read too, and anything else gives the default: a bad
+    value never fails the user's script."""
+    value = (os.environ if env is None else env).get("DASKPRS_USER_LOG_LIMIT", "")
+    if not value.strip():
+        return _DEFAULT_LOG_LIMIT
+    from daskprs.settings import parse_size  # standard library only: no dask imported
+
     try:
-        limit = int(os.environ.get("DASKPRS_USER_LOG_LIMIT") or _DEFAULT_LOG_LIMIT)
+        limit = parse_size(value)
     except ValueError:
         limit = _DEFAULT_LOG_LIMIT
     return limit or None

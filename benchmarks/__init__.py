@@ -1,4 +1,4 @@
-"""Benchmarks of daskprs: ``python -m benchmarks <name> [options]`` (see BENCHMARKS.md).
+"""Benchmarks of daskprs: ``python -m benchmarks <name> [options]`` (targets: benchmarks/README.md).
 
 Each benchmark generates its data, runs every contender side by side on the same data and the
 same cluster, prints a table and the ratios against the targets, and appends a CSV row to

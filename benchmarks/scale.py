@@ -5,7 +5,7 @@ mini-batches of a CSV MLTable (``--kind rows``, ``mini_batch_size: 1rows``), for
 ``--n``, each in a fresh driver process on its own ``LocalCluster`` client (cluster start and a
 20-mini-batch warm-up excluded). Measured: ``run_job`` wall (planning, running, assembly) per
 mini-batch, and the driver's peak RSS (this process only: it also hosts the scheduler, as the
-embedded cluster does), sampled in a thread. Targets (BENCHMARKS.md, at 10k and 100k): time
+embedded cluster does), sampled in a thread. Targets (benchmarks/README.md, at 10k and 100k): time
 per mini-batch flat (largest / smallest <= 1.2), memory growth per mini-batch flat (same
 ratio), driver peak RSS <= 500 MB.
 """

@@ -3,51 +3,49 @@
 ``run_job`` loads the job file, creates the run directory, starts or connects to a cluster,
 runs the steps in dependency order (command steps as shell commands, parallel steps through
 the supervisor), assembles outputs and writes the run's logs. The run directory is the truth
-(DESIGN decision 6): everything needed to inspect or continue the run is in it.
+(docs/design.md#the-run-directory-is-the-truth): everything needed to inspect or continue
+the run is in it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
 from daskprs.errors import Interrupted, UserInputError
+from daskprs.execute.devices import processes_per_instance
+from daskprs.execute.resume import Mode
 from daskprs.job.model import ClusterSpec, Job
 from daskprs.observe import logs
-from daskprs.observe.progress import Progress, choose_progress
+from daskprs.observe.progress import choose_progress
 from daskprs.paths import redact_data
-from daskprs.pipeline import StepsRunner
-from daskprs.results import fingerprint
+from daskprs.pipeline import ClusterChoice, JobSession, StepsRunner
+from daskprs.results import fingerprint, reuse
 from daskprs.results.jobresult import JobResult
-from daskprs.rundir import RunDir, RunLocked, write_json
+from daskprs.rundir import RunDir, write_json
+from daskprs.rundir import default_run_dir as _default_run_dir
+from daskprs.settings import EnvSettings
 
 __all__ = ["JobResult", "default_run_dir", "resume_job", "run_job"]
 
 
 def default_run_dir(job_file: str, now: float | None = None) -> str:
-    """``./daskprs-runs/<file stem>-<UTC yyyymmdd-hhmmss>`` (SPEC section 0)."""
-    stem = os.path.splitext(os.path.basename(job_file))[0]
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now if now is not None else time.time()))
-    return os.path.abspath(os.path.join("daskprs-runs", f"{stem}-{stamp}"))
-
-
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    """``./daskprs-runs/<file stem>-<UTC yyyymmdd-hhmmss>`` (docs/cli.md#run)."""
+    return _default_run_dir(os.path.splitext(os.path.basename(job_file))[0], now)
 
 
 def _default_workers(job: Job) -> int:
-    counts = [s.instance_count * s.processes_per_instance for s in job.parallel_steps]
+    counts = [s.instance_count * processes_per_instance(s) for s in job.parallel_steps]
     return max(counts or [1])
 
 
 def _write_results(run: RunDir, result: JobResult, job: Job) -> None:
     failed = [f for s in result.steps for f in s.failed]
-    logs.write_jsonl(run.failed_mini_batches, failed)
+    logs.write_jsonl(run.failed_mini_batches, (f.to_json() for f in failed))
     lines = [f"job: {job.source}", f"run: {job.name}", f"run directory: {run.root}"]
     lines.append("outcome: " + ("succeeded" if result.ok else "FAILED"))
     lines += [f"note: {n}" for n in result.notes]
@@ -74,8 +72,8 @@ def _write_results(run: RunDir, result: JobResult, job: Job) -> None:
         )
     logs.write_text(run.logs.job_result, "\n".join(lines))
     errors = [
-        f"step {f['step']} mini-batch {f['id']} ({f['status']}, {f['tries']} tries): "
-        f"{f['error']}\n{f['traceback']}".rstrip()
+        f"step {f.step} mini-batch {f.id} ({f.status}, {f.tries} tries): "
+        f"{f.error}\n{f.to_json()['traceback']}".rstrip()
         for f in failed
     ]
     logs.write_text(run.logs.job_error, "\n\n".join(errors) if errors else "no user-script errors")
@@ -145,8 +143,9 @@ def run_job(
     """
     from daskprs.job.load import load_job
 
+    settings = EnvSettings.from_env()  # a bad DASKPRS_* value: an error before anything
     progress = choose_progress(echo)
-    echo = echo or _say
+    echo = echo or logs.to_stderr
     job_file = os.path.abspath(os.fspath(job_file))
     if run_dir and "://" in os.fspath(run_dir):
         raise UserInputError(
@@ -164,7 +163,14 @@ def run_job(
         "input_path": os.fspath(input_path) if input_path is not None else None,
         "output_path": os.fspath(output_path) if output_path is not None else None,
     }
-    job = load_job(job_file, sets, run_dir=run_dir, run_name=os.path.basename(run_dir), **io)
+    job = load_job(
+        job_file,
+        sets,
+        run_dir=run_dir,
+        run_name=os.path.basename(run_dir),
+        input_path=io["input_path"],
+        output_path=io["output_path"],
+    )
     for line in (*job.notes, *job.warnings):
         echo(f"note: {line}")
     os.makedirs(run_dir, exist_ok=True)
@@ -182,20 +188,18 @@ def run_job(
     run = RunDir(run_dir)
     run.write_record(record)
     write_json(run.resolved_job, redact_data(asdict(job)))  # no secrets in job.json
-    return _execute(
+    session = JobSession(
         job,
         run,
-        "run",
+        Mode.RUN,
         record,
-        scheduler,
-        workers,
-        client,
         echo,
-        progress,
-        security=security,
-        cache=os.fspath(cache) if cache is not None else None,
+        settings=settings,
+        progress=progress,
+        reuse_roots=tuple(reuse.search_roots(run.root, cache)),
         force_rerun=force_rerun,
     )
+    return _execute(session, _choose_cluster(job, scheduler, workers, client, security, echo))
 
 
 def resume_job(
@@ -234,8 +238,9 @@ def resume_job(
     from daskprs.errors import ResumeRefused
     from daskprs.job.load import load_job
 
+    settings = EnvSettings.from_env()
     progress = choose_progress(echo)
-    echo = echo or _say
+    echo = echo or logs.to_stderr
     run = RunDir(os.path.abspath(os.fspath(run_dir)))
     record = run.read_record()
     if record is None:
@@ -274,38 +279,25 @@ def resume_job(
         digest = fingerprint.code_digest(step.code_dir)
         if digest != record.get("code", {}).get(step.name) and not rerun_failed:
             echo(f"note: the code folder of step {step.name} changed since the run started")
-    mode = "rerun-failed" if rerun_failed else "resume"
-    return _execute(
-        job,
-        run,
-        mode,
-        record,
-        scheduler,
-        workers,
-        client,
-        echo,
-        progress,
-        force=force,
-        security=security,
+    mode = Mode.RERUN_FAILED if rerun_failed else Mode.RESUME
+    session = JobSession(
+        job, run, mode, record, echo, settings=settings, progress=progress, force=force
     )
+    return _execute(session, _choose_cluster(job, scheduler, workers, client, security, echo))
 
 
-def _execute(
+def _choose_cluster(
     job: Job,
-    run: RunDir,
-    mode: str,
-    record: dict[str, Any],
     scheduler: str | None,
     workers: int | None,
     client: Any,
+    security: Any,
     echo: Callable[[str], None],
-    progress: Progress,
-    force: bool = False,
-    security: Any = None,
-    cache: str | None = None,
-    force_rerun: bool = False,
-) -> JobResult:
-    result = JobResult(run_dir=run.root, notes=[*job.notes, *job.warnings])
+) -> tuple[ClusterChoice, list[str]]:
+    """Where the job runs, and the notes to keep in its result: ``--scheduler`` or a client
+    as given, else a compute that ``daskprs.yaml`` maps (a scheduler's address, or a cluster
+    class to start), else the embedded cluster."""
+    notes = []
     n_workers = workers or _default_workers(job)
     compute = next((s.compute for s in job.parallel_steps if s.compute), None)
     # a compute that daskprs.yaml maps to a cluster class is started unless --scheduler or a
@@ -321,45 +313,39 @@ def _execute(
         security = client_security(scheduler)
     cores = os.cpu_count() or 1
     if workers and (scheduler is not None or client is not None or cluster_spec is not None):
-        note = "--workers sizes the embedded cluster only; the given cluster is used as it is"
-        echo(f"note: {note}")
-        result.notes.append(note)
+        notes.append(
+            "--workers sizes the embedded cluster only; the given cluster is used as it is"
+        )
     if scheduler is None and client is None and cluster_spec is None and n_workers > 4 * cores:
-        note = (
+        notes.append(
             f"the embedded cluster starts {n_workers} worker processes on {cores} cores "
             f"({'--workers' if workers else 'instance_count x max_concurrency_per_instance'}); "
             "they will compete for the cores: give a smaller --workers to start fewer"
         )
+    for note in notes:
         echo(f"note: {note}")
-        result.notes.append(note)
-    runner = StepsRunner(
-        job,
-        result,
-        run,
-        mode,
-        record,
-        echo,
-        force,
-        lambda: run.write_record(record),
-        progress,
-        cache=cache,
-        force_rerun=force_rerun,
-    )
-    try:
-        run.lock()
-    except RunLocked as err:
-        raise UserInputError(str(err)) from None
+    choice = ClusterChoice(scheduler, client, n_workers, security, cluster_spec)
+    return choice, notes
+
+
+def _execute(session: JobSession, cluster: tuple[ClusterChoice, list[str]]) -> JobResult:
+    """Run the job's steps under the run's lock, then write its result files."""
+    job, run, echo = session.job, session.run, session.echo
+    choice, notes = cluster
+    result = JobResult(run_dir=run.root, notes=[*job.notes, *job.warnings, *notes])
+    runner = StepsRunner(session, choice, result)
+    run.lock()
     levels = [s.settings.logging_level for s in job.parallel_steps] or ["INFO"]
     console_level = min(levels, key=lambda name: logging.getLevelName(name.upper()))
     try:
         with logs.driver_logging(run.logs.driver, console_level) as log:
-            log.debug("%s %s (%s) in %s", mode, job.source, job.name, run.root)
-            runner.run(scheduler, client, n_workers, security, cluster_spec)
+            log.debug("%s %s (%s) in %s", session.mode, job.source, job.name, run.root)
+            runner.run()
     except (KeyboardInterrupt, Interrupted) as err:
         result.failure = f"interrupted: {err}" if str(err) else "interrupted"
         raise
     finally:
-        run.write_record(record)
+        run.write_record(session.record)
         _write_results(run, result, job)
         run.unlock()
     for name, path in result.outputs.items():

@@ -1,4 +1,4 @@
-"""The ``daskprs`` command line (SPEC section 0): parse, call, print, exit with the right code.
+"""The ``daskprs`` command line (docs/cli.md): parse, call, print, exit with the right code.
 
 Exit status: 0 success, 2 a problem with what the user gave, 42 the job ran and failed,
 130 interrupted, 1 an internal error of daskprs.
@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from daskprs.errors import DaskprsError, Interrupted, JobSpecError
+from daskprs.settings import EnvSettings
 
 __all__ = ["main"]
 
@@ -61,9 +62,12 @@ def cli() -> None:
 
 
 def _run_and_exit(call: Callable[[], Any]) -> None:
+    """Run a job: ``call`` it once the ``DASKPRS_*`` variables are checked (a bad one is an
+    exit-2 error before anything is written), and exit with the job's status."""
     outcome: dict[str, Any] = {}
 
     def go() -> None:
+        EnvSettings.from_env()
         outcome["result"] = call()
 
     code = _guard(go)

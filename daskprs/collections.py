@@ -1,4 +1,5 @@
-"""A job's major input as a Dask collection, for notebooks (DESIGN decision 2).
+"""A job's major input as a Dask collection, for notebooks
+(docs/design.md#dask-collections-where-users-see-data).
 
 Tabular input becomes a Dask DataFrame and a file list a Dask bag, with one partition per
 mini-batch of the plan, so a user sees exactly the pieces ``run()`` would receive.

@@ -6,7 +6,9 @@
     ├── UserInputError                exit 2: a problem with what the user gave
     │   ├── JobSpecError              the job file is invalid (all problems listed together)
     │   ├── PlanningError             an input could not be listed or split
-    │   └── ResumeRefused             --resume / rerun-failed refused
+    │   ├── SettingsError             a DASKPRS_* variable has a bad value (all listed together)
+    │   ├── ResumeRefused             --resume / rerun-failed refused
+    │   └── RunLocked                 another live driver is running that run now
     ├── JobFailed                     exit 42: the job ran and failed (a budget, a timeout, ...)
     └── Interrupted                   exit 130: SIGINT or SIGTERM
 
@@ -16,7 +18,7 @@ Every message says what is wrong and how to fix it.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 __all__ = [
@@ -27,6 +29,8 @@ __all__ = [
     "PlanningError",
     "Problem",
     "ResumeRefused",
+    "RunLocked",
+    "SettingsError",
     "UserInputError",
     "close_match",
     "suggest",
@@ -84,8 +88,46 @@ class PlanningError(UserInputError):
     """An input could not be listed or split into mini-batches (the file is named)."""
 
 
+class SettingsError(UserInputError):
+    """``DASKPRS_*`` environment variables with bad values (:mod:`daskprs.settings`).
+
+    ``problems`` maps each such variable to what is wrong with it: its value, the form it
+    takes and an example; every bad variable is listed, not only the first.
+    """
+
+    def __init__(self, problems: Mapping[str, str]):
+        self.problems = dict(problems)
+        if len(self.problems) == 1:
+            [problem] = self.problems.values()
+            message = f"{problem}. Fix it, or unset it for the default."
+        else:
+            lines = [
+                f"{len(self.problems)} DASKPRS_* environment variables have bad values "
+                "(fix them, or unset them for the defaults):"
+            ]
+            message = "\n".join(lines + [f"  - {p}" for p in self.problems.values()])
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[SettingsError], tuple[dict[str, str]]]:
+        return type(self), (self.problems,)
+
+
 class ResumeRefused(UserInputError):
     """A resume or rerun was refused (changed job or input, or no run to resume)."""
+
+
+class RunLocked(UserInputError):
+    """Another live process holds the run directory's lock (it is running that run now)."""
+
+    def __init__(self, run_dir: str, pid: int):
+        self.run_dir, self.pid = run_dir, pid
+        super().__init__(
+            f"the run {run_dir} is being run by process {pid} right now; wait for it to end "
+            "(or stop it) before resuming"
+        )
+
+    def __reduce__(self) -> tuple[type[RunLocked], tuple[str, int]]:
+        return type(self), (self.run_dir, self.pid)
 
 
 class JobFailed(DaskprsError):

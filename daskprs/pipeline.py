@@ -1,45 +1,34 @@
-"""Running the steps of a job in order: command steps as shell commands, parallel steps
-planned and handed to the runner, for a new run, a resume or a rerun of failed mini-batches.
+"""The steps of a job in order: step reuse, command steps, and parallel steps handed to
+:func:`daskprs.execute.step.run_parallel_step`, for a new run, a resume or a rerun of failed
+mini-batches.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import json
 import os
 import subprocess
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from daskprs.errors import JobFailed, PlanningError, UserInputError
+from daskprs.errors import JobFailed, PlanningError, ResumeRefused
 from daskprs.execute.cluster import open_cluster
-from daskprs.execute.preflight import check_entry_script
-from daskprs.execute.runner import assemble_output, policy_for, run_step
-from daskprs.execute.supervisor import Prior, failed_items, verdict_of
+from daskprs.execute.lazycluster import LazyCluster
+from daskprs.execute.resume import Mode, input_change
+from daskprs.execute.step import StepRequest, run_parallel_step
 from daskprs.inputs.plan import Plan, plan_input
 from daskprs.inputs.planfile import read_plan, write_plan
 from daskprs.job.model import ClusterSpec, CommandStep, Job, ParallelStep
-from daskprs.observe import logs
 from daskprs.observe.progress import Progress
 from daskprs.results import fingerprint, reuse
 from daskprs.results.jobresult import JobResult, StepOutcome
-from daskprs.results.ledger import LedgerState, read_ledger
-from daskprs.results.outcome import BatchState
 from daskprs.rundir import RunDir
+from daskprs.settings import EnvSettings
 
-PENDING, RUNNING, DONE, FAILED, CANCELLED = BatchState
-
-__all__ = [
-    "StepsRunner",
-    "check_workers",
-    "outcome_from_ledger",
-    "plan_step",
-    "todo_and_prior",
-]
+__all__ = ["ClusterChoice", "JobSession", "StepsRunner", "plan_step"]
 
 
 def plan_step(step: ParallelStep) -> Plan:
@@ -62,9 +51,9 @@ def plan_step(step: ParallelStep) -> Plan:
 
 def _run_command(step: CommandStep, run: RunDir, echo: Callable[[str], None]) -> str | None:
     """Run a command step in its code folder; return a failure message or None."""
-    for out in step.outputs.values():
-        if "://" not in out.path:
-            target = out.path if out.type != "uri_file" else os.path.dirname(out.path)
+    for output in step.outputs.values():
+        if "://" not in output.path:
+            target = output.path if output.type != "uri_file" else os.path.dirname(output.path)
             os.makedirs(target, exist_ok=True)
     env = {**os.environ, **{k: str(v) for k, v in step.environment_variables.items()}}
     log_dir = run.logs.command(step.name)
@@ -85,176 +74,142 @@ def _run_command(step: CommandStep, run: RunDir, echo: Callable[[str], None]) ->
     return None
 
 
-def _failed_entries(step: str, plan: Plan, state: LedgerState) -> list[dict[str, Any]]:
-    batches = {b.index: b for b in plan.batches}
-    out = []
-    for mb, e in sorted(state.entries.items()):
-        if e.state in (FAILED, CANCELLED) and mb in batches:
-            out.append(logs.failed_entry(step, mb, batches[mb].describe(), e.record, e.state))
-    return out
+@dataclass(frozen=True)
+class ClusterChoice:
+    """Where the job runs: a given client, a scheduler's address, a cluster class that
+    ``daskprs.yaml`` names, or else the embedded cluster of ``n_workers`` processes."""
+
+    scheduler: str | None = None
+    client: Any = None
+    n_workers: int = 1
+    security: Any = None
+    cluster_spec: ClusterSpec | None = None
+
+    @property
+    def on_this_machine(self) -> bool:
+        """Whether the workers run here (the embedded cluster, or a client of an in-process
+        cluster), so that this machine's Python is theirs."""
+        if self.scheduler is not None or self.cluster_spec is not None:
+            return False
+        return self.client is None or getattr(self.client, "cluster", None) is not None
+
+    def lazy(self, echo: Callable[[str], None], settings: EnvSettings) -> LazyCluster:
+        """The cluster, opened when a step first needs it (or in advance)."""
+        kwargs = {
+            "scheduler": self.scheduler,
+            "client": self.client,
+            "n_workers": self.n_workers,
+            "security": self.security,
+            "cluster_spec": self.cluster_spec,
+            "settings": settings,
+        }
+        return LazyCluster(lambda: open_cluster(**kwargs), echo, given=self.client is not None)
+
+
+@dataclass
+class JobSession:
+    """One session of a job (a new run, ``--resume`` or ``rerun-failed``).
+
+    Attributes
+    ----------
+    job : Job
+        The resolved job.
+    run : RunDir
+        Its run directory.
+    mode : Mode
+        Which session this is.
+    record : dict
+        The run record (``run.json``); the input fingerprints are added as steps plan.
+    echo : callable
+        Where notes go.
+    settings : EnvSettings
+        The ``DASKPRS_*`` settings, read once.
+    progress : Progress, optional
+        The live display.
+    force : bool
+        ``--force``: continue although the job or an input changed.
+    reuse_roots : tuple of str
+        Folders of run directories to reuse steps from (a new run only).
+    force_rerun : bool
+        Run every step, reusing none (each still leaves a record for later runs).
+    """
+
+    job: Job
+    run: RunDir
+    mode: Mode
+    record: dict[str, Any]
+    echo: Callable[[str], None]
+    settings: EnvSettings = field(default_factory=EnvSettings)
+    progress: Progress | None = None
+    force: bool = False
+    reuse_roots: tuple[str, ...] = ()
+    force_rerun: bool = False
 
 
 class StepsRunner:
-    """Runs the steps of a job in order, for a new run, a resume or a rerun."""
+    """Runs the steps of a job in order: reused, command or parallel.
 
-    def __init__(
-        self,
-        job: Job,
-        result: JobResult,
-        run: RunDir,
-        mode: str,
-        record: dict[str, Any],
-        echo: Callable[[str], None],
-        force: bool,
-        save_record: Callable[[], None],
-        progress: Progress | None = None,
-        cache: str | None = None,
-        force_rerun: bool = False,
-    ):
-        self.job, self.result, self.rundir, self.mode = job, result, run, mode
-        self.record, self.echo, self.force = record, echo, force
-        self.save_record = save_record
-        self.progress = progress
-        self.reuse_roots = reuse.search_roots(run.root, cache)
-        self.force_rerun = force_rerun or job.force_rerun
-        self.handle: Any = None
-        self._cluster_stack = contextlib.ExitStack()
-        # a cluster starting in a thread while the first parallel step plans (see _prestart)
-        self._starting: tuple[Any, threading.Thread, dict[str, Any]] | None = None
+    Parameters
+    ----------
+    session : JobSession
+        The job and this session of its run.
+    cluster : ClusterChoice
+        Where parallel steps run.
+    result : JobResult
+        Filled as the steps end.
+    """
 
-    def run(
-        self,
-        scheduler: str | None,
-        client: Any,
-        n_workers: int,
-        security: Any = None,
-        cluster_spec: ClusterSpec | None = None,
-    ) -> None:
-        self._cluster_args = {
-            "scheduler": scheduler,
-            "client": client,
-            "n_workers": n_workers,
-            "security": security,
-            "cluster_spec": cluster_spec,
-        }
-        try:
-            for step in self.job.steps:
-                failure = self._step(step)
+    def __init__(self, session: JobSession, cluster: ClusterChoice, result: JobResult):
+        self.s = session
+        self.choice = cluster
+        self.result = result
+        self.force_rerun = session.force_rerun or session.job.force_rerun
+
+    def run(self) -> None:
+        """Run every step, stopping at the first failure unless the job continues on step
+        failure; the cluster is closed at the end, whatever ended it."""
+        with self.choice.lazy(self.s.echo, self.s.settings) as cluster:
+            for step in self.s.job.steps:
+                failure = self._step(step, cluster)
                 if failure is not None:
                     self.result.failure = self.result.failure or failure
-                    if not self.job.continue_on_step_failure:
+                    if not self.s.job.continue_on_step_failure:
                         return
-        finally:
-            self._cluster_stack.close()
 
-    def _prestart(self) -> None:
-        """Start the cluster in a thread while the step plans and checks its entry script
-        (:meth:`_cluster` takes it over); a cluster given as a client is there already."""
-        if self.handle is not None or self._starting is not None:
-            return
-        if self._cluster_args["client"] is not None:
-            return
-        opening = open_cluster(**self._cluster_args)
-        box: dict[str, Any] = {}
-
-        def start() -> None:
-            try:
-                box["handle"] = opening.__enter__()
-            except BaseException as err:  # raised again by _cluster(), in the main thread
-                box["error"] = err
-
-        thread = threading.Thread(target=start, name="daskprs-cluster-start", daemon=True)
-        thread.start()
-        self._starting = (opening, thread, box)
-        self._cluster_stack.callback(self._abandon_start)
-
-    def _abandon_start(self) -> None:
-        """At the end of the run: close a cluster started in advance and never used."""
-        if self._starting is None:
-            return
-        opening, thread, box = self._starting
-        self._starting = None
-        thread.join()
-        if "handle" in box:
-            opening.__exit__(None, None, None)
-
-    def _cluster(self) -> Any:
-        if self.handle is not None:
-            return self.handle
-        if self._starting is not None:  # started in advance: wait for it
-            opening, thread, box = self._starting
-            self._starting = None
-            thread.join()
-            if "error" in box:
-                raise box["error"]
-            self._cluster_stack.push(opening.__exit__)
-            self.handle = box["handle"]
-        else:
-            self.handle = self._cluster_stack.enter_context(open_cluster(**self._cluster_args))
-        where = "embedded local cluster" if self.handle.local else "cluster"
-        self.echo(
-            f"{where}: {self.handle.n_workers} worker slots, started in "
-            f"{self.handle.start_seconds:.1f} s"
-        )
-        link = _dashboard_link(self.handle.client)
-        if link:
-            self.echo(f"Dask dashboard: {link}")
-        return self.handle
-
-    def _note_concurrency(self, step: ParallelStep, slots: int) -> None:
-        """On an existing cluster its worker threads decide how many mini-batches run at
-        once; say so when the job file asks for another number."""
-        if not step.max_concurrency_per_instance and step.instance_count == 1:
-            return
-        asked = step.instance_count * step.processes_per_instance
-        if asked != slots:
-            self.echo(
-                f"note: [{step.name}] the cluster runs {slots} mini-batches at once (its worker "
-                f"threads); instance_count x max_concurrency_per_instance = {asked} sizes the "
-                "embedded cluster only (docs/clusters.md)"
-            )
-
-    def _cluster_on_this_machine(self) -> bool:
-        """Whether the workers run here (the embedded cluster, or a client of an in-process
-        cluster), so that this machine's Python is theirs."""
-        args = self._cluster_args
-        if args["scheduler"] is not None or args["cluster_spec"] is not None:
-            return False
-        return args["client"] is None or getattr(args["client"], "cluster", None) is not None
-
-    def _step(self, step: ParallelStep | CommandStep) -> str | None:
+    def _step(self, step: ParallelStep | CommandStep, cluster: LazyCluster) -> str | None:
         """Run a step, or reuse it (a new run only; see :mod:`daskprs.results.reuse`)."""
-        marker = self.rundir.step(step.name).reused
-        if self.mode != "run" and os.path.exists(marker):
+        marker = self.s.run.step(step.name).reused
+        if self.s.mode != Mode.RUN and os.path.exists(marker):
             with open(marker, encoding="utf-8") as f:
                 self._reused(step, json.load(f), marker, copy=False)
             return None
+        reusable = self.s.mode == Mode.RUN and step.is_deterministic
+        parallel = isinstance(step, ParallelStep)
+        if parallel and not (reusable and not self.force_rerun):
+            cluster.prestart()  # nothing to look up first: the cluster starts while it plans
         plan = None
         key = None
-        reusable = self.mode == "run" and step.is_deterministic
-        if isinstance(step, ParallelStep) and not (reusable and not self.force_rerun):
-            self._prestart()  # nothing to look up first: the cluster starts while it plans
         if reusable:
             if isinstance(step, ParallelStep):
                 plan = plan_step(step)
-            key = reuse.step_key(step, self.rundir.root, plan.batches if plan else ())
+            key = reuse.step_key(step, self.s.run.root, plan.batches if plan else ())
             found = None
             if key is not None and not self.force_rerun:
-                found = reuse.lookup(self.reuse_roots, key, step, self.rundir.root)
-            if found is not None:
+                found = reuse.lookup(self.s.reuse_roots, key, step, self.s.run.root)
+            if key is not None and found is not None:
                 self._reused(step, found, marker, copy=True)
-                reuse.remember(self.rundir.root, key, step, found["outcome"])  # a source in turn
+                reuse.remember(self.s.run.root, key, step, found["outcome"])  # a source in turn
                 return None
         if isinstance(step, CommandStep):
             failure = self._command(step)
-        else:
-            self._prestart()
-            failure = self._parallel(step, plan)
-        if failure is None and key is not None:
             outcome = None
-            if isinstance(step, ParallelStep):
-                outcome = asdict(next(o for o in self.result.steps if o.step == step.name))
-            reuse.remember(self.rundir.root, key, step, outcome)
+        else:
+            cluster.prestart()
+            outcome = self._parallel(step, plan, cluster)
+            failure = f"step {step.name}: {outcome.failure}" if outcome.failure else None
+        if failure is None and key is not None:
+            saved = outcome.to_dict() if outcome is not None else None
+            reuse.remember(self.s.run.root, key, step, saved)
         return failure
 
     def _reused(
@@ -262,236 +217,114 @@ class StepsRunner:
     ) -> None:
         """Take an earlier run's outputs and outcome of ``step`` as this run's."""
         earlier = found["run_dir"]
+        echo = self.s.echo
         if copy:
             reuse.copy_outputs(found, step.outputs)
             os.makedirs(os.path.dirname(marker), exist_ok=True)
             with open(marker, "w", encoding="utf-8") as f:
                 json.dump(found, f, indent=2, default=str)
-            self.echo(
+            echo(
                 f"[{step.name}] reused: inputs, code and settings unchanged since the run "
                 f"{earlier}; its outputs are copied from there (--force-rerun runs it again)"
             )
         else:
-            self.echo(f"[{step.name}] reused from the run {earlier} when this run started")
+            echo(f"[{step.name}] reused from the run {earlier} when this run started")
         self.result.reused[step.name] = earlier
-        for out in step.outputs.values():
-            self.result.outputs[f"{step.name}.{out.name}"] = out.path
         if isinstance(step, ParallelStep):
-            saved = dict(found["outcome"] or {})
-            outcome = StepOutcome(**saved)
+            outcome = StepOutcome.from_dict(found["outcome"] or {"step": step.name})
             if step.append_row_to:
-                outcome.output = step.append_row_to
-                for out in step.outputs.values():
-                    if os.path.dirname(step.append_row_to) == out.path:
-                        self.result.outputs[f"{step.name}.{out.name}"] = step.append_row_to
-            self.result.steps.append(outcome)
+                outcome = replace(outcome, output=step.append_row_to)
+            self._finished(step, outcome)
+        else:
+            self._outputs(step)
+
+    def _outputs(self, step: ParallelStep | CommandStep) -> None:
+        """Name the step's outputs in the result (a parallel step's ``append_row_to`` file
+        for the folder that holds it)."""
+        append = getattr(step, "append_row_to", None)
+        for out in step.outputs.values():
+            shown = out.path
+            if append and os.path.dirname(append) == out.path:
+                shown = append
+            self.result.outputs[f"{step.name}.{out.name}"] = shown
+
+    def _finished(self, step: ParallelStep, outcome: StepOutcome) -> None:
+        self._outputs(step)
+        self.result.steps.append(outcome)
 
     def _command(self, step: CommandStep) -> str | None:
-        done = self.rundir.step(step.name).done
-        for out in step.outputs.values():
-            self.result.outputs[f"{step.name}.{out.name}"] = out.path
-        if self.mode != "run" and os.path.exists(done):
-            self.echo(f"[{step.name}] command step already done in an earlier session")
+        done = self.s.run.step(step.name).done
+        self._outputs(step)
+        if self.s.mode != Mode.RUN and os.path.exists(done):
+            self.s.echo(f"[{step.name}] command step already done in an earlier session")
             return None
-        failure = _run_command(step, self.rundir, self.echo)
+        failure = _run_command(step, self.s.run, self.s.echo)
         if failure is None:
             os.makedirs(os.path.dirname(done), exist_ok=True)
             open(done, "w").close()
         return failure
 
     def _plan(self, step: ParallelStep, fresh: Plan | None = None) -> Plan:
-        where = self.rundir.step(step.name)
+        """The step's plan: planned now for a new run; the saved one for a resume or rerun,
+        once its input is checked against the fingerprint taken when the run started."""
+        where = self.s.run.step(step.name)
         fresh = fresh or plan_step(step)
-        if self.mode != "run" and os.path.exists(where.plan):
+        inputs = self.s.record.setdefault("inputs", {})
+        new = fingerprint.input_digest(fresh.batches)
+        if self.s.mode != Mode.RUN and os.path.exists(where.plan):
             saved = read_plan(where.plan)
-            old = self.record.get("inputs", {}).get(step.name)
-            new = fingerprint.input_digest(fresh.batches)
-            if old is not None and old != new:
-                what = (
-                    f"{old['batches']} -> {new['batches']} mini-batches"
-                    if old["batches"] != new["batches"]
-                    else "the files' sizes or modification times"
-                    if old["files"] != new["files"]
-                    else "how the input splits into mini-batches"
-                )
-                if not self.force:
-                    from daskprs.errors import ResumeRefused
-
+            what = input_change(inputs.get(step.name), new)
+            if what is not None:
+                if not self.s.force:
                     raise ResumeRefused(
                         f"the input of step {step.name} ({step.input_data.path}) changed since "
                         f"the run started ({what}). Run it anew, or add --force to continue "
                         "(mini-batches already done are kept as they are)."
                     )
-                self.echo(f"note: the input of step {step.name} changed ({what}); --force given")
-                self.record.setdefault("inputs", {})[step.name] = new
-                self.save_record()
-            if saved.batches == fresh.batches or not self.force:
+                self.s.echo(f"note: the input of step {step.name} changed ({what}); --force given")
+                inputs[step.name] = new
+                self.s.run.write_record(self.s.record)
+            if saved.batches == fresh.batches or not self.s.force:
                 return saved
             if os.path.exists(where.ledger):
                 # the mini-batch ids no longer mean the same inputs: start the step over
                 os.replace(where.ledger, f"{where.ledger}.before-force-{int(time.time())}")
-        self.record.setdefault("inputs", {})[step.name] = fingerprint.input_digest(fresh.batches)
+        inputs[step.name] = new
         os.makedirs(where.root, exist_ok=True)
         write_plan(where.plan, fresh)
-        self.save_record()
+        self.s.run.write_record(self.s.record)
         return fresh
 
-    def _parallel(self, step: ParallelStep, fresh: Plan | None = None) -> str | None:
+    def _parallel(
+        self, step: ParallelStep, fresh: Plan | None, cluster: LazyCluster
+    ) -> StepOutcome:
         plan = self._plan(step, fresh)
-        self.echo(
+        echo = self.s.echo
+        echo(
             f"[{step.name}] planned {len(plan.batches)} mini-batches ({plan.kind} input) in "
             f"{plan.seconds:.2f} s"
         )
         for note in plan.notes:
-            self.echo(f"note: {note}")
+            echo(f"note: {note}")
         if not plan.batches:
             raise PlanningError(
                 f"step {step.name}: the input {step.input_data.path} gave no mini-batches"
             )
         for out in step.outputs.values():
             if "://" not in out.path:
-                folder = (
-                    out.path
-                    if not (out.explicit and out.type == "uri_file")
-                    else (os.path.dirname(out.path))
-                )
-                os.makedirs(folder, exist_ok=True)
-        ledger_file = self.rundir.step(step.name).ledger
-        state = read_ledger(ledger_file)
-        todo, prior = todo_and_prior(plan, state, self.mode)
-        if self.mode != "run":
-            self.echo(
-                f"[{step.name}] {self.mode}: {len(todo)} of {len(plan.batches)} mini-batches to run"
-            )
-        if todo:
-            if self._cluster_on_this_machine():
-                check_entry_script(
-                    step.name, step.code_dir, step.entry_script, step.python, step.environment
-                )
-            handle = self._cluster()
-            ship_code = False
-            if not handle.local:
-                self._note_concurrency(step, handle.n_workers)
-                ship_code = check_workers(handle.client, step, self.rundir.root)
-                if ship_code:
-                    self.echo(
-                        f"[{step.name}] some workers cannot see the code folder "
-                        f"{step.code_dir}; shipping it to them"
-                    )
-            outcome = run_step(
-                handle.client,
-                step,
-                plan,
-                self.rundir,
-                n_workers=handle.n_workers,
-                local=handle.local,
-                session=state.sessions,
-                prior=prior,
-                todo=todo,
-                echo=self.echo,
-                ship_code=ship_code,
-                progress=self.progress,
-            )
-        else:
-            outcome = outcome_from_ledger(step, plan, state)
-        state = read_ledger(ledger_file)  # once more: now with this session's tries
-        outcome.failed = _failed_entries(step.name, plan, state)
-        out_path, _ = assemble_output(step, state)
-        outcome.output = out_path
-        for out in step.outputs.values():
-            shown = out.path
-            if step.append_row_to and os.path.dirname(step.append_row_to) == out.path:
-                shown = step.append_row_to
-            self.result.outputs[f"{step.name}.{out.name}"] = shown
-        self.result.steps.append(outcome)
-        if outcome.failure is not None:
-            return f"step {step.name}: {outcome.failure}"
-        return None
-
-
-def _dashboard_link(client: Any) -> str | None:
-    """The Dask dashboard's address, when the scheduler serves one."""
-    try:
-        return client.dashboard_link if client.scheduler_info().get("services") else None
-    except Exception:  # no dashboard (bokeh missing, --no-dashboard): nothing to print
-        return None
-
-
-def check_workers(client: Any, step: ParallelStep, run_dir: str) -> bool:
-    """Before running on an external cluster: every worker runs a compatible daskprs and sees
-    the run directory and local inputs (DESIGN decision 7).
-
-    Returns True when some worker cannot see the code folder: it is then shipped to the
-    workers (:class:`daskprs.execute.worker.CodeFolder`).
-    """
-    import daskprs
-    from daskprs.execute.worker import check_worker
-
-    script = os.path.join(step.code_dir, step.entry_script)
-    paths = (run_dir, script, step.input_data.path)
-    try:
-        answers = client.run(check_worker, paths)
-    except Exception as err:  # the function could not even be unpickled: no daskprs there
-        raise UserInputError(
-            f"the Dask workers cannot run daskprs ({type(err).__name__}: {err}). Install "
-            f"daskprs {daskprs.__version__} in the workers' Python environment."
-        ) from err
-    problems = []
-    ship_code = False
-    for address, answer in sorted(answers.items()):
-        if answer["version"] != daskprs.__version__:
-            problems.append(
-                f"worker {address} runs daskprs {answer['version']}, this driver "
-                f"{daskprs.__version__}"
-            )
-        for path in answer["missing"]:
-            if path == script:
-                ship_code = True
-            else:
-                problems.append(f"worker {address} cannot see {path}")
-    if problems:
-        raise UserInputError(
-            "the cluster cannot run this job:\n  "
-            + "\n  ".join(problems)
-            + "\nThe run directory, the code folder and local inputs must be on a filesystem "
-            "every worker sees (or use s3:// and other URLs for data), and every worker must "
-            "run the same daskprs version."
+                explicit_file = out.explicit and out.type == "uri_file"
+                os.makedirs(os.path.dirname(out.path) if explicit_file else out.path, exist_ok=True)
+        request = StepRequest(
+            step=step,
+            plan=plan,
+            run=self.s.run,
+            mode=self.s.mode,
+            settings=self.s.settings,
+            echo=echo,
+            progress=self.s.progress,
+            workers_here=self.choice.on_this_machine,
+            resume_hint=f"daskprs run --resume {self.s.run.root}",
         )
-    return ship_code
-
-
-def todo_and_prior(plan: Plan, state: Any, mode: str) -> tuple[list[int], dict[int, Prior]]:
-    """Which mini-batches to run, and the final states the others keep."""
-    rerun = {"run": (), "resume": (PENDING, RUNNING, CANCELLED)}.get(
-        mode, (PENDING, RUNNING, FAILED, CANCELLED)
-    )
-    todo: list[int] = []
-    prior: dict[int, Prior] = {}
-    for batch in plan.batches:
-        entry = state.entries.get(batch.index)
-        st = BatchState(entry.state) if entry is not None else PENDING
-        if mode == "run" or st in rerun:
-            todo.append(batch.index)
-            continue
-        rec = entry.record if entry is not None else None
-        prior[batch.index] = Prior(
-            st,
-            rec.succeeded if rec is not None else 0,
-            failed_items(st, rec, batch.n_items),
-            rec.error if rec is not None else "",
-        )
-    return todo, prior
-
-
-def outcome_from_ledger(step_obj: ParallelStep, plan: Plan, state: Any) -> StepOutcome:
-    """A step with nothing left to run: its outcome as the ledger records it."""
-    _, prior = todo_and_prior(plan, state, "resume")
-    items = {b.index: b.n_items for b in plan.batches}
-    stop, summary = verdict_of(items, prior, policy_for(step_obj, 1, None))
-    return StepOutcome(
-        step=step_obj.name,
-        failure=stop.failure,
-        budget=stop.budget,
-        summary=summary,
-        output=None,
-    )
+        outcome = run_parallel_step(request, cluster.get)
+        self._finished(step, outcome)
+        return outcome

@@ -1,14 +1,15 @@
 """The run directory's layout: every path daskprs writes, its run record and its lock.
 
-One frozen, picklable value owns the layout (DESIGN decision 6: the run directory is the
-truth), so no other module spells a path inside it::
+One frozen, picklable value owns the layout (the run directory is the truth:
+docs/design.md#the-run-directory-is-the-truth), so no other module spells a path inside it::
 
     run = RunDir("/runs/pipeline-20261202-051900")
     run.record                      # run.json
     run.logs.job_result             # logs/job_result.txt
     run.step("score").ledger        # steps/score/ledger.jsonl
 
-Standard library only: worker and entry-script processes import it.
+The standard library and :mod:`daskprs.errors` only: worker and entry-script processes
+import it.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LogsDir", "RunDir", "RunLocked", "StepDir", "pid_alive", "write_json"]
+from daskprs.errors import RunLocked
+
+__all__ = ["LogsDir", "RunDir", "StepDir", "default_run_dir", "pid_alive", "write_json"]
 
 
 @dataclass(frozen=True)
 class LogsDir:
-    """``<run>/logs``: Azure-style logs (SPEC section 7)."""
+    """``<run>/logs``: Azure-style logs (docs/run-directory.md#logs)."""
 
     root: str
 
@@ -118,17 +121,6 @@ class StepDir:
 
     def claim(self, mb: int, try_key: str) -> str:
         return os.path.join(self.claims, f"{mb:05d}.{try_key}")
-
-
-class RunLocked(RuntimeError):
-    """Another live process holds the run directory's lock."""
-
-    def __init__(self, run_dir: str, pid: int):
-        self.run_dir, self.pid = run_dir, pid
-        super().__init__(
-            f"the run {run_dir} is being run by process {pid} right now; wait for it to end "
-            "(or stop it) before resuming"
-        )
 
 
 @dataclass(frozen=True)
@@ -231,6 +223,13 @@ class RunDir:
             os.unlink(self.lock_file)
         except FileNotFoundError:
             pass
+
+
+def default_run_dir(stem: str, now: float | None = None) -> str:
+    """``./daskprs-runs/<stem>-<UTC yyyymmdd-hhmmss>``: where a run goes when no run
+    directory is given (``stem``: the job file's, or ``map_batches``)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now if now is not None else time.time()))
+    return os.path.abspath(os.path.join("daskprs-runs", f"{stem}-{stamp}"))
 
 
 def write_json(path: str, data: Any) -> None:

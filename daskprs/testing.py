@@ -1,6 +1,6 @@
-"""A small test kit for daskprs jobs (STYLE item 9): write a one-step job folder, find its
-output, and poll for a state instead of sleeping. Used by the project's tests and benchmarks;
-users may use it to test their own entry scripts.
+"""A small test kit for daskprs jobs (docs/design.md#a-test-kit-for-failure-paths): write a
+one-step job folder, find its output, and poll for a state instead of sleeping. Used by the
+project's tests and benchmarks; users may use it to test their own entry scripts.
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ import pytest
 import daskprs
 from daskprs.api import default_run_dir
 from daskprs.errors import UserInputError
+from daskprs.execute.step import check_workers
 from daskprs.execute.worker import check_worker
 from daskprs.job.model import DataInput, ParallelStep
-from daskprs.pipeline import check_workers
 
 
 class FakeClient:

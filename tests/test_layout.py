@@ -17,9 +17,10 @@ import daskprs
 
 PACKAGE = Path(daskprs.__file__).parent
 
-# Lowest first. The root package (``daskprs/__init__.py``, lazy), ``errors``, ``paths`` and
-# ``rundir`` (the run directory's layout) are the ground every layer stands on.
-GROUND = ["daskprs", "daskprs.errors", "daskprs.paths", "daskprs.rundir"]
+# Lowest first. The root package (``daskprs/__init__.py``, lazy), ``errors``, ``paths``,
+# ``settings`` (the DASKPRS_* variables) and ``rundir`` (the run directory's layout) are the
+# ground every layer stands on.
+GROUND = ["daskprs", "daskprs.errors", "daskprs.paths", "daskprs.settings", "daskprs.rundir"]
 LAYERS = [*GROUND, "job", "inputs", "results", "observe", "execute"]
 TOP = len(LAYERS)
 
@@ -94,7 +95,8 @@ def test_each_layer_says_what_it_owns_and_may_import(sub):
 
 
 def test_the_entry_script_process_imports_no_dask():
-    """The child runs entry scripts, maybe in another interpreter: it stays light (DESIGN 3)."""
+    """The child runs entry scripts, maybe in another interpreter: it stays light
+    (docs/design.md#layers)."""
     import subprocess
     import sys
 
@@ -137,3 +139,52 @@ def test_each_layer_names_every_module_it_owns(sub):
     doc = importlib.import_module(f"daskprs.{sub}").__doc__ or ""
     modules = sorted(p.stem for p in (PACKAGE / sub).glob("*.py") if p.stem != "__init__")
     assert [m for m in modules if f"``{m}``" not in doc] == []
+
+
+# The public entry points may take more keyword-only options; every other function takes 8
+# parameters at most (self and cls not counted): more means a value object is missing.
+_ENTRY_POINTS = {
+    "daskprs.api": {"run_job", "resume_job"},
+    "daskprs.mapping.run": {"map_batches"},
+    "daskprs.cli": "*",
+    "daskprs.testing": "*",
+}
+_MOST_PARAMETERS = 8
+
+
+def _parameters(node: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
+    a = node.args
+    names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+    names += [x.arg for x in (a.vararg, a.kwarg) if x is not None]
+    return [n for n in names if n not in ("self", "cls")]
+
+
+def test_no_internal_function_takes_more_than_eight_parameters():
+    too_many = []
+    for module, path in MODULES.items():
+        exempt = _ENTRY_POINTS.get(module, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            if exempt == "*" or node.name in exempt:
+                continue
+            n = len(_parameters(node))
+            if n > _MOST_PARAMETERS:
+                too_many.append(f"{module}.{node.name}: {n}")
+    assert not too_many, too_many
+
+
+def test_map_batches_runs_its_step_as_the_pipeline_does_without_the_pipeline():
+    """One function runs a parallel step for both; map_batches does not borrow from the
+    pipeline's job-level code."""
+    imported = set()
+    for node in ast.walk(ast.parse(MODULES["daskprs.mapping.run"].read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+    assert "daskprs.pipeline" not in imported
+    assert "daskprs.execute.step" in imported
+    pipeline = ast.parse(MODULES["daskprs.pipeline"].read_text())
+    calls = {
+        n.func.id for n in ast.walk(pipeline) if isinstance(n, ast.Call) and hasattr(n.func, "id")
+    }
+    assert "run_parallel_step" in calls

@@ -80,6 +80,9 @@ class ChildConfig:
     # The step reads tables: import pandas and the table reader when the process starts, not
     # inside the first try's load deadline (a file-list step never needs them)
     tables: bool = True
+    # Bytes kept of the process's stdout, stderr and EntryScript().logger file each
+    # (DASKPRS_USER_LOG_LIMIT; None: no limit)
+    log_limit: int | None = 64 * 2**20
 
 
 class MiniBatchContext:

@@ -3,21 +3,21 @@ that ``daskprs.yaml`` names by its class (:class:`~daskprs.job.model.ClusterSpec
 
 The embedded cluster has one single-threaded worker process per slot and sets
 ``distributed.scheduler.allowed-failures`` to 0, so a task whose worker died is reported to
-the supervisor (which counts the try) instead of being run again silently (DESIGN
-decision 2).
+the supervisor (which counts the try) instead of being run again silently
+(docs/design.md#exactly-once-claims-and-the-ledger).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from daskprs.errors import UserInputError
 from daskprs.job.model import ClusterSpec
+from daskprs.settings import EnvSettings
 
 __all__ = ["ClusterHandle", "open_cluster"]
 
@@ -46,6 +46,7 @@ def open_cluster(
     connect_timeout: float | None = None,
     security: Any = None,
     cluster_spec: ClusterSpec | None = None,
+    settings: EnvSettings | None = None,
 ) -> Iterator[ClusterHandle]:
     """Yield a :class:`ClusterHandle`; close what was started here on exit.
 
@@ -58,12 +59,15 @@ def open_cluster(
     n_workers : int
         Worker processes of the embedded cluster (when neither of the above is given).
     connect_timeout : float, optional
-        Seconds to wait for ``scheduler`` (default: ``DASKPRS_CONNECT_TIMEOUT`` or 10).
+        Seconds to wait for ``scheduler`` (default: ``settings.connect_timeout``).
     security : distributed.Security, optional
         TLS certificates for a ``tls://`` scheduler (:func:`daskprs.execute.tls.client_security`).
     cluster_spec : ClusterSpec, optional
         A cluster to start (``daskprs.yaml`` ``computes:``), used when neither ``scheduler``
         nor ``client`` is given; closed on exit.
+    settings : EnvSettings, optional
+        The ``DASKPRS_*`` variables (default: :meth:`EnvSettings.from_env`): the connect and
+        cluster timeouts, the embedded cluster's dashboard address.
     """
     import time
 
@@ -71,8 +75,10 @@ def open_cluster(
     from distributed import Client
 
     started = time.monotonic()
+    if settings is None:
+        settings = EnvSettings.from_env()
     if connect_timeout is None:
-        connect_timeout = float(os.environ.get("DASKPRS_CONNECT_TIMEOUT", "10"))
+        connect_timeout = settings.connect_timeout
     if client is not None:
         yield ClusterHandle(client, max(1, _worker_slots(client)), local=False)
         return
@@ -113,7 +119,8 @@ def open_cluster(
             remote.close()
         return
     if cluster_spec is not None:
-        with _spec_cluster(cluster_spec, connect_timeout) as (spec_client, slots):
+        starting = _spec_cluster(cluster_spec, connect_timeout, settings.cluster_timeout)
+        with starting as (spec_client, slots):
             yield ClusterHandle(
                 spec_client, slots, local=False, start_seconds=time.monotonic() - started
             )
@@ -125,7 +132,7 @@ def open_cluster(
             n_workers=n_workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=os.environ.get("DASKPRS_DASHBOARD", ":0"),
+            dashboard_address=settings.dashboard,
             memory_limit=0,
             silence_logs=logging.ERROR,
         )
@@ -160,8 +167,11 @@ def _cluster_class(spec: ClusterSpec) -> Any:
 
 
 @contextlib.contextmanager
-def _spec_cluster(spec: ClusterSpec, timeout: float) -> Iterator[tuple[Any, int]]:
-    """Start ``spec``'s cluster, size it, connect a client; yield (client, worker slots)."""
+def _spec_cluster(
+    spec: ClusterSpec, timeout: float, cluster_timeout: float
+) -> Iterator[tuple[Any, int]]:
+    """Start ``spec``'s cluster, size it, connect a client; yield (client, worker slots),
+    waiting up to ``cluster_timeout`` seconds (at least ``timeout``) for a first worker."""
     from distributed import Client
 
     cls = _cluster_class(spec)
@@ -169,7 +179,7 @@ def _spec_cluster(spec: ClusterSpec, timeout: float) -> Iterator[tuple[Any, int]
     try:
         cluster = cls(**spec.kwargs)
     except Exception as err:  # any failure to start the user's cluster is theirs to fix
-        root = err
+        root: BaseException = err
         while root.__cause__ is not None:
             root = root.__cause__
         why = f"{type(root).__name__}: {root}"
@@ -187,7 +197,7 @@ def _spec_cluster(spec: ClusterSpec, timeout: float) -> Iterator[tuple[Any, int]
         try:
             slots = _worker_slots(client)
             if slots == 0:
-                wait = max(timeout, float(os.environ.get("DASKPRS_CLUSTER_TIMEOUT", "300")))
+                wait = max(timeout, cluster_timeout)
                 try:
                     client.wait_for_workers(1, timeout=wait)
                 except (OSError, TimeoutError) as err:

@@ -1,4 +1,4 @@
-"""Shipping a step's code folder to workers that cannot see it (DESIGN decision 7)."""
+"""Shipping a step's code folder to workers that cannot see it (docs/design.md#several-hosts)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ _CODE_DIRS: dict[str, str] = {}
 
 class CodeFolder(WorkerPlugin):
     """Ships a step's code folder to every worker, present and future, that cannot see it
-    (DESIGN decision 7): zipped once here, unpacked into each worker's local directory.
+    (docs/design.md#several-hosts): zipped once here, unpacked into each worker's local directory.
 
     Parameters
     ----------

@@ -7,7 +7,9 @@ the try again, counted once) or the try's record (it finished inside a packed ta
 result was lost: the rerun returns that record). A worker that died leaves neither, and the
 rerun is counted as a death after ``DASKPRS_HANDBACK_SECONDS`` (default 5) of waiting for
 them: the scheduler reschedules the tasks of a retired worker as it tells the worker to close,
-so the rerun may start before the closing worker has left its markers.
+so the rerun may start before the closing worker has left its markers. The driver reads that
+variable (:attr:`daskprs.settings.EnvSettings.handback_seconds`) and passes it through the
+step context to :func:`take_over`; nothing here reads the environment.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from daskprs.rundir import StepDir
 
 __all__ = ["leave_marker", "leave_record", "take_over"]
 
+# The wait when the caller passes none: EnvSettings.handback_seconds's default.
 _DEFAULT_WAIT = 5.0
 
 
@@ -51,9 +54,12 @@ def leave_record(where: StepDir, mb: int, try_key: str, record: TryRecord) -> No
 def take_over(where: StepDir, mb: int, try_key: str, wait: float | None = None) -> TryRecord | bool:
     """What the rerun of a claimed try does: the record left for it, True to run the try
     (handed back; the marker is taken atomically, so by one rerun only), or False (none
-    came within ``wait`` seconds: the first run was lost with its worker)."""
+    came within ``wait`` seconds: the first run was lost with its worker).
+
+    ``wait`` is the driver's ``EnvSettings.handback_seconds`` as the step context carries it;
+    None: 5 s, that setting's default."""
     if wait is None:
-        wait = float(os.environ.get("DASKPRS_HANDBACK_SECONDS") or _DEFAULT_WAIT)
+        wait = _DEFAULT_WAIT
     base = _base(where, mb, try_key)
     deadline = time.monotonic() + wait
     while True:

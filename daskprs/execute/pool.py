@@ -6,7 +6,7 @@ one slot per worker thread at once (the children import their libraries while th
 submits), hands idle slots to tries and takes them back. Unregistering the plugin tears the
 pool down: every child runs ``shutdown()`` and exits.
 
-On a worker that sees GPUs (:func:`daskprs.job.devices.visible_gpus`) each slot's process
+On a worker that sees GPUs (:func:`daskprs.execute.devices.visible_gpus`) each slot's process
 gets its own ``CUDA_VISIBLE_DEVICES``, round-robin over the devices by the slot's process index
 on its node, as Azure does. A worker started with ``--resources GPU=n`` starts at most ``n``
 slots (the runner then asks one ``GPU`` per task, so Dask runs at most ``n`` at once there).
@@ -29,34 +29,25 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
 from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from daskprs.execute.child import ChildConfig
 from daskprs.execute.codefolder import code_dir_for
+from daskprs.execute.context import StepContext
+from daskprs.execute.devices import device_for, visible_gpus
 from daskprs.execute.slot import Slot
-from daskprs.job.devices import device_for, visible_gpus
 
-__all__ = ["LeaseKeeper", "SlotPool", "lease_seconds", "pool_of"]
+__all__ = ["LeaseKeeper", "SlotPool", "pool_of"]
 
 log = logging.getLogger(__name__)
 
-# Seconds without a sign of the driver after which a pool kills its children. Long enough for
-# a driver busy assembling a large output; DASKPRS_LEASE_SECONDS changes it (tests use 2).
-_DEFAULT_LEASE_SECONDS = 60.0
 
-
-def lease_seconds(env: dict[str, str] | None = None) -> float:
-    env = os.environ if env is None else env
-    return float(env.get("DASKPRS_LEASE_SECONDS") or _DEFAULT_LEASE_SECONDS)
-
-
-def _identity(ctx: Any, index: int, worker: Any) -> tuple[str, str]:
-    """The node and process names of slot ``index`` of ``worker`` (SPEC section 6)."""
+def _identity(ctx: StepContext, index: int, worker: Any) -> tuple[str, str]:
+    """The node and process names of slot ``index`` of ``worker``
+    (docs/run-directory.md#node-and-process-names)."""
     if worker is None:
         return "node000", f"process{index:03d}"
     name = worker.name
@@ -69,7 +60,7 @@ def _identity(ctx: Any, index: int, worker: Any) -> tuple[str, str]:
     return host, f"process-{safe}{suffix}"
 
 
-def _node_index(ctx: Any, index: int, worker: Any) -> int:
+def _node_index(ctx: StepContext, index: int, worker: Any) -> int:
     """The index of slot ``index`` of ``worker`` among its node's entry-script processes: the
     worker's place on its node on the embedded cluster (one single-threaded worker a
     process), else the slot's place on its worker."""
@@ -95,7 +86,7 @@ class SlotPool(WorkerPlugin):
         The step's settings (picklable; the pool's state is made in :meth:`setup`).
     """
 
-    def __init__(self, ctx: Any):
+    def __init__(self, ctx: StepContext):
         self.ctx = ctx
         self.name = pool_name(ctx.token)
 
@@ -137,25 +128,11 @@ class SlotPool(WorkerPlugin):
         ctx = self.ctx
         index = len(self._all)
         node, process = _identity(ctx, index, self.worker)
-        env = dict(ctx.env)
-        device = device_for(_node_index(ctx, index, self.worker), self._devices)
-        if device is not None and "CUDA_VISIBLE_DEVICES" not in ctx.env:
-            env["CUDA_VISIBLE_DEVICES"] = device
-        config = ChildConfig(
-            code_dir=code_dir_for(ctx.token, ctx.code_dir),
-            entry_script=ctx.entry_script,
-            argv=ctx.argv,
-            env=env,
-            node=node,
-            process=process,
-            logs=ctx.run.logs,
-            output_dir=ctx.output_dir,
-            logging_level=ctx.logging_level,
-            cache_dir=os.path.join(tempfile.gettempdir(), f"daskprs-cache-{ctx.token}-{process}"),
-            to_csv=dict(ctx.to_csv),
-            profiling_module=ctx.profiling_module,
-            python=ctx.python,
-            tables=ctx.tables,
+        config = ctx.child_for(
+            node,
+            process,
+            code_dir=code_dir_for(ctx.token, ctx.child.code_dir),
+            device=device_for(_node_index(ctx, index, self.worker), self._devices),
         )
         slot = Slot(config, ctx.memory_limit)
         if ctx.monitor_interval > 0:

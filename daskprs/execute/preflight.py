@@ -20,7 +20,7 @@ from daskprs.errors import UserInputError
 
 __all__ = ["check_entry_script", "script_imports"]
 
-# What daskprs's entry-script process needs in another interpreter (DESIGN decision 3).
+# What daskprs's entry-script process needs in another interpreter (docs/design.md#layers).
 _CHILD_NEEDS = ("pandas", "pyarrow")
 
 _PROBE = r"""

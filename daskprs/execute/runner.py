@@ -1,9 +1,14 @@
-"""The Dask side of a step: submit tries, carry out the supervisor's instructions, commit.
+"""The driver loop of one session of a step: submit tries, carry out the supervisor's
+instructions, record what comes back.
 
-One Dask future per try, submitted in a bounded window and streamed back as they finish
-(DESIGN decision 2). Each result is a small :class:`TryRecord`; rows never travel through the
-client. The ledger, the report and the progress file are written as records arrive; the
-output is assembled from the committed parts once the step is over.
+Tries are submitted in a bounded window and streamed back as they finish
+(docs/design.md#exactly-once-claims-and-the-ledger); short tries are packed several to a Dask
+task (:class:`_Packer`), each keeping its own claim, deadline and record. Each result is a
+small :class:`TryRecord`; rows never travel through the client. The ledger, the report, the
+progress file and the growing output are written as records arrive. :func:`drive` is called
+by :func:`daskprs.execute.step.run_parallel_step`, which prepares the session and finishes the
+step.
+
 """
 
 from __future__ import annotations
@@ -11,32 +16,27 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import sys
 import time
-import uuid
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
-from daskprs.errors import Interrupted
+from daskprs.execute.cluster import ClusterHandle
 from daskprs.execute.codefolder import CodeFolder
-from daskprs.execute.deadlines import SHUTDOWN_SECONDS, Deadlines
-from daskprs.execute.pool import LeaseKeeper, SlotPool, lease_seconds
-from daskprs.execute.supervisor import Finalize, Policy, Prior, Stop, Submit, Supervisor
-from daskprs.execute.worker import StepContext, claimed, kill_running, run_tries, run_try
-from daskprs.inputs.batches import FileBatch, MiniBatch
-from daskprs.inputs.plan import Plan
-from daskprs.job.model import ParallelStep
+from daskprs.execute.context import StepContext
+from daskprs.execute.pool import LeaseKeeper, SlotPool
+from daskprs.execute.resume import Session
+from daskprs.execute.supervisor import Finalize, Instruction, Policy, Stop, Submit, Supervisor
+from daskprs.execute.worker import claimed, kill_running, run_tries, run_try
+from daskprs.inputs.batches import MiniBatch
 from daskprs.observe import logs
-from daskprs.observe.progress import PlainProgress, Progress
-from daskprs.results.formatting import structured_part_options
-from daskprs.results.jobresult import StepOutcome
-from daskprs.results.ledger import Ledger, LedgerState
+from daskprs.observe.progress import Progress
+from daskprs.results.ledger import Ledger
 from daskprs.results.outcome import BatchState, Status, TryRecord
-from daskprs.results.output import PartialOutput, assemble, is_url
+from daskprs.results.output import PartialOutput
 from daskprs.rundir import RunDir
 
-__all__ = ["run_step"]
+__all__ = ["Launch", "Ran", "drive", "on_workers", "submission_window"]
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class _Packer:
 
     @property
     def window(self) -> int:
-        return max(8, 4 * self.n_workers) * self.size
+        return submission_window(self.n_workers) * self.size
 
     def groups(self, subs: list[Submit], pending: int) -> list[list[Submit]]:
         if not subs:
@@ -135,20 +135,11 @@ class _Packer:
         return [subs[i : i + size] for i in range(0, len(subs), size)]
 
 
-def policy_for(step: ParallelStep, n_workers: int, window: int | None) -> Policy:
-    s = step.settings
-    per_node = step.processes_per_instance
-    return Policy(
-        max_retries=s.max_retries,
-        error_threshold=s.error_threshold,
-        mini_batch_error_threshold=s.mini_batch_error_threshold,
-        allowed_failed_percent=s.allowed_failed_percent,
-        progress_timeout=s.effective_progress_update_timeout,
-        nodes=max(1, step.instance_count),
-        processes_per_node=per_node,
-        append_row=step.append_row_to is not None,
-        window=window or max(8, 4 * n_workers),
-    )
+def submission_window(slots: int) -> int:
+    """Tries kept in flight for a cluster of ``slots`` worker threads (times the packing):
+    enough to keep every worker busy while results stream back; bounded, so that a budget
+    stop cancels little and driver memory stays flat."""
+    return max(8, 4 * slots)
 
 
 def task_resources(client: Any) -> dict[str, float] | None:
@@ -164,29 +155,6 @@ def task_resources(client: Any) -> dict[str, float] | None:
     return None
 
 
-def _deadlines(step: ParallelStep) -> Deadlines:
-    """The try's phase limits; loading the script and ``init()`` get the load and the run
-    limits added up; ``shutdown()`` gets ``DASKPRS_SHUTDOWN_TIMEOUT`` seconds (default 30)."""
-    load, run = step.settings.task_overhead_timeout, step.settings.timeout
-    init = load + run if load is not None and run is not None else None
-    shutdown = float(os.environ.get("DASKPRS_SHUTDOWN_TIMEOUT") or SHUTDOWN_SECONDS)
-    return Deadlines(load=load, run=run, init=init, shutdown=shutdown)
-
-
-def _memory_limit(n_workers: int, local: bool) -> int | None:
-    """Resident memory allowed to one entry-script process."""
-    env = os.environ.get("DASKPRS_CHILD_MEMORY_LIMIT")
-    if env:
-        from dask.utils import parse_bytes
-
-        return parse_bytes(env)
-    if not local:
-        return None
-    import psutil
-
-    return int(psutil.virtual_memory().total * 0.8 / max(1, n_workers))
-
-
 class _StepRun:
     """The loop of one step: carries out the supervisor's instructions on the cluster and
     feeds it the outcomes, writing the ledger and the report as they come."""
@@ -194,28 +162,22 @@ class _StepRun:
     def __init__(
         self,
         client: Any,
-        ctx: StepContext,
+        launch: Launch,
         sup: Supervisor,
-        batches: dict[int, MiniBatch],
+        ledger: Ledger,
         packer: _Packer,
-        resources: dict[str, float] | None = None,
         output: PartialOutput | None = None,
     ):
-        self.client, self.ctx, self.sup, self.batches, self.packer = (
-            client,
-            ctx,
-            sup,
-            batches,
-            packer,
-        )
-        self.resources = resources
+        self.client, self.ctx, self.sup, self.packer = client, launch.ctx, sup, packer
+        self.batches = launch.batches
+        self.resources = task_resources(client)
         self.output = output
         self._sized = time.monotonic()
-        self.ledger = Ledger(ctx.where.ledger)
+        self.ledger = ledger
         self.ledger.start_session(
-            {"step": ctx.step, "session": sup.session, "batches": len(batches)}
+            {"step": self.ctx.step, "session": sup.session, "batches": len(self.batches)}
         )
-        self.report = logs.Report(ctx.run.logs.processed_report)
+        self.report = logs.Report(self.ctx.run.logs.processed_report)
         self.done: queue.Queue = queue.Queue()
         # Dask key -> (future, the tries it carries)
         self.futures: dict[str, tuple[Any, list[Submit]]] = {}
@@ -233,7 +195,7 @@ class _StepRun:
         self.futures[fut.key] = (fut, group)
         fut.add_done_callback(lambda f: self.done.put(f.key))
 
-    def carry_out(self, instructions: list) -> None:
+    def carry_out(self, instructions: list[Instruction]) -> None:
         while instructions:
             subs = [i for i in instructions if isinstance(i, Submit)]
             for group in self.packer.groups(subs, self.sup.backlog):
@@ -246,7 +208,7 @@ class _StepRun:
             window = self.packer.window
             instructions = self.sup.on_window(window) if window != self.sup.window else []
 
-    def handle(self, rec: TryRecord, sub: Submit) -> list:
+    def handle(self, rec: TryRecord, sub: Submit) -> list[Instruction]:
         """Feed one outcome to the supervisor; return the instructions left to carry out."""
         rec = rec.with_(key=sub.key)
         self.packer.observe(rec)
@@ -278,7 +240,7 @@ class _StepRun:
             )
             values = [_result_or_none(f) for f in finished]
         results = dict(zip((f.key for f in finished), values, strict=True))
-        out = []
+        out: list[tuple[TryRecord, Submit]] = []
         for fut, group in ready:
             value = results.get(fut.key)
             if value is not None:
@@ -307,13 +269,14 @@ class _StepRun:
                 except queue.Empty:
                     break
             ready = [self.futures.pop(k) for k in keys if k in self.futures]
-            instructions: list = []
+            instructions: list[Instruction] = []
             for rec, sub in self._records(ready):
                 instructions += self.handle(rec, sub)
             # the whole batch's submissions together, so that short tries can be packed
             self.carry_out(instructions)
         stop = self.sup.stopped
-        assert isinstance(stop, Stop)
+        if stop is None:  # the loop ends only when the supervisor stopped
+            raise RuntimeError("the driver loop ended before the supervisor stopped")
         if self.futures:
             _cancel(self.client, self.futures, self.ctx.token)
         return stop
@@ -353,124 +316,92 @@ def _result_or_none(fut: Any) -> Any:
         return None
 
 
-def run_step(
-    client: Any,
-    step: ParallelStep,
-    plan: Plan,
-    run: RunDir,
-    *,
-    n_workers: int,
-    local: bool,
-    session: int = 0,
-    prior: dict[int, Prior] | None = None,
-    todo: list[int] | None = None,
-    echo: Callable[[str], None] | None = None,
-    window: int | None = None,
-    ship_code: bool = False,
-    structured_parts: bool = False,
-    progress: Progress | None = None,
-) -> StepOutcome:
-    """Run the mini-batches of one parallel step on ``client``'s cluster.
+@dataclass(frozen=True)
+class Launch:
+    """One session of one step, ready to run: what :func:`drive` needs.
 
-    Parameters
+    Attributes
     ----------
-    client : distributed.Client
-        The cluster to run on.
-    step : ParallelStep
-        The resolved step.
-    plan : Plan
-        Its mini-batches.
-    run : RunDir
-        The run directory (absolute).
-    n_workers : int
-        Worker slots available (sizes the submission window and the memory limit).
-    local : bool
-        True on the embedded cluster (names nodes ``node000``..., sets a memory limit).
-    session : int
-        0 for a new run; 1, 2, ... for each resume or rerun.
-    prior, todo
-        For resume and rerun: final states from earlier sessions and the mini-batches to run.
-    echo : callable, optional
-        Where progress lines go when ``progress`` is not given (default: stderr).
-    progress : Progress, optional
-        The live progress display (:func:`daskprs.observe.progress.choose_progress`); default:
-        plain lines through ``echo``.
+    ctx : StepContext
+        What every try needs on a worker.
+    batches : mapping of int to MiniBatch
+        The plan's mini-batches by id.
+    session : Session
+        What this session runs, and what earlier ones settled.
+    policy : Policy
+        The step's failure handling.
+    plan_seconds : float
+        How long planning took (for the progress overview).
     ship_code : bool
-        Copy the code folder to every worker (for workers that cannot see it).
-    structured_parts : bool
-        Keep every successful try's returned rows as a structured part (parquet or pickle,
-        :mod:`daskprs.results.structured`) instead of Azure's text rows: ``map_batches``.
+        Copy the code folder to every worker (some cannot see it).
     """
-    echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
-    display = progress or PlainProgress(echo)
+
+    ctx: StepContext
+    batches: Mapping[int, MiniBatch]
+    session: Session
+    policy: Policy
+    plan_seconds: float = 0.0
+    ship_code: bool = False
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What :func:`drive` gives back: the supervisor's verdict and its last counts."""
+
+    stop: Stop
+    summary: dict[str, int]
+    seconds: float
+
+
+def drive(
+    cluster: ClusterHandle,
+    launch: Launch,
+    ledger: Ledger,
+    display: Progress,
+    output: PartialOutput | None = None,
+) -> Ran:
+    """Run the session's mini-batches on ``cluster`` until the supervisor stops.
+
+    Registers the step's slot pool (and the shipped code folder) on the workers, keeps the
+    driver's lease on an external cluster, feeds ``display`` and appends every try to
+    ``ledger`` (and each committed part to ``output``). The workers' plugins are removed at
+    the end, whatever ended it: that runs every child's ``shutdown()``.
+
+    Raises
+    ------
+    KeyboardInterrupt
+        Interrupted: what was queued is cancelled, what ran is killed, what was committed is
+        kept in the ledger.
+    """
+    ctx, client, slots = launch.ctx, cluster.client, cluster.n_workers
     started = time.monotonic()
-    batches: dict[int, MiniBatch] = {b.index: b for b in plan.batches}
-    per_node = step.processes_per_instance
-    ctx = StepContext(
-        token=f"{step.name}-{uuid.uuid4().hex[:12]}",
-        step=step.name,
-        run=run,
-        code_dir=step.code_dir,
-        entry_script=step.entry_script,
-        argv=tuple(step.program_arguments),
-        env={str(k): str(v) for k, v in step.environment_variables.items()},
-        output_dir=step.output_dir or "",
-        logging_level=step.settings.logging_level,
-        append_row=step.append_row_to is not None,
-        to_csv=dict(step.to_csv_options),
-        deadlines=_deadlines(step),
-        memory_limit=_memory_limit(n_workers, local),
-        local_concurrency=per_node if local else None,
-        monitor_interval=step.settings.resource_monitor_interval,
-        profiling_module=step.settings.profiling_module,
-        lease_seconds=0.0 if local else lease_seconds(),
-        python=step.python,
-        tables=any(not isinstance(b, FileBatch) for b in plan.batches),
-    )
-    if structured_parts:  # map_batches: every try's rows kept as data
-        ctx = replace(ctx, append_row=True, to_csv=structured_part_options())
     for sub in (ctx.where.parts, ctx.where.claims):
         os.makedirs(sub, exist_ok=True)
-    if step.output_dir and "://" not in step.output_dir:
-        os.makedirs(step.output_dir, exist_ok=True)
-
     sup = Supervisor(
-        {b.index: b.n_items for b in plan.batches},
-        policy_for(step, n_workers, window),
-        todo=todo,
-        prior=prior,
-        session=session,
-        now=time.monotonic(),
+        {mb: b.n_items for mb, b in launch.batches.items()},
+        replace(launch.policy, window=submission_window(slots)),
+        todo=launch.session.todo,
+        prior=launch.session.prior,
+        session=launch.session.number,
+        now=started,
     )
-    plugins = []
-    if ship_code:
-        plugins.append(CodeFolder(ctx.token, step.code_dir))
+    plugins: list[Any] = [CodeFolder(ctx.token, ctx.child.code_dir)] if launch.ship_code else []
     # the pool starts every worker's slots now: the children import their libraries while
     # the driver submits
     plugins.append(SlotPool(ctx))
     lease = LeaseKeeper(ctx.where.lease, ctx.lease_seconds).start() if ctx.lease_seconds else None
     for plugin in plugins:
         client.register_plugin(plugin)
-    output = None
-    dest = step.append_row_to
-    if dest and not structured_parts and not prior and not is_url(dest):
-        # a fresh step: its output grows while it runs (resume and rerun assemble at the end)
-        output = PartialOutput(dest, sorted(batches))
-    step_run = _StepRun(
-        client, ctx, sup, batches, _Packer(n_workers), task_resources(client), output
-    )
-    live = _Live(display, run, step.name, sup, started, plan.seconds)
-    display.start(step.name, sup.summary(), n_workers)
+    step_run = _StepRun(client, launch, sup, ledger, _Packer(slots), output)
+    live = _Live(display, ctx.run, ctx.step, sup, started, launch.plan_seconds)
+    display.start(ctx.step, sup.summary(), slots)
     finished = False
     try:
         stop = step_run.loop(live.tick)
         finished = True
-    except KeyboardInterrupt as err:
+    except KeyboardInterrupt:
         step_run.abort()
-        raise Interrupted(
-            f"step {step.name} was interrupted; the mini-batches already committed are kept. "
-            f"Continue with: daskprs run --resume {run.root}"
-        ) from err
+        raise
     finally:
         live.finish()
         step_run.close(finished)
@@ -479,16 +410,7 @@ def run_step(
             _unregister(client, plugin.name)
         if lease is not None:
             lease.stop()
-    elapsed = time.monotonic() - started
-    return StepOutcome(
-        step=step.name,
-        failure=stop.failure,
-        budget=stop.budget,
-        summary=sup.summary(),
-        output=None,
-        seconds=elapsed,
-        plan_seconds=plan.seconds,
-    )
+    return Ran(stop, sup.summary(), time.monotonic() - started)
 
 
 class _Live:
@@ -555,8 +477,8 @@ def on_workers(client: Any, fn: Callable[..., Any], *args: Any, what: str) -> di
         )
         return {"scheduler": err}
     failed = {a: r for a, r in answers.items() if isinstance(r, BaseException)}
-    for address, err in sorted(failed.items()):
-        log.warning("could not %s on worker %s: %s: %s", what, address, type(err).__name__, err)
+    for address, error in sorted(failed.items()):
+        log.warning("could not %s on worker %s: %s: %s", what, address, type(error).__name__, error)
     return failed
 
 
@@ -565,16 +487,3 @@ def _unregister(client: Any, name: str) -> None:
         client.unregister_worker_plugin(name)
     except Exception as err:  # a cluster going away has nothing left to clean; say so
         log.warning("could not remove the worker plugin %s: %s: %s", name, type(err).__name__, err)
-
-
-def assemble_output(step: ParallelStep, ledger_state: LedgerState) -> tuple[str | None, int]:
-    """Write ``append_row_to`` from the committed parts of every DONE mini-batch, in order."""
-    if step.append_row_to is None:
-        return None, 0
-    parts = [
-        e.part
-        for mb, e in sorted(ledger_state.entries.items())
-        if e.state == BatchState.DONE and e.part is not None
-    ]
-    written = assemble(parts, step.append_row_to)
-    return step.append_row_to, written

@@ -1,6 +1,7 @@
 """A worker slot: one child process that runs the entry script, and the deadlines on it.
 
-Dask cannot stop a running task; killing the process that runs it can (DESIGN decision 3).
+Dask cannot stop a running task; killing the process that runs it can
+(docs/design.md#one-child-process-per-slot).
 A slot lives in a Dask worker process and owns one child (``python -m daskprs.execute.child``).
 It sends a task, waits for the child's answer under the deadline of the phase the child is in
 (:mod:`daskprs.execute.deadlines`: ``task_overhead_timeout`` while loading data, ``timeout``
@@ -11,7 +12,7 @@ next task starts a new child, which runs ``init()`` again.
 The child runs in a session of its own, so a kill takes the processes the entry script
 started with it (a subprocess left running by ``run()`` ends with the child that started it,
 at a kill or at the end of the step). Its stdout and stderr reach their log files through a
-pipe that the slot drains, keeping at most :func:`user_log_limit` bytes per file and a
+pipe that the slot drains, keeping at most ``ChildConfig.log_limit`` bytes per file and a
 one-line note where it cut. ``shutdown()`` at the end has its own deadline
 (``Deadlines.shutdown``); a process that overruns it is killed, and its error log says so.
 """
@@ -26,7 +27,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from daskprs.execute.child import ChildConfig
@@ -42,18 +42,13 @@ from daskprs.execute.wire import (
 )
 from daskprs.results.outcome import Status, TryRecord
 
-__all__ = ["Deadlines", "Slot", "user_log_limit"]
+__all__ = ["Deadlines", "Slot"]
 
 log = logging.getLogger(__name__)
 
 # How often a waiting slot wakes to check the child's memory. A deadline is never overslept:
 # the wait is cut to end at it.
 _POLL_SECONDS = 0.25
-
-# Bytes of an entry script's stdout (and as much of its stderr) kept in each log file; the
-# rest is dropped with a note, so a script printing megabytes per mini-batch cannot fill the
-# disk of the run directory. DASKPRS_USER_LOG_LIMIT changes it ("100MB", "0" for no limit).
-_USER_LOG_LIMIT = 64 * 2**20
 
 # Seconds to wait for a log pipe's last bytes after its child was reaped (a grandchild that
 # left the child's session may hold the pipe open: its output is then no longer copied).
@@ -92,33 +87,6 @@ def package_shim() -> str:
             os.symlink(os.path.join(root, name), tmp)
             os.replace(tmp, link)
     return shim
-
-
-def user_log_limit(env: Mapping[str, str] | None = None) -> int | None:
-    """Bytes kept of an entry script's stdout or stderr per log file (None: no limit).
-
-    Parameters
-    ----------
-    env : mapping, optional
-        Where ``DASKPRS_USER_LOG_LIMIT`` is read (a size such as ``"100MB"``; ``"0"`` turns
-        the limit off); default :data:`os.environ`.
-    """
-    env = os.environ if env is None else env
-    value = env.get("DASKPRS_USER_LOG_LIMIT")
-    if not value:
-        return _USER_LOG_LIMIT
-    from dask.utils import parse_bytes
-
-    try:
-        limit = parse_bytes(value)
-    except ValueError:
-        log.warning(
-            "DASKPRS_USER_LOG_LIMIT=%r is not a size (such as 100MB); using %d bytes",
-            value,
-            _USER_LOG_LIMIT,
-        )
-        return _USER_LOG_LIMIT
-    return limit or None
 
 
 class _CappedLog(threading.Thread):
@@ -194,7 +162,7 @@ class Slot:
         path = cfg.logs.user_output(kind, cfg.node, cfg.process)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         read_end, write_end = os.pipe()
-        reader = _CappedLog(read_end, path, kind, user_log_limit())
+        reader = _CappedLog(read_end, path, kind, cfg.log_limit)
         reader.start()
         self._logs.append(reader)
         return write_end
@@ -214,7 +182,7 @@ class Slot:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         env["PYTHONUNBUFFERED"] = "1"
         # in bytes, for EntryScript().logger's file (no dask in the child to parse "64MiB")
-        env["DASKPRS_USER_LOG_LIMIT"] = str(user_log_limit() or 0)
+        env["DASKPRS_USER_LOG_LIMIT"] = str(self.config.log_limit or 0)
         out, err = self._log_pipe("stdout"), self._log_pipe("stderr")
         python = self.config.python or sys.executable
         try:

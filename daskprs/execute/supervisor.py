@@ -1,10 +1,11 @@
 """The supervisor: retry, budget and progress policy as a pure state machine.
 
-Events in, instructions out (STYLE item 1). The runner feeds it the outcome of every try
-(:meth:`Supervisor.on_outcome`) and clock ticks (:meth:`Supervisor.on_tick`); the supervisor
-answers with :class:`Submit`, :class:`Finalize` and :class:`Stop` instructions, which the
-runner carries out on the cluster and in the ledger. Nothing here does I/O or reads a clock:
-``now`` is always passed in, so the policy is tested with plain events and no cluster.
+Events in, instructions out (docs/design.md#pure-core-effectful-shell). The runner feeds it
+the outcome of every try (:meth:`Supervisor.on_outcome`) and clock ticks
+(:meth:`Supervisor.on_tick`); the supervisor answers with :class:`Submit`, :class:`Finalize`
+and :class:`Stop` instructions, which the runner carries out on the cluster and in the
+ledger. Nothing here does I/O or reads a clock: ``now`` is always passed in, so the policy is
+tested with plain events and no cluster.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from daskprs.results.outcome import RETRYABLE, BatchState, Status, TryRecord
+from daskprs.results.outcome import RETRYABLE, BatchState, Status, TryRecord, failed_items
 
 __all__ = [
     "Budget",
@@ -27,7 +28,6 @@ __all__ = [
     "Tally",
     "budget_verdict",
     "explain",
-    "failed_items",
     "final_verdict",
     "summarize",
     "verdict_of",
@@ -49,7 +49,7 @@ class Budget(StrEnum):
 
 @dataclass(frozen=True)
 class Policy:
-    """Failure handling settings of one step (SPEC section 6)."""
+    """Failure handling settings of one step (docs/job-files.md#failure-handling)."""
 
     max_retries: int = 2
     error_threshold: int = -1
@@ -116,7 +116,6 @@ class Tally:
     failed_items: int = 0
     succeeded_batches: int = 0
     init_failures: Counter = field(default_factory=Counter)
-    unknown_item_failures: int = 0
 
     def add(self, state: BatchState, succeeded: int, failed: int, ran: bool = True) -> None:
         """Count one mini-batch that reached ``state``; ``ran``: run() returned for it."""
@@ -130,18 +129,6 @@ class Tally:
             self.failed_items += failed
         elif state == BatchState.CANCELLED:
             self.cancelled += 1
-
-
-def failed_items(state: BatchState, record: TryRecord | None, planned: int | None) -> int:
-    """Items a mini-batch in final ``state`` counts as failed (SPEC section 6): for a DONE one
-    what its last try reported; for a FAILED one all of it (its item count, else the
-    planned count, else what the try reported)."""
-    if record is None:
-        return 0
-    if state == BatchState.FAILED:
-        total = record.total if record.total is not None else planned
-        return total if total is not None else record.failed
-    return record.failed
 
 
 def budget_verdict(tally: Tally, total: int, policy: Policy, queue_empty: bool) -> Stop | None:
@@ -259,7 +246,6 @@ class Supervisor:
         self.policy = policy
         self.session = session
         self.state: dict[int, BatchState] = {}
-        self.tries: Counter[int] = Counter()
         self.errors: dict[int, str] = {}
         self.counts = Tally()
         # Tries waiting for a place in the window: (mini-batch, try number), next first.
@@ -326,7 +312,6 @@ class Supervisor:
         elif record.ok:
             self._finalize(mb, BatchState.DONE, record, out, now)
         elif status in RETRYABLE or status == Status.DUPLICATE:
-            self.tries[mb] = try_no
             self.errors[mb] = record.error
             if try_no <= self.policy.max_retries:
                 self._requeue(mb, try_no + 1)
@@ -433,11 +418,8 @@ class Supervisor:
         self, mb: int, state: BatchState, record: TryRecord, out: list[Instruction], now: float
     ) -> None:
         self.state[mb] = state
-        self.tries[mb] = record.try_no
         if state == BatchState.FAILED:
             self.errors[mb] = record.error
-            if record.total is None and self.items.get(mb) is None:
-                self.counts.unknown_item_failures += 1
         failed = failed_items(state, record, self.items.get(mb))
         ran = record.status == Status.RUN_DONE
         self.counts.add(state, record.succeeded, failed, ran)

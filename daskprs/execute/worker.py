@@ -3,64 +3,25 @@
 ``run_try`` is the function the driver submits (one Dask task per try, key
 ``minibatch-00042-try1``). It claims the try atomically first, so a task that Dask runs a
 second time by itself (a retried task of a dead worker, a recomputed result) does nothing
-(DESIGN decision 2). Then it hands the mini-batch to an idle slot of the step's pool on this
-worker (:mod:`daskprs.execute.pool`), whose child process runs the entry script, and returns a
-small :class:`TryRecord`.
+(docs/design.md#exactly-once-claims-and-the-ledger). Then it hands the mini-batch to an idle
+slot of the step's pool on this worker (:mod:`daskprs.execute.pool`), whose child process runs
+the entry script, and returns a small :class:`TryRecord`.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-from daskprs.execute.deadlines import Deadlines
+from daskprs.execute.context import StepContext
 from daskprs.execute.handback import take_over
 from daskprs.execute.pool import pool_name, pool_of
 from daskprs.execute.wire import RunTask
 from daskprs.inputs.batches import MiniBatch
 from daskprs.results.outcome import Status, TryRecord
-from daskprs.rundir import RunDir, StepDir
 
-__all__ = ["StepContext", "check_worker", "claimed", "kill_running", "run_tries", "run_try"]
-
-
-@dataclass(frozen=True)
-class StepContext:
-    """What every try of one step needs on a worker (picklable, small)."""
-
-    token: str
-    step: str
-    run: RunDir
-    code_dir: str
-    entry_script: str
-    argv: tuple[str, ...] = ()
-    env: dict[str, str] = field(default_factory=dict)
-    output_dir: str = ""
-    logging_level: str = "INFO"
-    append_row: bool = False
-    to_csv: dict[str, Any] = field(default_factory=dict)
-    deadlines: Deadlines = field(default_factory=Deadlines)
-    memory_limit: int | None = None
-    # Processes per emulated node on the embedded cluster (worker i is node i // n); None on
-    # an external cluster, where a node is a worker host.
-    local_concurrency: int | None = None
-    # --resource_monitor_interval (0: off) and --profiling_module
-    monitor_interval: float = 0.0
-    profiling_module: str | None = None
-    # Seconds without the driver's lease renewed after which workers kill the step's
-    # children (0: no lease); see ``daskprs.execute.pool``.
-    lease_seconds: float = 0.0
-    # The Python interpreter entry scripts run in (None: the worker's own)
-    python: str | None = None
-    # The step's mini-batches are tables (its processes import pandas when they start)
-    tables: bool = True
-
-    @property
-    def where(self) -> StepDir:
-        """The step's folder in the run directory."""
-        return self.run.step(self.step)
+__all__ = ["check_worker", "claimed", "kill_running", "run_tries", "run_try"]
 
 
 def _current_worker() -> Any:
@@ -114,7 +75,9 @@ def run_try(
     if not _claim(ctx, batch.index, try_key):
         # a worker that closed under this try (retired) handed it back, or left its record
         wait = handback_wait[0] if handback_wait else None
-        taken = take_over(ctx.where, batch.index, try_key, wait)
+        taken = take_over(
+            ctx.where, batch.index, try_key, ctx.handback_seconds if wait is None else wait
+        )
         if handback_wait is not None:
             handback_wait[:] = [1.0 if taken is not False else 0.0]
         if isinstance(taken, TryRecord):
@@ -129,7 +92,7 @@ def run_try(
             )
     pool = pool_of(ctx.token, _current_worker())
     slot = pool.acquire(batch.index, try_key)
-    part = ctx.where.part(batch.index, try_key) if ctx.append_row else None
+    part = ctx.where.part(batch.index, try_key) if ctx.writes_parts else None
     try:
         record = slot.run(RunTask(batch, try_no, part), ctx.deadlines)
     finally:

@@ -68,7 +68,6 @@ class TablePiece:
     skip_header: bool = False
     row_groups: tuple[int, ...] | None = None
     n_rows: int | None = None
-    partition_values: Mapping[str, str] | None = None
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"file": self.path}
@@ -100,10 +99,10 @@ class TableBatch:
 
     @property
     def n_items(self) -> int | None:
-        rows = [p.n_rows for p in self.pieces]
-        if any(r is None for r in rows):
+        rows = [p.n_rows for p in self.pieces if p.n_rows is not None]
+        if len(rows) < len(self.pieces):  # a piece's row count is not known
             return None
-        return sum(rows)  # type: ignore[arg-type]
+        return sum(rows)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

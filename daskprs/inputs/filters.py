@@ -94,8 +94,8 @@ def _convert(node: ast.AST, text: str) -> Any:
             raise bad("a list of non-literals")
         return _Lit(tuple(v.value for v in values))
     if isinstance(node, ast.BoolOp):
-        op = "and" if isinstance(node.op, ast.And) else "or"
-        return _Op(op, tuple(_convert(v, text) for v in node.values))
+        bool_op = "and" if isinstance(node.op, ast.And) else "or"
+        return _Op(bool_op, tuple(_convert(v, text) for v in node.values))
     if isinstance(node, ast.UnaryOp):
         operand = _convert(node.operand, text)
         if isinstance(node.op, ast.Not | ast.Invert):

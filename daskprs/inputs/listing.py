@@ -1,4 +1,4 @@
-"""Listing the files of an input (SPEC section 3, "File list"): resolving paths and URLs to
+"""Listing the files of an input (docs/job-files.md#file-lists): resolving paths and URLs to
 fsspec filesystems (:class:`Storage`), walking folders (``os.scandir`` locally), matching globs
 and MLTable ``paths:``, into sorted :class:`ListedFile` values.
 """
@@ -330,22 +330,22 @@ def list_input(data: DataInput, storage: Storage) -> Listing:
             f"or mltable"
         )
     seen: set[str] = set()
-    files = []
+    found: list[ListedFile] = []
     for efs, p, size in entries:
         url = storage.public(efs, p)
         if url in seen:
             continue
         seen.add(url)
         rel = _rel(p, root_dir) if efs is fs else url
-        files.append(ListedFile(url=url, rel=rel, size=size))
-    files.sort(key=lambda f: (f.rel, f.url))
-    return Listing(tuple(files), storage.public(fs, root_dir), spec)
+        found.append(ListedFile(url=url, rel=rel, size=size))
+    found.sort(key=lambda f: (f.rel, f.url))
+    return Listing(tuple(found), storage.public(fs, root_dir), spec)
 
 
 def list_files(
     data: DataInput, *, storage_options: Mapping | None = None, fs: Any = None
 ) -> tuple[ListedFile, ...]:
-    """The files of an input, in plan order (SPEC section 3, "File list").
+    """The files of an input, in plan order (docs/job-files.md#file-lists).
 
     Recursive for folders; dotfiles (and files in dot-folders) and ``MLTable`` files are
     excluded; duplicates across MLTable ``paths:`` entries are removed; sorted by the path

@@ -1,11 +1,12 @@
-"""Split the major input of a parallel step into mini-batch descriptors (SPEC section 3):
-:func:`plan_input` lists the input (:mod:`daskprs.inputs.listing`) and cuts it into a
-:class:`Plan` of file lists, parquet row groups or byte ranges of text files
-(:mod:`daskprs.inputs.cuts`). Planning works from metadata (DESIGN decision 1): file listings
-and sizes, a small probe window at each cut point of a text file, parquet footers. Only a
-row-count split (``5000rows``), ``support_multi_line`` and a global ``take``/``skip`` scan the
-data, streaming with bounded memory; :attr:`Plan.scanned` says so. The planner is pure apart from
-reading the filesystem; it returns a :class:`Plan` value and writes nothing.
+"""Split the major input of a parallel step into mini-batch descriptors
+(docs/job-files.md#inputs): :func:`plan_input` lists the input (:mod:`daskprs.inputs.listing`)
+and cuts it into a :class:`Plan` of file lists, parquet row groups or byte ranges of text files
+(:mod:`daskprs.inputs.cuts`). Planning works from metadata
+(docs/design.md#plan-from-metadata): file listings and sizes, a small probe window at each cut
+point of a text file, parquet footers. Only a row-count split (``5000rows``),
+``support_multi_line`` and a global ``take``/``skip`` scan the data, streaming with bounded
+memory; :attr:`Plan.scanned` says so. The planner is pure apart from reading the filesystem; it
+returns a :class:`Plan` value and writes nothing.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ _NOT_GIVEN_MODES = (None, "", "direct")
 
 @dataclass(frozen=True)
 class Plan:
-    """The mini-batches of one input, in SPEC order (ids 0..n-1), and how they were found."""
+    """The mini-batches of one input, in mini-batch order (ids 0..n-1), and how they were found."""
 
     kind: Literal["files", "tabular"]
     batches: tuple[MiniBatch, ...]
@@ -48,8 +49,15 @@ class Plan:
     seconds: float = 0.0
     scanned: bool = False
 
+    @property
+    def by_index(self) -> dict[int, MiniBatch]:
+        """The mini-batches by id."""
+        return {b.index: b for b in self.batches}
 
-def _input_kind(data: DataInput, spec: MLTableSpec | None) -> tuple[str, list[str]]:
+
+def _input_kind(
+    data: DataInput, spec: MLTableSpec | None
+) -> tuple[Literal["files", "tabular"], list[str]]:
     if data.type != "mltable" or spec is None or spec.read is None:
         return "files", []
     if data.mode in _NOT_GIVEN_MODES:
@@ -311,9 +319,7 @@ class _TabularPlanner:
                 pieces = []
                 for url in urls:
                     pos, f = by_url[url]
-                    pieces += [
-                        replace(p, partition_values=keys) for p in self._pieces_of(f, pos == 0)
-                    ]
+                    pieces += self._pieces_of(f, pos == 0)
                 batches.append(TableBatch(i, tuple(pieces), read, keys, None, options))
             return tuple(batches)
         pieces = [p for i, f in enumerate(files) for p in self._pieces_of(f, i == 0)]
@@ -365,7 +371,7 @@ def plan_input(
     storage_options: Mapping | None = None,
     fs: Any = None,
 ) -> Plan:
-    """Split the input ``data`` into mini-batch descriptors (SPEC section 3).
+    """Split the input ``data`` into mini-batch descriptors (docs/job-files.md#inputs).
 
     Parameters
     ----------
@@ -418,7 +424,7 @@ def plan_input(
                 f"safe cut points"
             )
     return Plan(
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         batches=batches,
         input_root=listing.root,
         notes=tuple(dict.fromkeys(notes)),

@@ -4,9 +4,9 @@ Owns the YAML schema and its checks (``schema``), input and output bindings (``b
 pipeline nodes and components (``nodes``), a node built into a step (``build``), runtime
 settings and arguments (``runtime``), ``--set`` overrides (``sets``), the ``daskprs.yaml``
 configuration (``files``), a v1 ``ParallelRunConfig`` translated into a parallel job (``v1``),
-the GPUs a node has (``devices``), and the values every later layer reads (``model``). ``load``
+and the values every later layer reads (``model``). ``load``
 puts them together.
 
-May import: :mod:`daskprs.errors`, :mod:`daskprs.paths` and :mod:`daskprs.rundir`. Reads files;
-starts nothing.
+May import: :mod:`daskprs.errors`, :mod:`daskprs.paths`, :mod:`daskprs.settings` and
+:mod:`daskprs.rundir`. Reads files; starts nothing.
 """

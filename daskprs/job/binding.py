@@ -1,4 +1,5 @@
-"""The ``${{...}}`` bindings of a job file, and the inputs and outputs they bind (SPEC section 2).
+"""The ``${{...}}`` bindings of a job file, and the inputs and outputs they bind
+(docs/job-files.md#paths-and-bindings).
 
 A binding names a value in a *scope*, a mapping from expression (``inputs.data``,
 ``parent.jobs.<s>.outputs.<o>``, ``name``) to value. An input becomes a
@@ -41,7 +42,8 @@ FAILED = object()
 
 
 def resolve_path(raw: object, base: str, place: str, ctx: S.Context) -> str | None:
-    """An input or output path as an absolute local path or a URL (SPEC section 2)."""
+    """An input or output path as an absolute local path or a URL
+    (docs/job-files.md#paths-and-bindings)."""
     text = str(raw).strip()
     datastore = _DATASTORE_URI.match(text)
     if datastore:
@@ -205,12 +207,12 @@ def _input(
             return _missing(name, raw, spec, at, ctx, used, spec_at)
         if kind is None and not full_binding(path):
             kind = "uri_folder" if os.path.isdir(os.path.join(at.base, str(path))) else "uri_file"
-        return _data_input(name, path, kind, mode, at, place, scope, ctx, used)
+        return _data_input(name, path, kind, mode, at, scope, ctx, used)
     if raw is None:
         return _missing(name, {}, spec, at, ctx, used, spec_at)
     kind = spec.get("type")
     if kind in (*S.DATA_TYPES, *S.MODEL_TYPES) or (full_binding(raw) and kind is None):
-        return _data_input(name, raw, kind, spec.get("mode"), at, place, scope, ctx, used)
+        return _data_input(name, raw, kind, spec.get("mode"), at, scope, ctx, used)
     raw = bind_value(raw, scope, place, ctx)
     return None if raw is None else S.check_literal(raw, spec, place, ctx)
 
@@ -225,7 +227,7 @@ def _missing(
     spec_at: S.At | None,
 ) -> object:
     if spec and spec_at is not None and ("default" in spec or "path" in spec):
-        return _input(name, spec, spec_at, {}, ctx, used)
+        return _input(name, spec, {}, spec_at, {}, ctx, used)
     if raw.get("optional") or spec.get("optional"):
         return ABSENT
     ctx.problem(
@@ -242,13 +244,14 @@ def _data_input(
     kind: object,
     mode: object,
     at: S.At,
-    place: str,
     scope: Mapping[str, object],
     ctx: S.Context,
     used: set[str],
 ) -> object:
+    place = at("inputs", name)
     # The mode is "" when the YAML gives none: for an mltable with a read transformation that
-    # means tabular input, while an explicit ro_mount or download means its files (SPEC 3).
+    # means tabular input, while an explicit ro_mount or download means its files
+    # (docs/job-files.md#inputs).
     expr = full_binding(path)
     if expr is not None:
         bound = _lookup(expr, scope, place, ctx, used)
@@ -275,7 +278,7 @@ def _data_input(
     mode = S.check_mode(mode, S.place(place, "mode"), ctx, S.INPUT_MODES, default_mode)
     if resolved is None or data_type is None:
         return None
-    return DataInput(name, data_type, resolved, mode)  # type: ignore[arg-type]
+    return DataInput(name, data_type, resolved, mode)
 
 
 # --------------------------------------------------------------------------- inputs and outputs
@@ -376,8 +379,9 @@ def place_outputs(
                 )
                 ctx.problem(val_at("outputs", name), f"unknown binding ${{{{{expr}}}}}", hint)
                 continue
-            if isinstance(parent[target], Mapping):
-                pieces.append((parent[target], parent_at, parent_at("outputs", target)))  # type: ignore[arg-type]
+            given = parent[target]
+            if isinstance(given, Mapping):
+                pieces.append((given, parent_at, parent_at("outputs", target)))
         elif isinstance(raw, Mapping):
             pieces.append((raw, val_at, val_at("outputs", name)))
         elif raw is not None:

@@ -56,14 +56,14 @@ def build_step(
 
 def _common_notes(node: Node, ctx: S.Context) -> None:
     f = node.fields
-    resources = f.get("resources") if isinstance(f.get("resources"), Mapping) else {}
+    resources = S.mapping_or_empty(f.get("resources"))
     for key in ("instance_type", "shm_size", "docker_args", "max_instance_count", "locations"):
         if resources.get(key) is not None:
             ctx.not_applied(node.origin("resources", key)("resources", key), key, resources[key])
     for key in ("identity", "distribution", "limits", "services", "queue_settings"):
         if f.get(key):
             ctx.not_applied(node.origin(key)(key), key, None)
-    task = f.get("task") if isinstance(f.get("task"), Mapping) else {}
+    task = S.mapping_or_empty(f.get("task"))
     env_keys, env = (
         (("task", "environment"), task.get("environment"))
         if node.type == "parallel"
@@ -242,9 +242,9 @@ def _parallel_step(
     ctx: S.Context,
 ) -> ParallelStep | None:
     f = node.fields
-    task = f.get("task") if isinstance(f.get("task"), Mapping) else None
+    task = f.get("task")
     task_at = node.origin("task")
-    if task is None:
+    if not isinstance(task, Mapping):
         ctx.problem(
             task_at("task"),
             "a parallel node needs a `task`",
@@ -272,7 +272,7 @@ def _parallel_step(
     input_data = _input_data(node, ctx)
     mini_batch_size = node_mini_batch_size(node, field_scope, input_data, ctx)
     node_settings = field_settings(node, field_scope, ctx)
-    resources = f.get("resources") if isinstance(f.get("resources"), Mapping) else {}
+    resources = S.mapping_or_empty(f.get("resources"))
     instance_count = 1
     if resources.get("instance_count") is not None:
         place = node.origin("resources", "instance_count")("resources", "instance_count")
@@ -365,7 +365,8 @@ _GPU_SIZE = re.compile(r"^(standard_)?n[cdgv]\w*$|gpu", re.IGNORECASE)
 
 
 def _gpu_instance(instance_type: object) -> bool:
-    """Whether an Azure ``instance_type`` names a VM size with GPUs (SPEC section 6)."""
+    """Whether an Azure ``instance_type`` names a VM size with GPUs
+    (docs/job-files.md#fields-of-a-parallel-step)."""
     return isinstance(instance_type, str) and bool(_GPU_SIZE.search(instance_type.strip()))
 
 

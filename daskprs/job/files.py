@@ -107,10 +107,11 @@ def load_config(
     config: Mapping | None, job_dir: str, env: Mapping[str, str], ctx: S.Context
 ) -> None:
     base, label = ctx.cwd, "daskprs.yaml"
+    data: object = config  # the mapping given, else the file's YAML document (any shape)
     if config is None:
         home = env.get("HOME") or os.path.expanduser("~")
         user_dir = env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
-        config = {}
+        data = {}
         for candidate in (
             os.path.join(job_dir, "daskprs.yaml"),
             os.path.join(user_dir, "daskprs", "daskprs.yaml"),
@@ -118,18 +119,18 @@ def load_config(
             if os.path.isfile(candidate):
                 base, label = os.path.dirname(candidate), candidate
                 loaded = read_yaml(candidate, candidate, ctx)
-                config = loaded if loaded is not None else {}
+                data = loaded if loaded is not None else {}
                 break
-    if not isinstance(config, Mapping):
-        ctx.problem(label, f"the configuration must be a mapping, not {S.kind_of(config)}")
+    if not isinstance(data, Mapping):
+        ctx.problem(label, f"the configuration must be a mapping, not {S.kind_of(data)}")
         return
-    targets = (
+    targets: tuple[tuple[str, dict[str, str] | dict[str, str | ClusterSpec]], ...] = (
         ("datastores", ctx.datastores),
         ("computes", ctx.computes),
         ("environments", ctx.environments),
     )
     for key, target in targets:
-        entries = config.get(key) or {}
+        entries = data.get(key) or {}
         if not isinstance(entries, Mapping):
             ctx.problem(f"{label}: {key}", f"must be a mapping of name to {key[:-1]}")
             continue
@@ -137,7 +138,7 @@ def load_config(
             if key == "computes" and isinstance(value, Mapping):
                 spec = _cluster_spec(str(name), value, f"{label}: computes: {name}", ctx)
                 if spec is not None:
-                    target[str(name)] = spec
+                    ctx.computes[str(name)] = spec  # the target of "computes"
                 else:  # its problem is reported; no "not applied" note on top of it
                     ctx.noted_computes.add(str(name))
                 continue

@@ -1,9 +1,9 @@
 """Read a job YAML, validate it, bind it, and resolve it into a :class:`~daskprs.job.model.Job`.
 
-This module and its private helpers are the only ones that look at job YAML (SPEC sections 1,
-2 and 6). They are pure apart from reading the job file, component files, the ``daskprs.yaml``
-configuration and the entry scripts (parsed with :mod:`ast`, never imported): nothing is
-written and no cluster is touched.
+This module and its private helpers are the only ones that look at job YAML
+(docs/job-files.md). They are pure apart from reading the job file, component files, the
+``daskprs.yaml`` configuration and the entry scripts (parsed with :mod:`ast`, never imported):
+nothing is written and no cluster is touched.
 
 Every problem of a file is collected before anything is raised, so the user sees all of them
 at once; each names its YAML place, says what is wrong and how to fix it. Keys that only matter
@@ -34,6 +34,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 from daskprs.errors import JobSpecError, Problem
 from daskprs.job import schema as S
@@ -47,6 +48,9 @@ from daskprs.job.sets import apply_sets
 from daskprs.job.v1 import is_v1, translate_v1
 
 __all__ = ["NOT_YET_APPLIED", "load_job", "parse_mini_batch_size", "validate_file"]
+
+# What a job file is: the values of Job.kind.
+_Kind = Literal["pipeline", "component", "parallel", "v1"]
 
 
 # --------------------------------------------------------------------------- public API
@@ -167,7 +171,7 @@ def _load(
     steps: list[ParallelStep | CommandStep] = []
     continue_on_failure = False
     if is_v1(doc):
-        kind: str | None = "v1"
+        kind: _Kind | None = "v1"
         steps = _v1(doc, sets, v1_io, source, ctx)
     else:
         kind = _file_kind(doc, ctx)
@@ -249,7 +253,7 @@ def _v1(
     return steps
 
 
-def _file_kind(doc: dict, ctx: S.Context) -> str | None:
+def _file_kind(doc: dict, ctx: S.Context) -> Literal["pipeline", "component", "parallel"] | None:
     kind = doc.get("type")
     if kind == "pipeline" or (kind is None and "jobs" in doc):
         return "pipeline"
@@ -268,7 +272,7 @@ def _file_kind(doc: dict, ctx: S.Context) -> str | None:
 
 def _pipeline(doc: dict, at: S.At, ctx: S.Context) -> tuple[list[ParallelStep | CommandStep], bool]:
     S.check_keys(doc, S.PIPELINE, at, (), ctx)
-    settings = doc.get("settings") if isinstance(doc.get("settings"), Mapping) else {}
+    settings = S.mapping_or_empty(doc.get("settings"))
     if settings.get("default_datastore"):
         ctx.default_datastore = str(settings["default_datastore"]).removeprefix("azureml:")
     continue_on_failure = False

@@ -7,7 +7,6 @@ All classes are picklable: they travel to Dask workers.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -50,7 +49,7 @@ class DataInput:
     ``path`` is an absolute local path (no ``file://``) or an fsspec URL (``s3://b/k``);
     ``azureml://datastores/...`` is already resolved to its datastore root. ``mode`` is as
     written in the YAML, or ``""`` when none was given (which makes an MLTable with a read
-    transformation tabular, SPEC section 3).
+    transformation tabular: docs/job-files.md#inputs).
     """
 
     name: str
@@ -94,7 +93,8 @@ class MiniBatchSize:
 
 @dataclass(frozen=True)
 class RuntimeSettings:
-    """Failure handling and runtime settings of a parallel step (SPEC section 6).
+    """Failure handling and runtime settings of a parallel step
+    (docs/job-files.md#failure-handling).
 
     Node fields and runtime arguments in ``program_arguments`` are merged here
     (``program_arguments`` wins).
@@ -150,14 +150,6 @@ class ParallelStep:
     depends_on: tuple[str, ...] = ()
     is_deterministic: bool = True
     kind: Literal["parallel"] = "parallel"
-
-    @property
-    def processes_per_instance(self) -> int:
-        """Entry-script processes per node: ``max_concurrency_per_instance``, or when it is not
-        given the GPUs this machine sees (as on an Azure GPU node), else its cores."""
-        from daskprs.job.devices import visible_gpus
-
-        return self.max_concurrency_per_instance or len(visible_gpus()) or os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,9 @@ def merge(component: Mapping, comp_at: S.At, node: Mapping, node_at: S.At) -> tu
         for key, value in source.items():
             if key in ("inputs", "outputs", "component"):
                 continue
-            if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-                merged[key] = {**merged[key], **value}  # type: ignore[dict-item]
+            earlier = merged.get(key)
+            if isinstance(value, Mapping) and isinstance(earlier, Mapping):
+                merged[key] = {**earlier, **value}
             else:
                 merged[key] = value
                 origins[(key,)] = at
@@ -78,14 +79,15 @@ def _component(
                 "the path is relative to the YAML file",
             )
             return None
-        comp = read_yaml(path, place, ctx)  # type: ignore[assignment]
-        if comp is None:
+        doc = read_yaml(path, place, ctx)
+        if doc is None:
             return None
         label = os.path.relpath(path, root) if not os.path.isabs(ref) else path
         at = S.At(f"{label}: ", os.path.dirname(path))
-        if not isinstance(comp, dict):
-            ctx.problem(at(), f"a component file must be a YAML mapping, not {S.kind_of(comp)}")
+        if not isinstance(doc, dict):
+            ctx.problem(at(), f"a component file must be a YAML mapping, not {S.kind_of(doc)}")
             return None
+        comp = doc
     else:
         ctx.problem(
             place,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
+from typing import Any
 
 from daskprs.job import schema as S
 from daskprs.job.binding import bind_text, bind_value, drop_optional
@@ -108,7 +109,7 @@ def field_settings(node: Node, scope: Mapping[str, object], ctx: S.Context) -> d
         level = bind_value(f["logging_level"], scope, place, ctx)
         if level is not None and (level := S.as_level(level, place, ctx)):
             out["logging_level"] = level
-    retry = f.get("retry_settings") if isinstance(f.get("retry_settings"), Mapping) else {}
+    retry = S.mapping_or_empty(f.get("retry_settings"))
     if retry.get("max_retries") is not None:
         place = node.origin("retry_settings", "max_retries")("retry_settings", "max_retries")
         value = S.as_int(bind_value(retry["max_retries"], scope, place, ctx), place, ctx, 0)
@@ -193,7 +194,8 @@ def _runtime_args(argv: tuple[str, ...], place: str, ctx: S.Context) -> dict[str
 def runtime_settings(
     node: Node, given: dict[str, object], argv: tuple[str, ...], place: str, ctx: S.Context
 ) -> RuntimeSettings | None:
-    values = dict(given)
+    # RuntimeSettings' keyword arguments: each value was checked for its field as it was read
+    values: dict[str, Any] = dict(given)
     for name, value in _runtime_args(argv, place, ctx).items():
         arg = S.RUNTIME_ARGS[name]
         if arg.field is None:
@@ -207,16 +209,24 @@ def runtime_settings(
                 "use --profiling_module cProfile",
             )
             continue
-        setting = value - 1 if arg.kind == "tries" else value  # type: ignore[operator]
+        setting = value
+        if arg.kind == "tries":
+            if not isinstance(value, int):  # _runtime_args reads a number of tries with as_int
+                raise RuntimeError(f"{name}: a number of tries must be an int, not {value!r}")
+            setting = value - 1
         if arg.field in given and given[arg.field] != setting:
-            node_place = node.origin(*arg.node_field.split("."))(*arg.node_field.split("."))  # type: ignore[union-attr]
+            if arg.node_field is None:  # `given` holds node fields only
+                raise RuntimeError(
+                    f"RUNTIME_ARGS[{name!r}] sets node field {arg.field}: no node_field"
+                )
+            node_place = node.origin(*arg.node_field.split("."))(*arg.node_field.split("."))
             ctx.warn(
                 f"{node_place} is {_show(given[arg.field])} but program_arguments give {name} "
                 f"{_show(value)}; using the program argument ({arg.field} = {_show(setting)})"
             )
         values[arg.field] = setting
     try:
-        return RuntimeSettings(**values)  # type: ignore[arg-type]
+        return RuntimeSettings(**values)
     except TypeError as err:  # a field name out of sync with jobmodel: an internal error
         raise RuntimeError(f"daskprs.job.load and RuntimeSettings disagree: {err}") from err
 

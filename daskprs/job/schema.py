@@ -1,4 +1,5 @@
-"""The keys a job file may contain and the tables that go with them (SPEC section 1).
+"""The keys a job file may contain and the tables that go with them
+(docs/job-files.md#what-a-job-file-may-be).
 
 A schema is a dict from key to what its value may hold: ``LEAF`` (any scalar or list),
 ``FREE`` (a mapping with keys of the user's choosing: ``inputs``, ``tags``, ...), or a nested
@@ -13,9 +14,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, SupportsFloat, SupportsIndex
 
 from daskprs.errors import Problem, suggest
+
+if TYPE_CHECKING:
+    from daskprs.job.model import ClusterSpec, InputType
 
 LEAF = "leaf"
 FREE = "free"
@@ -183,7 +187,7 @@ OUTPUT_KEYS = frozenset(
     }
 )
 
-DATA_TYPES = ("uri_file", "uri_folder", "mltable")
+DATA_TYPES: tuple[InputType, ...] = ("uri_file", "uri_folder", "mltable")
 # Model asset types are folders to daskprs.
 MODEL_TYPES = ("custom_model", "mlflow_model", "triton_model", "path")
 LITERAL_TYPES = ("string", "number", "integer", "boolean")
@@ -219,7 +223,8 @@ AZURE_ONLY = {
 
 @dataclass(frozen=True)
 class RuntimeArg:
-    """A runtime argument read from ``program_arguments`` (SPEC section 6).
+    """A runtime argument read from ``program_arguments``
+    (docs/job-files.md#runtime-arguments).
 
     ``field`` is the :class:`~daskprs.job.model.RuntimeSettings` field it sets (None: accepted
     and only noted); ``node_field`` is the node field it overrides, for the precedence warning.
@@ -356,7 +361,7 @@ class Context:
     warnings: list[str] = field(default_factory=list)
     datastores: dict[str, str] = field(default_factory=dict)
     # name -> a scheduler address (str) or a cluster to start (model.ClusterSpec)
-    computes: dict[str, object] = field(default_factory=dict)
+    computes: dict[str, str | ClusterSpec] = field(default_factory=dict)
     # environment name (or conda file) -> the Python interpreter entry scripts run in
     environments: dict[str, str] = field(default_factory=dict)
     default_datastore: str = "workspaceblobstore"
@@ -381,7 +386,14 @@ class Context:
 
 
 def kind_of(value: object) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string"}.get(type(value), repr(value))
+    names: dict[type, str] = {dict: "a mapping", list: "a list", str: "a string"}
+    return names.get(type(value), repr(value))
+
+
+def mapping_or_empty(value: object) -> Mapping:
+    """``value`` if it is a mapping, else an empty one (a section written as something else
+    is reported elsewhere, or not at all)."""
+    return value if isinstance(value, Mapping) else {}
 
 
 def check_keys(data: Mapping, schema: Schema, at: At, keys: tuple, ctx: Context) -> None:
@@ -429,6 +441,17 @@ def as_int(value: object, place: str, ctx: Context, low: int | None) -> int | No
     return number
 
 
+# What float() converts: text, bytes, and numbers (anything with __float__ or __index__).
+_FLOATABLE = (str, bytes, bytearray, memoryview, SupportsFloat, SupportsIndex)
+
+
+def _float(value: object) -> float:
+    """``float(value)``; a ValueError for a bool or a value float() does not convert."""
+    if isinstance(value, bool) or not isinstance(value, _FLOATABLE):
+        raise ValueError
+    return float(value)
+
+
 def as_float(
     value: object,
     place: str,
@@ -438,9 +461,7 @@ def as_float(
 ) -> float | None:
     """``value`` as a number in the range ``arg`` allows, else a problem."""
     try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = float(value)  # type: ignore[arg-type]
+        number = _float(value)
     except (TypeError, ValueError, OverflowError):  # OverflowError: an int of 400 digits
         ctx.problem(place, f"must be a number, not {value!r}", hint)
         return None
@@ -507,9 +528,9 @@ def check_literal(value: object, spec: Mapping, place: str, ctx: Context) -> obj
 # --------------------------------------------------------------------------- inputs, outputs
 
 
-def data_type(kind: object, place: str, ctx: Context, outputs: bool = False) -> str | None:
+def data_type(kind: object, place: str, ctx: Context, outputs: bool = False) -> InputType | None:
     if kind in DATA_TYPES:
-        return str(kind)
+        return kind
     if kind in MODEL_TYPES:
         ctx.note(f"{place}: type {kind} is read as a uri_folder")
         return "uri_folder"

@@ -37,7 +37,8 @@ def apply_sets(doc: dict, sets: Sequence[str], kind: str, stem: str, ctx: S.Cont
             continue
         target, schema, fields_ = doc, S.PIPELINE, parts
         if kind == "pipeline" and parts[0] == "jobs":
-            jobs = doc.get("jobs") if isinstance(doc.get("jobs"), dict) else {}
+            jobs = doc.get("jobs")
+            jobs = jobs if isinstance(jobs, dict) else {}
             if len(parts) < 3 or parts[1] not in jobs or not isinstance(jobs[parts[1]], dict):
                 node = parts[1] if len(parts) > 1 else ""
                 ctx.problem("--set", f"{key}: no node {node!r}", S.suggest(node, jobs, "node"))

@@ -2,9 +2,10 @@
 slots, kill-on-timeout, retries, budgets, ledger and resume of a job file.
 
 The collection is staged to files (:mod:`daskprs.mapping.staging`), each partition becomes a
-mini-batch, the step runs through :func:`daskprs.execute.runner.run_step` with structured
-parts, and the result (:class:`daskprs.results.mapresult.MapResult`) is read back from the
-ledger. The run directory is the truth: calling again with the same ``run_dir`` continues it.
+mini-batch, and the step runs through :func:`daskprs.execute.step.run_parallel_step` (the
+function that runs a job file's parallel steps) with structured parts; the result
+(:class:`daskprs.results.mapresult.MapResult`) is its outcome. The run directory is the
+truth: calling again with the same ``run_dir`` continues it.
 """
 
 from __future__ import annotations
@@ -12,38 +13,28 @@ from __future__ import annotations
 import json
 import numbers
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from daskprs.errors import Interrupted, UserInputError
-from daskprs.execute.cluster import ClusterHandle, open_cluster
-from daskprs.execute.runner import run_step
+from daskprs.execute.cluster import open_cluster
+from daskprs.execute.resume import Mode
+from daskprs.execute.step import StepRequest, run_parallel_step
 from daskprs.inputs.plan import Plan
 from daskprs.job.model import DataInput, ParallelStep, RuntimeSettings
 from daskprs.mapping.entry import entry_code
 from daskprs.mapping.staging import collection_kind, load_staged, stage
 from daskprs.observe import logs
-from daskprs.pipeline import check_workers, outcome_from_ledger, todo_and_prior
 from daskprs.results.jobresult import StepOutcome
-from daskprs.results.ledger import LedgerState, read_ledger
-from daskprs.results.mapresult import FailedPartition, MapResult
-from daskprs.rundir import RunDir, RunLocked
+from daskprs.results.mapresult import MapResult
+from daskprs.rundir import RunDir, default_run_dir
+from daskprs.settings import EnvSettings
 
 __all__ = ["RECORD_FILE", "STEP", "map_batches"]
 
 STEP = "map_batches"
 RECORD_FILE = "map_batches.json"
-
-
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-def _default_run_dir() -> str:
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return os.path.abspath(os.path.join("daskprs-runs", f"{STEP}-{stamp}"))
 
 
 def _is_int(value: Any) -> bool:
@@ -93,46 +84,6 @@ def _step(
     )
 
 
-def _run(
-    handle: ClusterHandle,
-    step: ParallelStep,
-    plan: Plan,
-    run_dir: str,
-    resumed: bool,
-    echo: Callable[[str], None],
-) -> StepOutcome:
-    """Run what the ledger says is left (all of it on a first call) and return the outcome."""
-    state = read_ledger(RunDir(run_dir).step(STEP).ledger)
-    todo, prior = todo_and_prior(plan, state, "resume" if resumed else "run")
-    if resumed:
-        echo(f"[{STEP}] continuing {run_dir}: {len(todo)} of {len(plan.batches)} partitions to run")
-    if not todo:
-        return outcome_from_ledger(step, plan, state)
-    ship_code = False
-    if not handle.local:
-        ship_code = check_workers(handle.client, step, run_dir)
-    try:
-        return run_step(
-            handle.client,
-            step,
-            plan,
-            RunDir(run_dir),
-            n_workers=handle.n_workers,
-            local=handle.local,
-            session=state.sessions,
-            prior=prior,
-            todo=todo,
-            echo=echo,
-            ship_code=ship_code,
-            structured_parts=True,
-        )
-    except Interrupted as err:
-        raise Interrupted(
-            "map_batches was interrupted; the partitions already done are kept. "
-            f"Continue with map_batches(..., run_dir={run_dir!r})"
-        ) from err
-
-
 def _open_record(run_dir: str, kind: str, npartitions: int) -> tuple[dict[str, Any], bool]:
     """The run's record: a new one, or that of the earlier call being continued."""
     path = RunDir(run_dir).map_record
@@ -168,34 +119,17 @@ def _current_client() -> Any:
         return None
 
 
-def _result(
-    run_dir: str, plan: Plan, state: LedgerState, failure: str | None, summary: dict[str, int]
-) -> MapResult:
-    """The result as the ledger records it; writes ``failed_mini_batches.jsonl`` too."""
-    parts: dict[int, str] = {}
-    failed: list[FailedPartition] = []
-    entries: list[dict[str, Any]] = []
-    batches = {b.index: b for b in plan.batches}
-    for mb in sorted(batches):
-        e = state.entries.get(mb)
-        if e is None:
-            continue
-        if e.state == "DONE" and e.part is not None:
-            parts[mb] = e.part
-        elif e.state in ("FAILED", "CANCELLED"):
-            rec = e.record
-            failed.append(
-                FailedPartition(
-                    partition=mb,
-                    status=rec.status if rec is not None else e.state,
-                    tries=rec.try_no if rec is not None else 0,
-                    error=rec.error if rec is not None else "cancelled before it ran",
-                    traceback=rec.traceback if rec is not None else "",
-                )
-            )
-            entries.append(logs.failed_entry(STEP, mb, batches[mb].describe(), rec, e.state))
-    logs.write_jsonl(RunDir(run_dir).failed_mini_batches, entries)
-    return MapResult(run_dir=run_dir, failure=failure, summary=summary, failed=failed, parts=parts)
+def _result(run: RunDir, outcome: StepOutcome) -> MapResult:
+    """The result of the call, from its step's outcome; writes ``failed_mini_batches.jsonl``
+    too."""
+    logs.write_jsonl(run.failed_mini_batches, (f.to_json() for f in outcome.failed))
+    return MapResult(
+        run_dir=run.root,
+        failure=outcome.failure,
+        summary=dict(outcome.summary),
+        failed=list(outcome.failed),
+        parts=dict(outcome.parts),
+    )
 
 
 def _write_result_log(result: MapResult) -> None:
@@ -285,7 +219,8 @@ def map_batches(
         Interrupted (Ctrl-C); committed partitions are kept for the next call.
     """
     started = time.monotonic()
-    echo = echo or _say
+    env = EnvSettings.from_env()
+    echo = echo or logs.to_stderr
     kind = collection_kind(collection)
     settings = _settings(timeout, max_retries, error_threshold, mini_batch_error_threshold)
     if run_dir is not None and "://" in os.fspath(run_dir):
@@ -293,7 +228,7 @@ def map_batches(
             f"map_batches: run_dir {os.fspath(run_dir)} must be a folder (local, or on a "
             "filesystem every worker mounts)"
         )
-    run_dir = os.path.abspath(os.fspath(run_dir)) if run_dir else _default_run_dir()
+    run_dir = os.path.abspath(os.fspath(run_dir)) if run_dir else default_run_dir(STEP)
     npartitions = collection.npartitions
     if npartitions == 0:
         raise UserInputError("map_batches: the collection has no partitions")
@@ -302,15 +237,12 @@ def map_batches(
     _, resumed = _open_record(run_dir, kind, npartitions)
 
     rundir = RunDir(run_dir)
-    try:
-        rundir.lock()
-    except RunLocked as err:
-        raise UserInputError(str(err)) from None
+    rundir.lock()
     try:
         code_dir, script = code.write(rundir.generated_code)
         given = client if client is not None else _current_client()
         workers = min(npartitions, os.cpu_count() or 1)
-        with open_cluster(client=given, n_workers=workers) as handle:
+        with open_cluster(client=given, n_workers=workers, settings=env) as handle:
             staged_dir = rundir.staged
             batches = load_staged(staged_dir) if resumed else None
             if batches is None:
@@ -321,10 +253,24 @@ def map_batches(
                 batches=tuple(batches),
                 input_root=staged_dir,
             )
-            step = _step(code_dir, script, staged_dir, handle.n_workers, settings)
-            outcome = _run(handle, step, plan, run_dir, resumed, echo)
-        ledger = read_ledger(rundir.step(STEP).ledger)
-        result = _result(run_dir, plan, ledger, outcome.failure, outcome.summary)
+            request = StepRequest(
+                step=_step(code_dir, script, staged_dir, handle.n_workers, settings),
+                plan=plan,
+                run=rundir,
+                mode=Mode.RESUME if resumed else Mode.RUN,
+                settings=env,
+                echo=echo,
+                structured_parts=True,
+                workers_here=given is None or getattr(given, "cluster", None) is not None,
+            )
+            try:
+                outcome = run_parallel_step(request, lambda: handle)
+            except Interrupted as err:
+                raise Interrupted(
+                    "map_batches was interrupted; the partitions already done are kept. "
+                    f"Continue with map_batches(..., run_dir={run_dir!r})"
+                ) from err
+        result = _result(rundir, outcome)
     finally:
         rundir.unlock()
     result.seconds = time.monotonic() - started

@@ -1,7 +1,7 @@
 """Azure-style logs and reports of a run: formatting (pure) apart from writing.
 
-Files (SPEC section 7): ``logs/sys/job_report/processed_mini-batches.csv`` (one row a try),
-``failed_mini_batches.jsonl``, ``logs/job_result.txt``, ``logs/job_error.txt`` and
+Files (docs/run-directory.md#logs): ``logs/sys/job_report/processed_mini-batches.csv`` (one
+row a try), ``failed_mini_batches.jsonl``, ``logs/job_result.txt``, ``logs/job_error.txt`` and
 ``logs/job_progress_overview.<yyyymmddhh>.txt``.
 """
 
@@ -24,7 +24,6 @@ from daskprs.results.outcome import TryRecord
 __all__ = [
     "REPORT_HEADER",
     "Report",
-    "failed_entry",
     "format_progress",
     "format_report_row",
     "write_text",
@@ -80,23 +79,6 @@ class Report:
 
     def close(self) -> None:
         self._f.close()
-
-
-def failed_entry(
-    step: str, mb: int, inputs: Mapping[str, Any], record: TryRecord | None, state: str
-) -> dict[str, Any]:
-    """One object of ``failed_mini_batches.jsonl`` (SPEC section 7)."""
-    tb = record.traceback if record is not None else ""
-    return {
-        "id": mb,
-        "step": step,
-        "status": record.status if record is not None else state,
-        "state": state,
-        "tries": record.try_no if record is not None else 0,
-        "inputs": dict(inputs),
-        "error": record.error if record is not None else "cancelled before it ran",
-        "traceback": "\n".join(tb.splitlines()[-10:]),
-    }
 
 
 def write_jsonl(path: str, objects: Iterable[Mapping[str, Any]]) -> None:
@@ -188,3 +170,8 @@ def driver_logging(path: str, console_level: str = "INFO") -> Iterator[logging.L
         logger.removeHandler(to_console)
         logger.setLevel(previous)
         to_file.close()
+
+
+def to_stderr(line: str) -> None:
+    """The default ``echo``: a line on stderr, flushed."""
+    print(line, file=sys.stderr, flush=True)

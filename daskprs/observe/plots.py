@@ -12,6 +12,11 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn
+    from matplotlib.figure import Figure
+    from matplotlib.typing import RcKeyType
 
 __all__ = ["STATUS_COLOURS", "Bar", "resources_svg", "throughput_svg", "timeline_svg"]
 
@@ -43,7 +48,7 @@ class Bar:
     title: str
 
 
-def _rc() -> dict[str, object]:
+def _rc() -> dict[RcKeyType, Any]:
     return {
         "svg.fonttype": "none",  # text stays text: smaller, crisp, selectable
         "svg.hashsalt": "daskprs",  # stable ids: the same run gives the same page
@@ -58,9 +63,9 @@ def _rc() -> dict[str, object]:
     }
 
 
-def _svg(fig: object, titles: Mapping[str, str] | None = None) -> str:
+def _svg(fig: Figure, titles: Mapping[str, str] | None = None) -> str:
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")  # type: ignore[attr-defined]
+    fig.savefig(buf, format="svg", bbox_inches="tight")
     text = buf.getvalue()
     text = text[text.index("<svg") :]  # inline: no XML prolog or doctype
     if titles:

@@ -17,10 +17,13 @@ import html
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol, TextIO
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from daskprs.observe.logs import format_progress
+
+if TYPE_CHECKING:  # rich is imported when a terminal shows the progress
+    from rich.console import RenderableType
 
 __all__ = [
     "NotebookProgress",
@@ -125,7 +128,7 @@ def _two_line_progress() -> type:
     from rich.text import Text
 
     class TwoLineProgress(Progress):
-        def get_renderables(self):  # type: ignore[no-untyped-def]
+        def get_renderables(self) -> Iterator[RenderableType]:
             yield self.make_tasks_table(self.tasks)
             for task in self.tasks:
                 yield Text.from_markup("  " + str(task.fields.get("counts", "")))
@@ -265,7 +268,7 @@ def _in_notebook() -> bool:
     if shell is None:
         return False
     try:
-        ip = shell.get_ipython()  # type: ignore[attr-defined]
+        ip = shell.get_ipython()
     except Exception:
         return False
     return ip is not None and "IPKernelApp" in getattr(ip, "config", {})

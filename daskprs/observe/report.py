@@ -229,16 +229,16 @@ def build_report(view: RunView, now: float | None = None) -> ReportData:
     fails = failures(view)
     shown = []
     for f in fails[:_FAILURES]:
-        error = str(f.get("error") or "").strip()
+        error = f.error.strip()
         shown.append(
             {
-                "step": str(f.get("step", "")),
-                "id": str(f.get("id", "")),
-                "status": str(f.get("status", "")),
-                "tries": str(f.get("tries", "")),
+                "step": f.step,
+                "id": str(f.id),
+                "status": f.status,
+                "tries": str(f.tries),
                 "error": error.splitlines()[-1] if error else "",
-                "inputs": inputs_text(f.get("inputs"), most=5),
-                "traceback": str(f.get("traceback") or ""),
+                "inputs": inputs_text(f.inputs, most=5),
+                "traceback": f.traceback,
             }
         )
     series, nodes = _perf(view, origin)

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daskprs.errors import UserInputError
+from daskprs.results.failures import FailedMiniBatch
 from daskprs.results.ledger import LedgerState, ledger_tries, read_ledger
-from daskprs.results.outcome import TryRecord
+from daskprs.results.outcome import BatchState, TryRecord, failed_items
 from daskprs.rundir import RunDir, pid_alive
 
 __all__ = [
@@ -36,7 +37,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class RunPaths:
-    """The files of a run directory that status and report read (SPEC section 7), as
+    """The files of a run directory that status and report read (docs/run-directory.md), as
     :class:`~daskprs.rundir.RunDir` names them."""
 
     root: str
@@ -112,10 +113,9 @@ class StepView:
 
     @property
     def failed_items(self) -> int:
-        out = 0
-        for mb, r in self.finals.items():
-            out += r.failed if self.states[mb] == "DONE" else (r.total or r.failed)
-        return out
+        return sum(
+            failed_items(BatchState(self.states[mb]), r, None) for mb, r in self.finals.items()
+        )
 
     @property
     def finished(self) -> bool:
@@ -149,7 +149,7 @@ class RunView:
     driver_pid: int | None  # the pid holding the run's lock, None when no driver holds it
     driver_alive: bool
     result_lines: list[str]
-    failed: list[dict[str, Any]]
+    failed: list[FailedMiniBatch]
     perf: list[PerfSeries]
 
     @property
@@ -287,13 +287,13 @@ def read_run(run_dir: str | os.PathLike) -> RunView:
     if os.path.exists(paths.result):
         with open(paths.result, encoding="utf-8") as f:
             lines = f.read().splitlines()
-    failed: list[dict[str, Any]] = []
+    failed: list[FailedMiniBatch] = []
     if os.path.exists(paths.failed):
         with open(paths.failed, encoding="utf-8") as f:
             for line in f:
                 try:
-                    failed.append(json.loads(line))
-                except json.JSONDecodeError:
+                    failed.append(FailedMiniBatch.from_json(json.loads(line)))
+                except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
                     continue
     return RunView(
         root=root,
@@ -333,35 +333,24 @@ def inputs_text(inputs: Any, most: int = 3) -> str:
     return ", ".join(f"{k}={v}" for k, v in inputs.items())
 
 
-def failures(view: RunView) -> list[dict[str, Any]]:
-    """Failed and cancelled mini-batches, as ``failed_mini_batches.jsonl`` objects.
+def failures(view: RunView) -> list[FailedMiniBatch]:
+    """Failed and cancelled mini-batches, as ``failed_mini_batches.jsonl`` lists them.
 
     From that file where it lists them; from the ledgers for the others (a run still going,
     or one killed before it wrote the file), without their inputs.
     """
-    listed = {(str(f.get("step")), f.get("id")) for f in view.failed}
+    listed = {(f.step, f.id) for f in view.failed}
     current = {
         (s.name, mb)
         for s in view.steps
         for mb, st in s.states.items()
-        if st in ("FAILED", "CANCELLED")
+        if st in (BatchState.FAILED, BatchState.CANCELLED)
     }
     # a rerun may have fixed some since the file was written
-    out = [f for f in view.failed if (str(f.get("step")), f.get("id")) in current]
+    out = [f for f in view.failed if (f.step, f.id) in current]
     for step in view.steps:
         for mb, state in sorted(step.states.items()):
-            if state in ("FAILED", "CANCELLED") and (step.name, mb) not in listed:
+            if state in (BatchState.FAILED, BatchState.CANCELLED) and (step.name, mb) not in listed:
                 rec = step.finals.get(mb)
-                out.append(
-                    {
-                        "step": step.name,
-                        "id": mb,
-                        "state": state,
-                        "status": rec.status if rec is not None else state,
-                        "tries": rec.try_no if rec is not None else 0,
-                        "error": rec.error if rec is not None else "cancelled before it ran",
-                        "traceback": rec.traceback if rec is not None else "",
-                        "inputs": {},
-                    }
-                )
+                out.append(FailedMiniBatch.of(step.name, mb, BatchState(state), rec, {}))
     return out

@@ -103,13 +103,13 @@ def format_status(view: RunView) -> str:
     if failures:
         lines += ["", f"failed or cancelled mini-batches ({len(failures)}):"]
         for f in failures[:_SHOWN_FAILURES]:
-            error = str(f.get("error") or "").strip().splitlines()
-            tries = f.get("tries", 0)
+            error = f.error.strip().splitlines()
+            tries = f.tries
             lines.append(
-                f"  {f.get('step')} #{f.get('id')}  {f.get('status')}"
+                f"  {f.step} #{f.id}  {f.status}"
                 f"{f' after {tries} tries' if tries else ''}: {error[-1] if error else ''}"
             )
-            shown = inputs_text(f.get("inputs"))
+            shown = inputs_text(f.inputs)
             if shown:
                 lines.append(f"      inputs: {shown}")
         if len(failures) > _SHOWN_FAILURES:

@@ -1,6 +1,7 @@
 """What the tries produced, and keeping it: records, the ledger, parts, the output.
 
-Owns the record of one try and its statuses (``outcome``), the ledger of mini-batch states
+Owns the record of one try, its statuses and the failed-items rule (``outcome``), a failed
+mini-batch in one shape (``failures``), the ledger of mini-batch states
 behind resume and rerun-failed (``ledger``), Azure's row format and the part files
 (``formatting``; the same bytes faster for plain frames: ``fastcsv``), parts that keep rows
 as data for ``map_batches`` (``structured``), assembling parts into the output in mini-batch

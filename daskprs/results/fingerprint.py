@@ -1,7 +1,8 @@
 """Fingerprints of a run: the resolved job, the input listing and the code folder.
 
 ``--resume`` refuses a changed job or input (unless ``--force``) and notes a changed code
-folder; ``rerun-failed`` expects the code folder to change (SPEC section 7).
+folder; ``rerun-failed`` expects the code folder to change
+(docs/run-directory.md#resume-and-rerun-failed).
 """
 
 from __future__ import annotations

@@ -6,26 +6,77 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from daskprs.errors import JobFailed
+from daskprs.results.failures import FailedMiniBatch
 
 __all__ = ["JobResult", "StepOutcome"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepOutcome:
-    """What a step did: its verdict, counts, output location and failed mini-batches."""
+    """What one parallel step did, finished: its verdict, counts, output and failures.
+
+    Attributes
+    ----------
+    step : str
+        The step's name.
+    failure : str or None
+        Why it failed (a budget, init() failing everywhere, every mini-batch failing), or None.
+    budget : str or None
+        The budget that stopped it (:class:`daskprs.execute.supervisor.Budget`), if any.
+    summary : dict
+        ``total``, ``done``, ``failed``, ``cancelled``, ``running``, ``pending`` mini-batches;
+        ``succeeded_items`` and ``failed_items``.
+    output : str or None
+        The ``append_row_to`` file (or URL), when the step has one.
+    failed : tuple of FailedMiniBatch
+        The failed and cancelled mini-batches, in id order.
+    seconds, plan_seconds : float
+        Time spent running and planning in this session.
+    parts : mapping of int to str
+        The committed part of every DONE mini-batch (not kept in step-reuse records).
+    """
 
     step: str
     failure: str | None
     budget: str | None
-    summary: dict[str, int]
+    summary: Mapping[str, int]
     output: str | None
-    failed: list[dict[str, Any]] = field(default_factory=list)
+    failed: tuple[FailedMiniBatch, ...] = ()
     seconds: float = 0.0
     plan_seconds: float = 0.0
+    parts: Mapping[int, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy (step reuse keeps it), without the parts."""
+        return {
+            "step": self.step,
+            "failure": self.failure,
+            "budget": self.budget,
+            "summary": dict(self.summary),
+            "output": self.output,
+            "failed": [f.to_json() for f in self.failed],
+            "seconds": self.seconds,
+            "plan_seconds": self.plan_seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StepOutcome:
+        """Read back :meth:`to_dict`."""
+        return cls(
+            step=data["step"],
+            failure=data.get("failure"),
+            budget=data.get("budget"),
+            summary=dict(data.get("summary") or {}),
+            output=data.get("output"),
+            failed=tuple(FailedMiniBatch.from_json(f) for f in data.get("failed") or ()),
+            seconds=float(data.get("seconds") or 0.0),
+            plan_seconds=float(data.get("plan_seconds") or 0.0),
+        )
 
 
 @dataclass

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daskprs.errors import JobFailed, UserInputError
+from daskprs.results.failures import FailedMiniBatch
 from daskprs.results.structured import read_part
 
 __all__ = ["FailedPartition", "MapResult"]
@@ -21,29 +22,8 @@ __all__ = ["FailedPartition", "MapResult"]
 _HTML_ROWS = 20
 
 
-@dataclass(frozen=True)
-class FailedPartition:
-    """A partition whose mini-batch failed (or was cancelled by a stop).
-
-    Attributes
-    ----------
-    partition : int
-        Its index in the input collection (the mini-batch id).
-    status : str
-        The last try's status (``RUN_EXCEPTION``, ``RUN_TIMEOUT``, ...) or ``CANCELLED``.
-    tries : int
-        Tries made.
-    error : str
-        The error line of the last try.
-    traceback : str
-        The last lines of its traceback.
-    """
-
-    partition: int
-    status: str
-    tries: int
-    error: str
-    traceback: str = ""
+# A failed partition is a failed mini-batch (its id is the partition's index: ``.partition``).
+FailedPartition = FailedMiniBatch
 
 
 def _part_kind(value: Any) -> str:

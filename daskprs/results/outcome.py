@@ -1,7 +1,8 @@
 """Outcome records: what one try of one mini-batch did, as a small picklable value.
 
-Workers never raise to the driver; every try ends in a :class:`TryRecord` (STYLE item 4,
-DESIGN decision 5). The statuses are SPEC section 6's names.
+Workers never raise to the driver; every try ends in a :class:`TryRecord`
+(docs/design.md#failures-are-values). The statuses are those of
+docs/job-files.md#statuses-of-a-try.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["FINAL_STATES", "RETRYABLE", "BatchState", "Status", "TryRecord"]
+__all__ = ["FINAL_STATES", "RETRYABLE", "BatchState", "Status", "TryRecord", "failed_items"]
 
 
 class Status(StrEnum):
-    """Status of one try (SPEC section 6). Members are strings: ``Status.RUN_DONE ==
-    "RUN_DONE"``, and they are written to the ledger and the report as such."""
+    """Status of one try (docs/job-files.md#statuses-of-a-try). Members are strings:
+    ``Status.RUN_DONE == "RUN_DONE"``, and they are written to the ledger and the report as
+    such."""
 
     RUN_DONE = "RUN_DONE"
     EMPTY = "EMPTY"
@@ -34,7 +36,8 @@ class Status(StrEnum):
 
 
 class BatchState(StrEnum):
-    """State of one mini-batch in the supervisor and the ledger (SPEC section 7)."""
+    """State of one mini-batch in the supervisor and the ledger
+    (docs/run-directory.md#mini-batch-states)."""
 
     PENDING = "PENDING"
     RUNNING = "RUNNING"
@@ -55,7 +58,7 @@ RETRYABLE = frozenset(
 )
 SUCCEEDED = frozenset({Status.RUN_DONE, Status.EMPTY})
 
-# Mini-batch states that end it for the session (SPEC section 7).
+# Mini-batch states that end it for the session (docs/run-directory.md#mini-batch-states).
 FINAL_STATES = (BatchState.DONE, BatchState.FAILED, BatchState.CANCELLED)
 
 ERROR_CATEGORY = {
@@ -74,8 +77,8 @@ class TryRecord:
     """The outcome of one try.
 
     ``total`` is the mini-batch's item count when known (files, or rows once read);
-    ``succeeded``/``failed`` follow SPEC section 6's table. ``part`` is the path of the
-    part file holding the rows this try wrote (append-row jobs), or None.
+    ``succeeded``/``failed`` follow docs/job-files.md#counting-failed-items. ``part`` is the
+    path of the part file holding the rows this try wrote (append-row jobs), or None.
     """
 
     mb: int
@@ -120,3 +123,18 @@ class TryRecord:
 
 
 _FIELDS = tuple(TryRecord.__dataclass_fields__)
+
+
+def failed_items(state: BatchState, record: TryRecord | None, planned: int | None) -> int:
+    """Items a mini-batch in final ``state`` counts as failed
+    (docs/job-files.md#counting-failed-items): for a DONE one what its last try reported; for
+    a FAILED one all of it (its item count, else the planned count, else what the try
+    reported); none for a CANCELLED one.
+
+    The one rule behind the budgets, the summaries, ``status`` and the report."""
+    if record is None or state == BatchState.CANCELLED:
+        return 0
+    if state == BatchState.FAILED:
+        total = record.total if record.total is not None else planned
+        return total if total is not None else record.failed
+    return record.failed

@@ -1,10 +1,11 @@
 """Assembling the ``append_row_to`` output from committed parts, in mini-batch order.
 
 Workers write each successful try's rows to its own part file; the driver streams the
-committed parts, in mini-batch order, into the output (DESIGN decision 4). The output appears
-only when complete: it is written beside its destination and renamed over it (on an object
-store, uploaded in one piece once complete), so a crash never leaves a half-written output
-looking finished. Driver memory stays flat: parts are copied in chunks.
+committed parts, in mini-batch order, into the output
+(docs/design.md#results-never-travel-through-the-client). The output appears only when
+complete: it is written beside its destination and renamed over it (on an object store,
+uploaded in one piece once complete), so a crash never leaves a half-written output looking
+finished. Driver memory stays flat: parts are copied in chunks.
 
 While a fresh step runs, a :class:`PartialOutput` appends each committed part beside the
 destination as soon as every mini-batch before it has ended, in a thread of its own, so the

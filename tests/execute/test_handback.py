@@ -6,8 +6,10 @@ import os
 
 import pytest
 
+from daskprs.execute.child import ChildConfig
+from daskprs.execute.context import StepContext
 from daskprs.execute.handback import leave_marker, leave_record, take_over
-from daskprs.execute.worker import StepContext, run_try
+from daskprs.execute.worker import run_try
 from daskprs.inputs.batches import FileBatch
 from daskprs.results.outcome import Status, TryRecord
 from daskprs.rundir import RunDir
@@ -16,7 +18,10 @@ from daskprs.rundir import RunDir
 @pytest.fixture
 def ctx(tmp_path) -> StepContext:
     context = StepContext(
-        token="t", step="score", run=RunDir(str(tmp_path)), code_dir="/c", entry_script="e.py"
+        token="t",
+        step="score",
+        run=RunDir(str(tmp_path)),
+        child=ChildConfig(code_dir="/c", entry_script="e.py"),
     )
     os.makedirs(context.where.claims)
     return context

@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 from conftest import pid_alive, poll_for
 
+from daskprs.errors import SettingsError
 from daskprs.execute.child import ChildConfig
 from daskprs.execute.deadlines import Deadlines
-from daskprs.execute.slot import Slot, user_log_limit
+from daskprs.execute.slot import Slot
 from daskprs.execute.wire import RunTask
 from daskprs.inputs.batches import FileBatch
 from daskprs.rundir import LogsDir
+from daskprs.settings import EnvSettings
 
 SCRIPT = """
 import os, subprocess, sys, time
@@ -89,13 +91,14 @@ def hostile(tmp_path):
     marks.mkdir()
     logs = LogsDir(str(tmp_path / "logs"))
 
-    def slot(**env):
+    def slot(log_limit=64 * 2**20, **env):
         config = ChildConfig(
             code_dir=str(code),
             entry_script="score.py",
             env={"MARKS": str(marks), "KEEP": "kept", **env},
             logs=logs,
             cache_dir=str(tmp_path / "cache"),
+            log_limit=log_limit,
         )
         return Slot(config)
 
@@ -110,16 +113,19 @@ def spawned(marks) -> list[int]:
 
 
 def test_user_log_limit_reads_its_variable():
-    assert user_log_limit({}) == 64 * 2**20
-    assert user_log_limit({"DASKPRS_USER_LOG_LIMIT": "1kB"}) == 1000
-    assert user_log_limit({"DASKPRS_USER_LOG_LIMIT": "0"}) is None
-    assert user_log_limit({"DASKPRS_USER_LOG_LIMIT": "lots"}) == 64 * 2**20
+    def limit(env):
+        return EnvSettings.from_env(env).user_log_limit
+
+    assert limit({}) == 64 * 2**20
+    assert limit({"DASKPRS_USER_LOG_LIMIT": "1kB"}) == 1000
+    assert limit({"DASKPRS_USER_LOG_LIMIT": "0"}) is None
+    with pytest.raises(SettingsError, match="DASKPRS_USER_LOG_LIMIT='lots'"):
+        limit({"DASKPRS_USER_LOG_LIMIT": "lots"})
 
 
-def test_megabytes_of_output_are_capped_with_a_note(hostile, monkeypatch):
-    monkeypatch.setenv("DASKPRS_USER_LOG_LIMIT", "100KiB")
+def test_megabytes_of_output_are_capped_with_a_note(hostile):
     make, task, _, logs, _ = hostile
-    slot = make()
+    slot = make(log_limit=EnvSettings.from_env({"DASKPRS_USER_LOG_LIMIT": "100KiB"}).user_log_limit)
     try:
         for _ in range(2):
             assert slot.run(task("shout.txt"), Deadlines()).status == "RUN_DONE"
@@ -234,16 +240,17 @@ def test_sys_exit_in_shutdown_is_logged(hostile):
     assert "SystemExit: 5" in open(logs.user_error("node000", "process000")).read()
 
 
-def test_the_shutdown_deadline_comes_from_the_environment(monkeypatch):
+def test_the_shutdown_deadline_comes_from_the_environment():
     from types import SimpleNamespace
 
-    from daskprs.execute.runner import _deadlines
+    from daskprs.execute.context import _deadlines
 
-    monkeypatch.delenv("DASKPRS_SHUTDOWN_TIMEOUT", raising=False)
     step = SimpleNamespace(settings=SimpleNamespace(task_overhead_timeout=30.0, timeout=60.0))
-    assert _deadlines(step) == Deadlines(load=30, run=60, init=90, shutdown=30)
-    monkeypatch.setenv("DASKPRS_SHUTDOWN_TIMEOUT", "2.5")
-    assert _deadlines(step).shutdown == 2.5
+    deadlines = _deadlines(step, EnvSettings.from_env({}))
+    assert deadlines == Deadlines(load=30, run=60, init=90, shutdown=30)
+    assert (
+        _deadlines(step, EnvSettings.from_env({"DASKPRS_SHUTDOWN_TIMEOUT": "2.5"})).shutdown == 2.5
+    )
 
 
 KEYED = """

@@ -1,4 +1,4 @@
-"""Tests of daskprs.job.load: reading, validating and binding job files (SPEC sections 1, 2, 6)."""
+"""Tests of daskprs.job.load: reading, validating and binding job files (docs/job-files.md)."""
 
 from __future__ import annotations
 

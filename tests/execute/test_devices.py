@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from daskprs.job import devices
-from daskprs.job.devices import device_for, visible_gpus
+from daskprs.execute import devices
+from daskprs.execute.devices import device_for, processes_per_instance, visible_gpus
 from daskprs.job.model import DataInput, ParallelStep
 
 
@@ -50,8 +50,8 @@ def step(concurrency: int | None) -> ParallelStep:
 
 def test_concurrency_defaults_to_the_device_count_on_a_gpu_machine(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
-    assert step(None).processes_per_instance == 3
-    assert step(5).processes_per_instance == 5  # as written wins
+    assert processes_per_instance(step(None)) == 3
+    assert processes_per_instance(step(5)) == 5  # as written wins
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.setattr("os.cpu_count", lambda: 7)
-    assert step(None).processes_per_instance == 7
+    assert processes_per_instance(step(None)) == 7

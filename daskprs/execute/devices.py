@@ -4,7 +4,12 @@ On an Azure GPU node each entry-script process sees one device, round-robin over
 devices, and ``max_concurrency_per_instance`` defaults to the device count. daskprs does the
 same per Dask worker: the devices come from ``DASKPRS_GPU_DEVICES`` (a list to use instead of
 discovery: tests, or to pin), else ``CUDA_VISIBLE_DEVICES`` as the worker sees it, else
-``nvidia-smi -L``; none of them means no GPU.
+``nvidia-smi -L``; none of them means no GPU. Both lists are read as
+:func:`daskprs.settings.parse_gpu_devices` reads them.
+
+Unlike the other ``DASKPRS_*`` variables, which the driver reads once
+(:class:`daskprs.settings.EnvSettings`) and passes down, these are read here from the
+environment of the process that asks, a worker: they describe the worker's own host.
 """
 
 from __future__ import annotations
@@ -13,15 +18,12 @@ import functools
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-__all__ = ["device_for", "visible_gpus"]
+from daskprs.job.model import ParallelStep
+from daskprs.settings import parse_gpu_devices
 
-
-def _split(value: str) -> list[str]:
-    devices = [d.strip() for d in value.split(",") if d.strip()]
-    # CUDA stops at the first invalid index; "-1" or "NoDevFiles" hide every device
-    return [] if not devices or devices[0] in ("-1", "NoDevFiles") else devices
+__all__ = ["device_for", "processes_per_instance", "visible_gpus"]
 
 
 @functools.cache
@@ -43,7 +45,7 @@ def visible_gpus(env: Mapping[str, str] | None = None) -> list[str]:
     Parameters
     ----------
     env : mapping, optional
-        The environment to read (default: ``os.environ``).
+        The environment to read (default: ``os.environ``, the worker's own).
 
     Returns
     -------
@@ -54,10 +56,19 @@ def visible_gpus(env: Mapping[str, str] | None = None) -> list[str]:
     env = os.environ if env is None else env
     for name in ("DASKPRS_GPU_DEVICES", "CUDA_VISIBLE_DEVICES"):
         if name in env:
-            return _split(env[name])
+            return list(parse_gpu_devices(env[name]))
     return list(_nvidia_smi())
 
 
 def device_for(index: int, devices: list[str]) -> str | None:
     """The device of a node's ``index``-th entry-script process: round-robin over ``devices``."""
     return devices[index % len(devices)] if devices else None
+
+
+def processes_per_instance(step: ParallelStep, gpus: Sequence[str] | None = None) -> int:
+    """Entry-script processes per node: ``max_concurrency_per_instance``, or when it is not
+    given the GPUs this machine sees (``gpus``, default :func:`visible_gpus`; as on an Azure
+    GPU node), else its cores. Asked by the driver, where it sizes the embedded cluster."""
+    if step.max_concurrency_per_instance:
+        return step.max_concurrency_per_instance
+    return len(visible_gpus() if gpus is None else gpus) or os.cpu_count() or 1

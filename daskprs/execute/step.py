@@ -1,0 +1,275 @@
+"""One parallel step, run in one place: :func:`run_parallel_step`.
+
+Called by the pipeline for a job's parallel steps and by ``map_batches`` for a user's
+collection. It reads the step's ledger once, works out the session (what to run, what earlier
+sessions settled: :mod:`daskprs.execute.resume`), checks the entry script's imports and the
+workers, runs the driver loop (:func:`daskprs.execute.runner.drive`), assembles the output
+from the committed parts in mini-batch order, and returns a finished, frozen
+:class:`~daskprs.results.jobresult.StepOutcome`. The life of a mini-batch along the way:
+docs/design.md#life-of-a-mini-batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from daskprs.errors import Interrupted, UserInputError
+from daskprs.execute.cluster import ClusterHandle
+from daskprs.execute.context import step_context
+from daskprs.execute.devices import processes_per_instance
+from daskprs.execute.preflight import check_entry_script
+from daskprs.execute.resume import Mode, Session, session_of
+from daskprs.execute.runner import Launch, Ran, drive
+from daskprs.execute.supervisor import Policy, verdict_of
+from daskprs.execute.worker import check_worker
+from daskprs.inputs.batches import FileBatch
+from daskprs.inputs.plan import Plan
+from daskprs.job.model import ParallelStep
+from daskprs.observe.progress import PlainProgress, Progress
+from daskprs.results.failures import failed_mini_batches
+from daskprs.results.formatting import structured_part_options
+from daskprs.results.jobresult import StepOutcome
+from daskprs.results.ledger import Ledger, LedgerState, read_ledger
+from daskprs.results.outcome import BatchState
+from daskprs.results.output import PartialOutput, assemble, is_url
+from daskprs.rundir import RunDir
+from daskprs.settings import EnvSettings
+
+__all__ = ["StepRequest", "check_workers", "policy_of", "run_parallel_step"]
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """One parallel step to run in one session of a run: what the caller decides.
+
+    Attributes
+    ----------
+    step : ParallelStep
+        The resolved step.
+    plan : Plan
+        Its mini-batches (as saved in the run directory).
+    run : RunDir
+        The run directory.
+    mode : Mode
+        A new run, ``--resume`` or ``rerun-failed``.
+    settings : EnvSettings
+        The ``DASKPRS_*`` settings, read once at the start.
+    echo : callable
+        Where notes go.
+    progress : Progress, optional
+        The live display (default: plain lines through ``echo``).
+    structured_parts : bool
+        Keep every successful try's rows as data (parquet or pickle) for ``map_batches``,
+        instead of Azure's text rows and an ``append_row_to`` file.
+    workers_here : bool
+        The workers run on this machine, in this Python: check the entry script's imports
+        before the first mini-batch.
+    resume_hint : str
+        What to run to continue after an interrupt (for the message).
+    """
+
+    step: ParallelStep
+    plan: Plan
+    run: RunDir
+    mode: Mode
+    settings: EnvSettings
+    echo: Callable[[str], None]
+    progress: Progress | None = None
+    structured_parts: bool = False
+    workers_here: bool = True
+    resume_hint: str = ""
+
+
+def policy_of(step: ParallelStep) -> Policy:
+    """The failure handling of ``step`` (docs/job-files.md#failure-handling)."""
+    s = step.settings
+    return Policy(
+        max_retries=s.max_retries,
+        error_threshold=s.error_threshold,
+        mini_batch_error_threshold=s.mini_batch_error_threshold,
+        allowed_failed_percent=s.allowed_failed_percent,
+        progress_timeout=s.effective_progress_update_timeout,
+        nodes=max(1, step.instance_count),
+        processes_per_node=processes_per_instance(step),
+        append_row=step.append_row_to is not None,
+    )
+
+
+def run_parallel_step(request: StepRequest, cluster: Callable[[], ClusterHandle]) -> StepOutcome:
+    """Run what ``request.mode`` leaves to run of a step, and return its finished outcome.
+
+    Parameters
+    ----------
+    request : StepRequest
+        The step, its plan, the run directory and the session's mode.
+    cluster : callable
+        Gives the cluster to run on; called only when there is something to run.
+
+    Returns
+    -------
+    StepOutcome
+        The verdict over the whole run (earlier sessions included), the counts, the output,
+        the failed mini-batches and the committed parts.
+
+    Raises
+    ------
+    UserInputError
+        The entry script imports what its Python lacks, or the workers cannot run the step.
+    Interrupted
+        Ctrl-C or SIGTERM; what was committed is kept for a resume.
+    """
+    step, plan, echo = request.step, request.plan, request.echo
+    where = request.run.step(step.name)
+    state = read_ledger(where.ledger)  # the one read: the ledger below keeps it current
+    session = session_of(plan.batches, state, request.mode)
+    if request.mode != Mode.RUN:
+        echo(
+            f"[{step.name}] {request.mode}: {len(session.todo)} of {len(plan.batches)} "
+            "mini-batches to run"
+        )
+    policy = policy_of(step)
+    if session.todo:
+        ran = _run_session(request, cluster, state, session, policy)
+        stop, summary, seconds = ran.stop, ran.summary, ran.seconds
+    else:
+        items = {b.index: b.n_items for b in plan.batches}
+        stop, summary = verdict_of(items, session.prior, policy)
+        seconds = 0.0
+    output = None
+    if step.append_row_to is not None and not request.structured_parts:
+        output = step.append_row_to
+        assemble(_parts(state).values(), output)
+    return StepOutcome(
+        step=step.name,
+        failure=stop.failure,
+        budget=stop.budget,
+        summary=summary,
+        output=output,
+        failed=tuple(failed_mini_batches(step.name, plan.by_index, state)),
+        seconds=seconds,
+        plan_seconds=plan.seconds,
+        parts=_parts(state),
+    )
+
+
+def _parts(state: LedgerState) -> dict[int, str]:
+    """The committed part of every DONE mini-batch, in mini-batch order."""
+    return {
+        mb: e.part
+        for mb, e in sorted(state.entries.items())
+        if e.state == BatchState.DONE and e.part is not None
+    }
+
+
+def _run_session(
+    request: StepRequest,
+    cluster: Callable[[], ClusterHandle],
+    state: LedgerState,
+    session: Session,
+    policy: Policy,
+) -> Ran:
+    """Check what can be checked before the first mini-batch, then drive the session."""
+    step, plan, echo = request.step, request.plan, request.echo
+    if request.workers_here:
+        check_entry_script(
+            step.name, step.code_dir, step.entry_script, step.python, step.environment
+        )
+    handle = cluster()
+    ship_code = False
+    if not handle.local:
+        _note_concurrency(step, handle.n_workers, echo)
+        ship_code = check_workers(handle.client, step, request.run.root)
+        if ship_code:
+            echo(
+                f"[{step.name}] some workers cannot see the code folder {step.code_dir}; "
+                "shipping it to them"
+            )
+    ctx = step_context(
+        step,
+        request.run,
+        slots=handle.n_workers,
+        local=handle.local,
+        tables=any(not isinstance(b, FileBatch) for b in plan.batches),
+        settings=request.settings,
+    )
+    if request.structured_parts:  # map_batches: every try's rows kept as data
+        ctx = replace(
+            ctx,
+            writes_parts=True,
+            child=replace(ctx.child, to_csv=structured_part_options()),
+        )
+    if step.output_dir and "://" not in step.output_dir:
+        os.makedirs(step.output_dir, exist_ok=True)
+    launch = Launch(ctx, plan.by_index, session, policy, plan.seconds, ship_code)
+    dest = step.append_row_to
+    growing = None
+    if dest and not request.structured_parts and not session.prior and not is_url(dest):
+        # a fresh step: its output grows while it runs (resume and rerun assemble at the end)
+        growing = PartialOutput(dest, sorted(launch.batches))
+    display = request.progress or PlainProgress(echo)
+    try:
+        return drive(handle, launch, Ledger(ctx.where.ledger, state), display, growing)
+    except KeyboardInterrupt as err:
+        raise Interrupted(
+            f"step {step.name} was interrupted; the mini-batches already committed are kept. "
+            f"Continue with: {request.resume_hint or 'daskprs run --resume ' + request.run.root}"
+        ) from err
+
+
+def _note_concurrency(step: ParallelStep, slots: int, echo: Callable[[str], None]) -> None:
+    """On an existing cluster its worker threads decide how many mini-batches run at once;
+    say so when the job file asks for another number."""
+    if not step.max_concurrency_per_instance and step.instance_count == 1:
+        return
+    asked = step.instance_count * processes_per_instance(step)
+    if asked != slots:
+        echo(
+            f"note: [{step.name}] the cluster runs {slots} mini-batches at once (its worker "
+            f"threads); instance_count x max_concurrency_per_instance = {asked} sizes the "
+            "embedded cluster only (docs/clusters.md)"
+        )
+
+
+def check_workers(client: Any, step: ParallelStep, run_dir: str) -> bool:
+    """Before running on an external cluster: every worker runs a compatible daskprs and sees
+    the run directory and local inputs (docs/design.md#several-hosts).
+
+    Returns True when some worker cannot see the code folder: it is then shipped to the
+    workers (:class:`daskprs.execute.codefolder.CodeFolder`).
+    """
+    import daskprs
+
+    script = os.path.join(step.code_dir, step.entry_script)
+    paths = (run_dir, script, step.input_data.path)
+    try:
+        answers = client.run(check_worker, paths)
+    except Exception as err:  # the function could not even be unpickled: no daskprs there
+        raise UserInputError(
+            f"the Dask workers cannot run daskprs ({type(err).__name__}: {err}). Install "
+            f"daskprs {daskprs.__version__} in the workers' Python environment."
+        ) from err
+    problems = []
+    ship_code = False
+    for address, answer in sorted(answers.items()):
+        if answer["version"] != daskprs.__version__:
+            problems.append(
+                f"worker {address} runs daskprs {answer['version']}, this driver "
+                f"{daskprs.__version__}"
+            )
+        for path in answer["missing"]:
+            if path == script:
+                ship_code = True
+            else:
+                problems.append(f"worker {address} cannot see {path}")
+    if problems:
+        raise UserInputError(
+            "the cluster cannot run this job:\n  "
+            + "\n  ".join(problems)
+            + "\nThe run directory, the code folder and local inputs must be on a filesystem "
+            "every worker sees (or use s3:// and other URLs for data), and every worker must "
+            "run the same daskprs version."
+        )
+    return ship_code

@@ -1,0 +1,343 @@
+"""The ``DASKPRS_*`` environment variables, read once, checked, and kept in one frozen
+:class:`EnvSettings`.
+
+Each variable is a row of :data:`VARIABLES`: the field of :class:`EnvSettings` it sets, the
+form its value takes, an example, its default, and what it changes. :meth:`EnvSettings.from_env`
+reads them all from the environment it is given and reports every bad value at once in one
+:class:`~daskprs.errors.SettingsError` (exit status 2); :func:`describe` renders the same rows
+for the docs (``docs/environment.md``). The driver reads its settings once, when a job starts,
+and passes them down; :meth:`EnvSettings.to_env` gives what an entry-script process needs of
+them.
+
+The parsers are shared with the places that read an environment of their own: a worker's
+devices (:func:`parse_gpu_devices`, :mod:`daskprs.execute.devices`) and an entry-script process's
+log limit (:func:`parse_size`, :mod:`azureml_user.parallel_run`). Standard library only, so
+that those processes stay light: sizes are parsed here as :func:`dask.utils.parse_bytes`
+parses them, without importing dask.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from daskprs.errors import SettingsError
+
+__all__ = [
+    "VARIABLES",
+    "EnvSettings",
+    "Variable",
+    "describe",
+    "parse_gpu_devices",
+    "parse_size",
+]
+
+
+# Bytes per unit, as dask.utils.byte_sizes has them (a unit is matched case-insensitively).
+_UNITS = {
+    "": 1,
+    "b": 1,
+    **{p: 1000**i for i, p in enumerate("kmgtp", start=1)},
+    **{f"{p}b": 1000**i for i, p in enumerate("kmgtp", start=1)},
+    **{f"{p}i": 1024**i for i, p in enumerate("kmgtp", start=1)},
+    **{f"{p}ib": 1024**i for i, p in enumerate("kmgtp", start=1)},
+}
+_SIZE = re.compile(r"(?P<number>(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*(?P<unit>[a-z]*)", re.I)
+
+
+def parse_size(value: str) -> int:
+    """A size in bytes, written as for :func:`dask.utils.parse_bytes`.
+
+    Parameters
+    ----------
+    value : str
+        A number of bytes (``"123"``, ``"1e6"``), or a number and a unit (``"64MiB"``,
+        ``"200MB"``, ``"1.5 GB"``, ``"2kb"``): ``B``, ``kB``/``k``, ``MB``/``M``, ``GB``,
+        ``TB``, ``PB`` (powers of 1000) or ``KiB``/``Ki``, ``MiB``, ``GiB``, ``TiB``, ``PiB``
+        (powers of 1024), in any case.
+
+    Returns
+    -------
+    int
+        The bytes, truncated as ``parse_bytes`` truncates them (``"1.5kiB"``: 1536).
+
+    Raises
+    ------
+    ValueError
+        Anything else, including what ``parse_bytes`` accepts but no one means: a negative
+        size, a unit without a number (``"MB"``), spaces inside the number.
+    """
+    found = _SIZE.fullmatch(value.strip())
+    if found is None or found["unit"].lower() not in _UNITS:
+        raise ValueError(f"not a size: {value!r}")
+    size = float(found["number"]) * _UNITS[found["unit"].lower()]
+    if not math.isfinite(size):
+        raise ValueError(f"not a size: {value!r}")
+    return int(size)
+
+
+def parse_gpu_devices(value: str) -> tuple[str, ...]:
+    """The devices of a comma list as ``CUDA_VISIBLE_DEVICES`` takes it (indices or UUIDs).
+
+    Never fails: an empty list, or one that starts with ``-1`` or ``NoDevFiles`` (CUDA stops
+    at the first invalid entry), means no device: ``()``.
+    """
+    devices = tuple(d.strip() for d in value.split(",") if d.strip())
+    return () if not devices or devices[0] in ("-1", "NoDevFiles") else devices
+
+
+def _seconds(value: str, *, zero: bool = False) -> float:
+    seconds = float(value)  # ValueError for what is no number
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero):
+        raise ValueError(f"not a number of seconds: {value!r}")
+    return seconds
+
+
+def _positive_seconds(value: str) -> float:
+    return _seconds(value)
+
+
+def _seconds_or_zero(value: str) -> float:
+    return _seconds(value, zero=True)
+
+
+def _size_or_no_limit(value: str) -> int | None:
+    return parse_size(value) or None
+
+
+# A dashboard address as distributed's ``clean_dashboard_address`` takes it: ``PORT``,
+# ``:PORT``, ``HOST:PORT`` or ``HOST`` (any port), or a comma list of them; no IPv6 literals.
+_ADDRESS = re.compile(r"(?:[\w.-]*:)?(?P<port>\d+)|[\w.-]+")
+
+
+def _dashboard(value: str) -> str:
+    items = [item.strip() for item in value.split(",")]
+    for item in items:
+        found = _ADDRESS.fullmatch(item)
+        if found is None or (found["port"] is not None and int(found["port"]) > 65535):
+            raise ValueError(f"not a dashboard address: {value!r}")
+    return ",".join(items)  # no spaces: distributed would take " :8788" for host " "
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One ``DASKPRS_*`` environment variable.
+
+    Parameters
+    ----------
+    name : str
+        ``DASKPRS_LEASE_SECONDS``.
+    field : str
+        The :class:`EnvSettings` field it sets.
+    form : str
+        The form of its value, completing "is not ...": ``a number of seconds > 0``.
+    example : str
+        A good value, for messages: ``60``.
+    default : str
+        Its default as the docs show it (a value of the same form where there is one).
+    what : str
+        What it changes, for the docs.
+    parse : callable
+        ``str -> value`` of the field; raises ``ValueError`` for a bad value.
+    empty_is_default : bool
+        An empty value means the default (else it is parsed like any other).
+    """
+
+    name: str
+    field: str
+    form: str
+    example: str
+    default: str
+    what: str
+    parse: Callable[[str], Any]
+    empty_is_default: bool = True
+
+    def problem(self, value: str) -> str:
+        """What is wrong with ``value``, naming the variable, the form and an example."""
+        return f"{self.name}={value!r} is not {self.form} (for example {self.name}={self.example})"
+
+
+_SIZE_FORM = "a size in bytes or with a unit (kB, MB, GB, KiB, MiB, GiB, ...; 0: no limit)"
+
+VARIABLES: dict[str, Variable] = {
+    v.name: v
+    for v in (
+        Variable(
+            "DASKPRS_CONNECT_TIMEOUT",
+            "connect_timeout",
+            "a number of seconds > 0",
+            "30",
+            "10",
+            "Seconds to wait for a `--scheduler` to answer, and for it to have a worker.",
+            _positive_seconds,
+        ),
+        Variable(
+            "DASKPRS_CLUSTER_TIMEOUT",
+            "cluster_timeout",
+            "a number of seconds > 0",
+            "600",
+            "300",
+            "Seconds to wait for the first worker of a cluster that `daskprs.yaml` "
+            "`computes:` starts.",
+            _positive_seconds,
+        ),
+        Variable(
+            "DASKPRS_DASHBOARD",
+            "dashboard",
+            "an address [HOST]:PORT (PORT 0 to 65535; 0: any free port)",
+            ":8787",
+            ":0",
+            "Where the embedded cluster serves the Dask dashboard (`:0`: any free port).",
+            _dashboard,
+        ),
+        Variable(
+            "DASKPRS_HANDBACK_SECONDS",
+            "handback_seconds",
+            "a number of seconds >= 0",
+            "5",
+            "5",
+            "Seconds the rerun of a claimed try waits for the hand-back of a worker that "
+            "closed, before it counts the try as lost with its worker.",
+            _seconds_or_zero,
+        ),
+        Variable(
+            "DASKPRS_SHUTDOWN_TIMEOUT",
+            "shutdown_timeout",
+            "a number of seconds > 0",
+            "60",
+            "30",
+            "Seconds an entry script's `shutdown()` may take before its process is killed.",
+            _positive_seconds,
+        ),
+        Variable(
+            "DASKPRS_CHILD_MEMORY_LIMIT",
+            "child_memory_limit",
+            _SIZE_FORM,
+            "2GB",
+            "80 % of the memory / processes on the embedded cluster; else no limit",
+            "Resident memory an entry-script process may use before it is killed.",
+            parse_size,
+        ),
+        Variable(
+            "DASKPRS_USER_LOG_LIMIT",
+            "user_log_limit",
+            _SIZE_FORM,
+            "200MB",
+            "64MiB",
+            "Bytes kept of each log file of an entry-script process (stdout, stderr, "
+            "`EntryScript().logger`); past that, one note says the rest was dropped.",
+            _size_or_no_limit,
+        ),
+        Variable(
+            "DASKPRS_LEASE_SECONDS",
+            "lease_seconds",
+            "a number of seconds > 0",
+            "60",
+            "60",
+            "Seconds without the driver's lease after which the workers of an external "
+            "cluster end the driver's entry-script processes.",
+            _positive_seconds,
+        ),
+        Variable(
+            "DASKPRS_GPU_DEVICES",
+            "gpu_devices",
+            "a comma list of device indices or UUIDs (empty or -1: no GPU)",
+            "0,1",
+            "`CUDA_VISIBLE_DEVICES`, else `nvidia-smi -L`",
+            "The GPUs a worker shares out among its entry-script processes (read by each "
+            "worker, as its host has them).",
+            parse_gpu_devices,
+            empty_is_default=False,  # empty: no GPU, as for CUDA_VISIBLE_DEVICES
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class EnvSettings:
+    """Every ``DASKPRS_*`` variable, checked and typed; the defaults are daskprs's own.
+
+    Attributes
+    ----------
+    connect_timeout : float
+        ``DASKPRS_CONNECT_TIMEOUT``: seconds to wait for a ``--scheduler``.
+    cluster_timeout : float
+        ``DASKPRS_CLUSTER_TIMEOUT``: seconds to wait for a ``computes:`` cluster's first worker.
+    dashboard : str
+        ``DASKPRS_DASHBOARD``: the embedded cluster's dashboard address (``:0``: a free port).
+    handback_seconds : float
+        ``DASKPRS_HANDBACK_SECONDS``: the wait for a hand-back marker
+        (:func:`daskprs.execute.handback.take_over`).
+    shutdown_timeout : float
+        ``DASKPRS_SHUTDOWN_TIMEOUT``: seconds ``shutdown()`` may take.
+    child_memory_limit : int or None
+        ``DASKPRS_CHILD_MEMORY_LIMIT`` in bytes, 0 for no limit; None when not set (the
+        runner's default rule applies).
+    user_log_limit : int or None
+        ``DASKPRS_USER_LOG_LIMIT`` in bytes per log file; None for no limit.
+    lease_seconds : float
+        ``DASKPRS_LEASE_SECONDS``: the driver's lease on an external cluster.
+    gpu_devices : tuple of str or None
+        ``DASKPRS_GPU_DEVICES`` as the environment read has it (``()``: no GPU); None when not
+        set. Each worker reads its own (:func:`daskprs.execute.devices.visible_gpus`).
+    """
+
+    connect_timeout: float = 10.0
+    cluster_timeout: float = 300.0
+    dashboard: str = ":0"
+    handback_seconds: float = 5.0
+    shutdown_timeout: float = 30.0
+    child_memory_limit: int | None = None
+    user_log_limit: int | None = 64 * 2**20
+    lease_seconds: float = 60.0
+    gpu_devices: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> EnvSettings:
+        """Read and check every variable of :data:`VARIABLES`.
+
+        Parameters
+        ----------
+        env : mapping, optional
+            The environment to read (default: :data:`os.environ`). A variable that is not
+            set, or is set to an empty value, keeps its default (except
+            ``DASKPRS_GPU_DEVICES``, where empty means no GPU).
+
+        Raises
+        ------
+        SettingsError
+            Naming every variable with a bad value, the value, its form and an example.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        problems: dict[str, str] = {}
+        for var in VARIABLES.values():
+            value = env.get(var.name)
+            if value is None or (var.empty_is_default and not value.strip()):
+                continue
+            try:
+                values[var.field] = var.parse(value)
+            except ValueError:
+                problems[var.name] = var.problem(value)
+        if problems:
+            raise SettingsError(problems)
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The variables an entry-script process reads, as it reads them: added to its
+        environment when it is started (``DASKPRS_USER_LOG_LIMIT`` in bytes, ``0``: no limit,
+        for ``EntryScript().logger``: no dask there to parse ``64MiB``)."""
+        return {"DASKPRS_USER_LOG_LIMIT": str(self.user_log_limit or 0)}
+
+
+def describe() -> list[str]:
+    """The lines of the table of variables that ``docs/environment.md`` shows (Markdown)."""
+    lines = ["| variable | value | default | what it changes |", "| --- | --- | --- | --- |"]
+    for var in VARIABLES.values():
+        default = var.default if " " in var.default else f"`{var.default}`"
+        lines.append(f"| `{var.name}` | {var.form} | {default} | {var.what} |")
+    return lines
