@@ -1,11 +1,14 @@
 """What runs inside a Dask worker: one try of one mini-batch, through the worker's slot.
 
-``run_try`` is the function the driver submits (one Dask task per try, key
-``minibatch-00042-try1``). It claims the try atomically first, so a task that Dask runs a
-second time by itself (a retried task of a dead worker, a recomputed result) does nothing
-(docs/design.md#exactly-once-claims-and-the-ledger). Then it hands the mini-batch to an idle
-slot of the step's pool on this worker (:mod:`daskprs.execute.pool`), whose child process runs
-the entry script, and returns a small :class:`TryRecord`.
+``run_try`` is the function the driver submits for one try (Dask key
+``minibatch-00042-try1``, ``-s1`` added in the first resumed session and so on);
+``run_tries`` runs several short tries one after the other in one task (key
+``minibatch-00042-try1-x16``: the first try's key and the count). Each try claims itself
+atomically first, so a task that Dask runs a second time by itself (a retried task of a dead
+worker, a recomputed result) does nothing (docs/design.md#exactly-once-claims-and-the-ledger).
+Then it hands the mini-batch to an idle slot of the step's pool on this worker
+(:mod:`daskprs.execute.pool`), whose child process runs the entry script, and returns a small
+:class:`TryRecord`.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from daskprs.job.model import RuntimeSettings
 from daskprs.observe import plots
 from daskprs.observe.runview import RunView, StepView, failures, inputs_text
 from daskprs.observe.status import next_command
@@ -71,7 +72,8 @@ def _budgets(step: StepView) -> list[dict[str, str]]:
     overhead = s.get("task_overhead_timeout")
     progress = s.get("progress_update_timeout")
     if progress is None and timeout is not None and overhead is not None:
-        progress = 3 * (float(timeout) + float(overhead))
+        defaults = RuntimeSettings(timeout=float(timeout), task_overhead_timeout=float(overhead))
+        progress = defaults.effective_progress_update_timeout
     rows = [
         ("failed items", "error_threshold", step.failed_items, s.get("error_threshold")),
         (
