@@ -390,9 +390,17 @@ def drive(
     # the driver submits
     plugins.append(SlotPool(ctx))
     lease = LeaseKeeper(ctx.where.lease, ctx.lease_seconds).start() if ctx.lease_seconds else None
-    for plugin in plugins:
-        client.register_plugin(plugin)
-    step_run = _StepRun(client, launch, sup, ledger, _Packer(slots), output)
+    try:
+        for plugin in plugins:
+            client.register_plugin(plugin)
+        step_run = _StepRun(client, launch, sup, ledger, _Packer(slots), output)
+    except BaseException:  # nothing ran: leave nothing behind
+        if lease is not None:
+            lease.stop()
+        if output is not None:
+            output.close(keep=False)
+        ledger.close()
+        raise
     live = _Live(display, ctx.run, ctx.step, sup, started, launch.plan_seconds)
     display.start(ctx.step, sup.summary(), slots)
     finished = False

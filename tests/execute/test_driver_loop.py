@@ -320,3 +320,30 @@ def test_nothing_to_run_is_refused_by_the_session(tmp_path):
     assert session.todo == (0,) and session.number == 0
     with pytest.raises(ValueError):
         session_of([FileBatch(0, ("/a",))], state, "resum")  # a typo is no mode
+
+
+def test_a_cluster_that_refuses_the_slot_pool_leaves_no_partial_output(tmp_path):
+    from daskprs.results.output import PartialOutput, partial_path
+
+    class Refusing(FakeClient):
+        def register_plugin(self, plugin: Any) -> None:
+            raise OSError("the scheduler closed the connection")
+
+    ctx = step_ctx(tmp_path)
+    batches = {i: FileBatch(i, (f"/data/f{i}.txt",)) for i in range(2)}
+    state = LedgerState()
+    session = session_of(batches.values(), state, Mode.RUN)
+    dest = str(tmp_path / "out" / "parallel_run_step.txt")
+    growing = PartialOutput(dest, sorted(batches))
+    launch = Launch(ctx, batches, session, Policy())
+    client = Refusing(ctx, lambda mb, n: Status.RUN_DONE)
+    with pytest.raises(OSError, match="closed the connection"):
+        drive(
+            ClusterHandle(client, 2, local=True),
+            launch,
+            Ledger(ctx.where.ledger, state),
+            PlainProgress(lambda line: None),
+            growing,
+        )
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not tmp_path.joinpath(partial_path(dest)).exists()
