@@ -272,10 +272,11 @@ class Slot:
         ``timeout`` seconds (default: the ``shutdown`` deadline of the last try), noting that
         in the process's error log."""
         limit = self.deadlines.shutdown if timeout is None else timeout
-        if self.alive:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
             try:
                 write_message(self._to_child, StopChild())
-                self.proc.wait(limit)  # type: ignore[union-attr]
+                proc.wait(limit)
             except subprocess.TimeoutExpired:
                 message = (
                     f"shutdown() did not finish within {limit:g} s; its process was killed "
@@ -304,9 +305,11 @@ class Slot:
     def _rss(self) -> int:
         import psutil
 
+        if self.proc is None:  # no child: nothing to measure
+            return 0
         try:
             if self._psutil_proc is None:
-                self._psutil_proc = psutil.Process(self.proc.pid)  # type: ignore[union-attr]
+                self._psutil_proc = psutil.Process(self.proc.pid)
             return self._psutil_proc.memory_info().rss
         except psutil.Error:
             return 0

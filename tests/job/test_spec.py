@@ -1000,3 +1000,32 @@ def test_gpu_instance_types_default_to_one_process_a_node(folder, instance_type,
     assert only_step(job).max_concurrency_per_instance == expected
     noted = any("max_concurrency_per_instance defaults to 1" in n for n in job.notes)
     assert noted is (expected == 1 and given is None)
+
+
+def test_a_node_input_given_as_null_takes_the_component_default(folder: Path):
+    write(
+        folder / "comp.yml",
+        """
+        type: parallel
+        name: c
+        version: 1
+        inputs:
+          data: {type: uri_folder}
+          size: {type: string, default: "3"}
+        input_data: ${{inputs.data}}
+        mini_batch_size: ${{inputs.size}}
+        task: {type: run_function, code: ./src, entry_script: score.py}
+        """,
+    )
+    job_file = write(
+        folder / "job.yml",
+        """
+        type: pipeline
+        jobs:
+          score:
+            component: ./comp.yml
+            inputs: {data: {type: uri_folder, path: ./data}, size: null}
+        """,
+    )
+    step = only_step(load(job_file))
+    assert step.mini_batch_size == MiniBatchSize(3, "count", "3")
