@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from daskprs.errors import Interrupted, UserInputError
+from daskprs.errors import Interrupted, StorageFull, UserInputError
 from daskprs.execute.devices import processes_per_instance
 from daskprs.execute.resume import Mode
 from daskprs.job.model import ClusterSpec, Job
@@ -26,6 +26,7 @@ from daskprs.paths import redact_data
 from daskprs.pipeline import ClusterChoice, JobSession, StepsRunner
 from daskprs.results import fingerprint, reuse
 from daskprs.results.jobresult import JobResult
+from daskprs.results.output import no_space
 from daskprs.rundir import RunDir, write_json
 from daskprs.rundir import default_run_dir as _default_run_dir
 from daskprs.settings import EnvSettings
@@ -38,9 +39,39 @@ def default_run_dir(job_file: str, now: float | None = None) -> str:
     return _default_run_dir(os.path.splitext(os.path.basename(job_file))[0], now)
 
 
+# The embedded cluster starts at most this many worker processes per core when their number
+# comes from the job file: an Azure job sized for 50 nodes would otherwise start hundreds of
+# processes on a laptop. Past a few per core they only compete (for cores and memory).
+_WORKERS_PER_CORE = 4
+
+
 def _default_workers(job: Job) -> int:
     counts = [s.instance_count * processes_per_instance(s) for s in job.parallel_steps]
     return max(counts or [1])
+
+
+def _embedded_workers(asked: int, workers: int | None, cores: int) -> tuple[int, str | None]:
+    """How many worker processes the embedded cluster starts, and the note that says why:
+    ``--workers`` as given, else the job file's ``asked`` (instance_count x
+    max_concurrency_per_instance) capped at :data:`_WORKERS_PER_CORE` x ``cores``."""
+    cap = _WORKERS_PER_CORE * cores
+    if workers:
+        if workers <= cap:
+            return workers, None
+        return workers, (
+            f"the embedded cluster starts {workers} worker processes on {cores} cores "
+            "(--workers); they will compete for the cores: give a smaller --workers to start "
+            "fewer"
+        )
+    if asked <= cap:
+        return asked, None
+    return cap, (
+        f"the job file asks for {asked} worker processes (instance_count x "
+        f"max_concurrency_per_instance); the embedded cluster starts {cap} "
+        f"({_WORKERS_PER_CORE} x the {cores} cores here). The results are the same "
+        "(byte-identical) with any number of workers, only the speed changes; give "
+        f"--workers {asked} to start them all"
+    )
 
 
 def _write_results(run: RunDir, result: JobResult, job: Job) -> None:
@@ -293,10 +324,12 @@ def _choose_cluster(
     client: Any,
     security: Any,
     echo: Callable[[str], None],
+    cores: int | None = None,
 ) -> tuple[ClusterChoice, list[str]]:
     """Where the job runs, and the notes to keep in its result: ``--scheduler`` or a client
     as given, else a compute that ``daskprs.yaml`` maps (a scheduler's address, or a cluster
-    class to start), else the embedded cluster."""
+    class to start), else the embedded cluster of ``--workers`` processes, or as many as the
+    job file asks for up to a few per core (``cores``, default: this machine's)."""
     notes = []
     n_workers = workers or _default_workers(job)
     compute = next((s.compute for s in job.parallel_steps if s.compute), None)
@@ -311,17 +344,13 @@ def _choose_cluster(
         from daskprs.execute.tls import client_security
 
         security = client_security(scheduler)
-    cores = os.cpu_count() or 1
     if workers and (scheduler is not None or client is not None or cluster_spec is not None):
         notes.append(
             "--workers sizes the embedded cluster only; the given cluster is used as it is"
         )
-    if scheduler is None and client is None and cluster_spec is None and n_workers > 4 * cores:
-        notes.append(
-            f"the embedded cluster starts {n_workers} worker processes on {cores} cores "
-            f"({'--workers' if workers else 'instance_count x max_concurrency_per_instance'}); "
-            "they will compete for the cores: give a smaller --workers to start fewer"
-        )
+    if scheduler is None and client is None and cluster_spec is None:
+        n_workers, note = _embedded_workers(n_workers, workers, cores or os.cpu_count() or 1)
+        notes += [note] if note else []
     for note in notes:
         echo(f"note: {note}")
     choice = ClusterChoice(scheduler, client, n_workers, security, cluster_spec)
@@ -344,9 +373,20 @@ def _execute(session: JobSession, cluster: tuple[ClusterChoice, list[str]]) -> J
     except (KeyboardInterrupt, Interrupted) as err:
         result.failure = f"interrupted: {err}" if str(err) else "interrupted"
         raise
+    except OSError as err:
+        if not no_space(err):
+            raise
+        result.failure = (
+            f"no space left on the device of {err.filename or run.root} ({err.strerror}). "
+            f"Free some space there, then continue with: daskprs run --resume {run.root}"
+        )
+        raise StorageFull(result.failure) from None
     finally:
-        run.write_record(session.record)
-        _write_results(run, result, job)
+        try:
+            run.write_record(session.record)
+            _write_results(run, result, job)
+        except OSError as err:  # the run directory's own disk is full: the error above says it
+            logging.getLogger(__name__).warning("cannot write the run's result files: %s", err)
         run.unlock()
     for name, path in result.outputs.items():
         echo(f"output {name}: {path}")

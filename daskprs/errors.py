@@ -10,6 +10,7 @@
     │   ├── ResumeRefused             --resume / rerun-failed refused
     │   └── RunLocked                 another live driver is running that run now
     ├── JobFailed                     exit 42: the job ran and failed (a budget, a timeout, ...)
+    │   └── StorageFull               no space left where the run or an output is written
     └── Interrupted                   exit 130: SIGINT or SIGTERM
 
 Every message says what is wrong and how to fix it.
@@ -31,6 +32,7 @@ __all__ = [
     "ResumeRefused",
     "RunLocked",
     "SettingsError",
+    "StorageFull",
     "UserInputError",
     "close_match",
     "suggest",
@@ -135,6 +137,11 @@ class JobFailed(DaskprsError):
     everywhere, or no mini-batch succeeded. Exit status 42."""
 
     exit_code = 42
+
+
+class StorageFull(JobFailed):
+    """A disk or quota filled up under the run directory or an output (exit status 42); the
+    message names the path and the command that continues the run once there is room."""
 
 
 class Interrupted(DaskprsError):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from daskprs.errors import JobFailed, PlanningError, ResumeRefused
+from daskprs.errors import JobFailed, PlanningError, ResumeRefused, UserInputError
 from daskprs.execute.cluster import open_cluster
 from daskprs.execute.lazycluster import LazyCluster
 from daskprs.execute.resume import Mode, input_change
@@ -28,7 +28,7 @@ from daskprs.results.jobresult import JobResult, StepOutcome
 from daskprs.rundir import RunDir
 from daskprs.settings import EnvSettings
 
-__all__ = ["ClusterChoice", "JobSession", "StepsRunner", "plan_step"]
+__all__ = ["ClusterChoice", "JobSession", "StepsRunner", "check_writable", "plan_step"]
 
 
 def plan_step(step: ParallelStep) -> Plan:
@@ -72,6 +72,40 @@ def _run_command(step: CommandStep, run: RunDir, echo: Callable[[str], None]) ->
             f"{os.path.join(log_dir, 'stderr.txt')}"
         )
     return None
+
+
+def _nearest_existing(path: str) -> str:
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def check_writable(job: Job) -> None:
+    """Raise :class:`UserInputError` naming every local output location of ``job`` that
+    cannot be written (a read-only filesystem, missing permissions), before anything runs."""
+    problems = []
+    for step in job.steps:
+        places = {f"{step.name}.{o.name}": o.path for o in step.outputs.values()}
+        if isinstance(step, ParallelStep) and step.output_dir:
+            places[f"{step.name} output_dir"] = step.output_dir
+        for name, path in places.items():
+            if "://" in path:
+                continue
+            there = _nearest_existing(os.path.abspath(path))
+            folder = there if os.path.isdir(there) else os.path.dirname(there)
+            if not os.access(folder, os.W_OK | os.X_OK):
+                problems.append(
+                    f"cannot write the output {path} ({name}): {folder} is not writable "
+                    "(a read-only filesystem, or missing permissions)"
+                )
+    if problems:
+        raise UserInputError(
+            "\n".join(problems) + "\nGive the output a path that can be written "
+            "(`--set jobs.<step>.outputs.<name>.path=...` or in the job file)."
+        )
 
 
 @dataclass(frozen=True)
@@ -168,6 +202,7 @@ class StepsRunner:
     def run(self) -> None:
         """Run every step, stopping at the first failure unless the job continues on step
         failure; the cluster is closed at the end, whatever ended it."""
+        check_writable(self.s.job)  # before any cluster starts
         with self.choice.lazy(self.s.echo, self.s.settings) as cluster:
             for step in self.s.job.steps:
                 failure = self._step(step, cluster)

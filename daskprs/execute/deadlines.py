@@ -74,10 +74,16 @@ class DeadlineClock:
         """Take bytes read from the phase pipe (any split: partial lines are kept)."""
         *lines, self._buffer = (self._buffer + data).split(b"\n")
         for line in lines:
-            name, _, started = line.decode().partition(" ")
-            self.phase = Phase(name)
-            limit = self.limits.limit(self.phase)
-            self.deadline = None if limit is None else float(started) + limit
+            name, _, started = line.decode(errors="replace").partition(" ")
+            try:
+                phase, since = Phase(name), float(started)
+            except ValueError:
+                # not a line of the child's (an entry script wrote to the pipe): the phase and
+                # its deadline stay as they were
+                continue
+            self.phase = phase
+            limit = self.limits.limit(phase)
+            self.deadline = None if limit is None else since + limit
 
     def wait(self, now: float, poll: float) -> float:
         """How long to wait for the child before looking again: ``poll`` at most, and never

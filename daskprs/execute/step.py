@@ -23,7 +23,7 @@ from daskprs.execute.devices import processes_per_instance
 from daskprs.execute.preflight import check_entry_script
 from daskprs.execute.resume import Mode, Session, session_of
 from daskprs.execute.runner import Launch, Ran, drive
-from daskprs.execute.supervisor import Policy, verdict_of
+from daskprs.execute.supervisor import Budget, Policy, Stop, verdict_of
 from daskprs.execute.worker import check_worker
 from daskprs.inputs.batches import FileBatch
 from daskprs.inputs.plan import Plan
@@ -34,7 +34,7 @@ from daskprs.results.formatting import structured_part_options
 from daskprs.results.jobresult import StepOutcome
 from daskprs.results.ledger import Ledger, LedgerState, read_ledger
 from daskprs.results.outcome import BatchState
-from daskprs.results.output import PartialOutput, assemble, is_url
+from daskprs.results.output import PartialOutput, assemble, discard, is_url, no_space
 from daskprs.rundir import RunDir
 from daskprs.settings import EnvSettings
 
@@ -124,6 +124,11 @@ def run_parallel_step(request: StepRequest, cluster: Callable[[], ClusterHandle]
     step, plan, echo = request.step, request.plan, request.echo
     where = request.run.step(step.name)
     state = read_ledger(where.ledger)  # the one read: the ledger below keeps it current
+    if state.skipped:
+        echo(
+            f"note: [{step.name}] {state.skipped} unreadable line(s) of {where.ledger} skipped "
+            "(cut short by a crash, or changed by hand)"
+        )
     session = session_of(plan.batches, state, request.mode)
     if request.mode != Mode.RUN:
         echo(
@@ -140,8 +145,10 @@ def run_parallel_step(request: StepRequest, cluster: Callable[[], ClusterHandle]
         seconds = 0.0
     output = None
     if step.append_row_to is not None and not request.structured_parts:
-        output = step.append_row_to
-        assemble(_parts(state).values(), output)
+        if stop.budget != Budget.RUN_DIRECTORY:
+            stop = _assemble(step.append_row_to, _parts(state), stop, _resume_hint(request))
+        written = stop.budget not in (Budget.RUN_DIRECTORY, Budget.STORAGE)
+        output = step.append_row_to if written else None
     return StepOutcome(
         step=step.name,
         failure=stop.failure,
@@ -153,6 +160,38 @@ def run_parallel_step(request: StepRequest, cluster: Callable[[], ClusterHandle]
         plan_seconds=plan.seconds,
         parts=_parts(state),
     )
+
+
+def _resume_hint(request: StepRequest) -> str:
+    return request.resume_hint or f"daskprs run --resume {request.run.root}"
+
+
+def _assemble(dest: str, parts: dict[int, str], stop: Stop, hint: str) -> Stop:
+    """Write the output from the committed ``parts``; the step's verdict, or a failure naming
+    the mini-batch whose committed part is gone (deleted while the step ran), or the full
+    disk (the partial output removed, so the space comes back)."""
+    try:
+        assemble(parts.values(), dest)
+    except FileNotFoundError as err:
+        by_path = {path: mb for mb, path in parts.items()}
+        which = by_path.get(err.filename or "")
+        what = f"mini-batch {which}" if which is not None else "a mini-batch"
+        return Stop(
+            f"the committed part of {what} ({err.filename}) is gone, deleted while the step "
+            f"ran, so the output {dest} cannot be written. Keep the run directory as it is "
+            "while a run goes on, and run the job again in a new run directory.",
+            Budget.RUN_DIRECTORY,
+        )
+    except OSError as err:
+        if not no_space(err):
+            raise
+        return Stop(
+            f"no space left on the device of {err.filename or dest} while writing the output "
+            f"{dest} ({err.strerror}); what was written of it is removed and every "
+            f"mini-batch done is kept. Free some space there, then continue with: {hint}",
+            Budget.STORAGE,
+        )
+    return stop
 
 
 def _parts(state: LedgerState) -> dict[int, str]:
@@ -210,13 +249,25 @@ def _run_session(
         # a fresh step: its output grows while it runs (resume and rerun assemble at the end)
         growing = PartialOutput(dest, sorted(launch.batches))
     display = request.progress or PlainProgress(echo)
+    ledger = Ledger(ctx.where.ledger, state)
     try:
-        return drive(handle, launch, Ledger(ctx.where.ledger, state), display, growing)
+        ran = drive(handle, launch, ledger, display, growing)
     except KeyboardInterrupt as err:
         raise Interrupted(
             f"step {step.name} was interrupted; the mini-batches already committed are kept. "
-            f"Continue with: {request.resume_hint or 'daskprs run --resume ' + request.run.root}"
+            f"Continue with: {_resume_hint(request)}"
         ) from err
+    damage = ledger.damage()
+    if damage is None:
+        return ran
+    if growing is not None:
+        discard(growing.dest)
+    failure = (
+        f"the ledger {ledger.path} {damage} while the step ran (a cleanup job, a script?), so "
+        "what the step did is not on record; its output is not written. Keep the run "
+        "directory as it is while a run goes on, and run the job again in a new run directory."
+    )
+    return replace(ran, stop=Stop(failure, Budget.RUN_DIRECTORY))
 
 
 def _note_concurrency(step: ParallelStep, slots: int, echo: Callable[[str], None]) -> None:

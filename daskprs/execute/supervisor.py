@@ -43,8 +43,11 @@ class Budget(StrEnum):
     PROGRESS_TIMEOUT = "progress_update_timeout"
     INIT = "init"
     ALL_FAILED = "all_failed"
-    NO_SUCCESS = "no_success"
     INTERRUPTED = "interrupted"
+    # the ledger or the committed parts were changed behind the driver's back
+    RUN_DIRECTORY = "run_directory"
+    # a disk or quota filled up while the output was written
+    STORAGE = "storage"
 
 
 @dataclass(frozen=True)
@@ -114,16 +117,14 @@ class Tally:
     cancelled: int = 0
     succeeded_items: int = 0
     failed_items: int = 0
-    succeeded_batches: int = 0
     init_failures: Counter = field(default_factory=Counter)
 
-    def add(self, state: BatchState, succeeded: int, failed: int, ran: bool = True) -> None:
-        """Count one mini-batch that reached ``state``; ``ran``: run() returned for it."""
+    def add(self, state: BatchState, succeeded: int, failed: int) -> None:
+        """Count one mini-batch that reached ``state``."""
         if state == BatchState.DONE:
             self.done += 1
             self.succeeded_items += succeeded
             self.failed_items += failed
-            self.succeeded_batches += ran
         elif state == BatchState.FAILED:
             self.failed += 1
             self.failed_items += failed
@@ -159,14 +160,13 @@ def budget_verdict(tally: Tally, total: int, policy: Policy, queue_empty: bool) 
 
 
 def final_verdict(tally: Tally, total: int, policy: Policy) -> Stop:
-    """The verdict of a step whose every mini-batch reached a final state within budget."""
+    """The verdict of a step whose every mini-batch reached a final state within budget.
+
+    A mini-batch that held no row (``EMPTY``, ``run()`` not called) succeeded as one whose
+    ``run()`` returned ``[]`` does: an empty input makes an empty output, not a failure.
+    """
     if total and tally.failed == total:
         return Stop(f"every mini-batch failed ({tally.failed})", budget=Budget.ALL_FAILED)
-    if policy.append_row and tally.succeeded_batches == 0 and total:
-        return Stop(
-            "no mini-batch succeeded, so append_row_to has nothing to write",
-            budget=Budget.NO_SUCCESS,
-        )
     return Stop(None)
 
 
@@ -421,8 +421,7 @@ class Supervisor:
         if state == BatchState.FAILED:
             self.errors[mb] = record.error
         failed = failed_items(state, record, self.items.get(mb))
-        ran = record.status == Status.RUN_DONE
-        self.counts.add(state, record.succeeded, failed, ran)
+        self.counts.add(state, record.succeeded, failed)
         self.last_progress = now
         out.append(Finalize(mb, state, record))
 

@@ -13,6 +13,7 @@ Then it hands the mini-batch to an idle slot of the step's pool on this worker
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -25,6 +26,8 @@ from daskprs.inputs.batches import MiniBatch
 from daskprs.results.outcome import Status, TryRecord
 
 __all__ = ["check_worker", "claimed", "kill_running", "run_tries", "run_try"]
+
+log = logging.getLogger(__name__)
 
 
 def _current_worker() -> Any:
@@ -98,6 +101,18 @@ def run_try(
     part = ctx.where.part(batch.index, try_key) if ctx.writes_parts else None
     try:
         record = slot.run(RunTask(batch, try_no, part), ctx.deadlines)
+    except Exception as err:  # the slot itself failed: this try failed, nothing else did
+        log.warning("the slot running mini-batch %d failed: %r", batch.index, err)
+        slot.kill()  # its child's state is unknown: the next try starts a new one
+        record = TryRecord(
+            mb=batch.index,
+            try_no=try_no,
+            status=Status.PROCESS_DIED,
+            total=batch.n_items,
+            failed=batch.n_items or 0,
+            error=f"the worker slot running this try failed: {type(err).__name__}: {err}; "
+            "its process was replaced",
+        )
     finally:
         pool.release(slot)
     return record.with_(

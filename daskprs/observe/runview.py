@@ -99,6 +99,8 @@ class StepView:
     settings: dict[str, Any] = field(default_factory=dict)
     sessions: int = 0
     command_done: bool = False
+    # ledger lines that could not be read (cut short by a crash, or of the wrong shape)
+    skipped_lines: int = 0
 
     def count(self, state: str) -> int:
         return sum(1 for s in self.states.values() if s == state)
@@ -208,6 +210,7 @@ def _step_view(paths: RunPaths, name: str, kind: str, settings: dict[str, Any]) 
         return view
     state: LedgerState = read_ledger(paths.ledger(name))
     view.sessions = state.sessions
+    view.skipped_lines = state.skipped
     view.total = int(state.header.get("batches", 0)) if state.header else 0
     view.tries = ledger_tries(paths.ledger(name))
     for mb, entry in state.entries.items():

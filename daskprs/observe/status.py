@@ -97,6 +97,12 @@ def format_status(view: RunView) -> str:
             f"{s.count('CANCELLED'):>7} {s.pending:>7} {s.total:>7}  "
             f"{s.succeeded_items}/{s.failed_items}"
         )
+    for s in view.steps:
+        if s.skipped_lines:
+            lines.append(
+                f"  note: {s.skipped_lines} unreadable line(s) of steps/{s.name}/ledger.jsonl "
+                "skipped (cut short by a crash, or changed by hand)"
+            )
     if not view.steps:
         lines.append("  (no step has started yet)")
     failures = failures_of(view)

@@ -45,6 +45,8 @@ class LedgerState:
     header: dict[str, Any] = field(default_factory=dict)
     sessions: int = 0
     entries: dict[int, MiniBatchEntry] = field(default_factory=dict)
+    # lines that could not be read (cut short by a crash, or of the wrong shape)
+    skipped: int = 0
 
     def entry(self, mb: int) -> MiniBatchEntry:
         if mb not in self.entries:
@@ -74,46 +76,96 @@ class LedgerState:
 
 
 def ledger_events(path: str) -> Iterator[dict[str, Any]]:
-    """The events of a ledger file in the order they were written (none for a missing file;
-    a line cut short by a crash is skipped)."""
+    """The events of a ledger file in the order they were written, as written (none for a
+    missing file; a line cut short by a crash, or one that is no JSON object, is skipped)."""
     if not os.path.exists(path):
         return
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
-                yield json.loads(line)
+                event = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(event, dict):
+                yield event
+
+
+_Event = tuple[str, Any, Any, Any]
+
+
+def _decode(event: dict[str, Any]) -> _Event:
+    """One event, checked and typed: ``("session", header, None, None)``, ``("try",
+    record, final state or None, None)`` or ``("final", mb, state, record or None)``.
+    Raise ``ValueError`` (or ``KeyError``, ``TypeError``) for one of the wrong shape."""
+    kind = event["event"]
+    if kind == "session":
+        header = event.get("header") or {}
+        if not isinstance(header, dict):
+            raise TypeError("a session header is an object")
+        return ("session", header, None, None)
+    if kind == "try":
+        final = event.get("final")
+        return ("try", _record(event["record"]), BatchState(final) if final else None, None)
+    if kind == "final":
+        mb = event["mb"]
+        if not isinstance(mb, int) or isinstance(mb, bool):
+            raise TypeError("a mini-batch id is an integer")
+        record = event.get("record")
+        return (
+            "final",
+            mb,
+            BatchState(event["state"]),
+            _record(record) if record is not None else None,
+        )
+    raise ValueError(f"unknown event {kind!r}")
+
+
+def _record(data: Any) -> TryRecord:
+    if not isinstance(data, dict):
+        raise TypeError("a try record is an object")
+    record = TryRecord.from_dict(data)
+    for name in ("mb", "try_no"):
+        value = getattr(record, name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"a try record's {name} is an integer")
+    return record
+
+
+def _events(path: str) -> Iterator[_Event | None]:
+    """The ledger's events, typed; None for each line that is torn or of the wrong shape."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                event = json.loads(line)
+                yield _decode(event) if isinstance(event, dict) else None
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                yield None
 
 
 def ledger_tries(path: str) -> list[TryRecord]:
-    """Every try a ledger recorded, in the order they ended."""
-    return [
-        TryRecord.from_dict(e["record"]) for e in ledger_events(path) if e.get("event") == "try"
-    ]
+    """Every try a ledger recorded, in the order they ended (unreadable lines skipped)."""
+    return [e[1] for e in _events(path) if e is not None and e[0] == "try"]
 
 
 def read_ledger(path: str) -> LedgerState:
-    """Replay a ledger file (missing file: an empty state)."""
+    """Replay a ledger file (missing file: an empty state). Lines cut short by a crash or of
+    the wrong shape are skipped and counted (:attr:`LedgerState.skipped`)."""
     state = LedgerState()
-    for event in ledger_events(path):
-        kind = event.get("event")
+    for event in _events(path):
+        if event is None:
+            state.skipped += 1
+            continue
+        kind, a, b, c = event
         if kind == "session":
             state.sessions += 1
             if not state.header:
-                state.header = event.get("header", {})
+                state.header = a
         elif kind == "try":
-            final = event.get("final")
-            state.add_try(
-                TryRecord.from_dict(event["record"]), BatchState(final) if final else None
-            )
-        elif kind == "final":
-            record = event.get("record")
-            state.add_final(
-                event["mb"],
-                BatchState(event["state"]),
-                TryRecord.from_dict(record) if record is not None else None,
-            )
+            state.add_try(a, b)
+        else:
+            state.add_final(a, b, c)
     return state
 
 
@@ -148,11 +200,30 @@ class Ledger:
         self.path = path
         self.state = state if state is not None else LedgerState()
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        self._f = open(path, "a", encoding="utf-8")
+        self._f = open(path, "ab")
+        own = os.fstat(self._f.fileno())
+        self._inode = (own.st_dev, own.st_ino)
+        self._size = own.st_size
 
     def _write(self, event: dict[str, Any]) -> None:
-        self._f.write(json.dumps(event, default=str) + "\n")
+        line = (json.dumps(event, default=str) + "\n").encode("utf-8")
+        self._f.write(line)
         self._f.flush()
+        self._size += len(line)
+
+    def damage(self) -> str | None:
+        """What happened to the ledger file behind this writer's back, or None while the file
+        on disk is the one it writes, holding exactly what it wrote (the run directory is the
+        truth: a ledger deleted, replaced or written by someone else no longer is)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return "was deleted"
+        if (st.st_dev, st.st_ino) != self._inode:
+            return "was replaced by another file"
+        if st.st_size != self._size:
+            return f"was changed by another writer ({st.st_size} bytes, {self._size} written)"
+        return None
 
     def start_session(self, header: dict[str, Any]) -> None:
         self._write({"event": "session", "header": header})

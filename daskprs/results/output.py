@@ -16,6 +16,7 @@ otherwise.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -26,11 +27,24 @@ from collections.abc import Iterable, Sequence
 
 from daskprs.inputs.filesystems import filesystem
 
-__all__ = ["PartialOutput", "assemble", "is_url", "partial_path"]
+__all__ = [
+    "PartialOutput",
+    "assemble",
+    "discard",
+    "is_url",
+    "no_space",
+    "partial_path",
+    "temporary_path",
+]
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+
+
+def no_space(err: OSError) -> bool:
+    """Whether ``err`` says a disk or a quota is full."""
+    return err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def is_url(path: str) -> bool:
@@ -70,6 +84,13 @@ def partial_path(dest: str) -> str:
         dest = dest[len("file://") :]
     folder, name = os.path.split(os.path.abspath(dest))
     return os.path.join(folder, f".{name}.daskprs-partial")
+
+
+def temporary_path(dest: str) -> str:
+    """Where the output ``dest`` (a local path) is written before it is renamed into place
+    (a resume, a rerun, or a step whose growing output could not be continued)."""
+    folder, name = os.path.split(os.path.abspath(dest))
+    return os.path.join(folder, f".{name}.daskprs-tmp")
 
 
 def _manifest_path(partial: str) -> str:
@@ -135,7 +156,10 @@ class PartialOutput:
                         log.warning("assembling %s while the step runs failed: %s", self.dest, err)
                         self._failed = err
         finally:
-            self._out.close()
+            try:
+                self._out.close()
+            except OSError as err:  # its last bytes did not fit: the final assembly starts over
+                self._failed = self._failed or err
 
     def close(self, keep: bool = True) -> None:
         """Wait for the parts handed so far, then write the manifest :func:`assemble` reads
@@ -148,6 +172,12 @@ class PartialOutput:
         manifest = {"parts": self.parts, "size": self.size}
         with open(_manifest_path(self.path), "w", encoding="utf-8") as f:
             json.dump(manifest, f)
+
+
+def discard(dest: str) -> None:
+    """Remove what was assembled for ``dest`` so far (a step whose output is not written)."""
+    for path in (partial_path(dest), temporary_path(dest)):
+        _remove(path)
 
 
 def _remove(path: str) -> None:
@@ -207,9 +237,11 @@ def assemble(parts: Iterable[str], dest: str, storage_options: dict | None = Non
             finally:
                 _remove(partial)
         _remove(partial)
-    fd, tmp_path = tempfile.mkstemp(prefix=".daskprs-", suffix=".tmp", dir=folder)
+    # one name per destination, so that a later run finds and replaces what a killed one
+    # left; opened as any file is (the umask decides its mode, as for an uninterrupted run)
+    tmp_path = temporary_path(dest)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with open(tmp_path, "wb") as out:
             written = _copy_parts(parts, out)
         os.replace(tmp_path, dest)
     except BaseException:

@@ -51,3 +51,10 @@ def test_a_timeout_is_reported_by_the_phase_it_happened_in():
     status, error = clock.timeout()
     assert status == Status.RUN_TIMEOUT
     assert error.startswith("run() took longer than the timeout of 2 s; its process was killed")
+
+
+def test_lines_that_are_not_the_childs_leave_the_phase_and_its_deadline():
+    clock = DeadlineClock(Deadlines(load=5, run=60))
+    clock.feed(b"run 13.0\n")
+    clock.feed(b"junk\nrun soon\n\xff\xfe 1\n")  # an entry script wrote to the pipe
+    assert clock.phase == Phase.RUN and clock.deadline == 73.0

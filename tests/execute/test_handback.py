@@ -71,3 +71,32 @@ def test_a_handed_back_try_runs_again(ctx):
     # it goes on to run in this worker's slot pool: outside a worker, there is none
     with pytest.raises(RuntimeError, match="no slots for step run t"):
         run_try(ctx, batch, 1, "s0t1", [0.0])
+
+
+def test_a_slot_that_fails_is_a_failed_try_of_its_mini_batch_alone(ctx, monkeypatch):
+    from daskprs.execute import worker
+
+    class BrokenSlot:
+        config = ChildConfig(code_dir="/c", entry_script="e.py")
+        killed = 0
+
+        def run(self, task, deadlines):
+            raise ValueError("'junk' is not a valid Phase")
+
+        def kill(self):
+            BrokenSlot.killed += 1
+
+    class Pool:
+        released: list = []
+
+        def acquire(self, mb, try_key):
+            return BrokenSlot()
+
+        def release(self, slot):
+            self.released.append(slot)
+
+    monkeypatch.setattr(worker, "pool_of", lambda token, w: Pool())
+    record = run_try(ctx, FileBatch(9, ("/a", "/b")), 1, "s0t9")
+    assert record.status == Status.PROCESS_DIED and record.failed == 2
+    assert "ValueError: 'junk' is not a valid Phase" in record.error
+    assert BrokenSlot.killed == 1 and len(Pool.released) == 1

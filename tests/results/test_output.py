@@ -4,6 +4,8 @@ bytes from many workers through retries, timeouts and deaths as from one clean w
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -295,3 +297,44 @@ def test_an_interrupted_step_leaves_no_partial_output(tmp_path):
     partial.ended(0, parts[0])
     partial.close(keep=False)
     assert list(dest.parent.iterdir()) == []
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_an_assembled_output_has_the_umasks_mode_as_an_uninterrupted_one(tmp_path):
+    from daskprs.results.output import PartialOutput, assemble
+
+    parts = []
+    for i in range(3):
+        (tmp_path / f"p{i}").write_bytes(f"row {i}\n".encode())
+        parts.append(str(tmp_path / f"p{i}"))
+    expected = 0o666 & ~_umask()
+    # a resume or rerun: assembled at the end
+    assemble(parts, str(tmp_path / "resumed" / "out.txt"))
+    assert (tmp_path / "resumed" / "out.txt").stat().st_mode & 0o777 == expected
+    # a fresh step: grown while it ran, then renamed into place
+    dest = str(tmp_path / "fresh" / "out.txt")
+    growing = PartialOutput(dest, [0, 1, 2])
+    for i, part in enumerate(parts):
+        growing.ended(i, part)
+    growing.close()
+    assemble(parts, dest)
+    assert (tmp_path / "fresh" / "out.txt").stat().st_mode & 0o777 == expected
+
+
+def test_temporary_files_a_killed_assembly_left_are_replaced_by_the_next(tmp_path):
+    from daskprs.results.output import assemble, partial_path, temporary_path
+
+    (tmp_path / "p0").write_bytes(b"row\n")
+    dest = tmp_path / "out" / "parallel_run_step.txt"
+    dest.parent.mkdir()
+    # what a driver killed during the final assembly, or while the output grew, leaves
+    Path(temporary_path(str(dest))).write_bytes(b"half a row")
+    Path(partial_path(str(dest))).write_bytes(b"half")
+    assemble([str(tmp_path / "p0")], str(dest))
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["parallel_run_step.txt"]
+    assert dest.read_bytes() == b"row\n"

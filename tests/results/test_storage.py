@@ -1,0 +1,85 @@
+"""Where the run writes fills up or cannot be written: a clear error naming the path and what
+to do, found as early as it can be; the partial output removed so the space comes back."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import make_files, write_job
+
+pytestmark = pytest.mark.slow
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, options: str) -> Iterator[Path]:
+    """A small filesystem of our own mounted at ``where`` (root only), unmounted after."""
+    where.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); needs root")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+MANY_ROWS = """
+import os
+
+def run(mini_batch):
+    return [os.path.basename(p) + " " + "x" * 200 for p in mini_batch for _ in range(500)]
+"""
+
+
+def with_output(job: Path, folder: Path) -> Path:
+    """The job with its output ``result`` at ``folder`` (an explicit path)."""
+    text = job.read_text()
+    default = "      result:\n        type: uri_file\n"
+    assert default in text
+    job.write_text(
+        text.replace(default, f"      result:\n        type: uri_folder\n        path: {folder}\n")
+    )
+    return job
+
+
+def daskprs(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "daskprs", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_a_full_disk_under_the_output_is_one_clear_line_and_no_leftovers(tmp_path):
+    make_files(tmp_path / "data", 6)
+    with tmpfs(tmp_path / "small", "size=256k") as small:
+        job = write_job(
+            tmp_path, MANY_ROWS, input_yaml="type: uri_folder\npath: ./data", mini_batch_size='"1"'
+        )
+        with_output(job, small / "out")
+        run_dir = tmp_path / "run"
+        proc = daskprs("run", str(job), "--workers", "1", "--run-dir", str(run_dir))
+        assert proc.returncode == 42, proc.stderr
+        assert "no space left on the device" in proc.stderr
+        assert f"continue with: daskprs run --resume {run_dir}" in proc.stderr
+        assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+        # nothing half-written is left taking the space
+        assert [p.name for p in (small / "out").iterdir()] == []
+
+
+def test_an_output_location_that_cannot_be_written_is_found_before_anything_runs(tmp_path):
+    make_files(tmp_path / "data", 2)
+    with tmpfs(tmp_path / "readonly", "ro,size=64k") as readonly:
+        job = write_job(tmp_path, MANY_ROWS, input_yaml="type: uri_folder\npath: ./data")
+        with_output(job, readonly / "out")
+        proc = daskprs("run", str(job), "--run-dir", str(tmp_path / "run"))
+        assert proc.returncode == 2, proc.stderr
+        assert f"cannot write the output {readonly / 'out'}" in proc.stderr
+        assert "cluster" not in proc.stderr  # found before any cluster started
