@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from daskprs.errors import Interrupted, StorageFull, UserInputError
+from daskprs.errors import DaskprsError, Interrupted, StorageFull, UserInputError
 from daskprs.execute.devices import processes_per_instance
 from daskprs.execute.resume import Mode
 from daskprs.job.model import ClusterSpec, Job
@@ -27,7 +28,7 @@ from daskprs.pipeline import ClusterChoice, JobSession, StepsRunner
 from daskprs.results import fingerprint, reuse
 from daskprs.results.jobresult import JobResult
 from daskprs.results.output import no_space
-from daskprs.rundir import RunDir, write_json
+from daskprs.rundir import RunDir, pid_alive, write_json
 from daskprs.rundir import default_run_dir as _default_run_dir
 from daskprs.settings import EnvSettings
 
@@ -74,11 +75,57 @@ def _embedded_workers(asked: int, workers: int | None, cores: int) -> tuple[int,
     )
 
 
+def _never_began(run: RunDir) -> bool:
+    """Whether ``run`` holds a run that stopped before any step began (refused at its start:
+    an unreachable scheduler, an input that cannot be planned), which a new run may take over:
+    no try, no command step and no reused step on record, no entry-script log, no driver."""
+    if run.read_record() is None:
+        return False
+    owner = run.lock_owner()
+    if owner is not None and pid_alive(owner):
+        return False
+    began = ("ledger.jsonl", "done", "reused.json", "reuse.json")
+    for _, _, files in os.walk(run.steps_root):
+        if any(name in began or name.startswith("ledger") for name in files):
+            return False
+    return not any(os.path.exists(os.path.join(run.logs.root, d)) for d in ("user", "steps"))
+
+
+def _interrupted(result: JobResult) -> bool:
+    return (result.failure or "").startswith("interrupted")
+
+
+def _outcome_word(result: JobResult) -> str:
+    """The run's outcome as ``logs/job_result.txt`` says it, and ``status`` reads it."""
+    if result.ok:
+        return "succeeded"
+    return "INTERRUPTED" if _interrupted(result) else "FAILED"
+
+
+def _final_line(result: JobResult, root: str) -> str:
+    """The console's last line: the outcome, and the failed mini-batches a success had."""
+    if not result.ok:
+        return f"job FAILED: {result.failure} ({root})"
+    failed = sum(1 for s in result.steps for f in s.failed if f.state == "FAILED")
+    cancelled = sum(1 for s in result.steps for f in s.failed if f.state == "CANCELLED")
+    if not failed and not cancelled:
+        return f"job succeeded ({root})"
+    what = ", ".join(
+        f"{n} mini-batch{'es' if n != 1 else ''} {word}"
+        for n, word in ((failed, "failed"), (cancelled, "cancelled"))
+        if n
+    )
+    return (
+        f"job succeeded with {what}, within its thresholds ({root}); after fixing the script, "
+        f"`daskprs rerun-failed {root}` reruns them"
+    )
+
+
 def _write_results(run: RunDir, result: JobResult, job: Job) -> None:
     failed = [f for s in result.steps for f in s.failed]
     logs.write_jsonl(run.failed_mini_batches, (f.to_json() for f in failed))
     lines = [f"job: {job.source}", f"run: {job.name}", f"run directory: {run.root}"]
-    lines.append("outcome: " + ("succeeded" if result.ok else "FAILED"))
+    lines.append(f"outcome: {_outcome_word(result)}")
     lines += [f"note: {n}" for n in result.notes]
     for step, earlier in result.reused.items():
         lines.append(
@@ -97,10 +144,17 @@ def _write_results(run: RunDir, result: JobResult, job: Job) -> None:
         lines.append(f"output {name}: {path}")
     if not result.ok:
         lines.append(f"failure: {result.failure}")
+    if _interrupted(result):
+        lines.append(f"continue with: daskprs run --resume {run.root}")
+    elif failed:
         lines.append(
             "look first at: failed_mini_batches.jsonl, logs/job_error.txt and "
             "logs/user/error/<node>/<process>.txt"
         )
+        if result.ok:
+            lines.append(f"after fixing the script: daskprs rerun-failed {run.root}")
+    elif not result.ok:
+        lines.append("look first at: the failure above, then logs/sys/daskprs.log")
     logs.write_text(run.logs.job_result, "\n".join(lines))
     errors = [
         f"step {f.step} mini-batch {f.id} ({f.status}, {f.tries} tries): "
@@ -186,10 +240,18 @@ def run_job(
         )
     run_dir = os.path.abspath(os.fspath(run_dir)) if run_dir else default_run_dir(job_file)
     if os.path.isdir(run_dir) and os.listdir(run_dir):
-        raise UserInputError(
-            f"the run directory {run_dir} exists and is not empty. Give a new --run-dir, or "
-            f"continue that run with `daskprs run --resume {run_dir}`."
+        if not _never_began(RunDir(run_dir)):
+            raise UserInputError(
+                f"the run directory {run_dir} exists and is not empty. Give a new --run-dir, "
+                f"or continue that run with `daskprs run --resume {run_dir}`."
+            )
+        echo(
+            f"note: the run directory {run_dir} holds a run that stopped before any step "
+            "began (see its logs/job_result.txt); this run starts over in it"
         )
+        for name in os.listdir(run_dir):
+            path = os.path.join(run_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
     io = {
         "input_path": os.fspath(input_path) if input_path is not None else None,
         "output_path": os.fspath(output_path) if output_path is not None else None,
@@ -373,6 +435,9 @@ def _execute(session: JobSession, cluster: tuple[ClusterChoice, list[str]]) -> J
     except (KeyboardInterrupt, Interrupted) as err:
         result.failure = f"interrupted: {err}" if str(err) else "interrupted"
         raise
+    except DaskprsError as err:  # found before or between steps: the records say so too
+        result.failure = result.failure or str(err)
+        raise
     except OSError as err:
         if not no_space(err):
             raise
@@ -390,5 +455,5 @@ def _execute(session: JobSession, cluster: tuple[ClusterChoice, list[str]]) -> J
         run.unlock()
     for name, path in result.outputs.items():
         echo(f"output {name}: {path}")
-    echo(("job succeeded" if result.ok else f"job FAILED: {result.failure}") + f" ({run.root})")
+    echo(_final_line(result, run.root))
     return result

@@ -6,6 +6,7 @@ Standard library only; every layer uses it (the entry-script process too).
 
 from __future__ import annotations
 
+import itertools
 import os
 import posixpath
 import re
@@ -61,6 +62,10 @@ _SECRET_PART = re.compile(
     r"|privatekey|sig|signature|sas|auth|authorization|connectionstring",
     re.IGNORECASE,
 )
+# A connection string (``Server=...;Password=...``), named in one part or two: ``conn_str``,
+# ``--connstr``, ``connection-string``, ``AZURE_STORAGE_CONNECTION_STRING``, ``ConnStr``;
+# and a DSN, which holds the user and password as often as not.
+_CONNECTION = re.compile(r"conn(?:ection)?str(?:ing)?|dsn", re.IGNORECASE)
 # scheme://user:PASSWORD@host
 _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)([^/\s@]+)(@)")
 # ?sig=SECRET&... (an Azure SAS), X-Amz-Signature=..., token=...
@@ -69,18 +74,24 @@ _QUERY = re.compile(r"(?P<head>[?&;](?P<name>[\w.-]+)=)(?P<value>[^&#\s'\"]+)")
 _ASSIGNED = re.compile(
     r"(?<![/\w.-])(?P<head>(?P<name>[A-Za-z_][\w.-]*)['\"]?\s*[=:]\s*['\"]?)(?P<value>[^\s'\",;}&]+)"
 )
-# --name SECRET, and in a list written out: "--name", "SECRET"
+# --name=SECRET (one argument, argparse's `=` form), --name SECRET, and in a list written out:
+# "--name", "SECRET". Only the flag is matched; its value (the lookahead) runs to the next space
+# or quote, so that a connection string is masked whole (see _mask_flags).
 _FLAG = re.compile(
-    r"(?P<head>--?(?P<name>[A-Za-z][\w-]*)(?:['\"]?,\s*['\"]|\s+))"
-    r"(?P<value>[^\s'\",;}&-][^\s'\",;}&]*)"
+    r"(?<![^\s'\"\[(,=])--?(?P<name>[A-Za-z][\w.-]*)=(?=(?P<value>[^\s'\"]+))"
+    r"|--?(?P<name2>[A-Za-z][\w-]*)(?:['\"]?,\s*['\"]|\s+)(?=(?P<value2>[^\s'\"-][^\s'\"]*))"
 )
 
 
 def looks_secret(name: object) -> bool:
     """Whether a variable, setting, parameter or key named ``name`` holds a secret
-    (``AWS_SECRET_ACCESS_KEY``, ``API_TOKEN``, ``db-password``, ``storage_key``, ``sig``)."""
-    parts = re.split(r"[^a-zA-Z0-9]+", str(name))
-    return any(_SECRET_PART.fullmatch(p) for p in parts if p)
+    (``AWS_SECRET_ACCESS_KEY``, ``API_TOKEN``, ``db-password``, ``storage_key``, ``sig``, a
+    connection string: ``conn_str``, ``connection_string``, ``dsn``)."""
+    parts = [p for p in re.split(r"[^a-zA-Z0-9]+", str(name)) if p]
+    if any(_SECRET_PART.fullmatch(p) for p in parts):
+        return True
+    pairs = (a + b for a, b in itertools.pairwise(parts))
+    return any(_CONNECTION.fullmatch(p) for p in (*parts, *pairs))
 
 
 def _mask(match: re.Match) -> str:
@@ -101,9 +112,24 @@ def redact(text: str) -> str:
     if not text:
         return text
     text = _URL_PASSWORD.sub(rf"\1{REDACTED}\3", text)
-    for pattern in (_QUERY, _ASSIGNED, _FLAG):
+    for pattern in (_QUERY, _ASSIGNED):
         text = pattern.sub(_mask, text)
-    return text
+    return _mask_flags(text)
+
+
+def _mask_flags(text: str) -> str:
+    """``text`` with the value after each secret-looking flag masked: up to the next space or
+    quote, so ``--conn_str Server=x;Uid=u;Pass=y`` leaves nothing of the string. A flag that
+    is not secret consumes nothing, so a flag inside its value is still seen."""
+    out, pos = [], 0
+    for match in _FLAG.finditer(text):
+        name = match["name"] or match["name2"]
+        value = match["value"] or match["value2"]
+        if match.start() < pos or value == REDACTED or not looks_secret(name):
+            continue
+        out += [text[pos : match.end()], REDACTED]
+        pos = match.end() + len(value)
+    return "".join([*out, text[pos:]])
 
 
 def _secret_key(key: object) -> bool:
@@ -117,15 +143,21 @@ def _scalar(value: Any) -> bool:
 def redact_data(data: Any) -> Any:
     """A copy of JSON-like ``data`` with every value under a secret-looking key replaced by
     :data:`REDACTED` (for a flat key such as ``jobs.score.environment_variables.API_TOKEN``,
-    its last part counts), every value after a secret-looking flag in a list too, and every
-    string passed through :func:`redact`."""
+    its last part counts), every value after a secret-looking flag in a list too
+    (``["--api-key", "SECRET"]``), and every string passed through :func:`redact` (which
+    masks ``"--api-key=SECRET"``)."""
     if isinstance(data, dict):
         return {
             k: REDACTED if _secret_key(k) and _scalar(v) else redact_data(v)
             for k, v in data.items()
         }
     if isinstance(data, list | tuple):  # an argv: ["--api-key", "SECRET"]
-        flags = [isinstance(v, str) and v.startswith("-") and looks_secret(v) for v in data]
+        # a flag that takes the next item as its value; "--api-key=SECRET" is one item, and
+        # redact masks it
+        flags = [
+            isinstance(v, str) and v.startswith("-") and "=" not in v and looks_secret(v)
+            for v in data
+        ]
         return [
             REDACTED if i and flags[i - 1] and _scalar(v) else redact_data(v)
             for i, v in enumerate(data)

@@ -19,7 +19,7 @@ from daskprs.execute.cluster import open_cluster
 from daskprs.execute.lazycluster import LazyCluster
 from daskprs.execute.resume import Mode, input_change
 from daskprs.execute.step import StepRequest, run_parallel_step
-from daskprs.inputs.plan import Plan, plan_input
+from daskprs.inputs.plan import Plan, plan_input, same_cuts
 from daskprs.inputs.planfile import read_plan, write_plan
 from daskprs.job.model import ClusterSpec, CommandStep, Job, ParallelStep
 from daskprs.observe.progress import Progress
@@ -137,7 +137,12 @@ class ClusterChoice:
             "cluster_spec": self.cluster_spec,
             "settings": settings,
         }
-        return LazyCluster(lambda: open_cluster(**kwargs), echo, given=self.client is not None)
+        return LazyCluster(
+            lambda: open_cluster(**kwargs),
+            echo,
+            given=self.client is not None,
+            connects=self.scheduler is not None,
+        )
 
 
 @dataclass
@@ -321,8 +326,10 @@ class StepsRunner:
                 self.s.run.write_record(self.s.record)
             if saved.batches == fresh.batches or not self.s.force:
                 return saved
-            if os.path.exists(where.ledger):
-                # the mini-batch ids no longer mean the same inputs: start the step over
+            if os.path.exists(where.ledger) and not same_cuts(saved.batches, fresh.batches):
+                # the mini-batch ids no longer mean the same inputs: start the step over (with
+                # the same cuts the fresh plan only brings the files' new sizes and times,
+                # which the reads of the rest check)
                 os.replace(where.ledger, f"{where.ledger}.before-force-{int(time.time())}")
         inputs[step.name] = new
         os.makedirs(where.root, exist_ok=True)

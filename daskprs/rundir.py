@@ -14,6 +14,7 @@ import it.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -192,37 +193,82 @@ class RunDir:
 
     # -- the lock ----------------------------------------------------------------------------
     def lock(self) -> str:
-        """Take the run's lock, so two drivers never run the same run at once; a lock left
-        by a driver that was killed is taken over. Raise :class:`RunLocked` when a live
-        process holds it."""
+        """Take the run's lock, so two drivers never run the same run at once.
+
+        The lock is ``flock`` on ``run.lock``, held open for the life of the run: the kernel
+        lets one process hold it and releases it when that process ends, however it ends, so a
+        lock left by a driver that was killed is simply taken. The holder's pid is written in
+        the file for ``status`` (:meth:`lock_owner`).
+
+        Raises
+        ------
+        RunLocked
+            Another process holds the lock (it is running this run now).
+        """
         path = self.lock_file
-        for _ in range(2):
+        if path in _HELD:  # this process runs the run already: a second driver here
+            raise RunLocked(self.root, os.getpid())
+        give_up = time.monotonic() + _LOCK_PATIENCE
+        refused = 0
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                refused += 1
                 pid = _lock_owner(path)
-                if pid and pid_alive(pid):
+                # a `status` may hold the lock for an instant, and a new holder may not have
+                # written its pid yet (the file names the killed driver): ask again for a
+                # moment before saying a driver runs the run
+                if (refused > 1 and pid and pid_alive(pid)) or time.monotonic() > give_up:
                     raise RunLocked(self.root, pid) from None
-                try:
-                    os.unlink(path)  # left by a driver that was killed
-                except FileNotFoundError:
-                    pass
+                time.sleep(0.05)
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
+            if not _same_file(fd, path):  # its holder removed it as we opened it: again
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            _HELD[path] = fd
+            _forget_locks_in_forks()
             return path
-        raise RunLocked(self.root, _lock_owner(path))
 
     def lock_owner(self) -> int | None:
-        """The pid written in the lock (a driver running the run, or one that was killed),
-        or None when there is no lock."""
-        return _lock_owner(self.lock_file) or None
+        """The pid of the process holding the run's lock (a driver running the run now), or
+        None when no process holds it (no lock file, or one left by a driver that ended)."""
+        path = self.lock_file
+        if path in _HELD:
+            return os.getpid()
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            try:
+                # a shared lock is refused only while a driver holds the exclusive one
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _lock_owner(path) or None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
 
     def unlock(self) -> None:
+        """Release the lock this process holds (nothing when it holds none), removing
+        ``run.lock``."""
+        path = self.lock_file
+        fd = _HELD.pop(path, None)
+        if fd is None:
+            return
         try:
-            os.unlink(self.lock_file)
+            # removed while still held: whoever opened it meanwhile sees it is not the file
+            # at the path any more and opens again (see `_same_file`)
+            os.unlink(path)
         except FileNotFoundError:
             pass
+        os.close(fd)
 
 
 def default_run_dir(stem: str, now: float | None = None) -> str:
@@ -246,6 +292,45 @@ def _lock_owner(path: str) -> int:
             return int(f.read().strip() or 0)
     except (OSError, ValueError):
         return 0
+
+
+# The run locks this process holds: the path of each ``run.lock``, and the descriptor whose
+# open file carries the ``flock`` (closing it releases the lock).
+_HELD: dict[str, int] = {}
+
+# Seconds ``lock`` asks again (every 50 ms) while the lock is held by a process not known
+# alive: a driver that has not written its pid yet, or a ``status`` probing the lock. A
+# driver that is alive is refused at the second ask.
+_LOCK_PATIENCE = 2.0
+
+_fork_hook: list[bool] = []
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """Whether ``fd`` is still the file at ``path`` (a holder that unlocked removed it)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _forget_locks_in_forks() -> None:
+    """A forked child shares the lock's open file: close it there, so a child that outlives
+    a killed driver does not keep the run locked (the parent's lock is not affected)."""
+    if not _fork_hook:
+        _fork_hook.append(True)
+        os.register_at_fork(after_in_child=_close_held)
+
+
+def _close_held() -> None:
+    for fd in _HELD.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
 
 
 def pid_alive(pid: int) -> bool:

@@ -191,7 +191,9 @@ VARIABLES: dict[str, Variable] = {
             "an address [HOST]:PORT (PORT 0 to 65535; 0: any free port)",
             ":8787",
             ":0",
-            "Where the embedded cluster serves the Dask dashboard (`:0`: any free port).",
+            "Where the embedded cluster serves the Dask dashboard (`:0`: any free port). "
+            "Without a HOST it listens on 127.0.0.1 only, like the embedded scheduler and "
+            "workers; give one to open it to other machines (`0.0.0.0:8787`: every interface).",
             _dashboard,
         ),
         Variable(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 import daskprs
-from daskprs.api import default_run_dir
+from daskprs.api import _choose_cluster, default_run_dir
 from daskprs.errors import UserInputError
 from daskprs.execute.step import check_workers
 from daskprs.execute.worker import check_worker
-from daskprs.job.model import DataInput, ParallelStep
+from daskprs.job.model import DataInput, Job, ParallelStep
 
 
 class FakeClient:
@@ -29,6 +29,45 @@ def step(tmp_path):
         entry_script="score.py",
         code_dir=str(tmp_path / "code"),
     )
+
+
+def azure_sized_job(tmp_path, instance_count=50, concurrency=2) -> Job:
+    sized = ParallelStep(
+        name="score",
+        input_data=DataInput("data", "uri_folder", str(tmp_path / "data")),
+        entry_script="score.py",
+        code_dir=str(tmp_path / "code"),
+        instance_count=instance_count,
+        max_concurrency_per_instance=concurrency,
+    )
+    return Job(str(tmp_path / "job.yml"), "pipeline", (sized,), "r", str(tmp_path / "run"))
+
+
+def test_the_embedded_cluster_starts_a_few_workers_per_core_unless_workers_asks(tmp_path):
+    echoed: list[str] = []
+    job = azure_sized_job(tmp_path)  # 50 x 2 processes asked for, on 2 cores
+    choice, notes = _choose_cluster(job, None, None, None, None, echoed.append, cores=2)
+    assert choice.n_workers == 8
+    (note,) = notes
+    assert note == (
+        "the job file asks for 100 worker processes (instance_count x "
+        "max_concurrency_per_instance); the embedded cluster starts 8 (4 x the 2 cores here). "
+        "The results are the same (byte-identical) with any number of workers, only the speed "
+        "changes; give --workers 100 to start them all"
+    )
+    assert echoed == [f"note: {note}"]
+    # --workers is honoured, with a note when it is far above the cores
+    choice, notes = _choose_cluster(job, None, 100, None, None, echoed.append, cores=2)
+    assert choice.n_workers == 100 and "compete for the cores" in notes[0]
+    choice, notes = _choose_cluster(job, None, 3, None, None, echoed.append, cores=2)
+    assert (choice.n_workers, notes) == (3, [])
+    # a job that fits starts what it asks for, without a note
+    small = azure_sized_job(tmp_path, instance_count=2, concurrency=2)
+    choice, notes = _choose_cluster(small, None, None, None, None, echoed.append, cores=2)
+    assert (choice.n_workers, notes) == (4, [])
+    # a given cluster is used as it is
+    choice, notes = _choose_cluster(job, "tcp://h:8786", None, None, None, echoed.append, cores=2)
+    assert (choice.scheduler, notes) == ("tcp://h:8786", [])
 
 
 def test_check_workers_accepts_a_matching_cluster(tmp_path):

@@ -57,6 +57,17 @@ def digest(text: str) -> str:
         ("--api-key xyz --model m", "--api-key *** --model m"),
         ('["--db-password", "pw"]', '["--db-password", "***"]'),
         ("X-Amz-Signature=abcd&X-Amz-Credential=AK/1", "X-Amz-Signature=***&X-Amz-Credential=***"),
+        # argparse's one-argument form, and connection strings masked whole
+        ("--password=hunter2 --n 1", "--password=*** --n 1"),
+        ('["--password=hunter2", "--n", "1"]', '["--password=***", "--n", "1"]'),
+        ("--conn_str Server=x;Uid=u;Pass=y --n 1", "--conn_str *** --n 1"),
+        ('["--conn_str", "Server=x;Pass=y"]', '["--conn_str", "***"]'),
+        ("--connection-string=Server=x;Pass=y", "--connection-string=***"),
+        ("--dsn postgres://u@h/db?x=1", "--dsn ***"),
+        ("ARGS=--api_key=k1", "ARGS=--api_key=***"),
+        ("--api-key --model m", None),  # a flag without its value
+        ("--input=/data/key/x.csv --model=keyboard", None),
+        ("/data/sort-key=3/f.csv --reconnect_strategy=fast", None),
         # what is not a secret stays as it is
         ("the token expired at --task_overhead_timeout 30", None),
         ("tokenizer=bert keyboard=us signal=9 --mini_batch_size 10", None),
@@ -71,7 +82,12 @@ def test_redact(text, expected):
 def test_secret_names_and_data():
     for name in ("AWS_SECRET_ACCESS_KEY", "API_TOKEN", "db-password", "storage_key", "sig"):
         assert looks_secret(name), name
+    connection = ("--conn_str", "conn_string", "connection_string", "--connstr", "dsn", "ConnStr")
+    for name in (*connection, "AZURE_STORAGE_CONNECTION_STRING", "ODBC_DSN"):
+        assert looks_secret(name), name
     for name in ("PATH", "HOME", "TOKENIZERS_PARALLELISM", "KEYBOARD", "signal", "partition_keys"):
+        assert not looks_secret(name), name
+    for name in ("reconn_strategy", "connection", "conn", "string", "str"):
         assert not looks_secret(name), name
     data = {"env": {"API_TOKEN": "t", "HOME": "/h"}, "argv": ["--api-key", "k", "--n", "1"]}
     assert redact_data(data) == {
@@ -80,6 +96,16 @@ def test_secret_names_and_data():
     }
     flat = {"jobs.token_counter.timeout": 5, "jobs.s.environment_variables.DB_PASSWORD": "p"}
     assert redact_data(flat) == {**flat, "jobs.s.environment_variables.DB_PASSWORD": REDACTED}
+
+
+def test_flags_with_their_value_in_one_item_are_masked_and_do_not_mask_the_next():
+    argv = ["--password=hunter2", "--n", "1", "--conn_str", "Server=x;Password=y", "--m=2", "k"]
+    assert redact_data(argv) == ["--password=***", "--n", "1", "--conn_str", REDACTED, "--m=2", "k"]
+    sets = ["jobs.s.task.program_arguments=--token=t1 --n 1", "inputs.n=3"]
+    assert redact_data(sets) == ["jobs.s.task.program_arguments=--token=*** --n 1", sets[1]]
+    # written into one string (as run.json keeps a step's program arguments)
+    text = '["--password=hunter2", "--conn_str", "Server=x;Uid=u;Pass=y"]'
+    assert redact(text) == '["--password=***", "--conn_str", "***"]'
 
 
 def every_file(root: Path):
@@ -126,3 +152,36 @@ def test_planted_secrets_reach_the_script_and_no_file_or_message(tmp_path, monke
     for result in (run, status, report, validate):
         for secret in SECRETS:
             assert secret not in result.output
+
+
+ARGV_SCRIPT = """
+import hashlib, sys
+
+def run(mini_batch):
+    return [hashlib.sha256(" ".join(sys.argv[1:]).encode()).hexdigest()[:12] for _ in mini_batch]
+"""
+
+
+@pytest.mark.slow
+def test_one_argument_flags_and_connection_strings_reach_the_script_and_no_record(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    make_files(tmp_path / "data", 1)
+    job = write_job(
+        tmp_path,
+        ARGV_SCRIPT,
+        input_yaml="type: uri_folder\npath: ./data",
+        program_arguments="--password=hunter2 --conn_str Server=x;Password=y --n 1",
+    )
+    run = CliRunner().invoke(cli, ["run", str(job), "--run-dir", "run", "--workers", "1"])
+    assert run.exit_code == 0, run.output
+    argv = "--password=hunter2 --conn_str Server=x;Password=y --n 1"
+    assert output_of(tmp_path / "run").read_text().split() == [digest(argv)]
+    for name in ("job.json", "run.json"):
+        text = (tmp_path / "run" / name).read_text()
+        assert "hunter2" not in text and "Password=y" not in text and "Server=x" not in text
+        assert "--password=***" in text and "--n" in text, text
+    for path, data in every_file(tmp_path / "run"):
+        assert b"hunter2" not in data and b"Password=y" not in data, path
+    assert "hunter2" not in run.output

@@ -13,8 +13,9 @@ handed back by a worker that leaves (``handback``), the code folder shipped to w
 cannot see it (``codefolder``), the check of the entry script's imports before the first
 mini-batch (``preflight``), the GPUs a worker sees and the entry-script processes a node
 runs (``devices``), getting a Dask client (``cluster``), starting it in advance and taking
-it when a step needs it (``lazycluster``), and the TLS certificates of a ``tls://``
-scheduler (``tls``).
+it when a step needs it (``lazycluster``), Dask's messages in the embedded cluster's workers
+sent to the run's log (``dasklogs``), and the TLS certificates of a ``tls://`` scheduler
+(``tls``).
 
 May import: every layer below (:mod:`daskprs.errors`, :mod:`daskprs.paths`,
 :mod:`daskprs.settings`, :mod:`daskprs.rundir`, :mod:`daskprs.job`, :mod:`daskprs.inputs`,

@@ -4,7 +4,8 @@ that ``daskprs.yaml`` names by its class (:class:`~daskprs.job.model.ClusterSpec
 The embedded cluster has one single-threaded worker process per slot and sets
 ``distributed.scheduler.allowed-failures`` to 0, so a task whose worker died is reported to
 the supervisor (which counts the try) instead of being run again silently
-(docs/design.md#exactly-once-claims-and-the-ledger).
+(docs/design.md#exactly-once-claims-and-the-ledger). It listens on 127.0.0.1 only (its
+dashboard too, unless ``DASKPRS_DASHBOARD`` names a host: :func:`dashboard_address`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from daskprs.errors import UserInputError
 from daskprs.job.model import ClusterSpec
 from daskprs.settings import EnvSettings
 
-__all__ = ["ClusterHandle", "open_cluster"]
+__all__ = ["ClusterHandle", "dashboard_address", "open_cluster"]
 
 
 @dataclass
@@ -30,6 +31,34 @@ class ClusterHandle:
     n_workers: int
     local: bool
     start_seconds: float = 0.0
+
+
+def dashboard_address(value: str) -> str:
+    """``DASKPRS_DASHBOARD`` as the embedded cluster binds it: an address without a host
+    (``:0``, ``8787``) is on the loopback only (``127.0.0.1:0``), as the link printed says;
+    one with a host (``0.0.0.0:8787``, an interface's address) is served there.
+
+    Parameters
+    ----------
+    value : str
+        A checked ``DASKPRS_DASHBOARD`` value (:class:`~daskprs.settings.EnvSettings`): an
+        address or a comma list of them.
+
+    Returns
+    -------
+    str
+        The address list for ``LocalCluster(dashboard_address=...)``.
+    """
+    items = []
+    for item in value.split(","):
+        host, colon, port = item.rpartition(":")
+        if not colon and item.isdigit():  # a bare port
+            host, port = "", item
+        elif not colon:  # a bare host: any port there
+            items.append(item)
+            continue
+        items.append(f"{host or '127.0.0.1'}:{port}")
+    return ",".join(items)
 
 
 def _worker_slots(client: Any) -> int:
@@ -127,14 +156,23 @@ def open_cluster(
         return
     from distributed import LocalCluster
 
+    from daskprs.execute.dasklogs import DaskLogsToFile
+    from daskprs.observe.logs import driver_log_file
+
+    # inside a run, the workers' Dask messages go to the run's log file, as the driver's do
+    log_file = driver_log_file()
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=settings.dashboard,
+            # the scheduler, nannies and workers on the loopback only; the dashboard too,
+            # unless DASKPRS_DASHBOARD names a host (without one it would be on every interface)
+            host="127.0.0.1",
+            dashboard_address=dashboard_address(settings.dashboard),
             memory_limit=0,
             silence_logs=logging.ERROR,
+            plugins=(DaskLogsToFile(log_file),) if log_file else (),
         )
         local = Client(cluster, set_as_default=False)
     try:

@@ -34,6 +34,8 @@ class LazyCluster:
         Where the cluster's size and dashboard address are said when it is first taken.
     given : bool
         The caller gave a client: there is nothing to start in advance.
+    connects : bool
+        The cluster exists already (a scheduler's address): it is connected to, not started.
     """
 
     def __init__(
@@ -41,8 +43,10 @@ class LazyCluster:
         opener: Callable[[], AbstractContextManager[ClusterHandle]],
         echo: Callable[[str], None],
         given: bool = False,
+        connects: bool = False,
     ):
         self._opener, self._echo, self._given = opener, echo, given
+        self._connects = connects
         self._handle: ClusterHandle | None = None
         self._starting: concurrent.futures.Future[ClusterHandle] | None = None
         self._opening: AbstractContextManager[ClusterHandle] | None = None
@@ -71,10 +75,7 @@ class LazyCluster:
         else:
             handle = self._stack.enter_context(self._opener())
         self._handle = handle
-        where = "embedded local cluster" if handle.local else "cluster"
-        self._echo(
-            f"{where}: {handle.n_workers} worker slots, started in {handle.start_seconds:.1f} s"
-        )
+        self._echo(_started_line(handle, self._given or self._connects))
         link = _dashboard_link(handle.client)
         if link:
             self._echo(f"Dask dashboard: {link}")
@@ -100,6 +101,17 @@ class LazyCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _started_line(handle: ClusterHandle, connected: bool) -> str:
+    """What the console says when the cluster is first taken."""
+    if handle.local:
+        where = "embedded local cluster"
+    else:
+        address = getattr(getattr(handle.client, "scheduler", None), "address", None)
+        where = f"cluster at {address}" if address else "cluster"
+    how = "connected" if connected else "started"
+    return f"{where}: {handle.n_workers} worker slots, {how} in {handle.start_seconds:.1f} s"
 
 
 def _dashboard_link(client: Any) -> str | None:

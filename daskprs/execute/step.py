@@ -144,9 +144,10 @@ def run_parallel_step(request: StepRequest, cluster: Callable[[], ClusterHandle]
         stop, summary = verdict_of(items, session.prior, policy)
         seconds = 0.0
     output = None
+    parts = _parts(state)
     if step.append_row_to is not None and not request.structured_parts:
         if stop.budget != Budget.RUN_DIRECTORY:
-            stop = _assemble(step.append_row_to, _parts(state), stop, _resume_hint(request))
+            stop = _assemble(step.append_row_to, parts, stop, _resume_hint(request))
         written = stop.budget not in (Budget.RUN_DIRECTORY, Budget.STORAGE)
         output = step.append_row_to if written else None
     return StepOutcome(
@@ -158,7 +159,7 @@ def run_parallel_step(request: StepRequest, cluster: Callable[[], ClusterHandle]
         failed=tuple(failed_mini_batches(step.name, plan.by_index, state)),
         seconds=seconds,
         plan_seconds=plan.seconds,
-        parts=_parts(state),
+        parts=parts,
     )
 
 

@@ -60,6 +60,10 @@ class TablePiece:
     file. ``skip_header`` says the piece begins with the file's header line. For parquet,
     ``row_groups`` lists the row groups to read (None: all). ``n_rows`` is known when the
     planner learnt it from metadata (parquet footers, a row scan).
+
+    ``file_size`` and ``file_mtime`` are the file's size and modification time when it was
+    planned (None: not known, as in plans written before daskprs recorded them): a read checks
+    them first, since cuts and row groups of a file rewritten since mean other rows.
     """
 
     path: str
@@ -68,6 +72,8 @@ class TablePiece:
     skip_header: bool = False
     row_groups: tuple[int, ...] | None = None
     n_rows: int | None = None
+    file_size: int | None = None
+    file_mtime: float | None = None
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"file": self.path}

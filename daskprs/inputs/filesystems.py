@@ -13,7 +13,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["filesystem"]
+__all__ = ["filesystem", "modified_time"]
 
 _FILESYSTEMS: dict[tuple[str, str], Any] = {}
 _LOCK = threading.Lock()
@@ -49,3 +49,32 @@ def filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tu
             _FILESYSTEMS.setdefault(key, fs)
         return fs, path
     return fs, fs._strip_protocol(url)
+
+
+# Where fsspec filesystems put a file's modification time in ``info()`` and ``find()``:
+# local ("mtime"), s3fs ("LastModified"), adlfs ("last_modified"), gcsfs ("updated").
+_MTIME_KEYS = ("mtime", "LastModified", "last_modified", "updated")
+
+
+def modified_time(info: Mapping[str, Any]) -> float | None:
+    """A file's modification time in seconds since the epoch, from an fsspec ``info()`` or
+    ``find(detail=True)`` entry; None when it has none or it is a link (a local listing gives
+    a link's own time there, a ``stat`` its target's, so the two could not be compared)."""
+    if info.get("islink"):
+        return None
+    for key in _MTIME_KEYS:
+        value = info.get(key)
+        if value is None:
+            continue
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            from datetime import datetime
+
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                return None
+        timestamp = getattr(value, "timestamp", None)
+        return float(timestamp()) if callable(timestamp) else None
+    return None

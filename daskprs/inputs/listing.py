@@ -5,6 +5,8 @@ and MLTable ``paths:``, into sorted :class:`ListedFile` values.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import posixpath
 import re
@@ -14,23 +16,30 @@ from operator import itemgetter
 from typing import Any
 
 from daskprs.errors import PlanningError
-from daskprs.inputs.filesystems import filesystem
+from daskprs.inputs.filesystems import filesystem, modified_time
 from daskprs.inputs.mltable import MLTABLE_FILE, MLTableSpec, load_mltable
 from daskprs.job.model import DataInput
 
 __all__ = ["ListedFile", "Listing", "Storage", "list_files", "list_input"]
 
 _MAGIC = re.compile(r"[*?\[]")
+# What a listing finds of one file: (path, path below the listed folder, size, mtime)
+_Found = tuple[str, str, int | None, float | None]
+_SKIP_HINT = "fix it (or its permissions), or move it out of the input"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ListedFile:
     """A file of the input: ``url`` is what descriptors carry (an absolute local path or a full
-    URL), ``rel`` the path relative to the input root (the sort key), ``size`` in bytes."""
+    URL), ``rel`` the path relative to the input root (the sort key), ``size`` in bytes,
+    ``mtime`` its modification time (:func:`~daskprs.inputs.filesystems.modified_time`) when
+    the listing gave one."""
 
     url: str
     rel: str
     size: int | None = None
+    mtime: float | None = None
 
 
 def _is_local(fs: Any) -> bool:
@@ -155,38 +164,78 @@ def _plain_local(fs: Any) -> bool:
     )
 
 
-def _walk_local(folder: str) -> list[tuple[str, str, int | None]]:
-    """``(path, rel, size)`` of the files below ``folder`` that :func:`_hidden` keeps: what
-    ``LocalFileSystem.find(folder, detail=True)`` lists (filtered), at a fraction of its cost.
+def _stat_of(entry: os.DirEntry) -> os.stat_result | None:
+    """The stat of a listed file: its target's for a symlink, None for a link to nothing
+    (listed with size 0, as fsspec does)."""
+    if entry.is_symlink():
+        try:
+            return entry.stat()
+        except FileNotFoundError:
+            return None
+    return entry.stat(follow_symlinks=False)
+
+
+def _walk_local(folder: str, skipped: list[str] | None = None) -> list[_Found]:
+    """``(path, rel, size, mtime)`` of the files below ``folder`` that :func:`_hidden` keeps:
+    what ``LocalFileSystem.find(folder, detail=True)`` lists (filtered), at a fraction of its
+    cost.
 
     As fsspec's walk, every entry that is not a folder counts as a file, symlinks included
-    (a link's size is its target's, 0 when the target is missing); an entry gone before its
-    ``lstat`` is skipped; a folder that cannot be read is left out whole. Unlike fsspec, a
-    link to a folder is descended like a folder (users link data folders into an input),
-    except into a folder it is already inside, so a link cycle ends. Dot-folders are not
-    descended at all: every file below them is hidden anyway.
+    (a link's size and mtime are its target's; size 0 and no mtime when the target is
+    missing); an entry gone before its ``lstat`` is skipped. Unlike fsspec, a link to a folder
+    is descended like a folder (users link data folders into an input), except into a folder it
+    is already inside, so a link cycle ends. Dot-folders are not descended at all: every file
+    below them is hidden anyway.
+
+    An entry that cannot be examined (a link that loops back to itself, a folder that cannot
+    be read) is left out alone, never with the folder around it: each is named in
+    ``skipped`` (the plan's notes) and in the log.
     """
-    out: list[tuple[str, str, int | None]] = []
+    out: list[_Found] = []
     stack: list[tuple[str, str, frozenset]] = [(folder, "", frozenset())]
     mltable_file = MLTABLE_FILE
+
+    def skip(path: str, what: str, err: OSError) -> None:
+        code = errno.errorcode.get(err.errno or 0, type(err).__name__)
+        note = f"{path}: {what} ({code}: {err.strerror or err}); {_SKIP_HINT}"
+        log.warning("%s", note)
+        if skipped is not None:
+            skipped.append(note)
+
     while stack:
         path, prefix, above = stack.pop()
         try:
             st = os.stat(path)
-        except OSError:
+        except FileNotFoundError:
+            continue  # gone since its folder was listed
+        except OSError as err:
+            skip(path, "folder left out of the input: it cannot be read", err)
             continue
         here = (st.st_dev, st.st_ino)
         if here in above:  # a link back into a folder we are in
             continue
         above = above | {here}
-        files: list[tuple[str, str, int | None]] = []
-        dirs: list[tuple[str, str, frozenset]] = []
         try:
-            with os.scandir(path) as it:
-                for entry in it:
-                    name = entry.name
-                    if name[0] == ".":
-                        continue
+            it = os.scandir(path)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            skip(path, "folder left out of the input: it cannot be listed", err)
+            continue
+        dirs: list[tuple[str, str, frozenset]] = []
+        with it:
+            while True:
+                try:
+                    entry = next(it)
+                except StopIteration:
+                    break
+                except OSError as err:  # keep what was listed before the error
+                    skip(path, "listing this folder failed part-way: the rest is left out", err)
+                    break
+                name = entry.name
+                if name[0] == ".":
+                    continue
+                try:
                     if entry.is_dir(follow_symlinks=False) or (
                         entry.is_symlink() and entry.is_dir()
                     ):
@@ -194,28 +243,25 @@ def _walk_local(folder: str) -> list[tuple[str, str, int | None]]:
                         continue
                     if name == mltable_file:
                         continue
-                    try:
-                        size = entry.stat(follow_symlinks=False).st_size
-                    except FileNotFoundError:
-                        continue
-                    if entry.is_symlink():
-                        try:
-                            size = entry.stat().st_size
-                        except OSError:
-                            size = 0
-                    files.append((entry.path, prefix + name, size))
-        except OSError:
-            continue
-        out += files
+                    found = _stat_of(entry)
+                except FileNotFoundError:
+                    continue
+                except OSError as err:  # ELOOP (a link to itself), EACCES (a locked target)
+                    skip(entry.path, "left out of the input: it cannot be examined", err)
+                    continue
+                if found is None:
+                    out.append((entry.path, prefix + name, 0, None))
+                else:
+                    out.append((entry.path, prefix + name, found.st_size, found.st_mtime))
         stack += dirs
     return out
 
 
-def _find(fs: Any, folder: str) -> list[tuple[str, str, int | None]]:
-    """``(path, rel, size)`` of the files below ``folder``, hidden ones (:func:`_hidden`)
-    left out; ``rel`` is relative to ``folder``."""
+def _find(fs: Any, folder: str, skipped: list[str] | None = None) -> list[_Found]:
+    """``(path, rel, size, mtime)`` of the files below ``folder``, hidden ones
+    (:func:`_hidden`) left out; ``rel`` is relative to ``folder``."""
     if _plain_local(fs):
-        return _walk_local(fs._strip_protocol(folder))
+        return _walk_local(fs._strip_protocol(folder), skipped)
     base = folder.rstrip("/")
     out = []
     for path, info in fs.find(folder, detail=True).items():
@@ -223,16 +269,16 @@ def _find(fs: Any, folder: str) -> list[tuple[str, str, int | None]]:
             continue
         rel = path[len(base) :].lstrip("/")
         if not _hidden(rel):
-            out.append((path, rel, info.get("size")))
+            out.append((path, rel, info.get("size"), modified_time(info)))
     return out
 
 
-def _list_folder(fs: Any, folder: str, url: str) -> list[tuple[str, str, int | None]]:
+def _list_folder(fs: Any, folder: str, url: str, skipped: list[str] | None = None) -> list[_Found]:
     if not fs.exists(folder):
         raise PlanningError(f"{url}: folder not found; check the path (and the MLTable paths)")
     if not fs.isdir(folder):
         raise PlanningError(f"{url}: is a file, not a folder; use 'file:' or type uri_file")
-    out = _find(fs, folder)
+    out = _find(fs, folder, skipped)
     if not out:
         raise PlanningError(
             f"{url}: the folder holds no files (dotfiles and MLTable files are not counted); "
@@ -241,20 +287,22 @@ def _list_folder(fs: Any, folder: str, url: str) -> list[tuple[str, str, int | N
     return out
 
 
-def _list_pattern(fs: Any, pattern: str, url: str) -> list[tuple[str, int | None]]:
+def _list_pattern(
+    fs: Any, pattern: str, url: str, skipped: list[str] | None = None
+) -> list[_Found]:
     comps = pattern.split("/")
     first = next((i for i, c in enumerate(comps) if _MAGIC.search(c)), None)
     if first is None:  # no glob characters: the path itself
         if fs.exists(pattern):
             if fs.isdir(pattern):
-                return [(p, s) for p, _, s in _list_folder(fs, pattern, url)]
-            return [(pattern, fs.size(pattern))]
+                return _list_folder(fs, pattern, url, skipped)
+            return _list_file(fs, pattern, url)
         raise PlanningError(f"{url}: the pattern matches nothing; check the path")
     prefix = "/".join(comps[:first]) or ("/" if pattern.startswith("/") else "")
     rx = _glob_regex("/".join(comps[first:]))
     out = []
     if prefix and fs.isdir(prefix):
-        out = [(path, size) for path, rel, size in _find(fs, prefix) if rx.fullmatch(rel)]
+        out = [f for f in _find(fs, prefix, skipped) if rx.fullmatch(f[1])]
     if not out:
         raise PlanningError(
             f"{url}: the pattern matches no file (dotfiles are never matched); check the "
@@ -263,21 +311,25 @@ def _list_pattern(fs: Any, pattern: str, url: str) -> list[tuple[str, int | None
     return out
 
 
-def _list_file(fs: Any, path: str, url: str) -> list[tuple[str, int | None]]:
+def _list_file(fs: Any, path: str, url: str, skipped: list[str] | None = None) -> list[_Found]:
     try:
         info = fs.info(path)
     except FileNotFoundError as err:
         raise PlanningError(f"{url}: file not found; check the path") from err
     if info.get("type") == "directory":
         raise PlanningError(f"{url}: is a folder, not a file; use 'folder:' or type uri_folder")
-    return [(path, info.get("size"))]
+    return [(path, posixpath.basename(path), info.get("size"), modified_time(info))]
 
 
 @dataclass(frozen=True)
 class Listing:
+    """The files of an input, its root, its MLTable and what was left out (``skipped``:
+    entries that could not be examined, one note each)."""
+
     files: tuple[ListedFile, ...]
     root: str
     spec: MLTableSpec | None
+    skipped: tuple[str, ...] = ()
 
 
 def _rel(path: str, root: str) -> str:
@@ -295,20 +347,21 @@ def list_input(data: DataInput, storage: Storage) -> Listing:
     if path.startswith("file://"):
         path = path[len("file://") :]
     fs, root = storage.resolve(path)
-    entries: list[tuple[Any, str, int | None]] = []
+    entries: list[tuple[Any, _Found]] = []
+    skipped: list[str] = []
     spec = None
     if data.type == "uri_file":
-        entries = [(fs, p, s) for p, s in _list_file(fs, root, path)]
+        entries = [(fs, f) for f in _list_file(fs, root, path)]
         root_dir = posixpath.dirname(root)
     elif data.type == "uri_folder":
-        listed = _list_folder(fs, root, path)
+        listed = _list_folder(fs, root, path, skipped)
         if _plain_local(fs):
             # One local walk: its paths are unique and already public, and each ``rel`` is
             # relative to ``root`` (unique too, so it alone orders them).
             listed.sort(key=itemgetter(1))
-            files = tuple([ListedFile(p, rel, s) for p, rel, s in listed])
-            return Listing(files, root, None)
-        entries = [(fs, p, s) for p, _, s in listed]
+            files = tuple([ListedFile(p, rel, s, m) for p, rel, s, m in listed])
+            return Listing(files, root, None, tuple(skipped))
+        entries = [(fs, f) for f in listed]
         root_dir = root
     elif data.type == "mltable":
         if posixpath.basename(root.rstrip("/")) == MLTABLE_FILE:
@@ -319,11 +372,8 @@ def list_input(data: DataInput, storage: Storage) -> Listing:
         for entry in spec.paths:
             efs, epath = storage.resolve(entry.path)
             where = f"{spec.source}: {entry.path}"
-            if entry.kind == "folder":
-                entries += [(efs, p, s) for p, _, s in _list_folder(efs, epath, where)]
-            else:
-                lister = _list_file if entry.kind == "file" else _list_pattern
-                entries += [(efs, p, s) for p, s in lister(efs, epath, where)]
+            lister = {"folder": _list_folder, "file": _list_file}.get(entry.kind, _list_pattern)
+            entries += [(efs, f) for f in lister(efs, epath, where, skipped)]
     else:
         raise PlanningError(
             f"input '{data.name}': type {data.type!r} cannot be split; use uri_file, uri_folder "
@@ -331,15 +381,15 @@ def list_input(data: DataInput, storage: Storage) -> Listing:
         )
     seen: set[str] = set()
     found: list[ListedFile] = []
-    for efs, p, size in entries:
+    for efs, (p, _, size, mtime) in entries:
         url = storage.public(efs, p)
         if url in seen:
             continue
         seen.add(url)
         rel = _rel(p, root_dir) if efs is fs else url
-        found.append(ListedFile(url=url, rel=rel, size=size))
+        found.append(ListedFile(url=url, rel=rel, size=size, mtime=mtime))
     found.sort(key=lambda f: (f.rel, f.url))
-    return Listing(tuple(found), storage.public(fs, root_dir), spec)
+    return Listing(tuple(found), storage.public(fs, root_dir), spec, tuple(dict.fromkeys(skipped)))
 
 
 def list_files(

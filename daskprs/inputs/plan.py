@@ -31,6 +31,7 @@ __all__ = [
     "Plan",
     "list_files",
     "plan_input",
+    "same_cuts",
 ]
 
 DEFAULT_FILES_PER_BATCH = 10
@@ -272,20 +273,27 @@ class _TabularPlanner:
         return [(s, e, None) for s, e in cuts]
 
     def _pieces_of(self, f: ListedFile, first: bool) -> list[TablePiece]:
+        # The listing's size and mtime, which every read of the file checks before it trusts
+        # a byte range or a row group planned here.
+        stamp: dict[str, Any] = {"file_size": f.size, "file_mtime": f.mtime}
         if self.read.reader == "parquet":
             if self.partition_keys:
                 groups = self._parquet_groups(f)
-                return [TablePiece(f.url, row_groups=None, n_rows=sum(n for _, n in groups))]
-            return [TablePiece(f.url, row_groups=g, n_rows=n) for g, n in self._parquet_groups(f)]
+                rows = sum(n for _, n in groups)
+                return [TablePiece(f.url, row_groups=None, n_rows=rows, **stamp)]
+            return [
+                TablePiece(f.url, row_groups=g, n_rows=n, **stamp)
+                for g, n in self._parquet_groups(f)
+            ]
         has_header = self.read.has_header(first)
         if self.partition_keys:
             size = f.size
             if size is None:
                 fs, path = self._fs(f.url)
                 size = fs.size(path)
-            return [TablePiece(f.url, 0, size, skip_header=has_header)]
+            return [TablePiece(f.url, 0, size, skip_header=has_header, **stamp)]
         return [
-            TablePiece(f.url, s, e, skip_header=has_header and s == 0, n_rows=n)
+            TablePiece(f.url, s, e, skip_header=has_header and s == 0, n_rows=n, **stamp)
             for s, e, n in self._text_pieces(f, has_header)
         ]
 
@@ -363,6 +371,38 @@ class _TabularPlanner:
         return tuple(batches)
 
 
+def _unstamped(batch: MiniBatch) -> MiniBatch:
+    if not isinstance(batch, TableBatch):
+        return batch
+    pieces = tuple(replace(p, file_size=None, file_mtime=None) for p in batch.pieces)
+    return replace(batch, pieces=pieces)
+
+
+def same_cuts(a: Sequence[MiniBatch], b: Sequence[MiniBatch]) -> bool:
+    """Whether two plans cut the input alike: the same mini-batches over the same byte ranges,
+    row groups and files, whatever the files' sizes and times recorded in them (a file touched
+    since it was planned). Mini-batch ids then still mean the same inputs."""
+    return len(a) == len(b) and all(
+        _unstamped(x) == _unstamped(y) for x, y in zip(a, b, strict=True)
+    )
+
+
+def _empty_files_note(listing: Listing, shown: int = 5) -> list[str]:
+    """A note naming the tabular input's empty files: they give no rows, so their mini-batches
+    end with 0 items and ``run()`` never sees them (an input of only empty files makes an
+    empty output)."""
+    empty = [f.url for f in listing.files if f.size == 0]
+    if not empty:
+        return []
+    names = ", ".join(empty[:shown]) + (f" and {len(empty) - shown} more" if empty[shown:] else "")
+    if len(empty) == len(listing.files):
+        return [
+            f"every input file is empty (0 bytes), so run() is never called and the "
+            f"append_row_to output, if any, is empty: {names}"
+        ]
+    return [f"{len(empty)} of {len(listing.files)} input files are empty (0 bytes): {names}"]
+
+
 def plan_input(
     data: DataInput,
     mini_batch_size: MiniBatchSize | None,
@@ -405,6 +445,7 @@ def plan_input(
     kind, notes = _input_kind(data, listing.spec)
     if listing.spec is not None:
         notes = [*listing.spec.notes, *notes]
+    notes = [*listing.skipped, *notes]
     scanned = False
     if kind == "files":
         batches: tuple[MiniBatch, ...] = _file_batches(
@@ -417,6 +458,7 @@ def plan_input(
         )
         batches = planner.plan()
         notes += planner.notes
+        notes += _empty_files_note(listing)
         scanned = planner.scanned
         if scanned:
             notes.append(

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
 
 from daskprs.inputs.batches import BatchLoadError, StagedBatch, TableBatch, TablePiece
-from daskprs.inputs.filesystems import filesystem
+from daskprs.inputs.filesystems import filesystem, modified_time
 from daskprs.inputs.tablemodel import TableRead
 from daskprs.inputs.transforms import apply_transforms, csv_read_options, infer_dates
 
-__all__ = ["load_staged", "load_table", "read_piece"]
+__all__ = ["check_unchanged", "load_staged", "load_table", "read_piece"]
 
 # First window read to find a file's header line; doubled until a newline is found.
 _HEADER_PROBE = 16 * 1024
@@ -54,9 +56,59 @@ def _where(piece: TablePiece) -> str:
     return f"{piece.path} bytes [{piece.start}:{end})"
 
 
+def _when(mtime: float | None) -> str:
+    if mtime is None:
+        return "modified at an unknown time"
+    return f"modified {datetime.fromtimestamp(mtime, UTC):%Y-%m-%d %H:%M:%S.%f} UTC"
+
+
+def _stamp(fs: Any, path: str) -> tuple[int | None, float | None]:
+    """The size and modification time of ``path`` now, as the listing saw them when planning
+    (one ``stat`` locally, one ``info`` call remotely; no data is read)."""
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        st = os.stat(path)  # a link's target, as the local listing stats it
+        return st.st_size, st.st_mtime
+    # Not from the listing cache: in the process that planned, it still holds what planning saw.
+    fs.invalidate_cache(path)
+    info = fs.info(path)
+    return info.get("size"), modified_time(info)
+
+
+def check_unchanged(piece: TablePiece, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Raise :class:`BatchLoadError` when the file of ``piece`` differs in size or
+    modification time from what the plan recorded (nothing to check in a plan without them).
+
+    A file rewritten while the job runs would otherwise be read at byte ranges (or row groups)
+    planned for its old content: rows missing, rows twice, rows cut in two, and no error.
+    """
+    if piece.file_size is None and piece.file_mtime is None:
+        return
+    try:
+        fs, path = filesystem(piece.path, storage_options or {})
+        size, mtime = _stamp(fs, path)
+    except FileNotFoundError as err:
+        raise BatchLoadError(f"{piece.path}: file not found (it was listed when planning)") from err
+    except Exception as err:
+        raise BatchLoadError(
+            f"{piece.path}: cannot check that it is unchanged since planning: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    if (piece.file_size is None or size == piece.file_size) and (
+        piece.file_mtime is None or mtime == piece.file_mtime
+    ):
+        return
+    raise BatchLoadError(
+        f"{piece.path}: input changed since planning: planned {piece.file_size} bytes, "
+        f"{_when(piece.file_mtime)}; found {size} bytes, {_when(mtime)}. Its mini-batches were "
+        f"cut for the old content, so they are not read. Keep the input unchanged while a job "
+        f"runs, and run the job anew to process the new content."
+    )
+
+
 def load_table(batch: TableBatch) -> pd.DataFrame:
     frames = []
     for piece in batch.pieces:
+        check_unchanged(piece, batch.storage_options)
         try:
             df = read_piece(piece, batch.read, batch.storage_options)
             salt = f"{piece.path}:{piece.start}:{piece.row_groups}"

@@ -24,6 +24,7 @@ those listed before it:
 - :mod:`daskprs.job.nodes`: components merged into nodes, and the order of a pipeline's nodes;
 - :mod:`daskprs.job.runtime`: a parallel node's runtime settings and ``mini_batch_size``;
 - :mod:`daskprs.job.build`: a bound node built into a parallel or command step;
+- :mod:`daskprs.job.clashes`: outputs that would write over each other;
 - :mod:`daskprs.job.v1`: a v1 ``ParallelRunConfig`` YAML translated into a ``type: parallel``
   document (with ``--input`` and ``--output``).
 """
@@ -40,6 +41,7 @@ from daskprs.errors import JobSpecError, Problem
 from daskprs.job import schema as S
 from daskprs.job.binding import bind_inputs, definitions, place_outputs
 from daskprs.job.build import build_step
+from daskprs.job.clashes import check_output_paths
 from daskprs.job.files import load_config, read_yaml
 from daskprs.job.model import CommandStep, Job, ParallelStep
 from daskprs.job.nodes import Node, dependency_order, make_node, merge
@@ -195,6 +197,7 @@ def _load(
     if isinstance(settings, Mapping) and settings.get("force_rerun") is not None:
         force_rerun = S.as_bool(settings["force_rerun"], "settings.force_rerun", ctx) is True
     _check_folder_names(steps, kind, ctx)
+    check_output_paths(steps, kind, ctx)
     if ctx.problems:
         return None, ctx.problems, ctx.notes, ctx.warnings
     job = Job(

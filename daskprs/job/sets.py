@@ -23,6 +23,10 @@ def apply_sets(doc: dict, sets: Sequence[str], kind: str, stem: str, ctx: S.Cont
                 "e.g. --set inputs.data=./folder or --set jobs.score.mini_batch_size=1mb",
             )
             continue
+        whole = _whole_section(parts, doc, kind, stem)
+        if whole is not None:
+            ctx.problem("--set", f"{key}: {whole[0]}", whole[1])
+            continue
         if parts[0] == "inputs" and len(parts) == 2:
             inputs = doc.get("inputs")
             if not isinstance(inputs, dict) or parts[1] not in inputs:
@@ -39,21 +43,29 @@ def apply_sets(doc: dict, sets: Sequence[str], kind: str, stem: str, ctx: S.Cont
         if kind == "pipeline" and parts[0] == "jobs":
             jobs = doc.get("jobs")
             jobs = jobs if isinstance(jobs, dict) else {}
-            if len(parts) < 3 or parts[1] not in jobs or not isinstance(jobs[parts[1]], dict):
-                node = parts[1] if len(parts) > 1 else ""
+            if parts[1] not in jobs:
+                node = parts[1]
                 ctx.problem("--set", f"{key}: no node {node!r}", S.suggest(node, jobs, "node"))
+                continue
+            if not isinstance(jobs[parts[1]], dict):
+                ctx.problem(
+                    "--set",
+                    f"{key}: the node {parts[1]!r} is {S.kind_of(jobs[parts[1]])} in the file, "
+                    "not a mapping, so it has no fields to set",
+                    f"write jobs.{parts[1]} as a mapping of fields in the job file first",
+                )
                 continue
             target, fields_ = jobs[parts[1]], parts[2:]
             schema = S.COMMAND_NODE if target.get("type") == "command" else S.PARALLEL_NODE
         elif kind != "pipeline":
             schema = S.COMMAND_FILE if doc.get("type") == "command" else S.PARALLEL_FILE
-            if parts[0] == "jobs" and len(parts) >= 3:
+            if parts[0] == "jobs" and len(parts) >= 2:
                 name = str(doc.get("name") or stem)
                 if parts[1] != name:
                     ctx.problem(
                         "--set",
                         f"{key}: the step is named {name!r}",
-                        f"write jobs.{name}.{'.'.join(parts[2:])}",
+                        f"write jobs.{name}.{'.'.join(parts[2:]) or '<field>'}=VALUE",
                     )
                     continue
                 fields_ = parts[2:]
@@ -65,6 +77,37 @@ def apply_sets(doc: dict, sets: Sequence[str], kind: str, stem: str, ctx: S.Cont
                 _set_input(inputs, fields_[1], text, ctx)
                 continue
         _set_nested(target, fields_, _scalar(text), key, ctx)
+
+
+def _whole_section(parts: list[str], doc: dict, kind: str, stem: str) -> tuple[str, str] | None:
+    """The message and hint for a ``--set`` that gives the pipeline's nodes, one node or the
+    inputs a single value (``jobs=1``, ``jobs.score=1``, ``inputs=1``), or None. A value can
+    only go to a field, so the problem says which form sets one."""
+    jobs = doc.get("jobs")
+    nodes = sorted(str(n) for n in jobs) if kind == "pipeline" and isinstance(jobs, dict) else []
+    if kind != "pipeline":
+        nodes = [str(doc.get("name") or stem)]
+    example = f"jobs.{nodes[0] if nodes else '<node>'}.mini_batch_size=10"
+    if parts == ["jobs"]:
+        what = "the pipeline's nodes" if kind == "pipeline" else "this file's one step"
+        return (
+            f"jobs holds {what}: it cannot be set to a value",
+            f"set a field of a node: --set jobs.<node>.<field>=VALUE, e.g. --set {example}"
+            + (f"; nodes: {', '.join(nodes)}" if nodes else ""),
+        )
+    if len(parts) == 2 and parts[0] == "jobs" and parts[1] in nodes:
+        return (
+            f"{parts[1]!r} is a node: a node cannot be set to a value",
+            f"set one of its fields: --set jobs.{parts[1]}.<field>=VALUE, e.g. --set {example}",
+        )
+    if parts == ["inputs"]:
+        inputs = doc.get("inputs")
+        names = ", ".join(str(n) for n in inputs) if isinstance(inputs, dict) else ""
+        return (
+            "inputs holds the inputs: they cannot be set to one value",
+            "bind one input: --set inputs.<name>=VALUE" + (f"; inputs: {names}" if names else ""),
+        )
+    return None
 
 
 def _set_path_known(fields_: list[str], schema: S.Schema, key: str, ctx: S.Context) -> bool:
@@ -80,6 +123,18 @@ def _set_path_known(fields_: list[str], schema: S.Schema, key: str, ctx: S.Conte
             )
             return False
         level = level[name]
+    # a mapping of fields (retry_settings, task, environment_variables, outputs): a value goes
+    # to one of its fields; an environment may also be named by a string (azureml:env:1)
+    if (level is S.FREE or isinstance(level, dict)) and level is not S.ENVIRONMENT:
+        names = sorted(level) if isinstance(level, dict) else []
+        entry = "<field>" if names else "<name>"
+        ctx.problem(
+            "--set",
+            f"{key}: {fields_[-1]} is a mapping: it cannot be set to one value",
+            f"set one of its entries: --set {key}.{entry}=VALUE"
+            + (f"; fields: {', '.join(names)}" if names else ""),
+        )
+        return False
     return True
 
 

@@ -24,7 +24,6 @@ from daskprs.results.outcome import TryRecord
 __all__ = [
     "REPORT_HEADER",
     "Report",
-    "format_progress",
     "format_report_row",
     "write_text",
 ]
@@ -100,21 +99,6 @@ def write_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def format_progress(step: str, summary: Mapping[str, int], elapsed: float) -> str:
-    """A one-line progress report with an ETA from the measured rate."""
-    finished = summary["done"] + summary["failed"] + summary["cancelled"]
-    total = summary["total"]
-    eta = ""
-    if 0 < finished < total and elapsed > 0:
-        eta = f", ETA {((total - finished) * elapsed / finished):.0f} s"
-    return (
-        f"[{step}] {finished}/{total} mini-batches processed ({summary['done']} done, "
-        f"{summary['failed']} failed, {summary['running']} running), "
-        f"{summary['succeeded_items']} items succeeded, {summary['failed_items']} failed, "
-        f"{elapsed:.1f} s{eta}"
-    )
-
-
 def format_progress_overview(
     step: str, summary: Mapping[str, int], elapsed: float, planned_seconds: float
 ) -> str:
@@ -147,29 +131,69 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+class _DriverLogFile(logging.FileHandler):
+    """The file handler of a :func:`driver_logging` block (found by :func:`driver_log_file`)."""
+
+
+def _daskprs_or_warning(record: logging.LogRecord) -> bool:
+    """daskprs's records at every level; Dask's from WARNING up (its INFO lines say what it
+    does at every start and close, nothing about the job)."""
+    return record.name.startswith("daskprs") or record.levelno >= logging.WARNING
+
+
 @contextlib.contextmanager
 def driver_logging(path: str, console_level: str = "INFO") -> Iterator[logging.Logger]:
     """Send daskprs's own loggers (``daskprs.*``) to ``path`` (everything) and to stderr (at
-    ``console_level``, the job's ``logging_level``) while the block runs."""
+    ``console_level``, the job's ``logging_level``) while the block runs.
+
+    Dask's own loggers (``distributed.*``: the scheduler, the nannies and the client in this
+    process) go to ``path`` only, from WARNING up: their messages (a worker's heartbeat cut
+    by the closing cluster, a comm closed under a request) are about Dask, not the job, and
+    the console shows daskprs's account of what happened. The embedded cluster's worker
+    processes write theirs to the same file (:func:`driver_log_file`).
+    """
     logger = logging.getLogger("daskprs")
+    dask_logger = logging.getLogger("distributed")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file = _DriverLogFile(path, encoding="utf-8")
     to_file.setFormatter(RedactingFormatter(_LOG_FORMAT))
     to_file.setLevel(logging.DEBUG)
+    to_file.addFilter(_daskprs_or_warning)
     to_console = logging.StreamHandler(sys.stderr)
     to_console.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
     to_console.setLevel(getattr(logging, console_level.upper(), logging.INFO))
+    # Dask's console handlers (from its logging configuration), set aside for the block
+    dask_console = [h for h in dask_logger.handlers if _is_console(h)]
     previous = logger.level
     logger.setLevel(logging.DEBUG)
     logger.addHandler(to_file)
     logger.addHandler(to_console)
+    for handler in dask_console:
+        dask_logger.removeHandler(handler)
+    dask_logger.addHandler(to_file)
     try:
         yield logger
     finally:
+        dask_logger.removeHandler(to_file)
+        for handler in dask_console:
+            dask_logger.addHandler(handler)
         logger.removeHandler(to_file)
         logger.removeHandler(to_console)
         logger.setLevel(previous)
         to_file.close()
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    return type(handler) is logging.StreamHandler  # not a file: Dask's own to stderr
+
+
+def driver_log_file() -> str | None:
+    """The file of the :func:`driver_logging` block running now, or None outside one: where
+    the embedded cluster's worker processes write Dask's log messages."""
+    for handler in logging.getLogger("daskprs").handlers:
+        if isinstance(handler, _DriverLogFile):
+            return handler.baseFilename
+    return None
 
 
 def to_stderr(line: str) -> None:

@@ -20,8 +20,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from daskprs.observe.logs import format_progress
-
 if TYPE_CHECKING:  # rich is imported when a terminal shows the progress
     from rich.console import RenderableType
 
@@ -102,19 +100,40 @@ class PlainProgress:
     ):
         self.echo, self.every, self.clock = echo, every, clock
         self.step = ""
+        self.slots: int | None = None
         self._last = 0.0
 
     def start(self, step: str, first: Mapping[str, int], slots: int | None = None) -> None:
         self.step = step
+        self.slots = slots
         self._last = self.clock()
 
     def update(self, summary: Mapping[str, int], elapsed: float) -> None:
         if self.clock() - self._last >= self.every:
             self._last = self.clock()
-            self.echo(format_progress(self.step, summary, elapsed))
+            self.echo(format_progress(self.step, summary, elapsed, self.slots))
 
     def finish(self, summary: Mapping[str, int], elapsed: float) -> None:
-        self.echo(format_progress(self.step, summary, elapsed))
+        self.echo(format_progress(self.step, summary, elapsed, self.slots))
+
+
+def format_progress(
+    step: str, summary: Mapping[str, int], elapsed: float, slots: int | None = None
+) -> str:
+    """A one-line progress report: the counts (tries in flight beyond the ``slots`` are
+    queued, not running; cancelled ones when there are), items, elapsed time and an ETA."""
+    f = figures(summary, elapsed, slots)
+    counts = f"{f['done']} done, {f['failed']} failed"
+    if f["cancelled"]:
+        counts += f", {f['cancelled']} cancelled"
+    counts += f", {f['running']} running"
+    if f["queued"]:
+        counts += f", {f['queued']} queued"
+    eta = f", ETA {f['eta']:.0f} s" if f["eta"] and f["finished"] < f["total"] else ""
+    return (
+        f"[{step}] {f['finished']}/{f['total']} mini-batches processed ({counts}), "
+        f"{f['items_ok']} items succeeded, {f['items_failed']} failed, {elapsed:.1f} s{eta}"
+    )
 
 
 def _rate(rate: float) -> str:

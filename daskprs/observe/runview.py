@@ -178,7 +178,7 @@ class RunView:
             return "running"
         unfinished = any(not s.finished for s in self.steps)
         failure = self.failure or ""
-        if failure.startswith("interrupted"):
+        if self.result_outcome == "INTERRUPTED" or failure.startswith("interrupted"):
             return "interrupted"
         if self.result_outcome == "FAILED":
             return "failed"
@@ -265,6 +265,21 @@ def _steps_of(paths: RunPaths, job: Any) -> list[tuple[str, str, dict[str, Any]]
     return steps
 
 
+def _planned_totals(steps: list[StepView], inputs: Any) -> None:
+    """A planned step whose ledger has no session yet (interrupted or killed between its
+    planning and its first try) counts its mini-batches from the run record's fingerprint of
+    its plan: they are all PENDING, not "not started"."""
+    if not isinstance(inputs, dict):
+        return
+    for view in steps:
+        planned = inputs.get(view.name)
+        count = planned.get("batches") if isinstance(planned, dict) else None
+        if view.kind == "parallel" and view.total == 0 and isinstance(count, int) and count > 0:
+            view.total = count
+            for mb in range(count):
+                view.states.setdefault(mb, "PENDING")
+
+
 def read_run(run_dir: str | os.PathLike) -> RunView:
     """Read a run directory (finished, failed, interrupted or still running).
 
@@ -285,6 +300,7 @@ def read_run(run_dir: str | os.PathLike) -> RunView:
         )
     job = _read_json(paths.job)
     steps = [_step_view(paths, n, k, s) for n, k, s in _steps_of(paths, job)]
+    _planned_totals(steps, record.get("inputs"))
     pid = RunDir(paths.root).lock_owner()
     lines: list[str] = []
     if os.path.exists(paths.result):

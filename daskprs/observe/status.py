@@ -55,6 +55,11 @@ def next_command(view: RunView) -> str | None:
     state = view.state
     if state == "running":
         return None
+    began = any(s.tries or s.command_done for s in view.steps)
+    if state == "failed" and not began and view.job_file:
+        # it failed before its first mini-batch: what the failure names is to be fixed, and
+        # the job run anew (a resume would meet the same problem)
+        return f"daskprs run {view.job_file}"
     if state in ("interrupted", "incomplete"):
         return f"daskprs run --resume {view.root}"
     if any(s.count("FAILED") or s.count("CANCELLED") for s in view.steps):

@@ -8,7 +8,7 @@ returns as ``result.failed`` (where it is also known as ``FailedPartition``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,7 @@ from daskprs.inputs.batches import MiniBatch
 from daskprs.results.ledger import LedgerState
 from daskprs.results.outcome import BatchState, TryRecord
 
-__all__ = ["FailedMiniBatch", "failed_mini_batches"]
+__all__ = ["FailedMiniBatch", "failed_message", "failed_mini_batches"]
 
 # Lines of a traceback kept in failed_mini_batches.jsonl (the error log has it whole).
 _TRACEBACK_LINES = 10
@@ -121,3 +121,14 @@ def failed_mini_batches(
             inputs = batches[mb].describe()
             out.append(FailedMiniBatch.of(step, mb, entry.state, entry.record, inputs))
     return out
+
+
+def failed_message(
+    failed: Sequence[FailedMiniBatch], what: str = "mini-batch", most: int = 5
+) -> str:
+    """``3 partitions failed: 1 (RUN_EXCEPTION: ValueError: ...), ...``: the first ``most``
+    named with their last error."""
+    shown = "; ".join(f"{f.id} ({f.status}: {f.error})" for f in failed[:most])
+    more = f"; and {len(failed) - most} more" if len(failed) > most else ""
+    plural = "" if len(failed) == 1 else "es" if what.endswith("h") else "s"
+    return f"{len(failed)} {what}{plural} failed: {shown}{more}"

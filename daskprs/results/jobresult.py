@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daskprs.errors import JobFailed
-from daskprs.results.failures import FailedMiniBatch
+from daskprs.results.failures import FailedMiniBatch, failed_message
 
 __all__ = ["JobResult", "StepOutcome"]
 
@@ -108,7 +108,12 @@ class JobResult:
     def ok(self) -> bool:
         return self.failure is None
 
-    def raise_for_status(self) -> None:
-        """Raise :class:`daskprs.errors.JobFailed` if the job failed."""
+    def raise_for_status(self, allow_failed: bool = True) -> None:
+        """Raise :class:`daskprs.errors.JobFailed` if the job failed; with
+        ``allow_failed=False`` also when any mini-batch failed (within the budgets), naming
+        them."""
         if self.failure is not None:
             raise JobFailed(self.failure)
+        failed = [f for s in self.steps for f in s.failed]
+        if not allow_failed and failed:
+            raise JobFailed(failed_message(failed))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daskprs.errors import JobFailed, UserInputError
-from daskprs.results.failures import FailedMiniBatch
+from daskprs.results.failures import FailedMiniBatch, failed_message
 from daskprs.results.structured import read_part
 
 __all__ = ["FailedPartition", "MapResult"]
@@ -87,10 +87,14 @@ class MapResult:
         """The part files behind :attr:`output`, in partition order."""
         return [self.parts[k] for k in sorted(self.parts)]
 
-    def raise_for_status(self) -> None:
-        """Raise :class:`daskprs.errors.JobFailed` if the run failed."""
+    def raise_for_status(self, allow_failed: bool = True) -> None:
+        """Raise :class:`daskprs.errors.JobFailed` if the run failed (a budget stopped it,
+        ``init()`` failed everywhere, no partition succeeded); with ``allow_failed=False``
+        also when any partition failed (within the budgets), naming them."""
         if self.failure is not None:
             raise JobFailed(self.failure)
+        if not allow_failed and self.failed:
+            raise JobFailed(failed_message(self.failed, "partition"))
 
     @property
     def output(self) -> Any:

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from daskprs.errors import SettingsError, UserInputError
-from daskprs.execute.cluster import open_cluster
+from daskprs.execute.cluster import dashboard_address, open_cluster
 from daskprs.job.model import ClusterSpec
 from daskprs.settings import EnvSettings
 
@@ -49,3 +49,51 @@ def test_a_configured_cluster_without_workers_waits_the_cluster_timeout():
     with pytest.raises(UserInputError, match="started no worker in 0 s"):
         with open_cluster(cluster_spec=spec, connect_timeout=0.1, settings=settings):
             pytest.fail("a cluster without workers was used")
+
+
+def _listening() -> set[tuple[str, int]]:
+    """The (address, port) pairs this process and its descendants listen on."""
+    import psutil
+
+    me = psutil.Process()
+    found = set()
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            conns = proc.net_connections(kind="inet")
+        except psutil.Error:  # a process that just ended
+            continue
+        found |= {(c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN}
+    return found
+
+
+@pytest.mark.slow
+def test_the_embedded_cluster_listens_on_the_loopback_only():
+    """The dashboard, the scheduler, the nannies and the workers: none is reachable from
+    another machine unless DASKPRS_DASHBOARD says so (the printed link says 127.0.0.1)."""
+    before = _listening()
+    with open_cluster(n_workers=2, settings=EnvSettings()) as handle:
+        opened = _listening() - before
+        port = int(handle.client.dashboard_link.split(":")[2].split("/")[0])
+    assert port in {p for _, p in opened}  # the dashboard is among them
+    assert len(opened) >= 5  # scheduler, dashboard, and a nanny and a worker each
+    assert {ip for ip, _ in opened} == {"127.0.0.1"}, sorted(opened)
+
+
+@pytest.mark.slow
+def test_a_dashboard_address_with_a_host_opens_the_dashboard_there():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    before = _listening()
+    with open_cluster(n_workers=1, settings=EnvSettings(dashboard=f"0.0.0.0:{port}")):
+        opened = _listening() - before
+    assert ("0.0.0.0", port) in opened
+    assert {ip for ip, p in opened if p != port} == {"127.0.0.1"}
+
+
+def test_a_dashboard_address_without_a_host_is_on_the_loopback():
+    assert dashboard_address(":0") == "127.0.0.1:0"
+    assert dashboard_address("8787") == "127.0.0.1:8787"
+    assert dashboard_address(":8787,:8788") == "127.0.0.1:8787,127.0.0.1:8788"
+    assert dashboard_address("0.0.0.0:8787") == "0.0.0.0:8787"
+    assert dashboard_address("localhost") == "localhost"

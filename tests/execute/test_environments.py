@@ -3,6 +3,8 @@ missing imports named before the first mini-batch."""
 
 from __future__ import annotations
 
+import os
+import site
 import subprocess
 import sys
 import sysconfig
@@ -50,11 +52,25 @@ def _job(tmp_path: Path, env: str = "azureml:clash-env:1") -> Path:
     return job
 
 
+def _this_pythons_site_dirs() -> list[str]:
+    """The site-packages folders of the running interpreter: a venv's own when pytest runs in
+    one (``--system-site-packages`` would give its base interpreter's instead)."""
+    dirs = [*site.getsitepackages(), sysconfig.get_paths()["purelib"]]
+    dirs += [sysconfig.get_paths()["platlib"]]
+    if site.ENABLE_USER_SITE and site.getusersitepackages() in sys.path:
+        dirs.append(site.getusersitepackages())
+    return list(dict.fromkeys(d for d in dirs if os.path.isdir(d)))
+
+
 @pytest.fixture(scope="module")
 def clash_env(tmp_path_factory):
-    """A second interpreter with a package this one does not have."""
+    """A second interpreter with a package this one does not have (and what this one has,
+    inside a venv or outside one: a .pth file adds this interpreter's site-packages, processing
+    their own .pth files)."""
     folder = tmp_path_factory.mktemp("envs")
-    python = _venv(folder / "clash", system_site_packages=True)
+    python = _venv(folder / "clash", system_site_packages=False)
+    lines = [f"import site; site.addsitedir({d!r})\n" for d in _this_pythons_site_dirs()]
+    (_site_packages(python) / "zz_this_python.pth").write_text("".join(lines))
     package = _site_packages(python) / "clashpkg"
     package.mkdir()
     (package / "__init__.py").write_text('WHERE = "from-the-other-env"\n')

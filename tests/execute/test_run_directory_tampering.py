@@ -37,9 +37,9 @@ def test_a_ledger_deleted_mid_run_fails_the_step_and_is_never_reused(tmp_path):
         mini_batch_size='"1"',
         extra=f"environment_variables:\n  LEDGER: {ledger}",
     )
+    where = str(tmp_path / "runs" / "first")
     proc = subprocess.run(
-        [sys.executable, "-m", "daskprs", "run", str(job), "--workers", "1"]
-        + ["--run-dir", str(tmp_path / "runs" / "first")],
+        [sys.executable, "-m", "daskprs", "run", str(job), "--workers", "1", "--run-dir", where],
         capture_output=True,
         text=True,
         timeout=300,

@@ -719,6 +719,51 @@ def test_bad_set_is_a_problem(folder: Path, item, needle):
     assert needle in f"{problem.message} {problem.hint}"
 
 
+@pytest.mark.parametrize(
+    ("item", "message", "hint"),
+    [
+        (
+            "jobs.score=1",
+            "'score' is a node: a node cannot be set to a value",
+            "jobs.score.<field>=",
+        ),
+        ("jobs=1", "jobs holds the pipeline's nodes", "jobs.<node>.<field>=VALUE"),
+        ("inputs=1", "inputs holds the inputs", "inputs.<name>=VALUE; inputs: files"),
+        ("outputs=1", "outputs is a mapping", "--set outputs.<name>=VALUE"),
+        ("jobs.score.inputs=1", "inputs is a mapping", "jobs.score.inputs.<name>=VALUE"),
+        ("jobs.score.retry_settings=5", "cannot be set to one value", "max_retries, timeout"),
+        ("jobs.score.task=x", "task is a mapping", "jobs.score.task.<field>=VALUE"),
+    ],
+)
+def test_a_set_that_gives_a_node_or_a_section_one_value_shows_the_form(
+    folder: Path, item, message, hint
+):
+    job_file = pipeline(folder, "", extra="inputs:\n  files: ./data\n")
+    (problem,) = problems_of(job_file, [item])
+    assert problem.place == "--set"
+    assert message in problem.message and hint in problem.hint, problem
+    assert "no node" not in problem.message and "did you mean" not in problem.hint
+
+
+def test_a_set_that_gives_the_step_of_a_single_file_one_value_shows_the_form(folder: Path):
+    bare = write(
+        folder / "prs.yml",
+        """
+        type: parallel
+        inputs:
+          data: {type: uri_folder, path: ./data}
+        input_data: ${{inputs.data}}
+        task: {type: run_function, code: ./src, entry_script: score.py}
+        """,
+    )
+    by_item = {item: problems_of(bare, [item])[0] for item in ("jobs.prs=1", "jobs=1", "jobs.x=1")}
+    assert "'prs' is a node" in by_item["jobs.prs=1"].message
+    assert "this file's one step" in by_item["jobs=1"].message
+    assert by_item["jobs.x=1"].hint == "write jobs.prs.<field>=VALUE"
+    # a string still names an environment
+    assert load(bare, ["task.environment=azureml:env:1"]).steps
+
+
 # --------------------------------------------------------------------------- datastores, computes
 
 

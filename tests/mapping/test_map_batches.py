@@ -295,6 +295,8 @@ def test_after_an_interrupt_a_second_call_runs_only_the_rest(tmp_path, client):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # SIGINT at its default even where pytest runs with it ignored (bash's background jobs)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         poll_for(lambda: (run_dir / "steps/map_batches/ledger.jsonl").exists(), timeout=120)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -109,8 +110,10 @@ def make_run(
         if failure:
             lines.append(f"failure: {failure}")
         (root / "logs" / "job_result.txt").write_text("\n".join(lines) + "\n")
-    if lock_pid is not None:
-        (root / "run.lock").write_text(str(lock_pid))
+    if lock_pid == os.getpid():
+        RunDir(str(root)).lock()  # held as a running driver holds it (flock), for the test
+    elif lock_pid is not None:
+        (root / "run.lock").write_text(str(lock_pid))  # left by a driver that ended
     if failed_jsonl is not None:
         with open(root / "failed_mini_batches.jsonl", "w") as f:
             for obj in failed_jsonl:

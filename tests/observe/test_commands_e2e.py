@@ -177,6 +177,8 @@ def test_status_and_report_while_running_then_interrupted(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # SIGINT at its default even where pytest runs with it ignored (bash's background jobs)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         poll_for(

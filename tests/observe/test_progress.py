@@ -108,3 +108,11 @@ def test_the_display_is_chosen_from_where_output_goes(monkeypatch):
     monkeypatch.setenv("TERM", "dumb")
     assert isinstance(choose_progress(None, Tty()), PlainProgress)
     assert not isinstance(choose_progress(None, Tty()), NotebookProgress)  # no kernel here
+
+
+def test_plain_lines_count_tries_beyond_the_slots_as_queued_and_say_cancelled():
+    lines: list[str] = []
+    plain = PlainProgress(lines.append, every=5.0)
+    plain.start("score", summary(), slots=2)
+    plain.finish(summary(done=3, running=8, cancelled=2), 5.0)
+    assert "(3 done, 0 failed, 2 cancelled, 2 running, 6 queued)" in lines[-1]

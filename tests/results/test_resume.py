@@ -44,6 +44,8 @@ def start_run(job, run_dir, output) -> subprocess.Popen:
         stderr=output,
         text=True,
         start_new_session=True,
+        # SIGINT at its default even where pytest runs with it ignored (bash's background jobs)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

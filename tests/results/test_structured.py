@@ -115,3 +115,10 @@ def test_run_returning_different_kinds_is_named_on_compute(tmp_path):
     out = result(parts=parts).output
     with pytest.raises(TypeError, match="returned a list for partition 1 but a DataFrame"):
         out.compute(scheduler="sync")
+
+
+def test_raise_for_status_can_refuse_any_failed_partition():
+    failed = [FailedPartition(1, "RUN_EXCEPTION", 3, "ValueError: bad row")]
+    with pytest.raises(JobFailed, match=r"1 partition failed: 1 \(RUN_EXCEPTION: ValueError"):
+        result(failed=failed).raise_for_status(allow_failed=False)
+    result().raise_for_status(allow_failed=False)
