@@ -6,6 +6,7 @@ Exit status: 0 success, 2 a problem with what the user gave, 42 the job ran and 
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import traceback
@@ -29,15 +30,29 @@ def _echo_err(line: str) -> None:
     click.echo(redact(line), err=True)
 
 
-def _guard(fn: Callable[[], Any]) -> int:
-    """Call ``fn`` and turn what it raises into an exit status and a message."""
+def _interrupted(run_dir: str | None) -> str:
+    """What to say about an interrupt outside a step's loop (planning, starting the cluster,
+    a command step): how to continue the run in ``run_dir``, or that there is none yet."""
+    from daskprs.rundir import RunDir
+
+    if run_dir is not None and os.path.exists(RunDir(run_dir).record):
+        return (
+            "interrupted; committed work is kept in the run directory. Continue with: "
+            f"daskprs run --resume {run_dir}"
+        )
+    return "interrupted before the run started: nothing to resume (run the job again)"
+
+
+def _guard(fn: Callable[[], Any], run_dir: str | None = None) -> int:
+    """Call ``fn`` and turn what it raises into an exit status and a message (``run_dir``:
+    the run directory of the run ``fn`` runs, for the command that continues it)."""
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         fn()
         return 0
     except KeyboardInterrupt:
-        _echo_err("interrupted; committed work is kept in the run directory")
+        _echo_err(_interrupted(run_dir))
         return EXIT_INTERRUPTED
     except Interrupted as err:
         _echo_err(f"interrupted: {err}")
@@ -61,16 +76,17 @@ def cli() -> None:
     """Run Azure Machine Learning parallel jobs on any Dask cluster."""
 
 
-def _run_and_exit(call: Callable[[], Any]) -> None:
+def _run_and_exit(call: Callable[[], Any], run_dir: str) -> None:
     """Run a job: ``call`` it once the ``DASKPRS_*`` variables are checked (a bad one is an
-    exit-2 error before anything is written), and exit with the job's status."""
+    exit-2 error before anything is written), and exit with the job's status (``run_dir``:
+    the run's directory, named if the run is interrupted)."""
     outcome: dict[str, Any] = {}
 
     def go() -> None:
         EnvSettings.from_env()
         outcome["result"] = call()
 
-    code = _guard(go)
+    code = _guard(go, os.path.abspath(run_dir))
     result = outcome.get("result")
     if code == 0 and result is not None and not result.ok:
         code = EXIT_FAILED
@@ -78,8 +94,6 @@ def _run_and_exit(call: Callable[[], Any]) -> None:
 
 
 def _existing_file(file: str) -> None:
-    import os
-
     if not os.path.isfile(file):
         raise click.BadParameter(f"{file} does not exist or is not a file", param_hint="FILE")
 
@@ -170,7 +184,7 @@ def run(
 
     With --resume RUN_DIR, continue that run: only the mini-batches not yet committed run.
     """
-    from daskprs.api import resume_job, run_job
+    from daskprs.api import default_run_dir, resume_job, run_job
 
     tls = (scheduler, tls_ca_file, tls_cert, tls_key)
     if resume is not None:
@@ -189,18 +203,21 @@ def run(
                 scheduler=scheduler,
                 workers=workers,
                 security=_security(*tls),
-            )
+            ),
+            resume,
         )
     if file is None:
         raise click.UsageError("give a job FILE to run, or --resume RUN_DIR")
     if force:
         raise click.UsageError("--force goes with --resume")
     _existing_file(file)
+    # chosen here, as run_job would choose it, so that an interrupt can name it
+    new_dir = run_dir or default_run_dir(file)
     _run_and_exit(
         lambda: run_job(
             file,
             sets=sets,
-            run_dir=run_dir,
+            run_dir=new_dir,
             scheduler=scheduler,
             workers=workers,
             security=_security(*tls),
@@ -208,7 +225,8 @@ def run(
             output_path=output_path,
             cache=cache,
             force_rerun=force_rerun,
-        )
+        ),
+        new_dir,
     )
 
 
@@ -238,7 +256,8 @@ def rerun_failed(
             scheduler=scheduler,
             workers=workers,
             security=_security(scheduler, tls_ca_file, tls_cert, tls_key),
-        )
+        ),
+        run_dir,
     )
 
 
@@ -297,8 +316,6 @@ def status(run_dir: str) -> None:
 def report(run_dir: str, output: str | None) -> None:
     """Write a self-contained HTML report of RUN_DIR: outcome and budgets, a timeline of
     tries per process, throughput, the slowest mini-batches, failures and resource use."""
-    import os
-
     from daskprs.observe.report import write_report
 
     view = _run_dir_view(run_dir)

@@ -272,7 +272,9 @@ def _data_input(
             ctx.problem(
                 place,
                 f"input path {resolved} does not exist",
-                "check the path; it is relative to the YAML file that gives it",
+                "check the path; given with --set, it is relative to the current directory"
+                if resolved in ctx.set_paths
+                else "check the path; it is relative to the YAML file that gives it",
             )
     data_type = S.data_type(kind or "uri_folder", S.place(place, "type"), ctx)
     mode = S.check_mode(mode, S.place(place, "mode"), ctx, S.INPUT_MODES, default_mode)

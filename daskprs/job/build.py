@@ -183,6 +183,9 @@ def _deterministic(node: Node, ctx: S.Context) -> bool:
 def _entry_script(code_dir: str, entry: object, at: S.At, ctx: S.Context) -> str | None:
     place = at("task", "entry_script")
     if not isinstance(entry, str) or not entry.strip():
+        task = at("task")
+        if any(p.place.startswith(task) and "`entry_script`" in p.hint for p in ctx.problems):
+            return None  # a misspelt key was named already, with the right spelling
         ctx.problem(
             place,
             "a parallel node needs `task.entry_script`",

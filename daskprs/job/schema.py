@@ -366,6 +366,8 @@ class Context:
     environments: dict[str, str] = field(default_factory=dict)
     default_datastore: str = "workspaceblobstore"
     noted_computes: set[str] = field(default_factory=set)
+    # paths given with --set, made absolute against the current directory (for hints)
+    set_paths: set[str] = field(default_factory=set)
 
     def problem(self, place: str, message: str, hint: str = "") -> None:
         problem = Problem(place, message, hint)

@@ -76,7 +76,9 @@ def apply_sets(doc: dict, sets: Sequence[str], kind: str, stem: str, ctx: S.Cont
             if isinstance(inputs, dict):
                 _set_input(inputs, fields_[1], text, ctx)
                 continue
-        _set_nested(target, fields_, _scalar(text), key, ctx)
+        # a path given with --set is relative to the current directory, as an input's is
+        value = _cwd_path(text, ctx) if fields_[-1] == "path" else _scalar(text)
+        _set_nested(target, fields_, value, key, ctx)
 
 
 def _whole_section(parts: list[str], doc: dict, kind: str, stem: str) -> tuple[str, str] | None:
@@ -168,10 +170,13 @@ def _looks_like_path(text: str, cwd: str) -> bool:
     )
 
 
-def _cwd_path(text: str, cwd: str) -> str:
+def _cwd_path(text: str, ctx: S.Context) -> str:
+    """A path given with ``--set``: relative to the current directory (noted for hints)."""
     if URL.match(text) or text.startswith("azureml:"):
         return text
-    return os.path.normpath(os.path.join(cwd, os.path.expanduser(text)))
+    path = os.path.normpath(os.path.join(ctx.cwd, os.path.expanduser(text)))
+    ctx.set_paths.add(path)
+    return path
 
 
 def _set_input(inputs: dict, name: str, text: str, ctx: S.Context) -> None:
@@ -180,13 +185,13 @@ def _set_input(inputs: dict, name: str, text: str, ctx: S.Context) -> None:
     if isinstance(entry, Mapping):
         entry = dict(entry)
         if entry.get("type") in (*S.DATA_TYPES, *S.MODEL_TYPES) or "path" in entry:
-            entry["path"] = _cwd_path(text, ctx.cwd)
+            entry["path"] = _cwd_path(text, ctx)
         else:
             entry["value"] = _scalar(text)
         inputs[name] = entry
     elif entry is not None and not (isinstance(entry, str) and BINDING.search(entry)):
         inputs[name] = _scalar(text)
     elif _looks_like_path(text, ctx.cwd):
-        inputs[name] = {"path": _cwd_path(text, ctx.cwd)}
+        inputs[name] = {"path": _cwd_path(text, ctx)}
     else:
         inputs[name] = _scalar(text)

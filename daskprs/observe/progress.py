@@ -74,7 +74,9 @@ def figures(
         "queued": max(0, summary["running"] - slots) if slots else 0,
         "items_ok": summary["succeeded_items"],
         "items_failed": summary["failed_items"],
-        "percent": 100.0 * finished / total if total else 100.0,
+        # the bar shows what was done: cancelled mini-batches end the step but did not run
+        "processed": summary["done"] + summary["failed"],
+        "percent": 100.0 * (summary["done"] + summary["failed"]) / total if total else 100.0,
         "rate": rate,
         "eta": eta,
     }
@@ -199,7 +201,7 @@ class RichProgress:
             counts += f"  [yellow]{f['cancelled']} cancelled[/]"
         counts += f" · {f['items_ok']} items ok, {f['items_failed']} failed"
         return {
-            "completed": f["finished"],
+            "completed": f["processed"],
             "counts": counts,
             "timing": f"{_rate(f['rate'])}/s  {_duration(elapsed)}  ETA {_duration(f['eta'])}",
         }
@@ -236,7 +238,7 @@ def progress_html(
         f'border-radius:6px;vertical-align:middle;overflow:hidden">'
         f'<span style="display:block;height:100%;width:{f["percent"]:.1f}%;'
         f'background:{colour}"></span></span> '
-        f"<b>{f['percent']:.0f}%</b> {f['finished']}/{f['total']} mini-batches "
+        f"<b>{f['percent']:.0f}%</b> {f['processed']}/{f['total']} mini-batches "
         f"({f['done']} done, {f['failed']} failed, {f['running']} running, "
         f"{f['queued']} queued{cancelled}); "
         f"{f['items_ok']} items ok, {f['items_failed']} failed; {_rate(f['rate'])}/s, "

@@ -5,22 +5,31 @@
 no link to the network), :func:`write_report` writes it. Sections: the outcome and budgets, a
 timeline of tries per process, throughput over time, the slowest mini-batches, failures with
 their error lines and inputs, and the resource monitor's curves when it sampled.
+
+Its figures are those of the ledger and the job's own summary: failed items by the one rule
+(:func:`daskprs.results.outcome.failed_items`); a try killed by its timeout counts the time it
+ran; the pauses between sessions (an interrupt, then ``--resume``) are cut out of the time axes
+and marked, and left out of the rates; a CPU figure the monitor could not measure yet (its
+first sample of a process) is left out rather than drawn as 0 %.
 """
 
 from __future__ import annotations
 
 import html
 import itertools
+import math
 import os
+import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from daskprs.job.model import RuntimeSettings
 from daskprs.observe import plots
-from daskprs.observe.runview import RunView, StepView, failures, inputs_text
+from daskprs.observe.runview import PerfSeries, RunView, StepView, failures, inputs_text
 from daskprs.observe.status import next_command
-from daskprs.results.outcome import TryRecord
+from daskprs.results.outcome import Status, TryRecord
 
 __all__ = ["ReportData", "build_report", "render_html", "write_report"]
 
@@ -51,6 +60,12 @@ class ReportData:
     perf: list[tuple[str, list[float], list[float | None], list[float | None]]]
     node_cpu: dict[str, tuple[list[float], list[float | None]]] = field(default_factory=dict)
     generated: str = ""
+    # the failed mini-batches the failure's message goes on to name (logs/job_result.txt)
+    failure_details: list[str] = field(default_factory=list)
+    # pauses between sessions: (where, in seconds of the time axes, and a label)
+    pauses: list[tuple[float, str]] = field(default_factory=list)
+    # why there is no resource chart (the monitor off, or no sample that measured anything)
+    resources_note: str = ""
 
 
 def _limit(value: Any) -> str:
@@ -94,11 +109,11 @@ def _budgets(step: StepView) -> list[dict[str, str]]:
             max((t.try_no for t in step.tries), default=0),
             None if s.get("max_retries") is None else 1 + int(s["max_retries"]),
         ),
-        ("run() seconds (longest try)", "timeout", _longest(step.tries), timeout),
+        ("run() seconds (longest try)", "timeout", _longest(step.tries, timeout), timeout),
         (
             "seconds without a finished try (longest)",
             "progress_update_timeout",
-            _longest_gap(step.tries),
+            _longest_gap(step.tries, step.try_sessions),
             progress,
         ),
     ]
@@ -108,26 +123,55 @@ def _budgets(step: StepView) -> list[dict[str, str]]:
     ]
 
 
-def _longest(tries: list[TryRecord]) -> str:
-    return f"{max((t.run_seconds for t in tries), default=0.0):.2f}"
+# Tries whose process was killed (or died) in run(): the child never reported its time.
+_KILLED = (Status.RUN_TIMEOUT, Status.PROCESS_DIED)
 
 
-def _longest_gap(tries: list[TryRecord]) -> str:
-    """The longest wait between one try ending and the next, from the first start."""
-    timed = [t for t in tries if t.start_time > 0]
-    if not timed:
-        return ""
-    ends = sorted(t.start_time + t.elapsed for t in timed)
-    marks = [min(t.start_time for t in timed), *ends]
-    return f"{max(b - a for a, b in itertools.pairwise(marks)):.2f}"
+def _killed(t: TryRecord) -> bool:
+    return t.status in _KILLED and t.run_seconds <= 0
+
+
+def _ran(t: TryRecord, timeout: Any = None) -> float:
+    """Seconds a try spent in run(): what the child measured; for a try killed before it
+    could report, the wall time it ran in the worker, and for a timed-out one at least its
+    timeout."""
+    if not _killed(t):
+        return t.run_seconds
+    if t.status == Status.RUN_TIMEOUT and timeout is not None and float(timeout) > 0:
+        return max(t.elapsed, float(timeout))
+    return t.elapsed
+
+
+def _longest(tries: list[TryRecord], timeout: Any = None) -> str:
+    if not tries:
+        return f"{0.0:.2f}"
+    longest = max(tries, key=lambda t: _ran(t, timeout))
+    text = f"{_ran(longest, timeout):.2f}"
+    if _killed(longest):
+        text += f" (mini-batch {longest.mb} try {longest.try_no}, {longest.status}: killed)"
+    return text
+
+
+def _longest_gap(tries: list[TryRecord], sessions: Sequence[int] = ()) -> str:
+    """The longest wait between one try ending and the next, from the first start, within a
+    session (the pause between two sessions is no wait for a try)."""
+    per_session: dict[int, list[TryRecord]] = {}
+    for n, t in enumerate(tries):
+        if t.start_time > 0:
+            per_session.setdefault(sessions[n] if n < len(sessions) else 0, []).append(t)
+    gaps = []
+    for timed in per_session.values():
+        ends = sorted(t.start_time + t.elapsed for t in timed)
+        marks = [min(t.start_time for t in timed), *ends]
+        gaps.append(max(b - a for a, b in itertools.pairwise(marks)))
+    return f"{max(gaps):.2f}" if gaps else ""
 
 
 def _try_title(step: str, t: TryRecord) -> str:
     where = f"{t.node}/{t.process}" if t.node or t.process else "worker lost"
-    text = (
-        f"{step} mini-batch {t.mb}, try {t.try_no}: {t.status} after {t.elapsed:.2f} s "
-        f"(run() {t.run_seconds:.2f} s) on {where}"
-    )
+    run = "killed before run() reported its time" if _killed(t) else f"run() {t.run_seconds:.2f} s"
+    text = f"{step} mini-batch {t.mb}, try {t.try_no}: {t.status} after {t.elapsed:.2f} s ({run})"
+    text += f" on {where}"
     if t.error:
         text += "\n" + t.error.strip().splitlines()[0]
     return text

@@ -1,10 +1,12 @@
 """Reading a run directory back: what ``daskprs status`` and ``daskprs report`` show.
 
-Every path these commands read is named in :class:`RunPaths`, in one place. Reading never
-needs the plan: the ledger (``steps/<step>/ledger.jsonl``) gives each mini-batch's state and
-every try with its timings; ``failed_mini_batches.jsonl`` adds the failed inputs;
-``job.json`` the step order and budgets; ``logs/perf`` the resource monitor's samples. A run
-that is still going, was interrupted or crashed reads as well as a finished one.
+Every path these commands read is named in :class:`RunPaths`, in one place. The ledger
+(``steps/<step>/ledger.jsonl``) gives each mini-batch's state and every try with its timings
+and session; the plan (``steps/<step>/plan.json``, when readable) only adds each mini-batch's
+planned item count, for a failed one whose try never counted its items;
+``failed_mini_batches.jsonl`` adds the failed inputs; ``job.json`` the step order and budgets;
+``logs/perf`` the resource monitor's samples. A run that is still going, was interrupted or
+crashed reads as well as a finished one.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from daskprs.errors import UserInputError
+from daskprs.errors import PlanningError, UserInputError
 from daskprs.results.failures import FailedMiniBatch
-from daskprs.results.ledger import LedgerState, ledger_tries, read_ledger
+from daskprs.results.ledger import LedgerState, ledger_events, read_ledger
 from daskprs.results.outcome import BatchState, TryRecord, failed_items
 from daskprs.rundir import RunDir, pid_alive
 
@@ -77,6 +79,9 @@ class RunPaths:
     def ledger(self, step: str) -> str:
         return self._run.step(step).ledger
 
+    def plan(self, step: str) -> str:
+        return self._run.step(step).plan
+
     def command_done(self, step: str) -> str:
         return self._run.step(step).done
 
@@ -87,7 +92,9 @@ class StepView:
 
     ``states`` maps each mini-batch id to ``DONE``, ``FAILED``, ``CANCELLED`` or ``PENDING``
     (not final yet: queued, running, or waiting for a retry); ``tries`` has every try the
-    ledger recorded, in the order they ended.
+    ledger recorded, in the order they ended, and ``try_sessions`` the session (0 for the
+    first run, 1 for the first resume or rerun, ...) of each. ``planned`` maps a mini-batch id
+    to its item count as planned, where the plan knows it.
     """
 
     name: str
@@ -95,6 +102,8 @@ class StepView:
     total: int = 0
     states: dict[int, str] = field(default_factory=dict)
     tries: list[TryRecord] = field(default_factory=list)
+    try_sessions: list[int] = field(default_factory=list)
+    planned: dict[int, int] = field(default_factory=dict)
     finals: dict[int, TryRecord] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     sessions: int = 0
@@ -115,8 +124,22 @@ class StepView:
 
     @property
     def failed_items(self) -> int:
+        """Items failed, by the rule of the budgets and the job's summary
+        (:func:`~daskprs.results.outcome.failed_items`, with the plan's item counts)."""
         return sum(
-            failed_items(BatchState(self.states[mb]), r, None) for mb, r in self.finals.items()
+            failed_items(BatchState(self.states[mb]), r, self.planned.get(mb))
+            for mb, r in self.finals.items()
+        )
+
+    @property
+    def uncounted_failed(self) -> int:
+        """FAILED mini-batches whose items neither their try nor the plan counted (a table
+        cut by bytes whose try was killed before it reported): their items are missing from
+        :attr:`failed_items`, as from the job's summary."""
+        return sum(
+            1
+            for mb, r in self.finals.items()
+            if self.states[mb] == BatchState.FAILED and r.total is None and mb not in self.planned
         )
 
     @property
@@ -137,6 +160,7 @@ class PerfSeries:
     node_mem: list[float | None] = field(default_factory=list)
     proc_cpu: list[float | None] = field(default_factory=list)
     proc_rss_mb: list[float | None] = field(default_factory=list)
+    pids: list[int | None] = field(default_factory=list)
 
 
 @dataclass
@@ -166,6 +190,21 @@ class RunView:
     @property
     def failure(self) -> str | None:
         return _field(self.result_lines, "failure")
+
+    @property
+    def failure_details(self) -> list[str]:
+        """The lines that continue the failure in ``logs/job_result.txt`` (indented: the
+        failed mini-batches a budget's message names), without their indent."""
+        lines = self.result_lines
+        for i, line in enumerate(lines):
+            if line.startswith("failure: "):
+                details = []
+                for more in lines[i + 1 :]:
+                    if not more[:1].isspace():
+                        break
+                    details.append(more.strip())
+                return [d for d in details if d]
+        return []
 
     @property
     def state(self) -> str:
@@ -203,6 +242,49 @@ def _read_json(path: str) -> Any:
         return None
 
 
+def _tries_by_session(path: str) -> tuple[list[TryRecord], list[int]]:
+    """Every try the ledger recorded, in the order they ended, and the session of each (the
+    number of ``session`` events before it, less one). Lines of the wrong shape are skipped,
+    as replaying the ledger skips them."""
+    tries: list[TryRecord] = []
+    sessions: list[int] = []
+    session = -1
+    for event in ledger_events(path):
+        kind = event.get("event")
+        if kind == "session":
+            session += 1
+        elif kind == "try":
+            try:
+                record = TryRecord.from_dict(event["record"])
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue
+            if not all(type(getattr(record, n)) is int for n in ("mb", "try_no")):
+                continue
+            tries.append(record)
+            sessions.append(max(session, 0))
+    return tries, sessions
+
+
+def _planned_items(path: str) -> dict[int, int]:
+    """Each mini-batch's item count as planned (files, or rows the planner counted), from
+    ``plan.json``; empty when there is none or it cannot be read (the counts then come from
+    the tries alone)."""
+    from daskprs.inputs.planfile import read_plan  # the plan's classes, only when there is one
+
+    if not os.path.exists(path):
+        return {}
+    try:
+        plan = read_plan(path)
+    except (OSError, ValueError, PlanningError):
+        return {}
+    counts: dict[int, int] = {}
+    for batch in plan.batches:
+        n = batch.n_items
+        if n is not None:
+            counts[batch.index] = n
+    return counts
+
+
 def _step_view(paths: RunPaths, name: str, kind: str, settings: dict[str, Any]) -> StepView:
     view = StepView(name=name, kind=kind, settings=settings)
     if kind == "command":
@@ -212,7 +294,8 @@ def _step_view(paths: RunPaths, name: str, kind: str, settings: dict[str, Any]) 
     view.sessions = state.sessions
     view.skipped_lines = state.skipped
     view.total = int(state.header.get("batches", 0)) if state.header else 0
-    view.tries = ledger_tries(paths.ledger(name))
+    view.tries, view.try_sessions = _tries_by_session(paths.ledger(name))
+    view.planned = _planned_items(paths.plan(name))
     for mb, entry in state.entries.items():
         if entry.state in ("DONE", "FAILED", "CANCELLED"):
             view.states[mb] = entry.state
@@ -245,6 +328,8 @@ def _perf(path: str) -> PerfSeries:
             series.node_mem.append(_number(row.get("Node Memory Percent") or ""))
             series.proc_cpu.append(_number(row.get("Process CPU Percent") or ""))
             series.proc_rss_mb.append(_number(row.get("Process RSS MB") or ""))
+            pid = _number(row.get("Process Id") or "")
+            series.pids.append(None if pid is None else int(pid))
     return series
 
 

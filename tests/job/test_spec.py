@@ -1074,3 +1074,32 @@ def test_a_node_input_given_as_null_takes_the_component_default(folder: Path):
     )
     step = only_step(load(job_file))
     assert step.mini_batch_size == MiniBatchSize(3, "count", "3")
+
+
+def test_a_misspelt_entry_script_is_one_problem_with_its_spelling(folder: Path):
+    job = write(
+        folder / "job.yml",
+        """
+        type: pipeline
+        jobs:
+          score:
+            type: parallel
+            inputs: {data: {type: uri_folder, path: ./data}}
+            input_data: ${{inputs.data}}
+            task: {type: run_function, code: ./src, entry_scirpt: score.py}
+        """,
+    )
+    problems = problems_of(job)
+    assert places(problems) == ["jobs.score.task.entry_scirpt"]
+    assert "`entry_script`" in problems[0].hint
+
+
+def test_a_path_given_with_set_is_relative_to_the_current_directory(folder: Path, monkeypatch):
+    job = pipeline(folder, "")
+    (folder / "elsewhere" / "data2").mkdir(parents=True)
+    (folder / "elsewhere" / "data2" / "b.txt").write_text("b\n")
+    monkeypatch.chdir(folder / "elsewhere")
+    step = only_step(load(job, ["jobs.score.inputs.data.path=./data2"]))
+    assert step.input_data.path == str(folder / "elsewhere" / "data2")
+    [problem] = problems_of(job, ["jobs.score.inputs.data.path=./nope"])
+    assert "given with --set, it is relative to the current directory" in problem.hint

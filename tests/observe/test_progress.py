@@ -36,7 +36,10 @@ def test_figures_rate_and_eta_from_the_counts():
     f = figures(summary(done=1, running=5), elapsed=1.0, slots=2)
     assert (f["running"], f["queued"]) == (2, 3)
     end = figures(summary(done=9, cancelled=1), elapsed=3.0)
-    assert (end["percent"], end["eta"]) == (100.0, 0.0)
+    assert (end["percent"], end["eta"]) == (90.0, 0.0)  # the cancelled one did not run
+    # an interrupt cancels what was left: the bar shows what was done, not 100 %
+    stopped = figures(summary(done=6, failed=2, cancelled=22, total=30), elapsed=3.0)
+    assert (stopped["processed"], stopped["percent"], stopped["eta"]) == (8, 100 * 8 / 30, 0.0)
     # a resumed step: 6 finished in earlier sessions, 2 in the 4 s of this one
     f = figures(summary(done=8), elapsed=4.0, before=6)
     assert (f["percent"], f["rate"], f["eta"]) == (80.0, 0.5, 4.0)

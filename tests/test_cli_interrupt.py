@@ -1,0 +1,98 @@
+"""A Ctrl-C (SIGINT) at any moment of ``daskprs run`` ends with exit 130 and a message that
+says how to continue: ``daskprs run --resume <run dir>`` once the run directory holds a run,
+and that there is nothing to resume before."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import pid_alive, poll_for
+
+from daskprs.cli import _guard
+
+PIPELINE = """\
+type: pipeline
+jobs:
+  prep:
+    type: command
+    code: ./code
+    command: echo $$ > started.tmp && mv started.tmp started && exec sleep 600
+    outputs:
+      data: {type: uri_folder}
+  score:
+    type: parallel
+    inputs:
+      data: ${{parent.jobs.prep.outputs.data}}
+    input_data: ${{inputs.data}}
+    task:
+      type: run_function
+      code: ./code
+      entry_script: score.py
+"""
+
+
+@pytest.mark.slow
+def test_an_interrupt_before_the_first_parallel_step_says_how_to_resume(tmp_path):
+    """SIGINT while a command step runs, before any parallel step: the first step's loop has
+    not started, yet the run directory holds a run that `--resume` continues."""
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "score.py").write_text("def run(mini_batch):\n    return mini_batch\n")
+    (tmp_path / "job.yml").write_text(PIPELINE)
+    run_dir = tmp_path / "run"
+    started = tmp_path / "code" / "started"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daskprs", "run", "job.yml", "--run-dir", str(run_dir)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        # pytest may run in the background, where the shell started it ignoring SIGINT
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    sleeper = 0
+    try:
+        poll_for(started.exists, timeout=120)
+        sleeper = int(started.read_text())
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if sleeper and pid_alive(sleeper):
+            os.kill(sleeper, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert f"daskprs run --resume {run_dir}" in err, err
+    assert "Traceback" not in err, err
+
+
+def test_an_interrupt_once_the_run_directory_holds_a_run(tmp_path, capsys):
+    (tmp_path / "run.json").write_text("{}")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert _guard(interrupted, str(tmp_path)) == 130
+    err = capsys.readouterr().err
+    assert f"Continue with: daskprs run --resume {tmp_path}" in err
+
+
+@pytest.mark.parametrize("made", [False, True])
+def test_an_interrupt_before_the_run_directory_holds_a_run(tmp_path, capsys, made):
+    """Nothing to resume: no run directory yet, or one without its run record."""
+    run_dir = tmp_path / "run"
+    if made:
+        run_dir.mkdir()
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert _guard(interrupted, str(run_dir)) == 130
+    err = capsys.readouterr().err
+    assert "--resume" not in err
+    assert textwrap.dedent("nothing to resume") in err
