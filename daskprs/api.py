@@ -91,6 +91,10 @@ def _never_began(run: RunDir) -> bool:
     return not any(os.path.exists(os.path.join(run.logs.root, d)) for d in ("user", "steps"))
 
 
+# Done mini-batches with failed items named in logs/job_result.txt, per step.
+_SHOWN = 10
+
+
 def _interrupted(result: JobResult) -> bool:
     return (result.failure or "").startswith("interrupted")
 
@@ -140,6 +144,12 @@ def _write_results(run: RunDir, result: JobResult, job: Job) -> None:
             f"{sm['failed_items']} failed; planning {s.plan_seconds:.2f} s, running "
             f"{s.seconds:.2f} s"
         )
+        for mb, why in list(s.short_returns.items())[:_SHOWN]:
+            lines.append(f"step {s.step} mini-batch {mb} done with failed items: {why}")
+        if len(s.short_returns) > _SHOWN:
+            lines.append(
+                f"step {s.step}: {len(s.short_returns) - _SHOWN} more done with failed items"
+            )
     for name, path in result.outputs.items():
         lines.append(f"output {name}: {path}")
     if not result.ok:
@@ -160,6 +170,11 @@ def _write_results(run: RunDir, result: JobResult, job: Job) -> None:
         f"step {f.step} mini-batch {f.id} ({f.status}, {f.tries} tries): "
         f"{f.error}\n{f.to_json()['traceback']}".rstrip()
         for f in failed
+    ]
+    errors += [
+        f"step {s.step} mini-batch {mb} (done with failed items): {why}"
+        for s in result.steps
+        for mb, why in s.short_returns.items()
     ]
     logs.write_text(run.logs.job_error, "\n\n".join(errors) if errors else "no user-script errors")
 

@@ -39,7 +39,7 @@ from daskprs.execute.wire import (
     write_message,
 )
 from daskprs.paths import redact
-from daskprs.results.outcome import Status, TryRecord
+from daskprs.results.outcome import Status, TryRecord, short_return
 from daskprs.rundir import LogsDir
 
 __all__ = ["ChildConfig", "MiniBatchContext", "main"]
@@ -289,6 +289,9 @@ class _Runner:
                 f"{n} is counted as the item count"
             )
             total = n
+        elif n < total:
+            what = "items" if isinstance(result, list | tuple) else "rows"
+            warning = short_return(n, total, what)
         written = None
         if part is not None:
             tmp = f"{part}.tmp"

@@ -78,7 +78,8 @@ def session_of(batches: Iterable[MiniBatch], state: LedgerState, mode: Mode) -> 
             st,
             rec.succeeded if rec is not None else 0,
             failed_items(st, rec, batch.n_items),
-            rec.error if rec is not None else "",
+            # a FAILED one's error; a DONE one's reason for failed items (a short return)
+            (rec.error or rec.warning) if rec is not None else "",
         )
     return Session(number=state.sessions, todo=tuple(todo), prior=prior)
 

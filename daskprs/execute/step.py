@@ -160,7 +160,20 @@ def run_parallel_step(request: StepRequest, cluster: Callable[[], ClusterHandle]
         seconds=seconds,
         plan_seconds=plan.seconds,
         parts=parts,
+        short_returns=_short_returns(state),
     )
+
+
+def _short_returns(state: LedgerState) -> dict[int, str]:
+    """DONE mini-batches with failed items, and why (their last try's warning)."""
+    return {
+        mb: e.record.warning
+        for mb, e in sorted(state.entries.items())
+        if e.state == BatchState.DONE
+        and e.record is not None
+        and e.record.failed
+        and e.record.warning
+    }
 
 
 def _resume_hint(request: StepRequest) -> str:

@@ -170,8 +170,18 @@ def final_verdict(tally: Tally, total: int, policy: Policy) -> Stop:
     return Stop(None)
 
 
-def explain(stop: Stop, failed: Mapping[int, str]) -> Stop:
-    """``stop`` with the failed mini-batches (``{id: error}``) named in its message."""
+def explain(stop: Stop, failed: Mapping[int, str], short: Mapping[int, str] | None = None) -> Stop:
+    """``stop`` with the failed mini-batches (``{id: error}``) named in its message, and for
+    the failed-items budget the done ones whose ``run()`` returned too few rows (``short``:
+    ``{id: why}``)."""
+    if stop.failure is not None and short and stop.budget == Budget.ERROR_THRESHOLD:
+        ids = sorted(short)
+        lines = [f"  mini-batch {mb}: {short[mb]}" for mb in ids[:5]]
+        more = f"\n  ... and {len(ids) - 5} more" if len(ids) > 5 else ""
+        stop = Stop(
+            f"{stop.failure}. Mini-batches done with failed items:\n" + "\n".join(lines) + more,
+            stop.budget,
+        )
     if stop.failure is None or not failed:
         return stop
     ids = sorted(failed)
@@ -203,14 +213,16 @@ def verdict_of(
 ) -> tuple[Stop, dict[str, int]]:
     """The verdict and summary of a step none of whose mini-batches is left to run (a resume
     of a finished step): the budgets a running supervisor applies, on the final states."""
-    tally, failed = Tally(), {}
+    tally, failed, short = Tally(), {}, {}
     for mb, p in prior.items():
         tally.add(BatchState(p.state), p.succeeded, p.failed)
         if p.state == BatchState.FAILED:
             failed[mb] = p.error
+        elif p.state == BatchState.DONE and p.failed and p.error:
+            short[mb] = p.error
     total = len(items)
     stop = budget_verdict(tally, total, policy, True) or final_verdict(tally, total, policy)
-    return explain(stop, failed), summarize(tally, total)
+    return explain(stop, failed, short), summarize(tally, total)
 
 
 class Supervisor:
@@ -418,9 +430,13 @@ class Supervisor:
         self, mb: int, state: BatchState, record: TryRecord, out: list[Instruction], now: float
     ) -> None:
         self.state[mb] = state
+        failed = failed_items(state, record, self.items.get(mb))
         if state == BatchState.FAILED:
             self.errors[mb] = record.error
-        failed = failed_items(state, record, self.items.get(mb))
+        elif failed and record.warning:  # done, with rows run() did not return
+            self.errors[mb] = record.warning
+        else:
+            self.errors.pop(mb, None)
         self.counts.add(state, record.succeeded, failed)
         self.last_progress = now
         out.append(Finalize(mb, state, record))
@@ -455,7 +471,8 @@ class Supervisor:
         failed = {
             mb: self.errors.get(mb, "") for mb, s in self.state.items() if s == BatchState.FAILED
         }
-        stop = explain(stop, failed)
+        short = {mb: why for mb, why in self.errors.items() if self.state[mb] == BatchState.DONE}
+        stop = explain(stop, failed, short)
         self.stopped = stop
         for mb, state in sorted(self.state.items()):
             if state in (BatchState.PENDING, BatchState.RUNNING):

@@ -278,7 +278,12 @@ def _list_folder(fs: Any, folder: str, url: str, skipped: list[str] | None = Non
         raise PlanningError(f"{url}: folder not found; check the path (and the MLTable paths)")
     if not fs.isdir(folder):
         raise PlanningError(f"{url}: is a file, not a folder; use 'file:' or type uri_file")
-    out = _find(fs, folder, skipped)
+    here: list[str] = []
+    out = _find(fs, folder, here)
+    if skipped is not None:
+        skipped += here
+    if not out and here:
+        raise PlanningError(f"{url}: no file of the folder could be listed: " + "; ".join(here))
     if not out:
         raise PlanningError(
             f"{url}: the folder holds no files (dotfiles and MLTable files are not counted); "

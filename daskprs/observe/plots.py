@@ -82,9 +82,42 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def timeline_svg(bars: Sequence[Bar], lanes: Sequence[str], span: float) -> str:
+# (where on the time axis, a label): the pauses between sessions, cut out of the axis
+Pauses = Sequence[tuple[float, str]]
+
+
+def _mark_pauses(ax: Any, pauses: Pauses, label: bool = True) -> None:
+    """A dashed line where each pause between sessions was cut out of the time axis, named
+    at the top of the chart (each its own SVG group ``id="pause-<n>"``)."""
+    for n, (x, text) in enumerate(pauses):
+        line = ax.axvline(x, color="#64748b", linestyle=(0, (4, 3)), linewidth=1.1, zorder=4)
+        line.set_gid(f"pause-{n}")
+        if label:
+            ax.annotate(
+                text,
+                xy=(x, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(-3, -3),
+                textcoords="offset points",
+                rotation=90,
+                ha="right",
+                va="top",
+                fontsize=8,
+                color="#475569",
+            )
+
+
+def _time_label(pauses: Pauses) -> str:
+    if pauses:
+        return "seconds since the first try started (pauses between sessions cut out)"
+    return "seconds since the first try started"
+
+
+def timeline_svg(
+    bars: Sequence[Bar], lanes: Sequence[str], span: float, pauses: Pauses = ()
+) -> str:
     """A Gantt-like chart: one row a process, one box a try, coloured by status; retries
-    outlined in black, timeouts hatched."""
+    outlined in black, timeouts hatched; the pauses between sessions marked."""
     import matplotlib
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch, Rectangle
@@ -116,7 +149,8 @@ def timeline_svg(bars: Sequence[Bar], lanes: Sequence[str], span: float) -> str:
         ax.set_xlim(0, span * 1.01)
         ax.set_ylim(len(lanes) - 0.5, -0.5)
         ax.set_yticks(range(len(lanes)), labels=list(lanes))
-        ax.set_xlabel("seconds since the first try started")
+        ax.set_xlabel(_time_label(pauses))
+        _mark_pauses(ax, pauses)
         ax.grid(axis="x", color="#e2e8f0", linewidth=0.6)
         ax.set_axisbelow(True)
         seen = sorted({b.status for b in bars}, key=lambda s: (s != "RUN_DONE", s))
@@ -151,9 +185,14 @@ def _nice_bin(span: float, bins: int = 40) -> float:
     return 10 * exp
 
 
-def throughput_svg(ends_ok: Sequence[float], ends_failed: Sequence[float], span: float) -> str:
+def throughput_svg(
+    ends_ok: Sequence[float], ends_failed: Sequence[float], span: float, pauses: Pauses = ()
+) -> str:
     """Tries finished per second over time (stacked: succeeded, failed), and the cumulative
-    count of finished tries."""
+    count of finished tries. Times are on the axis with the pauses between sessions cut out,
+    so no bin counts a pause as time without a finished try. The legend sits above the
+    chart (``id="throughput-legend"``), clear of the bars (``id="bar-ok-<n>"``,
+    ``id="bar-failed-<n>"``)."""
     import matplotlib
     from matplotlib.figure import Figure
 
@@ -169,7 +208,7 @@ def throughput_svg(ends_ok: Sequence[float], ends_failed: Sequence[float], span:
         for t in ends_failed:
             bad[min(n - 1, int(t // width))] += 1
         left = [i * width for i in range(n)]
-        ax.bar(
+        succeeded = ax.bar(
             left,
             [c / width for c in ok],
             width=width * 0.92,
@@ -177,7 +216,7 @@ def throughput_svg(ends_ok: Sequence[float], ends_failed: Sequence[float], span:
             color=STATUS_COLOURS["RUN_DONE"],
             label="succeeded tries / s",
         )
-        ax.bar(
+        failed = ax.bar(
             left,
             [c / width for c in bad],
             bottom=[c / width for c in ok],
@@ -186,8 +225,12 @@ def throughput_svg(ends_ok: Sequence[float], ends_failed: Sequence[float], span:
             color=STATUS_COLOURS["RUN_EXCEPTION"],
             label="failed tries / s",
         )
+        for kind, container in (("ok", succeeded), ("failed", failed)):
+            for i, patch in enumerate(container.patches):
+                patch.set_gid(f"bar-{kind}-{i}")
         ax.set_ylabel("tries finished per second")
-        ax.set_xlabel(f"seconds since the first try started (bins of {width:g} s)")
+        ax.set_xlabel(f"{_time_label(pauses)} (bins of {width:g} s)")
+        _mark_pauses(ax, pauses)
         ax.grid(axis="y", color="#e2e8f0", linewidth=0.6)
         ax.set_axisbelow(True)
         cumulative = ax.twinx()
@@ -206,43 +249,76 @@ def throughput_svg(ends_ok: Sequence[float], ends_failed: Sequence[float], span:
         ax.set_xlim(0, max(span, width) * 1.01)
         lines, labels = ax.get_legend_handles_labels()
         lines2, labels2 = cumulative.get_legend_handles_labels()
-        ax.legend(lines + lines2, labels + labels2, loc="upper left", frameon=False)
+        # above the chart, never over its bars
+        legend = ax.legend(
+            lines + lines2,
+            labels + labels2,
+            loc="lower left",
+            bbox_to_anchor=(0, 1.0),
+            ncol=3,
+            frameon=False,
+        )
+        legend.set_gid("throughput-legend")
         return _svg(fig)
 
 
 def resources_svg(
     series: Sequence[tuple[str, Sequence[float], Sequence[float | None], Sequence[float | None]]],
     node_cpu: Mapping[str, tuple[Sequence[float], Sequence[float | None]]],
+    pauses: Pauses = (),
 ) -> str:
     """The resource monitor's curves: CPU % (each process, each node dashed) and each
-    process's resident memory.
+    process's resident memory. A chart is drawn only with a curve of two samples or more
+    (``id="cpu-chart"``, ``id="memory-chart"``); a sample without a value (None) is a gap.
 
     ``series``: (label, times, process CPU %, process RSS MB) per process; ``node_cpu``: per
-    node, (times, node CPU %). Times are seconds since the first try started.
+    node, (times, node CPU %). Times are seconds since the first try started, pauses cut out.
     """
     import matplotlib
     from matplotlib.figure import Figure
 
+    def drawn(values: Sequence[float | None]) -> bool:
+        return sum(1 for v in values if v is not None) >= 2
+
+    def nan(values: Sequence[float | None]) -> list[float]:
+        return [float("nan") if v is None else v for v in values]
+
+    cpu_lines = [(i, s) for i, s in enumerate(series) if drawn(s[2])]
+    mem_lines = [(i, s) for i, s in enumerate(series) if drawn(s[3])]
+    nodes = {node: v for node, v in node_cpu.items() if drawn(v[1])}
+    charts = (["cpu"] if cpu_lines or nodes else []) + (["memory"] if mem_lines else [])
+    if not charts:
+        return ""
     with matplotlib.rc_context(_rc()):
-        fig = Figure(figsize=(11, 3.4))
-        cpu, mem = fig.subplots(1, 2)
-        for label, times, proc_cpu, rss in series:
-            cpu.plot(times, [float("nan") if v is None else v for v in proc_cpu], label=label)
-            mem.plot(times, [float("nan") if v is None else v for v in rss], label=label)
-        for node, (times, values) in node_cpu.items():
-            cpu.plot(
-                times,
-                [float("nan") if v is None else v for v in values],
-                linestyle="--",
-                color="#64748b",
-                label=f"{node} (whole node)",
-            )
-        cpu.set_title("CPU %", color=_TEXT, loc="left")
-        mem.set_title("resident memory of each process (MB)", color=_TEXT, loc="left")
-        for ax in (cpu, mem):
-            ax.set_xlabel("seconds since the first try started")
+        fig = Figure(figsize=(11 if len(charts) == 2 else 7, 3.4))
+        axes = dict(zip(charts, fig.subplots(1, len(charts), squeeze=False)[0], strict=True))
+        if "cpu" in axes:
+            cpu = axes["cpu"]
+            cpu.set_gid("cpu-chart")
+            for i, (label, times, proc_cpu, _) in cpu_lines:
+                cpu.plot(times, nan(proc_cpu), color=f"C{i % 10}", marker=".", ms=3, label=label)
+            for node, (times, values) in nodes.items():
+                cpu.plot(
+                    times,
+                    nan(values),
+                    linestyle="--",
+                    marker=".",
+                    ms=3,
+                    color="#64748b",
+                    label=f"{node} (whole node)",
+                )
+            cpu.set_title("CPU %", color=_TEXT, loc="left")
+            cpu.legend(frameon=False, fontsize=8)
+        if "memory" in axes:
+            mem = axes["memory"]
+            mem.set_gid("memory-chart")
+            for i, (label, times, _, rss) in mem_lines:
+                mem.plot(times, nan(rss), color=f"C{i % 10}", marker=".", ms=3, label=label)
+            mem.set_title("resident memory of each process (MB)", color=_TEXT, loc="left")
+        for ax in axes.values():
+            ax.set_xlabel(_time_label(pauses))
+            _mark_pauses(ax, pauses, label=False)
             ax.grid(color="#e2e8f0", linewidth=0.6)
             ax.set_axisbelow(True)
-        cpu.legend(frameon=False, fontsize=8)
         fig.tight_layout()
         return _svg(fig)

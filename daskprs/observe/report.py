@@ -177,26 +177,83 @@ def _try_title(step: str, t: TryRecord) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class _Clock:
+    """The report's time axis: seconds since the first try started, with the pauses between
+    sessions (absolute ``(start, end)`` times, sorted, disjoint) cut out."""
+
+    origin: float
+    pauses: tuple[tuple[float, float], ...] = ()
+
+    def at(self, t: float) -> float:
+        x = t - self.origin
+        for a, b in self.pauses:
+            if t >= b:
+                x -= b - a
+            elif t > a:
+                x -= t - a
+        return x
+
+    def paused_between(self, a: float, b: float) -> bool:
+        """Whether a pause lies between the times ``a`` and ``b`` (a restart between them)."""
+        return any(a <= p + 1 and q <= b + 1 for p, q in self.pauses)
+
+
+def _pauses(view: RunView) -> list[tuple[float, float]]:
+    """The pauses between sessions: from the last try that ended before a later session's
+    first try started, to that start (an interrupt or a kill, then ``--resume`` or
+    ``rerun-failed``).
+
+    A step's session runs after the sessions of the steps before it in the job, in the same
+    driver session or a later one; the wait before a session k > 0 is a pause unless what ran
+    just before it was a step earlier in the job that was in its session k or later (then
+    both ran in the same driver session, one after the other).
+    """
+    order = {s.name: i for i, s in enumerate(view.steps)}
+    spans: dict[tuple[str, int], tuple[float, float]] = {}
+    for s in view.steps:
+        for t, k in zip(s.tries, s.try_sessions, strict=False):
+            if t.start_time > 0:
+                a, b = spans.get((s.name, k), (math.inf, -math.inf))
+                spans[(s.name, k)] = (min(a, t.start_time), max(b, t.start_time + t.elapsed))
+    pauses = set()
+    for (step, k), (start, _) in spans.items():
+        before = [(end, key) for key, (a, end) in spans.items() if a < start and key != (step, k)]
+        if k == 0 or not before:
+            continue
+        end, (other, other_k) = max(before)
+        if end < start and (order[other] >= order[step] or other_k < k):
+            pauses.add((end, start))
+    return sorted(pauses)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _timeline(
-    view: RunView,
+    view: RunView, clock: _Clock
 ) -> tuple[list[plots.Bar], list[str], float, list[float], list[float]]:
     tries = [(s.name, t) for s in view.steps for t in s.tries]
-    timed = [t.start_time for _, t in tries if t.start_time > 0]
-    origin = min(timed, default=0.0)
-    end = max((t.start_time + t.elapsed for _, t in tries if t.start_time > 0), default=origin)
-    span = max(end - origin, 1e-3)
+    ends = [t.start_time + t.elapsed for _, t in tries if t.start_time > 0]
+    span = max(clock.at(max(ends)) if ends else 0.0, 1e-3)
     # a try lost with its worker has no start: shown where the mini-batch was tried next
     next_start: dict[tuple[str, int], list[float]] = {}
     for step, t in tries:
         if t.start_time > 0:
-            next_start.setdefault((step, t.mb), []).append(t.start_time - origin)
+            next_start.setdefault((step, t.mb), []).append(clock.at(t.start_time))
     bars: list[plots.Bar] = []
     ends_ok: list[float] = []
     ends_failed: list[float] = []
     lost_lane = "(lost with its worker)"
     for step, t in tries:
         if t.start_time > 0:
-            start, length = t.start_time - origin, t.elapsed
+            start = clock.at(t.start_time)
+            length = clock.at(t.start_time + t.elapsed) - start
             lane = f"{t.node}/{t.process}" if t.node or t.process else lost_lane
         else:
             later = next_start.get((step, t.mb), [])
@@ -213,10 +270,13 @@ def _slowest(view: RunView) -> list[dict[str, str]]:
         for t in s.tries:
             per_mb.setdefault((s.name, t.mb), []).append(t)
     states = {(s.name, mb): st for s in view.steps for mb, st in s.states.items()}
+    steps = {s.name: s for s in view.steps}
     ranked = sorted(per_mb.items(), key=lambda kv: -sum(t.elapsed for t in kv[1]))
     out = []
     for (step, mb), tries in ranked[:_SLOWEST]:
         last = tries[-1]
+        timeout = steps[step].settings.get("timeout")
+        items = last.total if last.total is not None else steps[step].planned.get(mb)
         out.append(
             {
                 "step": step,
@@ -224,8 +284,8 @@ def _slowest(view: RunView) -> list[dict[str, str]]:
                 "state": states.get((step, mb), "PENDING"),
                 "tries": str(len(tries)),
                 "seconds (all tries)": f"{sum(t.elapsed for t in tries):.2f}",
-                "run() seconds": f"{sum(t.run_seconds for t in tries):.2f}",
-                "items": "" if last.total is None else str(last.total),
+                "run() seconds": f"{sum(_ran(t, timeout) for t in tries):.2f}",
+                "items": "" if items is None else str(items),
                 "last process": f"{last.node}/{last.process}" if last.node else "-",
             }
         )
@@ -236,42 +296,100 @@ def _samples(values: list[float | None]) -> int:
     return sum(1 for v in values if v is not None)
 
 
-def _perf(view: RunView, origin: float) -> tuple[list, dict]:
+def _monitor_interval(view: RunView) -> float | None:
+    """``--resource_monitor_interval`` of the run's parallel steps (the largest), or None."""
+    values = []
+    for s in view.steps:
+        try:
+            values.append(float(s.settings["resource_monitor_interval"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return max(values) if values else None
+
+
+def _measured_cpu(
+    p: PerfSeries, interval: float | None, clock: _Clock
+) -> tuple[list[float | None], list[float | None]]:
+    """The node's and the process's CPU % of each sample, None where the sample measured
+    nothing: psutil gives 0.0 on its first look (at a process, or in a worker process), so
+    the first sample of each run of the monitor (the file's first line; one taken after a
+    pause between sessions, or not one interval after the line before: a new slot's monitor
+    writing to the same file) has no CPU figure, nor has a process's first sample (the
+    child was replaced, or not started yet)."""
+    node: list[float | None] = []
+    proc: list[float | None] = []
+    for i, t in enumerate(p.times):
+        goes_on = i > 0 and not clock.paused_between(p.times[i - 1], t)
+        if goes_on and interval is not None and interval > 0:
+            gap = t - p.times[i - 1]  # the file's times are whole seconds
+            goes_on = interval - 1 <= gap <= 1.5 * interval + 1
+        pid = p.pids[i] if i < len(p.pids) else None
+        same = goes_on and pid is not None and p.pids[i - 1] == pid
+        node.append(p.node_cpu[i] if goes_on else None)
+        proc.append(p.proc_cpu[i] if same else None)
+    return node, proc
+
+
+def _perf(view: RunView, clock: _Clock) -> tuple[list, dict]:
     series = []
     nodes: dict[str, tuple[list[float], list[float | None]]] = {}
+    interval = _monitor_interval(view)
     for p in view.perf:
-        times = [t - origin for t in p.times]
+        times = [clock.at(t) for t in p.times]
+        node_cpu, proc_cpu = _measured_cpu(p, interval, clock)
         # a curve needs two samples; a run shorter than the interval has one at most
-        if _samples(p.proc_cpu) >= 2 or _samples(p.proc_rss_mb) >= 2:
-            series.append((f"{p.node}/{p.process}", times, p.proc_cpu, p.proc_rss_mb))
-        if p.node not in nodes and _samples(p.node_cpu) >= 2:
-            nodes[p.node] = (times, p.node_cpu)
+        if _samples(proc_cpu) >= 2 or _samples(p.proc_rss_mb) >= 2:
+            series.append((f"{p.node}/{p.process}", times, proc_cpu, p.proc_rss_mb))
+        if p.node not in nodes and _samples(node_cpu) >= 2:
+            nodes[p.node] = (times, node_cpu)
     return series, nodes
+
+
+def _resources_note(view: RunView) -> str:
+    interval = _monitor_interval(view)
+    if interval is not None and interval <= 0 and not view.perf:
+        return "not sampled: the resource monitor was off (--resource_monitor_interval 0)"
+    every = f"every {interval:g} s" if interval else "every --resource_monitor_interval seconds"
+    return (
+        "not sampled: the resource monitor took fewer than two samples of any process that "
+        f"measured something (it samples {every}, and its first look at a process measures no "
+        "CPU yet; --resource_monitor_interval sets the interval, 0 turns it off)"
+    )
 
 
 def build_report(view: RunView, now: float | None = None) -> ReportData:
     """The report's content from a run directory's view (pure)."""
-    bars, lanes, span, ends_ok, ends_failed = _timeline(view)
     all_tries = [t for s in view.steps for t in s.tries]
     origin = min((t.start_time for t in all_tries if t.start_time > 0), default=view.created)
+    pauses = _pauses(view)
+    clock = _Clock(origin, tuple(pauses))
+    bars, lanes, span, ends_ok, ends_failed = _timeline(view, clock)
     parallel = [s for s in view.steps if s.kind == "parallel"]
     total = sum(s.total for s in parallel)
     done = sum(s.count("DONE") for s in parallel)
     retries = sum(1 for t in all_tries if t.try_no > 1)
+    uncounted = sum(s.uncounted_failed for s in parallel)
     facts = [
         ("mini-batches", f"{done} of {total} done"),
         ("failed", str(sum(s.count("FAILED") for s in parallel))),
         ("cancelled", str(sum(s.count("CANCELLED") for s in parallel))),
         ("not finished", str(sum(s.pending for s in parallel))),
+        ("items ok", f"{sum(s.succeeded_items for s in parallel):,}"),
         (
-            "items",
-            f"{sum(s.succeeded_items for s in parallel)} ok, "
-            f"{sum(s.failed_items for s in parallel)} failed",
+            "items failed"
+            + (f" (+ {uncounted} failed mini-batch(es) never counted)" if uncounted else ""),
+            f"{sum(s.failed_items for s in parallel):,}",
         ),
         ("tries", f"{len(all_tries)} ({retries} retries)"),
-        ("busy span", f"{span:.1f} s" if all_tries else "-"),
+        (
+            "busy span" + (" (pauses cut out)" if pauses else ""),
+            f"{span:.1f} s" if all_tries else "-",
+        ),
         ("mini-batches / s", f"{done / span:.2f}" if all_tries else "-"),
     ]
+    if pauses:
+        paused = sum(b - a for a, b in pauses)
+        facts.append((f"paused between sessions ({len(pauses)})", _duration(paused)))
     fails = failures(view)
     shown = []
     for f in fails[:_FAILURES]:
@@ -287,12 +405,13 @@ def build_report(view: RunView, now: float | None = None) -> ReportData:
                 "traceback": f.traceback,
             }
         )
-    series, nodes = _perf(view, origin)
+    series, nodes = _perf(view, clock)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now or time.time()))
     return ReportData(
         title=f"daskprs run {view.name}",
         state=view.state,
         failure=view.failure,
+        failure_details=view.failure_details,
         next_command=next_command(view),
         facts=facts,
         budgets=[row for s in parallel for row in _budgets(s)],
@@ -307,6 +426,8 @@ def build_report(view: RunView, now: float | None = None) -> ReportData:
         perf=series,
         node_cpu=nodes,
         generated=f"{view.root} · job {view.job_file} · written {stamp}",
+        pauses=[(clock.at(a), f"paused {_duration(b - a)}") for a, b in pauses],
+        resources_note="" if series or nodes else _resources_note(view),
     )
 
 
@@ -325,12 +446,12 @@ main { padding: 4px 32px 40px; max-width: 1240px; }
 .succeeded { background: #2e9e5b; } .failed { background: #d64545; }
 .running { background: #1d4ed8; } .interrupted, .incomplete { background: #f08c00; }
 .sub { color: var(--muted); font-size: 12px; word-break: break-all; }
-.failure { margin-top: 8px; color: #b42318; }
+.failure { margin-top: 8px; color: #b42318; } .failure ul { margin: 4px 0 0; padding-left: 20px; }
 .next { margin-top: 6px; } code { background: #eef2f7; padding: 1px 5px; border-radius: 4px; }
 .facts { display: grid; grid-template-columns: repeat(auto-fill, minmax(140px, 1fr)); gap: 10px;
   margin: 18px 0 6px; }
 .fact { background: var(--card); border: 1px solid var(--line); border-radius: 8px;
-  padding: 8px 12px; white-space: nowrap; }
+  padding: 8px 12px; min-width: 0; overflow-wrap: anywhere; }
 .fact b { display: block; font-size: 16px; } .fact span { color: var(--muted); font-size: 12px; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; }
 th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line);
@@ -395,28 +516,48 @@ def _failures_html(data: ReportData) -> str:
 
 _NUMERIC = ("mini-batch", "tries", "seconds (all tries)", "run() seconds", "items")
 
+# The heading a budget's message ends with before the list of the mini-batches it names.
+_LIST_HEADING = re.compile(r"[.:;]?\s*Failed mini-batches:\s*$")
+
+
+def _failure_html(failure: str | None, details: list[str]) -> str:
+    """The failure's message, with the failed mini-batches it names as a list; a heading
+    whose list was not written is left out."""
+    if not failure:
+        return ""
+    if not details:
+        head = _LIST_HEADING.sub("", failure)
+        return f'<div class="failure">{_e(head)}</div>'
+    items = "".join(f"<li>{_e(d)}</li>" for d in details)
+    return f'<div class="failure">{_e(failure)}<ul>{items}</ul></div>'
+
 
 def render_html(data: ReportData) -> str:
     """The report page: one string of HTML with everything inline."""
     facts = "".join(
         f'<div class="fact"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for k, v in data.facts
     )
-    failure = f'<div class="failure">{_e(data.failure)}</div>' if data.failure else ""
+    failure = _failure_html(data.failure, data.failure_details)
     next_line = (
         f'<div class="next">next: <code>{_e(data.next_command)}</code></div>'
         if data.next_command
         else ""
     )
     if data.bars:
-        timeline = plots.timeline_svg(data.bars, data.lanes, data.span)
-        throughput = plots.throughput_svg(data.ends_ok, data.ends_failed, data.span)
+        timeline = plots.timeline_svg(data.bars, data.lanes, data.span, data.pauses)
+        throughput = plots.throughput_svg(data.ends_ok, data.ends_failed, data.span, data.pauses)
     else:
         timeline = throughput = '<p class="empty">no try has ended yet</p>'
     resources = (
-        plots.resources_svg(data.perf, data.node_cpu)
+        plots.resources_svg(data.perf, data.node_cpu, data.pauses)
         if data.perf or data.node_cpu
-        else '<p class="empty">the resource monitor took fewer than two samples of any process '
-        "(it samples every --resource_monitor_interval seconds; 0 turns it off)</p>"
+        else f'<p class="empty">{_e(data.resources_note or "not sampled")}</p>'
+    )
+    pause_note = (
+        f" The {len(data.pauses)} pause(s) between sessions (an interrupt, then a resume) are "
+        "cut out of the time axes and marked with a dashed line; rates leave them out."
+        if data.pauses
+        else ""
     )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -435,7 +576,7 @@ def render_html(data: ReportData) -> str:
 {_table(data.budgets)}
 <h2>Timeline of tries per process</h2>
 <p class="sub">One box a try ({len(data.bars)} tries), coloured by its outcome; retries are
-outlined, timeouts hatched. Hover a box for the mini-batch, try and error.</p>
+outlined, timeouts hatched. Hover a box for the mini-batch, try and error.{pause_note}</p>
 <div class="figure" id="timeline">{timeline}</div>
 <h2>Throughput</h2>
 <div class="figure" id="throughput">{throughput}</div>

@@ -39,6 +39,9 @@ class StepOutcome:
         Time spent running and planning in this session.
     parts : mapping of int to str
         The committed part of every DONE mini-batch (not kept in step-reuse records).
+    short_returns : mapping of int to str
+        DONE mini-batches with failed items (``run()`` returned fewer rows than its inputs),
+        and why.
     """
 
     step: str
@@ -50,6 +53,7 @@ class StepOutcome:
     seconds: float = 0.0
     plan_seconds: float = 0.0
     parts: Mapping[int, str] = field(default_factory=dict, repr=False, compare=False)
+    short_returns: Mapping[int, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy (step reuse keeps it), without the parts."""
@@ -62,6 +66,7 @@ class StepOutcome:
             "failed": [f.to_json() for f in self.failed],
             "seconds": self.seconds,
             "plan_seconds": self.plan_seconds,
+            "short_returns": {str(mb): why for mb, why in self.short_returns.items()},
         }
 
     @classmethod
@@ -76,6 +81,9 @@ class StepOutcome:
             failed=tuple(FailedMiniBatch.from_json(f) for f in data.get("failed") or ()),
             seconds=float(data.get("seconds") or 0.0),
             plan_seconds=float(data.get("plan_seconds") or 0.0),
+            short_returns={
+                int(mb): str(why) for mb, why in (data.get("short_returns") or {}).items()
+            },
         )
 
 

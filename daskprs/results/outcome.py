@@ -11,7 +11,15 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["FINAL_STATES", "RETRYABLE", "BatchState", "Status", "TryRecord", "failed_items"]
+__all__ = [
+    "FINAL_STATES",
+    "RETRYABLE",
+    "BatchState",
+    "Status",
+    "TryRecord",
+    "failed_items",
+    "short_return",
+]
 
 
 class Status(StrEnum):
@@ -138,3 +146,12 @@ def failed_items(state: BatchState, record: TryRecord | None, planned: int | Non
         total = record.total if record.total is not None else planned
         return total if total is not None else record.failed
     return record.failed
+
+
+def short_return(returned: int, inputs: int, what: str = "items") -> str:
+    """Why a mini-batch whose ``run()`` returned fewer ``what`` (rows, items) than its inputs
+    has failed items (kept in its try's ``warning``)."""
+    return (
+        f"run() returned {returned} {what} for {inputs} inputs; the {what} run() does not "
+        "return count as failed items"
+    )

@@ -13,6 +13,7 @@ import test_s3
 from conftest import output_of, write_job
 
 from daskprs.api import run_job
+from daskprs.errors import PlanningError
 from daskprs.inputs import listing
 from daskprs.inputs.batches import BatchLoadError
 from daskprs.inputs.plan import plan_input
@@ -414,3 +415,13 @@ def test_empty_csv_files_among_others_give_no_rows_and_are_named(tmp_path, clien
     assert result.ok, result.failure
     assert output_of(tmp_path / "run").read_text() == "1 5\n"  # mini-batch 0 (a.csv): no rows
     assert f"note: 1 of 2 input files are empty (0 bytes): {tmp_path / 't' / 'a.csv'}" in lines
+
+
+def test_an_input_folder_that_cannot_be_listed_is_a_planning_error_that_says_why(
+    tmp_path, monkeypatch
+):
+    touch(tmp_path / "in" / "a.txt")
+    _scandir_failing_for(monkeypatch, tmp_path / "in")
+    with pytest.raises(PlanningError, match="no file of the folder could be listed: ") as err:
+        plan_input(folder_input(tmp_path / "in"), None)
+    assert "folder left out of the input: it cannot be listed (EACCES" in str(err.value)

@@ -1,0 +1,56 @@
+"""Rows ``run()`` does not return count as failed items, and every record says which
+mini-batch returned how few: the budget's message, job_result.txt, job_error.txt, status."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from conftest import write_job
+
+from daskprs.api import run_job
+from daskprs.observe.runview import read_run
+from daskprs.observe.status import format_status
+
+pytestmark = pytest.mark.slow
+
+RETURNS_NINE = """
+def run(mini_batch):
+    return mini_batch.head(9)
+"""
+
+
+def table(folder, rows):
+    folder.mkdir()
+    pd.DataFrame({"a": range(rows)}).to_csv(folder / "x.csv", index=False)
+    (folder / "MLTable").write_text(
+        "paths:\n  - file: ./x.csv\ntransformations:\n  - read_delimited: {delimiter: ','}\n"
+    )
+
+
+@pytest.mark.parametrize("threshold", [10, -1])
+def test_a_short_return_is_named_wherever_its_failed_items_are_counted(tmp_path, threshold):
+    table(tmp_path / "t", 2000)
+    job = write_job(
+        tmp_path,
+        RETURNS_NINE,
+        input_yaml="type: mltable\npath: ./t\nmode: direct",
+        mini_batch_size='"1mb"',
+        extra=f"error_threshold: {threshold}",
+    )
+    run_dir = tmp_path / "run"
+    result = run_job(job, run_dir=run_dir, workers=1, echo=lambda s: None)
+    why = "run() returned 9 rows for 2000 inputs"
+    if threshold >= 0:
+        assert not result.ok
+        assert "1991 items failed, over error_threshold (10)" in (result.failure or "")
+        assert f"mini-batch 0: {why}" in (result.failure or "")
+    else:
+        assert result.ok, result.failure
+        assert result.steps[0].short_returns[0].startswith(why)
+    assert f"mini-batch 0 done with failed items: {why}" in (
+        run_dir / "logs" / "job_result.txt"
+    ).read_text()
+    assert why in (run_dir / "logs" / "job_error.txt").read_text()
+    status = format_status(read_run(run_dir))
+    assert "mini-batches done with failed items (1):" in status
+    assert f"score #0  1991 failed: {why}" in status
