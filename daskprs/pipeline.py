@@ -330,7 +330,12 @@ class StepsRunner:
                 # the mini-batch ids no longer mean the same inputs: start the step over (with
                 # the same cuts the fresh plan only brings the files' new sizes and times,
                 # which the reads of the rest check)
-                os.replace(where.ledger, f"{where.ledger}.before-force-{int(time.time())}")
+                # (the claims and parts go with the ledger: the new session's tries reuse their
+                # names)
+                suffix = f".before-force-{int(time.time())}"
+                for old in (where.ledger, where.claims, where.parts):
+                    if os.path.exists(old):
+                        os.replace(old, old + suffix)
         inputs[step.name] = new
         os.makedirs(where.root, exist_ok=True)
         write_plan(where.plan, fresh)

@@ -94,7 +94,6 @@ def policy_of(step: ParallelStep) -> Policy:
         progress_timeout=s.effective_progress_update_timeout,
         nodes=max(1, step.instance_count),
         processes_per_node=processes_per_instance(step),
-        append_row=step.append_row_to is not None,
     )
 
 

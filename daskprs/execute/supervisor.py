@@ -61,7 +61,6 @@ class Policy:
     progress_timeout: float | None = None
     nodes: int = 1
     processes_per_node: int = 1
-    append_row: bool = False
     # Tries in flight at once. Enough to keep every worker busy while results stream back;
     # bounded so that a budget stop cancels little and driver memory stays flat.
     window: int = 64

@@ -198,7 +198,7 @@ def _walk_local(folder: str, skipped: list[str] | None = None) -> list[_Found]:
     def skip(path: str, what: str, err: OSError) -> None:
         code = errno.errorcode.get(err.errno or 0, type(err).__name__)
         note = f"{path}: {what} ({code}: {err.strerror or err}); {_SKIP_HINT}"
-        log.warning("%s", note)
+        log.debug("%s", note)  # the plan's notes say it on the console and in plan.json
         if skipped is not None:
             skipped.append(note)
 

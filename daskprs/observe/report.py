@@ -230,7 +230,7 @@ def _pauses(view: RunView) -> list[tuple[float, float]]:
 def _duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
+    if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
 

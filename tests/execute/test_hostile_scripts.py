@@ -27,6 +27,18 @@ def spawn():
     with open(os.path.join(os.environ["MARKS"], f"{child.pid}.pid"), "w"):
         pass
 
+def escape():
+    # a daemon: a double fork into a session of its own (the middle process exits at once)
+    middle = os.fork()
+    if middle == 0:
+        os.setsid()
+        daemon = os.fork()
+        if daemon == 0:
+            os.execvp("sleep", ["sleep", "600"])
+        os.close(os.open(os.path.join(os.environ["MARKS"], f"{daemon}.escaped"), os.O_CREAT))
+        os._exit(0)
+    os.waitpid(middle, 0)
+
 def run(mini_batch):
     name = os.path.basename(mini_batch[0])
     if name == "shout.txt":
@@ -40,6 +52,11 @@ def run(mini_batch):
         spawn()
     if name == "spawn-hang.txt":
         spawn()
+        time.sleep(3600)
+    if name == "escape.txt":
+        escape()
+    if name == "escape-hang.txt":
+        escape()
         time.sleep(3600)
     if name == "mutate.txt":
         os.environ["INJECTED"] = "1"
@@ -70,6 +87,8 @@ NAMES = (
     "shout.txt",
     "spawn.txt",
     "spawn-hang.txt",
+    "escape.txt",
+    "escape-hang.txt",
     "mutate.txt",
     "exit.txt",
     "ctrl-c.txt",
@@ -105,11 +124,29 @@ def hostile(tmp_path):
     def task(name, part=None):
         return RunTask(FileBatch(0, (str(data / name),)), 1, str(part) if part else None)
 
-    return slot, task, marks, logs, tmp_path
+    yield slot, task, marks, logs, tmp_path
+    for pid in escaped(marks):  # what a failed test left running (a `sleep 600` it started)
+        _end_sleep(pid)
 
 
 def spawned(marks) -> list[int]:
     return [int(p.name.split(".")[0]) for p in marks.glob("*.pid")]
+
+
+def escaped(marks) -> list[int]:
+    """The daemons the script started in sessions of their own (``escape()``)."""
+    return [int(p.name.split(".")[0]) for p in marks.glob("*.escaped")]
+
+
+def _end_sleep(pid: int) -> None:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.cmdline() == ["sleep", "600"]:
+            proc.kill()
+    except psutil.Error:
+        pass
 
 
 def test_user_log_limit_reads_its_variable():
@@ -164,6 +201,65 @@ def test_processes_a_run_leaves_behind_end_with_its_process(hostile):
     assert len(spawned(marks)) == 3
     for pid in spawned(marks):  # stopping the slot ends what the last process started
         poll_for(lambda pid=pid: not pid_alive(pid), timeout=10)
+
+
+def test_processes_that_leave_the_session_end_with_their_process(hostile):
+    """A daemon (double fork, ``setsid``) is out of the process group a kill takes; it still
+    ends with the entry-script process that started it, and only with that one."""
+    make, task, marks, _, _ = hostile
+    slot, other = make(), make()
+    try:
+        assert other.run(task("escape.txt"), Deadlines()).status == "RUN_DONE"
+        [theirs] = escaped(marks)
+        assert slot.run(task("escape.txt"), Deadlines()).status == "RUN_DONE"
+        [first] = set(escaped(marks)) - {theirs}
+        assert pid_alive(first)  # it may live as long as the process that started it
+        record = slot.run(task("escape-hang.txt"), Deadlines(run=2))
+        assert record.status == "RUN_TIMEOUT"
+        mine = set(escaped(marks)) - {theirs}
+        assert len(mine) == 2
+        for pid in mine:  # the killed process's daemons: both
+            poll_for(lambda pid=pid: not pid_alive(pid), timeout=10)
+        assert pid_alive(theirs)  # another entry-script process's daemon: not touched
+        assert slot.run(task("escape.txt"), Deadlines()).status == "RUN_DONE"
+        [last] = set(escaped(marks)) - mine - {theirs}
+    finally:
+        slot.stop()
+        other.stop()
+    for pid in (last, theirs):  # stopping a slot ends what its last process started
+        poll_for(lambda pid=pid: not pid_alive(pid), timeout=10)
+
+
+@pytest.mark.slow
+def test_a_daemon_an_entry_script_starts_ends_with_the_job(tmp_path):
+    """On the embedded cluster, through the whole job: the daemon ``run()`` starts in a
+    session of its own is gone once the job is over."""
+    from conftest import make_files, write_job
+
+    from daskprs.api import run_job
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    make_files(tmp_path / "data", 2)
+    script = SCRIPT.replace('name = os.path.basename(mini_batch[0])', 'name = "escape.txt"')
+    job = write_job(
+        tmp_path,
+        script,
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"1"',
+        max_concurrency=1,
+        extra=f"environment_variables:\n  MARKS: {marks}",
+    )
+    try:
+        result = run_job(job, run_dir=tmp_path / "run", echo=lambda s: None)
+        assert result.ok, result.failure
+        daemons = escaped(marks)
+        assert len(daemons) == 2  # one a mini-batch
+        for pid in daemons:
+            poll_for(lambda pid=pid: not pid_alive(pid), timeout=30)
+    finally:
+        for pid in escaped(marks):
+            _end_sleep(pid)
 
 
 def test_changes_to_environ_path_argv_and_cwd_do_not_reach_the_next_mini_batch(hostile):

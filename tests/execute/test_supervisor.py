@@ -194,7 +194,7 @@ def test_init_failure_does_not_use_a_try_but_has_a_budget():
 def test_append_row_job_of_empty_mini_batches_succeeds():
     """Mini-batches that held no row succeed as ones whose run() returned [] do: an empty
     input makes an empty output (it used to fail, "no mini-batch succeeded", after "2 done")."""
-    sup = Supervisor({0: 1, 1: 1}, Policy(max_retries=0, append_row=True))
+    sup = Supervisor({0: 1, 1: 1}, Policy(max_retries=0))
     drive(sup, lambda s: rec(s, Status.EMPTY, 0))
     assert sup.stopped.failure is None and sup.stopped.budget is None
     assert sup.summary()["done"] == 2

@@ -425,3 +425,32 @@ def test_an_input_folder_that_cannot_be_listed_is_a_planning_error_that_says_why
     with pytest.raises(PlanningError, match="no file of the folder could be listed: ") as err:
         plan_input(folder_input(tmp_path / "in"), None)
     assert "folder left out of the input: it cannot be listed (EACCES" in str(err.value)
+
+
+@pytest.mark.slow
+def test_rerun_failed_with_force_on_a_grown_input_starts_the_step_over(tmp_path, client):
+    """Rows appended: the cuts changed, so --force starts the step over; the new session's
+    tries never meet the claims and parts of the old one (same names)."""
+    from daskprs.api import resume_job
+
+    csv = _table(tmp_path / "t", rows=200)
+    (tmp_path / "fail").touch()
+    job = write_job(
+        tmp_path,
+        FAIL_MB_1_WHILE_MARKED,
+        input_yaml="type: mltable\npath: ./t",
+        mini_batch_size='"1kb"',
+        extra="retry_settings:\n  max_retries: 0\n"
+        f"environment_variables:\n  FAIL: {tmp_path / 'fail'}",
+    )
+    first = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
+    assert [f.id for f in first.steps[0].failed] == [1]
+    (tmp_path / "fail").unlink()
+    with open(csv, "a", encoding="utf-8") as f:
+        f.writelines(f"{i},{i * 0.5},n{i}\n" for i in range(200, 260))
+    again = resume_job(
+        tmp_path / "run", rerun_failed=True, force=True, client=client, echo=lambda s: None
+    )
+    assert again.ok and not again.steps[0].failed, again.failure
+    ids = [line.split()[1] for line in output_of(tmp_path / "run").read_text().splitlines()]
+    assert ids == [str(i) for i in range(260)]
