@@ -281,6 +281,18 @@ def validate(
             click.echo(f"  - {p}", err=True)
         sys.exit(2)
     assert job is not None
+    from daskprs.pipeline import check_before_running
+
+    # what run would find within seconds of starting: the inputs planned from their
+    # metadata, the entry scripts' imports, the output locations
+    problems_found, plan_notes = check_before_running(job)
+    for note in plan_notes:
+        click.echo(f"note: {note}")
+    if problems_found:
+        click.echo(f"{file}: {len(problems_found)} problem(s):", err=True)
+        for problem in problems_found:
+            click.echo(f"  - {problem}", err=True)
+        sys.exit(2)
     steps = ", ".join(f"{s.name} ({s.kind})" for s in job.steps)
     click.echo(f"{file}: valid ({steps})")
 

@@ -17,6 +17,7 @@ from typing import Any
 from daskprs.errors import JobFailed, PlanningError, ResumeRefused, UserInputError
 from daskprs.execute.cluster import open_cluster
 from daskprs.execute.lazycluster import LazyCluster
+from daskprs.execute.preflight import check_entry_script
 from daskprs.execute.resume import Mode, input_change
 from daskprs.execute.step import StepRequest, run_parallel_step
 from daskprs.inputs.plan import Plan, plan_input, same_cuts
@@ -28,7 +29,14 @@ from daskprs.results.jobresult import JobResult, StepOutcome
 from daskprs.rundir import RunDir
 from daskprs.settings import EnvSettings
 
-__all__ = ["ClusterChoice", "JobSession", "StepsRunner", "check_writable", "plan_step"]
+__all__ = [
+    "ClusterChoice",
+    "JobSession",
+    "StepsRunner",
+    "check_before_running",
+    "check_writable",
+    "plan_step",
+]
 
 
 def plan_step(step: ParallelStep) -> Plan:
@@ -106,6 +114,55 @@ def check_writable(job: Job) -> None:
             "\n".join(problems) + "\nGive the output a path that can be written "
             "(`--set jobs.<step>.outputs.<name>.path=...` or in the job file)."
         )
+
+
+def _made_by_earlier_step(step: ParallelStep, job: Job) -> str | None:
+    """The step whose output ``step`` reads (it does not exist before that step runs)."""
+    path = step.input_data.path
+    for other in job.steps:
+        if other.name == step.name:
+            return None
+        for out in other.outputs.values():
+            if path == out.path or path.startswith(out.path.rstrip("/") + "/"):
+                return other.name
+    return None
+
+
+def check_before_running(job: Job) -> tuple[list[str], list[str]]:
+    """What can be checked of ``job`` in seconds without running anything: each parallel
+    step's input planned from its metadata (the MLTable file, its transformations, a pattern
+    that matches no file, a mini_batch_size that does not fit the input), its entry script's
+    imports in the Python it will run in (this machine's, or the one its environment maps
+    to), and the output locations. Returns ``(problems, notes)``."""
+    problems: list[str] = []
+    notes: list[str] = []
+    try:
+        check_writable(job)
+    except UserInputError as err:
+        problems.append(str(err))
+    for step in job.parallel_steps:
+        maker = _made_by_earlier_step(step, job)
+        if maker is not None:
+            notes.append(
+                f"step {step.name}: its input is made by step {maker}; it is planned when it runs"
+            )
+            continue
+        try:
+            plan = plan_step(step)
+            if not plan.batches:
+                problems.append(
+                    f"step {step.name}: the input {step.input_data.path} gives no mini-batches"
+                )
+            notes += plan.notes
+        except (UserInputError, JobFailed) as err:
+            problems.append(str(err))
+        try:
+            check_entry_script(
+                step.name, step.code_dir, step.entry_script, step.python, step.environment
+            )
+        except UserInputError as err:
+            problems.append(str(err))
+    return problems, notes
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,16 @@ def _file_batches(
     if size is None:
         count = DEFAULT_FILES_PER_BATCH
     elif size.unit != "count":
+        spec = listing.spec
+        if spec is not None and spec.read is not None and data.mode not in _NOT_GIVEN_MODES:
+            # a table read as files because of its mode: the mode is the likely mistake
+            raise PlanningError(
+                f"{data.path}: mini_batch_size '{size}' is a size for tables, but input "
+                f"'{data.name}' is read as a file list because mode {data.mode} was given: "
+                "run() would receive the MLTable's files. Omit the mode (or use mode: direct) "
+                "to read it as a table of about that size a mini-batch, or give a number of "
+                f'files (mini_batch_size: "10") to keep the files'
+            )
         raise PlanningError(
             f"{data.path}: mini_batch_size '{size}' has a unit, but input '{data.name}' is a "
             f"file list, where mini_batch_size counts files; write a number of files "
