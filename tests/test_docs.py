@@ -191,3 +191,15 @@ def test_the_command_line_page_lists_every_environment_variable():
     page = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
     missing = [name for name in settings.VARIABLES if f"`{name}`" not in page]
     assert not missing, f"docs/cli.md, Environment variables: add {missing}"
+
+
+def test_the_run_folders_the_readme_shows_are_ignored_by_git():
+    """A user who runs the README's commands in a clone leaves no untracked run folder."""
+    readme = (ROOT / "README.md").read_text()
+    folders = sorted(set(re.findall(r"--run-dir ([\w./-]+)", readme))) + ["daskprs-runs/x"]
+    assert "runs/today" in folders
+    for folder in folders:
+        ignored = subprocess.run(
+            ["git", "-C", str(ROOT), "check-ignore", "-q", folder], check=False
+        )
+        assert ignored.returncode == 0, f"{folder} is not ignored by .gitignore"
