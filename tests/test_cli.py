@@ -113,4 +113,4 @@ def test_run_against_an_external_scheduler(tmp_path, external_cluster):
     assert output_of(tmp_path / "run").read_text().splitlines() == [
         f"f{i:03d}.txt" for i in range(9)
     ]
-    assert "cluster: 2 worker slots" in proc.stderr
+    assert ": 2 worker slots, connected in" in proc.stderr

@@ -196,7 +196,7 @@ def test_the_command_line_page_lists_every_environment_variable():
 def test_the_run_folders_the_readme_shows_are_ignored_by_git():
     """A user who runs the README's commands in a clone leaves no untracked run folder."""
     readme = (ROOT / "README.md").read_text()
-    folders = sorted(set(re.findall(r"--run-dir ([\w./-]+)", readme))) + ["daskprs-runs/x"]
+    folders = [*sorted(set(re.findall(r"--run-dir ([\w./-]+)", readme))), "daskprs-runs/x"]
     assert "runs/today" in folders
     for folder in folders:
         ignored = subprocess.run(

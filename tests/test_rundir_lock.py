@@ -63,6 +63,47 @@ def test_drivers_taking_over_a_stale_lock_at_once_never_both_hold_it(tmp_path):
         assert len(winners) == 1, f"round {n}: {len(winners)} drivers held the run at once"
 
 
+def _churn(root: str, start, turns: int, overlaps) -> None:
+    """Take the lock, stay inside a moment (marked by a file only one may create), release;
+    again and again, each release removing ``run.lock`` under the others' feet."""
+    run = RunDir(root)
+    inside = os.path.join(root, "inside")
+    start.wait()
+    for _ in range(turns):
+        try:
+            run.lock()
+        except RunLocked:
+            continue
+        try:
+            os.close(os.open(inside, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            overlaps.put(1)  # another driver holds the run too
+        else:
+            os.unlink(inside)
+        run.unlock()
+    overlaps.put(0)
+
+
+def test_drivers_taking_and_releasing_the_lock_over_and_over_never_overlap(tmp_path):
+    """A release removes ``run.lock`` while others may have it open: one of them must not
+    then hold the removed file while another holds the new one."""
+    ctx = multiprocessing.get_context("fork")
+    start, overlaps = ctx.Barrier(RACERS), ctx.Queue()
+    procs = [
+        ctx.Process(target=_churn, args=(str(tmp_path), start, 200, overlaps))
+        for _ in range(RACERS)
+    ]
+    for p in procs:
+        p.start()
+    seen = []
+    while len([x for x in seen if x == 0]) < RACERS:
+        seen.append(overlaps.get(timeout=120))
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert sum(seen) == 0, f"{sum(seen)} times two drivers held the run at once"
+
+
 def test_a_live_driver_holds_its_run_and_a_second_one_is_refused(tmp_path):
     run = RunDir(str(tmp_path))
     run.lock()

@@ -42,7 +42,16 @@ from daskprs.paths import redact
 from daskprs.results.outcome import Status, TryRecord, short_return
 from daskprs.rundir import LogsDir
 
-__all__ = ["ChildConfig", "MiniBatchContext", "main"]
+__all__ = ["PROCESS_MARK", "ChildConfig", "MiniBatchContext", "end_marked", "main"]
+
+# The environment variable the slot sets to a new token in each entry-script process: every
+# process it starts inherits it, also one that leaves the process's session (``setsid``, a
+# double fork), so that those end with it (:func:`end_marked`). Lower case, not a setting:
+# daskprs sets it and reads none of it.
+PROCESS_MARK = "daskprs_process"
+
+# Times :func:`end_marked` looks again for marked processes (one forked while it killed).
+_SWEEPS = 10
 
 _TRACEBACK_LINES = 20
 # Characters kept of an error line and of a traceback: an exception carrying megabytes of
@@ -354,12 +363,62 @@ def _wants_context(run: Any) -> bool:
     return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in positional)
 
 
-def _watch_parent(parent: int) -> None:
+def end_marked(token: str, spare: frozenset[int] = frozenset()) -> int:
+    """SIGKILL every process of this user whose environment carries ``PROCESS_MARK=token``
+    (the processes one entry-script process started, wherever they went), but ``spare``.
+
+    Linux only (it reads ``/proc/<pid>/environ``); elsewhere it finds nothing. A process that
+    started with an environment of its own (``env -i``), or as another user, is not found.
+
+    Returns
+    -------
+    int
+        The processes killed.
+    """
+    needle = f"\0{PROCESS_MARK}={token}\0".encode()
+    killed: set[int] = set()
+    for _ in range(_SWEEPS):
+        found = [pid for pid in _marked(needle) if pid not in killed and pid not in spare]
+        if not found:
+            break
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        killed.update(found)  # a process killed forks no more: the next look finds only new
+    return len(killed)
+
+
+def _marked(needle: bytes) -> list[int]:
+    """The pids whose environment holds ``needle`` (``\\0NAME=VALUE\\0``)."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:  # no /proc: not Linux
+        return []
+    found = []
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:  # gone, or another user's
+            continue
+        if needle in b"\0" + environ:
+            found.append(int(name))
+    return found
+
+
+def _watch_parent(parent: int, token: str) -> None:
     """Exit when the worker process that started us is gone (killed with SIGKILL), taking
-    down the processes the entry script started in our session."""
+    down the processes the entry script started: in our session, and those that left it
+    (marked with ``token``)."""
     while True:
         time.sleep(1.0)
         if os.getppid() != parent:
+            if token:
+                end_marked(token, spare=frozenset({os.getpid()}))
             if os.getpgid(0) == os.getpid():  # our own group (the slot made it): all of it
                 os.killpg(os.getpid(), signal.SIGKILL)
             os._exit(1)
@@ -369,7 +428,19 @@ def main(argv: list[str] | None = None) -> int:
     """Serve tasks from the pipe until told to stop or the pipe closes."""
     args = sys.argv[1:] if argv is None else argv
     in_fd, out_fd, phase_fd = int(args[0]), int(args[1]), int(args[2])
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    # read before a script can change the environment (its mark, for its processes)
+    token = os.environ.get(PROCESS_MARK, "")
+    threading.Thread(target=_watch_parent, args=(os.getppid(), token), daemon=True).start()
+    try:
+        return _serve(in_fd, out_fd, phase_fd)
+    finally:
+        # however it ends (told to stop, or the pipe closed by a worker killed with SIGKILL):
+        # the processes the script started end with this one, daemons too
+        if token:
+            end_marked(token, spare=frozenset({os.getpid()}))
+
+
+def _serve(in_fd: int, out_fd: int, phase_fd: int) -> int:
     try:
         setup = read_message(in_fd)
     except ChannelClosed:

@@ -178,6 +178,10 @@ def open_cluster(
     try:
         yield ClusterHandle(local, n_workers, local=True, start_seconds=time.monotonic() - started)
     finally:
+        # the client first (a client left connected to a closing scheduler retries, and says
+        # so); then the cluster closes its workers, waits for their processes, and only then
+        # its scheduler. A heartbeat a worker's own closing cuts still logs a traceback:
+        # DaskLogsToFile keeps it in the run's log.
         local.close()
         cluster.close()
 

@@ -11,9 +11,12 @@ next task starts a new child, which runs ``init()`` again.
 
 The child runs in a session of its own, so a kill takes the processes the entry script
 started with it (a subprocess left running by ``run()`` ends with the child that started it,
-at a kill or at the end of the step). Its stdout and stderr reach their log files through a
-pipe that the slot drains, keeping at most ``ChildConfig.log_limit`` bytes per file and a
-one-line note where it cut. ``shutdown()`` at the end has its own deadline
+at a kill or at the end of the step). Those that left its session (``setsid``, a daemon's
+double fork) are found by the mark each child's environment carries to everything it starts
+(:data:`~daskprs.execute.child.PROCESS_MARK`, a new token per child) and killed once the
+child is gone (:func:`~daskprs.execute.child.end_marked`). Its stdout and stderr reach their
+log files through a pipe that the slot drains, keeping at most ``ChildConfig.log_limit`` bytes
+per file and a one-line note where it cut. ``shutdown()`` at the end has its own deadline
 (``Deadlines.shutdown``); a process that overruns it is killed, and its error log says so.
 """
 
@@ -27,9 +30,10 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from typing import Any
 
-from daskprs.execute.child import ChildConfig
+from daskprs.execute.child import PROCESS_MARK, ChildConfig, end_marked
 from daskprs.execute.deadlines import DeadlineClock, Deadlines, Phase
 from daskprs.execute.wire import (
     ChannelClosed,
@@ -147,6 +151,8 @@ class Slot:
         self._from_child = -1
         self._phases = -1
         self._psutil_proc: Any = None
+        # the mark of the current child's processes (see `kill`)
+        self._token = ""
         self._logs: list[_CappedLog] = []
         self.started = 0
         self.monitor: Any = None
@@ -183,6 +189,8 @@ class Slot:
         env["PYTHONUNBUFFERED"] = "1"
         # in bytes, for EntryScript().logger's file (no dask in the child to parse "64MiB")
         env["DASKPRS_USER_LOG_LIMIT"] = str(self.config.log_limit or 0)
+        self._token = uuid.uuid4().hex
+        env[PROCESS_MARK] = self._token
         out, err = self._log_pipe("stdout"), self._log_pipe("stderr")
         python = self.config.python or sys.executable
         try:
@@ -230,11 +238,15 @@ class Slot:
             pass
 
     def kill(self) -> None:
-        """Kill the child and its process group at once (SIGKILL), reap it, and wait for the
-        last bytes of its logs."""
+        """Kill the child and its process group at once (SIGKILL), reap it, kill what it
+        started outside its group, and wait for the last bytes of its logs."""
         if self.proc is not None:
             self._kill_group()
             self.proc.wait()
+        if self._token:
+            # the processes that left the child's session: only the child's, by its mark
+            end_marked(self._token)
+            self._token = ""
         self._close_pipes()
         self.proc = None
         deadline = time.monotonic() + _DRAIN_SECONDS

@@ -246,7 +246,7 @@ def throughput_svg(
         cumulative.set_ylabel("finished tries (total)", color="#1d4ed8")
         cumulative.spines["right"].set_visible(True)
         cumulative.set_ylim(0, max(1, len(ends)) * 1.05)
-        ax.set_xlim(0, max(span, width) * 1.01)
+        ax.set_xlim(0, n * width * 1.01)  # the last bin whole
         lines, labels = ax.get_legend_handles_labels()
         lines2, labels2 = cumulative.get_legend_handles_labels()
         # above the chart, never over its bars

@@ -307,27 +307,37 @@ def _monitor_interval(view: RunView) -> float | None:
     return max(values) if values else None
 
 
-def _measured_cpu(
-    p: PerfSeries, interval: float | None, clock: _Clock
-) -> tuple[list[float | None], list[float | None]]:
-    """The node's and the process's CPU % of each sample, None where the sample measured
-    nothing: psutil gives 0.0 on its first look (at a process, or in a worker process), so
-    the first sample of each run of the monitor (the file's first line; one taken after a
-    pause between sessions, or not one interval after the line before: a new slot's monitor
-    writing to the same file) has no CPU figure, nor has a process's first sample (the
-    child was replaced, or not started yet)."""
+_Curves = tuple[list[float], list[float | None], list[float | None], list[float | None]]
+
+
+def _measured(p: PerfSeries, interval: float | None, clock: _Clock) -> _Curves:
+    """(times on the report's axis, node CPU %, process CPU %, process RSS MB) of a
+    process's samples, None where a sample measured nothing: psutil gives 0.0 on its first
+    look (at a process, or in a worker process), so the first sample of each run of the
+    monitor (the file's first line; one taken after a pause between sessions, or not one
+    interval after the line before: a new slot's monitor writing to the same file) has no CPU
+    figure, nor has a process's first sample (the child was replaced, or not started yet).
+    Where the monitor started again, a point without values breaks the curves."""
+    times: list[float] = []
     node: list[float | None] = []
     proc: list[float | None] = []
+    rss: list[float | None] = []
     for i, t in enumerate(p.times):
         goes_on = i > 0 and not clock.paused_between(p.times[i - 1], t)
         if goes_on and interval is not None and interval > 0:
             gap = t - p.times[i - 1]  # the file's times are whole seconds
             goes_on = interval - 1 <= gap <= 1.5 * interval + 1
+        if i > 0 and not goes_on:
+            for values in (node, proc, rss):
+                values.append(None)
+            times.append(clock.at(t))
         pid = p.pids[i] if i < len(p.pids) else None
         same = goes_on and pid is not None and p.pids[i - 1] == pid
+        times.append(clock.at(t))
         node.append(p.node_cpu[i] if goes_on else None)
         proc.append(p.proc_cpu[i] if same else None)
-    return node, proc
+        rss.append(p.proc_rss_mb[i])
+    return times, node, proc, rss
 
 
 def _perf(view: RunView, clock: _Clock) -> tuple[list, dict]:
@@ -335,11 +345,10 @@ def _perf(view: RunView, clock: _Clock) -> tuple[list, dict]:
     nodes: dict[str, tuple[list[float], list[float | None]]] = {}
     interval = _monitor_interval(view)
     for p in view.perf:
-        times = [clock.at(t) for t in p.times]
-        node_cpu, proc_cpu = _measured_cpu(p, interval, clock)
+        times, node_cpu, proc_cpu, rss = _measured(p, interval, clock)
         # a curve needs two samples; a run shorter than the interval has one at most
-        if _samples(proc_cpu) >= 2 or _samples(p.proc_rss_mb) >= 2:
-            series.append((f"{p.node}/{p.process}", times, proc_cpu, p.proc_rss_mb))
+        if _samples(proc_cpu) >= 2 or _samples(rss) >= 2:
+            series.append((f"{p.node}/{p.process}", times, proc_cpu, rss))
         if p.node not in nodes and _samples(node_cpu) >= 2:
             nodes[p.node] = (times, node_cpu)
     return series, nodes

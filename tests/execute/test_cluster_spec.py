@@ -57,7 +57,7 @@ def test_a_local_cluster_named_in_the_configuration_runs_the_job(tmp_path):
     rows = output_of(tmp_path / "run").read_text().splitlines()
     assert sorted(r.split()[0] for r in rows) == [f"f{i:03d}.txt" for i in range(6)]
     # the named cluster ran it, not the embedded one (which is not announced as "cluster:")
-    assert "cluster: 2 worker slots" in "\n".join(lines)
+    assert ": 2 worker slots, started in" in "\n".join(lines)
     assert not any("embedded" in line for line in lines)
 
 
@@ -125,7 +125,7 @@ def test_an_adaptive_local_cluster_grows_with_the_queue(tmp_path):
     lines: list[str] = []
     result = run_job(job, run_dir=tmp_path / "run", echo=lines.append)
     assert result.ok, result.failure
-    assert "cluster: 1 worker slots" in "\n".join(lines)
+    assert ": 1 worker slots, started in" in "\n".join(lines)
     rows = [line.split() for line in output_of(tmp_path / "run").read_text().splitlines()]
     assert sorted(name for name, _ in rows) == [f"f{i:03d}.txt" for i in range(4)]
     assert len({pid for _, pid in rows}) == 2

@@ -230,6 +230,48 @@ def test_processes_that_leave_the_session_end_with_their_process(hostile):
         poll_for(lambda pid=pid: not pid_alive(pid), timeout=10)
 
 
+WORKER = """
+import sys, time
+from daskprs.execute.child import ChildConfig
+from daskprs.execute.deadlines import Deadlines
+from daskprs.execute.slot import Slot
+from daskprs.execute.wire import RunTask
+from daskprs.inputs.batches import FileBatch
+
+code, data, marks = sys.argv[1:]
+slot = Slot(ChildConfig(code_dir=code, entry_script="score.py", env={"MARKS": marks}))
+print(slot.run(RunTask(FileBatch(0, (data,)), 1, None), Deadlines()).status, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_daemon_ends_when_the_worker_of_its_process_is_killed(hostile):
+    """The worker process (here: a process holding a slot) killed with SIGKILL: its slot
+    cannot clean up, so the entry-script process ends what it started, daemons too."""
+    import signal
+    import subprocess
+    import sys
+
+    _, _, marks, _, tmp = hostile
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(tmp / "code"), str(tmp / "data/escape.txt"), str(marks)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stdout.readline().strip() == "RUN_DONE"
+        [daemon] = escaped(marks)
+        assert pid_alive(daemon)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        poll_for(lambda: not pid_alive(daemon), timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        worker.stdout.close()
+
+
 @pytest.mark.slow
 def test_a_daemon_an_entry_script_starts_ends_with_the_job(tmp_path):
     """On the embedded cluster, through the whole job: the daemon ``run()`` starts in a
@@ -241,7 +283,7 @@ def test_a_daemon_an_entry_script_starts_ends_with_the_job(tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()
     make_files(tmp_path / "data", 2)
-    script = SCRIPT.replace('name = os.path.basename(mini_batch[0])', 'name = "escape.txt"')
+    script = SCRIPT.replace("name = os.path.basename(mini_batch[0])", 'name = "escape.txt"')
     job = write_job(
         tmp_path,
         script,

@@ -47,9 +47,10 @@ def test_a_short_return_is_named_wherever_its_failed_items_are_counted(tmp_path,
     else:
         assert result.ok, result.failure
         assert result.steps[0].short_returns[0].startswith(why)
-    assert f"mini-batch 0 done with failed items: {why}" in (
-        run_dir / "logs" / "job_result.txt"
-    ).read_text()
+    assert (
+        f"mini-batch 0 done with failed items: {why}"
+        in (run_dir / "logs" / "job_result.txt").read_text()
+    )
     assert why in (run_dir / "logs" / "job_error.txt").read_text()
     status = format_status(read_run(run_dir))
     assert "mini-batches done with failed items (1):" in status

@@ -116,7 +116,7 @@ def test_a_job_runs_on_a_tls_cluster_and_bad_certificates_are_user_errors(tmp_pa
             "run", str(job), "--scheduler", address, "--run-dir", "r1", *good, cwd=tmp_path
         )
         assert done.returncode == 0, done.stderr
-        assert "cluster: 2 worker slots" in done.stderr
+        assert ": 2 worker slots, connected in" in done.stderr
         lines = output_of(tmp_path / "r1").read_text().splitlines()
         assert lines == [f"f{i:03d}.txt" for i in range(6)]
 
