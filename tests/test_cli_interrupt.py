@@ -96,3 +96,56 @@ def test_an_interrupt_before_the_run_directory_holds_a_run(tmp_path, capsys, mad
     err = capsys.readouterr().err
     assert "--resume" not in err
     assert textwrap.dedent("nothing to resume") in err
+
+
+SLOW = """
+import os, time
+
+def run(mini_batch):
+    open(os.path.join(os.environ["MARKS"], os.path.basename(mini_batch[0])), "w").close()
+    time.sleep(600)
+    return mini_batch
+"""
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_to_the_terminals_process_group_prints_one_message(tmp_path):
+    """A terminal's Ctrl-C reaches every process of its foreground group: the driver and the
+    embedded cluster's worker processes. One clean message, no worker's traceback."""
+    from conftest import make_files, write_job
+
+    make_files(tmp_path / "data", 6)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    job = write_job(
+        tmp_path,
+        SLOW,
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"1"',
+        extra=f"environment_variables:\n  MARKS: {marks}",
+    )
+    run_dir = tmp_path / "run"
+
+    def own_group() -> None:  # as a shell starts a foreground job
+        os.setpgid(0, 0)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    command = [sys.executable, "-m", "daskprs", "run", str(job), "--workers", "2"]
+    proc = subprocess.Popen(
+        [*command, "--run-dir", str(run_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=own_group,
+    )
+    try:
+        poll_for(lambda: len(list(marks.iterdir())) >= 2, timeout=120)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.count(f"daskprs run --resume {run_dir}") == 1, err

@@ -145,8 +145,11 @@ class _Runner:
     def send(self, message: Done | Stopped) -> None:
         write_message(self.out_fd, message)
 
-    def phase(self, name: str) -> None:
-        os.write(self.phase_fd, f"{name} {time.monotonic():.6f}\n".encode())
+    def phase(self, name: str, items: int | None = None) -> None:
+        """Say the phase the process enters (and, entering ``run``, how many rows or items
+        it was given: a try killed in run() then counts them as failed)."""
+        extra = f" {items}" if items is not None else ""
+        os.write(self.phase_fd, f"{name} {time.monotonic():.6f}{extra}\n".encode())
 
     def log_error(self, header: str, tb: str) -> None:
         if self.error_log is None:
@@ -240,7 +243,7 @@ class _Runner:
         total = len(data)
         if total == 0:
             return base.with_(status=Status.EMPTY, total=0)
-        self.phase("run")
+        self.phase("run", total)
         run = self.module.run
         saved = _ProcessState.save()
         started = time.perf_counter()

@@ -156,11 +156,14 @@ def open_cluster(
         return
     from distributed import LocalCluster
 
-    from daskprs.execute.dasklogs import DaskLogsToFile
+    from daskprs.execute.dasklogs import DaskLogsToFile, IgnoreInterrupts
     from daskprs.observe.logs import driver_log_file
 
-    # inside a run, the workers' Dask messages go to the run's log file, as the driver's do
+    # inside a run, the workers' Dask messages go to the run's log file, as the driver's do;
+    # a Ctrl-C reaches the worker processes too (they share the terminal's process group):
+    # the driver alone answers it, and ends them
     log_file = driver_log_file()
+    plugins = (IgnoreInterrupts(), *((DaskLogsToFile(log_file),) if log_file else ()))
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         cluster = LocalCluster(
             n_workers=n_workers,
@@ -172,7 +175,7 @@ def open_cluster(
             dashboard_address=dashboard_address(settings.dashboard),
             memory_limit=0,
             silence_logs=logging.ERROR,
-            plugins=(DaskLogsToFile(log_file),) if log_file else (),
+            plugins=plugins,
         )
         local = Client(cluster, set_as_default=False)
     try:

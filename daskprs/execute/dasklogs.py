@@ -1,4 +1,5 @@
-"""Dask's own log messages in the embedded cluster's worker processes, to the run's log file.
+"""The embedded cluster's worker processes: Dask's log messages to the run's log file, and a
+Ctrl-C left to the driver.
 
 A worker process writes Dask's messages (``distributed.*``) to the stderr it shares with the
 driver: at the end of a run, a heartbeat cut by the worker's own closing prints a
@@ -17,7 +18,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from daskprs.observe.logs import RedactingFormatter
 
-__all__ = ["DaskLogsToFile"]
+__all__ = ["DaskLogsToFile", "IgnoreInterrupts"]
 
 
 class DaskLogsToFile(WorkerPlugin):
@@ -52,6 +53,23 @@ class DaskLogsToFile(WorkerPlugin):
 
     # No teardown: Dask's closing messages (the noise this keeps off the console) come after
     # the worker has torn its plugins down, and the process ends with the worker.
+
+
+class IgnoreInterrupts(WorkerPlugin):
+    """Make a worker process ignore SIGINT. A Ctrl-C in a terminal reaches every process of
+    its foreground group, the embedded cluster's worker processes included, where each would
+    print a ``KeyboardInterrupt`` traceback; the driver answers it alone (it cancels, kills
+    the running entry scripts, keeps what is committed and closes the cluster). The
+    entry-script processes run in sessions of their own and never get it."""
+
+    name = "daskprs-ignore-interrupts"
+
+    def setup(self, worker: Any = None) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # where a handler may be set
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _WorkerLogFile(logging.FileHandler):

@@ -68,20 +68,26 @@ class DeadlineClock:
         self.limits = limits
         self.phase = Phase.INIT
         self.deadline: float | None = None
+        # the rows or items the child said run() was given (None: not said)
+        self.items: int | None = None
         self._buffer = b""
 
     def feed(self, data: bytes) -> None:
         """Take bytes read from the phase pipe (any split: partial lines are kept)."""
         *lines, self._buffer = (self._buffer + data).split(b"\n")
         for line in lines:
-            name, _, started = line.decode(errors="replace").partition(" ")
+            name, _, rest = line.decode(errors="replace").partition(" ")
+            started, _, items = rest.partition(" ")
             try:
                 phase, since = Phase(name), float(started)
+                count = int(items) if items else None
             except ValueError:
                 # not a line of the child's (an entry script wrote to the pipe): the phase and
                 # its deadline stay as they were
                 continue
             self.phase = phase
+            if count is not None:
+                self.items = count
             limit = self.limits.limit(phase)
             self.deadline = None if limit is None else since + limit
 

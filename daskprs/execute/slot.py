@@ -359,6 +359,8 @@ class Slot:
             wait = clock.wait(time.monotonic(), _POLL_SECONDS)
             ready, _, _ = select.select([self._from_child], [], [], wait)
             clock.feed(self._read_phases())
+            if clock.items is not None and clock.items != n:  # what run() was given: a
+                base, n = base.with_(total=clock.items), clock.items  # table's rows counted
             if ready:
                 try:
                     message = read_message(self._from_child)

@@ -133,7 +133,7 @@ def format_progress(
         counts += f", {f['queued']} queued"
     eta = f", ETA {f['eta']:.0f} s" if f["eta"] and f["finished"] < f["total"] else ""
     return (
-        f"[{step}] {f['finished']}/{f['total']} mini-batches processed ({counts}), "
+        f"[{step}] {f['processed']}/{f['total']} mini-batches processed ({counts}), "
         f"{f['items_ok']} items succeeded, {f['items_failed']} failed, {elapsed:.1f} s{eta}"
     )
 

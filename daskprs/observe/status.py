@@ -85,7 +85,12 @@ def format_status(view: RunView) -> str:
     if view.running and view.driver_pid:
         lines.append(f"  driver:    process {view.driver_pid}")
     if view.failure and state != "running":
-        lines.append(f"  failure:   {view.failure}")
+        details = view.failure_details
+        failure = view.failure
+        if not details and failure.endswith(":"):  # a heading whose list is not there
+            failure = failure.rsplit(". ", 1)[0]
+        lines.append(f"  failure:   {failure}")
+        lines += [f"             {line}" for line in details]
     lines.append("")
     width = max([len(s.name) for s in view.steps] + [4])
     lines.append(

@@ -58,3 +58,11 @@ def test_lines_that_are_not_the_childs_leave_the_phase_and_its_deadline():
     clock.feed(b"run 13.0\n")
     clock.feed(b"junk\nrun soon\n\xff\xfe 1\n")  # an entry script wrote to the pipe
     assert clock.phase == Phase.RUN and clock.deadline == 73.0
+
+
+def test_the_run_line_says_how_many_rows_run_was_given():
+    clock = DeadlineClock(Deadlines(load=5, run=60))
+    clock.feed(b"load 1.0\n")
+    assert clock.items is None
+    clock.feed(b"run 2.0 20000\n")
+    assert (clock.phase, clock.deadline, clock.items) == (Phase.RUN, 62.0, 20000)

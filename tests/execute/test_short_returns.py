@@ -55,3 +55,31 @@ def test_a_short_return_is_named_wherever_its_failed_items_are_counted(tmp_path,
     status = format_status(read_run(run_dir))
     assert "mini-batches done with failed items (1):" in status
     assert f"score #0  1991 failed: {why}" in status
+
+
+HANGS_ON_THE_FIRST = """
+import time
+
+def run(mini_batch, context):
+    if context.minibatch_index == 0:
+        time.sleep(600)  # killed at its timeout
+    return mini_batch
+"""
+
+
+def test_a_table_killed_in_run_counts_the_rows_it_was_given_as_failed(tmp_path):
+    """Byte ranges are planned without counting rows; the process says how many rows run()
+    got, so a try killed at its timeout counts them as failed items."""
+    table(tmp_path / "t", 3000)
+    job = write_job(
+        tmp_path,
+        HANGS_ON_THE_FIRST,
+        input_yaml="type: mltable\npath: ./t\nmode: direct",
+        mini_batch_size='"4kb"',
+        extra="retry_settings:\n  max_retries: 0\n  timeout: 2",
+    )
+    result = run_job(job, run_dir=tmp_path / "run", workers=2, echo=lambda s: None)
+    summary = result.steps[0].summary
+    assert summary["failed"] == 1 and summary["done"] == summary["total"] - 1
+    assert summary["failed_items"] > 0
+    assert summary["succeeded_items"] + summary["failed_items"] == 3000

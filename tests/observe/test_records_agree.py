@@ -121,3 +121,19 @@ def test_a_success_with_failures_says_how_many_and_how_to_rerun_them(tmp_path):
     assert f"daskprs rerun-failed {run_dir}" in last
     result = (run_dir / "logs" / "job_result.txt").read_text()
     assert f"after fixing the script: daskprs rerun-failed {run_dir}" in result
+
+
+def test_status_lists_the_failed_mini_batches_a_budgets_message_names(tmp_path):
+    make_files(tmp_path / "data", 3)
+    job = write_job(
+        tmp_path,
+        FAILS_ONE,
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"1"',
+        extra="retry_settings:\n  max_retries: 0\nmini_batch_error_threshold: 0",
+    )
+    run_dir = tmp_path / "run"
+    assert daskprs("run", str(job), "--workers", "1", "--run-dir", str(run_dir)).returncode == 42
+    status = format_status(read_run(run_dir))
+    assert "Failed mini-batches:" in status
+    assert "mini-batch 1: ValueError: bad f001" in status
