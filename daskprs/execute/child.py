@@ -21,6 +21,7 @@ import inspect
 import os
 import signal
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -115,13 +116,36 @@ class MiniBatchContext:
         )
 
 
+# The folder of the daskprs package: frames there are daskprs's own, not the user's.
+_OWN = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where installed libraries and the standard library live: not the user's code either.
+_LIBRARIES = tuple(
+    os.path.abspath(p)
+    for p in {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+)
+
+
+def _users(filename: str) -> bool:
+    path = os.path.abspath(filename)
+    return not path.startswith((_OWN + os.sep, *(lib + os.sep for lib in _LIBRARIES)))
+
+
 def _format_error(exc: BaseException, script_path: str) -> tuple[str, str]:
-    """The exception line, and the last traceback lines (the user's frames first)."""
+    """The exception line with where in the user's code it was raised, and the last lines of
+    its traceback from the user's first frame (daskprs's own frames, the process calling
+    ``init()`` or ``run()``, left out)."""
     line = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    frames = traceback.extract_tb(exc.__traceback__)
-    user = [f for f in frames if f.filename == script_path]
-    where = f" (at {os.path.basename(script_path)}:{user[-1].lineno})" if user else ""
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    report = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    frames = list(report.stack)
+    first = next((i for i, f in enumerate(frames) if not f.filename.startswith(_OWN + os.sep)), 0)
+    report.stack = traceback.StackSummary.from_list(frames[first:])
+    # where: the entry script's last frame, else the last frame of the user's own code (a
+    # function given to map_batches, a module of the code folder)
+    mine = [f for f in frames if f.filename == script_path] or [
+        f for f in frames if _users(f.filename) and not f.filename.startswith("<")
+    ]
+    where = f" (at {os.path.basename(mine[-1].filename)}:{mine[-1].lineno})" if mine else ""
+    text = "".join(report.format())
     tail = "\n".join(text.rstrip().splitlines()[-_TRACEBACK_LINES:])
     return _clip(line, _ERROR_CHARS) + where, _clip(tail, _TRACEBACK_CHARS)
 

@@ -40,6 +40,24 @@ except Exception as _err:
         "__main__ script), or make their module importable by the Dask workers."
     ) from _err
 
+
+
+def _with_file(code, filename):
+    # cloudpickle sends a function's code without the file it came from ("<dynamic-code>"):
+    # give it back, so that a traceback names the user's file and line
+    consts = tuple(
+        _with_file(c, filename) if isinstance(c, type(code)) else c for c in code.co_consts
+    )
+    if code.co_filename == "<dynamic-code>":
+        return code.replace(co_filename=filename, co_consts=consts)
+    return code.replace(co_consts=consts)
+
+
+for _name, _file in _functions.get("files", {{}}).items():
+    _fn = _functions.get(_name)
+    if _file and hasattr(_fn, "__code__"):
+        _fn.__code__ = _with_file(_fn.__code__, _file)
+
 run = _functions["run"]
 if _functions["init"] is not None:
     init = _functions["init"]
@@ -57,13 +75,13 @@ def _check_callable(name: str, fn: Any, required: bool) -> None:
         )
 
 
-def _pickled(functions: dict[str, Callable[..., Any] | None]) -> bytes:
+def _pickled(functions: dict[str, Any]) -> bytes:
     import cloudpickle
 
     try:
         return cloudpickle.dumps(functions)
     except Exception as err:
-        names = ", ".join(k for k, v in functions.items() if v is not None)
+        names = ", ".join(k for k, v in functions.items() if callable(v))
         raise UserInputError(
             f"map_batches: the functions ({names}) cannot be pickled to send them to the "
             f"entry-script processes ({type(err).__name__}: {err}). Do not let them capture "
@@ -142,4 +160,9 @@ def entry_code(
     _check_callable("run", run, True)
     _check_callable("init", init, False)
     _check_callable("shutdown", shutdown, False)
-    return EntryCode(functions=_pickled({"init": init, "run": run, "shutdown": shutdown}))
+    functions = {"init": init, "run": run, "shutdown": shutdown}
+    files = {
+        name: getattr(getattr(fn, "__code__", None), "co_filename", None)
+        for name, fn in functions.items()
+    }
+    return EntryCode(functions=_pickled({**functions, "files": files}))

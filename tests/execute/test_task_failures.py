@@ -48,3 +48,23 @@ def test_junk_on_the_control_pipe_leaves_the_deadline_in_force(tmp_path):
     assert result.ok, result.failure
     assert output_of(tmp_path / "run").read_text().split() == [f"f{i:03d}.txt" for i in range(4)]
     assert (flags / "junk-once").exists()
+
+
+INIT_FAILS = """
+def init():
+    raise RuntimeError("no model here")
+
+def run(mini_batch):
+    return mini_batch
+"""
+
+
+def test_an_init_traceback_starts_with_the_users_frames(tmp_path):
+    make_files(tmp_path / "data", 2)
+    job = write_job(tmp_path, INIT_FAILS, input_yaml="type: uri_folder\npath: ./data")
+    result = run_job(job, run_dir=tmp_path / "run", workers=1, echo=lambda s: None)
+    assert not result.ok and "init() failed everywhere" in (result.failure or "")
+    traceback = (result.failure or "").split("Traceback (most recent call last):", 1)[1]
+    assert traceback.lstrip().startswith('File "'), traceback
+    first_frame = traceback.strip().splitlines()[0]
+    assert "score.py" in first_frame and "daskprs" not in traceback, traceback

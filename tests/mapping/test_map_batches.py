@@ -325,3 +325,17 @@ def test_after_an_interrupt_a_second_call_runs_only_the_rest(tmp_path, client):
     assert {int(n) for n in os.listdir(calls)} == set(range(20)) - before
     got = result.output.compute(scheduler="sync")
     assert list(got["y"]) == list(range(1, 41))
+
+
+def test_a_failure_names_the_users_function_and_file_not_daskprs(tmp_path, client):
+    def score(df):
+        raise ValueError("no score for these rows")
+
+    result = daskprs.map_batches(
+        frame(), score, max_retries=0, client=client, run_dir=tmp_path / "run", echo=quiet
+    )
+    failed = result.failed[0]
+    assert "(at test_map_batches.py:" in failed.error
+    assert failed.traceback.startswith("Traceback (most recent call last):")
+    assert "in score" in failed.traceback
+    assert "daskprs/execute" not in failed.traceback
