@@ -21,6 +21,7 @@ from daskprs.errors import DaskprsError, Interrupted, StorageFull, UserInputErro
 from daskprs.execute.devices import processes_per_instance
 from daskprs.execute.resume import Mode
 from daskprs.job.model import ClusterSpec, Job
+from daskprs.job.v1 import V1Options
 from daskprs.observe import logs
 from daskprs.observe.progress import choose_progress
 from daskprs.paths import redact_data
@@ -112,6 +113,13 @@ def _final_line(result: JobResult, root: str) -> str:
         return f"job FAILED: {result.failure} ({root})"
     failed = sum(1 for s in result.steps for f in s.failed if f.state == "FAILED")
     cancelled = sum(1 for s in result.steps for f in s.failed if f.state == "CANCELLED")
+    short = sum(len(s.short_returns) for s in result.steps)
+    if short and not failed and not cancelled:
+        return (
+            f"job succeeded ({root}); {short} mini-batch{'es' if short != 1 else ''} done with "
+            "failed items (run() returned fewer rows or items than it got: see "
+            "logs/job_result.txt)"
+        )
     if not failed and not cancelled:
         return f"job succeeded ({root})"
     what = ", ".join(
@@ -179,8 +187,13 @@ def _write_results(run: RunDir, result: JobResult, job: Job) -> None:
     logs.write_text(run.logs.job_error, "\n\n".join(errors) if errors else "no user-script errors")
 
 
+# Where a run of a job given as an object (an azure-ai-ml pipeline, a mapping) keeps its YAML:
+# the run record names it as the job file, so --resume and rerun-failed rebuild the same job.
+SDK_JOB_FILE = "job.yml"
+
+
 def run_job(
-    job_file: str | os.PathLike,
+    job_file: str | os.PathLike | Any,
     *,
     sets: Sequence[str] = (),
     run_dir: str | os.PathLike | None = None,
@@ -193,13 +206,20 @@ def run_job(
     output_path: str | os.PathLike | None = None,
     cache: str | os.PathLike | None = None,
     force_rerun: bool = False,
+    arguments: str | None = None,
+    side_inputs: Sequence[str] = (),
+    base: str | os.PathLike | None = None,
 ) -> JobResult:
     """Run every step of a job file and return what happened.
 
     Parameters
     ----------
-    job_file : path
-        A pipeline YAML, a parallel component YAML or a bare ``type: parallel`` file.
+    job_file : path, azure-ai-ml object or mapping
+        A pipeline YAML, a parallel component YAML, a bare ``type: parallel`` file or a v1
+        ``ParallelRunConfig`` file; or a job built with Azure's Python SDK v2 (a
+        ``PipelineJob``, or a node or component made by ``parallel_run_function``), or a
+        mapping of a job file's YAML. An object is written to ``job.yml`` in the run
+        directory, which the run record names as its job file.
     sets : sequence of str
         ``KEY=VALUE`` overrides (``inputs.x=...``, ``jobs.<node>.<field>=...``).
     run_dir : path, optional
@@ -230,6 +250,16 @@ def run_job(
     force_rerun : bool
         Run every step (``--force-rerun``); also ``settings.force_rerun: true`` in the job,
         and ``is_deterministic: false`` in a component for its steps.
+    arguments : str, optional
+        A v1 ``ParallelRunConfig``'s ``ParallelRunStep`` arguments, one command line
+        (``--arguments``); replaces the file's ``arguments:``.
+    side_inputs : sequence of str
+        A v1 ``ParallelRunConfig``'s side inputs, ``NAME=PATH`` (``--side-input``), bound in
+        the arguments as ``${{inputs.NAME}}``.
+    base : path, optional
+        The folder relative paths of the job are relative to (and where ``daskprs.yaml`` is
+        looked for first): default the job file's folder, or for an object the current
+        directory (where the SDK's ``azureml:./data`` paths start).
 
     Returns
     -------
@@ -246,6 +276,14 @@ def run_job(
     settings = EnvSettings.from_env()  # a bad DASKPRS_* value: an error before anything
     progress = choose_progress(echo)
     echo = echo or logs.to_stderr
+    doc = None
+    if not isinstance(job_file, str | os.PathLike):
+        from daskprs.job.sdk import job_document, job_name
+
+        doc = job_document(job_file)
+        base = base or os.getcwd()
+        job_file = os.path.join(os.fspath(base), f"{job_name(doc)}.yml")  # names the run dir
+    base = os.path.abspath(os.fspath(base)) if base else None
     job_file = os.path.abspath(os.fspath(job_file))
     if run_dir and "://" in os.fspath(run_dir):
         raise UserInputError(
@@ -271,14 +309,23 @@ def run_job(
         "input_path": os.fspath(input_path) if input_path is not None else None,
         "output_path": os.fspath(output_path) if output_path is not None else None,
     }
-    job = load_job(
-        job_file,
-        sets,
-        run_dir=run_dir,
-        run_name=os.path.basename(run_dir),
-        input_path=io["input_path"],
-        output_path=io["output_path"],
-    )
+    if doc is not None:
+        job_file = _write_job_document(doc, run_dir)
+    try:
+        job = load_job(
+            job_file,
+            sets,
+            run_dir=run_dir,
+            run_name=os.path.basename(run_dir),
+            v1=V1Options(io["input_path"], io["output_path"], arguments, tuple(side_inputs)),
+            base=base,
+        )
+    except UserInputError:
+        if doc is not None:  # remove what this call wrote
+            os.unlink(job_file)
+            if not os.listdir(run_dir):
+                os.rmdir(run_dir)
+        raise
     for line in (*job.notes, *job.warnings):
         echo(f"note: {line}")
     os.makedirs(run_dir, exist_ok=True)
@@ -286,6 +333,9 @@ def run_job(
         "job_file": job_file,
         "sets": list(sets),
         **{k: v for k, v in io.items() if v is not None},
+        **({"arguments": arguments} if arguments is not None else {}),
+        **({"side_inputs": list(side_inputs)} if side_inputs else {}),
+        **({"base": base} if base else {}),
         "cwd": os.getcwd(),
         "name": job.name,
         "created": time.time(),
@@ -308,6 +358,17 @@ def run_job(
         force_rerun=force_rerun,
     )
     return _execute(session, _choose_cluster(job, scheduler, workers, client, security, echo))
+
+
+def _write_job_document(doc: dict, run_dir: str) -> str:
+    """Write a job given as an object into its run directory; return the file's path."""
+    import yaml
+
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, SDK_JOB_FILE)
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(doc, f, sort_keys=False)
+    return path
 
 
 def resume_job(
@@ -369,8 +430,14 @@ def resume_job(
             record["sets"],
             run_dir=run.root,
             run_name=record["name"],
-            input_path=record.get("input_path"),
-            output_path=record.get("output_path"),
+            v1=V1Options(
+                record.get("input_path"),
+                record.get("output_path"),
+                record.get("arguments"),
+                tuple(record.get("side_inputs", ())),
+            ),
+            # the folder a job built with the SDK was built in (not the run directory's)
+            base=None if job_file else record.get("base"),
         )
     finally:
         os.chdir(previous)

@@ -16,7 +16,7 @@ from operator import itemgetter
 from typing import Any
 
 from daskprs.errors import PlanningError
-from daskprs.inputs.filesystems import filesystem, modified_time
+from daskprs.inputs.filesystems import AZURE_PROTOCOLS, filesystem, modified_time, url_options
 from daskprs.inputs.mltable import MLTABLE_FILE, MLTableSpec, load_mltable
 from daskprs.job.model import DataInput
 
@@ -74,9 +74,17 @@ class Storage:
         elif protocol in self._cache:
             fs = self._cache[protocol]
         else:
+            # the account of an Azure URL travels with the descriptors (their URLs lose it)
+            self.options = {**url_options(url), **self.options}
             try:
                 fs, _ = filesystem(url, self.options)
             except ValueError as err:
+                if protocol in AZURE_PROTOCOLS:  # adlfs found no account or credentials
+                    raise PlanningError(
+                        f"{url}: cannot open the Azure storage account: {err}; name it in the "
+                        "URL (abfs://<container>@<account>.dfs.core.windows.net/<path>) or set "
+                        "AZURE_STORAGE_ACCOUNT_NAME (and a key, SAS token or connection string)"
+                    ) from err
                 raise PlanningError(
                     f"{url}: unknown protocol '{protocol}'; use a local path or an fsspec URL "
                     f"(s3://, gs://, abfs://, file://)"
@@ -198,7 +206,7 @@ def _walk_local(folder: str, skipped: list[str] | None = None) -> list[_Found]:
     def skip(path: str, what: str, err: OSError) -> None:
         code = errno.errorcode.get(err.errno or 0, type(err).__name__)
         note = f"{path}: {what} ({code}: {err.strerror or err}); {_SKIP_HINT}"
-        log.debug("%s", note)  # the plan's notes say it on the console and in plan.json
+        log.warning("%s", note)
         if skipped is not None:
             skipped.append(note)
 

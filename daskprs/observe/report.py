@@ -66,6 +66,8 @@ class ReportData:
     pauses: list[tuple[float, str]] = field(default_factory=list)
     # why there is no resource chart (the monitor off, or no sample that measured anything)
     resources_note: str = ""
+    # done mini-batches with failed items: run() returned fewer rows or items than it got
+    short_returns: list[dict[str, str]] = field(default_factory=list)
 
 
 def _limit(value: Any) -> str:
@@ -437,6 +439,12 @@ def build_report(view: RunView, now: float | None = None) -> ReportData:
         generated=f"{view.root} · job {view.job_file} · written {stamp}",
         pauses=[(clock.at(a), f"paused {_duration(b - a)}") for a, b in pauses],
         resources_note="" if series or nodes else _resources_note(view),
+        short_returns=[
+            {"step": s.name, "mini-batch": str(mb), "failed items": str(r.failed), "why": r.warning}
+            for s in view.steps
+            for mb, r in sorted(s.finals.items())
+            if s.states.get(mb) == "DONE" and r.failed and r.warning
+        ][:_FAILURES],
     )
 
 
@@ -492,6 +500,16 @@ def _table(rows: list[dict[str, str]], numeric: tuple[str, ...] = ()) -> str:
         for r in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _short_returns_html(data: ReportData) -> str:
+    if not data.short_returns:
+        return ""
+    return (
+        "<h3>Done with failed items</h3><p class='sub'>the rows or items run() did not return "
+        "count as failed items</p>"
+        + _table(data.short_returns, numeric=("mini-batch", "failed items"))
+    )
 
 
 def _failures_html(data: ReportData) -> str:
@@ -593,6 +611,7 @@ outlined, timeouts hatched. Hover a box for the mini-batch, try and error.{pause
 {_table(data.slowest, numeric=_NUMERIC)}
 <h2>Failures</h2>
 {_failures_html(data)}
+{_short_returns_html(data)}
 <h2>Resources</h2>
 <div class="figure" id="resources">{resources}</div>
 </main>

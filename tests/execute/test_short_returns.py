@@ -8,6 +8,7 @@ import pytest
 from conftest import write_job
 
 from daskprs.api import run_job
+from daskprs.observe.report import build_report, render_html
 from daskprs.observe.runview import read_run
 from daskprs.observe.status import format_status
 
@@ -38,7 +39,8 @@ def test_a_short_return_is_named_wherever_its_failed_items_are_counted(tmp_path,
         extra=f"error_threshold: {threshold}",
     )
     run_dir = tmp_path / "run"
-    result = run_job(job, run_dir=run_dir, workers=1, echo=lambda s: None)
+    lines: list[str] = []
+    result = run_job(job, run_dir=run_dir, workers=1, echo=lines.append)
     why = "run() returned 9 rows for 2000 inputs"
     if threshold >= 0:
         assert not result.ok
@@ -47,12 +49,16 @@ def test_a_short_return_is_named_wherever_its_failed_items_are_counted(tmp_path,
     else:
         assert result.ok, result.failure
         assert result.steps[0].short_returns[0].startswith(why)
+        assert "1 mini-batch done with failed items" in lines[-1]
     assert (
         f"mini-batch 0 done with failed items: {why}"
         in (run_dir / "logs" / "job_result.txt").read_text()
     )
     assert why in (run_dir / "logs" / "job_error.txt").read_text()
-    status = format_status(read_run(run_dir))
+    view = read_run(run_dir)
+    page = render_html(build_report(view))
+    assert "Done with failed items" in page and why in page
+    status = format_status(view)
     assert "mini-batches done with failed items (1):" in status
     assert f"score #0  1991 failed: {why}" in status
 
