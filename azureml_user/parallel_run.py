@@ -1,7 +1,7 @@
 """``EntryScript``, as Azure ML's parallel run step offers it to entry scripts.
 
-``EntryScript()`` is a per-process singleton with ``logger``, ``log_dir``, ``output_dir`` and
-``agent_name``. daskprs configures it in each process that runs an entry script; outside
+``EntryScript()`` is a per-process singleton with ``logger``, ``log_dir``, ``output_dir``,
+``working_dir`` and ``agent_name``. daskprs configures it in each process that runs an entry script; outside
 daskprs (a script run by hand) it falls back to the current directory and a console logger.
 """
 
@@ -97,9 +97,12 @@ class EntryScript:
     log_dir : str
         The folder of that log file.
     output_dir : str
-        The folder of the step's first output.
+        The folder of the step's first output (also ``AZUREML_BI_OUTPUT_PATH``).
+    working_dir : str
+        The run directory (the folder of ``logs/``), as Azure's is the job's working folder;
+        each process itself works in a temporary folder of its own.
     agent_name : str
-        ``<node>.<process>``, naming this process.
+        ``processNNN``, naming this process on its node, as on Azure.
     """
 
     _instance: EntryScript | None = None
@@ -115,10 +118,11 @@ class EntryScript:
         node = _CONFIG.get("node", "node000")
         process = _CONFIG.get("process", "process000")
         logs_dir = _CONFIG.get("logs_dir") or os.path.join(os.getcwd(), "logs")
-        self.agent_name = f"{node}.{process}"
+        self.agent_name = process
         self.log_dir = os.path.join(logs_dir, "user", "entry_script_log", node)
         self.output_dir = _CONFIG.get("output_dir") or os.getcwd()
-        logger = logging.getLogger(f"azureml_user.entry_script.{self.agent_name}")
+        self.working_dir = os.path.dirname(os.path.abspath(logs_dir))
+        logger = logging.getLogger(f"azureml_user.entry_script.{node}.{process}")
         logger.setLevel(_CONFIG.get("logging_level", "INFO"))
         logger.propagate = False
         if not logger.handlers:

@@ -112,7 +112,20 @@ def _tls_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _v1_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``--input`` and ``--output``: the dataset and output folder of a v1 ParallelRunConfig."""
+    """``--input``, ``--output``, ``--arguments``, ``--side-input``: what a v1
+    ParallelRunConfig's ParallelRunStep gave."""
+    fn = click.option(
+        "--side-input",
+        "side_inputs",
+        multiple=True,
+        metavar="NAME=PATH",
+        help="v1 ParallelRunConfig: a side input, bound in --arguments as ${{inputs.NAME}}.",
+    )(fn)
+    fn = click.option(
+        "--arguments",
+        metavar="TEXT",
+        help="v1 ParallelRunConfig: ParallelRunStep's arguments, one command line.",
+    )(fn)
     fn = click.option(
         "--output",
         "output_path",
@@ -176,11 +189,14 @@ def run(
     cache: str | None,
     input_path: str | None,
     output_path: str | None,
+    arguments: str | None,
+    side_inputs: tuple[str, ...],
     tls_ca_file: str | None,
     tls_cert: str | None,
     tls_key: str | None,
 ) -> None:
-    """Run a job FILE (pipeline, parallel component or type: parallel YAML).
+    """Run a job FILE (pipeline, parallel component or type: parallel YAML, or one written by
+    the Python SDK's dump()).
 
     With --resume RUN_DIR, continue that run: only the mini-batches not yet committed run.
     """
@@ -188,10 +204,12 @@ def run(
 
     tls = (scheduler, tls_ca_file, tls_cert, tls_key)
     if resume is not None:
-        if run_dir or sets or input_path or output_path or cache or force_rerun:
+        v1 = input_path or output_path or arguments is not None or side_inputs
+        if run_dir or sets or v1 or cache or force_rerun:
             raise click.UsageError(
                 "--resume continues a run as it was started: leave out --run-dir, --set, "
-                "--input, --output, --cache and --force-rerun (start a new run to change them)"
+                "--input, --output, --arguments, --side-input, --cache and --force-rerun "
+                "(start a new run to change them)"
             )
         if file is not None:
             _existing_file(file)
@@ -225,6 +243,8 @@ def run(
             output_path=output_path,
             cache=cache,
             force_rerun=force_rerun,
+            arguments=arguments,
+            side_inputs=side_inputs,
         ),
         new_dir,
     )
@@ -266,13 +286,20 @@ def rerun_failed(
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="As for `run`.")
 @_v1_options
 def validate(
-    file: str, sets: tuple[str, ...], input_path: str | None, output_path: str | None
+    file: str,
+    sets: tuple[str, ...],
+    input_path: str | None,
+    output_path: str | None,
+    arguments: str | None,
+    side_inputs: tuple[str, ...],
 ) -> None:
     """Check a job FILE without running it."""
     from daskprs.job.load import validate_file
 
     _existing_file(file)
-    job, problems, notes = validate_file(file, sets, input_path, output_path)
+    job, problems, notes = validate_file(
+        file, sets, input_path, output_path, arguments, side_inputs
+    )
     for note in notes:
         click.echo(f"note: {note}")
     if problems:

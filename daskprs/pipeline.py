@@ -17,9 +17,10 @@ from typing import Any
 from daskprs.errors import JobFailed, PlanningError, ResumeRefused, UserInputError
 from daskprs.execute.cluster import open_cluster
 from daskprs.execute.lazycluster import LazyCluster
-from daskprs.execute.preflight import check_entry_script
+from daskprs.execute.preflight import check_command, check_entry_script
 from daskprs.execute.resume import Mode, input_change
 from daskprs.execute.step import StepRequest, run_parallel_step
+from daskprs.inputs.filesystems import missing_package
 from daskprs.inputs.plan import Plan, plan_input, same_cuts
 from daskprs.inputs.planfile import read_plan, write_plan
 from daskprs.job.model import ClusterSpec, CommandStep, Job, ParallelStep
@@ -63,7 +64,10 @@ def _run_command(step: CommandStep, run: RunDir, echo: Callable[[str], None]) ->
         if "://" not in output.path:
             target = output.path if output.type != "uri_file" else os.path.dirname(output.path)
             os.makedirs(target, exist_ok=True)
-    env = {**os.environ, **{k: str(v) for k, v in step.environment_variables.items()}}
+    env = command_environment(step)
+    check_command(
+        step.name, step.code_dir, step.command, env, step.environment, step.python is not None
+    )
     log_dir = run.logs.command(step.name)
     os.makedirs(log_dir, exist_ok=True)
     echo(f"[{step.name}] running command: {step.command}")
@@ -80,6 +84,16 @@ def _run_command(step: CommandStep, run: RunDir, echo: Callable[[str], None]) ->
             f"{os.path.join(log_dir, 'stderr.txt')}"
         )
     return None
+
+
+def command_environment(step: CommandStep) -> dict[str, str]:
+    """The environment a command step runs in: this process's, its ``environment_variables``,
+    and the folder of the interpreter its ``environment`` maps to first on ``PATH``."""
+    env = {**os.environ, **{k: str(v) for k, v in step.environment_variables.items()}}
+    if step.python is not None:
+        folder = os.path.dirname(step.python)
+        env["PATH"] = os.pathsep.join(p for p in (folder, env.get("PATH", "")) if p)
+    return env
 
 
 def _nearest_existing(path: str) -> str:
@@ -101,6 +115,9 @@ def check_writable(job: Job) -> None:
             places[f"{step.name} output_dir"] = step.output_dir
         for name, path in places.items():
             if "://" in path:
+                missing = missing_package(path)
+                if missing is not None:
+                    problems.append(f"cannot write the output {path} ({name}): {missing}")
                 continue
             there = _nearest_existing(os.path.abspath(path))
             folder = there if os.path.isdir(there) else os.path.dirname(there)
@@ -140,6 +157,19 @@ def check_before_running(job: Job) -> tuple[list[str], list[str]]:
         check_writable(job)
     except UserInputError as err:
         problems.append(str(err))
+    for command in job.steps:
+        if isinstance(command, CommandStep):
+            try:
+                check_command(
+                    command.name,
+                    command.code_dir,
+                    command.command,
+                    command_environment(command),
+                    command.environment,
+                    command.python is not None,
+                )
+            except UserInputError as err:
+                problems.append(str(err))
     for step in job.parallel_steps:
         maker = _made_by_earlier_step(step, job)
         if maker is not None:
@@ -147,8 +177,10 @@ def check_before_running(job: Job) -> tuple[list[str], list[str]]:
                 f"step {step.name}: its input is made by step {maker}; it is planned when it runs"
             )
             continue
+        tabular = False
         try:
             plan = plan_step(step)
+            tabular = plan.kind == "tabular"
             if not plan.batches:
                 problems.append(
                     f"step {step.name}: the input {step.input_data.path} gives no mini-batches"
@@ -158,7 +190,12 @@ def check_before_running(job: Job) -> tuple[list[str], list[str]]:
             problems.append(str(err))
         try:
             check_entry_script(
-                step.name, step.code_dir, step.entry_script, step.python, step.environment
+                step.name,
+                step.code_dir,
+                step.entry_script,
+                step.python,
+                step.environment,
+                tabular=tabular,
             )
         except UserInputError as err:
             problems.append(str(err))

@@ -11,6 +11,14 @@ pytestmark = pytest.mark.slow
 NOTEBOOK = Path(__file__).resolve().parent.parent / "examples/notebook/daskprs_in_a_notebook.ipynb"
 
 
+def _has_azure_ai_ml() -> bool:
+    try:
+        import azure.ai.ml  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def test_example_notebook_runs():
     import nbclient
     import nbformat
@@ -27,6 +35,11 @@ def test_example_notebook_runs():
     printed = "".join(out.get("text", "") for out in outputs)
     assert "600 rows scored, accuracy" in printed
     assert "8 mini-batches, 600 rows" in printed
+    # a pipeline built with Azure's Python SDK, run by run_job: only where azure-ai-ml is
+    if _has_azure_ai_ml():
+        assert "SDK pipeline: 600 rows scored, same as the YAML job: True" in printed
+    else:
+        assert "azure-ai-ml is not installed (pip install 'daskprs[azure]')" in printed
     # map_batches over a DataFrame built in the notebook, run() failing on two partitions
     assert "150 of 200 rows calibrated in 6 partitions; status: succeeded with failures" in printed
     for mb, rows in ((6, "150-174"), (7, "175-199")):

@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,6 +126,30 @@ _LIBRARIES = tuple(
 )
 
 
+def azureml_variables(cfg: ChildConfig, env: Mapping[str, str]) -> dict[str, str]:
+    """The variables Azure's parallel run sets that entry scripts read: the output folder
+    (``AZUREML_BI_OUTPUT_PATH``, as ``EntryScript().output_dir``) and the GPUs this process
+    sees (``AZ_BATCHAI_GPU_COUNT_FOUND``: the entries of its ``CUDA_VISIBLE_DEVICES``)."""
+    devices = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    out = {"AZ_BATCHAI_GPU_COUNT_FOUND": str(len(devices))}
+    if cfg.output_dir:
+        out["AZUREML_BI_OUTPUT_PATH"] = cfg.output_dir
+    return out
+
+
+def _log_root_to_stdout(level: str) -> None:
+    """Python's root logger to the process's stdout log at the step's ``logging_level`` (INFO
+    by default), as on Azure: ``logging.info(...)`` in a script is kept, not dropped."""
+    import logging
+
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
 def _users(filename: str) -> bool:
     path = os.path.abspath(filename)
     return not path.startswith((_OWN + os.sep, *(lib + os.sep for lib in _LIBRARIES)))
@@ -185,6 +210,9 @@ class _Runner:
     def setup_process(self) -> None:
         cfg = self.cfg
         os.environ.update(cfg.env)
+        for name, value in azureml_variables(cfg, os.environ).items():
+            os.environ.setdefault(name, value)
+        _log_root_to_stdout(cfg.logging_level)
         workdir = tempfile.mkdtemp(prefix=f"daskprs-{cfg.node}-{cfg.process}-")
         os.chdir(workdir)
         if cfg.code_dir not in sys.path:

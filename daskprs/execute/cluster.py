@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from daskprs.errors import UserInputError
+from daskprs.errors import Interrupted, UserInputError
 from daskprs.job.model import ClusterSpec
 from daskprs.settings import EnvSettings
 
@@ -66,7 +68,6 @@ def _worker_slots(client: Any) -> int:
     return sum(w.get("nthreads", 1) for w in info.get("workers", {}).values())
 
 
-@contextlib.contextmanager
 def open_cluster(
     *,
     scheduler: str | None = None,
@@ -76,8 +77,15 @@ def open_cluster(
     security: Any = None,
     cluster_spec: ClusterSpec | None = None,
     settings: EnvSettings | None = None,
-) -> Iterator[ClusterHandle]:
-    """Yield a :class:`ClusterHandle`; close what was started here on exit.
+) -> AbstractContextManager[ClusterHandle]:
+    """A context manager that yields a :class:`ClusterHandle` and closes what was started
+    there on exit.
+
+    A ``cluster_spec``'s class is imported here, on the caller's thread, before anything
+    starts (:func:`_import_keeping_signals`): :class:`~daskprs.execute.lazycluster.LazyCluster`
+    calls this on the main thread and enters the result in a background thread, where a
+    module that sets signal handlers as it is imported could not be imported. A class that
+    cannot be imported is reported when the context is entered.
 
     Parameters
     ----------
@@ -97,6 +105,58 @@ def open_cluster(
     settings : EnvSettings, optional
         The ``DASKPRS_*`` variables (default: :meth:`EnvSettings.from_env`): the connect and
         cluster timeouts, the embedded cluster's dashboard address.
+    """
+    if cluster_spec is not None and client is None and scheduler is None:
+        with contextlib.suppress(UserInputError):  # raised again on entering
+            _cluster_class(cluster_spec)
+    cancelled = threading.Event()
+    opening = _opened_cluster(
+        scheduler=scheduler,
+        client=client,
+        n_workers=n_workers,
+        connect_timeout=connect_timeout,
+        security=security,
+        cluster_spec=cluster_spec,
+        settings=settings,
+        cancelled=cancelled,
+    )
+    return _Opening(opening, cancelled)
+
+
+class _Opening(AbstractContextManager[ClusterHandle]):
+    """What :func:`open_cluster` returns: the context manager, and :meth:`cancel`, which
+    makes a start that waits for its first worker (in another thread) give up and close the
+    cluster (:class:`~daskprs.execute.lazycluster.LazyCluster` calls it when the run ends
+    first)."""
+
+    def __init__(self, opening: AbstractContextManager[ClusterHandle], cancelled: threading.Event):
+        self._opening, self._cancelled = opening, cancelled
+
+    def __enter__(self) -> ClusterHandle:
+        return self._opening.__enter__()
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        return self._opening.__exit__(*exc)
+
+    def cancel(self) -> None:
+        """Stop waiting for a first worker: the start raises :class:`Interrupted`."""
+        self._cancelled.set()
+
+
+@contextlib.contextmanager
+def _opened_cluster(
+    *,
+    scheduler: str | None = None,
+    client: Any = None,
+    n_workers: int = 1,
+    connect_timeout: float | None = None,
+    security: Any = None,
+    cluster_spec: ClusterSpec | None = None,
+    settings: EnvSettings | None = None,
+    cancelled: threading.Event | None = None,
+) -> Iterator[ClusterHandle]:
+    """Yield a :class:`ClusterHandle` (:func:`open_cluster`); close what was started here
+    on exit.
     """
     import time
 
@@ -148,7 +208,7 @@ def open_cluster(
             remote.close()
         return
     if cluster_spec is not None:
-        starting = _spec_cluster(cluster_spec, connect_timeout, settings.cluster_timeout)
+        starting = _spec_cluster(cluster_spec, connect_timeout, settings.cluster_timeout, cancelled)
         with starting as (spec_client, slots):
             yield ClusterHandle(
                 spec_client, slots, local=False, start_seconds=time.monotonic() - started
@@ -189,18 +249,45 @@ def open_cluster(
         cluster.close()
 
 
-def _cluster_class(spec: ClusterSpec) -> Any:
-    import importlib
+def _import_keeping_signals(name: str) -> Any:
+    """Import module ``name``; on the main thread, keep the SIGINT and SIGTERM handlers it had.
 
+    ``dask_jobqueue`` sets SIGINT to ``sys.exit`` as it is imported (its ``runner`` module),
+    which fails on any other thread and, on the main thread, would replace the handling that
+    ends a run with exit 130 and the resume hint (``cli._guard``).
+    """
+    import importlib
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return importlib.import_module(name)
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return importlib.import_module(name)
+    finally:
+        for sig, handler in kept.items():
+            # None: a handler not set from Python, which cannot be set back
+            if handler is not None and signal.getsignal(sig) is not handler:
+                signal.signal(sig, handler)
+
+
+def _cluster_class(spec: ClusterSpec) -> Any:
     module_name, _, attr = spec.cls.rpartition(".")
     where = f"daskprs.yaml computes: {spec.name}: class {spec.cls}"
     try:
-        module = importlib.import_module(module_name)
+        module = _import_keeping_signals(module_name)
     except ImportError as err:
         package = module_name.split(".")[0].replace("_", "-")
         raise UserInputError(
             f"{where}: cannot import {module_name} ({err}). Install it where daskprs runs "
             f"(e.g. pip install {package}), or fix the class name."
+        ) from err
+    except Exception as err:  # the module's own code failed as it was imported
+        raise UserInputError(
+            f"{where}: importing {module_name} failed ({type(err).__name__}: {err}). A module "
+            "that sets signal handlers as it is imported (dask_jobqueue does) must be imported "
+            f"on the main thread: `import {module_name}` there before calling run_job from "
+            "another thread."
         ) from err
     cls = getattr(module, attr, None)
     if not callable(cls):
@@ -213,10 +300,17 @@ def _cluster_class(spec: ClusterSpec) -> Any:
 
 @contextlib.contextmanager
 def _spec_cluster(
-    spec: ClusterSpec, timeout: float, cluster_timeout: float
+    spec: ClusterSpec,
+    timeout: float,
+    cluster_timeout: float,
+    cancelled: threading.Event | None = None,
 ) -> Iterator[tuple[Any, int]]:
     """Start ``spec``'s cluster, size it, connect a client; yield (client, worker slots),
-    waiting up to ``cluster_timeout`` seconds (at least ``timeout``) for a first worker."""
+    waiting up to ``cluster_timeout`` seconds (at least ``timeout``) for a first worker, or
+    until ``cancelled`` is set (the run ended while its batch jobs or pods waited): then
+    :class:`Interrupted`, and the cluster is closed (its batch jobs cancelled) at once."""
+    import time
+
     from distributed import Client
 
     cls = _cluster_class(spec)
@@ -240,17 +334,27 @@ def _spec_cluster(
             cluster.scale(spec.scale)
         client = Client(cluster, set_as_default=False)
         try:
+            wait = max(timeout, cluster_timeout)
+            deadline = time.monotonic() + wait
             slots = _worker_slots(client)
-            if slots == 0:
-                wait = max(timeout, cluster_timeout)
-                try:
-                    client.wait_for_workers(1, timeout=wait)
-                except (OSError, TimeoutError) as err:
+            while slots == 0:
+                if cancelled is not None and cancelled.is_set():
+                    raise Interrupted(f"{where}: the run ended before a first worker started")
+                if time.monotonic() > deadline:
                     raise UserInputError(
                         f"{where}: the {spec.cls} cluster started no worker in {wait:.0f} s. "
                         "Give it workers (scale: N, adapt: {minimum: 1, ...}, or the class's "
                         "own n_workers), and check its queue or pods; DASKPRS_CLUSTER_TIMEOUT "
                         "waits longer."
+                    )
+                try:  # a short wait: to see `cancelled`
+                    client.wait_for_workers(1, timeout=_CANCEL_POLL_SECONDS)
+                except TimeoutError:
+                    pass
+                except OSError as err:
+                    raise UserInputError(
+                        f"{where}: the {spec.cls} cluster's scheduler went away before a first "
+                        f"worker started ({err}). Check that the cluster can start from here."
                     ) from err
                 slots = _worker_slots(client)
             yield client, max(1, slots)
@@ -258,3 +362,22 @@ def _spec_cluster(
             client.close()
     finally:
         cluster.close()
+        _closed_for_good(cluster)
+
+
+# how soon a start that waits for its first worker sees that the run ended
+_CANCEL_POLL_SECONDS = 0.5
+
+
+def _closed_for_good(cluster: Any) -> None:
+    """Keep a closed cluster's objects from closing again when garbage-collected.
+
+    ``dask_gateway.GatewayCluster.close()`` closes its ``Gateway`` client, whose ``__del__``
+    closes it again; with its event loop stopped that second close raises (``Exception ignored
+    in: Gateway.__del__ ... Accessing the loop property while the loop is not running``),
+    printed at the end of every run. Without its loop runner the ``Gateway`` skips that close.
+    """
+    gateway: Any = getattr(cluster, "gateway", None)
+    if type(gateway).__module__.startswith("dask_gateway") and hasattr(gateway, "_loop_runner"):
+        with contextlib.suppress(AttributeError):
+            del gateway._loop_runner

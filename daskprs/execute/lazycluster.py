@@ -67,9 +67,11 @@ class LazyCluster:
         if self._handle is not None:
             return self._handle
         if self._starting is not None:
-            starting, opening = self._starting, self._opening
+            # a failed start raises here, in the caller's thread; so does a Ctrl-C while it
+            # waits, the start still owned by this object, for close() to cancel and close
+            handle = self._starting.result()
+            opening = self._opening
             self._starting = self._opening = None
-            handle = starting.result()  # a failed start raises here, in the caller's thread
             assert opening is not None
             self._stack.push(opening.__exit__)
         else:
@@ -87,6 +89,11 @@ class LazyCluster:
         if self._starting is not None:
             starting, opening = self._starting, self._opening
             self._starting = self._opening = None
+            # a start still waiting for its first worker (batch jobs queued, pods pending)
+            # gives up now instead of at its timeout, and closes its cluster
+            cancel = getattr(opening, "cancel", None)
+            if starting.running() and cancel is not None:
+                cancel()
             try:
                 starting.result()
             except BaseException as err:  # it never started: nothing to close

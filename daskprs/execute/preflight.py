@@ -13,15 +13,20 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 
 from daskprs.errors import UserInputError
 
-__all__ = ["check_entry_script", "script_imports"]
+__all__ = ["check_command", "check_entry_script", "command_script", "script_imports"]
 
-# What daskprs's entry-script process needs in another interpreter (docs/design.md#layers).
+# What daskprs's entry-script process needs in another interpreter (docs/design.md#layers);
+# for tabular input fsspec too: the readers open the files through it.
 _CHILD_NEEDS = ("pandas", "pyarrow")
+_TABULAR_NEEDS = ("fsspec",)
 
 _PROBE = r"""
 import importlib.util, json, sys
@@ -73,7 +78,12 @@ def _probe(python: str, code_dir: str, names: list[str], env: dict[str, str]) ->
 
 
 def check_entry_script(
-    step: str, code_dir: str, entry_script: str, python: str | None, environment: str | None
+    step: str,
+    code_dir: str,
+    entry_script: str,
+    python: str | None,
+    environment: str | None,
+    tabular: bool = False,
 ) -> None:
     """Raise :class:`UserInputError` naming what the entry script's process cannot import.
 
@@ -87,6 +97,8 @@ def check_entry_script(
         The interpreter ``daskprs.yaml`` maps the step's environment to (None: this one).
     environment : str or None
         The name of the step's ``task.environment`` (for the suggested mapping).
+    tabular : bool
+        The step's input is tabular: a mapped interpreter needs fsspec too.
     """
     from daskprs.execute.slot import package_root, package_shim
 
@@ -101,14 +113,15 @@ def check_entry_script(
     mapped = python is not None
     if python:
         env["PYTHONPATH"] = package_shim()
-        answer = _probe(python, code_dir, [*_CHILD_NEEDS, *names], env)
+        needs = (*_CHILD_NEEDS, *(_TABULAR_NEEDS if tabular else ()))
+        answer = _probe(python, code_dir, [*needs, *names], env)
         where = f"the interpreter {python} of environment {environment}"
         if tuple(answer["version"]) < (3, 11):
             raise UserInputError(
                 f"step {step}: {where} is Python {'.'.join(map(str, answer['version']))}; "
                 "daskprs runs entry scripts in Python 3.11 or newer"
             )
-        lacking = [n for n in _CHILD_NEEDS if n in answer["missing"]]
+        lacking = [n for n in needs if n in answer["missing"]]
         if lacking:
             raise UserInputError(
                 f"step {step}: {where} cannot run daskprs's entry-script process: it lacks "
@@ -138,3 +151,105 @@ def check_entry_script(
             f"  environments:\n    {name}: /path/to/env/bin/python"
         )
     raise UserInputError(message)
+
+
+# The names a command runs Python by: python, python3, python3.12 (a path to one too).
+_PYTHON_NAME = re.compile(r"^python(\d+(\.\d+)?)?$")
+_SHELL_SEPARATORS = ("&&", "||", ";", "|", "&")
+
+
+def command_script(command: str, code_dir: str) -> list[tuple[str, str, str]]:
+    """The Python programs a command step's ``command`` runs: ``(interpreter, file, shown)``
+    for each ``python script.py ...`` and ``python -m module ...`` in it whose file is in the
+    code folder (pure: reads no file). ``interpreter`` is the first word as written; for a
+    module not in the code folder ``file`` is empty and ``shown`` the module's name."""
+    try:
+        lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        tokens = list(lexer)
+    except ValueError:
+        return []
+    found: list[tuple[str, str, str]] = []
+    segment: list[str] = []
+    for token in [*tokens, ";"]:
+        if token not in _SHELL_SEPARATORS:
+            segment.append(token)
+            continue
+        words = [w for w in segment if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", w)]
+        segment = []
+        if not words or not _PYTHON_NAME.match(os.path.basename(words[0])):
+            continue
+        rest = words[1:]
+        while rest and rest[0].startswith("-") and rest[0] not in ("-m", "-c", "-"):
+            if rest[0] in ("-W", "-X"):
+                rest = rest[1:]
+            rest = rest[1:]
+        if len(rest) >= 2 and rest[0] == "-m":
+            module = rest[1]
+            base = os.path.join(code_dir, *module.split("."))
+            for candidate in (f"{base}.py", os.path.join(base, "__main__.py")):
+                if os.path.isfile(candidate):
+                    found.append((words[0], candidate, module))
+                    break
+            else:
+                found.append((words[0], "", module))
+        elif rest and rest[0].endswith(".py"):
+            found.append((words[0], os.path.join(code_dir, rest[0]), rest[0]))
+    return found
+
+
+def check_command(
+    step: str,
+    code_dir: str,
+    command: str,
+    env: dict[str, str],
+    environment: str | None,
+    mapped: bool,
+) -> None:
+    """Raise :class:`UserInputError` naming what a command step's Python program
+    (``python script.py``, ``python -m module``) cannot import, in the interpreter the command
+    will start (found on the command's ``PATH``, ``env``): its top-level imports, as
+    :func:`check_entry_script` checks an entry script's."""
+    for first, script, shown in command_script(command, code_dir):
+        python = first if os.sep in first else shutil.which(first, path=env.get("PATH"))
+        if python is None:
+            continue  # the shell says "command not found", with the name
+        python = os.path.join(code_dir, python)
+        if script:
+            try:
+                imports = script_imports(script)
+            except (OSError, SyntaxError, ValueError):
+                continue  # Python reports a script that cannot be read or parsed
+            # sys.path[0]: the script's folder, or the working folder for -m
+            folder = os.path.dirname(script) if shown.endswith(".py") else code_dir
+        else:
+            imports, folder = {shown.split(".")[0]: 0}, code_dir
+        local = {os.path.splitext(n)[0] for n in os.listdir(folder)}
+        names = sorted(n for n in imports if n not in local and n not in sys.builtin_module_names)
+        if not names:
+            continue
+        answer = _probe(python, folder, names, env)
+        missing = [n for n in names if n in answer["missing"]]
+        if not missing:
+            continue
+        what = ", ".join(
+            f"{n} (line {imports[n]})" if imports[n] else f"the module {n}" for n in missing
+        )
+        where = (
+            f"the interpreter {python} of environment {environment}"
+            if mapped
+            else f"the interpreter {python} on its PATH"
+        )
+        message = f"step {step}: the command runs {shown}, which imports {what}; {where} "
+        message += "cannot import it. "
+        if mapped:
+            message += f"Install {' '.join(missing)} in that environment."
+        else:
+            name = environment or "my-env"
+            message += (
+                "Install it, or run the command in a Python environment that has it: "
+                + ("" if environment else "give the step `environment: my-env` and ")
+                + "map the environment in daskprs.yaml next to the job file:\n"
+                f"  environments:\n    {name}: /path/to/env/bin/python"
+            )
+        raise UserInputError(message)

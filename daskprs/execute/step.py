@@ -227,7 +227,12 @@ def _run_session(
     step, plan, echo = request.step, request.plan, request.echo
     if request.workers_here:
         check_entry_script(
-            step.name, step.code_dir, step.entry_script, step.python, step.environment
+            step.name,
+            step.code_dir,
+            step.entry_script,
+            step.python,
+            step.environment,
+            tabular=plan.kind == "tabular",
         )
     handle = cluster()
     ship_code = False

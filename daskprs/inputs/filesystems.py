@@ -8,16 +8,57 @@ protocol, the storage options and the environment variables that configure them.
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
 import threading
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["filesystem", "modified_time"]
+__all__ = ["AZURE_PROTOCOLS", "filesystem", "missing_package", "modified_time", "url_options"]
 
 _FILESYSTEMS: dict[tuple[str, str], Any] = {}
 _LOCK = threading.Lock()
 _ENV_PREFIXES = ("AWS_", "FSSPEC_", "GOOGLE_", "GCS", "AZURE_")
+# Azure storage: adlfs serves abfs://, abfss:// and az://; wasb:// and wasbs:// (the Blob
+# service's own scheme, in Azure ML's datastore URLs) name the same containers.
+AZURE_PROTOCOLS = ("abfs", "abfss", "az", "wasb", "wasbs")
+_AZURE_HOST = re.compile(r"^([^@/]+)@([^./]+)\.(?:blob|dfs)\.core\.windows\.net(?::\d+)?$", re.I)
+
+
+def url_options(url: str) -> dict[str, Any]:
+    """The storage options a URL implies: an Azure URL's account (``abfs://container@account.
+    dfs.core.windows.net/...``), which the paths planned from it no longer carry."""
+    protocol, _, rest = url.partition("://")
+    if protocol.lower() not in AZURE_PROTOCOLS:
+        return {}
+    host = _AZURE_HOST.match(rest.split("/", 1)[0])
+    return {"account_name": host[2]} if host else {}
+
+
+def missing_package(url: str) -> str | None:
+    """What is missing to read or write ``url``, when it is an Azure URL and adlfs is not
+    installed (a message naming the package); else None."""
+    if url.partition("://")[0].lower() not in AZURE_PROTOCOLS:
+        return None
+    try:
+        _azure_url(url)
+    except ImportError as err:
+        return str(err)
+    return None
+
+
+def _azure_url(url: str) -> str:
+    """``url`` for adlfs: ``wasbs://`` and ``wasb://`` as ``abfs://``; adlfs checked for."""
+    protocol, _, rest = url.partition("://")
+    try:
+        importlib.import_module("adlfs")
+    except ImportError as err:
+        raise ImportError(
+            f"{protocol}:// URLs (Azure storage) are read and written with adlfs, which is not "
+            "installed: pip install adlfs"
+        ) from err
+    return url if protocol.lower() in ("abfs", "abfss", "az") else f"abfs://{rest}"
 
 
 def filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
@@ -38,7 +79,9 @@ def filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tu
         return fs, fs._strip_protocol(url)
     import fsspec.core
 
-    options = dict(storage_options or {})
+    options = {**url_options(url), **(storage_options or {})}
+    if protocol in AZURE_PROTOCOLS:
+        url = _azure_url(url)
     env = sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES))
     key = (protocol, repr((sorted(options.items()), env)))
     with _LOCK:

@@ -71,9 +71,16 @@ def load_batch(batch: MiniBatch, *, cache_dir: str) -> pd.DataFrame | list[Any]:
 
 
 def _cache_path(cache_dir: str, url: str) -> str:
-    """``<cache_dir>/<protocol>/<bucket>/<key>``: unique per URL, the file name kept."""
+    """``<cache_dir>/<protocol>/<bucket>/<key>``: unique per URL, the file name kept. A query
+    (an HTTPS URL's SAS token, ``?sv=...&sig=...``) is not part of the name: it becomes a
+    folder named by its digest, so the script sees ``f.png``, and no token, as on Azure."""
     protocol, _, rest = url.partition("://")
+    rest, question, query = rest.partition("?")
     parts = [p if p not in ("", ".", "..") else "_" for p in rest.split("/")]
+    if question:
+        import hashlib
+
+        parts.insert(-1, "q-" + hashlib.sha256(query.encode()).hexdigest()[:12])
     return os.path.join(cache_dir, protocol or "file", *parts)
 
 

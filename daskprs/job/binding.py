@@ -24,6 +24,7 @@ from daskprs.rundir import RunDir
 BINDING = re.compile(r"\$\{\{\s*([^{}]*?)\s*\}\}")
 _OPTIONAL_BLOCK = re.compile(r"\$\[\[(.*?)\]\]", re.S)
 _DATASTORE_URI = re.compile(r"^azureml://datastores/([^/]+)/paths/?(.*)$")
+_ABSOLUTE = re.compile(r"^/(?!/)")  # /abs, not //host
 
 
 class _Absent:
@@ -50,7 +51,13 @@ def resolve_path(raw: object, base: str, place: str, ctx: S.Context) -> str | No
         name, rest = datastore.groups()
         root = ctx.datastores.get(name) or os.path.join(ctx.cwd, "daskprs-datastores", name)
         return join_path(root, rest)
-    if text.startswith("azureml:"):
+    local = text.removeprefix("azureml:")
+    if local != text and (
+        local.startswith(("./", "../")) or local in (".", "..") or _ABSOLUTE.match(local)
+    ):
+        # the Python SDK (azure-ai-ml) writes a local path as azureml:./data or azureml:/abs
+        text = local
+    elif text.startswith("azureml:"):
         ctx.problem(
             place,
             f"{text} names an Azure asset, which cannot be resolved locally",
@@ -72,6 +79,22 @@ def resolve_path(raw: object, base: str, place: str, ctx: S.Context) -> str | No
     elif URL.match(text):
         return text
     return os.path.normpath(os.path.join(base, os.path.expanduser(text)))
+
+
+def unmapped_datastore(text: str, ctx: S.Context) -> tuple[str, str] | None:
+    """The datastore an ``azureml://datastores/<name>/...`` path names and the folder it falls
+    back to, when ``daskprs.yaml`` maps no ``datastores: {<name>: ...}``."""
+    datastore = _DATASTORE_URI.match(text.strip())
+    if datastore is None or datastore[1] in ctx.datastores:
+        return None
+    return datastore[1], os.path.join(ctx.cwd, "daskprs-datastores", datastore[1])
+
+
+def _mapping_hint(name: str) -> str:
+    return (
+        f"map the datastore in daskprs.yaml next to the job file: "
+        f"`datastores: {{{name}: <folder or URL>}}`"
+    )
 
 
 def local_dir(raw: object, at: S.At, key: tuple, ctx: S.Context, what: str) -> str | None:
@@ -197,7 +220,8 @@ def _input(
         kind = raw.get("type", spec.get("type"))
         mode = raw.get("mode", spec.get("mode"))
         if kind in S.LITERAL_TYPES or (kind is None and "path" not in raw):
-            value = raw.get("value", raw.get("default"))
+            # the Python SDK binds a literal as {path: ${{parent.inputs.n}}}
+            value = raw.get("value", raw.get("default", raw.get("path")))
             if value is None:
                 return _missing(name, raw, spec, at, ctx, used, spec_at)
             value = bind_value(value, scope, S.place(place, "value"), ctx)
@@ -268,11 +292,15 @@ def _data_input(
     else:
         text = bind_text(str(path), scope, place, ctx, used)
         resolved, default_mode = resolve_path(text, at.base, place, ctx), ""
+        unmapped = unmapped_datastore(text, ctx)
         if resolved and not URL.match(resolved) and not os.path.exists(resolved):
             ctx.problem(
                 place,
                 f"input path {resolved} does not exist",
-                "check the path; given with --set, it is relative to the current directory"
+                f"the datastore {unmapped[0]} of {text.strip()} is not mapped; "
+                + _mapping_hint(unmapped[0])
+                if unmapped
+                else "check the path; given with --set, it is relative to the current directory"
                 if resolved in ctx.set_paths
                 else "check the path; it is relative to the YAML file that gives it",
             )
@@ -413,6 +441,12 @@ def place_outputs(
             text = bind_text(str(merged["path"]), scope, S.place(place, "path"), ctx, set())
             path = resolve_path(text, path_at.base, S.place(place, "path"), ctx)
             explicit = True
+            unmapped = unmapped_datastore(text, ctx)
+            if unmapped is not None:
+                ctx.note(
+                    f"azureml://datastores/{unmapped[0]}: not mapped in daskprs.yaml, so outputs "
+                    f"on it are written under {unmapped[1]}; {_mapping_hint(unmapped[0])}"
+                )
         else:
             path, explicit = RunDir(ctx.run_dir).output(step, name), False
         if path is not None and kind is not None:

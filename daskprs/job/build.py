@@ -5,7 +5,9 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shlex
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,10 @@ from daskprs.job.binding import (
     local_dir,
 )
 from daskprs.job.files import read_step_settings
-from daskprs.job.model import ClusterSpec, CommandStep, DataInput, ParallelStep
+from daskprs.job.model import ClusterSpec, CommandStep, DataInput, Output, ParallelStep
 from daskprs.job.nodes import Node
 from daskprs.job.runtime import (
+    append_row_file_name,
     field_settings,
     node_mini_batch_size,
     not_yet,
@@ -71,7 +74,12 @@ def _common_notes(node: Node, ctx: S.Context) -> None:
     )
     env_at = node.origin(*env_keys)
     mapped = environment_python(env, ctx)
-    if mapped is not None:
+    if mapped is not None and node.type == "command":
+        ctx.note(
+            f"{env_at(*env_keys)}: the command runs with {os.path.dirname(mapped[1])} first on "
+            f"PATH ({mapped[0]}: {mapped[1]})"
+        )
+    elif mapped is not None:
         ctx.note(f"{env_at(*env_keys)}: entry scripts run in {mapped[1]} ({mapped[0]})")
     elif isinstance(env, str):
         ctx.note(f"{env_at(*env_keys)}: {env} is not applied: {S.AZURE_ONLY['image']}")
@@ -97,7 +105,8 @@ def environment_python(env: object, ctx: S.Context) -> tuple[str, str] | None:
     """The environment's name and the interpreter ``daskprs.yaml`` maps it to, if any.
 
     An environment is matched by its name (``azureml:my-env:1`` and ``azureml:my-env@latest``
-    match ``my-env``), as written, or by its ``conda_file`` (as written, or the file's name).
+    match ``my-env``), as written, or by its ``conda_file`` (as written, or the file's name;
+    a ``conda_file`` written inline, as the Python SDK writes it, by its ``name``).
     """
     if isinstance(env, str):
         candidates = [env.strip(), environment_name(env)]
@@ -106,6 +115,10 @@ def environment_python(env: object, ctx: S.Context) -> tuple[str, str] | None:
         candidates = [conda, os.path.basename(conda)]
         if isinstance(env.get("name"), str):
             candidates.insert(0, env["name"])
+    elif isinstance(env, Mapping) and isinstance(env.get("conda_file"), Mapping):
+        # inline, as the Python SDK writes it: matched by the conda environment's `name`
+        conda_name = env["conda_file"].get("name")
+        candidates = [c for c in (env.get("name"), conda_name) if isinstance(c, str)]
     else:
         return None
     for key in candidates:
@@ -160,6 +173,7 @@ def _command_step(
     code = local_dir(f["code"], code_at, ("code",), ctx, "code") if f.get("code") else code_at.base
     if code is None:
         return None
+    mapped = environment_python(f.get("environment"), ctx)
     return CommandStep(
         name=node.name,
         command=command,
@@ -168,6 +182,8 @@ def _command_step(
         outputs=node.outputs,
         environment_variables=env_vars,
         is_deterministic=_deterministic(node, ctx),
+        environment=environment_name(f.get("environment")),
+        python=mapped[1] if mapped else None,
     )
 
 
@@ -311,18 +327,18 @@ def _parallel_step(
             keys = tuple(raw_keys)
             not_yet(ctx, place, "partition_keys")
     if mini_batch_size is not None and mini_batch_size.value == 0 and not keys:
+        # the Python SDK writes 0 for a size not given: Azure then takes its default
         place = node.origin("mini_batch_size")("mini_batch_size")
-        ctx.problem(
-            place,
-            "mini_batch_size 0 needs partition_keys",
-            'give a positive size, e.g. "10" or "1mb"',
-        )
+        ctx.note(f"{place}: 0 means the default size (10 files, 1 MB) without partition_keys")
+        mini_batch_size = None
 
     args_at = node.origin("task", "program_arguments")
     args_place = args_at("task", "program_arguments")
     argv = program_arguments(task.get("program_arguments"), body_scope, args_place, ctx)
     settings = runtime_settings(node, node_settings, argv, args_place, ctx)
-    append_row_to = _append_row_to(node, task.get("append_row_to"), ctx)
+    append_row_to = _append_row_to(
+        node, task.get("append_row_to"), ctx, append_row_file_name(argv), args_place
+    )
     first = next(iter(node.outputs.values()), None)
     output_dir = None
     if first is not None:
@@ -403,8 +419,21 @@ def _input_data(node: Node, ctx: S.Context) -> DataInput | None:
     return None
 
 
-def _append_row_to(node: Node, raw: object, ctx: S.Context) -> str | None:
+def _append_row_to(
+    node: Node, raw: object, ctx: S.Context, file_name: str | None = None, args_place: str = ""
+) -> str | None:
+    """The file ``append_row_to`` writes: the output's path for a ``uri_file`` with a path,
+    else ``parallel_run_step.txt`` (or ``--append_row_file_name``) in the output's folder."""
+    if file_name is not None and not _file_name(file_name):
+        ctx.problem(
+            f"{args_place}: --append_row_file_name",
+            f"{file_name!r} is not a file name",
+            "give a name without a folder, e.g. --append_row_file_name results.txt",
+        )
+        file_name = None
     if raw is None:
+        if file_name is not None:
+            ctx.warn(f"{args_place}: --append_row_file_name is not used: no append_row_to")
         return None
     place = node.origin("task", "append_row_to")("task", "append_row_to")
     expr = full_binding(raw)
@@ -424,5 +453,37 @@ def _append_row_to(node: Node, raw: object, ctx: S.Context) -> str | None:
         )
         return None
     if output.type == "uri_file" and output.explicit:
+        if file_name is not None:
+            ctx.warn(
+                f"{args_place}: --append_row_file_name is not used: append_row_to writes the "
+                f"uri_file output {name}'s path, {output.path}"
+            )
         return output.path
-    return join_path(output.path, "parallel_run_step.txt")
+    return join_path(output.path, file_name or APPEND_ROW_FILE)
+
+
+def _file_name(name: str) -> bool:
+    return name not in ("", ".", "..") and not any(c in name for c in ("/", "\\", "\0"))
+
+
+APPEND_ROW_FILE = "parallel_run_step.txt"
+
+
+def bound_output(node: Node, output: Output) -> Output:
+    """``output`` as later steps read it (``${{parent.jobs.<step>.outputs.<o>}}``): a
+    ``uri_file`` output without a path that the node's ``append_row_to`` writes is the file
+    itself, ``<folder>/parallel_run_step.txt``, not its folder
+    (docs/job-files.md#paths-and-bindings)."""
+    if node.type != "parallel" or output.type != "uri_file" or output.explicit:
+        return output
+    task = S.mapping_or_empty(node.fields.get("task"))
+    if full_binding(task.get("append_row_to")) != f"outputs.{output.name}":
+        return output
+    raw = task.get("program_arguments")
+    try:
+        tokens = [str(t) for t in raw] if isinstance(raw, list) else shlex.split(str(raw or ""))
+    except ValueError:  # reported where the step is built
+        tokens = []
+    name = append_row_file_name(tokens)
+    name = name if name is not None and _file_name(name) else APPEND_ROW_FILE
+    return replace(output, path=join_path(output.path, name))

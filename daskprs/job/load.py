@@ -26,7 +26,9 @@ those listed before it:
 - :mod:`daskprs.job.build`: a bound node built into a parallel or command step;
 - :mod:`daskprs.job.clashes`: outputs that would write over each other;
 - :mod:`daskprs.job.v1`: a v1 ``ParallelRunConfig`` YAML translated into a ``type: parallel``
-  document (with ``--input`` and ``--output``).
+  document (with ``--input``, ``--output``, ``--arguments`` and ``--side-input``);
+- :mod:`daskprs.job.sdk`: a job built with Azure's Python SDK, or a mapping, as a job
+  document; a file of one node (``component:`` inline) as a pipeline of that node.
 """
 
 from __future__ import annotations
@@ -39,15 +41,16 @@ from typing import Literal
 
 from daskprs.errors import JobSpecError, Problem
 from daskprs.job import schema as S
-from daskprs.job.binding import bind_inputs, definitions, place_outputs
-from daskprs.job.build import build_step
+from daskprs.job.binding import FAILED, bind_inputs, definitions, place_outputs
+from daskprs.job.build import bound_output, build_step
 from daskprs.job.clashes import check_output_paths
 from daskprs.job.files import load_config, read_yaml
 from daskprs.job.model import CommandStep, Job, ParallelStep
 from daskprs.job.nodes import Node, dependency_order, make_node, merge
 from daskprs.job.runtime import NOT_YET_APPLIED, parse_mini_batch_size
+from daskprs.job.sdk import node_as_pipeline
 from daskprs.job.sets import apply_sets
-from daskprs.job.v1 import is_v1, translate_v1
+from daskprs.job.v1 import V1Options, is_v1, translate_v1
 
 __all__ = ["NOT_YET_APPLIED", "load_job", "parse_mini_batch_size", "validate_file"]
 
@@ -66,8 +69,8 @@ def load_job(
     run_name: str | None = None,
     config: Mapping | None = None,
     env: Mapping[str, str] | None = None,
-    input_path: str | None = None,
-    output_path: str | None = None,
+    v1: V1Options | None = None,
+    base: str | None = None,
 ) -> Job:
     """Read, validate and bind a job file.
 
@@ -95,10 +98,15 @@ def load_job(
         current directory for a mapping given here).
     env : mapping, optional
         The environment (``XDG_CONFIG_HOME``, ``HOME``); default :data:`os.environ`.
-    input_path, output_path : str, optional
-        ``--input`` and ``--output`` of a v1 ``ParallelRunConfig`` file: its dataset (a folder,
-        a file or an MLTable folder; required) and output folder (default
-        ``<run_dir>/outputs/<name>/output``). An error for other files.
+    v1 : V1Options, optional
+        What a v1 ``ParallelRunConfig`` file's ``ParallelRunStep`` gave: ``--input`` (its
+        dataset: a folder, a file or an MLTable folder; required), ``--output`` (default
+        ``<run_dir>/outputs/<name>/output``), ``--arguments`` (one command line) and
+        ``--side-input NAME=PATH`` values. An error for other files.
+    base : str, optional
+        The folder relative paths of the file are relative to, and where ``daskprs.yaml`` is
+        looked for first; default: the file's folder (a job built with the Python SDK and
+        written into the run directory keeps the folder it was built in).
 
     Returns
     -------
@@ -110,9 +118,8 @@ def load_job(
     JobSpecError
         Listing every problem of the file (and of the ``--set`` values), not only the first.
     """
-    job, problems, _, _ = _load(
-        path, sets, run_dir, run_name, config, env, (input_path, output_path)
-    )
+    v1 = v1 or V1Options()
+    job, problems, _, _ = _load(path, sets, run_dir, run_name, config, env, v1, base)
     if problems or job is None:
         raise JobSpecError(os.fspath(path), problems)
     return job
@@ -123,6 +130,8 @@ def validate_file(
     sets: Sequence[str] = (),
     input_path: str | None = None,
     output_path: str | None = None,
+    arguments: str | None = None,
+    side_inputs: Sequence[str] = (),
 ) -> tuple[Job | None, list[Problem], list[str]]:
     """Validate a job file without raising.
 
@@ -132,8 +141,9 @@ def validate_file(
         The job file.
     sets : sequence of str
         ``--set`` values, as for :func:`load_job`.
-    input_path, output_path : str, optional
-        ``--input`` and ``--output``, as for :func:`load_job`.
+    input_path, output_path, arguments, side_inputs : optional
+        ``--input``, ``--output``, ``--arguments`` and ``--side-input``, as for
+        :func:`load_job`.
 
     Returns
     -------
@@ -141,9 +151,8 @@ def validate_file(
         ``(job, problems, messages)``: the job (None when there are problems), every problem
         found, and the notes followed by the warnings.
     """
-    job, problems, notes, warnings = _load(
-        path, sets, None, None, None, None, (input_path, output_path)
-    )
+    v1 = V1Options(input_path, output_path, arguments, tuple(side_inputs))
+    job, problems, notes, warnings = _load(path, sets, None, None, None, None, v1)
     return job, problems, [*notes, *warnings]
 
 
@@ -157,7 +166,8 @@ def _load(
     run_name: str | None,
     config: Mapping | None,
     env: Mapping[str, str] | None,
-    v1_io: tuple[str | None, str | None] = (None, None),
+    v1_io: V1Options,
+    base: str | None = None,
 ) -> tuple[Job | None, list[Problem], list[str], list[str]]:
     env = os.environ if env is None else env
     source = os.path.abspath(os.fspath(path))
@@ -169,7 +179,8 @@ def _load(
     if not isinstance(doc, dict):
         ctx.problem("", f"the job file must be a YAML mapping, not {S.kind_of(doc)}")
         return None, ctx.problems, ctx.notes, ctx.warnings
-    load_config(config, os.path.dirname(source), env, ctx)
+    folder = os.path.abspath(base) if base else os.path.dirname(source)
+    load_config(config, folder, env, ctx)
     steps: list[ParallelStep | CommandStep] = []
     continue_on_failure = False
     if is_v1(doc):
@@ -177,17 +188,20 @@ def _load(
         steps = _v1(doc, sets, v1_io, source, ctx)
     else:
         kind = _file_kind(doc, ctx)
-        for flag, value in zip(("--input", "--output"), v1_io, strict=True):
-            if value is not None:
-                ctx.problem(
-                    flag,
-                    f"{flag} goes with a v1 ParallelRunConfig file only",
-                    "bind this file's inputs and outputs with --set inputs.<name>=PATH (or "
-                    "jobs.<node>.outputs.<name>.path=PATH)",
-                )
+        if kind in ("parallel", "component") and "component" in doc:
+            # one node (as the Python SDK writes a parallel_run_function node): a pipeline of
+            # that node, named as its component
+            doc, kind = node_as_pipeline(doc, Path(source).stem), "pipeline"
+        for flag in v1_io.flags():
+            ctx.problem(
+                flag,
+                f"{flag} goes with a v1 ParallelRunConfig file only",
+                "bind this file's inputs and outputs with --set inputs.<name>=PATH (or "
+                "jobs.<node>.outputs.<name>.path=PATH)",
+            )
     if kind is not None and kind != "v1":
         apply_sets(doc, sets, kind, Path(source).stem, ctx)
-        at = S.At("", os.path.dirname(source))
+        at = S.At("", folder)
         if kind == "pipeline":
             steps, continue_on_failure = _pipeline(doc, at, ctx)
         else:
@@ -239,13 +253,13 @@ def _check_folder_names(
 def _v1(
     doc: dict,
     sets: Sequence[str],
-    io: tuple[str | None, str | None],
+    io: V1Options,
     source: str,
     ctx: S.Context,
 ) -> list[ParallelStep | CommandStep]:
     """A v1 ``ParallelRunConfig``: translated, then loaded as a bare ``type: parallel`` file."""
     ctx.note("a v1 ParallelRunConfig: loaded as the type: parallel job it describes")
-    translated = translate_v1(doc, io[0], io[1], sets, os.path.dirname(source), ctx)
+    translated = translate_v1(doc, io, sets, os.path.dirname(source), ctx)
     if translated is None:
         return []
     steps = _single(translated.doc, S.At("", os.path.dirname(source)), Path(source).stem, ctx)
@@ -293,9 +307,10 @@ def _pipeline(doc: dict, at: S.At, ctx: S.Context) -> tuple[list[ParallelStep | 
     if not default_compute[1] and doc.get("compute"):
         default_compute = ("compute", doc.get("compute"))
     scope0 = {"name": ctx.run_name, "default_datastore": ctx.default_datastore}
-    pin = bind_inputs(
-        None, at, definitions(doc.get("inputs"), at, "inputs", ctx), at, scope0, ctx, set()
-    )
+    pdefs = definitions(doc.get("inputs"), at, "inputs", ctx)
+    pin = bind_inputs(None, at, pdefs, at, scope0, ctx, set())
+    # an input with a problem of its own binds to FAILED: its users report nothing more
+    pin = {k: pin.get(k, FAILED) for k in pdefs}
     pout = definitions(doc.get("outputs"), at, "outputs", ctx)
     for name, entry in pout.items():
         for key in entry if isinstance(entry, Mapping) else ():
@@ -320,7 +335,7 @@ def _pipeline(doc: dict, at: S.At, ctx: S.Context) -> tuple[list[ParallelStep | 
     scope: dict[str, object] = {**scope0, **{f"parent.inputs.{k}": v for k, v in pin.items()}}
     for node in nodes.values():
         for out in node.outputs.values():
-            scope[f"parent.jobs.{node.name}.outputs.{out.name}"] = out
+            scope[f"parent.jobs.{node.name}.outputs.{out.name}"] = bound_output(node, out)
     steps: dict[str, ParallelStep | CommandStep] = {}
     for node in nodes.values():
         used: set[str] = set()

@@ -164,6 +164,10 @@ class CommandStep:
     environment_variables: Mapping[str, str] = field(default_factory=dict)
     depends_on: tuple[str, ...] = ()
     is_deterministic: bool = True
+    # the name of its `environment`, and the interpreter daskprs.yaml maps it to: that
+    # interpreter's folder goes first on the command's PATH
+    environment: str | None = None
+    python: str | None = None
     kind: Literal["command"] = "command"
 
 

@@ -8,7 +8,7 @@ over a field, with a warning.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from daskprs.job import schema as S
@@ -36,7 +36,7 @@ def parse_mini_batch_size(value: object) -> MiniBatchSize:
     ----------
     value : object
         A string of digits with an optional ``kb``/``mb``/``gb`` unit (any case, x1024 each)
-        or ``rows`` suffix, or a YAML integer.
+        or ``rows`` suffix, spaces allowed before it (``"100 kb"``), or a YAML integer.
 
     Returns
     -------
@@ -47,7 +47,7 @@ def parse_mini_batch_size(value: object) -> MiniBatchSize:
     Raises
     ------
     ValueError
-        For any other form (``"1.5mb"``, ``"10 kb"``, ``"10tb"``, negative numbers), with the
+        For any other form (``"1.5mb"``, ``"1 0kb"``, ``"10tb"``, negative numbers), with the
         right form in the message.
     """
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -160,7 +160,12 @@ def _runtime_args(argv: tuple[str, ...], place: str, ctx: S.Context) -> dict[str
         name, equals, value = token.partition("=")
         arg = S.RUNTIME_ARGS.get(name)
         if arg is None:
-            close = sorted((S.edit_distance(name, known), known) for known in S.RUNTIME_ARGS)
+            # not --nice: two edits from --name and --mine, which scripts take themselves
+            close = sorted(
+                (S.edit_distance(name, known), known)
+                for known in S.RUNTIME_ARGS
+                if known not in S.FLAG_RUNTIME_ARGS
+            )
             if close and close[0][0] <= 2:
                 ctx.warn(
                     f"{place}: {name} is not a runtime argument and is passed to the script "
@@ -171,6 +176,8 @@ def _runtime_args(argv: tuple[str, ...], place: str, ctx: S.Context) -> dict[str
             if index < len(argv) and not argv[index].startswith("--"):
                 value = argv[index]
                 index += 1
+            elif name in S.FLAG_RUNTIME_ARGS:
+                value = ""
             else:
                 ctx.problem(place, f"{name} has no value", f"write {name} VALUE")
                 continue
@@ -189,6 +196,19 @@ def _runtime_args(argv: tuple[str, ...], place: str, ctx: S.Context) -> dict[str
         if converted is not None:
             found[name] = converted
     return found
+
+
+def append_row_file_name(argv: Sequence[str]) -> str | None:
+    """The file name ``--append_row_file_name`` gives in ``argv`` (``--x v`` or ``--x=v``),
+    lower-cased as Azure's driver does; None when it is not given."""
+    for index, token in enumerate(argv):
+        name, equals, value = token.partition("=")
+        if name != "--append_row_file_name":
+            continue
+        if not equals:
+            value = argv[index + 1] if index + 1 < len(argv) else ""
+        return value.lower()
+    return None
 
 
 def runtime_settings(

@@ -196,7 +196,8 @@ OUTPUT_MODES = ("rw_mount", "upload", "direct")
 LOGGING_LEVELS = ("DEBUG", "INFO", "WARNING")
 NODE_TYPES = ("parallel", "command")
 MAX_TIMEOUT = 259200
-SIZE = re.compile(r"(\d+)(kb|mb|gb|rows)?", re.I)
+# "100 kb" with a space too, as Azure's reference page writes it
+SIZE = re.compile(r"(\d+)(?: *(kb|mb|gb|rows))?", re.I)
 SIZE_FORMS = '"10" (files or bytes), "10kb", "1mb", "2gb" (x1024), "5000rows"'
 UNITS = ("kb", "mb", "gb")
 
@@ -259,6 +260,13 @@ RUNTIME_ARGS: dict[str, RuntimeArg] = {
     ),
     "--run_max_try": RuntimeArg("max_retries", "tries", 1, node_field="retry_settings.max_retries"),
     "--logging_level": RuntimeArg("logging_level", "level", node_field="logging_level"),
+    # names the append_row_to file (daskprs.job.build); the rest are Azure's driver arguments
+    # whose job a node field does here
+    "--append_row_file_name": RuntimeArg(None, "str"),
+    "--process_count_per_node": RuntimeArg(None, "str"),
+    "--mini_batch_size": RuntimeArg(None, "str"),
+    "--partition_keys": RuntimeArg(None, "str"),
+    "--nice": RuntimeArg(None, "str"),
 }
 
 # Runtime arguments accepted for compatibility whose effect stays local.
@@ -266,7 +274,16 @@ RUNTIME_ARG_NOTES = {
     "--copy_logs_to_parent": "logs stay with the run",
     "--push_metrics_to_parent": "metrics stay with the run",
     "--metrics_name_prefix": "metrics stay with the run",
+    "--append_row_file_name": "it names the file append_row_to writes in its output folder, "
+    "lower-cased as on Azure",
+    "--process_count_per_node": "not applied: max_concurrency_per_instance sets the "
+    "entry-script processes per node",
+    "--mini_batch_size": "not applied: the node's mini_batch_size field sets it",
+    "--partition_keys": "not applied: the node's partition_keys field sets them",
+    "--nice": "not applied: entry-script processes run at their worker's priority",
 }
+# Of those, the ones that may be given without a value
+FLAG_RUNTIME_ARGS = ("--nice",)
 
 
 def edit_distance(a: str, b: str) -> int:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -19,7 +21,7 @@ import yaml
 from daskprs.job import schema as S
 from daskprs.job.runtime import parse_mini_batch_size
 
-__all__ = ["V1_KEYS", "V1Translation", "is_v1", "translate_v1"]
+__all__ = ["V1_KEYS", "V1Options", "V1Translation", "is_v1", "translate_v1"]
 
 WRAPPER = "parallel_run_config"
 
@@ -43,10 +45,34 @@ V1_KEYS = {
     "description": "description",
     "environment_dir_path": "not applied",
     "environment_name": "not applied",
+    "partition_keys": "partition_keys",
+    "arguments": "task.program_arguments (ParallelRunStep's arguments)",
 }
 _SIGNS = ("source_directory", "output_action", "process_count_per_node", "node_count")
 _OUTPUT_ACTIONS = ("append_row", "summary_only")
 _BAD_FILE_NAME = re.compile(r'[~"#%&*:<>?/\\{|}]')
+
+
+@dataclass(frozen=True)
+class V1Options:
+    """What a v1 step got from ``ParallelRunStep`` rather than from its config: ``--input``,
+    ``--output``, ``--arguments`` (one string, split like a shell command line) and
+    ``--side-input NAME=PATH`` values."""
+
+    input_path: str | None = None
+    output_path: str | None = None
+    arguments: str | None = None
+    side_inputs: tuple[str, ...] = ()
+
+    def flags(self) -> list[str]:
+        """The flags given, as the command line names them."""
+        given = (
+            ("--input", self.input_path is not None),
+            ("--output", self.output_path is not None),
+            ("--arguments", self.arguments is not None),
+            ("--side-input", bool(self.side_inputs)),
+        )
+        return [flag for flag, yes in given if yes]
 
 
 def is_v1(doc: Mapping) -> bool:
@@ -66,8 +92,10 @@ class V1Translation:
         self.append_row_file_name = append_row_file_name
 
 
-def _input_entry(path: str, cwd: str, ctx: S.Context) -> dict[str, Any] | None:
-    """``--input``: an MLTable folder, a folder of files, or one file."""
+def _input_entry(
+    path: str, cwd: str, ctx: S.Context, flag: str = "--input"
+) -> dict[str, Any] | None:
+    """``--input`` (or a ``--side-input``): an MLTable folder, a folder of files, or one file."""
     if "://" in path:
         kind = "mltable" if path.rstrip("/").endswith("MLTable") else "uri_folder"
         return {"type": kind, "path": path.removesuffix("/MLTable")}
@@ -80,9 +108,49 @@ def _input_entry(path: str, cwd: str, ctx: S.Context) -> dict[str, Any] | None:
             return {"type": "mltable", "path": os.path.dirname(full)}
         return {"type": "uri_file", "path": full}
     ctx.problem(
-        "--input",
+        flag,
         f"{path}: no such file or folder",
-        "give the dataset of the v1 step: a folder of files, one file, or an MLTable folder",
+        "give the dataset of the v1 step: a folder of files, one file, or an MLTable folder"
+        if flag == "--input"
+        else "give --side-input NAME=PATH with a folder, a file or an MLTable folder",
+    )
+    return None
+
+
+_SIDE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _side_inputs(items: Sequence[str], cwd: str, ctx: S.Context) -> dict[str, dict[str, Any]]:
+    """``--side-input NAME=PATH``: inputs besides the dataset, bound in the arguments as
+    ``${{inputs.NAME}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, sep, path = str(item).partition("=")
+        name = name.strip()
+        if not sep or not path.strip() or not _SIDE_NAME.match(name) or name == "input_data":
+            ctx.problem(
+                "--side-input",
+                f"{item!r}: give NAME=PATH, NAME a word other than input_data (the dataset)",
+                "e.g. --side-input labels=./labels, then --arguments "
+                '"--labels_dir ${{inputs.labels}}"',
+            )
+            continue
+        entry = _input_entry(path.strip(), cwd, ctx, "--side-input")
+        if entry is not None:
+            out[name] = entry
+    return out
+
+
+def _arguments(value: object, place: str, ctx: S.Context) -> str | None:
+    """ParallelRunStep's ``arguments``: a list (as in the SDK) or one command-line string."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(not isinstance(v, dict | list) for v in value):
+        return shlex.join(str(v) for v in value)
+    ctx.problem(
+        place,
+        f"must be a list of arguments or one string, not {S.kind_of(value)}",
+        'e.g. arguments: ["--model_name", "mnist"]',
     )
     return None
 
@@ -107,8 +175,7 @@ def _v1_sets(config: dict, sets: Sequence[str], ctx: S.Context) -> None:
 
 def translate_v1(
     doc: Mapping,
-    input_path: str | None,
-    output_path: str | None,
+    options: V1Options,
     sets: Sequence[str],
     base: str,
     ctx: S.Context,
@@ -118,10 +185,12 @@ def translate_v1(
     Parameters
     ----------
     doc : mapping
-        The YAML document (``parallel_run_config:`` wrapped or not).
-    input_path, output_path : str or None
+        The YAML document (``parallel_run_config:`` wrapped or not, an ``arguments:`` key
+        beside the wrapper or among the fields).
+    options : V1Options
         ``--input`` (required) and ``--output`` (default: the run directory's
-        ``outputs/<name>/output``), relative to the current directory.
+        ``outputs/<name>/output``), relative to the current directory; ``--arguments``
+        (replaces the file's ``arguments``) and ``--side-input NAME=PATH`` values.
     sets : sequence of str
         ``--set <v1 field>=VALUE`` overrides.
     base : str
@@ -134,12 +203,17 @@ def translate_v1(
     V1Translation or None
         None when there were problems.
     """
+    input_path, output_path = options.input_path, options.output_path
     wrapped = isinstance(doc.get(WRAPPER), Mapping)
     config = dict(doc[WRAPPER] if wrapped else doc)
     prefix = f"{WRAPPER}." if wrapped else ""
+    args_at = f"{prefix}arguments"
+    if wrapped and "arguments" in doc:  # beside the config, as ParallelRunStep takes it
+        config.setdefault("arguments", doc["arguments"])
+        args_at = "arguments"
     if wrapped:
         for key in doc:
-            if key != WRAPPER:
+            if key not in (WRAPPER, "arguments"):
                 ctx.problem(str(key), "unknown key", f"v1 fields go under `{WRAPPER}:`")
     _v1_sets(config, sets, ctx)
 
@@ -232,10 +306,16 @@ def translate_v1(
             ctx.note(
                 f"{at(key)}: not applied: entry scripts run in the Dask workers' Python environment"
             )
+    keys = config.get("partition_keys")
+    if keys is not None:
+        out["partition_keys"] = keys  # checked as the v2 field is
+    arguments = options.arguments
+    if arguments is None and config.get("arguments") is not None:
+        arguments = _arguments(config["arguments"], args_at, ctx)
     if retry:
         out["retry_settings"] = retry
-    if argv:
-        task["program_arguments"] = " ".join(argv)
+    if arguments or argv:
+        task["program_arguments"] = " ".join([*([arguments] if arguments else []), *argv])
 
     if input_path is None:
         ctx.problem(
@@ -248,6 +328,9 @@ def translate_v1(
         if entry_input is not None:
             out["inputs"] = {"input_data": entry_input}
             out["input_data"] = "${{inputs.input_data}}"
+    side = _side_inputs(options.side_inputs, ctx.cwd, ctx)
+    if side:
+        out.setdefault("inputs", {}).update(side)
     output: dict[str, Any] = {"type": "uri_folder"}
     if output_path is not None:
         output["path"] = (

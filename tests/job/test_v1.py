@@ -11,6 +11,7 @@ import pytest
 from daskprs.errors import JobSpecError
 from daskprs.job.load import load_job, validate_file
 from daskprs.job.model import DataInput, MiniBatchSize
+from daskprs.job.v1 import V1Options
 
 NO_ENV = {"HOME": "/nonexistent-home"}
 
@@ -54,7 +55,9 @@ def config(folder: Path, text: str, name: str = "prc.yml") -> Path:
 
 
 def load(path: Path, sets=(), **kwargs):
-    return load_job(path, sets, run_dir=str(path.parent / "run"), env=NO_ENV, **kwargs)
+    """``kwargs``: the V1Options (input_path, output_path, arguments, side_inputs)."""
+    v1 = V1Options(**kwargs)
+    return load_job(path, sets, run_dir=str(path.parent / "run"), env=NO_ENV, v1=v1)
 
 
 def problems_of(path: Path, sets=(), **kwargs) -> list[tuple[str, str]]:
@@ -156,3 +159,38 @@ def test_input_is_required_and_only_for_v1_files(folder):
     assert place == "--input" and "--set inputs.<name>=PATH" in text
     bad_set = problems_of(v1, ["jobs.x.mini_batch_size=3"], input_path="data")
     assert bad_set[0][0] == "--set" and "v1 field" in bad_set[0][1]
+
+
+def test_arguments_side_inputs_and_partition_keys_of_a_parallel_run_step(folder):
+    """ParallelRunStep's `arguments` (beside the config, or with --arguments) and side inputs
+    (--side-input NAME=PATH, bound as ${{inputs.NAME}}); `partition_keys` in the config."""
+    (folder / "labels").mkdir()
+    wrapped = config(
+        folder,
+        """
+        parallel_run_config:
+          entry_script: score.py
+          source_directory: src
+          partition_keys: [Store, Brand]
+          allowed_failed_percent: 10
+        arguments: [--model_name, mnist, --labels_dir, "${{inputs.labels}}"]
+        """,
+    )
+    [step] = load(wrapped, input_path="data", side_inputs=("labels=labels",)).steps
+    labels = str(folder / "labels")
+    assert step.program_arguments[:4] == ("--model_name", "mnist", "--labels_dir", labels)
+    assert step.settings.allowed_failed_percent == 10
+    assert step.partition_keys == ("Store", "Brand")
+    assert step.inputs["labels"] == DataInput("labels", "uri_folder", labels)
+    # --arguments replaces the file's; the flat form takes `arguments` among the fields
+    given = load(wrapped, input_path="data", arguments="--model_name lenet")
+    assert given.steps[0].program_arguments[:2] == ("--model_name", "lenet")
+    flat = config(
+        folder, "entry_script: score.py\nsource_directory: src\narguments: --k 1\n", "f.yml"
+    )
+    assert load(flat, input_path="data").steps[0].program_arguments == ("--k", "1")
+    named, missing = problems_of(
+        flat, input_path="data", side_inputs=("input_data=labels", "x=nowhere")
+    )
+    assert named[0] == "--side-input" and "a word other than input_data" in named[1]
+    assert missing[0] == "--side-input" and "nowhere: no such file or folder" in missing[1]
