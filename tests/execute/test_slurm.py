@@ -1,7 +1,9 @@
 """A job on a real one-node Slurm through ``dask_jobqueue.SLURMCluster`` (docs/clusters.md,
 "Slurm or PBS"): the recipe as the docs give it, a worker's batch job cancelled by `scancel`
 in the middle of a mini-batch, a worker's batch job that reaches its walltime, and Ctrl-C or
-SIGTERM ending the run with exit 130 and no batch job left in the queue.
+SIGTERM ending the run with exit 130 and no batch job left in the queue (also while its batch
+jobs still wait in the queue). The Slurm and PBS recipes of the docs are checked as the batch
+scripts dask-jobqueue makes of them.
 
 The fixture starts its own Slurm from Debian's packages (`slurm-wlm`, `munge`: `.ci/run`
 installs them): a munge key and `munged` on a socket of its own, a `slurm.conf` in a temporary
@@ -308,7 +310,9 @@ def test_an_interrupt_ends_the_run_and_cancels_its_batch_jobs(slurm, tmp_path, s
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
-        poll_for((tmp_path / "marks" / "victim").exists, timeout=120)
+        victim = tmp_path / "marks" / "victim"
+        poll_for(lambda: victim.exists() or proc.poll() is not None, timeout=120)
+        assert proc.poll() is None, proc.communicate()[1]  # it ended before: how
         assert slurm.jobs()
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
