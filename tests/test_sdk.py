@@ -19,6 +19,9 @@ from daskprs.cli import cli
 from daskprs.errors import JobSpecError
 from daskprs.job.load import load_job
 
+# azure-ai-ml's schemas use marshmallow features marshmallow 4 drops: its warnings, not ours
+pytestmark = pytest.mark.filterwarnings("ignore::Warning:marshmallow", "ignore::Warning:azure")
+
 ROOT = Path(__file__).resolve().parent.parent
 IRIS = ROOT / "examples" / "iris"
 PREPARE = ROOT / "examples" / "many-models" / "prepare"
