@@ -17,7 +17,7 @@ from typing import Any
 from daskprs.errors import JobFailed, PlanningError, ResumeRefused, UserInputError
 from daskprs.execute.cluster import open_cluster
 from daskprs.execute.lazycluster import LazyCluster
-from daskprs.execute.preflight import check_command, check_entry_script
+from daskprs.execute.preflight import check_command, check_step_script
 from daskprs.execute.resume import Mode, input_change
 from daskprs.execute.step import StepRequest, run_parallel_step
 from daskprs.inputs.filesystems import missing_package
@@ -189,14 +189,7 @@ def check_before_running(job: Job) -> tuple[list[str], list[str]]:
         except (UserInputError, JobFailed) as err:
             problems.append(str(err))
         try:
-            check_entry_script(
-                step.name,
-                step.code_dir,
-                step.entry_script,
-                step.python,
-                step.environment,
-                tabular=tabular,
-            )
+            check_step_script(step, tabular=tabular)
         except UserInputError as err:
             problems.append(str(err))
     return problems, notes

@@ -20,8 +20,15 @@ import subprocess
 import sys
 
 from daskprs.errors import UserInputError
+from daskprs.job.model import ParallelStep
 
-__all__ = ["check_command", "check_entry_script", "command_script", "script_imports"]
+__all__ = [
+    "check_command",
+    "check_entry_script",
+    "check_step_script",
+    "command_script",
+    "script_imports",
+]
 
 # What daskprs's entry-script process needs in another interpreter (docs/design.md#layers);
 # for tabular input fsspec too: the readers open the files through it.
@@ -75,6 +82,13 @@ def _probe(python: str, code_dir: str, names: list[str], env: dict[str, str]) ->
             f"{(proc.stderr.strip().splitlines() or ['no message'])[-1]}"
         )
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def check_step_script(step: ParallelStep, tabular: bool) -> None:
+    """:func:`check_entry_script` for a parallel step (``tabular``: its input is a table)."""
+    check_entry_script(
+        step.name, step.code_dir, step.entry_script, step.python, step.environment, tabular
+    )
 
 
 def check_entry_script(

@@ -20,7 +20,7 @@ from daskprs.errors import Interrupted, UserInputError
 from daskprs.execute.cluster import ClusterHandle
 from daskprs.execute.context import step_context
 from daskprs.execute.devices import processes_per_instance
-from daskprs.execute.preflight import check_entry_script
+from daskprs.execute.preflight import check_step_script
 from daskprs.execute.resume import Mode, Session, session_of
 from daskprs.execute.runner import Launch, Ran, drive
 from daskprs.execute.supervisor import Budget, Policy, Stop, verdict_of
@@ -226,14 +226,7 @@ def _run_session(
     """Check what can be checked before the first mini-batch, then drive the session."""
     step, plan, echo = request.step, request.plan, request.echo
     if request.workers_here:
-        check_entry_script(
-            step.name,
-            step.code_dir,
-            step.entry_script,
-            step.python,
-            step.environment,
-            tabular=plan.kind == "tabular",
-        )
+        check_step_script(step, tabular=plan.kind == "tabular")
     handle = cluster()
     ship_code = False
     if not handle.local:
