@@ -11,6 +11,7 @@ returns a :class:`Plan` value and writes nothing.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -50,9 +51,9 @@ class Plan:
     seconds: float = 0.0
     scanned: bool = False
 
-    @property
+    @functools.cached_property
     def by_index(self) -> dict[int, MiniBatch]:
-        """The mini-batches by id."""
+        """The mini-batches by id (made once per plan)."""
         return {b.index: b for b in self.batches}
 
 

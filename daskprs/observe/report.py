@@ -442,8 +442,7 @@ def build_report(view: RunView, now: float | None = None) -> ReportData:
         short_returns=[
             {"step": s.name, "mini-batch": str(mb), "failed items": str(r.failed), "why": r.warning}
             for s in view.steps
-            for mb, r in sorted(s.finals.items())
-            if s.states.get(mb) == "DONE" and r.failed and r.warning
+            for mb, r in s.short_returns
         ][:_FAILURES],
     )
 

@@ -143,6 +143,16 @@ class StepView:
         )
 
     @property
+    def short_returns(self) -> list[tuple[int, TryRecord]]:
+        """DONE mini-batches with failed items (``run()`` returned fewer rows than it got),
+        with the record that says why, in id order."""
+        return [
+            (mb, r)
+            for mb, r in sorted(self.finals.items())
+            if self.states.get(mb) == "DONE" and r.failed and r.warning
+        ]
+
+    @property
     def finished(self) -> bool:
         if self.kind == "command":
             return self.command_done

@@ -133,12 +133,7 @@ def format_status(view: RunView) -> str:
                 f"  ... and {len(failures) - _SHOWN_FAILURES} more in "
                 f"{view.root}/failed_mini_batches.jsonl"
             )
-    short = [
-        (s.name, mb, r)
-        for s in view.steps
-        for mb, r in sorted(s.finals.items())
-        if s.states.get(mb) == "DONE" and r.failed and r.warning
-    ]
+    short = [(s.name, mb, r) for s in view.steps for mb, r in s.short_returns]
     if short:
         lines += ["", f"mini-batches done with failed items ({len(short)}):"]
         for step, mb, r in short[:_SHOWN_FAILURES]:
