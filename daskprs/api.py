@@ -24,7 +24,7 @@ from daskprs.job.model import ClusterSpec, Job
 from daskprs.job.v1 import V1Options
 from daskprs.observe import logs
 from daskprs.observe.progress import choose_progress
-from daskprs.paths import redact_data
+from daskprs.paths import URL, redact_data
 from daskprs.pipeline import ClusterChoice, JobSession, StepsRunner
 from daskprs.results import fingerprint, reuse
 from daskprs.results.jobresult import JobResult
@@ -209,6 +209,8 @@ def run_job(
     arguments: str | None = None,
     side_inputs: Sequence[str] = (),
     base: str | os.PathLike | None = None,
+    staging: str | os.PathLike | None = None,
+    keep_staged: bool = False,
 ) -> JobResult:
     """Run every step of a job file and return what happened.
 
@@ -260,6 +262,14 @@ def run_job(
         The folder relative paths of the job are relative to (and where ``daskprs.yaml`` is
         looked for first): default the job file's folder, or for an object the current
         directory (where the SDK's ``azureml:./data`` paths start).
+    staging : str, optional
+        ``--staging``: an fsspec URL (``s3://bucket/prefix``, ``gs://``, ``abfs://``) or a
+        folder every worker mounts, where workers that cannot see the run directory leave
+        claims, parts and logs (docs/clusters.md#workers-without-a-shared-filesystem);
+        default: ``staging:`` in ``daskprs.yaml``, else none (the workers see the run
+        directory). Kept in the run record for ``--resume`` and ``rerun-failed``.
+    keep_staged : bool
+        Keep the staged files after a step's output is assembled (``--keep-staged``).
 
     Returns
     -------
@@ -328,6 +338,7 @@ def run_job(
         raise
     for line in (*job.notes, *job.warnings):
         echo(f"note: {line}")
+    staged = _staging(staging, job.staging)
     os.makedirs(run_dir, exist_ok=True)
     record = {
         "job_file": job_file,
@@ -336,6 +347,7 @@ def run_job(
         **({"arguments": arguments} if arguments is not None else {}),
         **({"side_inputs": list(side_inputs)} if side_inputs else {}),
         **({"base": base} if base else {}),
+        **({"staging": staged} if staged else {}),
         "cwd": os.getcwd(),
         "name": job.name,
         "created": time.time(),
@@ -356,8 +368,21 @@ def run_job(
         progress=progress,
         reuse_roots=tuple(reuse.search_roots(run.root, cache)),
         force_rerun=force_rerun,
+        staging=staged,
+        keep_staged=keep_staged,
     )
     return _execute(session, _choose_cluster(job, scheduler, workers, client, security, echo))
+
+
+def _staging(given: str | os.PathLike | None, configured: str = "") -> str:
+    """The staging URL or folder of a run: ``given`` (``--staging``), else ``configured``
+    (``daskprs.yaml``); a folder made absolute."""
+    value = os.fspath(given).strip() if given is not None else configured
+    if not value:
+        return ""
+    if URL.match(value) and not value.startswith("file://"):
+        return value.rstrip("/")
+    return os.path.abspath(os.path.expanduser(value.removeprefix("file://")))
 
 
 def _write_job_document(doc: dict, run_dir: str) -> str:
@@ -382,6 +407,8 @@ def resume_job(
     client: Any = None,
     echo: Callable[[str], None] | None = None,
     security: Any = None,
+    staging: str | os.PathLike | None = None,
+    keep_staged: bool = False,
 ) -> JobResult:
     """Continue a run from its ledger (``--resume``), or rerun its failed mini-batches.
 
@@ -396,8 +423,11 @@ def resume_job(
     rerun_failed : bool
         Run the FAILED and CANCELLED mini-batches (``daskprs rerun-failed``) instead of the
         PENDING, RUNNING and CANCELLED ones.
-    scheduler, workers, client, echo, security
+    scheduler, workers, client, echo, security, keep_staged
         As for :func:`run_job`.
+    staging : str, optional
+        As for :func:`run_job`; default: the one the run was started with. The parts a
+        killed driver left there are found through the ledger whichever is given.
 
     Returns
     -------
@@ -455,8 +485,21 @@ def resume_job(
         if digest != record.get("code", {}).get(step.name) and not rerun_failed:
             echo(f"note: the code folder of step {step.name} changed since the run started")
     mode = Mode.RERUN_FAILED if rerun_failed else Mode.RESUME
+    staged = _staging(staging, record.get("staging") or job.staging)
+    if staged != record.get("staging", ""):
+        record["staging"] = staged
+        run.write_record(record)
     session = JobSession(
-        job, run, mode, record, echo, settings=settings, progress=progress, force=force
+        job,
+        run,
+        mode,
+        record,
+        echo,
+        settings=settings,
+        progress=progress,
+        force=force,
+        staging=staged,
+        keep_staged=keep_staged,
     )
     return _execute(session, _choose_cluster(job, scheduler, workers, client, security, echo))
 

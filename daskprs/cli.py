@@ -140,6 +140,22 @@ def _v1_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
+def _staging_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--staging URL`` and ``--keep-staged``: workers that share no filesystem with the
+    driver (docs/clusters.md#workers-without-a-shared-filesystem)."""
+    fn = click.option(
+        "--keep-staged",
+        is_flag=True,
+        help="Keep the staged files after a step's output is assembled.",
+    )(fn)
+    return click.option(
+        "--staging",
+        metavar="URL",
+        help="Where workers that cannot see the run directory leave claims, parts and logs "
+        "(s3://bucket/prefix, gs://..., abfs://..., or a folder every worker mounts).",
+    )(fn)
+
+
 def _security(scheduler: str | None, ca: str | None, cert: str | None, key: str | None) -> Any:
     from daskprs.execute.tls import client_security
 
@@ -176,6 +192,7 @@ def _security(scheduler: str | None, ca: str | None, cert: str | None, key: str 
     help="Also reuse unchanged steps of the runs in DIR (besides the run directory's parent).",
 )
 @_v1_options
+@_staging_options
 @_tls_options
 def run(
     file: str | None,
@@ -191,6 +208,8 @@ def run(
     output_path: str | None,
     arguments: str | None,
     side_inputs: tuple[str, ...],
+    staging: str | None,
+    keep_staged: bool,
     tls_ca_file: str | None,
     tls_cert: str | None,
     tls_key: str | None,
@@ -221,6 +240,8 @@ def run(
                 scheduler=scheduler,
                 workers=workers,
                 security=_security(*tls),
+                staging=staging,
+                keep_staged=keep_staged,
             ),
             resume,
         )
@@ -245,6 +266,8 @@ def run(
             force_rerun=force_rerun,
             arguments=arguments,
             side_inputs=side_inputs,
+            staging=staging,
+            keep_staged=keep_staged,
         ),
         new_dir,
     )
@@ -256,11 +279,14 @@ def run(
 @click.option(
     "--workers", type=click.IntRange(min=1), help="Worker processes of the embedded cluster."
 )
+@_staging_options
 @_tls_options
 def rerun_failed(
     run_dir: str,
     scheduler: str | None,
     workers: int | None,
+    staging: str | None,
+    keep_staged: bool,
     tls_ca_file: str | None,
     tls_cert: str | None,
     tls_key: str | None,
@@ -276,6 +302,8 @@ def rerun_failed(
             scheduler=scheduler,
             workers=workers,
             security=_security(scheduler, tls_ca_file, tls_cert, tls_key),
+            staging=staging,
+            keep_staged=keep_staged,
         ),
         run_dir,
     )

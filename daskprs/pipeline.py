@@ -258,6 +258,10 @@ class JobSession:
         Folders of run directories to reuse steps from (a new run only).
     force_rerun : bool
         Run every step, reusing none (each still leaves a record for later runs).
+    staging : str
+        ``--staging URL``: where workers without the run directory leave their files.
+    keep_staged : bool
+        Keep the staged files after a step's output is assembled.
     """
 
     job: Job
@@ -270,6 +274,8 @@ class JobSession:
     force: bool = False
     reuse_roots: tuple[str, ...] = ()
     force_rerun: bool = False
+    staging: str = ""
+    keep_staged: bool = False
 
 
 class StepsRunner:
@@ -458,6 +464,8 @@ class StepsRunner:
             progress=self.s.progress,
             workers_here=self.choice.on_this_machine,
             resume_hint=f"daskprs run --resume {self.s.run.root}",
+            staging=self.s.staging,
+            keep_staged=self.s.keep_staged,
         )
         outcome = run_parallel_step(request, cluster.get)
         self._finished(step, outcome)

@@ -103,6 +103,11 @@ class StepDir:
         return os.path.join(self.root, "lease")
 
     @property
+    def staged_logs(self) -> str:
+        """How far the driver read each log staged by workers (``--staging``)."""
+        return os.path.join(self.root, "staged-logs.json")
+
+    @property
     def reuse_record(self) -> str:
         """The step succeeded in this run, with this reuse key (see ``results.reuse``)."""
         return os.path.join(self.root, "reuse.json")

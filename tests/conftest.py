@@ -185,3 +185,41 @@ def run_killing_a_worker(job: Path, marks: Path, **run_kwargs):
     thread.join(timeout=240)
     assert not thread.is_alive()
     return box["result"]
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A moto S3 server on loopback; credentials and endpoint through the environment."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    import urllib.request
+
+    # moto's in-process backend outlives a server: start every test from an empty store
+    urllib.request.urlopen(
+        urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST")
+    ).close()
+    env = {
+        "AWS_ACCESS_KEY_ID": "daskprs-test",
+        "AWS_SECRET_ACCESS_KEY": "daskprs-secret-never-logged",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    import fsspec
+    import s3fs
+
+    # filesystem instances are cached by their arguments, not by the endpoint in the
+    # environment: forget the previous test's server
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = fsspec.filesystem("s3")
+    fs.mkdir("data")
+    fs.mkdir("out")
+    try:
+        yield fs
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from daskprs.execute.child import ChildConfig
 from daskprs.execute.deadlines import Deadlines
 from daskprs.execute.devices import processes_per_instance
+from daskprs.execute.store import StepStore, staging_root
 from daskprs.job.model import ParallelStep
 from daskprs.rundir import RunDir, StepDir
 from daskprs.settings import EnvSettings
@@ -55,6 +56,11 @@ class StepContext:
         children (0: no lease; :mod:`daskprs.execute.pool`).
     handback_seconds : float
         How long a rerun task waits for a hand-back of its try (:mod:`daskprs.execute.handback`).
+    staging : str
+        The step's folder under ``--staging URL`` (:func:`daskprs.execute.store.staging_root`)
+        when the workers cannot see the run directory: claims, parts, logs and the lease go
+        there, and each worker keeps its processes' files in a local scratch folder. Empty:
+        the workers see the run directory.
     """
 
     token: str
@@ -68,11 +74,18 @@ class StepContext:
     monitor_interval: float = 0.0
     lease_seconds: float = 0.0
     handback_seconds: float = 5.0
+    staging: str = ""
 
     @property
     def where(self) -> StepDir:
         """The step's folder in the run directory."""
         return self.run.step(self.step)
+
+    @property
+    def store(self) -> StepStore:
+        """Where the workers leave claims, hand-backs and the lease (and, staged, parts and
+        logs): the step's folder, or its folder under the staging URL."""
+        return StepStore(self.staging or self.where.root)
 
     def child_for(
         self, node: str, process: str, code_dir: str, device: str | None = None
@@ -123,9 +136,11 @@ def step_context(
     local: bool,
     tables: bool,
     settings: EnvSettings,
+    staging: str = "",
 ) -> StepContext:
     """The context of a new run of ``step`` on a cluster of ``slots`` worker threads
-    (``local``: the embedded cluster); ``tables``: its mini-batches are tables."""
+    (``local``: the embedded cluster); ``tables``: its mini-batches are tables; ``staging``:
+    the ``--staging`` URL, if any."""
     child = ChildConfig(
         code_dir=step.code_dir,
         entry_script=step.entry_script,
@@ -151,4 +166,5 @@ def step_context(
         monitor_interval=step.settings.resource_monitor_interval,
         lease_seconds=0.0 if local else settings.lease_seconds,
         handback_seconds=settings.handback_seconds,
+        staging=staging_root(staging, run.root, step.name) if staging else "",
     )

@@ -17,10 +17,9 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 
+from daskprs.execute.store import StepStore, claim_name
 from daskprs.results.outcome import TryRecord
-from daskprs.rundir import StepDir
 
 __all__ = ["leave_marker", "leave_record", "take_over"]
 
@@ -28,30 +27,23 @@ __all__ = ["leave_marker", "leave_record", "take_over"]
 _DEFAULT_WAIT = 5.0
 
 
-def _base(where: StepDir, mb: int, try_key: str) -> str:
-    folder = os.path.join(where.root, "handback")
-    os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, os.path.basename(where.claim(mb, try_key)))
+def _base(mb: int, try_key: str) -> str:
+    return "handback/" + claim_name(mb, try_key).rsplit("/", 1)[-1]
 
 
-def _write(path: str, text: str) -> None:
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def leave_marker(where: StepDir, mb: int, try_key: str) -> None:
+def leave_marker(store: StepStore, mb: int, try_key: str) -> None:
     """Hand back a running try: the rerun of its task runs it again."""
-    _write(_base(where, mb, try_key) + ".back", f"{os.getpid()}\n")
+    store.put(_base(mb, try_key) + ".back", f"{os.getpid()}\n".encode())
 
 
-def leave_record(where: StepDir, mb: int, try_key: str, record: TryRecord) -> None:
+def leave_record(store: StepStore, mb: int, try_key: str, record: TryRecord) -> None:
     """Leave the record of a try that finished in a task whose result will be lost."""
-    _write(_base(where, mb, try_key) + ".rec", json.dumps(record.to_dict()))
+    store.put(_base(mb, try_key) + ".rec", json.dumps(record.to_dict()).encode())
 
 
-def take_over(where: StepDir, mb: int, try_key: str, wait: float | None = None) -> TryRecord | bool:
+def take_over(
+    store: StepStore, mb: int, try_key: str, wait: float | None = None
+) -> TryRecord | bool:
     """What the rerun of a claimed try does: the record left for it, True to run the try
     (handed back; the marker is taken atomically, so by one rerun only), or False (none
     came within ``wait`` seconds: the first run was lost with its worker).
@@ -60,22 +52,14 @@ def take_over(where: StepDir, mb: int, try_key: str, wait: float | None = None) 
     None: 5 s, that setting's default."""
     if wait is None:
         wait = _DEFAULT_WAIT
-    base = _base(where, mb, try_key)
+    base = _base(mb, try_key)
     deadline = time.monotonic() + wait
     while True:
-        taken = f"{base}.taken-{uuid.uuid4().hex[:8]}"
-        try:
-            os.rename(base + ".rec", taken)
-        except FileNotFoundError:
-            pass
-        else:
-            with open(taken, encoding="utf-8") as f:
-                return TryRecord.from_dict(json.load(f))
-        try:
-            os.rename(base + ".back", taken)
+        data = store.take(base + ".rec")
+        if data is not None:
+            return TryRecord.from_dict(json.loads(data))
+        if store.take(base + ".back") is not None:
             return True
-        except FileNotFoundError:
-            pass
         if time.monotonic() >= deadline:
             return False
-        time.sleep(0.05)
+        time.sleep(0.05 if not store.staged else 0.25)

@@ -29,8 +29,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -39,8 +41,14 @@ from daskprs.execute.codefolder import code_dir_for
 from daskprs.execute.context import StepContext
 from daskprs.execute.devices import device_for, visible_gpus
 from daskprs.execute.slot import Slot
+from daskprs.execute.stagedlogs import StagedLogs
+from daskprs.execute.store import StepStore
+from daskprs.rundir import RunDir
 
-__all__ = ["LeaseKeeper", "SlotPool", "pool_of"]
+__all__ = ["LEASE", "LeaseKeeper", "SlotPool", "pool_of"]
+
+# The lease, in the step's folder (see `LeaseKeeper`).
+LEASE = "lease"
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +101,15 @@ class SlotPool(WorkerPlugin):
     # -- plugin life cycle -------------------------------------------------------------------
     def setup(self, worker: Any = None) -> None:
         self.worker = worker
+        # where this worker's processes write: the run directory, or with staging a scratch
+        # folder of this worker's, whose logs are uploaded as they grow (see `StagedLogs`)
+        self.local = self.ctx
+        self._logs: StagedLogs | None = None
+        if self.ctx.staging:
+            scratch = tempfile.mkdtemp(prefix=f"daskprs-{self.ctx.token}-")
+            self.local = replace(self.ctx, run=RunDir(scratch), staging="")
+            os.makedirs(self.local.where.parts, exist_ok=True)
+            self._logs = StagedLogs(self.local.run.logs.root, self.ctx).start()
         self._lock = threading.Lock()
         self._idle: list[Slot] = []
         self._all: list[Slot] = []
@@ -110,11 +127,10 @@ class SlotPool(WorkerPlugin):
             slot = self._new_slot()
             slot.start()
             self._idle.append(slot)
-        lease = self.ctx.where.lease
-        if self.ctx.lease_seconds and lease:
+        if self.ctx.lease_seconds:
             threading.Thread(
                 target=self._watch_lease,
-                args=(lease, self.ctx.lease_seconds),
+                args=(self.ctx.store, self.ctx.lease_seconds),
                 name=f"daskprs-lease-{self.ctx.token}",
                 daemon=True,
             ).start()
@@ -122,10 +138,13 @@ class SlotPool(WorkerPlugin):
     def teardown(self, worker: Any = None) -> None:
         self.hand_back()
         self.close()
+        if self._logs is not None:  # the last of the logs, then the scratch folder goes
+            self._logs.stop()
+            shutil.rmtree(self.local.run.root, ignore_errors=True)
 
     # -- slots -------------------------------------------------------------------------------
     def _new_slot(self) -> Slot:
-        ctx = self.ctx
+        ctx = self.local
         index = len(self._all)
         node, process = _identity(ctx, index, self.worker)
         config = ctx.child_for(
@@ -185,10 +204,11 @@ class SlotPool(WorkerPlugin):
                 len(running),
                 self.ctx.token,
             )
+        store = self.ctx.store
         for mb, try_key in running:
-            leave_marker(self.ctx.where, mb, try_key)
+            leave_marker(store, mb, try_key)
         for mb, try_key, record in finished:
-            leave_record(self.ctx.where, mb, try_key, record)
+            leave_record(store, mb, try_key, record)
         return len(running) + len(finished)
 
     def kill_running(self) -> int:
@@ -216,13 +236,13 @@ class SlotPool(WorkerPlugin):
         return len(slots)
 
     # -- the driver's lease ------------------------------------------------------------------
-    def _watch_lease(self, path: str, seconds: float) -> None:
+    def _watch_lease(self, store: StepStore, seconds: float) -> None:
+        path = store.url(LEASE)
         last, seen = None, time.monotonic()
         while not self._closed.wait(seconds / 4):
             try:
-                with open(path, encoding="utf-8") as f:
-                    value = f.read()
-            except OSError:
+                value = store.get(LEASE)
+            except Exception:  # an unreachable store gives no sign either
                 value = None
             if value is not None and value != last:
                 last, seen = value, time.monotonic()
@@ -260,18 +280,19 @@ def pool_of(token: str, worker: Any) -> SlotPool:
 
 
 class LeaseKeeper:
-    """The driver's side of the lease: rewrites the lease file every ``seconds / 4``.
+    """The driver's side of the lease: rewrites the lease every ``seconds / 4``.
 
     Parameters
     ----------
-    path : str
-        The step's lease file (on the filesystem the workers see).
+    store : StepStore
+        The step's folder the workers see (the run directory's, or the staging store's).
     seconds : float
         The lease; workers kill their children after that long without a rewrite.
     """
 
-    def __init__(self, path: str, seconds: float):
-        self.path, self.seconds = path, seconds
+    def __init__(self, store: StepStore, seconds: float):
+        self.store, self.seconds = store, seconds
+        self.path = store.url(LEASE)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="daskprs-lease", daemon=True)
         self._beats = 0
@@ -283,12 +304,9 @@ class LeaseKeeper:
 
     def _beat(self) -> None:
         self._beats += 1
-        tmp = f"{self.path}.tmp"
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(f"{os.getpid()} {self._beats}\n")
-            os.replace(tmp, self.path)
-        except OSError as err:
+            self.store.put(LEASE, f"{os.getpid()} {self._beats}\n".encode())
+        except Exception as err:  # a store that fails once may answer the next time
             log.warning("cannot renew the lease %s: %s", self.path, err)
 
     def _run(self) -> None:
@@ -299,6 +317,6 @@ class LeaseKeeper:
         self._stop.set()
         self._thread.join()
         try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+            self.store.remove(LEASE)
+        except Exception as err:  # a lease left behind only expires
+            log.warning("cannot remove the lease %s: %s", self.path, err)

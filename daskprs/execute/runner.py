@@ -26,6 +26,7 @@ from daskprs.execute.codefolder import CodeFolder
 from daskprs.execute.context import StepContext
 from daskprs.execute.pool import LeaseKeeper, SlotPool
 from daskprs.execute.resume import Session
+from daskprs.execute.stagedlogs import pull_logs
 from daskprs.execute.supervisor import Finalize, Instruction, Policy, Stop, Submit, Supervisor
 from daskprs.execute.worker import claimed, kill_running, run_tries, run_try
 from daskprs.inputs.batches import MiniBatch
@@ -375,8 +376,9 @@ def drive(
     """
     ctx, client, slots = launch.ctx, cluster.client, cluster.n_workers
     started = time.monotonic()
-    for sub in (ctx.where.parts, ctx.where.claims):
-        os.makedirs(sub, exist_ok=True)
+    if not ctx.staging:
+        for sub in (ctx.where.parts, ctx.where.claims):
+            os.makedirs(sub, exist_ok=True)
     sup = Supervisor(
         {mb: b.n_items for mb, b in launch.batches.items()},
         replace(launch.policy, window=submission_window(slots)),
@@ -389,7 +391,7 @@ def drive(
     # the pool starts every worker's slots now: the children import their libraries while
     # the driver submits
     plugins.append(SlotPool(ctx))
-    lease = LeaseKeeper(ctx.where.lease, ctx.lease_seconds).start() if ctx.lease_seconds else None
+    lease = LeaseKeeper(ctx.store, ctx.lease_seconds).start() if ctx.lease_seconds else None
     try:
         for plugin in plugins:
             client.register_plugin(plugin)
@@ -418,7 +420,22 @@ def drive(
             _unregister(client, plugin.name)
         if lease is not None:
             lease.stop()
+        if ctx.staging:  # the workers uploaded their last logs as their slots stopped
+            _logs_home(ctx)
     return Ran(stop, sup.summary(), time.monotonic() - started)
+
+
+def _logs_home(ctx: StepContext) -> None:
+    """Append the logs the workers staged to the run directory's ``logs/``."""
+    try:
+        pull_logs(ctx.store, ctx.run.logs.root, ctx.where.staged_logs)
+    except Exception as err:  # the run's results stand; its logs stay in the store
+        log.warning(
+            "could not fetch the workers' logs from %s: %s: %s (they stay there)",
+            ctx.store.url("logs"),
+            type(err).__name__,
+            err,
+        )
 
 
 class _Live:

@@ -23,6 +23,8 @@ from daskprs.execute.devices import processes_per_instance
 from daskprs.execute.preflight import check_step_script
 from daskprs.execute.resume import Mode, Session, session_of
 from daskprs.execute.runner import Launch, Ran, drive
+from daskprs.execute.stagedlogs import pull_logs
+from daskprs.execute.store import StepStore, staging_root
 from daskprs.execute.supervisor import Budget, Policy, Stop, verdict_of
 from daskprs.execute.worker import check_worker
 from daskprs.inputs.batches import FileBatch
@@ -69,6 +71,12 @@ class StepRequest:
         before the first mini-batch.
     resume_hint : str
         What to run to continue after an interrupt (for the message).
+    staging : str
+        ``--staging URL``: where workers that cannot see the run directory leave claims,
+        parts and logs (docs/clusters.md#workers-without-a-shared-filesystem); empty: they
+        see it.
+    keep_staged : bool
+        Keep the step's staged files after its output is assembled (``--keep-staged``).
     """
 
     step: ParallelStep
@@ -81,6 +89,8 @@ class StepRequest:
     structured_parts: bool = False
     workers_here: bool = True
     resume_hint: str = ""
+    staging: str = ""
+    keep_staged: bool = False
 
 
 def policy_of(step: ParallelStep) -> Policy:
@@ -149,6 +159,8 @@ def run_parallel_step(request: StepRequest, cluster: Callable[[], ClusterHandle]
             stop = _assemble(step.append_row_to, parts, stop, _resume_hint(request))
         written = stop.budget not in (Budget.RUN_DIRECTORY, Budget.STORAGE)
         output = step.append_row_to if written else None
+    if request.staging:
+        _clean_staging(request, state, len(plan.batches), output is not None)
     return StepOutcome(
         step=step.name,
         failure=stop.failure,
@@ -161,6 +173,35 @@ def run_parallel_step(request: StepRequest, cluster: Callable[[], ClusterHandle]
         parts=parts,
         short_returns=_short_returns(state),
     )
+
+
+def _clean_staging(request: StepRequest, state: LedgerState, n_batches: int, written: bool) -> None:
+    """Remove the step's staged files once nothing needs them: its output is written and
+    every mini-batch is done. Otherwise (or with ``keep_staged``) say where they are."""
+    step = request.step.name
+    store = StepStore(staging_root(request.staging, request.run.root, step))
+    where = request.run.step(step)
+    try:
+        pull_logs(store, request.run.logs.root, where.staged_logs)  # what a killed driver left
+    except Exception as err:  # the logs stay in the store; say so below
+        request.echo(f"note: [{step}] could not fetch the workers' logs: {err}")
+        return
+    done = sum(1 for e in state.entries.values() if e.state == BatchState.DONE)
+    needed = request.structured_parts or (request.step.append_row_to and not written)
+    if request.keep_staged or needed or done < n_batches:
+        why = (
+            "--keep-staged"
+            if request.keep_staged
+            else "the collection's partitions are read from them"
+            if request.structured_parts
+            else "rerun-failed and --resume assemble the output from them"
+        )
+        request.echo(f"note: [{step}] staged files kept in {store.root} ({why})")
+        return
+    try:
+        store.remove_all()
+    except Exception as err:  # nothing is lost; they are only left behind
+        request.echo(f"note: [{step}] could not remove the staged files in {store.root}: {err}")
 
 
 def _short_returns(state: LedgerState) -> dict[int, str]:
@@ -229,9 +270,11 @@ def _run_session(
         check_step_script(step, tabular=plan.kind == "tabular")
     handle = cluster()
     ship_code = False
+    if request.staging:
+        _check_staging(request)
     if not handle.local:
         _note_concurrency(step, handle.n_workers, echo)
-        ship_code = check_workers(handle.client, step, request.run.root)
+        ship_code = check_workers(handle.client, step, request.run.root, request.staging)
         if ship_code:
             echo(
                 f"[{step.name}] some workers cannot see the code folder {step.code_dir}; "
@@ -244,6 +287,7 @@ def _run_session(
         local=handle.local,
         tables=any(not isinstance(b, FileBatch) for b in plan.batches),
         settings=request.settings,
+        staging=request.staging,
     )
     if request.structured_parts:  # map_batches: every try's rows kept as data
         ctx = replace(
@@ -281,6 +325,19 @@ def _run_session(
     return replace(ran, stop=Stop(failure, Budget.RUN_DIRECTORY))
 
 
+def _check_staging(request: StepRequest) -> None:
+    """The staging store can hold claims (an exclusive create) before any try runs."""
+    root = staging_root(request.staging, request.run.root, request.step.name)
+    problem = StepStore(root).check()
+    if problem is not None:
+        raise UserInputError(
+            f"--staging {request.staging}: {problem}. Workers claim each try there with an "
+            "exclusive create, so that a try Dask runs twice runs once: use an object store "
+            "with conditional writes (S3, GCS, Azure Blob) through a recent s3fs, gcsfs or "
+            "adlfs, or a folder every worker mounts."
+        )
+
+
 def _note_concurrency(step: ParallelStep, slots: int, echo: Callable[[str], None]) -> None:
     """On an existing cluster its worker threads decide how many mini-batches run at once;
     say so when the job file asks for another number."""
@@ -295,9 +352,10 @@ def _note_concurrency(step: ParallelStep, slots: int, echo: Callable[[str], None
         )
 
 
-def check_workers(client: Any, step: ParallelStep, run_dir: str) -> bool:
+def check_workers(client: Any, step: ParallelStep, run_dir: str, staging: str = "") -> bool:
     """Before running on an external cluster: every worker runs a compatible daskprs and sees
-    the run directory and local inputs (docs/design.md#several-hosts).
+    the run directory (or, with ``staging``, the staging store) and local inputs
+    (docs/design.md#several-hosts).
 
     Returns True when some worker cannot see the code folder: it is then shipped to the
     workers (:class:`daskprs.execute.codefolder.CodeFolder`).
@@ -305,9 +363,14 @@ def check_workers(client: Any, step: ParallelStep, run_dir: str) -> bool:
     import daskprs
 
     script = os.path.join(step.code_dir, step.entry_script)
-    paths = (run_dir, script, step.input_data.path)
+    # a folder output is the entry script's to write when it appends no rows (its files are
+    # the output); the rows of append_row_to reach the driver as parts
+    folder = step.output_dir if step.append_row_to is None else ""
+    data = [p for p in (step.input_data.path, folder) if p and "://" not in p]
+    paths = (script, *data) if staging else (run_dir, script, *data)
+    probe = staging_root(staging, run_dir, step.name) if staging else ""
     try:
-        answers = client.run(check_worker, paths)
+        answers = client.run(check_worker, paths, probe)
     except Exception as err:  # the function could not even be unpickled: no daskprs there
         raise UserInputError(
             f"the Dask workers cannot run daskprs ({type(err).__name__}: {err}). Install "
@@ -321,17 +384,39 @@ def check_workers(client: Any, step: ParallelStep, run_dir: str) -> bool:
                 f"worker {address} runs daskprs {answer['version']}, this driver "
                 f"{daskprs.__version__}"
             )
+        if answer.get("staging"):
+            problems.append(f"worker {address} cannot use --staging {staging}: {answer['staging']}")
         for path in answer["missing"]:
             if path == script:
                 ship_code = True
+            elif path == run_dir:
+                problems.append(
+                    f"worker {address} cannot see the run directory {run_dir}: give --staging "
+                    "URL (an s3://, gs:// or abfs:// folder every worker can write) for "
+                    "workers that share no filesystem with this driver"
+                )
             else:
-                problems.append(f"worker {address} cannot see {path}")
+                problems.append(
+                    f"worker {address} cannot see {path}"
+                    + (
+                        ": with --staging, put local inputs and outputs on object storage "
+                        "(s3://...) or a filesystem every worker mounts"
+                        if staging
+                        else ""
+                    )
+                )
     if problems:
         raise UserInputError(
             "the cluster cannot run this job:\n  "
             + "\n  ".join(problems)
-            + "\nThe run directory, the code folder and local inputs must be on a filesystem "
-            "every worker sees (or use s3:// and other URLs for data), and every worker must "
-            "run the same daskprs version."
+            + (
+                "\nInputs and folder outputs must be URLs or on a filesystem every worker "
+                "sees, and every worker must run the same daskprs version."
+                if staging
+                else "\nThe run directory, the code folder and local inputs must be on a "
+                "filesystem every worker sees (or use --staging URL for workers that share "
+                "none with this driver, and s3:// and other URLs for data), and every worker "
+                "must run the same daskprs version."
+            )
         )
     return ship_code

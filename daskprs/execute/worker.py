@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from typing import Any
 
 from daskprs.execute.context import StepContext
 from daskprs.execute.handback import take_over
 from daskprs.execute.pool import pool_name, pool_of
+from daskprs.execute.store import claim_name, part_name
 from daskprs.execute.wire import RunTask
 from daskprs.inputs.batches import MiniBatch
 from daskprs.results.outcome import Status, TryRecord
@@ -41,16 +43,12 @@ def _current_worker() -> Any:
 
 def _claim(ctx: StepContext, mb: int, try_key: str) -> bool:
     """Atomically mark this try as started; False when it already was."""
-    path = ctx.where.claim(mb, try_key)
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    except FileNotFoundError:
-        os.makedirs(ctx.where.claims, exist_ok=True)
-        return _claim(ctx, mb, try_key)
-    os.close(fd)
-    return True
+    return ctx.store.create(claim_name(mb, try_key), _CLAIMANT)
+
+
+# What a claim holds: who took it (never empty: some stores skip the condition on empty
+# objects).
+_CLAIMANT = f"{socket.gethostname()} {os.getpid()}\n".encode()
 
 
 def run_try(
@@ -82,7 +80,7 @@ def run_try(
         # a worker that closed under this try (retired) handed it back, or left its record
         wait = handback_wait[0] if handback_wait else None
         taken = take_over(
-            ctx.where, batch.index, try_key, ctx.handback_seconds if wait is None else wait
+            ctx.store, batch.index, try_key, ctx.handback_seconds if wait is None else wait
         )
         if handback_wait is not None:
             handback_wait[:] = [1.0 if taken is not False else 0.0]
@@ -98,9 +96,12 @@ def run_try(
             )
     pool = pool_of(ctx.token, _current_worker())
     slot = pool.acquire(batch.index, try_key)
-    part = ctx.where.part(batch.index, try_key) if ctx.writes_parts else None
+    # staged: the child writes its part in the worker's scratch folder, uploaded below
+    part = pool.local.where.part(batch.index, try_key) if ctx.writes_parts else None
     try:
         record = slot.run(RunTask(batch, try_no, part), ctx.deadlines)
+        if ctx.staging and record.part:
+            record = _stage_part(ctx, record, try_key)
     except Exception as err:  # the slot itself failed: this try failed, nothing else did
         log.warning("the slot running mini-batch %d failed: %r", batch.index, err)
         slot.kill()  # its child's state is unknown: the next try starts a new one
@@ -123,6 +124,30 @@ def run_try(
     )
 
 
+def _stage_part(ctx: StepContext, record: TryRecord, try_key: str) -> TryRecord:
+    """Upload a try's part from the worker's scratch folder to the staging store; the
+    record then names the staged copy (or, when the upload failed, the try failed)."""
+    local = record.part or ""
+    try:
+        staged = ctx.store.upload(local, part_name(record.mb, try_key))
+    except Exception as err:  # the store refused or is unreachable: this try failed
+        log.warning("cannot stage the part of mini-batch %d: %r", record.mb, err)
+        return record.with_(
+            status=Status.PROCESS_DIED,
+            part=None,
+            succeeded=0,
+            failed=record.total or 0,
+            error=f"the rows of this try could not be uploaded to the staging store "
+            f"{ctx.staging}: {type(err).__name__}: {err}",
+        )
+    finally:
+        try:
+            os.unlink(local)
+        except OSError:
+            pass
+    return record.with_(part=staged)
+
+
 def run_tries(ctx: StepContext, items: list[tuple[MiniBatch, int, str]]) -> list[TryRecord]:
     """Run several tries, one after the other, in this worker's slot (one Dask task for many
     small mini-batches). Each keeps its own claim, deadline and record."""
@@ -141,7 +166,7 @@ def run_tries(ctx: StepContext, items: list[tuple[MiniBatch, int, str]]) -> list
 
 def claimed(ctx: StepContext, mb: int, try_key: str) -> bool:
     """Whether try ``try_key`` of ``mb`` was started (its claim exists)."""
-    return os.path.exists(ctx.where.claim(mb, try_key))
+    return ctx.store.exists(claim_name(mb, try_key))
 
 
 def kill_running(token: str, dask_worker: Any = None) -> int:
@@ -151,11 +176,14 @@ def kill_running(token: str, dask_worker: Any = None) -> int:
     return pool.kill_running() if pool is not None else 0
 
 
-def check_worker(paths: tuple[str, ...]) -> dict[str, Any]:
-    """Run on each worker before a job on an external cluster: version and visible paths."""
+def check_worker(paths: tuple[str, ...], staging: str = "") -> dict[str, Any]:
+    """Run on each worker before a job on an external cluster: version, visible paths and,
+    given a staging folder, what stops this worker from using it (None: nothing)."""
     import daskprs
+    from daskprs.execute.store import StepStore
 
     return {
         "version": daskprs.__version__,
         "missing": [p for p in paths if "://" not in p and not os.path.exists(p)],
+        "staging": StepStore(staging).check() if staging else None,
     }

@@ -124,6 +124,17 @@ def load_config(
     if not isinstance(data, Mapping):
         ctx.problem(label, f"the configuration must be a mapping, not {S.kind_of(data)}")
         return
+    staging = data.get("staging")
+    if staging is not None:
+        if not isinstance(staging, str) or not staging.strip():
+            ctx.problem(
+                f"{label}: staging",
+                f"must be a URL or a folder, not {S.kind_of(staging)}",
+                "e.g. staging: s3://bucket/daskprs-staging",
+            )
+        else:
+            staging = os.path.expanduser(staging.strip())
+            ctx.staging = staging if URL.match(staging) else os.path.join(base, staging)
     targets: tuple[tuple[str, dict[str, str] | dict[str, str | ClusterSpec]], ...] = (
         ("datastores", ctx.datastores),
         ("computes", ctx.computes),

@@ -224,6 +224,7 @@ def _load(
         warnings=tuple(ctx.warnings),
         continue_on_step_failure=continue_on_failure,
         force_rerun=force_rerun,
+        staging=ctx.staging,
     )
     return job, [], ctx.notes, ctx.warnings
 

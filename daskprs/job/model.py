@@ -187,6 +187,8 @@ class Job:
     warnings: tuple[str, ...] = ()
     continue_on_step_failure: bool = False
     force_rerun: bool = False
+    # daskprs.yaml `staging:` (``--staging`` overrides it)
+    staging: str = ""
 
     @property
     def parallel_steps(self) -> tuple[ParallelStep, ...]:

@@ -382,6 +382,8 @@ class Context:
     # environment name (or conda file) -> the Python interpreter entry scripts run in
     environments: dict[str, str] = field(default_factory=dict)
     default_datastore: str = "workspaceblobstore"
+    # daskprs.yaml `staging:`: where workers without the run directory leave their files
+    staging: str = ""
     noted_computes: set[str] = field(default_factory=set)
     # paths given with --set, made absolute against the current directory (for hints)
     set_paths: set[str] = field(default_factory=set)

@@ -21,7 +21,7 @@ from daskprs.paths import redact_data
 __all__ = ["code_digest", "diff_jobs", "input_digest", "job_digest", "job_fields"]
 
 # Fields that name the run itself; they are the same on a resume by construction.
-_RUN_FIELDS = ("run_dir", "name", "notes", "warnings")
+_RUN_FIELDS = ("run_dir", "name", "notes", "warnings", "staging")
 
 
 def job_fields(job: Job) -> dict[str, Any]:

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import queue
-import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 
@@ -52,17 +51,29 @@ def is_url(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
-def _copy_parts(parts: Iterable[str], out) -> int:
+def _open_part(part: str):
+    """A part to read: a local file, or a staged one (an fsspec URL: ``--staging``)."""
+    if not is_url(part):
+        return open(part, "rb")
+    fs, path = filesystem(part)
+    try:
+        return fs.open(path, "rb")
+    except FileNotFoundError as err:  # named by its URL, as the ledger names it
+        raise FileNotFoundError(errno.ENOENT, "no such part", part) from err
+
+
+def _copy_parts(parts: Iterable[str], out, local: bool = True) -> int:
     """Append each part to the open binary file ``out``; return the bytes copied.
 
-    The kernel copies where it can (``os.copy_file_range``: no trip through Python, and a
-    reflink on filesystems that have them); otherwise in chunks.
+    Where ``out`` and a part are local files the kernel copies (``os.copy_file_range``: no
+    trip through Python, and a reflink on filesystems that have them); otherwise in chunks,
+    so memory stays flat for parts and outputs on object stores too.
     """
     written = 0
-    in_kernel = hasattr(os, "copy_file_range")
+    in_kernel = local and hasattr(os, "copy_file_range")
     for part in parts:
-        with open(part, "rb") as src:
-            if in_kernel:
+        with _open_part(part) as src:
+            if in_kernel and not is_url(part):
                 try:
                     out.flush()
                     while n := os.copy_file_range(src.fileno(), out.fileno(), _CHUNK * 64):
@@ -202,7 +213,8 @@ def _started(partial: str, parts: list[str]) -> int:
 
 
 def assemble(parts: Iterable[str], dest: str, storage_options: dict | None = None) -> int:
-    """Concatenate ``parts`` (local files, in order) into ``dest``; return the bytes written.
+    """Concatenate ``parts`` (local files or staged URLs, in order) into ``dest``; return the
+    bytes written.
 
     ``dest`` is a local path (its folder is created) or an fsspec URL. The destination is
     replaced only once the whole output is written. A partial output that a
@@ -210,14 +222,21 @@ def assemble(parts: Iterable[str], dest: str, storage_options: dict | None = Non
     and removed in any case.
     """
     if is_url(dest):
+        # streamed to a temporary object beside it, then moved into place (on S3 a copy
+        # inside the store): no local copy of the whole output, and no half of it at `dest`
         fs, path = filesystem(dest, storage_options)
-        with tempfile.NamedTemporaryFile(prefix="daskprs-output-", delete=False) as tmp:
+        folder, name = path.rsplit("/", 1) if "/" in path else ("", path)
+        tmp = f"{folder}/.{name}.daskprs-tmp" if folder else f".{name}.daskprs-tmp"
+        try:
+            with fs.open(tmp, "wb") as out:
+                written = _copy_parts(parts, out, local=False)
+            fs.mv(tmp, path)
+        except BaseException:
             try:
-                written = _copy_parts(parts, tmp)
-                tmp.close()
-                fs.put_file(tmp.name, path)
-            finally:
-                os.unlink(tmp.name)
+                fs.rm_file(tmp)
+            except (OSError, FileNotFoundError):
+                pass
+            raise
         return written
     if dest.startswith("file://"):
         dest = dest[len("file://") :]

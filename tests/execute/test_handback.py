@@ -32,17 +32,17 @@ def claim(ctx: StepContext, mb: int, key: str) -> None:
 
 
 def test_a_marker_is_taken_once(ctx):
-    leave_marker(ctx.where, 3, "s0t1")
-    assert take_over(ctx.where, 3, "s0t1", wait=0) is True
+    leave_marker(ctx.store, 3, "s0t1")
+    assert take_over(ctx.store, 3, "s0t1", wait=0) is True
     # the second rerun of the same task finds nothing left
-    assert take_over(ctx.where, 3, "s0t1", wait=0) is False
+    assert take_over(ctx.store, 3, "s0t1", wait=0) is False
 
 
 def test_a_record_left_behind_is_returned_once(ctx):
     record = TryRecord(mb=4, try_no=1, status=Status.RUN_DONE, succeeded=2, node="h", part="p")
-    leave_record(ctx.where, 4, "s0t1", record)
-    assert take_over(ctx.where, 4, "s0t1", wait=0) == record
-    assert take_over(ctx.where, 4, "s0t1", wait=0) is False
+    leave_record(ctx.store, 4, "s0t1", record)
+    assert take_over(ctx.store, 4, "s0t1", wait=0) == record
+    assert take_over(ctx.store, 4, "s0t1", wait=0) is False
 
 
 def test_a_claimed_try_without_a_hand_back_is_a_duplicate(ctx):
@@ -58,7 +58,7 @@ def test_a_claimed_try_with_its_record_left_returns_it(ctx):
     batch = FileBatch(index=6, files=("/x",))
     claim(ctx, 6, "s0t1")
     left = TryRecord(mb=6, try_no=1, status=Status.RUN_DONE, succeeded=1)
-    leave_record(ctx.where, 6, "s0t1", left)
+    leave_record(ctx.store, 6, "s0t1", left)
     wait: list[float | None] = [0.0]
     assert run_try(ctx, batch, 1, "s0t1", wait) == left
     assert wait == [1.0]  # its neighbours were handed back together: wait a little for them
@@ -67,7 +67,7 @@ def test_a_claimed_try_with_its_record_left_returns_it(ctx):
 def test_a_handed_back_try_runs_again(ctx):
     batch = FileBatch(index=7, files=("/x",))
     claim(ctx, 7, "s0t1")
-    leave_marker(ctx.where, 7, "s0t1")
+    leave_marker(ctx.store, 7, "s0t1")
     # it goes on to run in this worker's slot pool: outside a worker, there is none
     with pytest.raises(RuntimeError, match="no slots for step run t"):
         run_try(ctx, batch, 1, "s0t1", [0.0])

@@ -1,0 +1,256 @@
+"""Where the workers of one step run leave what the driver reads back: :class:`StepStore`.
+
+Claims, hand-back markers, the driver's lease and, with staging, the parts and the logs. On a
+filesystem every worker sees, the store is the step's folder in the run directory (``root`` a
+local path; the standard library does the work). With ``--staging URL`` (workers that share no
+filesystem with the driver: docs/clusters.md#workers-without-a-shared-filesystem) it is a
+folder of that URL, reached through fsspec, one per run and step::
+
+    <staging>/<run name>-<8 hex of its path>/steps/<step>/
+        claims/00042.s0t1            one object per started try (an exclusive create)
+        handback/00042.s0t1.back     a try handed back by a worker that closed (.rec: a record)
+        parts/00042.s0t1.part        the rows of a try, uploaded by its worker
+        logs/<step run token>/...    each worker's logs/ folder, uploaded as it grows
+        lease                        rewritten by the driver while it runs the step
+
+A claim is an exclusive create, so that a try Dask runs twice runs once. Locally that is
+``O_EXCL``; on an object store it is the store's conditional create (fsspec's ``"xb"`` mode:
+S3's ``If-None-Match: *``, a GCS generation match, Azure's ``If-None-Match``), which
+:meth:`StepStore.check` tries before the first try: a store that lets a second create
+through is refused with a message, never used with claims it cannot keep.
+
+The standard library and fsspec only (imported when a URL is used): worker processes import
+this.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["StepStore", "claim_name", "part_name", "staging_root"]
+
+_CHUNK = 1 << 20
+
+
+def claim_name(mb: int, try_key: str) -> str:
+    """The claim of try ``try_key`` of mini-batch ``mb``, relative to the step's folder."""
+    return f"claims/{mb:05d}.{try_key}"
+
+
+def part_name(mb: int, try_key: str) -> str:
+    """The part (rows) of try ``try_key`` of mini-batch ``mb``, relative to the step's
+    folder."""
+    return f"parts/{mb:05d}.{try_key}.part"
+
+
+def staging_root(staging: str, run_root: str, step: str) -> str:
+    """The folder of ``step`` of the run in ``run_root`` under the staging URL ``staging``:
+    ``<staging>/<run name>-<8 hex of the run directory's path>/steps/<step>`` (two runs with
+    the same name in different places never share one)."""
+    digest = hashlib.sha256(os.path.abspath(run_root).encode()).hexdigest()[:8]
+    name = f"{os.path.basename(os.path.normpath(run_root))}-{digest}"
+    return f"{staging.rstrip('/')}/{name}/steps/{step}"
+
+
+@dataclass(frozen=True)
+class StepStore:
+    """The step's shared folder: local (``root`` a path) or staged (``root`` an fsspec URL).
+
+    Paths given to the methods are relative to ``root`` (``"claims/00042.s0t1"``).
+    """
+
+    root: str
+
+    @property
+    def staged(self) -> bool:
+        return "://" in self.root and not self.root.startswith("file://")
+
+    def url(self, rel: str) -> str:
+        """The full path or URL of ``rel``."""
+        if self.staged:
+            return f"{self.root}/{rel}"
+        return os.path.join(self.root, rel)
+
+    def _fs(self) -> tuple[Any, str]:
+        from daskprs.inputs.filesystems import filesystem
+
+        return filesystem(self.root)
+
+    def _path(self, rel: str) -> tuple[Any, str]:
+        fs, root = self._fs()
+        return fs, f"{root}/{rel}"
+
+    # -- objects -----------------------------------------------------------------------------
+    def create(self, rel: str, data: bytes) -> bool:
+        """Create ``rel`` holding ``data`` (not empty) unless it exists: True when this call
+        created it, False when it was there."""
+        if not self.staged:
+            path = self.url(rel)
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                return self.create(rel, data)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            return True
+        fs, path = self._path(rel)
+        try:
+            with fs.open(path, "xb") as f:
+                f.write(data)
+        except FileExistsError:
+            return False
+        return True
+
+    def put(self, rel: str, data: bytes) -> None:
+        """Write ``rel`` whole, replacing it: readers see the old or the new bytes."""
+        if not self.staged:
+            path = self.url(rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+            return
+        fs, path = self._path(rel)
+        fs.pipe_file(path, data)
+
+    def get(self, rel: str) -> bytes | None:
+        """The bytes of ``rel``, or None when there is none."""
+        if not self.staged:
+            try:
+                with open(self.url(rel), "rb") as f:
+                    return f.read()
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+        fs, path = self._path(rel)
+        try:
+            return fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+
+    def exists(self, rel: str) -> bool:
+        if not self.staged:
+            return os.path.exists(self.url(rel))
+        fs, path = self._path(rel)
+        return bool(fs.exists(path))
+
+    def remove(self, rel: str) -> None:
+        """Remove ``rel`` (nothing when it is not there)."""
+        if not self.staged:
+            try:
+                os.unlink(self.url(rel))
+            except FileNotFoundError:
+                pass
+            return
+        fs, path = self._path(rel)
+        try:
+            fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+
+    def take(self, rel: str) -> bytes | None:
+        """Take ``rel`` once among all who try: its bytes for the one that took it, None for
+        the others and when it is not there. Locally an atomic rename; staged, the exclusive
+        create of ``<rel>.taken``."""
+        if not self.staged:
+            path = self.url(rel)
+            taken = f"{path}.taken-{uuid.uuid4().hex[:8]}"
+            try:
+                os.rename(path, taken)
+            except FileNotFoundError:
+                return None
+            with open(taken, "rb") as f:
+                return f.read()
+        data = self.get(rel)
+        if data is None or not self.create(f"{rel}.taken", b"taken"):
+            return None
+        return data
+
+    def upload(self, local: str, rel: str) -> str:
+        """Copy the local file ``local`` to ``rel`` and return the URL (staged stores only)."""
+        fs, path = self._path(rel)
+        fs.put_file(local, path)
+        return self.url(rel)
+
+    def files(self, rel: str) -> dict[str, int]:
+        """Every file under folder ``rel``: its path relative to that folder, and its size."""
+        if not self.staged:
+            top = self.url(rel)
+            found: dict[str, int] = {}
+            for folder, _, names in os.walk(top):
+                for name in names:
+                    path = os.path.join(folder, name)
+                    found[os.path.relpath(path, top)] = os.path.getsize(path)
+            return found
+        fs, path = self._path(rel)
+        try:
+            listing = fs.find(path, detail=True)
+        except FileNotFoundError:
+            return {}
+        prefix = path.rstrip("/") + "/"
+        return {
+            name[len(prefix) :]: int(info.get("size") or 0)
+            for name, info in listing.items()
+            if name.startswith(prefix) and info.get("type") != "directory"
+        }
+
+    def read_from(self, rel: str, offset: int, out: Any) -> int:
+        """Append the bytes of ``rel`` from ``offset`` on to the open binary file ``out``;
+        return how many."""
+        fs, path = self._path(rel) if self.staged else (None, self.url(rel))
+        opened = fs.open(path, "rb") if fs is not None else open(path, "rb")
+        copied = 0
+        with opened as f:
+            f.seek(offset)
+            while chunk := f.read(_CHUNK):
+                out.write(chunk)
+                copied += len(chunk)
+        return copied
+
+    def remove_all(self) -> None:
+        """Remove the step's folder and everything in it."""
+        if not self.staged:
+            import shutil
+
+            shutil.rmtree(self.root, ignore_errors=True)
+            return
+        fs, root = self._fs()
+        try:
+            fs.rm(root, recursive=True)
+        except FileNotFoundError:
+            pass
+
+    # -- before the first try ----------------------------------------------------------------
+    def check(self) -> str | None:
+        """Whether this store can hold claims: None when it can, else what is wrong.
+
+        Creates a probe object twice with an exclusive create; the second must be refused."""
+        probe = f"probe-{uuid.uuid4().hex[:12]}"
+        try:
+            first = self.create(probe, b"daskprs probe")
+            second = self.create(probe, b"daskprs probe")
+        except Exception as err:  # anything the store says is the answer
+            return f"cannot write there: {type(err).__name__}: {err}"
+        finally:
+            try:
+                self.remove(probe)
+                self.remove(f"{probe}.taken")
+            except Exception:  # a probe left behind is harmless
+                pass
+        if not first:
+            return "a new object was reported as existing"
+        if second:
+            return (
+                "the store let a second exclusive create of one object through (it has no "
+                "conditional create, or fsspec's driver for it does not use it)"
+            )
+        return None

@@ -1,0 +1,330 @@
+"""``--staging URL``: workers that share no filesystem with the driver.
+
+The store itself (claims by exclusive create, hand-backs taken once, logs pulled once), then
+whole jobs: on the embedded cluster with staging on a moto S3 server on 127.0.0.1, and on real
+``dask scheduler``/``dask worker`` processes whose workers run in their own mount namespace
+with an empty tmpfs over the driver's folder (they cannot see the job, the code or the run
+directory), inputs and staging on the moto server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import fsspec
+import pytest
+from conftest import (
+    can_hide_folders,
+    external_cluster_at,
+    kill_worker_script,
+    poll_for,
+    run_killing_a_worker,
+)
+from fsspec.implementations.memory import MemoryFileSystem
+
+from daskprs.api import run_job
+from daskprs.errors import UserInputError
+from daskprs.execute.stagedlogs import pull_logs
+from daskprs.execute.store import StepStore, staging_root
+from daskprs.testing import write_job
+
+# -- the store ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return StepStore(str(tmp_path / "step"))
+    request.getfixturevalue("s3")
+    return StepStore("s3://out/staging/run-1/steps/score")
+
+
+def test_a_claim_is_created_once(store):
+    assert store.create("claims/00001.s0t1", b"me") is True
+    assert store.create("claims/00001.s0t1", b"another") is False
+    assert store.get("claims/00001.s0t1") == b"me"
+    assert store.exists("claims/00001.s0t1")
+    assert not store.exists("claims/00002.s0t1")
+    assert store.check() is None
+
+
+def test_a_left_marker_is_taken_by_one_taker_only(store):
+    store.put("handback/00003.s0t1.back", b"123\n")
+    assert store.take("handback/00003.s0t1.back") == b"123\n"
+    assert store.take("handback/00003.s0t1.back") is None
+    assert store.take("handback/00009.s0t1.back") is None
+
+
+def test_logs_are_appended_home_once_and_continued(store, tmp_path):
+    home = tmp_path / "home-logs"
+    state = tmp_path / "staged-logs.json"
+    store.put("logs/tok/pool1/user/stdout/node000/process000.stdout.txt", b"one\n")
+    store.put("logs/tok/pool2/perf/node000/process001.csv", b"a,b\n")
+    pull_logs(store, str(home), str(state))
+    pull_logs(store, str(home), str(state))  # nothing new: nothing appended twice
+    out = home / "user/stdout/node000/process000.stdout.txt"
+    assert out.read_bytes() == b"one\n"
+    store.put("logs/tok/pool1/user/stdout/node000/process000.stdout.txt", b"one\ntwo\n")
+    assert pull_logs(store, str(home), str(state)) == 4
+    assert out.read_bytes() == b"one\ntwo\n"
+    assert (home / "perf/node000/process001.csv").read_bytes() == b"a,b\n"
+    assert json.loads(state.read_text())  # how far each staged file was read
+
+
+def test_the_staging_folder_is_per_run_directory():
+    a = staging_root("s3://b/p/", "/runs/one/job-1", "score")
+    b = staging_root("s3://b/p", "/other/job-1", "score")
+    assert a.startswith("s3://b/p/job-1-") and a.endswith("/steps/score")
+    assert a != b
+
+
+class _NoConditionalCreate(MemoryFileSystem):
+    """An fsspec store whose "exclusive" create overwrites, as stores without conditional
+    writes (or drivers that do not send the condition) do."""
+
+    protocol = "nocas"
+
+    def _open(self, path, mode="rb", **kwargs):
+        return super()._open(path, mode.replace("x", "w"), **kwargs)
+
+
+SCRIPT = """
+import os
+
+def init():
+    print("init in", os.getpid())
+
+def run(mini_batch):
+    print("run", len(mini_batch))
+    return [f"{os.path.basename(p)} {open(p).read().strip()}" for p in mini_batch]
+"""
+
+
+def _file_job(folder: Path, data: str, output: str | None = None) -> Path:
+    job = write_job(folder, SCRIPT, input_yaml=f"type: uri_folder\npath: {data}")
+    if output is not None:
+        text = job.read_text().replace(
+            "      result:\n        type: uri_file\n",
+            f"      result:\n        type: uri_file\n        path: {output}\n",
+        )
+        job.write_text(text)
+    return job
+
+
+def test_a_store_without_conditional_create_is_refused_before_any_try(tmp_path):
+    fsspec.register_implementation("nocas", _NoConditionalCreate, clobber=True)
+    (tmp_path / "data").mkdir()
+    for i in range(3):
+        (tmp_path / "data" / f"f{i}.txt").write_text(f"{i}\n")
+    job = _file_job(tmp_path, "./data")
+    with pytest.raises(UserInputError) as err:
+        run_job(job, run_dir=tmp_path / "run", workers=1, echo=lambda s: None, staging="nocas://x")
+    assert "exclusive create" in str(err.value) and "conditional" in str(err.value)
+    ledger = tmp_path / "run/steps/score/ledger.jsonl"
+    assert not ledger.exists() or "RUN_DONE" not in ledger.read_text()
+
+
+# -- whole jobs --------------------------------------------------------------------------------
+
+
+def _expected(n: int) -> str:
+    return "".join(f"f{i:03d}.txt {i}\n" for i in range(n))
+
+
+def _put_files(s3, n: int) -> None:
+    for i in range(n):
+        s3.pipe(f"data/files/f{i:03d}.txt", f"{i}\n".encode())
+
+
+def test_embedded_cluster_with_staging_on_s3(tmp_path, s3):
+    _put_files(s3, 9)
+    job = _file_job(tmp_path, "s3://data/files")
+    result = run_job(
+        job, run_dir=tmp_path / "run", workers=2, echo=lambda s: None, staging="s3://out/stage"
+    )
+    assert result.ok, result.failure
+    out = tmp_path / "run/outputs/score/result/parallel_run_step.txt"
+    assert out.read_text() == _expected(9)
+    ledger = (tmp_path / "run/steps/score/ledger.jsonl").read_text()
+    assert "s3://out/stage/" in ledger  # the parts were staged
+    assert not (tmp_path / "run/steps/score/parts").exists()
+    stdout = "".join(p.read_text() for p in (tmp_path / "run/logs/user/stdout").rglob("*.txt"))
+    assert stdout.count("run ") == 5 and "init in" in stdout
+    s3.invalidate_cache()
+    assert not s3.find("out/stage")  # removed once the output was assembled
+    assert json.loads((tmp_path / "run/run.json").read_text())["staging"] == "s3://out/stage"
+
+
+TABLE = """
+def run(mini_batch):
+    print("rows", len(mini_batch))
+    return mini_batch[["id"]].assign(twice=mini_batch["v"] * 2)
+"""
+
+hidden = pytest.mark.skipif(not can_hide_folders(), reason="needs mount namespaces (root)")
+
+
+def _put_table(s3, n: int) -> str:
+    import pandas as pd
+
+    df = pd.DataFrame({"id": range(n), "v": range(n)})
+    s3.pipe("data/table/a.csv", df.iloc[: n // 2].to_csv(index=False).encode())
+    s3.pipe("data/table/b.csv", df.iloc[n // 2 :].to_csv(index=False).encode())
+    s3.pipe(
+        "data/table/MLTable",
+        b"paths:\n  - pattern: ./*.csv\ntransformations:\n  - read_delimited:\n"
+        b"      delimiter: ','\n",
+    )
+    return "".join(f"{i} {2 * i}\n" for i in range(n))
+
+
+def _daskprs(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "daskprs", *args], cwd=cwd, capture_output=True, text=True
+    )
+
+
+@hidden
+def test_workers_that_cannot_see_the_driver_run_a_file_list_and_a_table(tmp_path, s3):
+    driver = tmp_path / "driver"  # the job, its code and the run directories: hidden
+    driver.mkdir()
+    _put_files(s3, 11)
+    table = _put_table(s3, 400)
+    files_job = _file_job(driver / "files", "s3://data/files")
+    table_job = write_job(
+        driver / "table",
+        TABLE,
+        input_yaml="type: mltable\npath: s3://data/table\nmode: direct",
+        mini_batch_size='"1kb"',
+    )
+    text = table_job.read_text().replace(
+        "      result:\n        type: uri_file\n",
+        "      result:\n        type: uri_file\n        path: s3://out/results/table.txt\n",
+    )
+    table_job.write_text(text)
+    notes: list[str] = []
+    with external_cluster_at(tmp_path, hide=driver) as address:
+        with pytest.raises(UserInputError) as err:  # without staging: the way out is named
+            run_job(files_job, run_dir=driver / "refused", scheduler=address, echo=notes.append)
+        assert "cannot see the run directory" in str(err.value) and "--staging" in str(err.value)
+        result = run_job(
+            files_job,
+            run_dir=driver / "run",
+            scheduler=address,
+            echo=notes.append,
+            staging="s3://out/stage",
+        )
+        assert result.ok, result.failure
+        tables = run_job(
+            table_job,
+            run_dir=driver / "run-table",
+            scheduler=address,
+            echo=notes.append,
+            staging="s3://out/stage",
+        )
+        assert tables.ok, tables.failure
+    out = driver / "run/outputs/score/result/parallel_run_step.txt"
+    assert out.read_text() == _expected(11)
+    assert s3.cat("out/results/table.txt").decode() == table
+    assert tables.steps[0].summary["total"] > 2
+    assert any("shipping it" in n for n in notes)  # the code folder went to the workers
+    # the entry script's output came home, under the driver's logs/
+    user = driver / "run/logs/user/stdout"
+    printed = "".join(p.read_text() for p in user.rglob("*.stdout.txt"))
+    assert printed.count("run ") == 6 and "init in" in printed
+    rows = "".join(p.read_text() for p in (driver / "run-table/logs/user/stdout").rglob("*.txt"))
+    assert rows.count("rows ") == tables.steps[0].summary["total"]
+    s3.invalidate_cache()
+    assert not s3.find("out/stage")  # nothing staged is left behind
+    report = _daskprs("report", str(driver / "run"), "-o", str(tmp_path / "r.html"), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "RUN_DONE" in (tmp_path / "r.html").read_text() or report.stdout
+    status = _daskprs("status", str(driver / "run"), cwd=tmp_path)
+    assert status.returncode == 0 and "SUCCEEDED" in status.stdout
+
+
+@hidden
+def test_a_worker_killed_mid_run_with_staging(tmp_path, s3):
+    driver, marks = tmp_path / "driver", tmp_path / "marks"
+    driver.mkdir()
+    marks.mkdir()
+    _put_files(s3, 6)
+    job = write_job(
+        driver,
+        kill_worker_script(2),
+        input_yaml="type: uri_folder\npath: s3://data/files",
+        mini_batch_size='"1"',
+        extra=f"environment_variables:\n  MARKS: {marks}\n",
+    )
+    with external_cluster_at(tmp_path, hide=driver) as address:
+        result = run_killing_a_worker(
+            job, marks, run_dir=driver / "run", scheduler=address, staging="s3://out/stage"
+        )
+    assert result.ok, result.failure
+    out = driver / "run/outputs/score/result/parallel_run_step.txt"
+    assert out.read_text() == "".join(f"f{i:03d}.txt\n" for i in range(6))
+    lines = [json.loads(x) for x in (driver / "run/steps/score/ledger.jsonl").open()]
+    tries = [x["record"] for x in lines if x["event"] == "try" and x["record"]["mb"] == 2]
+    assert [t["status"] for t in tries] == ["PROCESS_DIED", "RUN_DONE"]
+
+
+SLOW = """
+import os, time
+
+def run(mini_batch):
+    time.sleep(0.4)
+    print("ran", [os.path.basename(p) for p in mini_batch])
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+@hidden
+def test_a_killed_driver_is_resumed_from_what_it_staged(tmp_path, s3):
+    driver = tmp_path / "driver"
+    driver.mkdir()
+    n = 16
+    _put_files(s3, n)
+    job = write_job(
+        driver,
+        SLOW,
+        input_yaml="type: uri_folder\npath: s3://data/files",
+        mini_batch_size='"1"',
+    )
+    run_dir = driver / "run"
+    ledger = run_dir / "steps/score/ledger.jsonl"
+    with external_cluster_at(tmp_path, hide=driver) as address:
+        args = ["run", str(job), "--run-dir", str(run_dir), "--scheduler", address]
+        first = subprocess.Popen(
+            [sys.executable, "-m", "daskprs", *args, "--staging", "s3://out/stage"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            poll_for(
+                lambda: ledger.exists() and ledger.read_text().count('"RUN_DONE"') >= 4,
+                timeout=120,
+            )
+        finally:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+        done_before = ledger.read_text().count('"RUN_DONE"')
+        assert done_before < n
+        assert s3.find("out/stage")  # the killed driver's parts are there
+        resumed = _daskprs("run", "--resume", str(run_dir), "--scheduler", address, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    out = run_dir / "outputs/score/result/parallel_run_step.txt"
+    assert out.read_text() == "".join(f"f{i:03d}.txt\n" for i in range(n))
+    lines = [json.loads(x) for x in ledger.open()]
+    second = [x["record"] for x in lines if x["event"] == "try" and "-s1" in x["record"]["key"]]
+    assert 0 < len(second) <= n - done_before  # what the killed driver committed ran once
+    printed = "".join(p.read_text() for p in (run_dir / "logs/user/stdout").rglob("*.txt"))
+    assert printed.count("ran ") >= n  # the killed session's logs came home too
+    s3.invalidate_cache()
+    assert not s3.find("out/stage")
