@@ -31,7 +31,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["StepStore", "claim_name", "part_name", "staging_root"]
+__all__ = ["StepStore", "claim_name", "part_name", "run_staging", "staging_root"]
 
 _CHUNK = 1 << 20
 
@@ -47,13 +47,19 @@ def part_name(mb: int, try_key: str) -> str:
     return f"parts/{mb:05d}.{try_key}.part"
 
 
-def staging_root(staging: str, run_root: str, step: str) -> str:
-    """The folder of ``step`` of the run in ``run_root`` under the staging URL ``staging``:
-    ``<staging>/<run name>-<8 hex of the run directory's path>/steps/<step>`` (two runs with
-    the same name in different places never share one)."""
+def run_staging(staging: str, run_root: str) -> str:
+    """The folder of the run in ``run_root`` under the staging URL ``staging``:
+    ``<staging>/<run name>-<8 hex of the run directory's path>`` (two runs with the same name
+    in different places never share one)."""
     digest = hashlib.sha256(os.path.abspath(run_root).encode()).hexdigest()[:8]
     name = f"{os.path.basename(os.path.normpath(run_root))}-{digest}"
-    return f"{staging.rstrip('/')}/{name}/steps/{step}"
+    return f"{staging.rstrip('/')}/{name}"
+
+
+def staging_root(staging: str, run_root: str, step: str) -> str:
+    """The folder of ``step`` of the run in ``run_root`` under the staging URL ``staging``:
+    ``<run's staging folder>/steps/<step>`` (:func:`run_staging`)."""
+    return f"{run_staging(staging, run_root)}/steps/{step}"
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ def load_staged(batch: StagedBatch) -> pd.DataFrame | list[Any]:
     try:
         if batch.format == "parquet":
             return pd.read_parquet(batch.path)
-        with open(batch.path, "rb") as f:
+        fs, path = filesystem(batch.path)
+        with fs.open(path, "rb") as f:
             return pickle.load(f)
     except Exception as err:
         raise BatchLoadError(

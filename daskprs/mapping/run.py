@@ -21,6 +21,7 @@ from daskprs.errors import Interrupted, UserInputError
 from daskprs.execute.cluster import open_cluster
 from daskprs.execute.resume import Mode
 from daskprs.execute.step import StepRequest, run_parallel_step
+from daskprs.execute.store import run_staging
 from daskprs.inputs.plan import Plan
 from daskprs.job.model import DataInput, ParallelStep, RuntimeSettings
 from daskprs.mapping.entry import entry_code
@@ -84,8 +85,11 @@ def _step(
     )
 
 
-def _open_record(run_dir: str, kind: str, npartitions: int) -> tuple[dict[str, Any], bool]:
-    """The run's record: a new one, or that of the earlier call being continued."""
+def _open_record(
+    run_dir: str, kind: str, npartitions: int, staging: str
+) -> tuple[dict[str, Any], bool]:
+    """The run's record: a new one, or that of the earlier call being continued (whose
+    ``staging`` it keeps when this call gives none)."""
     path = RunDir(run_dir).map_record
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
@@ -96,6 +100,7 @@ def _open_record(run_dir: str, kind: str, npartitions: int) -> tuple[dict[str, A
                 f"{record['npartitions']} partitions; this call gives a Dask {kind} of "
                 f"{npartitions}. Give a new run_dir to run over this collection."
             )
+        record["staging"] = staging or record.get("staging", "")
         return record, True
     if os.path.isdir(run_dir) and os.listdir(run_dir):
         raise UserInputError(
@@ -104,7 +109,12 @@ def _open_record(run_dir: str, kind: str, npartitions: int) -> tuple[dict[str, A
             "call to continue it)."
         )
     os.makedirs(run_dir, exist_ok=True)
-    record = {"kind": kind, "npartitions": npartitions, "created": time.time()}
+    record = {
+        "kind": kind,
+        "npartitions": npartitions,
+        "created": time.time(),
+        **({"staging": staging} if staging else {}),
+    }
     with open(path, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
     return record, False
@@ -163,6 +173,7 @@ def map_batches(
     client: Any = None,
     run_dir: str | os.PathLike | None = None,
     echo: Callable[[str], None] | None = None,
+    staging: str | None = None,
 ) -> MapResult:
     """Run ``run()`` over every partition of a Dask DataFrame or bag, like a parallel job.
 
@@ -197,12 +208,18 @@ def map_batches(
         Failed mini-batches allowed before the run stops; -1: no limit.
     client : distributed.Client, optional
         The cluster to run on; default: the current Dask client if there is one, else an
-        embedded local cluster. Its workers must see the run directory.
+        embedded local cluster. Its workers must see the run directory, or ``staging``.
     run_dir : path, optional
         The run directory (default ``./daskprs-runs/map_batches-<UTC time>``). An earlier
         call's run directory continues that run.
     echo : callable, optional
         Where progress lines go (default: stderr).
+    staging : str, optional
+        An fsspec URL (``s3://bucket/prefix``) or a folder every worker mounts, for workers
+        that cannot see the run directory: the partitions are staged there, and the workers
+        leave their claims, parts and logs there (docs/clusters.md#workers-without-a-shared-
+        filesystem). The parts stay there while the result's ``output`` reads them. A later
+        call with the same ``run_dir`` uses the same staging.
 
     Returns
     -------
@@ -234,7 +251,9 @@ def map_batches(
         raise UserInputError("map_batches: the collection has no partitions")
     # checked before anything is written, so a bad call leaves no run directory behind
     code = entry_code(run=run, init=init, shutdown=shutdown, entry_script=entry_script)
-    _, resumed = _open_record(run_dir, kind, npartitions)
+    given_staging = os.fspath(staging).rstrip("/") if staging else ""
+    record, resumed = _open_record(run_dir, kind, npartitions, given_staging)
+    staging = record.get("staging") or ""
 
     rundir = RunDir(run_dir)
     rundir.lock()
@@ -243,7 +262,7 @@ def map_batches(
         given = client if client is not None else _current_client()
         workers = min(npartitions, os.cpu_count() or 1)
         with open_cluster(client=given, n_workers=workers, settings=env) as handle:
-            staged_dir = rundir.staged
+            staged_dir = f"{run_staging(staging, run_dir)}/staged" if staging else rundir.staged
             batches = load_staged(staged_dir) if resumed else None
             if batches is None:
                 echo(f"[{STEP}] staging {npartitions} partitions of the Dask {kind}")
@@ -262,6 +281,7 @@ def map_batches(
                 echo=echo,
                 structured_parts=True,
                 workers_here=given is None or getattr(given, "cluster", None) is not None,
+                staging=staging,
             )
             try:
                 outcome = run_parallel_step(request, lambda: handle)

@@ -2,7 +2,9 @@
 
 A Dask computation over the collection writes each partition to
 ``<run_dir>/staged/<partition>.parquet`` (a DataFrame partition; pickled when pyarrow cannot
-store it) or ``.pkl`` (a bag partition, as a list), and reports its length. Each partition
+store it) or ``.pkl`` (a bag partition, as a list), and reports its length; with
+``staging=URL`` (workers that cannot see the run directory), to the run's folder of that
+staging store. Each partition
 then becomes one :class:`~daskprs.inputs.batches.StagedBatch`, read in the entry-script
 process like any mini-batch. The staged partitions are listed in ``staged.json`` once all are
 written; a resumed run reuses them instead of computing the collection again.
@@ -49,10 +51,21 @@ def collection_kind(collection: Any) -> Kind:
 
 
 def _write(path: str, write: Any) -> None:
+    if "://" in path:  # a staging store (--staging): an object appears whole
+        from daskprs.inputs.filesystems import filesystem
+
+        fs, where = filesystem(path)
+        with fs.open(where, "wb") as f:
+            write(f)
+        return
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
         write(f)
     os.replace(tmp, path)
+
+
+def _join(folder: str, name: str) -> str:
+    return f"{folder.rstrip('/')}/{name}" if "://" in folder else os.path.join(folder, name)
 
 
 def _stage_frame(part: Any, stem: str) -> tuple[str, str, int]:
@@ -95,12 +108,11 @@ def stage(collection: Any, folder: str, client: Any) -> list[StagedBatch]:
     from dask import delayed
 
     kind = collection_kind(collection)
-    os.makedirs(folder, exist_ok=True)
+    if "://" not in folder:
+        os.makedirs(folder, exist_ok=True)
     write = _stage_frame if kind == "dataframe" else _stage_bag
     parts = collection.to_delayed()
-    tasks = [
-        delayed(write, pure=False)(p, os.path.join(folder, f"{i:05d}")) for i, p in enumerate(parts)
-    ]
+    tasks = [delayed(write, pure=False)(p, _join(folder, f"{i:05d}")) for i, p in enumerate(parts)]
     futures = client.compute(tasks)
     try:
         written = client.gather(futures)
@@ -129,25 +141,25 @@ def stage(collection: Any, folder: str, client: Any) -> list[StagedBatch]:
             for b in batches
         ],
     }
-    tmp = os.path.join(folder, f"{MANIFEST}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, os.path.join(folder, MANIFEST))
+    text = json.dumps(manifest, indent=1).encode()
+    _write(_join(folder, MANIFEST), lambda f: f.write(text))
     return batches
 
 
 def load_staged(folder: str) -> list[StagedBatch] | None:
     """The partitions an earlier call staged in ``folder``, or None when staging did not
     finish (or never started)."""
-    path = os.path.join(folder, MANIFEST)
-    if not os.path.isfile(path):
+    from daskprs.inputs.filesystems import filesystem
+
+    fs, path = filesystem(_join(folder, MANIFEST))
+    try:
+        manifest = json.loads(fs.cat_file(path))
+    except FileNotFoundError:
         return None
-    with open(path, encoding="utf-8") as f:
-        manifest = json.load(f)
     batches = [
         StagedBatch(i, b["path"], b["format"], b["rows"], row_lower_bound=b["row_lower_bound"])
         for i, b in enumerate(manifest["batches"])
     ]
-    if not all(os.path.isfile(b.path) for b in batches):
+    if not all(fs.isfile(filesystem(b.path)[1]) for b in batches):
         return None
     return batches

@@ -102,8 +102,8 @@ class MapResult:
 
         A Dask DataFrame when ``run()`` returned DataFrames, a Dask bag when it returned lists;
         one partition per successful mini-batch (failed and empty partitions are absent).
-        Reading happens when it is computed, on the cluster (the run directory must be visible
-        to its workers).
+        Reading happens when it is computed, on the cluster (its workers must see the run
+        directory, or the staging store of a run with ``staging``).
 
         Raises
         ------

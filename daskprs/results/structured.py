@@ -78,9 +78,12 @@ def read_part(path: str) -> Any:
     Parameters
     ----------
     path : str
-        A part file written by :func:`write_structured`.
+        A part file written by :func:`write_structured` (or its staged copy, a URL).
     """
-    with open(path, "rb") as f:
+    from daskprs.inputs.filesystems import filesystem
+
+    fs, where = filesystem(path)
+    with fs.open(where, "rb") as f:
         head = f.read(len(_PARQUET_MAGIC))
         f.seek(0)
         if head == _PARQUET_MAGIC:

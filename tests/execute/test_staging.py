@@ -328,3 +328,72 @@ def test_a_killed_driver_is_resumed_from_what_it_staged(tmp_path, s3):
     assert printed.count("ran ") >= n  # the killed session's logs came home too
     s3.invalidate_cache()
     assert not s3.find("out/stage")
+
+
+@hidden
+def test_map_batches_stages_its_partitions_for_workers_that_cannot_see_the_run(tmp_path, s3):
+    import dask.bag as db
+    from distributed import Client
+
+    from daskprs import map_batches
+
+    driver = tmp_path / "driver"
+    driver.mkdir()
+
+    def run(items):
+        print("partition of", len(items))
+        return [x * 10 for x in items]
+
+    with external_cluster_at(tmp_path, hide=driver) as address, Client(address) as client:
+        result = map_batches(
+            db.from_sequence(range(20), npartitions=4),
+            run=run,
+            client=client,
+            run_dir=driver / "map",
+            echo=lambda s: None,
+            staging="s3://out/stage",
+        )
+        assert result.ok, result.failure
+        assert result.output.compute() == [x * 10 for x in range(20)]
+    assert all(p.startswith("s3://out/stage/") for p in result.parts.values())
+    assert not (driver / "map/staged").exists()  # the partitions went to the store
+    printed = "".join(p.read_text() for p in (driver / "map/logs/user/stdout").rglob("*.txt"))
+    assert printed.count("partition of 5") == 4
+
+
+@hidden
+def test_the_lease_on_the_staging_store_ends_a_killed_drivers_children(tmp_path, s3, monkeypatch):
+    from conftest import pid_alive
+    from test_external import LINGER
+
+    monkeypatch.setenv("DASKPRS_LEASE_SECONDS", "2")  # for the workers and the driver
+    driver, marks = tmp_path / "driver", tmp_path / "marks"
+    driver.mkdir()
+    marks.mkdir()
+    _put_files(s3, 3)
+    job = write_job(
+        driver,
+        LINGER,
+        input_yaml="type: uri_folder\npath: s3://data/files",
+        mini_batch_size='"1"',
+        extra=f"environment_variables:\n  MARKS: {marks}\n",
+    )
+    with external_cluster_at(tmp_path, hide=driver) as address:
+        args = ["run", str(job), "--run-dir", str(driver / "run"), "--scheduler", address]
+        first = subprocess.Popen(
+            [sys.executable, "-m", "daskprs", *args, "--staging", "s3://out/stage"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            pid_file = marks / "child.pid"
+            child = int(poll_for(lambda: pid_file.exists() and pid_file.read_text(), timeout=120))
+            s3.invalidate_cache()
+            assert any(p.endswith("/steps/score/lease") for p in s3.find("out/stage"))
+        finally:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+        assert pid_alive(child)  # the child belongs to the worker, not to the driver
+        poll_for(lambda: not pid_alive(child), timeout=60)
