@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import inspect
 import io
 import itertools
@@ -24,6 +25,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks import _common as c
@@ -91,6 +93,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="rounds in which the contenders take turns; each keeps its best time",
     )
     p.add_argument("--verbose", action="store_true", help="show daskprs progress lines")
+    p.add_argument(
+        "--staging",
+        action="store_true",
+        help="also run daskprs with --staging on an S3 server (moto) on 127.0.0.1 and print "
+        "what staging costs: staged / shared filesystem",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,12 +340,67 @@ def _cluster_start(echo: c.Echo) -> float | None:
 
 
 def run_daskprs_embedded(
-    job: Path, run_dir: Path, workers: int, verbose: bool = False
+    job: Path, run_dir: Path, workers: int, verbose: bool = False, staging: str | None = None
 ) -> tuple[float, float | None, object]:
     echo = c.Echo(verbose)
-    result, wall = c.run_daskprs(job, run_dir, workers=workers, echo=echo)
+    # force_rerun: the staged run must not reuse the shared-filesystem run's step
+    result, wall = c.run_daskprs(
+        job, run_dir, workers=workers, echo=echo, staging=staging, force_rerun=True
+    )
     assert result.ok, result.failure
     return wall, _cluster_start(echo), result
+
+
+@contextlib.contextmanager
+def s3_server(folder: Path) -> Iterator[str]:
+    """A moto S3 server in its own process on 127.0.0.1 with an empty bucket; yields the
+    staging URL. The ``AWS_*`` variables point this process (and the workers it starts) at
+    it until the end."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(folder / "moto.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=log,
+    )
+    env = {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/").close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        import fsspec
+
+        fsspec.filesystem("s3", skip_instance_cache=True).mkdir("bench")
+        yield "s3://bench/staging"
+    finally:
+        proc.terminate()
+        proc.wait()
+        log.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,7 +411,11 @@ def run_daskprs_embedded(
 def main(args: argparse.Namespace) -> dict:
     size, workers = c.parse_size(args.size), args.workers
     only = [x.strip() for x in args.only.split(",") if x.strip()]
-    with c.data_folder(args.data, "tabular") as root:
+    if args.staging:
+        only.append("staged")
+    with contextlib.ExitStack() as stack:
+        root = stack.enter_context(c.data_folder(args.data, "tabular"))
+        staging = stack.enter_context(s3_server(root)) if args.staging else None
         c.header(f"tabular: {args.size} of CSV, mini_batch_size 10mb, {workers} workers")
         files = generate_csv(root / f"csv-{size}", size, c.parse_size(args.file_size))
         in_bytes = sum(f.stat().st_size for f in files)
@@ -364,7 +431,7 @@ def main(args: argparse.Namespace) -> dict:
         # Ray last: its processes (raylet, GCS, workers) must not disturb the others. With
         # --repeat, the contenders take turns, round after round; each keeps its best time.
         for rnd in range(args.repeat):
-            for name in ("serial", "pool", "dask", "daskprs", "ray"):
+            for name in ("serial", "pool", "dask", "daskprs", "staged", "ray"):
                 if name not in only or name in skipped:
                     continue
                 out = work / f"{name}.txt"
@@ -389,15 +456,22 @@ def main(args: argparse.Namespace) -> dict:
                     start = run_dask(files, out, work, workers)
                     note = f"cluster start {start:.2f} s"
                 else:
+                    run_dir = root / ("run-staged" if name == "staged" else "run")
                     _wall, start, result = run_daskprs_embedded(
-                        job, root / "run", workers, args.verbose
+                        job,
+                        run_dir,
+                        workers,
+                        args.verbose,
+                        staging if name == "staged" else None,
                     )
                     step = result.steps[0]
+                    began = f"{start:.2f} s" if start is not None else "not shown"
                     note = (
-                        f"cluster start {start:.2f} s, planning {step.plan_seconds:.2f} s, "
+                        f"cluster start {began}, planning {step.plan_seconds:.2f} s, "
                         f"running {step.seconds:.2f} s, {step.summary['total']} mini-batches"
+                        + (", parts and logs staged to S3 (moto)" if name == "staged" else "")
                     )
-                    out = c.output_of(root / "run")
+                    out = c.output_of(run_dir)
                 took = time.perf_counter() - t0
                 digest = c.sha256(out)
                 if digests.setdefault(name, digest) != digest:
@@ -443,6 +517,12 @@ def main(args: argparse.Namespace) -> dict:
                     met_all = met_all and met
             if "ray" in secs:  # no target: the ratio is recorded, not judged
                 row["ratio_ray"] = secs["daskprs"] / secs["ray"]
+            if "staged" in secs:  # what staging costs: no target, recorded
+                row["ratio_staged_shared"] = secs["staged"] / secs["daskprs"]
+                print(
+                    f"  staging on S3 / shared filesystem: {row['ratio_staged_shared']:.3f}",
+                    flush=True,
+                )
         row["met"] = met_all
         c.record("tabular", row, not args.no_csv)
         return row

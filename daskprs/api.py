@@ -297,9 +297,9 @@ def run_job(
     job_file = os.path.abspath(os.fspath(job_file))
     if run_dir and "://" in os.fspath(run_dir):
         raise UserInputError(
-            f"--run-dir {os.fspath(run_dir)}: the run directory must be a folder (local, or on a "
-            "filesystem every worker mounts); object stores are for inputs and outputs "
-            "(give an output a path: s3://...)"
+            f"--run-dir {os.fspath(run_dir)}: the run directory must be a folder on this "
+            "machine; object stores are for inputs and outputs (give an output a path: "
+            "s3://...) and, for workers that cannot see the run directory, --staging URL"
         )
     run_dir = os.path.abspath(os.fspath(run_dir)) if run_dir else default_run_dir(job_file)
     if os.path.isdir(run_dir) and os.listdir(run_dir):

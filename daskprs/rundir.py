@@ -98,11 +98,6 @@ class StepDir:
         return os.path.join(self.root, "claims")
 
     @property
-    def lease(self) -> str:
-        """Rewritten by the driver while it runs the step; see ``execute.pool``."""
-        return os.path.join(self.root, "lease")
-
-    @property
     def staged_logs(self) -> str:
         """How far the driver read each log staged by workers (``--staging``)."""
         return os.path.join(self.root, "staged-logs.json")

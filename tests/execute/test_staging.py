@@ -116,6 +116,15 @@ def _file_job(folder: Path, data: str, output: str | None = None) -> Path:
     return job
 
 
+def test_a_staging_that_is_not_a_url_or_folder_is_a_configuration_error(tmp_path):
+    (tmp_path / "data").mkdir()
+    job = _file_job(tmp_path, "./data")
+    (tmp_path / "daskprs.yaml").write_text("staging: [s3://a, s3://b]\n")
+    with pytest.raises(UserInputError) as err:
+        run_job(job, run_dir=tmp_path / "run", workers=1, echo=lambda s: None)
+    assert "staging" in str(err.value) and "s3://bucket/daskprs-staging" in str(err.value)
+
+
 def test_a_store_without_conditional_create_is_refused_before_any_try(tmp_path):
     fsspec.register_implementation("nocas", _NoConditionalCreate, clobber=True)
     (tmp_path / "data").mkdir()
@@ -141,12 +150,11 @@ def _put_files(s3, n: int) -> None:
         s3.pipe(f"data/files/f{i:03d}.txt", f"{i}\n".encode())
 
 
-def test_embedded_cluster_with_staging_on_s3(tmp_path, s3):
+def test_embedded_cluster_with_staging_on_s3_from_daskprs_yaml(tmp_path, s3):
     _put_files(s3, 9)
     job = _file_job(tmp_path, "s3://data/files")
-    result = run_job(
-        job, run_dir=tmp_path / "run", workers=2, echo=lambda s: None, staging="s3://out/stage"
-    )
+    (tmp_path / "daskprs.yaml").write_text("staging: s3://out/stage/\n")
+    result = run_job(job, run_dir=tmp_path / "run", workers=2, echo=lambda s: None)
     assert result.ok, result.failure
     out = tmp_path / "run/outputs/score/result/parallel_run_step.txt"
     assert out.read_text() == _expected(9)
@@ -212,6 +220,15 @@ def test_workers_that_cannot_see_the_driver_run_a_file_list_and_a_table(tmp_path
         with pytest.raises(UserInputError) as err:  # without staging: the way out is named
             run_job(files_job, run_dir=driver / "refused", scheduler=address, echo=notes.append)
         assert "cannot see the run directory" in str(err.value) and "--staging" in str(err.value)
+        local = _file_job(driver / "local", str(driver / "local-data"))
+        (driver / "local-data").mkdir()
+        (driver / "local-data" / "f.txt").write_text("1\n")
+        with pytest.raises(UserInputError) as err:  # a local input they cannot see: named
+            run_job(
+                local, run_dir=driver / "refused-2", scheduler=address, staging="s3://out/stage"
+            )
+        assert f"cannot see {driver / 'local-data'}" in str(err.value)
+        assert "object storage" in str(err.value)
         result = run_job(
             files_job,
             run_dir=driver / "run",
