@@ -218,8 +218,9 @@ def map_batches(
         An fsspec URL (``s3://bucket/prefix``) or a folder every worker mounts, for workers
         that cannot see the run directory: the partitions are staged there, and the workers
         leave their claims, parts and logs there
-        (docs/clusters.md#workers-without-a-shared-filesystem). The parts stay there while the result's ``output`` reads them. A later
-        call with the same ``run_dir`` uses the same staging.
+        (docs/clusters.md#workers-without-a-shared-filesystem). The parts stay there while
+        the result's ``output`` reads them. A later call with the same ``run_dir`` uses the
+        same staging.
 
     Returns
     -------
