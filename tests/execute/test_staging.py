@@ -414,3 +414,56 @@ def test_the_lease_on_the_staging_store_ends_a_killed_drivers_children(tmp_path,
             first.wait()
         assert pid_alive(child)  # the child belongs to the worker, not to the driver
         poll_for(lambda: not pid_alive(child), timeout=60)
+
+
+FLAKY = """
+import os
+
+def run(mini_batch):
+    for p in mini_batch:
+        if open(p).read().strip() == "3" and not os.path.exists(os.environ["FIXED"]):
+            raise ValueError("not yet")
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+def test_staged_parts_stay_while_a_mini_batch_failed_and_go_after_rerun_failed(tmp_path, s3):
+    from daskprs.api import resume_job
+
+    _put_files(s3, 6)
+    fixed = tmp_path / "fixed"
+    job = write_job(
+        tmp_path,
+        FLAKY,
+        input_yaml="type: uri_folder\npath: s3://data/files",
+        mini_batch_size='"1"',
+        extra=f"retry_settings:\n  max_retries: 0\nmini_batch_error_threshold: 5\n"
+        f"environment_variables:\n  FIXED: {fixed}\n",
+    )
+    notes: list[str] = []
+    run_dir = tmp_path / "run"
+    first = run_job(job, run_dir=run_dir, workers=2, echo=notes.append, staging="s3://out/stage")
+    assert first.steps[0].summary["failed"] == 1
+    assert any("staged files kept in s3://out/stage/" in n and "rerun-failed" in n for n in notes)
+    s3.invalidate_cache()
+    assert any("/parts/" in p for p in s3.find("out/stage"))
+    fixed.touch()
+    again = resume_job(run_dir, rerun_failed=True, workers=2, echo=notes.append)
+    assert again.ok, again.failure
+    out = run_dir / "outputs/score/result/parallel_run_step.txt"
+    assert out.read_text() == "".join(f"f{i:03d}.txt\n" for i in range(6))
+    s3.invalidate_cache()
+    assert not s3.find("out/stage")  # every mini-batch done: what was staged is removed
+    kept = run_job(
+        job,
+        run_dir=tmp_path / "kept",
+        workers=2,
+        echo=notes.append,
+        staging="s3://out/stage",
+        keep_staged=True,
+        force_rerun=True,
+    )
+    assert kept.ok, kept.failure
+    s3.invalidate_cache()
+    assert any("/parts/" in p for p in s3.find("out/stage"))
+    assert any("(--keep-staged)" in n for n in notes)
