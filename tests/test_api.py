@@ -77,7 +77,7 @@ def test_check_workers_accepts_a_matching_cluster(tmp_path):
     (tmp_path / "code" / "score.py").write_text("def run(b):\n    return b\n")
     script = str(tmp_path / "code" / "score.py")
     answer = check_worker((str(tmp_path / "run"), script, s.input_data.path))
-    assert answer == {"version": daskprs.__version__, "missing": []}
+    assert answer == {"version": daskprs.__version__, "missing": [], "staging": None}
     assert check_workers(FakeClient({"tcp://w1": answer}), s, str(tmp_path / "run")) is False
     # a worker that cannot see the entry script gets the code folder shipped
     lacking = {"version": daskprs.__version__, "missing": [script]}
