@@ -259,39 +259,42 @@ def map_batches(
     rundir = RunDir(run_dir)
     rundir.lock()
     try:
-        code_dir, script = code.write(rundir.generated_code)
-        given = client if client is not None else _current_client()
-        workers = min(npartitions, os.cpu_count() or 1)
-        with open_cluster(client=given, n_workers=workers, settings=env) as handle:
-            staged_dir = f"{run_staging(staging, run_dir)}/staged" if staging else rundir.staged
-            batches = load_staged(staged_dir) if resumed else None
-            if batches is None:
-                echo(f"[{STEP}] staging {npartitions} partitions of the Dask {kind}")
-                batches = stage(collection, staged_dir, handle.client)
-            plan = Plan(
-                kind="tabular" if kind == "dataframe" else "files",
-                batches=tuple(batches),
-                input_root=staged_dir,
-            )
-            request = StepRequest(
-                step=_step(code_dir, script, staged_dir, handle.n_workers, settings),
-                plan=plan,
-                run=rundir,
-                mode=Mode.RESUME if resumed else Mode.RUN,
-                settings=env,
-                echo=echo,
-                structured_parts=True,
-                workers_here=given is None or getattr(given, "cluster", None) is not None,
-                staging=staging,
-            )
-            try:
-                outcome = run_parallel_step(request, lambda: handle)
-            except Interrupted as err:
-                raise Interrupted(
-                    "map_batches was interrupted; the partitions already done are kept. "
-                    f"Continue with map_batches(..., run_dir={run_dir!r})"
-                ) from err
-        result = _result(rundir, outcome)
+        # daskprs's log of the run, and Dask's warnings (the embedded workers' too), in
+        # logs/sys/daskprs.log; the console shows what it showed before
+        with logs.driver_logging(rundir.logs.driver, "WARNING"):
+            code_dir, script = code.write(rundir.generated_code)
+            given = client if client is not None else _current_client()
+            workers = min(npartitions, os.cpu_count() or 1)
+            with open_cluster(client=given, n_workers=workers, settings=env) as handle:
+                staged_dir = f"{run_staging(staging, run_dir)}/staged" if staging else rundir.staged
+                batches = load_staged(staged_dir) if resumed else None
+                if batches is None:
+                    echo(f"[{STEP}] staging {npartitions} partitions of the Dask {kind}")
+                    batches = stage(collection, staged_dir, handle.client)
+                plan = Plan(
+                    kind="tabular" if kind == "dataframe" else "files",
+                    batches=tuple(batches),
+                    input_root=staged_dir,
+                )
+                request = StepRequest(
+                    step=_step(code_dir, script, staged_dir, handle.n_workers, settings),
+                    plan=plan,
+                    run=rundir,
+                    mode=Mode.RESUME if resumed else Mode.RUN,
+                    settings=env,
+                    echo=echo,
+                    structured_parts=True,
+                    workers_here=given is None or getattr(given, "cluster", None) is not None,
+                    staging=staging,
+                )
+                try:
+                    outcome = run_parallel_step(request, lambda: handle)
+                except Interrupted as err:
+                    raise Interrupted(
+                        "map_batches was interrupted; the partitions already done are kept. "
+                        f"Continue with map_batches(..., run_dir={run_dir!r})"
+                    ) from err
+            result = _result(rundir, outcome)
     finally:
         rundir.unlock()
     result.seconds = time.monotonic() - started

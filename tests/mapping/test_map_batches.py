@@ -339,3 +339,21 @@ def test_a_failure_names_the_users_function_and_file_not_daskprs(tmp_path, clien
     assert failed.traceback.startswith("Traceback (most recent call last):")
     assert "in score" in failed.traceback
     assert "daskprs/execute" not in failed.traceback
+
+
+def test_on_the_embedded_cluster_dask_and_daskprs_log_to_the_runs_log_file(tmp_path):
+    from distributed import default_client
+
+    with pytest.raises(ValueError):  # no current client: map_batches starts its own cluster
+        default_client()
+    result = daskprs.map_batches(
+        db.from_sequence(range(6), npartitions=2),
+        lambda items: [i + 1 for i in items],
+        run_dir=tmp_path / "run",
+        echo=quiet,
+    )
+    assert result.ok, result.failure
+    assert result.output.compute(scheduler="sync") == [i + 1 for i in range(6)]
+    log = tmp_path / "run/logs/sys/daskprs.log"
+    assert log.is_file()  # the embedded workers' Dask warnings would go there too
+    assert (tmp_path / "run/logs/user/stdout/node000").is_dir()  # the embedded cluster ran it
