@@ -223,3 +223,54 @@ def s3(monkeypatch):
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
         server.stop()
+
+
+# Azurite's well-known development account (public: Azure's storage emulator documents it).
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+@pytest.fixture
+def azurite(tmp_path, monkeypatch):
+    """Azure's Blob storage emulator (Azurite, from npm: `npm install -g azurite`) on
+    127.0.0.1, reached through adlfs with a connection string in the environment; yields the
+    adlfs filesystem. The test is skipped where Azurite is not installed (CI installs it)."""
+    import shutil
+
+    binary = shutil.which("azurite-blob")
+    if binary is None:
+        pytest.skip("Azurite is not installed (npm install -g azurite)")
+    port = _free_port()
+    log = open(tmp_path / "azurite.log", "wb")
+    proc = subprocess.Popen(
+        [binary, "--blobHost", "127.0.0.1", "--blobPort", str(port)]
+        + ["--location", str(tmp_path / "azurite"), "--silent", "--skipApiVersionCheck"],
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    conn = (
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+        f"AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+    )
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", conn)
+
+    def listening() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        poll_for(listening, timeout=60, interval=0.1)
+        import adlfs
+
+        fs = adlfs.AzureBlobFileSystem(connection_string=conn, skip_instance_cache=True)
+        yield fs
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()

@@ -467,3 +467,21 @@ def test_staged_parts_stay_while_a_mini_batch_failed_and_go_after_rerun_failed(t
     s3.invalidate_cache()
     assert any("/parts/" in p for p in s3.find("out/stage"))
     assert any("(--keep-staged)" in n for n in notes)
+
+
+def test_inputs_and_staging_on_azure_blob_storage(tmp_path, azurite):
+    azurite.mkdir("data")
+    azurite.mkdir("stage")
+    for i in range(5):
+        azurite.pipe(f"data/files/f{i:03d}.txt", f"{i}\n".encode())
+    assert StepStore("abfs://stage/probe/steps/score").check() is None  # If-None-Match: *
+    job = _file_job(tmp_path, "abfs://data/files")
+    result = run_job(
+        job, run_dir=tmp_path / "run", workers=2, echo=lambda s: None, staging="abfs://stage"
+    )
+    assert result.ok, result.failure
+    out = tmp_path / "run/outputs/score/result/parallel_run_step.txt"
+    assert out.read_text() == _expected(5)
+    assert "abfs://stage/" in (tmp_path / "run/steps/score/ledger.jsonl").read_text()
+    azurite.invalidate_cache()
+    assert not azurite.find("stage")
