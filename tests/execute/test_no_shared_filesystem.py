@@ -105,8 +105,10 @@ def run(mini_batch):
 """
 
 
-def _file_job(folder: Path, data: str, output: str | None = None) -> Path:
-    job = write_job(folder, SCRIPT, input_yaml=f"type: uri_folder\npath: {data}")
+def _file_job(folder: Path, data: str, output: str | None = None, args: str = "") -> Path:
+    job = write_job(
+        folder, SCRIPT, input_yaml=f"type: uri_folder\npath: {data}", program_arguments=args
+    )
     if output is not None:
         text = job.read_text().replace(
             "      result:\n        type: uri_file\n",
@@ -203,7 +205,7 @@ def test_workers_that_cannot_see_the_driver_run_a_file_list_and_a_table(tmp_path
     driver.mkdir()
     _put_files(s3, 11)
     table = _put_table(s3, 400)
-    files_job = _file_job(driver / "files", "s3://data/files")
+    files_job = _file_job(driver / "files", "s3://data/files", args="--resource_monitor_interval 1")
     table_job = write_job(
         driver / "table",
         TABLE,
@@ -254,6 +256,8 @@ def test_workers_that_cannot_see_the_driver_run_a_file_list_and_a_table(tmp_path
     user = driver / "run/logs/user/stdout"
     printed = "".join(p.read_text() for p in user.rglob("*.stdout.txt"))
     assert printed.count("run ") == 6 and "init in" in printed
+    samples = list((driver / "run/logs/perf").rglob("*.csv"))  # the resource monitor's too
+    assert samples and all(p.read_text().count("\n") >= 2 for p in samples)
     rows = "".join(p.read_text() for p in (driver / "run-table/logs/user/stdout").rglob("*.txt"))
     assert rows.count("rows ") == tables.steps[0].summary["total"]
     s3.invalidate_cache()
