@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import pytest
-import test_s3
 from conftest import output_of, write_job
 
 from daskprs.api import run_job
@@ -21,8 +20,6 @@ from daskprs.inputs.planfile import decode_plan, encode_plan, read_plan
 from daskprs.inputs.readers import load_batch
 from daskprs.job.model import DataInput, MiniBatchSize
 from daskprs.rundir import RunDir
-
-s3 = test_s3.s3  # the fixture of a moto S3 server on 127.0.0.1, as tests/test_s3.py uses it
 
 
 def touch(path: Path, text: str = "x") -> Path:
