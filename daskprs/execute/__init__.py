@@ -9,7 +9,10 @@ template of its processes (``context``), one try as a Dask task (``worker``), th
 worker plugin that holds a worker's slots and the driver's lease (``pool``), the slot that
 owns the entry-script process (``slot``) and the pure clock of its deadlines
 (``deadlines``), that process (``child``) and the messages between them (``wire``), tries
-handed back by a worker that leaves (``handback``), the code folder shipped to workers that
+handed back by a worker that leaves (``handback``), the step's folder where workers leave
+claims, hand-backs and the lease, in the run directory or a staging store (``store``), the
+logs of workers without the run directory uploaded and brought home (``stagedlogs``), the
+code folder shipped to workers that
 cannot see it (``codefolder``), the check of the entry script's imports before the first
 mini-batch (``preflight``), the GPUs a worker sees and the entry-script processes a node
 runs (``devices``), getting a Dask client (``cluster``), starting it in advance and taking
