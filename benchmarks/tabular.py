@@ -351,11 +351,23 @@ def run_daskprs_embedded(
     return wall, _cluster_start(echo), result
 
 
+class S3Server:
+    """The staging URL on the benchmark's S3 server, and the CPU time that server used."""
+
+    def __init__(self, url: str, pid: int):
+        import psutil
+
+        self.url, self._proc = url, psutil.Process(pid)
+
+    def cpu(self) -> float:
+        times = self._proc.cpu_times()
+        return times.user + times.system
+
+
 @contextlib.contextmanager
-def s3_server(folder: Path) -> Iterator[str]:
-    """A moto S3 server in its own process on 127.0.0.1 with an empty bucket; yields the
-    staging URL. The ``AWS_*`` variables point this process (and the workers it starts) at
-    it until the end."""
+def s3_server(folder: Path) -> Iterator[S3Server]:
+    """A moto S3 server in its own process on 127.0.0.1 with an empty bucket. The ``AWS_*``
+    variables point this process (and the workers it starts) at it until the end."""
     import socket
     import subprocess
     import sys
@@ -391,7 +403,7 @@ def s3_server(folder: Path) -> Iterator[str]:
         import fsspec
 
         fsspec.filesystem("s3", skip_instance_cache=True).mkdir("bench")
-        yield "s3://bench/staging"
+        yield S3Server("s3://bench/staging", proc.pid)
     finally:
         proc.terminate()
         proc.wait()
@@ -457,19 +469,25 @@ def main(args: argparse.Namespace) -> dict:
                     note = f"cluster start {start:.2f} s"
                 else:
                     run_dir = root / ("run-staged" if name == "staged" else "run")
+                    s3_cpu = staging.cpu() if staging is not None else 0.0
                     _wall, start, result = run_daskprs_embedded(
                         job,
                         run_dir,
                         workers,
                         args.verbose,
-                        staging if name == "staged" else None,
+                        staging.url if staging is not None and name == "staged" else None,
                     )
+                    s3_cpu = staging.cpu() - s3_cpu if staging is not None else 0.0
                     step = result.steps[0]
                     began = f"{start:.2f} s" if start is not None else "not shown"
                     note = (
                         f"cluster start {began}, planning {step.plan_seconds:.2f} s, "
                         f"running {step.seconds:.2f} s, {step.summary['total']} mini-batches"
-                        + (", parts and logs staged to S3 (moto)" if name == "staged" else "")
+                        + (
+                            f", parts and logs staged to S3 (moto: {s3_cpu:.1f} s of CPU)"
+                            if name == "staged"
+                            else ""
+                        )
                     )
                     out = c.output_of(run_dir)
                 took = time.perf_counter() - t0
