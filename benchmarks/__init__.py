@@ -5,4 +5,15 @@ same cluster, prints a table and the ratios against the targets, and appends a C
 ``benchmarks/results/<name>.csv``. They are not tests: nothing here asserts a timing.
 """
 
-NAMES = ("overhead", "timeout", "tabular", "memory", "cpu", "planning", "resume", "scale", "sweep")
+NAMES = (
+    "overhead",
+    "timeout",
+    "tabular",
+    "memory",
+    "cpu",
+    "planning",
+    "resume",
+    "scale",
+    "sweep",
+    "images",
+)

@@ -318,8 +318,16 @@ class StepsRunner:
             return None
         reusable = self.s.mode == Mode.RUN and step.is_deterministic
         parallel = isinstance(step, ParallelStep)
-        if parallel and not (reusable and not self.force_rerun):
-            cluster.prestart()  # nothing to look up first: the cluster starts while it plans
+        # Nothing to look up first (or nothing recorded to find): the cluster starts while
+        # the step plans and digests its input. Otherwise it waits for the lookup, which
+        # may make it unneeded.
+        may_reuse = (
+            reusable
+            and not self.force_rerun
+            and reuse.recorded(self.s.reuse_roots, step, self.s.run.root)
+        )
+        if parallel and not may_reuse:
+            cluster.prestart()
         plan = None
         key = None
         if reusable:

@@ -11,7 +11,6 @@ from typing import Any
 
 from daskprs.errors import PlanningError
 from daskprs.inputs.tablemodel import TableRead
-from daskprs.inputs.transforms import csv_read_options
 
 __all__ = ["Prober", "cuts_by_probe", "cuts_by_rows", "header_names", "row_ends"]
 
@@ -185,6 +184,9 @@ def cuts_by_rows(
 def header_names(fs: Any, path: str, size: int, read: TableRead) -> tuple[str, ...]:
     """Column names from a file's header line, parsed as pandas parses a whole file."""
     import pandas as pd
+
+    # imported here, as pandas: a file-list job's driver plans without them (issue 23)
+    from daskprs.inputs.transforms import csv_read_options
 
     if read.splittable:
         if read.support_multi_line:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import ast
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where rows are filtered: parse_filter runs in the
+    import pandas as pd  # driver, which a file-list job never gives pandas (issue 23)
 
 __all__ = ["filter_mask", "is_textual", "parse_filter"]
 
@@ -149,6 +150,8 @@ def _convert(node: ast.AST, text: str) -> Any:
 
 
 def _evaluate(node: Any, df: pd.DataFrame) -> Any:
+    import pandas as pd
+
     if isinstance(node, _Lit):
         return node.value
     if isinstance(node, _Col):
@@ -208,17 +211,22 @@ def _evaluate(node: Any, df: pd.DataFrame) -> Any:
 
 
 def is_textual(s: Any) -> bool:
+    import pandas as pd
+
     return isinstance(s, pd.Series) and (pd.api.types.is_string_dtype(s.dtype) or s.dtype == object)
 
 
 def _numeric(v: Any) -> Any:
     if is_textual(v):
+        import pandas as pd
+
         return pd.to_numeric(v, errors="coerce")
     return v
 
 
 def _coerce_pair(left: Any, right: Any) -> tuple[Any, Any]:
     """A string column compared with a number is converted to numbers first."""
+    import pandas as pd
 
     def is_num(v: Any) -> bool:
         return (isinstance(v, int | float) and not isinstance(v, bool)) or (
@@ -233,6 +241,8 @@ def _coerce_pair(left: Any, right: Any) -> tuple[Any, Any]:
 
 
 def _as_mask(value: Any, df: pd.DataFrame) -> pd.Series:
+    import pandas as pd
+
     if isinstance(value, pd.Series):
         if value.dtype != bool:
             value = value.astype("boolean").fillna(False).astype(bool)

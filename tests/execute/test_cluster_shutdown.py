@@ -74,3 +74,43 @@ def test_dask_closing_noise_goes_to_the_log_file_not_the_console(tmp_path):
     assert sum("distributed.scheduler" in line for line in said) == 1, log
     assert sum("distributed.worker" in line for line in said) == 2, log
     assert "CommClosedError: in <TCP (closed)" in log
+
+
+def test_the_embedded_workers_end_at_once_and_none_is_started_again(tmp_path):
+    """At the end the embedded cluster's workers hold nothing (the slot pool and its children
+    are gone): they are ended at once, not closed message by message, and their nannies do
+    not start new ones. A plugin's teardown shows which: it does not run."""
+    import psutil
+    from conftest import pid_alive
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    from daskprs.execute.cluster import open_cluster
+    from daskprs.testing import poll_for
+
+    marker = str(tmp_path / "closed")
+
+    class Teardown(WorkerPlugin):
+        name = "daskprs-test-teardown"
+
+        def teardown(self, worker):
+            with open(marker, "a") as f:
+                f.write(f"{os.getpid()}\n")
+
+    def workers() -> set[int]:  # multiprocessing's resource tracker stays: not a worker
+        found = set()
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if "resource_tracker" not in " ".join(p.cmdline()):
+                    found.add(p.pid)
+            except psutil.Error:
+                pass
+        return found
+
+    before = workers()
+    with open_cluster(n_workers=2) as handle:
+        handle.client.register_plugin(Teardown())
+        pids = set(handle.client.run(os.getpid).values())
+    assert len(pids) == 2
+    assert not os.path.exists(marker)
+    assert not any(pid_alive(pid) for pid in pids)
+    assert poll_for(lambda: workers() <= before, timeout=20)

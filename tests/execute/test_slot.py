@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 
 import pytest
@@ -211,6 +212,42 @@ def test_a_file_list_process_starts_without_pandas(tmp_path, tables, seen):
     part = tmp_path / "a.part"
     cfg = ChildConfig(code_dir=str(code), entry_script="score.py", tables=tables)
     slot = Slot(cfg)
+    try:
+        task = RunTask(FileBatch(0, (str(tmp_path / "a.txt"),)), 1, str(part))
+        record = slot.run(task, Deadlines(load=30, run=30))
+    finally:
+        slot.stop()
+    assert record.status == "RUN_DONE", record.error
+    assert part.read_text() == f"{seen}\n"
+
+
+START_ENV_SCRIPT = """
+def run(mini_batch):
+    # the environment the process started with (what glibc read), not os.environ now
+    with open("/proc/self/environ", "rb") as f:
+        start = dict(v.split(b"=", 1) for v in f.read().split(b"\\0") if b"=" in v)
+    return [start.get(b"MALLOC_TRIM_THRESHOLD_", b"-").decode()]
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/environ")
+@pytest.mark.parametrize(
+    ("step_env", "seen"), [({}, "-"), ({"MALLOC_TRIM_THRESHOLD_": "131072"}, "131072")]
+)
+def test_an_entry_script_process_does_not_inherit_the_nannys_malloc_trim(
+    tmp_path, monkeypatch, step_env, seen
+):
+    """A Dask nanny sets MALLOC_TRIM_THRESHOLD_=65536 for its worker; the worker's entry-script
+    process starts without it (it costs page faults per image), unless the step's
+    environment_variables set it: then it is there from the process's start, where glibc
+    reads it."""
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # as the nanny leaves it
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "score.py").write_text(START_ENV_SCRIPT)
+    (tmp_path / "a.txt").write_text("x\n")
+    part = tmp_path / "a.part"
+    slot = Slot(ChildConfig(code_dir=str(code), entry_script="score.py", env=step_env))
     try:
         task = RunTask(FileBatch(0, (str(tmp_path / "a.txt"),)), 1, str(part))
         record = slot.run(task, Deadlines(load=30, run=30))

@@ -6,6 +6,8 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from daskprs.job.load import load_job
 from daskprs.job.model import DataInput
 from daskprs.results import reuse
@@ -91,3 +93,88 @@ def test_records_are_found_while_their_outputs_exist_and_copied_with_their_times
     (out / "parallel_run_step.txt").unlink()
     out.rmdir()
     assert reuse.lookup(roots, key, second, str(two)) is None  # the earlier outputs are gone
+
+
+def _tree_digest_by_walk(path: str, run_dir: str) -> str:
+    """The folder digest as first written (isfile, then os.walk with relpath per file): the
+    keys earlier runs recorded, which the faster walk must give again."""
+    import hashlib
+
+    h = hashlib.sha256(reuse._relative(path, run_dir).encode() + b"\n")
+    if os.path.isfile(path):
+        st = os.stat(path)
+        h.update(f"{st.st_size}\0{st.st_mtime_ns}".encode())
+        return h.hexdigest()
+    if not os.path.isdir(path):
+        return h.hexdigest() + "-missing"
+    for root, dirs, names in os.walk(path, followlinks=True):
+        dirs.sort()
+        for name in sorted(names):
+            full = os.path.join(root, name)
+            st = os.stat(full)
+            h.update(f"{os.path.relpath(full, path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def test_folder_digests_are_those_earlier_runs_recorded(tmp_path):
+    run = tmp_path / "runs" / "r1"
+    data = run / "data"
+    for rel in ("a.txt", "b/c.txt", "b/d/e.txt", "b/d/f.txt", "z.txt"):
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        (data / rel).write_text(rel)
+    for path in (data, data / "b", data / "a.txt", data / "missing", f"{data}{os.sep}"):
+        assert reuse._tree_digest(str(path), str(run)) == _tree_digest_by_walk(str(path), str(run))
+
+
+class _Planned(Exception):
+    """Raised by the test's plan_step: the step got as far as planning."""
+
+
+def test_the_cluster_starts_before_planning_unless_an_earlier_record_may_be_reused(
+    tmp_path, monkeypatch
+):
+    """A deterministic step waits for the reuse lookup before starting a cluster (a reused
+    step needs none); with no record of the step in the run root there is nothing to find,
+    and the cluster starts while the step plans and digests its input."""
+    from daskprs import pipeline
+    from daskprs.execute.resume import Mode
+    from daskprs.results.jobresult import JobResult
+    from daskprs.rundir import RunDir
+
+    events: list[str] = []
+
+    class Cluster:
+        def prestart(self) -> None:
+            events.append("prestart")
+
+    def plan_step(step):
+        events.append("plan")
+        raise _Planned
+
+    monkeypatch.setattr(pipeline, "plan_step", plan_step)
+    job_file = job_folder(tmp_path)
+    two = tmp_path / "runs" / "two"
+    job = load_job(job_file, run_dir=str(two), env={"HOME": "/nonexistent"})
+    session = pipeline.JobSession(
+        job=job,
+        run=RunDir(str(two)),
+        mode=Mode.RUN,
+        record={},
+        echo=lambda line: None,
+        reuse_roots=tuple(reuse.search_roots(str(two))),
+    )
+    runner = pipeline.StepsRunner(session, pipeline.ClusterChoice(), JobResult(str(two)))
+    [step] = job.steps
+    assert not reuse.recorded(session.reuse_roots, step, str(two))
+    with pytest.raises(_Planned):
+        runner._step(step, Cluster())
+    assert events == ["prestart", "plan"]
+
+    one = tmp_path / "runs" / "one"
+    reuse.remember(str(one), "an earlier key", step_in(job_file, one))
+    assert reuse.recorded(session.reuse_roots, step, str(two))
+    assert not reuse.recorded(session.reuse_roots, step, str(one))  # its own record
+    events.clear()
+    with pytest.raises(_Planned):
+        runner._step(step, Cluster())
+    assert events == ["plan"]  # the lookup first: the step may be reused
