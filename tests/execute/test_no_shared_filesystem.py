@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import fsspec
@@ -29,8 +30,10 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from daskprs.api import run_job
 from daskprs.errors import UserInputError
+from daskprs.execute.child import ChildConfig
 from daskprs.execute.stagedlogs import pull_logs
 from daskprs.execute.store import StepStore, staging_root
+from daskprs.rundir import RunDir
 from daskprs.testing import write_job
 
 # -- the store ---------------------------------------------------------------------------------
@@ -489,3 +492,28 @@ def test_inputs_and_staging_on_azure_blob_storage(tmp_path, azurite):
     assert "abfs://stage/" in (tmp_path / "run/steps/score/ledger.jsonl").read_text()
     azurite.invalidate_cache()
     assert not azurite.find("stage")
+
+
+def test_a_part_the_store_refuses_fails_its_try_and_commits_nothing(tmp_path, s3):
+    from daskprs.execute.context import StepContext
+    from daskprs.execute.worker import _stage_part
+    from daskprs.results.outcome import Status, TryRecord
+
+    local = tmp_path / "00003.s0n1.part"
+    local.write_text("rows\n")
+    ctx = StepContext(
+        token="score-1",
+        step="score",
+        run=RunDir(str(tmp_path / "run")),
+        child=ChildConfig(code_dir=str(tmp_path), entry_script="score.py"),
+        staging="s3://no-such-bucket/stage/steps/score",
+    )
+    done = TryRecord(mb=3, try_no=1, status=Status.RUN_DONE, total=2, succeeded=2, part=str(local))
+    record = _stage_part(ctx, done, "s0n1")
+    assert record.status == Status.PROCESS_DIED and record.part is None
+    assert record.failed == 2 and "could not be uploaded to the staging store" in record.error
+    assert not local.exists()  # the worker's scratch copy is not left behind
+    local.write_text("rows\n")  # the next try's part, to a store that takes it
+    ok = _stage_part(replace(ctx, staging="s3://out/stage/steps/score"), done, "s0n1")
+    assert ok.part == "s3://out/stage/steps/score/parts/00003.s0n1.part"
+    assert s3.cat("out/stage/steps/score/parts/00003.s0n1.part") == b"rows\n"
