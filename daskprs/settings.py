@@ -115,6 +115,8 @@ _ADDRESS = re.compile(r"(?:[\w.-]*:)?(?P<port>\d+)|[\w.-]+")
 
 
 def _dashboard(value: str) -> str:
+    if value.strip().lower() == "off":
+        return "off"
     items = [item.strip() for item in value.split(",")]
     for item in items:
         found = _ADDRESS.fullmatch(item)
@@ -188,12 +190,14 @@ VARIABLES: dict[str, Variable] = {
         Variable(
             "DASKPRS_DASHBOARD",
             "dashboard",
-            "an address [HOST]:PORT (PORT 0 to 65535; 0: any free port)",
+            "`off`, or an address [HOST]:PORT (PORT 0 to 65535; 0: any free port)",
             ":8787",
-            ":0",
-            "Where the embedded cluster serves the Dask dashboard (`:0`: any free port). "
-            "Without a HOST it listens on 127.0.0.1 only, like the embedded scheduler and "
-            "workers; give one to open it to other machines (`0.0.0.0:8787`: every interface).",
+            "off",
+            "Where the embedded cluster serves the Dask dashboard: none by default (serving "
+            "it took a quarter of the driver's CPU in a short job on 2 cores); `:0` serves it "
+            "on any free port and prints its address. Without a HOST it listens on 127.0.0.1 "
+            "only, like the embedded scheduler and workers; give one to open it to other "
+            "machines (`0.0.0.0:8787`: every interface).",
             _dashboard,
         ),
         Variable(
@@ -270,7 +274,8 @@ class EnvSettings:
     cluster_timeout : float
         ``DASKPRS_CLUSTER_TIMEOUT``: seconds to wait for a ``computes:`` cluster's first worker.
     dashboard : str
-        ``DASKPRS_DASHBOARD``: the embedded cluster's dashboard address (``:0``: a free port).
+        ``DASKPRS_DASHBOARD``: the embedded cluster's dashboard address (``:0``: a free port;
+        ``off``, the default: none).
     handback_seconds : float
         ``DASKPRS_HANDBACK_SECONDS``: the wait for a hand-back marker
         (:func:`daskprs.execute.handback.take_over`).
@@ -290,7 +295,7 @@ class EnvSettings:
 
     connect_timeout: float = 10.0
     cluster_timeout: float = 300.0
-    dashboard: str = ":0"
+    dashboard: str = "off"
     handback_seconds: float = 5.0
     shutdown_timeout: float = 30.0
     child_memory_limit: int | None = None

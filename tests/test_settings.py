@@ -30,7 +30,7 @@ def test_the_defaults_are_the_ones_the_code_had():
     assert settings == EnvSettings(
         connect_timeout=10.0,
         cluster_timeout=300.0,
-        dashboard=":0",
+        dashboard="off",
         handback_seconds=5.0,
         shutdown_timeout=30.0,
         child_memory_limit=None,
@@ -55,6 +55,7 @@ def test_from_env_reads_os_environ_by_default(monkeypatch):
         ("DASKPRS_CONNECT_TIMEOUT", " 2.5 ", 2.5),
         ("DASKPRS_CLUSTER_TIMEOUT", "1e3", 1000.0),
         ("DASKPRS_DASHBOARD", ":8787", ":8787"),
+        ("DASKPRS_DASHBOARD", " Off ", "off"),
         ("DASKPRS_DASHBOARD", "8787", "8787"),
         ("DASKPRS_DASHBOARD", "127.0.0.1:0", "127.0.0.1:0"),
         ("DASKPRS_DASHBOARD", "localhost", "localhost"),

@@ -33,12 +33,15 @@ class ClusterHandle:
     n_workers: int
     local: bool
     start_seconds: float = 0.0
+    # False: the embedded cluster was started without a dashboard (DASKPRS_DASHBOARD=off)
+    dashboard: bool = True
 
 
-def dashboard_address(value: str) -> str:
-    """``DASKPRS_DASHBOARD`` as the embedded cluster binds it: an address without a host
-    (``:0``, ``8787``) is on the loopback only (``127.0.0.1:0``), as the link printed says;
-    one with a host (``0.0.0.0:8787``, an interface's address) is served there.
+def dashboard_address(value: str) -> str | None:
+    """``DASKPRS_DASHBOARD`` as the embedded cluster binds it: ``off`` (the default) serves
+    none; an address without a host (``:0``, ``8787``) is on the loopback only
+    (``127.0.0.1:0``), as the link printed says; one with a host (``0.0.0.0:8787``, an
+    interface's address) is served there.
 
     Parameters
     ----------
@@ -48,9 +51,11 @@ def dashboard_address(value: str) -> str:
 
     Returns
     -------
-    str
-        The address list for ``LocalCluster(dashboard_address=...)``.
+    str or None
+        The address list for ``LocalCluster(dashboard_address=...)``; None: no dashboard.
     """
+    if value == "off":
+        return None
     items = []
     for item in value.split(","):
         host, colon, port = item.rpartition(":")
@@ -223,6 +228,7 @@ def _opened_cluster(
     # a Ctrl-C reaches the worker processes too (they share the terminal's process group):
     # the driver alone answers it, and ends them
     log_file = driver_log_file()
+    dashboard = dashboard_address(settings.dashboard)
     plugins = (IgnoreInterrupts(), *((DaskLogsToFile(log_file),) if log_file else ()))
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         cluster = LocalCluster(
@@ -232,14 +238,23 @@ def _opened_cluster(
             # the scheduler, nannies and workers on the loopback only; the dashboard too,
             # unless DASKPRS_DASHBOARD names a host (without one it would be on every interface)
             host="127.0.0.1",
-            dashboard_address=dashboard_address(settings.dashboard),
+            dashboard_address=dashboard,
+            # without a dashboard the scheduler still serves /health on HTTP: on a free
+            # loopback port, not on 8787 (another run's dashboard, maybe)
+            scheduler_kwargs=None if dashboard else {"dashboard_address": "127.0.0.1:0"},
             memory_limit=0,
             silence_logs=logging.ERROR,
             plugins=plugins,
         )
         local = Client(cluster, set_as_default=False)
     try:
-        yield ClusterHandle(local, n_workers, local=True, start_seconds=time.monotonic() - started)
+        yield ClusterHandle(
+            local,
+            n_workers,
+            local=True,
+            start_seconds=time.monotonic() - started,
+            dashboard=dashboard is not None,
+        )
     finally:
         # the client first (a client left connected to a closing scheduler retries, and says
         # so); then the cluster closes its workers, waits for their processes, and only then

@@ -78,7 +78,7 @@ class LazyCluster:
             handle = self._stack.enter_context(self._opener())
         self._handle = handle
         self._echo(_started_line(handle, self._given or self._connects))
-        link = _dashboard_link(handle.client)
+        link = _dashboard_link(handle.client) if handle.dashboard else None
         if link:
             self._echo(f"Dask dashboard: {link}")
         return handle

@@ -39,6 +39,23 @@ def test_the_embedded_cluster_serves_its_dashboard_where_the_settings_say():
 
 
 @pytest.mark.slow
+def test_the_embedded_cluster_serves_no_dashboard_unless_asked():
+    before = _listening()
+    with open_cluster(n_workers=1, settings=EnvSettings()) as handle:
+        assert handle.local and not handle.dashboard
+        opened = _listening() - before
+        status = handle.client.dashboard_link  # the scheduler's HTTP server: no bokeh app
+        import urllib.error
+        import urllib.request
+
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(status, timeout=10).close()
+    assert ("127.0.0.1", 8787) not in opened  # a free port, not the dashboard's usual one
+    assert {ip for ip, _ in opened} == {"127.0.0.1"}, sorted(opened)
+    assert dashboard_address("off") is None
+
+
+@pytest.mark.slow
 def test_a_configured_cluster_without_workers_waits_the_cluster_timeout():
     spec = ClusterSpec(
         name="empty",
@@ -71,7 +88,7 @@ def test_the_embedded_cluster_listens_on_the_loopback_only():
     """The dashboard, the scheduler, the nannies and the workers: none is reachable from
     another machine unless DASKPRS_DASHBOARD says so (the printed link says 127.0.0.1)."""
     before = _listening()
-    with open_cluster(n_workers=2, settings=EnvSettings()) as handle:
+    with open_cluster(n_workers=2, settings=EnvSettings(dashboard=":0")) as handle:
         opened = _listening() - before
         port = int(handle.client.dashboard_link.split(":")[2].split("/")[0])
     assert port in {p for _, p in opened}  # the dashboard is among them

@@ -159,8 +159,11 @@ def test_embedded_cluster_with_staging_on_s3_from_daskprs_yaml(tmp_path, s3):
     _put_files(s3, 9)
     job = _file_job(tmp_path, "s3://data/files")
     (tmp_path / "daskprs.yaml").write_text("staging: s3://out/stage/\n")
-    result = run_job(job, run_dir=tmp_path / "run", workers=2, echo=lambda s: None)
+    notes: list[str] = []
+    result = run_job(job, run_dir=tmp_path / "run", workers=2, echo=notes.append)
     assert result.ok, result.failure
+    assert any("embedded local cluster" in n for n in notes)
+    assert not any("dashboard" in n for n in notes)  # none served, none printed
     out = tmp_path / "run/outputs/score/result/parallel_run_step.txt"
     assert out.read_text() == _expected(9)
     ledger = (tmp_path / "run/steps/score/ledger.jsonl").read_text()

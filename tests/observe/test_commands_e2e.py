@@ -57,13 +57,16 @@ CHROMIUM_ARGS = [
 ]
 
 
-def daskprs(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def daskprs(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "daskprs", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -82,7 +85,8 @@ def finished_run(tmp_path_factory):
         f"environment_variables:\n  FLAGS: {folder / 'flags'}",
         program_arguments="--resource_monitor_interval 0.2",
     )
-    done = daskprs("run", str(job), "--run-dir", "run", cwd=folder)
+    # a dashboard asked for: its address is printed (none is served by default)
+    done = daskprs("run", str(job), "--run-dir", "run", cwd=folder, env={"DASKPRS_DASHBOARD": ":0"})
     assert done.returncode == 0, done.stderr
     (folder / "stderr.txt").write_text(done.stderr)
     return folder / "run"

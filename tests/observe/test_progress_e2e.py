@@ -76,7 +76,11 @@ def test_a_progress_bar_in_a_terminal(tmp_path):
         f"cd {tmp_path} && {sys.executable} -m daskprs run {job} --run-dir run; "
         f"echo exit=$? ; sleep 600"
     )
-    env = {"PYTHONPATH": os.environ.get("PYTHONPATH", ""), "TERM": "xterm-256color"}
+    env = {
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        "TERM": "xterm-256color",
+        "DASKPRS_DASHBOARD": ":0",  # asked for: its address is printed above the bar
+    }
     exports = " ".join(f"{k}={v!s}" for k, v in env.items())
     tmux(
         "new-session",
