@@ -12,7 +12,7 @@ docs/design.md#life-of-a-mini-batch.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,7 +27,7 @@ from daskprs.execute.stagedlogs import pull_logs
 from daskprs.execute.store import StepStore, staging_root
 from daskprs.execute.supervisor import Budget, Policy, Stop, verdict_of
 from daskprs.execute.worker import check_worker
-from daskprs.inputs.batches import FileBatch
+from daskprs.inputs.batches import FileBatch, FileBatches
 from daskprs.inputs.plan import Plan
 from daskprs.job.model import ParallelStep
 from daskprs.observe.progress import PlainProgress, Progress
@@ -149,7 +149,7 @@ def run_parallel_step(request: StepRequest, cluster: Callable[[], ClusterHandle]
         ran = _run_session(request, cluster, state, session, policy)
         stop, summary, seconds = ran.stop, ran.summary, ran.seconds
     else:
-        items = {b.index: b.n_items for b in plan.batches}
+        items = plan.item_counts()
         stop, summary = verdict_of(items, session.prior, policy)
         seconds = 0.0
     output = None
@@ -186,7 +186,7 @@ def _clean_staging(request: StepRequest, state: LedgerState, n_batches: int, wri
     except Exception as err:  # the logs stay in the store; say so below
         request.echo(f"note: [{step}] could not fetch the workers' logs: {err}")
         return
-    done = sum(1 for e in state.entries.values() if e.state == BatchState.DONE)
+    done = state.count(BatchState.DONE)
     needed = request.structured_parts or (request.step.append_row_to and not written)
     if request.keep_staged or needed or done < n_batches:
         why = (
@@ -207,12 +207,9 @@ def _clean_staging(request: StepRequest, state: LedgerState, n_batches: int, wri
 def _short_returns(state: LedgerState) -> dict[int, str]:
     """DONE mini-batches with failed items, and why (their last try's warning)."""
     return {
-        mb: e.record.warning
-        for mb, e in sorted(state.entries.items())
-        if e.state == BatchState.DONE
-        and e.record is not None
-        and e.record.failed
-        and e.record.warning
+        mb: rec.warning
+        for mb, rec in state.records_of(BatchState.DONE)
+        if rec.failed and rec.warning
     }
 
 
@@ -220,7 +217,7 @@ def _resume_hint(request: StepRequest) -> str:
     return request.resume_hint or f"daskprs run --resume {request.run.root}"
 
 
-def _assemble(dest: str, parts: dict[int, str], stop: Stop, hint: str) -> Stop:
+def _assemble(dest: str, parts: Mapping[int, str], stop: Stop, hint: str) -> Stop:
     """Write the output from the committed ``parts``; the step's verdict, or a failure naming
     the mini-batch whose committed part is gone (deleted while the step ran), or the full
     disk (the partial output removed, so the space comes back)."""
@@ -248,13 +245,10 @@ def _assemble(dest: str, parts: dict[int, str], stop: Stop, hint: str) -> Stop:
     return stop
 
 
-def _parts(state: LedgerState) -> dict[int, str]:
-    """The committed part of every DONE mini-batch, in mini-batch order."""
-    return {
-        mb: e.part
-        for mb, e in sorted(state.entries.items())
-        if e.state == BatchState.DONE and e.part is not None
-    }
+def _parts(state: LedgerState) -> Mapping[int, str]:
+    """The committed part of every DONE mini-batch, in mini-batch order (a view of the
+    ledger's state: a million paths are made as they are read, not kept)."""
+    return state.parts()
 
 
 def _run_session(
@@ -285,7 +279,8 @@ def _run_session(
         request.run,
         slots=handle.n_workers,
         local=handle.local,
-        tables=any(not isinstance(b, FileBatch) for b in plan.batches),
+        tables=not isinstance(plan.batches, FileBatches)
+        and any(not isinstance(b, FileBatch) for b in plan.batches),
         settings=request.settings,
         staging=request.staging,
     )

@@ -10,8 +10,10 @@ tested with plain events and no cluster.
 
 from __future__ import annotations
 
+import itertools
+from array import array
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -224,6 +226,70 @@ def verdict_of(
     return explain(stop, failed, short), summarize(tally, total)
 
 
+_STATES = (None, *BatchState)  # a state's code in a :class:`StateTable` is its index here
+_CODE = {state: code for code, state in enumerate(_STATES) if state is not None}
+
+
+class StateTable(MutableMapping[int, BatchState]):
+    """The state of every mini-batch of a step, one byte each.
+
+    A mapping of mini-batch id to :class:`BatchState` over a fixed set of ids (those of the
+    plan, usually ``0..n-1``): a million mini-batches' states take 1 MB where a dict of them
+    took about 100 MB (``python -m benchmarks scale``). Ids outside the set raise ``KeyError``
+    when set; a state cannot be deleted.
+    """
+
+    def __init__(self, ids: Iterable[int]):
+        ordered = sorted(ids)
+        dense = all(mb == i for i, mb in enumerate(ordered))
+        # position of each id: itself when the ids are 0..n-1 (a plan's), else a lookup
+        self._pos: dict[int, int] | None = (
+            None if dense else {mb: i for i, mb in enumerate(ordered)}
+        )
+        self._ids = None if dense else ordered
+        self._codes = bytearray(len(ordered))
+        self._len = 0
+
+    def _all(self) -> Iterator[int]:
+        """Every id of the table, in order, with a state or not."""
+        return iter(self._ids) if self._ids is not None else iter(range(len(self._codes)))
+
+    def _at(self, mb: int) -> int:
+        if self._pos is not None:
+            return self._pos[mb]
+        if isinstance(mb, int) and 0 <= mb < len(self._codes):
+            return mb
+        raise KeyError(mb)
+
+    def __getitem__(self, mb: int) -> BatchState:
+        state = _STATES[self._codes[self._at(mb)]]
+        if state is None:
+            raise KeyError(mb)
+        return state
+
+    def __setitem__(self, mb: int, state: BatchState) -> None:
+        i = self._at(mb)
+        if not self._codes[i]:
+            self._len += 1
+        self._codes[i] = _CODE[BatchState(state)]
+
+    def __delitem__(self, mb: int) -> None:
+        raise TypeError("a mini-batch's state is never deleted")
+
+    def __iter__(self) -> Iterator[int]:
+        ids = self._ids
+        for i, code in enumerate(self._codes):
+            if code:
+                yield ids[i] if ids is not None else i
+
+    def __len__(self) -> int:
+        return self._len
+
+    def count(self, state: BatchState) -> int:
+        """How many mini-batches are in ``state``."""
+        return self._codes.count(_CODE[state])
+
+
 class Supervisor:
     """Policy of one step.
 
@@ -253,17 +319,31 @@ class Supervisor:
         session: int = 0,
         now: float = 0.0,
     ):
-        self.items = dict(items)
+        # per mini-batch state in arrays, not dicts of objects: a million mini-batches in a
+        # few MB (docs/clusters.md#what-limits-one-driver)
+        self.state = StateTable(items)
+        self._total = len(self.state._codes)
+        # planned item counts by position (-1: not known)
+        self._items = array("q", [-1]) * self._total
+        for mb, n in items.items():
+            self._items[self.state._at(mb)] = -1 if n is None else n
         self.policy = policy
         self.session = session
-        self.state: dict[int, BatchState] = {}
         self.errors: dict[int, str] = {}
         self.counts = Tally()
-        # Tries waiting for a place in the window: (mini-batch, try number), next first.
-        self._queue: deque[tuple[int, int]] = deque()
+        # Tries waiting for a place in the window, next first: tries to run again (retries,
+        # tries not started) before the first tries of the mini-batches still to do, which
+        # are ``_todo[_next:]`` (an array, not a million tuples).
+        self._again: deque[tuple[int, int]] = deque()
+        self._todo = array("q")
+        self._next = 0
         self.in_flight: dict[str, tuple[int, int]] = {}
         self._seq = 0
-        self._keys_used: set[str] = set()
+        # the last try number submitted of each mini-batch (0: none yet) and the number of
+        # times a try was submitted again (its task lost before it started), which make each
+        # Dask key unique without keeping a set of every key used
+        self._last_try = array("i", [0]) * self._total
+        self._repeats: dict[tuple[int, int], int] = {}
         self.last_progress = now
         self.stopped: Stop | None = None
         # Tries in flight at once (see :meth:`on_window`).
@@ -274,12 +354,20 @@ class Supervisor:
             self.counts.add(self.state[mb], p.succeeded, p.failed)
             if p.state == BatchState.FAILED:
                 self.errors[mb] = p.error
-        todo_list = sorted(self.items) if todo is None else sorted(todo)
-        for mb in todo_list:
+        todo_ids: Sequence[int] = (
+            array("q", self.state._all())
+            if todo is None
+            else todo
+            if isinstance(todo, Sequence)
+            else list(todo)
+        )
+        if any(b < a for a, b in itertools.pairwise(todo_ids)):
+            todo_ids = sorted(todo_ids)
+        for mb in todo_ids:
             self.state[mb] = BatchState.PENDING
-            self._queue.append((mb, 1))
-        missing = set(self.items) - set(self.state)
-        if missing:
+        self._todo.extend(todo_ids)
+        if len(self.state) != self._total:
+            missing = [mb for mb in items if mb not in self.state]
             raise ValueError(f"mini-batches {sorted(missing)[:5]} are neither to do nor prior")
 
     # -- public ------------------------------------------------------------------------------
@@ -289,12 +377,17 @@ class Supervisor:
 
     @property
     def total(self) -> int:
-        return len(self.items)
+        return self._total
 
     @property
     def backlog(self) -> int:
         """Tries waiting for a place in the window."""
-        return len(self._queue)
+        return len(self._again) + len(self._todo) - self._next
+
+    def planned_items(self, mb: int) -> int | None:
+        """The item count of ``mb`` known from the plan, or None."""
+        n = self._items[self.state._at(mb)]
+        return None if n < 0 else n
 
     def start(self) -> list[Instruction]:
         """Instructions to begin: the first window of submissions (or an immediate stop)."""
@@ -364,19 +457,21 @@ class Supervisor:
 
     def summary(self) -> dict[str, int]:
         """Counts for progress reports, from the state (not guesses)."""
-        pending = sum(1 for s in self.state.values() if s == BatchState.PENDING)
+        # the PENDING mini-batches are those queued: counted without a pass over the states
+        # (a million every quarter second was a tenth of the driver's time)
+        pending = self.backlog if self.stopped is None else 0
         return summarize(self.counts, self.total, len(self.in_flight), pending)
 
     def validate_state(self) -> None:
         """Check the supervisor's invariants; raise AssertionError naming the first broken
         one (used by the tests after every event)."""
         states = self.state
-        assert set(states) == set(self.items), "every mini-batch has a state"
+        assert len(states) == self.total, "every mini-batch has a state"
         running = sorted(mb for mb, _ in self.in_flight.values())
         assert running == sorted(mb for mb, s in states.items() if s == BatchState.RUNNING), (
             "RUNNING mini-batches are exactly those in flight, once each"
         )
-        queued = [mb for mb, _ in self._queue]
+        queued = [mb for mb, _ in self._queued()]
         assert len(queued) == len(set(queued)), "a mini-batch is queued once"
         if self.stopped is None:
             assert sorted(queued) == sorted(mb for mb, s in states.items() if s == "PENDING"), (
@@ -394,34 +489,46 @@ class Supervisor:
             assert getattr(c, name) == n, f"the {name} count ({getattr(c, name)}) matches {n}"
 
     # -- internals ---------------------------------------------------------------------------
+    def _queued(self) -> list[tuple[int, int]]:
+        """The tries waiting for a place in the window, next first."""
+        return [*self._again, *((mb, 1) for mb in self._todo[self._next :])]
+
     def _requeue(self, mb: int, try_no: int) -> None:
         self.state[mb] = BatchState.PENDING
-        self._queue.appendleft((mb, try_no))
+        self._again.appendleft((mb, try_no))
+
+    def _key(self, mb: int, try_no: int) -> str:
+        """The Dask key of a try: ``minibatch-00042-try1`` (``-s1`` in session 1), with
+        ``-r2``, ``-r3``... when the same try is submitted again in this session."""
+        key = f"minibatch-{mb:05d}-try{try_no}"
+        if self.session:
+            key += f"-s{self.session}"
+        i = self.state._at(mb)
+        if self._last_try[i] == try_no:  # tries of a mini-batch only count up
+            n = self._repeats.get((mb, try_no), 1) + 1
+            self._repeats[(mb, try_no)] = n
+            key += f"-r{n}"
+        self._last_try[i] = try_no
+        return key
 
     def _fill(self) -> list[Instruction]:
         out: list[Instruction] = []
         if self.stopped is not None:
             return out
-        while self._queue and len(self.in_flight) < self.window:
-            mb, try_no = self._queue.popleft()
+        while len(self.in_flight) < self.window:
+            if self._again:
+                mb, try_no = self._again.popleft()
+            elif self._next < len(self._todo):
+                mb, try_no = self._todo[self._next], 1
+                self._next += 1
+            else:
+                break
             self._seq += 1
             try_key = f"s{self.session}n{self._seq}"
-            key = f"minibatch-{mb:05d}-try{try_no}"
-            if self.session:
-                key += f"-s{self.session}"
-            n = 1
-            while key in self._keys_used:
-                n += 1
-                key = (
-                    f"minibatch-{mb:05d}-try{try_no}"
-                    + (f"-s{self.session}" if self.session else "")
-                    + f"-r{n}"
-                )
-            self._keys_used.add(key)
             self.in_flight[try_key] = (mb, try_no)
             self.state[mb] = BatchState.RUNNING
-            out.append(Submit(mb, try_no, try_key, key))
-        if not self._queue and not self.in_flight:
+            out.append(Submit(mb, try_no, try_key, self._key(mb, try_no)))
+        if not self.backlog and not self.in_flight:
             out += self._stop(final_verdict(self.counts, self.total, self.policy), [])
         return out
 
@@ -429,7 +536,7 @@ class Supervisor:
         self, mb: int, state: BatchState, record: TryRecord, out: list[Instruction], now: float
     ) -> None:
         self.state[mb] = state
-        failed = failed_items(state, record, self.items.get(mb))
+        failed = failed_items(state, record, self.planned_items(mb))
         if state == BatchState.FAILED:
             self.errors[mb] = record.error
         elif failed and record.warning:  # done, with rows run() did not return
@@ -462,23 +569,24 @@ class Supervisor:
         return None
 
     def _check_budgets(self) -> Stop | None:
-        return budget_verdict(self.counts, self.total, self.policy, not self._queue)
+        return budget_verdict(self.counts, self.total, self.policy, not self.backlog)
 
     def _stop(self, stop: Stop, out: list[Instruction]) -> list[Instruction]:
         if self.stopped is not None:
             return out
-        failed = {
-            mb: self.errors.get(mb, "") for mb, s in self.state.items() if s == BatchState.FAILED
-        }
+        # a mini-batch has an error only when it FAILED or is DONE with failed items
+        failed = {mb: e for mb, e in self.errors.items() if self.state[mb] == BatchState.FAILED}
         short = {mb: why for mb, why in self.errors.items() if self.state[mb] == BatchState.DONE}
         stop = explain(stop, failed, short)
         self.stopped = stop
-        for mb, state in sorted(self.state.items()):
+        for mb, state in self.state.items():  # in id order
             if state in (BatchState.PENDING, BatchState.RUNNING):
                 self.state[mb] = BatchState.CANCELLED
                 self.counts.add(BatchState.CANCELLED, 0, 0)
                 out.append(Finalize(mb, BatchState.CANCELLED))
-        self._queue.clear()
+        self._again.clear()
+        del self._todo[:]
+        self._next = 0
         self.in_flight.clear()
         out.append(stop)
         return out

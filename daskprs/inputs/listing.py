@@ -29,7 +29,7 @@ _SKIP_HINT = "fix it (or its permissions), or move it out of the input"
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a million of them in 100 MB less
 class ListedFile:
     """A file of the input: ``url`` is what descriptors carry (an absolute local path or a full
     URL), ``rel`` the path relative to the input root (the sort key), ``size`` in bytes,

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from daskprs.errors import PlanningError
-from daskprs.inputs.batches import FileBatch, MiniBatch, TableBatch, TablePiece
+from daskprs.inputs.batches import FileBatch, FileBatches, MiniBatch, TableBatch, TablePiece
 from daskprs.inputs.cuts import Prober, cuts_by_probe, cuts_by_rows, header_names, row_ends
 from daskprs.inputs.listing import ListedFile, Listing, Storage, list_files, list_input
 from daskprs.inputs.partitions import match_partition_format, partition_columns
@@ -45,16 +45,51 @@ class Plan:
     """The mini-batches of one input, in mini-batch order (ids 0..n-1), and how they were found."""
 
     kind: Literal["files", "tabular"]
-    batches: tuple[MiniBatch, ...]
+    # a tuple, or for a file list cut by count a compact :class:`FileBatches`
+    batches: Sequence[MiniBatch]
     input_root: str
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
     scanned: bool = False
 
     @functools.cached_property
-    def by_index(self) -> dict[int, MiniBatch]:
-        """The mini-batches by id (made once per plan)."""
+    def by_index(self) -> Mapping[int, MiniBatch]:
+        """The mini-batches by id (made once per plan; for :class:`FileBatches`, whose ids
+        are their positions, a view that makes each descriptor when it is read)."""
+        if isinstance(self.batches, FileBatches):
+            return _Positions(self.batches)
         return {b.index: b for b in self.batches}
+
+    def item_counts(self) -> Mapping[int, int | None]:
+        """Each mini-batch's item count when the plan knows it, by id."""
+        if isinstance(self.batches, FileBatches):
+            return self.batches.item_counts()
+        return {b.index: b.n_items for b in self.batches}
+
+
+class _Positions(Mapping[int, MiniBatch]):
+    """:class:`FileBatches` by id (an id is a position)."""
+
+    def __init__(self, batches: FileBatches):
+        self._batches = batches
+
+    def __getitem__(self, mb: int) -> MiniBatch:
+        if not (isinstance(mb, int) and 0 <= mb < len(self._batches)):
+            raise KeyError(mb)
+        return self._batches[mb]
+
+    def __contains__(self, mb: object) -> bool:
+        return isinstance(mb, int) and 0 <= mb < len(self._batches)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(len(self._batches)))
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def item_counts(self) -> Mapping[int, int | None]:
+        """Each mini-batch's item count by id, without making the descriptors."""
+        return self._batches.item_counts()
 
 
 def _input_kind(
@@ -80,7 +115,7 @@ def _file_batches(
     size: MiniBatchSize | None,
     partition_keys: Sequence[str],
     options: Mapping[str, Any],
-) -> tuple[FileBatch, ...]:
+) -> Sequence[FileBatch]:
     direct = data.mode == "direct"
     urls = [f.url for f in listing.files]
     if partition_keys:
@@ -114,10 +149,8 @@ def _file_batches(
             f"{data.path}: mini_batch_size must be at least 1 file (0 is only allowed with "
             f"partition_keys)"
         )
-    return tuple(
-        FileBatch(i, tuple(urls[k : k + count]), direct, None, options)
-        for i, k in enumerate(range(0, len(urls), count))
-    )
+    # packed: a million one-file mini-batches in tens of MB (docs/clusters.md)
+    return FileBatches(urls, count, direct, options)
 
 
 def _group_by_keys(
@@ -459,7 +492,7 @@ def plan_input(
     notes = [*listing.skipped, *notes]
     scanned = False
     if kind == "files":
-        batches: tuple[MiniBatch, ...] = _file_batches(
+        batches: Sequence[MiniBatch] = _file_batches(
             data, listing, mini_batch_size, partition_keys, storage.descriptor_options
         )
     else:

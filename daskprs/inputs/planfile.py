@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from daskprs.errors import PlanningError
-from daskprs.inputs.batches import FileBatch, TableBatch, TablePiece
+from daskprs.inputs.batches import FileBatch, FileBatches, TableBatch, TablePiece
 from daskprs.inputs.plan import Plan
 from daskprs.inputs.tablemodel import TableRead, Transform
 
@@ -25,7 +25,10 @@ __all__ = ["PLAN_FORMAT", "decode_plan", "encode_plan", "read_plan", "write_plan
 # Bump when the meaning of a field changes; add a reader for the old format alongside.
 PLAN_FORMAT = 1
 
-_CLASSES = {c.__name__: c for c in (Plan, FileBatch, TableBatch, TablePiece, TableRead, Transform)}
+_CLASSES: dict[str, Any] = {
+    c.__name__: c
+    for c in (Plan, FileBatch, FileBatches, TableBatch, TablePiece, TableRead, Transform)
+}
 
 
 def _encode(value: Any) -> Any:
@@ -40,6 +43,14 @@ def _encode(value: Any) -> Any:
             raise TypeError(f"a plan mapping with keys that are not strings: {value!r}")
         return {"__dict__": {k: _encode(v) for k, v in value.items()}}
     name = type(value).__name__
+    if isinstance(value, FileBatches):  # a file list cut by count: its paths, once each
+        fields = {
+            "files": list(value.files),
+            "per_batch": value.per_batch,
+            "direct": value.direct,
+            "storage_options": _encode(value.storage_options),
+        }
+        return {"__type__": name, "fields": fields}
     if dataclasses.is_dataclass(value) and _CLASSES.get(name) is type(value):
         fields = {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
         return {"__type__": name, "fields": fields}
@@ -58,6 +69,14 @@ def _decode(value: Any) -> Any:
     cls = _CLASSES.get(value.get("__type__", ""))
     if cls is None:
         raise ValueError(f"unknown value in a plan file: {str(value)[:200]}")
+    if cls is FileBatches:
+        f = value["fields"]
+        return FileBatches(
+            [str(p) for p in f["files"]],
+            int(f["per_batch"]),
+            bool(f["direct"]),
+            _decode(f["storage_options"]),
+        )
     known = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: _decode(v) for k, v in value["fields"].items() if k in known})
 
@@ -96,8 +115,10 @@ def decode_plan(doc: Any, source: str = "the plan file") -> Plan:
 def write_plan(path: str, plan: Plan) -> None:
     """Write ``plan`` to ``path`` atomically."""
     tmp = f"{path}.tmp"
+    # dumps, not dump: json.dump encodes in Python, dumps in C (8 times faster)
+    text = json.dumps(encode_plan(plan), separators=(",", ":"))
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(encode_plan(plan), f, separators=(",", ":"))
+        f.write(text)
     os.replace(tmp, path)
 
 

@@ -116,8 +116,10 @@ def failed_mini_batches(
     """The FAILED and CANCELLED mini-batches of ``step`` among ``batches`` (its plan, by id)
     as its ledger ``state`` says, in id order, with the inputs each read."""
     out = []
-    for mb, entry in sorted(state.entries.items()):
-        if entry.state in (BatchState.FAILED, BatchState.CANCELLED) and mb in batches:
+    entries = state.entries
+    for mb in state.ids_in(BatchState.FAILED, BatchState.CANCELLED):
+        if mb in batches:
+            entry = entries[mb]
             inputs = batches[mb].describe()
             out.append(FailedMiniBatch.of(step, mb, entry.state, entry.record, inputs))
     return out

@@ -9,6 +9,7 @@ from daskprs.execute.supervisor import (
     Finalize,
     Policy,
     Prior,
+    StateTable,
     Stop,
     Submit,
     Supervisor,
@@ -311,3 +312,46 @@ def test_the_verdict_of_a_finished_step_applies_the_same_budgets():
     assert summary["done"] == 1 and summary["failed"] == 1
     stop, _ = verdict_of({0: 2, 1: 2}, prior, Policy())
     assert stop == Stop(None)
+
+
+def test_the_state_table_is_a_mapping_of_the_plans_ids():
+    for ids in ([0, 1, 2, 3], [3, 7, 42]):  # a plan's ids; any others
+        table = StateTable(ids)
+        assert len(table) == 0 and dict(table) == {}
+        for mb in reversed(ids):
+            table[mb] = BatchState.PENDING
+        table[ids[1]] = BatchState.DONE
+        assert list(table) == ids and len(table) == len(ids)
+        assert table == {mb: "DONE" if mb == ids[1] else "PENDING" for mb in ids}
+        assert table.count(BatchState.PENDING) == len(ids) - 1
+        with pytest.raises(KeyError):
+            table[99] = BatchState.DONE
+        with pytest.raises(KeyError):
+            table[-1]
+
+
+def test_sparse_ids_and_counts_pending_without_a_pass_over_the_states():
+    sup = Supervisor({5: 1, 9: 1, 12: 3}, Policy(window=1, max_retries=1))
+    (first,) = submits(sup.start())
+    assert first.mb == 5 and sup.summary()["pending"] == 2 and sup.summary()["running"] == 1
+    out = sup.on_outcome(first.try_key, TryRecord(5, 1, Status.RUN_DONE, succeeded=1), 1.0)
+    (second,) = submits(out)
+    assert second.mb == 9 and sup.summary()["pending"] == 1
+    assert sup.planned_items(12) == 3
+
+
+def test_a_try_submitted_again_gets_a_key_of_its_own():
+    sup = Supervisor({0: 1}, Policy(max_retries=1), session=2)
+    keys = []
+    sub = submits(sup.start())[0]
+    for status in (Status.NOT_STARTED, Status.NOT_STARTED, Status.RUN_EXCEPTION):
+        keys.append(sub.key)
+        out = sup.on_outcome(sub.try_key, TryRecord(0, sub.try_no, status, error="x"), 1.0)
+        sub = submits(out)[0]
+    keys.append(sub.key)
+    assert keys == [
+        "minibatch-00000-try1-s2",
+        "minibatch-00000-try1-s2-r2",
+        "minibatch-00000-try1-s2-r3",
+        "minibatch-00000-try2-s2",
+    ]
