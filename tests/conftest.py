@@ -244,8 +244,11 @@ def azurite(tmp_path, monkeypatch):
     port = _free_port()
     log = open(tmp_path / "azurite.log", "wb")
     proc = subprocess.Popen(
-        [binary, "--blobHost", "127.0.0.1", "--blobPort", str(port)]
-        + ["--location", str(tmp_path / "azurite"), "--silent", "--skipApiVersionCheck"],
+        [
+            binary,
+            *("--blobHost", "127.0.0.1", "--blobPort", str(port)),
+            *("--location", str(tmp_path / "azurite"), "--silent", "--skipApiVersionCheck"),
+        ],
         stdout=log,
         stderr=log,
         start_new_session=True,
