@@ -230,7 +230,14 @@ def _opened_cluster(
     log_file = driver_log_file()
     dashboard = dashboard_address(settings.dashboard)
     plugins = (IgnoreInterrupts(), *((DaskLogsToFile(log_file),) if log_file else ()))
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+    # Dask's low-level message log (1,000 messages a comm by default) keeps the unpickled
+    # arguments of the last tasks alive: up to hundreds of MB of descriptors in a job of
+    # many tiny mini-batches (`python -m benchmarks scale`); the embedded cluster keeps none
+    config = {
+        "distributed.scheduler.allowed-failures": 0,
+        "distributed.admin.low-level-log-length": 0,
+    }
+    with dask.config.set(config):
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=1,

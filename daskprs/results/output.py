@@ -17,11 +17,13 @@ otherwise.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
 import queue
 import threading
+from array import array
 from collections.abc import Iterable, Sequence
 
 from daskprs.inputs.filesystems import filesystem
@@ -127,10 +129,12 @@ class PartialOutput:
     def __init__(self, dest: str, order: Sequence[int]):
         self.dest = dest
         self.path = partial_path(dest)
-        self._order = list(order)
+        self._order = array("q", order)  # 8 bytes a mini-batch: a million in one driver
         self._next = 0
         self._ended: dict[int, str | None] = {}
-        self.parts: list[str] = []
+        # the parts appended, as a count and a digest of their names (the manifest's check)
+        self.count = 0
+        self._names = hashlib.sha256()
         self.size = 0
         self._failed: BaseException | None = None
         self._queue: queue.Queue = queue.Queue()
@@ -162,7 +166,9 @@ class PartialOutput:
                 if ready:
                     try:
                         self.size += _copy_parts(ready, self._out)
-                        self.parts += ready
+                        self.count += len(ready)
+                        for name in ready:
+                            self._names.update(name.encode() + b"\0")
                     except OSError as err:  # the final assembly starts over; say why
                         log.warning("assembling %s while the step runs failed: %s", self.dest, err)
                         self._failed = err
@@ -180,7 +186,7 @@ class PartialOutput:
         if self._failed is not None or not keep:
             _remove(self.path)
             return
-        manifest = {"parts": self.parts, "size": self.size}
+        manifest = {"count": self.count, "names": self._names.hexdigest(), "size": self.size}
         with open(_manifest_path(self.path), "w", encoding="utf-8") as f:
             json.dump(manifest, f)
 
@@ -204,12 +210,17 @@ def _started(partial: str, parts: list[str]) -> int:
     try:
         with open(_manifest_path(partial), encoding="utf-8") as f:
             manifest = json.load(f)
-        done, size = list(manifest["parts"]), int(manifest["size"])
-        if done != parts[: len(done)] or os.path.getsize(partial) != size:
+        done, size = int(manifest["count"]), int(manifest["size"])
+        names = hashlib.sha256()
+        for name in parts[:done]:
+            names.update(name.encode() + b"\0")
+        if done > len(parts) or names.hexdigest() != manifest["names"]:
+            return 0
+        if os.path.getsize(partial) != size:
             return 0
     except (OSError, ValueError, KeyError, TypeError):
         return 0
-    return len(done)
+    return done
 
 
 def assemble(parts: Iterable[str], dest: str, storage_options: dict | None = None) -> int:

@@ -114,3 +114,15 @@ def test_a_dashboard_address_without_a_host_is_on_the_loopback():
     assert dashboard_address(":8787,:8788") == "127.0.0.1:8787,127.0.0.1:8788"
     assert dashboard_address("0.0.0.0:8787") == "0.0.0.0:8787"
     assert dashboard_address("localhost") == "localhost"
+
+
+@pytest.mark.slow
+def test_the_embedded_cluster_keeps_no_log_of_task_messages():
+    """Dask's low-level message log would keep the last tasks' descriptors alive (hundreds
+    of MB in a job of a million tiny mini-batches): the embedded cluster keeps none."""
+
+    def log_lengths(dask_scheduler=None):
+        return [c.recent_message_log.maxlen for c in dask_scheduler.client_comms.values()]
+
+    with open_cluster(n_workers=1, settings=EnvSettings()) as handle:
+        assert handle.client.run_on_scheduler(log_lengths) == [0]
