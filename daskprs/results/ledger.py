@@ -285,11 +285,7 @@ class LedgerState:
             self._state[mb] = _CODE[BatchState.PENDING]
         self._tries[mb] = max(self._tries[mb], try_no)
         self._state[mb] = _CODE[BatchState.DONE]
-        place = (node, process)
-        at = self._place_ids.get(place)
-        if at is None:
-            at = self._place_ids[place] = len(self._places)
-            self._places.append(place)
+        at = self._place_id(node, process)
         self._has_record[mb] = 1
         self._records.pop(mb, None)
         self._status[mb] = status
@@ -303,6 +299,15 @@ class LedgerState:
         self._texts.share(_PART, mb, _REC_PART)
         return True
 
+    def _place_id(self, node: str, process: str) -> int:
+        """The index of (node, process) among the places kept (added when new)."""
+        place = (node, process)
+        at = self._place_ids.get(place)
+        if at is None:
+            at = self._place_ids[place] = len(self._places)
+            self._places.append(place)
+        return at
+
     def plain_done(self, mb: int) -> int | None:
         """The items ``mb`` succeeded with when it is DONE with a plain record (no message,
         no failed item), else None: what a resume needs of most mini-batches, read without
@@ -314,11 +319,7 @@ class LedgerState:
     def _keep_record(self, mb: int, record: TryRecord) -> None:
         """Keep ``record`` as the last record of ``mb`` (in the columns when it is plain)."""
         if _plain(record):
-            place = (record.node, record.process)
-            at = self._place_ids.get(place)
-            if at is None:
-                at = self._place_ids[place] = len(self._places)
-                self._places.append(place)
+            at = self._place_id(record.node, record.process)
             self._has_record[mb] = 1
             self._records.pop(mb, None)
             self._status[mb] = _STATUS_CODE[record.status]

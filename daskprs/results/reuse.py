@@ -22,7 +22,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -189,6 +189,11 @@ def recorded(roots: Iterable[str], step: ParallelStep | CommandStep, run_dir: st
     """Whether any run directory under ``roots`` (``run_dir`` left out) holds a record of
     ``step``: without one, :func:`lookup` finds nothing, whatever the key (a check of a few
     file names, made before the key's digests)."""
+    return any(os.path.exists(_record_path(o, step.name)) for o in _other_runs(roots, run_dir))
+
+
+def _other_runs(roots: Iterable[str], run_dir: str) -> Iterator[str]:
+    """Every folder under ``roots`` but ``run_dir`` (a run directory, maybe)."""
     for root in roots:
         try:
             names = os.listdir(root)
@@ -196,9 +201,8 @@ def recorded(roots: Iterable[str], step: ParallelStep | CommandStep, run_dir: st
             continue
         for name in names:
             other = os.path.join(root, name)
-            if other != run_dir and os.path.exists(_record_path(other, step.name)):
-                return True
-    return False
+            if other != run_dir:
+                yield other
 
 
 def lookup(
@@ -207,24 +211,16 @@ def lookup(
     """The newest record of this step with this key, in the run directories under ``roots``
     (``run_dir`` itself left out), whose outputs are all still there; or None."""
     best: dict[str, Any] | None = None
-    for root in roots:
+    for other in _other_runs(roots, run_dir):
         try:
-            names = os.listdir(root)
-        except OSError:
+            with open(_record_path(other, step.name), encoding="utf-8") as f:
+                record = json.load(f)
+        except (OSError, ValueError):
             continue
-        for name in names:
-            other = os.path.join(root, name)
-            if other == run_dir:
-                continue
-            try:
-                with open(_record_path(other, step.name), encoding="utf-8") as f:
-                    record = json.load(f)
-            except (OSError, ValueError):
-                continue
-            if record.get("key") != key or not _usable(record, step):
-                continue
-            if best is None or record.get("created", 0) > best.get("created", 0):
-                best = record
+        if record.get("key") != key or not _usable(record, step):
+            continue
+        if best is None or record.get("created", 0) > best.get("created", 0):
+            best = record
     return best
 
 
