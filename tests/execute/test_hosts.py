@@ -250,14 +250,16 @@ def tries_of(run_dir: Path) -> dict[str, list[tuple[str, str]]]:
     return found
 
 
-def run_in_thread(job: Path, run_dir: Path, address: str):
+def run_in_thread(job: Path, run_dir: Path, address: str, **kwargs):
     import threading
 
     outcome: dict = {}
 
     def target():
         try:
-            outcome["result"] = run_job(job, run_dir=run_dir, scheduler=address, echo=lambda s: 0)
+            outcome["result"] = run_job(
+                job, run_dir=run_dir, scheduler=address, echo=lambda s: 0, **kwargs
+            )
         except BaseException as err:  # reported by the test
             outcome["error"] = err
 
@@ -286,16 +288,23 @@ def test_a_worker_that_joins_in_the_middle_gets_work(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_retired_worker_hands_back_its_mini_batches_without_burning_tries(tmp_path):
+@pytest.mark.parametrize("staged", [False, True], ids=["shared", "staged"])
+def test_a_retired_worker_hands_back_its_mini_batches_without_burning_tries(
+    tmp_path, request, staged
+):
     """Retiring a worker in the middle: its running try and the queued ones run on the
-    other worker, each counted once, with no try burnt."""
+    other worker, each counted once, with no try burnt. Staged (``--staging`` on a moto S3
+    server), the claims and the hand-back markers are objects of the store, a marker taken
+    by its exclusive create."""
     from distributed import Client
 
+    staging = {"staging": "s3://out/stage"} if staged else {}
+    s3 = request.getfixturevalue("s3") if staged else None
     job, marks = elastic_job(tmp_path, 6, go_who="nobody")
     with cluster(tmp_path, ("--nthreads", "1", "--name", "stay"), env={"WHO": "stay"}) as c:
         c.add_worker("--nthreads", "2", "--name", "leave", env={"WHO": "leave"})
         poll_for(lambda: c.n_workers() == 2, timeout=60)
-        thread, outcome = run_in_thread(job, tmp_path / "run", c.address)
+        thread, outcome = run_in_thread(job, tmp_path / "run", c.address, **staging)
         poll_for(lambda: len(list(marks.glob("leave-*"))) == 2, timeout=60)
         poll_for(lambda: any(marks.glob("stay-*")), timeout=60)
         with Client(c.address, timeout="10s") as client:
@@ -309,3 +318,7 @@ def test_a_retired_worker_hands_back_its_mini_batches_without_burning_tries(tmp_
     assert sorted(name for name, _ in rows) == [f"f{i:03d}.txt" for i in range(6)]
     assert {who for _, who in rows} == {"stay"}
     assert all(t == [("1", "RUN_DONE")] for t in tries_of(tmp_path / "run").values())
+    if s3 is not None:  # the parts came from the store, which is empty again
+        assert "s3://out/stage/" in (tmp_path / "run/steps/score/ledger.jsonl").read_text()
+        s3.invalidate_cache()
+        assert not s3.find("out/stage")
