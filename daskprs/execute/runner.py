@@ -26,7 +26,6 @@ from daskprs.execute.codefolder import CodeFolder
 from daskprs.execute.context import StepContext
 from daskprs.execute.pool import LeaseKeeper, SlotPool
 from daskprs.execute.resume import Session
-from daskprs.execute.stagedlogs import pull_logs
 from daskprs.execute.supervisor import Finalize, Instruction, Policy, Stop, Submit, Supervisor
 from daskprs.execute.worker import claimed, kill_running, run_tries, run_try
 from daskprs.inputs.batches import MiniBatch
@@ -437,22 +436,7 @@ def drive(
             _unregister(client, plugin.name)
         if lease is not None:
             lease.stop()
-        if ctx.staging:  # the workers uploaded their last logs as their slots stopped
-            _logs_home(ctx)
     return Ran(stop, sup.summary(), time.monotonic() - started)
-
-
-def _logs_home(ctx: StepContext) -> None:
-    """Append the logs the workers staged to the run directory's ``logs/``."""
-    try:
-        pull_logs(ctx.store, ctx.run.logs.root, ctx.where.staged_logs)
-    except Exception as err:  # the run's results stand; its logs stay in the store
-        log.warning(
-            "could not fetch the workers' logs from %s: %s: %s (they stay there)",
-            ctx.store.url("logs"),
-            type(err).__name__,
-            err,
-        )
 
 
 class _Live:

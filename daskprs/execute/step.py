@@ -145,13 +145,18 @@ def run_parallel_step(request: StepRequest, cluster: Callable[[], ClusterHandle]
             "mini-batches to run"
         )
     policy = policy_of(step)
-    if session.todo:
-        ran = _run_session(request, cluster, state, session, policy)
-        stop, summary, seconds = ran.stop, ran.summary, ran.seconds
-    else:
-        items = plan.item_counts()
-        stop, summary = verdict_of(items, session.prior, policy)
-        seconds = 0.0
+    fetched = True
+    try:
+        if session.todo:
+            ran = _run_session(request, cluster, state, session, policy)
+            stop, summary, seconds = ran.stop, ran.summary, ran.seconds
+        else:
+            items = plan.item_counts()
+            stop, summary = verdict_of(items, session.prior, policy)
+            seconds = 0.0
+    finally:
+        if request.staging:  # this session's logs, and what a killed driver left
+            fetched = _logs_home(request)
     output = None
     parts = _parts(state)
     if step.append_row_to is not None and not request.structured_parts:
@@ -160,7 +165,15 @@ def run_parallel_step(request: StepRequest, cluster: Callable[[], ClusterHandle]
         written = stop.budget not in (Budget.RUN_DIRECTORY, Budget.STORAGE)
         output = step.append_row_to if written else None
     if request.staging:
-        _clean_staging(request, state, len(plan.batches), output is not None)
+        unwritten = step.append_row_to is not None and output is None
+        kept = (
+            "the workers' logs were not fetched"
+            if not fetched
+            else "the output is not written; the parts are for a later run"
+            if unwritten
+            else ""
+        )
+        _clean_staging(request, state, len(plan.batches), kept)
     return StepOutcome(
         step=step.name,
         failure=stop.failure,
@@ -175,28 +188,33 @@ def run_parallel_step(request: StepRequest, cluster: Callable[[], ClusterHandle]
     )
 
 
-def _clean_staging(request: StepRequest, state: LedgerState, n_batches: int, written: bool) -> None:
-    """Remove the step's staged files once nothing needs them: its output is written and
-    every mini-batch is done. Otherwise (or with ``keep_staged``) say where they are."""
+def _logs_home(request: StepRequest) -> bool:
+    """Append the logs the workers staged to the run directory's ``logs/``; False when they
+    could not be fetched (they stay in the store)."""
     step = request.step.name
     store = StepStore(staging_root(request.staging, request.run.root, step))
-    where = request.run.step(step)
     try:
-        pull_logs(store, request.run.logs.root, where.staged_logs)  # what a killed driver left
-    except Exception as err:  # the logs stay in the store; say so below
-        request.echo(f"note: [{step}] could not fetch the workers' logs: {err}")
-        return
-    done = state.count(BatchState.DONE)
-    needed = request.structured_parts or (request.step.append_row_to and not written)
-    if request.keep_staged or needed or done < n_batches:
-        why = (
-            "--keep-staged"
-            if request.keep_staged
-            else "the collection's partitions are read from them"
-            if request.structured_parts
-            else "rerun-failed and --resume assemble the output from them"
-        )
-        request.echo(f"note: [{step}] staged files kept in {store.root} ({why})")
+        pull_logs(store, request.run.logs.root, request.run.step(step).staged_logs)
+    except Exception as err:  # the step's results stand; its logs stay in the store
+        request.echo(f"note: [{step}] could not fetch the workers' logs from {store.root}: {err}")
+        return False
+    return True
+
+
+def _clean_staging(request: StepRequest, state: LedgerState, n_batches: int, kept: str) -> None:
+    """Remove the step's staged files once nothing needs them: every mini-batch is done and
+    nothing is ``kept`` for (a reason the caller found: its output not written, its logs
+    not fetched). Otherwise (or with ``keep_staged``) say where they are and why."""
+    step = request.step.name
+    store = StepStore(staging_root(request.staging, request.run.root, step))
+    if request.keep_staged:
+        kept = "--keep-staged"
+    elif request.structured_parts:
+        kept = "the collection's partitions are read from them"
+    elif not kept and state.count(BatchState.DONE) < n_batches:
+        kept = "rerun-failed and --resume assemble the output from them"
+    if kept:
+        request.echo(f"note: [{step}] staged files kept in {store.root} ({kept})")
         return
     try:
         store.remove_all()
