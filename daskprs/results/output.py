@@ -211,12 +211,12 @@ def _started(partial: str, parts: list[str]) -> int:
         with open(_manifest_path(partial), encoding="utf-8") as f:
             manifest = json.load(f)
         done, size = int(manifest["count"]), int(manifest["size"])
+        if done > len(parts) or os.path.getsize(partial) != size:
+            return 0
         names = hashlib.sha256()
         for name in parts[:done]:
             names.update(name.encode() + b"\0")
-        if done > len(parts) or names.hexdigest() != manifest["names"]:
-            return 0
-        if os.path.getsize(partial) != size:
+        if names.hexdigest() != manifest["names"]:
             return 0
     except (OSError, ValueError, KeyError, TypeError):
         return 0
