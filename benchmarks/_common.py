@@ -86,8 +86,9 @@ def concat_files(parts: Sequence[str | os.PathLike], dest: str | os.PathLike) ->
 
 @contextlib.contextmanager
 def local_client(n_workers: int = 2) -> Iterator[tuple[Any, float]]:
-    """A ``LocalCluster`` of ``n_workers`` single-threaded processes (as the embedded one and
-    the tests' fixture: ``allowed-failures`` 0); yields ``(client, start_seconds)``."""
+    """A ``LocalCluster`` of ``n_workers`` single-threaded worker processes, as a real
+    cluster's workers (the embedded cluster's are threads of the driver), with
+    ``allowed-failures`` 0; yields ``(client, start_seconds)``."""
     import dask
     from distributed import Client, LocalCluster
 

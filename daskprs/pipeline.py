@@ -12,14 +12,15 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from daskprs.errors import JobFailed, PlanningError, ResumeRefused, UserInputError
 from daskprs.execute.cluster import open_cluster
+from daskprs.execute.context import reads_tables, step_context
 from daskprs.execute.lazycluster import LazyCluster
 from daskprs.execute.preflight import check_command, check_step_script
 from daskprs.execute.resume import Mode, input_change
-from daskprs.execute.step import StepRequest, run_parallel_step
+from daskprs.execute.warm import WarmSlots
 from daskprs.inputs.filesystems import missing_package
 from daskprs.inputs.plan import Plan, plan_input, same_cuts
 from daskprs.inputs.planfile import read_plan, write_plan
@@ -38,6 +39,8 @@ __all__ = [
     "check_writable",
     "plan_step",
 ]
+
+T = TypeVar("T")
 
 
 def plan_step(step: ParallelStep) -> Plan:
@@ -207,6 +210,12 @@ class ClusterChoice:
     cluster_spec: ClusterSpec | None = None
 
     @property
+    def embedded(self) -> bool:
+        """Whether the job runs on the embedded cluster (whose workers are threads of this
+        process)."""
+        return self.scheduler is None and self.client is None and self.cluster_spec is None
+
+    @property
     def on_this_machine(self) -> bool:
         """Whether the workers run here (the embedded cluster, or a client of an in-process
         cluster), so that this machine's Python is theirs."""
@@ -230,6 +239,15 @@ class ClusterChoice:
             given=self.client is not None,
             connects=self.scheduler is not None,
         )
+
+
+def _in_thread(fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+    """``fn(*args)`` started in a thread of its own; its result (or error) from the future."""
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="daskprs-key")
+    try:
+        return pool.submit(fn, *args)
+    finally:
+        pool.shutdown(wait=False)
 
 
 @dataclass
@@ -330,17 +348,24 @@ class StepsRunner:
             cluster.prestart()
         plan = None
         key = None
+        keying: concurrent.futures.Future[str | None] | None = None
         if reusable:
             if isinstance(step, ParallelStep):
                 plan = plan_step(step)
-            key = reuse.step_key(step, self.s.run.root, plan.batches if plan else ())
-            found = None
-            if key is not None and not self.force_rerun:
-                found = reuse.lookup(self.s.reuse_roots, key, step, self.s.run.root)
-            if key is not None and found is not None:
-                self._reused(step, found, marker, copy=True)
-                reuse.remember(self.s.run.root, key, step, found["outcome"])  # a source in turn
-                return None
+            batches = plan.batches if plan else ()
+            if may_reuse:
+                key = reuse.step_key(step, self.s.run.root, batches)
+                found = None
+                if key is not None:
+                    found = reuse.lookup(self.s.reuse_roots, key, step, self.s.run.root)
+                if key is not None and found is not None:
+                    self._reused(step, found, marker, copy=True)
+                    reuse.remember(self.s.run.root, key, step, found["outcome"])  # a source too
+                    return None
+            else:
+                # nothing to look up: the key (a stat of every input file) is only recorded
+                # at the end, so it is taken in a thread while the step starts and runs
+                keying = _in_thread(reuse.step_key, step, self.s.run.root, batches)
         if isinstance(step, CommandStep):
             failure = self._command(step)
             outcome = None
@@ -348,10 +373,38 @@ class StepsRunner:
             cluster.prestart()
             outcome = self._parallel(step, plan, cluster)
             failure = f"step {step.name}: {outcome.failure}" if outcome.failure else None
+        if keying is not None:
+            key = keying.result()
         if failure is None and key is not None:
             saved = outcome.to_dict() if outcome is not None else None
             reuse.remember(self.s.run.root, key, step, saved)
         return failure
+
+    def _warm(self, step: ParallelStep, plan: Plan) -> WarmSlots | None:
+        """On the embedded cluster, a new step's entry-script processes, started once it is
+        planned and its script's imports are checked: they load the script and run
+        ``init()`` while Dask is imported and the cluster starts
+        (:mod:`daskprs.execute.warm`). None elsewhere, on a resume, or with ``--staging``."""
+        if not self.choice.embedded or self.s.mode != Mode.RUN or self.s.staging:
+            return None
+        check_step_script(step, tabular=plan.kind == "tabular")
+        ctx = step_context(
+            step,
+            self.s.run,
+            slots=self.choice.n_workers,
+            local=True,
+            tables=reads_tables(plan.batches),
+            settings=self.s.settings,
+        )
+        return WarmSlots(ctx, self.choice.n_workers)
+
+    def _make_output_folders(self, step: ParallelStep) -> None:
+        for out in step.outputs.values():
+            if "://" not in out.path:
+                explicit_file = out.explicit and out.type == "uri_file"
+                os.makedirs(os.path.dirname(out.path) if explicit_file else out.path, exist_ok=True)
+        if step.output_dir and "://" not in step.output_dir:
+            os.makedirs(step.output_dir, exist_ok=True)
 
     def _reused(
         self, step: ParallelStep | CommandStep, found: dict[str, Any], marker: str, copy: bool
@@ -458,10 +511,12 @@ class StepsRunner:
             raise PlanningError(
                 f"step {step.name}: the input {step.input_data.path} gave no mini-batches"
             )
-        for out in step.outputs.values():
-            if "://" not in out.path:
-                explicit_file = out.explicit and out.type == "uri_file"
-                os.makedirs(os.path.dirname(out.path) if explicit_file else out.path, exist_ok=True)
+        self._make_output_folders(step)
+        warm = self._warm(step, plan)
+        # Dask is imported here, not before: on the embedded cluster the step's processes
+        # were started first, and the cluster starts (importing it) in its thread meanwhile
+        from daskprs.execute.step import StepRequest, run_parallel_step
+
         request = StepRequest(
             step=step,
             plan=plan,
@@ -474,7 +529,12 @@ class StepsRunner:
             resume_hint=f"daskprs run --resume {self.s.run.root}",
             staging=self.s.staging,
             keep_staged=self.s.keep_staged,
+            context=warm.ctx if warm is not None else None,
         )
-        outcome = run_parallel_step(request, cluster.get)
+        try:
+            outcome = run_parallel_step(request, cluster.get)
+        finally:
+            if warm is not None:
+                warm.close()
         self._finished(step, outcome)
         return outcome

@@ -196,8 +196,8 @@ VARIABLES: dict[str, Variable] = {
             "Where the embedded cluster serves the Dask dashboard: none by default (serving "
             "it took a quarter of the driver's CPU in a short job on 2 cores); `:0` serves it "
             "on any free port and prints its address. Without a HOST it listens on 127.0.0.1 "
-            "only, like the embedded scheduler and workers; give one to open it to other "
-            "machines (`0.0.0.0:8787`: every interface).",
+            "only (the embedded scheduler and workers, threads of the driver, open no port); "
+            "give one to open it to other machines (`0.0.0.0:8787`: every interface).",
             _dashboard,
         ),
         Variable(

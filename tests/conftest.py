@@ -31,7 +31,7 @@ faulthandler.enable(file=sys.stderr, all_threads=True)
 
 @pytest.fixture(scope="session")
 def client():
-    """A LocalCluster of 2 single-threaded worker processes: the embedded cluster itself."""
+    """The embedded cluster itself: 2 single-threaded workers, threads of this process."""
     from daskprs.execute.cluster import open_cluster
 
     with open_cluster(n_workers=2) as handle:

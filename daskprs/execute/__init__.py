@@ -16,8 +16,8 @@ code folder shipped to workers that
 cannot see it (``codefolder``), the check of the entry script's imports before the first
 mini-batch (``preflight``), the GPUs a worker sees and the entry-script processes a node
 runs (``devices``), getting a Dask client (``cluster``), starting it in advance and taking
-it when a step needs it (``lazycluster``), Dask's messages in the embedded cluster's workers
-sent to the run's log (``dasklogs``), and the TLS certificates of a ``tls://`` scheduler
+it when a step needs it (``lazycluster``), a new step's entry-script processes started by
+the driver before the embedded cluster's workers take them (``warm``), and the TLS certificates of a ``tls://`` scheduler
 (``tls``).
 
 May import: every layer below (:mod:`daskprs.errors`, :mod:`daskprs.paths`,

@@ -1,11 +1,11 @@
 """Getting a Dask client: the embedded ``LocalCluster``, a scheduler's address, or a cluster
 that ``daskprs.yaml`` names by its class (:class:`~daskprs.job.model.ClusterSpec`).
 
-The embedded cluster has one single-threaded worker process per slot and sets
-``distributed.scheduler.allowed-failures`` to 0, so a task whose worker died is reported to
-the supervisor (which counts the try) instead of being run again silently
-(docs/design.md#exactly-once-claims-and-the-ledger). It listens on 127.0.0.1 only (its
-dashboard too, unless ``DASKPRS_DASHBOARD`` names a host: :func:`dashboard_address`).
+The embedded cluster runs its scheduler and one single-threaded worker per slot in this
+process (each slot's entry script runs in a process of its own,
+docs/design.md#the-embedded-cluster); it opens no port but the scheduler's HTTP endpoint, on
+127.0.0.1 (its dashboard too, unless ``DASKPRS_DASHBOARD`` names a host:
+:func:`dashboard_address`).
 """
 
 from __future__ import annotations
@@ -168,6 +168,9 @@ def _opened_cluster(
     import dask
     from distributed import Client
 
+    from daskprs.observe.logs import keep_dask_off_console
+
+    keep_dask_off_console()  # Dask may have been imported just now, inside the run's logging
     started = time.monotonic()
     if settings is None:
         settings = EnvSettings.from_env()
@@ -219,39 +222,32 @@ def _opened_cluster(
                 spec_client, slots, local=False, start_seconds=time.monotonic() - started
             )
         return
-    from distributed import LocalCluster
-
-    from daskprs.execute.dasklogs import DaskLogsToFile, IgnoreInterrupts
-    from daskprs.observe.logs import driver_log_file
-
-    # inside a run, the workers' Dask messages go to the run's log file, as the driver's do;
-    # a Ctrl-C reaches the worker processes too (they share the terminal's process group):
-    # the driver alone answers it, and ends them
-    log_file = driver_log_file()
     dashboard = dashboard_address(settings.dashboard)
-    plugins = (IgnoreInterrupts(), *((DaskLogsToFile(log_file),) if log_file else ()))
-    # Dask's low-level message log (1,000 messages a comm by default) keeps the unpickled
-    # arguments of the last tasks alive: up to hundreds of MB of descriptors in a job of
-    # many tiny mini-batches (`python -m benchmarks scale`); the embedded cluster keeps none
-    config = {
-        "distributed.scheduler.allowed-failures": 0,
-        "distributed.admin.low-level-log-length": 0,
-    }
+    LocalCluster = _embedded_cluster_class(dashboard or "127.0.0.1:0")
+    # Dask's low-level message log (1,000 messages a comm by default) keeps the arguments of
+    # the last tasks alive: up to hundreds of MB of descriptors in a job of many tiny
+    # mini-batches (`python -m benchmarks scale`); the embedded cluster keeps none
+    config = {"distributed.admin.low-level-log-length": 0}
     with dask.config.set(config):
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=1,
-            processes=True,
-            # the scheduler, nannies and workers on the loopback only; the dashboard too,
-            # unless DASKPRS_DASHBOARD names a host (without one it would be on every interface)
-            host="127.0.0.1",
+            # the workers are threads of this process, talking to the scheduler in memory
+            # (inproc://): no port is opened, nothing to spawn or import again, and a Ctrl-C
+            # reaches this process alone (the entry-script processes have sessions of their
+            # own). A worker only hands tries to its slot's process and waits
+            # (docs/design.md#the-embedded-cluster)
+            processes=False,
+            # the dashboard on the loopback only, unless DASKPRS_DASHBOARD names a host
+            # (without one it would be on every interface)
             dashboard_address=dashboard,
             # without a dashboard the scheduler still serves /health on HTTP: on a free
             # loopback port, not on 8787 (another run's dashboard, maybe)
             scheduler_kwargs=None if dashboard else {"dashboard_address": "127.0.0.1:0"},
+            # each worker's own HTTP endpoint (/health, metrics) on the loopback too
+            worker_dashboard_address="127.0.0.1:0",
             memory_limit=0,
             silence_logs=logging.ERROR,
-            plugins=plugins,
         )
         local = Client(cluster, set_as_default=False)
     try:
@@ -263,42 +259,28 @@ def _opened_cluster(
             dashboard=dashboard is not None,
         )
     finally:
-        # the client first (a client left connected to a closing scheduler retries, and says
-        # so); then the cluster closes its workers, waits for their processes, and only then
-        # its scheduler. A heartbeat a worker's own closing cuts still logs a traceback:
-        # DaskLogsToFile keeps it in the run's log.
         local.close()
-        _end_workers(cluster)
         cluster.close()
 
 
-def _end_workers(cluster: Any) -> None:
-    """End the embedded cluster's worker processes at once (SIGKILL), each nanny told first
-    that its worker is going, so that it closes instead of starting another.
+def _embedded_cluster_class(http_address: str) -> Any:
+    """``LocalCluster``, with the link to its HTTP server (``client.dashboard_link``, the
+    link the console prints) on the host it listens on: Dask names an in-memory cluster by
+    this machine's network address, where nothing of it listens."""
+    from distributed import LocalCluster
+    from distributed.utils import format_dashboard_link
 
-    By now the workers hold nothing: the step's slot pool was unregistered (every child ran
-    its ``shutdown()`` and is gone) and the client is closed. Closing them one message at a
-    time took 0.25-0.5 s of the time after the last ``run()`` (``python -m benchmarks
-    images``, issue 23); the scheduler closes after them as before. Workers given preloads
-    (``distributed.worker.preload``) close as Dask closes them: a preload's
-    ``dask_teardown`` runs then.
-    """
-    import os
-    import signal
+    host = http_address.split(",")[0].rpartition(":")[0].strip("[]")
+    if host in ("", "0.0.0.0", "::"):  # every interface: the loopback among them
+        host = "127.0.0.1"
 
-    import dask
-    from distributed.core import Status
+    class EmbeddedCluster(LocalCluster):
+        @property
+        def dashboard_link(self) -> str:
+            port = self.scheduler_info.get("services", {}).get("dashboard")
+            return format_dashboard_link(host, port) if port else ""
 
-    if dask.config.get("distributed.worker.preload", None):
-        return
-    for nanny in list(getattr(cluster, "workers", {}).values()):
-        worker = getattr(nanny, "process", None)  # a Nanny's WorkerProcess
-        pid = getattr(getattr(worker, "process", None), "pid", None)
-        if not pid or getattr(nanny, "status", None) != Status.running:
-            continue
-        nanny.status = Status.closing_gracefully  # on the worker's exit: close, not restart
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+    return EmbeddedCluster
 
 
 def _import_keeping_signals(name: str) -> Any:

@@ -12,17 +12,19 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from daskprs.execute.child import ChildConfig
 from daskprs.execute.deadlines import Deadlines
 from daskprs.execute.devices import processes_per_instance
 from daskprs.execute.store import StepStore, staging_root
+from daskprs.inputs.batches import FileBatch, FileBatches, MiniBatch
 from daskprs.job.model import ParallelStep
 from daskprs.rundir import RunDir, StepDir
 from daskprs.settings import EnvSettings
 
-__all__ = ["StepContext", "step_context"]
+__all__ = ["StepContext", "reads_tables", "step_context"]
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,14 @@ def _memory_limit(settings: EnvSettings, n_workers: int, local: bool) -> int | N
     import psutil
 
     return int(psutil.virtual_memory().total * 0.8 / max(1, n_workers))
+
+
+def reads_tables(batches: Sequence[MiniBatch]) -> bool:
+    """Whether a plan's mini-batches are tables (their processes import pandas as they
+    start)."""
+    return not isinstance(batches, FileBatches) and any(
+        not isinstance(b, FileBatch) for b in batches
+    )
 
 
 def step_context(

@@ -62,10 +62,14 @@ class DeadlineClock:
     ----------
     limits : Deadlines
         The limits of this try.
+    since : float
+        When the try was handed to the process: a phase it entered before (``init()``, which
+        a process starts as it starts, before its first try) is timed from here.
     """
 
-    def __init__(self, limits: Deadlines):
+    def __init__(self, limits: Deadlines, since: float = float("-inf")):
         self.limits = limits
+        self.since = since
         self.phase = Phase.INIT
         self.deadline: float | None = None
         # the rows or items the child said run() was given (None: not said)
@@ -89,7 +93,7 @@ class DeadlineClock:
             if count is not None:
                 self.items = count
             limit = self.limits.limit(phase)
-            self.deadline = None if limit is None else since + limit
+            self.deadline = None if limit is None else max(since, self.since) + limit
 
     def wait(self, now: float, poll: float) -> float:
         """How long to wait for the child before looking again: ``poll`` at most, and never

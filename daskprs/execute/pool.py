@@ -43,6 +43,7 @@ from daskprs.execute.devices import device_for, visible_gpus
 from daskprs.execute.slot import Slot
 from daskprs.execute.stagedlogs import StagedLogs
 from daskprs.execute.store import StepStore
+from daskprs.execute.warm import local_identity, new_slot, take
 from daskprs.rundir import RunDir
 
 __all__ = ["LEASE", "LeaseKeeper", "SlotPool", "pool_of"]
@@ -61,9 +62,10 @@ def _identity(ctx: StepContext, index: int, worker: Any) -> tuple[str, str]:
     name = worker.name
     suffix = f"-{index}" if worker.state.nthreads > 1 else ""
     if ctx.local_concurrency and isinstance(name, int):
-        node = f"node{name // ctx.local_concurrency:03d}"
-        return node, f"process{name % ctx.local_concurrency:03d}{suffix}"
-    host = worker.address.split("://")[-1].rsplit(":", 1)[0]
+        return local_identity(ctx, name, index, worker.state.nthreads)
+    # tcp://10.0.0.5:40123 -> 10.0.0.5; inproc://10.0.0.5/4711/3 (a notebook's
+    # Client(processes=False)) -> 10.0.0.5: a node's name is one folder
+    host = worker.address.split("://")[-1].split("/")[0].rsplit(":", 1)[0]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
     return host, f"process-{safe}{suffix}"
 
@@ -123,7 +125,13 @@ class SlotPool(WorkerPlugin):
         gpus = gpu_slots(worker)
         if gpus is not None:
             nthreads = max(1, min(nthreads, gpus))
-        for _ in range(nthreads):
+        # the embedded cluster's workers find their slot's process started by the driver
+        # (`daskprs.execute.warm`); other workers start theirs now
+        warm = take(self.ctx.token, getattr(worker, "name", None)) if nthreads == 1 else None
+        if warm is not None:
+            self._all.append(warm)
+            self._idle.append(warm)
+        for _ in range(nthreads - len(self._idle)):
             slot = self._new_slot()
             slot.start()
             self._idle.append(slot)
@@ -135,7 +143,14 @@ class SlotPool(WorkerPlugin):
                 daemon=True,
             ).start()
 
-    def teardown(self, worker: Any = None) -> None:
+    async def teardown(self, worker: Any = None) -> None:
+        # off the event loop: the embedded cluster's workers share this process's loop, and
+        # their pools wait for their children's shutdown() at once, not one after another
+        import asyncio
+
+        await asyncio.to_thread(self._teardown)
+
+    def _teardown(self) -> None:
         self.hand_back()
         self.close()
         if self._logs is not None:  # the last of the logs, then the scratch folder goes
@@ -147,15 +162,13 @@ class SlotPool(WorkerPlugin):
         ctx = self.local
         index = len(self._all)
         node, process = _identity(ctx, index, self.worker)
-        config = ctx.child_for(
+        slot = new_slot(
+            ctx,
             node,
             process,
-            code_dir=code_dir_for(ctx.token, ctx.child.code_dir),
-            device=device_for(_node_index(ctx, index, self.worker), self._devices),
+            code_dir_for(ctx.token, ctx.child.code_dir),
+            device_for(_node_index(ctx, index, self.worker), self._devices),
         )
-        slot = Slot(config, ctx.memory_limit)
-        if ctx.monitor_interval > 0:
-            slot.watch_resources(ctx.run.logs.perf(node, process), ctx.monitor_interval)
         self._all.append(slot)
         return slot
 

@@ -373,7 +373,7 @@ class Slot:
             self.start()
         n = task.batch.n_items
         base = TryRecord(mb=task.batch.index, try_no=task.try_no, status=Status.RUN_DONE, total=n)
-        clock = DeadlineClock(deadlines)
+        clock = DeadlineClock(deadlines, since=time.monotonic())
         try:
             write_message(self._to_child, task)
         except OSError:

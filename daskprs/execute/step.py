@@ -18,7 +18,7 @@ from typing import Any
 
 from daskprs.errors import Interrupted, UserInputError
 from daskprs.execute.cluster import ClusterHandle
-from daskprs.execute.context import step_context
+from daskprs.execute.context import StepContext, reads_tables, step_context
 from daskprs.execute.devices import processes_per_instance
 from daskprs.execute.preflight import check_step_script
 from daskprs.execute.resume import Mode, Session, session_of
@@ -27,7 +27,6 @@ from daskprs.execute.stagedlogs import pull_logs
 from daskprs.execute.store import StepStore, staging_root
 from daskprs.execute.supervisor import Budget, Policy, Stop, verdict_of
 from daskprs.execute.worker import check_worker
-from daskprs.inputs.batches import FileBatch, FileBatches
 from daskprs.inputs.plan import Plan
 from daskprs.job.model import ParallelStep
 from daskprs.observe.progress import PlainProgress, Progress
@@ -77,6 +76,10 @@ class StepRequest:
         see it.
     keep_staged : bool
         Keep the step's staged files after its output is assembled (``--keep-staged``).
+    context : StepContext, optional
+        The step run's context, made before the cluster was taken (its entry-script
+        processes started already: :class:`~daskprs.execute.warm.WarmSlots`; the entry
+        script's imports checked); default: made here.
     """
 
     step: ParallelStep
@@ -91,6 +94,7 @@ class StepRequest:
     resume_hint: str = ""
     staging: str = ""
     keep_staged: bool = False
+    context: StepContext | None = None
 
 
 def policy_of(step: ParallelStep) -> Policy:
@@ -278,7 +282,7 @@ def _run_session(
 ) -> Ran:
     """Check what can be checked before the first mini-batch, then drive the session."""
     step, plan, echo = request.step, request.plan, request.echo
-    if request.workers_here:
+    if request.workers_here and request.context is None:  # else checked before it was made
         check_step_script(step, tabular=plan.kind == "tabular")
     handle = cluster()
     ship_code = False
@@ -292,13 +296,12 @@ def _run_session(
                 f"[{step.name}] some workers cannot see the code folder {step.code_dir}; "
                 "shipping it to them"
             )
-    ctx = step_context(
+    ctx = request.context or step_context(
         step,
         request.run,
         slots=handle.n_workers,
         local=handle.local,
-        tables=not isinstance(plan.batches, FileBatches)
-        and any(not isinstance(b, FileBatch) for b in plan.batches),
+        tables=reads_tables(plan.batches),
         settings=request.settings,
         staging=request.staging,
     )

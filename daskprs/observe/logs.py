@@ -159,14 +159,14 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
-class _DriverLogFile(logging.FileHandler):
-    """The file handler of a :func:`driver_logging` block (found by :func:`driver_log_file`)."""
-
-
 def _daskprs_or_warning(record: logging.LogRecord) -> bool:
     """daskprs's records at every level; Dask's from WARNING up (its INFO lines say what it
     does at every start and close, nothing about the job)."""
     return record.name.startswith("daskprs") or record.levelno >= logging.WARNING
+
+
+# Dask's console handlers set aside by each driver_logging block running (the innermost last)
+_aside: list[list[logging.Handler]] = []
 
 
 @contextlib.contextmanager
@@ -174,24 +174,25 @@ def driver_logging(path: str, console_level: str = "INFO") -> Iterator[logging.L
     """Send daskprs's own loggers (``daskprs.*``) to ``path`` (everything) and to stderr (at
     ``console_level``, the job's ``logging_level``) while the block runs.
 
-    Dask's own loggers (``distributed.*``: the scheduler, the nannies and the client in this
-    process) go to ``path`` only, from WARNING up: their messages (a worker's heartbeat cut
-    by the closing cluster, a comm closed under a request) are about Dask, not the job, and
-    the console shows daskprs's account of what happened. The embedded cluster's worker
-    processes write theirs to the same file (:func:`driver_log_file`).
+    Dask's own loggers (``distributed.*``: the client in this process, and the embedded
+    cluster's scheduler and workers, which run here too) go to ``path`` only, from WARNING
+    up: their messages (a comm closed under a request) are about Dask, not the job, and the
+    console shows daskprs's account of what happened.
     """
     logger = logging.getLogger("daskprs")
     dask_logger = logging.getLogger("distributed")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    to_file = _DriverLogFile(path, encoding="utf-8")
+    to_file = logging.FileHandler(path, encoding="utf-8")
     to_file.setFormatter(RedactingFormatter(_LOG_FORMAT))
     to_file.setLevel(logging.DEBUG)
     to_file.addFilter(_daskprs_or_warning)
     to_console = logging.StreamHandler(sys.stderr)
     to_console.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
     to_console.setLevel(getattr(logging, console_level.upper(), logging.INFO))
-    # Dask's console handlers (from its logging configuration), set aside for the block
+    # Dask's console handlers (from its logging configuration), set aside for the block;
+    # Dask first imported inside it adds its own then: keep_dask_off_console sets them aside
     dask_console = [h for h in dask_logger.handlers if _is_console(h)]
+    _aside.append(dask_console)
     previous = logger.level
     logger.setLevel(logging.DEBUG)
     logger.addHandler(to_file)
@@ -202,6 +203,7 @@ def driver_logging(path: str, console_level: str = "INFO") -> Iterator[logging.L
     try:
         yield logger
     finally:
+        _aside.remove(dask_console)
         dask_logger.removeHandler(to_file)
         for handler in dask_console:
             dask_logger.addHandler(handler)
@@ -211,17 +213,21 @@ def driver_logging(path: str, console_level: str = "INFO") -> Iterator[logging.L
         to_file.close()
 
 
+def keep_dask_off_console() -> None:
+    """Set aside, for the :func:`driver_logging` block running now, the console handlers
+    Dask gave its logger since the block began: Dask configures its logging as it is first
+    imported, which the driver does inside the block (in the thread that starts the cluster,
+    while the step plans)."""
+    if not _aside:
+        return
+    dask_logger = logging.getLogger("distributed")
+    for handler in [h for h in dask_logger.handlers if _is_console(h)]:
+        dask_logger.removeHandler(handler)
+        _aside[-1].append(handler)
+
+
 def _is_console(handler: logging.Handler) -> bool:
     return type(handler) is logging.StreamHandler  # not a file: Dask's own to stderr
-
-
-def driver_log_file() -> str | None:
-    """The file of the :func:`driver_logging` block running now, or None outside one: where
-    the embedded cluster's worker processes write Dask's log messages."""
-    for handler in logging.getLogger("daskprs").handlers:
-        if isinstance(handler, _DriverLogFile):
-            return handler.baseFilename
-    return None
 
 
 def to_stderr(line: str) -> None:

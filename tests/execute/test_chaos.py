@@ -31,12 +31,17 @@ import os, time
 
 def run(mini_batch, context):
     time.sleep(0.02)
+    if context.minibatch_index == LAST:  # the job lasts until the killer is done
+        deadline = time.monotonic() + 120
+        done = os.environ.get("KILLS_DONE")  # not set: the serial reference, in the test
+        while done and not os.path.exists(done) and time.monotonic() < deadline:
+            time.sleep(0.05)
     rows = []
     for path in mini_batch:
         with open(path) as f:
             rows.append(f"{context.minibatch_index} {os.path.basename(path)} {f.read().strip()}")
     return rows
-"""
+""".replace("LAST", str(N_FILES - 1))
 
 
 def serial_reference(job_dir, files) -> bytes:
@@ -98,7 +103,8 @@ def test_chaos_run_equals_the_serial_reference(tmp_path, external_cluster):
         SCRIPT,
         input_yaml="type: uri_folder\npath: ./data",
         mini_batch_size='"1"',
-        extra="retry_settings:\n  max_retries: 6\n  timeout: 60",
+        extra="retry_settings:\n  max_retries: 6\n  timeout: 60\n"
+        f"environment_variables:\n  KILLS_DONE: {tmp_path / 'kills-done'}",
     )
     run_dir = tmp_path / "run"
     rng = random.Random(SEED)
@@ -128,6 +134,7 @@ def test_chaos_run_equals_the_serial_reference(tmp_path, external_cluster):
                     os.kill(rng.choice(children), signal.SIGKILL)
                     kills["entry-script process"] += 1
         finally:
+            (tmp_path / "kills-done").touch()
             runner.join(timeout=280)
     assert not runner.is_alive()
     result = box["result"]

@@ -85,14 +85,16 @@ def _listening() -> set[tuple[str, int]]:
 
 @pytest.mark.slow
 def test_the_embedded_cluster_listens_on_the_loopback_only():
-    """The dashboard, the scheduler, the nannies and the workers: none is reachable from
-    another machine unless DASKPRS_DASHBOARD says so (the printed link says 127.0.0.1)."""
+    """The dashboard and the workers' HTTP endpoints: none is reachable from another machine
+    unless DASKPRS_DASHBOARD says so (the printed link says 127.0.0.1). The scheduler and
+    the workers talk in memory: no port of theirs is open at all."""
     before = _listening()
     with open_cluster(n_workers=2, settings=EnvSettings(dashboard=":0")) as handle:
         opened = _listening() - before
         port = int(handle.client.dashboard_link.split(":")[2].split("/")[0])
+        assert handle.client.scheduler.address.startswith("inproc://")
     assert port in {p for _, p in opened}  # the dashboard is among them
-    assert len(opened) >= 5  # scheduler, dashboard, and a nanny and a worker each
+    assert len(opened) == 3  # the dashboard, and each worker's HTTP endpoint
     assert {ip for ip, _ in opened} == {"127.0.0.1"}, sorted(opened)
 
 

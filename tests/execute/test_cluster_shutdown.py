@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import make_files, write_job
+from conftest import make_files, output_of, write_job
 
 pytestmark = pytest.mark.slow
 
@@ -76,27 +76,22 @@ def test_dask_closing_noise_goes_to_the_log_file_not_the_console(tmp_path):
     assert "CommClosedError: in <TCP (closed)" in log
 
 
-def test_the_embedded_workers_end_at_once_and_none_is_started_again(tmp_path):
-    """At the end the embedded cluster's workers hold nothing (the slot pool and its children
-    are gone): they are ended at once, not closed message by message, and their nannies do
-    not start new ones. A plugin's teardown shows which: it does not run."""
+PARENT_SCRIPT = """
+import os
+
+def run(mini_batch):
+    return [f"{os.path.basename(p)} {os.getppid()}" for p in mini_batch]
+"""
+
+
+def test_the_embedded_workers_are_threads_of_the_driver_and_leave_no_process(tmp_path):
+    """The embedded cluster starts no worker process: its workers are threads of the driver,
+    whose only processes are the entry scripts', and none is left when the run returns."""
     import psutil
-    from conftest import pid_alive
-    from distributed.diagnostics.plugin import WorkerPlugin
 
-    from daskprs.execute.cluster import open_cluster
-    from daskprs.testing import poll_for
+    from daskprs.api import run_job
 
-    marker = str(tmp_path / "closed")
-
-    class Teardown(WorkerPlugin):
-        name = "daskprs-test-teardown"
-
-        def teardown(self, worker):
-            with open(marker, "a") as f:
-                f.write(f"{os.getpid()}\n")
-
-    def workers() -> set[int]:  # multiprocessing's resource tracker stays: not a worker
+    def children() -> set[int]:  # multiprocessing's resource tracker stays: not a worker
         found = set()
         for p in psutil.Process().children(recursive=True):
             try:
@@ -106,11 +101,11 @@ def test_the_embedded_workers_end_at_once_and_none_is_started_again(tmp_path):
                 pass
         return found
 
-    before = workers()
-    with open_cluster(n_workers=2) as handle:
-        handle.client.register_plugin(Teardown())
-        pids = set(handle.client.run(os.getpid).values())
-    assert len(pids) == 2
-    assert not os.path.exists(marker)
-    assert not any(pid_alive(pid) for pid in pids)
-    assert poll_for(lambda: workers() <= before, timeout=20)
+    before = children()
+    make_files(tmp_path / "data", 6)
+    job = write_job(tmp_path, PARENT_SCRIPT, input_yaml="type: uri_folder\npath: ./data")
+    result = run_job(job, run_dir=tmp_path / "run", workers=2, echo=lambda s: None)
+    assert result.ok, result.failure
+    rows = output_of(tmp_path / "run").read_text().split()
+    assert set(rows[1::2]) == {str(os.getpid())}  # started by this process's slots
+    assert children() <= before

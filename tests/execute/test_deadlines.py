@@ -66,3 +66,13 @@ def test_the_run_line_says_how_many_rows_run_was_given():
     assert clock.items is None
     clock.feed(b"run 2.0 20000\n")
     assert (clock.phase, clock.deadline, clock.items) == (Phase.RUN, 62.0, 20000)
+
+
+def test_an_init_begun_before_the_try_is_timed_from_the_try():
+    """A process starts init() as it starts; the first try handed to it (at 50.0) gives the
+    init() still running its whole limit from then, not from when init() began."""
+    clock = DeadlineClock(Deadlines(load=5, run=60, init=100), since=50.0)
+    clock.feed(b"init 10.0\n")
+    assert clock.phase == Phase.INIT and clock.deadline == 150.0
+    clock.feed(b"load 70.0\n")  # phases entered during the try: timed from their start
+    assert clock.deadline == 75.0

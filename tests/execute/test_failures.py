@@ -170,7 +170,15 @@ def test_a_worker_killed_mid_job_loses_no_row_and_duplicates_none(tmp_path):
         input_yaml="type: uri_folder\npath: ./data",
         extra=f"retry_settings:\n  max_retries: 1\nenvironment_variables:\n  MARKS: {marks}",
     )
-    result = run_killing_a_worker(job, marks, run_dir=tmp_path / "run", workers=2)
+    # a notebook's LocalCluster of worker processes (the embedded cluster's workers are
+    # threads of the driver: there the entry-script process is what dies)
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        result = run_killing_a_worker(job, marks, run_dir=tmp_path / "run", client=client)
     assert result.ok, result.failure
     assert output_of(tmp_path / "run").read_text().splitlines() == [
         f"f{i:03d}.txt" for i in range(30)

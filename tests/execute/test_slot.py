@@ -6,7 +6,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import pid_alive
+from conftest import pid_alive, poll_for
 
 from daskprs.execute.child import ChildConfig
 from daskprs.execute.deadlines import Deadlines
@@ -96,6 +96,21 @@ def test_init_once_run_per_task_and_part_written(setup):
     assert init_count(init_log) == 1
     stdout = tmp / "logs" / "user" / "stdout" / "node000" / "process000.stdout.txt"
     assert "ran a.txt 0" in stdout.read_text()
+
+
+def test_init_runs_as_the_process_starts_before_its_first_try(setup):
+    """As on Azure, a process loads its script and runs init() as it starts: a model loads
+    while the driver still plans and submits. The first try gets init()'s result."""
+    make, task, init_log, _ = setup
+    slot = Slot(make())
+    try:
+        slot.start()
+        assert poll_for(lambda: init_count(init_log) == 1)  # no try handed to it yet
+        r = slot.run(task("a.txt"), Deadlines(run=30))
+        assert r.status == "RUN_DONE", r.error
+        assert init_count(init_log) == 1
+    finally:
+        slot.stop()
 
 
 def test_timeout_kills_and_replacement_runs_init_again(setup):
@@ -255,3 +270,54 @@ def test_an_entry_script_process_does_not_inherit_the_nannys_malloc_trim(
         slot.stop()
     assert record.status == "RUN_DONE", record.error
     assert part.read_text() == f"{seen}\n"
+
+
+EXIT_SCRIPT = """
+import atexit, os, threading, time
+
+LOG = None
+
+
+def init():
+    global LOG
+    LOG = open(os.environ["OPEN_FILE"], "w")  # never closed: flushed as the process ends
+    atexit.register(lambda: open(os.environ["AT_EXIT"], "w").write("ran"))
+    if os.environ.get("THREAD"):
+        def late():
+            time.sleep(0.5)
+            with open(os.environ["THREAD"], "w") as f:
+                f.write("done")
+        threading.Thread(target=late).start()  # not a daemon: the exit waits for it
+
+
+def run(mini_batch):
+    LOG.write("x" * 100)  # stays in the file's buffer
+    return ["ok"]
+"""
+
+
+@pytest.mark.parametrize("thread", [False, True])
+def test_a_process_ends_with_its_atexit_handlers_and_files_flushed(tmp_path, thread):
+    """An entry-script process ends without the interpreter's slow finalization, but as an
+    exit would for the script: its atexit handlers run, an unclosed file's buffer is written,
+    and a thread it left running (not a daemon) is waited for."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "score.py").write_text(EXIT_SCRIPT)
+    (tmp_path / "a.txt").write_text("x\n")
+    env = {"OPEN_FILE": str(tmp_path / "open.txt"), "AT_EXIT": str(tmp_path / "atexit.txt")}
+    if thread:
+        env["THREAD"] = str(tmp_path / "thread.txt")
+    slot = Slot(ChildConfig(code_dir=str(code), entry_script="score.py", env=env))
+    try:
+        task = RunTask(FileBatch(0, (str(tmp_path / "a.txt"),)), 1, str(tmp_path / "a.part"))
+        record = slot.run(task, Deadlines(load=30, run=30))
+        proc = slot.proc
+    finally:
+        slot.stop()
+    assert record.status == "RUN_DONE", record.error
+    assert proc is not None and proc.returncode == 0
+    assert (tmp_path / "open.txt").read_text() == "x" * 100
+    assert (tmp_path / "atexit.txt").read_text() == "ran"
+    if thread:
+        assert (tmp_path / "thread.txt").read_text() == "done"

@@ -1,0 +1,91 @@
+"""A step's entry-script processes, started before the embedded cluster's workers exist.
+
+The embedded cluster's workers are threads of the driver (docs/design.md#the-embedded-cluster),
+so the processes of their slots can be started by the driver itself as soon as a new step is
+planned: a process loads the entry script and runs ``init()`` as it starts, and importing Dask
+and starting the cluster (half a second) then overlap that ``init()`` instead of coming
+before it. :class:`WarmSlots` starts one slot per worker, named by the place the worker will
+have; the worker's slot pool takes it when it sets up (:func:`take`), and those no worker took
+are stopped when the step ends. Nothing here imports Dask.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from typing import Any
+
+from daskprs.execute.context import StepContext
+from daskprs.execute.devices import device_for, visible_gpus
+from daskprs.execute.slot import Slot
+
+__all__ = ["WarmSlots", "local_identity", "new_slot", "take"]
+
+_lock = threading.Lock()
+# (step run token, worker name) -> a started slot no worker has taken yet
+_waiting: dict[tuple[str, Any], Slot] = {}
+
+
+def local_identity(ctx: StepContext, name: int, index: int, nthreads: int) -> tuple[str, str]:
+    """The node and process names of slot ``index`` of the embedded cluster's worker ``name``
+    (``ctx.local_concurrency`` workers a node; docs/run-directory.md#node-and-process-names)."""
+    per_node = ctx.local_concurrency or 1
+    suffix = f"-{index}" if nthreads > 1 else ""
+    return f"node{name // per_node:03d}", f"process{name % per_node:03d}{suffix}"
+
+
+def new_slot(ctx: StepContext, node: str, process: str, code_dir: str, device: str | None) -> Slot:
+    """A slot (not started) for one entry-script process of the step, watched by the
+    resource monitor when the step asks for it."""
+    slot = Slot(ctx.child_for(node, process, code_dir=code_dir, device=device), ctx.memory_limit)
+    if ctx.monitor_interval > 0:
+        slot.watch_resources(ctx.run.logs.perf(node, process), ctx.monitor_interval)
+    return slot
+
+
+class WarmSlots:
+    """One started slot for each of the embedded cluster's ``workers`` single-threaded workers.
+
+    Parameters
+    ----------
+    ctx : StepContext
+        The step run's context, the one its slot pool will be given (same token).
+    workers : int
+        The embedded cluster's workers (named ``0`` to ``workers - 1`` by Dask).
+    """
+
+    def __init__(self, ctx: StepContext, workers: int):
+        self.ctx, self.token = ctx, ctx.token
+        devices = visible_gpus()
+        per_node = ctx.local_concurrency or 1
+        for name in range(workers):
+            node, process = local_identity(ctx, name, 0, 1)
+            slot = new_slot(
+                ctx, node, process, ctx.child.code_dir, device_for(name % per_node, devices)
+            )
+            with _lock:
+                _waiting[(self.token, name)] = slot
+            slot.start()
+
+    def close(self) -> None:
+        """Stop the slots no worker took (``shutdown()``, then exit), all at once."""
+        with _lock:
+            left = [s for key, s in _waiting.items() if key[0] == self.token]
+            for key in [key for key in _waiting if key[0] == self.token]:
+                del _waiting[key]
+        threads = [threading.Thread(target=_stop, args=(slot,)) for slot in left]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+
+def _stop(slot: Slot) -> None:
+    slot.close()
+    shutil.rmtree(slot.config.cache_dir, ignore_errors=True)
+
+
+def take(token: str, name: Any) -> Slot | None:
+    """The started slot waiting for worker ``name`` of step run ``token``, if any (once)."""
+    with _lock:
+        return _waiting.pop((token, name), None)
