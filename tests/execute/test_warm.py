@@ -1,0 +1,103 @@
+"""A new step's entry-script processes, started by the driver before the embedded cluster's
+workers exist, taken by them, and stopped when no worker took them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+from conftest import make_files, output_of, poll_for, write_job
+
+from daskprs.api import run_job
+from daskprs.execute.context import step_context
+from daskprs.execute.warm import WarmSlots, take
+from daskprs.job.load import load_job
+from daskprs.rundir import RunDir
+from daskprs.settings import EnvSettings
+
+SCRIPT = """
+import os
+
+def init():
+    open(os.path.join(os.environ["MARKS"], f"init-{os.getpid()}"), "w").close()
+
+def run(mini_batch):
+    return [f"{os.path.basename(p)} {os.getpid()}" for p in mini_batch]
+
+def shutdown():
+    open(os.path.join(os.environ["MARKS"], f"shutdown-{os.getpid()}"), "w").close()
+"""
+
+
+def marked(marks, kind: str) -> set[int]:
+    return {int(n.split("-")[1]) for n in os.listdir(marks) if n.startswith(f"{kind}-")}
+
+
+@pytest.fixture
+def job(tmp_path):
+    make_files(tmp_path / "data", 8)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    path = write_job(
+        tmp_path,
+        SCRIPT,
+        input_yaml="type: uri_folder\npath: ./data",
+        extra=f"environment_variables:\n  MARKS: {marks}",
+    )
+    return path, marks
+
+
+@pytest.mark.slow
+def test_the_embedded_clusters_processes_run_init_before_the_cluster_starts(
+    job, tmp_path, monkeypatch
+):
+    """On the embedded cluster a step's processes are started once it is planned: both have
+    run init() before the cluster is even opened, and they are the ones that run the tries."""
+    import daskprs.pipeline as pipeline
+
+    path, marks = job
+    opened = pipeline.open_cluster
+    seen_at_open: list[set[int]] = []
+
+    @contextlib.contextmanager
+    def open_after_init(**kwargs):
+        # entered in the thread that starts the cluster: without the processes started
+        # first this waits in vain, and finds none
+        poll_for(lambda: len(marked(marks, "init")) == 2, timeout=60)
+        seen_at_open.append(marked(marks, "init"))
+        with opened(**kwargs) as handle:
+            yield handle
+
+    monkeypatch.setattr(pipeline, "open_cluster", open_after_init)
+    result = run_job(path, run_dir=tmp_path / "run", workers=2, echo=lambda s: None)
+    assert result.ok, result.failure
+    assert len(seen_at_open) == 1 and len(seen_at_open[0]) == 2
+    ran = {int(line.split()[1]) for line in output_of(tmp_path / "run").read_text().splitlines()}
+    assert ran <= seen_at_open[0]  # no other process was started for the tries
+    assert marked(marks, "init") == marked(marks, "shutdown") == seen_at_open[0]
+
+
+def test_slots_no_worker_took_are_stopped_with_their_shutdown(job, tmp_path, monkeypatch):
+    path, marks = job
+    monkeypatch.setenv("MARKS", str(marks))
+    step = load_job(path).steps[0]
+    ctx = step_context(
+        step,
+        RunDir(str(tmp_path / "run")),
+        slots=2,
+        local=True,
+        tables=False,
+        settings=EnvSettings(),
+    )
+    warm = WarmSlots(ctx, 2)
+    taken = take(ctx.token, 1)
+    assert taken is not None and take(ctx.token, 1) is None  # once
+    try:
+        assert poll_for(lambda: len(marked(marks, "init")) == 2, timeout=60)
+        warm.close()
+        assert marked(marks, "shutdown") == marked(marks, "init") - {taken.proc.pid}
+        assert taken.alive  # a worker's now: not the warm slots' to stop
+    finally:
+        taken.close()
+    assert marked(marks, "shutdown") == marked(marks, "init")
