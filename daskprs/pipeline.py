@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from daskprs.errors import JobFailed, PlanningError, ResumeRefused, UserInputError
-from daskprs.execute.cluster import open_cluster
+from daskprs.execute.cluster import import_dask, open_cluster
 from daskprs.execute.context import reads_tables, step_context
 from daskprs.execute.lazycluster import LazyCluster
 from daskprs.execute.preflight import check_command, check_step_script
@@ -344,7 +344,9 @@ class StepsRunner:
             and not self.force_rerun
             and reuse.recorded(self.s.reuse_roots, step, self.s.run.root)
         )
-        if parallel and not may_reuse:
+        if parallel and not may_reuse and not self._warms:
+            # (the embedded cluster starts once the step's processes are started: after
+            # planning, which it would slow down, and before the processes' init())
             cluster.prestart()
         plan = None
         key = None
@@ -370,7 +372,6 @@ class StepsRunner:
             failure = self._command(step)
             outcome = None
         else:
-            cluster.prestart()
             outcome = self._parallel(step, plan, cluster)
             failure = f"step {step.name}: {outcome.failure}" if outcome.failure else None
         if keying is not None:
@@ -380,13 +381,19 @@ class StepsRunner:
             reuse.remember(self.s.run.root, key, step, saved)
         return failure
 
+    @property
+    def _warms(self) -> bool:
+        """Whether a new step's processes are started by the driver (:meth:`_warm`)."""
+        return self.choice.embedded and self.s.mode == Mode.RUN and not self.s.staging
+
     def _warm(self, step: ParallelStep, plan: Plan) -> WarmSlots | None:
         """On the embedded cluster, a new step's entry-script processes, started once it is
-        planned and its script's imports are checked: they load the script and run
-        ``init()`` while Dask is imported and the cluster starts
+        planned (with mini-batches) and its script's imports are checked: they load the
+        script and run ``init()`` while Dask is imported and the cluster starts
         (:mod:`daskprs.execute.warm`). None elsewhere, on a resume, or with ``--staging``."""
-        if not self.choice.embedded or self.s.mode != Mode.RUN or self.s.staging:
+        if not self._warms or not plan.batches:
             return None
+        self._make_output_folders(step)
         check_step_script(step, tabular=plan.kind == "tabular")
         ctx = step_context(
             step,
@@ -499,39 +506,46 @@ class StepsRunner:
     def _parallel(
         self, step: ParallelStep, fresh: Plan | None, cluster: LazyCluster
     ) -> StepOutcome:
-        plan = self._plan(step, fresh)
-        echo = self.s.echo
-        echo(
-            f"[{step.name}] planned {len(plan.batches)} mini-batches ({plan.kind} input) in "
-            f"{plan.seconds:.2f} s"
-        )
-        for note in plan.notes:
-            echo(f"note: {note}")
-        if not plan.batches:
-            raise PlanningError(
-                f"step {step.name}: the input {step.input_data.path} gave no mini-batches"
-            )
-        self._make_output_folders(step)
-        warm = self._warm(step, plan)
-        # Dask is imported here, not before: on the embedded cluster the step's processes
-        # were started first, and the cluster starts (importing it) in its thread meanwhile
-        from daskprs.execute.step import StepRequest, run_parallel_step
-
-        request = StepRequest(
-            step=step,
-            plan=plan,
-            run=self.s.run,
-            mode=self.s.mode,
-            settings=self.s.settings,
-            echo=echo,
-            progress=self.s.progress,
-            workers_here=self.choice.on_this_machine,
-            resume_hint=f"daskprs run --resume {self.s.run.root}",
-            staging=self.s.staging,
-            keep_staged=self.s.keep_staged,
-            context=warm.ctx if warm is not None else None,
-        )
+        # planned already (a new run): the step's processes start before its plan is
+        # digested and written
+        warm = self._warm(step, fresh) if fresh is not None else None
         try:
+            cluster.prestart()
+            plan = self._plan(step, fresh)
+            echo = self.s.echo
+            echo(
+                f"[{step.name}] planned {len(plan.batches)} mini-batches ({plan.kind} input) "
+                f"in {plan.seconds:.2f} s"
+            )
+            for note in plan.notes:
+                echo(f"note: {note}")
+            if not plan.batches:
+                raise PlanningError(
+                    f"step {step.name}: the input {step.input_data.path} gave no mini-batches"
+                )
+            self._make_output_folders(step)
+            if warm is None:
+                warm = self._warm(step, plan)
+            # Dask is imported here, not before: on the embedded cluster the step's
+            # processes were started first, and the cluster starts (importing it) in its
+            # thread meanwhile
+            import_dask()
+            from daskprs.execute.step import StepRequest, run_parallel_step
+
+            request = StepRequest(
+                step=step,
+                plan=plan,
+                run=self.s.run,
+                mode=self.s.mode,
+                settings=self.s.settings,
+                echo=echo,
+                progress=self.s.progress,
+                workers_here=self.choice.on_this_machine,
+                resume_hint=f"daskprs run --resume {self.s.run.root}",
+                staging=self.s.staging,
+                keep_staged=self.s.keep_staged,
+                context=warm.ctx if warm is not None else None,
+            )
             outcome = run_parallel_step(request, cluster.get)
         finally:
             if warm is not None:

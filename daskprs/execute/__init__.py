@@ -12,13 +12,12 @@ owns the entry-script process (``slot``) and the pure clock of its deadlines
 handed back by a worker that leaves (``handback``), the step's folder where workers leave
 claims, hand-backs and the lease, in the run directory or a staging store (``store``), the
 logs of workers without the run directory uploaded and brought home (``stagedlogs``), the
-code folder shipped to workers that
-cannot see it (``codefolder``), the check of the entry script's imports before the first
-mini-batch (``preflight``), the GPUs a worker sees and the entry-script processes a node
-runs (``devices``), getting a Dask client (``cluster``), starting it in advance and taking
-it when a step needs it (``lazycluster``), a new step's entry-script processes started by
-the driver before the embedded cluster's workers take them (``warm``), and the TLS certificates of a ``tls://`` scheduler
-(``tls``).
+code folder shipped to workers that cannot see it (``codefolder``), the check of the entry
+script's imports before the first mini-batch (``preflight``), the GPUs a worker sees and the
+entry-script processes a node runs (``devices``), getting a Dask client (``cluster``),
+starting it in advance and taking it when a step needs it (``lazycluster``), a new step's
+entry-script processes started by the driver before the embedded cluster's workers take them
+(``warm``), and the TLS certificates of a ``tls://`` scheduler (``tls``).
 
 May import: every layer below (:mod:`daskprs.errors`, :mod:`daskprs.paths`,
 :mod:`daskprs.settings`, :mod:`daskprs.rundir`, :mod:`daskprs.job`, :mod:`daskprs.inputs`,
