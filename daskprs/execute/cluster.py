@@ -240,10 +240,19 @@ def _opened_cluster(
         return
     dashboard = dashboard_address(settings.dashboard)
     LocalCluster = _embedded_cluster_class(dashboard or "127.0.0.1:0")
-    # Dask's low-level message log (1,000 messages a comm by default) keeps the arguments of
-    # the last tasks alive: up to hundreds of MB of descriptors in a job of many tiny
-    # mini-batches (`python -m benchmarks scale`); the embedded cluster keeps none
-    config = {"distributed.admin.low-level-log-length": 0}
+    config = {
+        # Dask's low-level message log (1,000 messages a comm by default) keeps the
+        # arguments of the last tasks alive: up to hundreds of MB of descriptors in a job of
+        # many tiny mini-batches (`python -m benchmarks scale`); the embedded cluster keeps
+        # none
+        "distributed.admin.low-level-log-length": 0,
+        # what runs in a worker is daskprs waiting for its slot's process: Dask's sampling
+        # profiler (every thread's stack every 10 ms, in each worker) would only take CPU
+        # from the entry scripts, as its 20 ms ticks and half-second system samples did
+        "distributed.worker.profile.enabled": False,
+        "distributed.admin.tick.interval": "500ms",
+        "distributed.admin.system-monitor.interval": "5s",
+    }
     with dask.config.set(config):
         cluster = LocalCluster(
             n_workers=n_workers,
