@@ -344,9 +344,7 @@ class StepsRunner:
             and not self.force_rerun
             and reuse.recorded(self.s.reuse_roots, step, self.s.run.root)
         )
-        if parallel and not may_reuse and not self._warms:
-            # (the embedded cluster starts once the step's processes are started: after
-            # planning, which it would slow down, and before the processes' init())
+        if parallel and not may_reuse and not self._plans_first(step):
             cluster.prestart()
         plan = None
         key = None
@@ -380,6 +378,15 @@ class StepsRunner:
             saved = outcome.to_dict() if outcome is not None else None
             reuse.remember(self.s.run.root, key, step, saved)
         return failure
+
+    def _plans_first(self, step: ParallelStep | CommandStep) -> bool:
+        """Whether the cluster waits for the step's plan: the embedded cluster, when the
+        driver starts the step's processes (:meth:`_warm`) and plans a local input. Listing
+        local files takes a fraction of a second, which the cluster's start (importing Dask)
+        would only slow down; the processes then start first, and the cluster during their
+        ``init()``. An object store's listing may take seconds: the cluster starts while the
+        step plans."""
+        return isinstance(step, ParallelStep) and self._warms and "://" not in step.input_data.path
 
     @property
     def _warms(self) -> bool:
