@@ -1,1 +1,2 @@
-"""Compatibility package: ``from azureml_user.parallel_run import EntryScript`` works under daskprs."""
+"""Compatibility package: ``from azureml_user.parallel_run import EntryScript`` works under
+daskprs."""

@@ -1,8 +1,9 @@
 """``EntryScript``, as Azure ML's parallel run step offers it to entry scripts.
 
 ``EntryScript()`` is a per-process singleton with ``logger``, ``log_dir``, ``output_dir``,
-``working_dir`` and ``agent_name``. daskprs configures it in each process that runs an entry script; outside
-daskprs (a script run by hand) it falls back to the current directory and a console logger.
+``working_dir`` and ``agent_name``. daskprs configures it in each process that runs an entry
+script; outside daskprs (a script run by hand) it falls back to the current directory and a
+console logger.
 """
 
 from __future__ import annotations

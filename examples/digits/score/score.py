@@ -24,4 +24,5 @@ def run(mini_batch):
     pixels = [np.asarray(Image.open(path).convert("L"), dtype=float) for path in mini_batch]
     features = np.stack([p.reshape(-1) * (16 / 255) for p in pixels])  # back to 0..16
     labels = MODEL.predict(features)
-    return [f"{os.path.basename(path)} {label}" for path, label in zip(mini_batch, labels)]
+    named = zip(mini_batch, labels, strict=True)
+    return [f"{os.path.basename(path)} {label}" for path, label in named]

@@ -6,6 +6,7 @@ import math
 import os
 
 import pandas as pd
+
 from azureml_user.parallel_run import EntryScript
 
 MODEL = None
@@ -26,7 +27,8 @@ def init():
 def _predict(row):
     best, best_distance = None, math.inf
     for label, centre in MODEL["centroids"].items():
-        distance = sum((row[f] - c) ** 2 for f, c in zip(MODEL["features"], centre))
+        pairs = zip(MODEL["features"], centre, strict=True)
+        distance = sum((row[f] - c) ** 2 for f, c in pairs)
         if distance < best_distance:
             best, best_distance = label, distance
     return best

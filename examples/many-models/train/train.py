@@ -11,8 +11,9 @@ import pickle
 
 import numpy as np
 import pandas as pd
-from azureml_user.parallel_run import EntryScript
 from sklearn.linear_model import LinearRegression
+
+from azureml_user.parallel_run import EntryScript
 
 MODELS = ""
 
