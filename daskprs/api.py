@@ -41,9 +41,9 @@ def default_run_dir(job_file: str, now: float | None = None) -> str:
     return _default_run_dir(os.path.splitext(os.path.basename(job_file))[0], now)
 
 
-# The embedded cluster starts at most this many worker processes per core when their number
-# comes from the job file: an Azure job sized for 50 nodes would otherwise start hundreds of
-# processes on a laptop. Past a few per core they only compete (for cores and memory).
+# The embedded cluster starts at most this many slots (entry-script processes) per core when
+# their number comes from the job file: an Azure job sized for 50 nodes would otherwise start
+# hundreds of processes on a laptop. Past a few per core they only compete (for cores and memory).
 _WORKERS_PER_CORE = 4
 
 
@@ -53,22 +53,22 @@ def _default_workers(job: Job) -> int:
 
 
 def _embedded_workers(asked: int, workers: int | None, cores: int) -> tuple[int, str | None]:
-    """How many worker processes the embedded cluster starts, and the note that says why:
-    ``--workers`` as given, else the job file's ``asked`` (instance_count x
+    """How many slots (entry-script processes) the embedded cluster starts, and the note that
+    says why: ``--workers`` as given, else the job file's ``asked`` (instance_count x
     max_concurrency_per_instance) capped at :data:`_WORKERS_PER_CORE` x ``cores``."""
     cap = _WORKERS_PER_CORE * cores
     if workers:
         if workers <= cap:
             return workers, None
         return workers, (
-            f"the embedded cluster starts {workers} worker processes on {cores} cores "
+            f"the embedded cluster starts {workers} entry-script processes on {cores} cores "
             "(--workers); they will compete for the cores: give a smaller --workers to start "
             "fewer"
         )
     if asked <= cap:
         return asked, None
     return cap, (
-        f"the job file asks for {asked} worker processes (instance_count x "
+        f"the job file asks for {asked} entry-script processes (instance_count x "
         f"max_concurrency_per_instance); the embedded cluster starts {cap} "
         f"({_WORKERS_PER_CORE} x the {cores} cores here). The results are the same "
         "(byte-identical) with any number of workers, only the speed changes; give "

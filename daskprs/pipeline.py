@@ -383,9 +383,9 @@ class StepsRunner:
         """Whether the cluster waits for the step's plan: the embedded cluster, when the
         driver starts the step's processes (:meth:`_warm`) and plans a local input. Listing
         local files takes a fraction of a second, which the cluster's start (importing Dask)
-        would only slow down; the processes then start first, and the cluster during their
-        ``init()``. An object store's listing may take seconds: the cluster starts while the
-        step plans."""
+        would only slow down; the cluster and the processes start once it is done, the
+        cluster during their ``init()``. An object store's listing may take seconds: the
+        cluster starts while the step plans."""
         return isinstance(step, ParallelStep) and self._warms and "://" not in step.input_data.path
 
     @property
@@ -513,11 +513,11 @@ class StepsRunner:
     def _parallel(
         self, step: ParallelStep, fresh: Plan | None, cluster: LazyCluster
     ) -> StepOutcome:
-        # planned already (a new run): the step's processes start before its plan is
-        # digested and written
+        # planned already (a new run): the cluster starts, and the step's processes, before
+        # its plan is digested and written
+        cluster.prestart()
         warm = self._warm(step, fresh) if fresh is not None else None
         try:
-            cluster.prestart()
             plan = self._plan(step, fresh)
             echo = self.s.echo
             echo(

@@ -50,7 +50,7 @@ def test_the_embedded_cluster_starts_a_few_workers_per_core_unless_workers_asks(
     assert choice.n_workers == 8
     (note,) = notes
     assert note == (
-        "the job file asks for 100 worker processes (instance_count x "
+        "the job file asks for 100 entry-script processes (instance_count x "
         "max_concurrency_per_instance); the embedded cluster starts 8 (4 x the 2 cores here). "
         "The results are the same (byte-identical) with any number of workers, only the speed "
         "changes; give --workers 100 to start them all"

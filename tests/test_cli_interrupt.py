@@ -110,8 +110,8 @@ def run(mini_batch):
 
 @pytest.mark.slow
 def test_a_ctrl_c_to_the_terminals_process_group_prints_one_message(tmp_path):
-    """A terminal's Ctrl-C reaches every process of its foreground group: the driver and the
-    embedded cluster's worker processes. One clean message, no worker's traceback."""
+    """A terminal's Ctrl-C reaches every process of its foreground group (the driver; the
+    entry-script processes have sessions of their own). One clean message, no traceback."""
     from conftest import make_files, write_job
 
     make_files(tmp_path / "data", 6)

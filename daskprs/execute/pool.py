@@ -43,7 +43,7 @@ from daskprs.execute.devices import device_for, visible_gpus
 from daskprs.execute.slot import Slot
 from daskprs.execute.stagedlogs import StagedLogs
 from daskprs.execute.store import StepStore
-from daskprs.execute.warm import local_identity, new_slot, take
+from daskprs.execute.warm import end_slots, local_identity, new_slot, take
 from daskprs.rundir import RunDir
 
 __all__ = ["LEASE", "LeaseKeeper", "SlotPool", "pool_of"]
@@ -237,15 +237,7 @@ class SlotPool(WorkerPlugin):
         with self._lock:
             self._closed.set()
             slots, self._all, self._idle = self._all, [], []
-        # every child's shutdown() at once: teardown runs on the worker's event loop
-        threads = [
-            threading.Thread(target=_end_slot, args=(slot, kill), name="daskprs-stop-slot")
-            for slot in slots
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        end_slots(slots, kill)  # every child's shutdown() at once
         return len(slots)
 
     # -- the driver's lease ------------------------------------------------------------------
@@ -270,11 +262,6 @@ class SlotPool(WorkerPlugin):
                 self._expired.set()
                 self.close(kill=True)
                 return
-
-
-def _end_slot(slot: Slot, kill: bool) -> None:
-    slot.close(kill=kill)
-    shutil.rmtree(slot.config.cache_dir, ignore_errors=True)
 
 
 def pool_name(token: str) -> str:

@@ -19,7 +19,7 @@ from daskprs.execute.context import StepContext
 from daskprs.execute.devices import device_for, visible_gpus
 from daskprs.execute.slot import Slot
 
-__all__ = ["WarmSlots", "local_identity", "new_slot", "take"]
+__all__ = ["WarmSlots", "end_slots", "local_identity", "new_slot", "take"]
 
 _lock = threading.Lock()
 # (step run token, worker name) -> a started slot no worker has taken yet
@@ -58,30 +58,42 @@ class WarmSlots:
         self.ctx, self.token = ctx, ctx.token
         devices = visible_gpus()
         per_node = ctx.local_concurrency or 1
-        for name in range(workers):
-            node, process = local_identity(ctx, name, 0, 1)
-            slot = new_slot(
-                ctx, node, process, ctx.child.code_dir, device_for(name % per_node, devices)
-            )
-            with _lock:
-                _waiting[(self.token, name)] = slot
-            slot.start()
+        try:
+            for name in range(workers):
+                node, process = local_identity(ctx, name, 0, 1)
+                slot = new_slot(
+                    ctx, node, process, ctx.child.code_dir, device_for(name % per_node, devices)
+                )
+                with _lock:
+                    _waiting[(self.token, name)] = slot
+                slot.start()
+        except BaseException:  # no process may outlive a start that failed part-way
+            self.close()
+            raise
 
     def close(self) -> None:
         """Stop the slots no worker took (``shutdown()``, then exit), all at once."""
         with _lock:
-            left = [s for key, s in _waiting.items() if key[0] == self.token]
-            for key in [key for key in _waiting if key[0] == self.token]:
-                del _waiting[key]
-        threads = [threading.Thread(target=_stop, args=(slot,)) for slot in left]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+            mine = [key for key in _waiting if key[0] == self.token]
+            left = [_waiting.pop(key) for key in mine]
+        end_slots(left)
 
 
-def _stop(slot: Slot) -> None:
-    slot.close()
+def end_slots(slots: list[Slot], kill: bool = False) -> None:
+    """Stop the slots' processes (``shutdown()``, then exit; or kill them), all at once, and
+    drop their caches."""
+    threads = [
+        threading.Thread(target=_end_slot, args=(slot, kill), name="daskprs-stop-slot")
+        for slot in slots
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def _end_slot(slot: Slot, kill: bool) -> None:
+    slot.close(kill=kill)
     shutil.rmtree(slot.config.cache_dir, ignore_errors=True)
 
 
