@@ -372,8 +372,12 @@ def list_input(data: DataInput, storage: Storage) -> Listing:
             # One local walk: its paths are unique and already public, and each ``rel`` is
             # relative to ``root`` (unique too, so it alone orders them).
             listed.sort(key=itemgetter(1))
-            files = tuple([ListedFile(p, rel, s, m) for p, rel, s, m in listed])
-            return Listing(files, root, None, tuple(skipped))
+            # in place: each tuple goes as its file's ListedFile comes (the peak of a listing
+            # of a million files, 70 bytes a file less)
+            files: list[Any] = listed
+            for i, (p, rel, s, m) in enumerate(listed):
+                files[i] = ListedFile(p, rel, s, m)
+            return Listing(tuple(files), root, None, tuple(skipped))
         entries = [(fs, f) for f in listed]
         root_dir = root
     elif data.type == "mltable":
