@@ -344,7 +344,7 @@ class StepsRunner:
             and not self.force_rerun
             and reuse.recorded(self.s.reuse_roots, step, self.s.run.root)
         )
-        if parallel and not may_reuse:
+        if parallel and not may_reuse and not self._plans_first(step):
             cluster.prestart()
         plan = None
         key = None
@@ -378,6 +378,15 @@ class StepsRunner:
             saved = outcome.to_dict() if outcome is not None else None
             reuse.remember(self.s.run.root, key, step, saved)
         return failure
+
+    def _plans_first(self, step: ParallelStep | CommandStep) -> bool:
+        """Whether the cluster waits for the step's plan: the embedded cluster, when the
+        driver starts the step's processes (:meth:`_warm`) and plans a local input. Listing
+        local files takes a fraction of a second, which the cluster's start (importing Dask)
+        would only slow down; the cluster and the processes start once it is done, the
+        cluster during their ``init()``. An object store's listing may take seconds: the
+        cluster starts while the step plans."""
+        return isinstance(step, ParallelStep) and self._warms and "://" not in step.input_data.path
 
     @property
     def _warms(self) -> bool:
@@ -504,8 +513,8 @@ class StepsRunner:
     def _parallel(
         self, step: ParallelStep, fresh: Plan | None, cluster: LazyCluster
     ) -> StepOutcome:
-        # planned already (a new run): the step's processes start before its plan is digested
-        # and written
+        # planned already (a new run): the cluster starts, and the step's processes, before
+        # its plan is digested and written
         cluster.prestart()
         warm = self._warm(step, fresh) if fresh is not None else None
         try:

@@ -115,9 +115,12 @@ def test_a_file_list_job_never_imports_pandas_for_the_script(tmp_path, client):
     assert output_of(tmp_path / "run").read_text().splitlines() == ["False"] * 4
 
 
-def test_the_embedded_cluster_starts_while_the_step_plans(tmp_path, monkeypatch):
+def test_the_embedded_cluster_starts_while_the_step_plans_an_object_stores_input(
+    tmp_path, monkeypatch, s3
+):
     """Planning (a listing of an object store can take seconds) does not wait for the
-    cluster to start, nor the cluster for planning."""
+    cluster to start, nor the cluster for planning. (A local input is planned first: its
+    processes start, then the cluster; tests/execute/test_warm.py.)"""
     import contextlib
     import threading
 
@@ -138,8 +141,9 @@ def test_the_embedded_cluster_starts_while_the_step_plans(tmp_path, monkeypatch)
 
     monkeypatch.setattr(pipeline, "open_cluster", watched)
     monkeypatch.setattr(pipeline, "plan_input", plan_once_the_cluster_starts)
-    make_files(tmp_path / "data", 3, "a")
-    job = write_job(tmp_path, FILE_ECHO, input_yaml="type: uri_folder\npath: ./data")
+    for i in range(3):
+        s3.pipe(f"data/docs/a{i:03d}.txt", b"x\n")
+    job = write_job(tmp_path, FILE_ECHO, input_yaml="type: uri_folder\npath: s3://data/docs")
     lines = []
     result = run_job(job, run_dir=tmp_path / "run", workers=1, echo=lines.append, force_rerun=True)
     assert result.ok, result.failure

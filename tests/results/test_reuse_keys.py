@@ -135,7 +135,8 @@ def test_the_cluster_starts_before_planning_unless_an_earlier_record_may_be_reus
 ):
     """A deterministic step waits for the reuse lookup before starting a cluster (a reused
     step needs none); with no record of the step in the run root there is nothing to find,
-    and the cluster starts while the step plans and digests its input."""
+    and the cluster starts while the step plans and digests its input. The embedded cluster
+    waits for the plan of a local input (the step's processes start first)."""
     from daskprs import pipeline
     from daskprs.execute.resume import Mode
     from daskprs.results.jobresult import JobResult
@@ -163,12 +164,18 @@ def test_the_cluster_starts_before_planning_unless_an_earlier_record_may_be_reus
         echo=lambda line: None,
         reuse_roots=tuple(reuse.search_roots(str(two))),
     )
-    runner = pipeline.StepsRunner(session, pipeline.ClusterChoice(), JobResult(str(two)))
+    choice = pipeline.ClusterChoice(scheduler="tcp://127.0.0.1:8786")
+    runner = pipeline.StepsRunner(session, choice, JobResult(str(two)))
     [step] = job.steps
     assert not reuse.recorded(session.reuse_roots, step, str(two))
     with pytest.raises(_Planned):
         runner._step(step, Cluster())
     assert events == ["prestart", "plan"]
+    embedded = pipeline.StepsRunner(session, pipeline.ClusterChoice(), JobResult(str(two)))
+    events.clear()
+    with pytest.raises(_Planned):
+        embedded._step(step, Cluster())
+    assert events == ["plan"]  # a local input: planned first, then the processes
 
     one = tmp_path / "runs" / "one"
     reuse.remember(str(one), "an earlier key", step_in(job_file, one))
