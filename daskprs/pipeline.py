@@ -530,9 +530,9 @@ class StepsRunner:
                 raise PlanningError(
                     f"step {step.name}: the input {step.input_data.path} gave no mini-batches"
                 )
-            self._make_output_folders(step)
-            if warm is None:
-                warm = self._warm(step, plan)
+            warm = warm or self._warm(step, plan)
+            if warm is None:  # (a warm start made them)
+                self._make_output_folders(step)
             # Dask is imported here, not before: on the embedded cluster the step's
             # processes were started first, and the cluster starts (importing it) in its
             # thread meanwhile

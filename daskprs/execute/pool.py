@@ -60,9 +60,9 @@ def _identity(ctx: StepContext, index: int, worker: Any) -> tuple[str, str]:
     if worker is None:
         return "node000", f"process{index:03d}"
     name = worker.name
-    suffix = f"-{index}" if worker.state.nthreads > 1 else ""
     if ctx.local_concurrency and isinstance(name, int):
         return local_identity(ctx, name, index, worker.state.nthreads)
+    suffix = f"-{index}" if worker.state.nthreads > 1 else ""
     # tcp://10.0.0.5:40123 -> 10.0.0.5; inproc://10.0.0.5/4711/3 (a notebook's
     # Client(processes=False)) -> 10.0.0.5: a node's name is one folder
     host = worker.address.split("://")[-1].split("/")[0].rsplit(":", 1)[0]

@@ -81,6 +81,24 @@ def init_count(path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+def one_try(tmp_path, script: str, **config):
+    """Run ``script`` as ``code/score.py`` on one file in a slot of its own, then stop the
+    slot; return the try's record, its part's text and the process that ran it."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "score.py").write_text(script)
+    (tmp_path / "a.txt").write_text("x\n")
+    part = tmp_path / "a.part"
+    slot = Slot(ChildConfig(code_dir=str(code), entry_script="score.py", **config))
+    try:
+        task = RunTask(FileBatch(0, (str(tmp_path / "a.txt"),)), 1, str(part))
+        record = slot.run(task, Deadlines(load=30, run=30))
+        proc = slot.proc
+    finally:
+        slot.stop()
+    return record, part.read_text() if part.exists() else None, proc
+
+
 def test_init_once_run_per_task_and_part_written(setup):
     make, task, init_log, tmp = setup
     slot = Slot(make())
@@ -220,20 +238,9 @@ def run(mini_batch):
 def test_a_file_list_process_starts_without_pandas(tmp_path, tables, seen):
     """pandas takes a few hundred milliseconds to import: only a step reading tables pays it
     when its process starts (a file-list one never, unless the entry script imports it)."""
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "score.py").write_text(MODULES_SCRIPT)
-    (tmp_path / "a.txt").write_text("x\n")
-    part = tmp_path / "a.part"
-    cfg = ChildConfig(code_dir=str(code), entry_script="score.py", tables=tables)
-    slot = Slot(cfg)
-    try:
-        task = RunTask(FileBatch(0, (str(tmp_path / "a.txt"),)), 1, str(part))
-        record = slot.run(task, Deadlines(load=30, run=30))
-    finally:
-        slot.stop()
+    record, part, _ = one_try(tmp_path, MODULES_SCRIPT, tables=tables)
     assert record.status == "RUN_DONE", record.error
-    assert part.read_text() == f"{seen}\n"
+    assert part == f"{seen}\n"
 
 
 START_ENV_SCRIPT = """
@@ -257,19 +264,9 @@ def test_an_entry_script_process_does_not_inherit_the_nannys_malloc_trim(
     environment_variables set it: then it is there from the process's start, where glibc
     reads it."""
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # as the nanny leaves it
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "score.py").write_text(START_ENV_SCRIPT)
-    (tmp_path / "a.txt").write_text("x\n")
-    part = tmp_path / "a.part"
-    slot = Slot(ChildConfig(code_dir=str(code), entry_script="score.py", env=step_env))
-    try:
-        task = RunTask(FileBatch(0, (str(tmp_path / "a.txt"),)), 1, str(part))
-        record = slot.run(task, Deadlines(load=30, run=30))
-    finally:
-        slot.stop()
+    record, part, _ = one_try(tmp_path, START_ENV_SCRIPT, env=step_env)
     assert record.status == "RUN_DONE", record.error
-    assert part.read_text() == f"{seen}\n"
+    assert part == f"{seen}\n"
 
 
 EXIT_SCRIPT = """
@@ -301,20 +298,10 @@ def test_a_process_ends_with_its_atexit_handlers_and_files_flushed(tmp_path, thr
     """An entry-script process ends without the interpreter's slow finalization, but as an
     exit would for the script: its atexit handlers run, an unclosed file's buffer is written,
     and a thread it left running (not a daemon) is waited for."""
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "score.py").write_text(EXIT_SCRIPT)
-    (tmp_path / "a.txt").write_text("x\n")
     env = {"OPEN_FILE": str(tmp_path / "open.txt"), "AT_EXIT": str(tmp_path / "atexit.txt")}
     if thread:
         env["THREAD"] = str(tmp_path / "thread.txt")
-    slot = Slot(ChildConfig(code_dir=str(code), entry_script="score.py", env=env))
-    try:
-        task = RunTask(FileBatch(0, (str(tmp_path / "a.txt"),)), 1, str(tmp_path / "a.part"))
-        record = slot.run(task, Deadlines(load=30, run=30))
-        proc = slot.proc
-    finally:
-        slot.stop()
+    record, _, proc = one_try(tmp_path, EXIT_SCRIPT, env=env)
     assert record.status == "RUN_DONE", record.error
     assert proc is not None and proc.returncode == 0
     assert (tmp_path / "open.txt").read_text() == "x" * 100
