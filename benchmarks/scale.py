@@ -28,6 +28,7 @@ import argparse
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -166,12 +167,12 @@ def measure_one(args: argparse.Namespace) -> dict:
         import psutil
 
         me = psutil.Process()
-        with c.RssSampler(args.interval, children=False) as rss:
+        with c.RssSampler(args.interval, children=False) as rss, _TreeCpu(me) as tree:
             if prof is not None:
                 prof.enable()
-            cpu0, tree0 = me.cpu_times(), _tree_cpu(me)
+            cpu0 = me.cpu_times()
             result, wall = c.run_daskprs(job, run_dir, client=client)
-            cpu1, tree1 = me.cpu_times(), _tree_cpu(me)
+            cpu1 = me.cpu_times()
             if prof is not None:
                 prof.disable()
         assert result.ok, result.failure
@@ -201,27 +202,56 @@ def measure_one(args: argparse.Namespace) -> dict:
         # CPU seconds of the driver (client and scheduler) and of the workers and their
         # entry-script processes while the job ran
         "driver_cpu": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
-        "workers_cpu": tree1 - tree0,
+        "workers_cpu": tree.used,
         **resume,
     }
     print(json.dumps(out))
     return out
 
 
-def _tree_cpu(me: object) -> float:
-    """CPU seconds used so far by the descendants of this process that are alive now (the
-    workers and their entry-script processes, which live as long as the cluster)."""
-    import psutil
+class _TreeCpu:
+    """CPU seconds the descendants of ``me`` (the workers and their entry-script processes)
+    use between enter and exit, sampled in a thread every 0.1 s: a step's entry-script
+    processes end with the step, before a look at the tree afterwards could see them."""
 
-    assert isinstance(me, psutil.Process)
-    total = 0.0
-    for p in me.children(recursive=True):
+    def __init__(self, me: object):
+        import psutil
+
+        assert isinstance(me, psutil.Process)
+        self.me, self._psutil = me, psutil
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="tree-cpu", daemon=True)
+        self.used = 0.0
+
+    def _sample(self, into: dict[int, float]) -> None:
+        ps = self._psutil
         try:
-            t = p.cpu_times()
-        except psutil.Error:
-            continue
-        total += t.user + t.system
-    return total
+            procs = self.me.children(recursive=True)
+        except ps.Error:
+            return
+        for p in procs:
+            try:
+                t = p.cpu_times()
+            except ps.Error:
+                continue
+            into[p.pid] = t.user + t.system
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.1):
+            self._sample(self._last)
+
+    def __enter__(self) -> _TreeCpu:
+        self._sample(self._first)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample(self._last)
+        self.used = sum(t - self._first.get(pid, 0.0) for pid, t in self._last.items())
 
 
 def _measure_resume(run_dir: Path, client: object) -> dict:

@@ -120,6 +120,11 @@ class StepDir:
     def part(self, mb: int, try_key: str) -> str:
         return os.path.join(self.parts, f"{mb:05d}.{try_key}.part")
 
+    def pack(self, mb: int, try_key: str) -> str:
+        """The file the tries of one Dask task append their rows to, named by its first try
+        (:mod:`daskprs.results.packs`)."""
+        return os.path.join(self.parts, f"{mb:05d}.{try_key}.pack")
+
     def claim(self, mb: int, try_key: str) -> str:
         return os.path.join(self.claims, f"{mb:05d}.{try_key}")
 

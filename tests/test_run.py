@@ -100,6 +100,31 @@ def _write_table(folder, rows=500):
     return df
 
 
+def test_short_tries_packed_in_a_task_append_to_one_pack_and_the_output_is_exact(
+    tmp_path, client
+):
+    """Tries far shorter than a Dask task's cost are packed several to a task; their rows go
+    to one pack a task, each try's a range its record names (daskprs.results.packs)."""
+    from daskprs.results.ledger import read_ledger
+    from daskprs.results.packs import is_pack_ref
+
+    files = make_files(tmp_path / "data", 120, "f")
+    job = write_job(
+        tmp_path, FILE_ECHO, input_yaml="type: uri_folder\npath: ./data", mini_batch_size='"1"'
+    )
+    result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
+    assert result.ok, result.failure
+    assert output_of(tmp_path / "run").read_text().splitlines() == [p.name for p in files]
+    step = tmp_path / "run" / "steps" / "score"
+    state = read_ledger(str(step / "ledger.jsonl"))
+    parts = [state.part_of(mb) for mb in range(120)]
+    packed = [p for p in parts if p is not None and is_pack_ref(p)]
+    assert len(packed) > 60  # most tries were packed (the first ones run one a task)
+    packs = list((step / "parts").glob("*.pack"))
+    assert 0 < len(packs) < len(packed)
+    assert len(list((step / "parts").glob("*.part"))) == 120 - len(packed)
+
+
 def test_a_file_list_job_never_imports_pandas_for_the_script(tmp_path, client):
     """Its processes start without pandas (a few hundred milliseconds each, at every start
     and after every kill); the script imports what it needs itself."""

@@ -43,6 +43,7 @@ from daskprs.execute.wire import (
 )
 from daskprs.paths import redact
 from daskprs.results.outcome import Status, TryRecord, short_return
+from daskprs.results.packs import pack_ref
 from daskprs.rundir import LogsDir
 
 __all__ = ["PROCESS_MARK", "ChildConfig", "MiniBatchContext", "end_marked", "main"]
@@ -184,6 +185,11 @@ class _Runner:
         self.out_fd = out_fd
         self.phase_fd = phase_fd
         self.module: Any = None
+        # the pack this process appends its tries' rows to (daskprs.results.packs)
+        self._packed: Any = None
+        # the last run() seen and whether it takes a context (see `do_task`)
+        self._run_seen: Any = None
+        self._run_wants = False
         # the error and traceback of an init() that failed (see `start`)
         self.init_failure: tuple[str, str] | None = None
         self.script_path = os.path.join(cfg.code_dir, cfg.entry_script)
@@ -310,7 +316,9 @@ class _Runner:
         saved = _ProcessState.save()
         started = time.perf_counter()
         try:
-            if _wants_context(run):
+            if run is not self._run_seen:  # a signature read once per function, not per try
+                self._run_seen, self._run_wants = run, _wants_context(run)
+            if self._run_wants:
                 context = MiniBatchContext(
                     batch.index,
                     dict(batch.keys) if batch.keys is not None else None,
@@ -334,10 +342,26 @@ class _Runner:
         finally:
             saved.restore()
         seconds = time.perf_counter() - started
-        return self.finish(base, result, total, seconds, task.part)
+        return self.finish(base, result, total, seconds, task.part, task.pack)
+
+    def _pack(self, path: str) -> Any:
+        """The pack at ``path``, open to append (the one open before is closed)."""
+        if self._packed is not None and self._packed.name == path:
+            return self._packed
+        if self._packed is not None:
+            self._packed.close()
+            self._packed = None
+        self._packed = open(path, "ab")
+        return self._packed
 
     def finish(
-        self, base: TryRecord, result: Any, total: int, seconds: float, part: str | None
+        self,
+        base: TryRecord,
+        result: Any,
+        total: int,
+        seconds: float,
+        part: str | None,
+        pack: bool = False,
     ) -> TryRecord:
         from daskprs.results.formatting import result_length, write_rows
 
@@ -367,11 +391,18 @@ class _Runner:
             what = "items" if isinstance(result, list | tuple) else "rows"
             warning = short_return(n, total, what)
         written = None
-        if part is not None:
-            tmp = f"{part}.tmp"
-            with open(tmp, "wb") as f:
+        if part is not None and pack:
+            # appended to its task's pack: a range, flushed before the record goes out
+            f = self._pack(part)
+            offset = f.tell()
+            write_rows(result, f, self.cfg.to_csv)
+            f.flush()
+            written = pack_ref(part, offset, f.tell() - offset)
+        elif part is not None:
+            # written in place: a part counts only once the ledger records its try DONE, which
+            # comes after this, so a part cut short is never read
+            with open(part, "wb") as f:
                 write_rows(result, f, self.cfg.to_csv)
-            os.replace(tmp, part)
             written = part
         return base.with_(
             status=Status.RUN_DONE,
@@ -387,12 +418,20 @@ class _Runner:
 @dataclass
 class _ProcessState:
     """What a ``run()`` may change in its process and the next mini-batch must not inherit:
-    the environment, ``sys.path``, ``sys.argv`` and the working directory."""
+    the environment, ``sys.path``, ``sys.argv`` and the working directory.
 
-    environ: dict[str, str]
+    The environment is kept as ``os.environ`` keeps it (its encoded ``_data`` where there is
+    one): copying and comparing that takes a microsecond where decoding every variable took
+    twenty, twice a try."""
+
+    environ: dict[Any, Any]
     path: list[str]
     argv: list[str]
     cwd: str | None
+
+    @staticmethod
+    def _environ() -> dict[Any, Any]:
+        return dict(getattr(os.environ, "_data", os.environ))
 
     @classmethod
     def save(cls) -> _ProcessState:
@@ -400,12 +439,19 @@ class _ProcessState:
             cwd: str | None = os.getcwd()
         except OSError:
             cwd = None
-        return cls(dict(os.environ), list(sys.path), list(sys.argv), cwd)
+        return cls(cls._environ(), list(sys.path), list(sys.argv), cwd)
 
     def restore(self) -> None:
-        if dict(os.environ) != self.environ:
+        if self._environ() != self.environ:
             os.environ.clear()
-            os.environ.update(self.environ)
+            if hasattr(os.environ, "_data"):
+                # each variable set again through os.environ, so that the C environment the
+                # script's subprocesses inherit is restored too
+                env: Any = os.environ
+                for key, value in self.environ.items():
+                    os.environ[env.decodekey(key)] = env.decodevalue(value)
+            else:
+                os.environ.update(self.environ)
         sys.path[:] = self.path
         sys.argv[:] = self.argv
         if self.cwd is not None:

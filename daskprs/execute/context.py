@@ -21,6 +21,7 @@ from daskprs.execute.devices import processes_per_instance
 from daskprs.execute.store import StepStore, staging_root
 from daskprs.inputs.batches import FileBatch, FileBatches, MiniBatch
 from daskprs.job.model import ParallelStep
+from daskprs.results.formatting import PART_FORMAT
 from daskprs.rundir import RunDir, StepDir
 from daskprs.settings import EnvSettings
 
@@ -77,6 +78,14 @@ class StepContext:
     lease_seconds: float = 0.0
     handback_seconds: float = 5.0
     staging: str = ""
+
+    @property
+    def packs_parts(self) -> bool:
+        """The tries of one task append their rows to one pack (:mod:`daskprs.results.packs`):
+        text parts on a filesystem the driver reads (staged parts are uploaded one by one,
+        ``map_batches``' are data files)."""
+        structured = (self.child.to_csv or {}).get(PART_FORMAT) == "structured"
+        return self.writes_parts and not self.staging and not structured
 
     @property
     def where(self) -> StepDir:

@@ -43,11 +43,13 @@ class Setup:
 
 @dataclass(frozen=True)
 class RunTask:
-    """Run one try of one mini-batch; write its rows to ``part`` when given."""
+    """Run one try of one mini-batch; write its rows to ``part`` when given (``pack``: append
+    them to that file, :mod:`daskprs.results.packs`)."""
 
     batch: Any
     try_no: int
     part: str | None = None
+    pack: bool = False
 
 
 @dataclass(frozen=True)

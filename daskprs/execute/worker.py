@@ -57,6 +57,7 @@ def run_try(
     try_no: int,
     try_key: str,
     handback_wait: list[float | None] | None = None,
+    pack: str | None = None,
 ) -> TryRecord:
     """Run one try of one mini-batch in this worker's slot and return its record.
 
@@ -74,6 +75,9 @@ def run_try(
         ``[seconds]`` to wait for a hand-back when the claim is taken (None: the default),
         shared by the tries of one packed task: after the first wait the others wait 0 s
         (the worker died: nothing comes) or 1 s (it handed its tries back together).
+    pack : str, optional
+        The file the tries of this task append their rows to (:mod:`daskprs.results.packs`);
+        None: a part of its own.
     """
     start = time.time()
     if not _claim(ctx, batch.index, try_key):
@@ -97,9 +101,9 @@ def run_try(
     pool = pool_of(ctx.token, _current_worker())
     slot = pool.acquire(batch.index, try_key)
     # staged: the child writes its part in the worker's scratch folder, uploaded below
-    part = pool.local.where.part(batch.index, try_key) if ctx.writes_parts else None
+    part = pack or (pool.local.where.part(batch.index, try_key) if ctx.writes_parts else None)
     try:
-        record = slot.run(RunTask(batch, try_no, part), ctx.deadlines)
+        record = slot.run(RunTask(batch, try_no, part, pack is not None), ctx.deadlines)
         if ctx.staging and record.part:
             record = _stage_part(ctx, record, try_key)
     except Exception as err:  # the slot itself failed: this try failed, nothing else did
@@ -150,13 +154,18 @@ def _stage_part(ctx: StepContext, record: TryRecord, try_key: str) -> TryRecord:
 
 def run_tries(ctx: StepContext, items: list[tuple[MiniBatch, int, str]]) -> list[TryRecord]:
     """Run several tries, one after the other, in this worker's slot (one Dask task for many
-    small mini-batches). Each keeps its own claim, deadline and record."""
+    small mini-batches). Each keeps its own claim, deadline and record; their rows go to one
+    pack, each try's a range of it (:mod:`daskprs.results.packs`)."""
     pool = pool_of(ctx.token, _current_worker())
     records = []
     wait: list[float | None] = [None]
+    pack = None
+    if ctx.packs_parts and len(items) > 1:
+        first, _, key = items[0]
+        pack = pool.local.where.pack(first.index, key)
     try:
         for batch, try_no, try_key in items:
-            record = run_try(ctx, batch, try_no, try_key, wait)
+            record = run_try(ctx, batch, try_no, try_key, wait, pack)
             pool.keep(batch.index, try_key, record)
             records.append(record)
     finally:

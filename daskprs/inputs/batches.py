@@ -16,7 +16,9 @@ __all__ = [
     "BatchLoadError",
     "FileBatch",
     "FileBatches",
+    "FileStats",
     "MiniBatch",
+    "PackedPaths",
     "StagedBatch",
     "TableBatch",
     "TablePiece",
@@ -170,30 +172,42 @@ class StagedBatch:
 MiniBatch = FileBatch | TableBatch | StagedBatch
 
 
-class _PackedPaths(Sequence[str]):
+class PackedPaths(Sequence[str]):
     """Paths in one buffer, their folders kept once: a million one-file paths in about 25 MB
-    where a tuple of strings took 90 MB."""
+    where a tuple of strings took 90 MB. Made from ``paths``, or grown with :meth:`append`
+    (a local listing adds each file as it finds it)."""
 
-    def __init__(self, paths: Iterable[str]):
-        folders: dict[str, int] = {}
+    def __init__(self, paths: Iterable[str] = ()):
+        self._index: dict[str, int] = {}
         self._folders: list[str] = []
         self._folder = array("I")
         self._ends = array("q")
-        names = bytearray()
+        self._names = bytearray()
         for path in paths:
             cut = path.rfind("/") + 1
-            folder = path[:cut]
-            at = folders.get(folder)
-            if at is None:
-                at = folders[folder] = len(self._folders)
-                self._folders.append(folder)
-            self._folder.append(at)
-            names += path[cut:].encode("utf-8", "surrogateescape")
-            self._ends.append(len(names))
-        self._names = bytes(names)
+            self.append(path[:cut], path[cut:])
+
+    def append(self, folder: str, name: str) -> None:
+        """Add the path ``folder + name`` (``folder`` ends with ``/``, ``name`` has none)."""
+        at = self._index.get(folder)
+        if at is None:
+            at = self._index[folder] = len(self._folders)
+            self._folders.append(folder)
+        self._folder.append(at)
+        self._names += name.encode("utf-8", "surrogateescape")
+        self._ends.append(len(self._names))
 
     def __len__(self) -> int:
         return len(self._ends)
+
+    def by_folder(self) -> list[tuple[str, array]]:
+        """Each folder (with its ``/``) and the indices of its paths, in order."""
+        if len(self._folders) == 1:
+            return [(self._folders[0], array("q", range(len(self))))]
+        groups: list[array] = [array("q") for _ in self._folders]
+        for i, at in enumerate(self._folder):
+            groups[at].append(i)
+        return list(zip(self._folders, groups, strict=True))
 
     @overload
     def __getitem__(self, i: int) -> str: ...
@@ -209,7 +223,7 @@ class _PackedPaths(Sequence[str]):
         return self._folders[self._folder[i]] + name
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, _PackedPaths):
+        if isinstance(other, PackedPaths):
             return (
                 self._names == other._names
                 and self._ends == other._ends
@@ -219,6 +233,23 @@ class _PackedPaths(Sequence[str]):
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, eq=False)
+class FileStats:
+    """What a local listing's ``stat`` found of each file, in listing order: its size and
+    modification time in nanoseconds, the indices of the entries that are not regular files
+    and of those no ``stat`` could be taken of (a link to nothing: size 0). The input's
+    digests (``--resume``'s check, the step's reuse key) use them instead of a ``stat`` of
+    their own."""
+
+    sizes: array
+    mtime_ns: array
+    irregular: frozenset[int] = frozenset()
+    missing: frozenset[int] = frozenset()
+    # every entry below the listed folder is one of these files or a folder: none hidden,
+    # left out or linked (the step's reuse key then digests the folder from them)
+    complete: bool = False
 
 
 class FileBatches(Sequence[FileBatch]):
@@ -237,13 +268,15 @@ class FileBatches(Sequence[FileBatch]):
         count: int,
         direct: bool = False,
         storage_options: Mapping[str, Any] | None = None,
+        stats: FileStats | None = None,
     ):
         if count < 1:
             raise ValueError(f"a mini-batch holds at least one file, not {count}")
-        self.files = files if isinstance(files, _PackedPaths) else _PackedPaths(files)
+        self.files = files if isinstance(files, PackedPaths) else PackedPaths(files)
         self.per_batch = count
         self.direct = direct
         self.storage_options: Mapping[str, Any] = storage_options or {}
+        self.stats = stats
 
     def __len__(self) -> int:
         return -(-len(self.files) // self.per_batch)

@@ -20,7 +20,14 @@ from typing import Any, Literal
 from daskprs.errors import PlanningError
 from daskprs.inputs.batches import FileBatch, FileBatches, MiniBatch, TableBatch, TablePiece
 from daskprs.inputs.cuts import Prober, cuts_by_probe, cuts_by_rows, header_names, row_ends
-from daskprs.inputs.listing import ListedFile, Listing, Storage, list_files, list_input
+from daskprs.inputs.listing import (
+    ListedFile,
+    Listing,
+    PackedListing,
+    Storage,
+    list_files,
+    list_input,
+)
 from daskprs.inputs.partitions import match_partition_format, partition_columns
 from daskprs.inputs.tablemodel import ROW_PRESERVING, MLTableSpec, TableRead, Transform
 from daskprs.job.model import DataInput, MiniBatchSize
@@ -117,7 +124,6 @@ def _file_batches(
     options: Mapping[str, Any],
 ) -> Sequence[FileBatch]:
     direct = data.mode == "direct"
-    urls = [f.url for f in listing.files]
     if partition_keys:
         groups = _group_by_keys(listing, partition_keys)
         return tuple(
@@ -149,8 +155,11 @@ def _file_batches(
             f"{data.path}: mini_batch_size must be at least 1 file (0 is only allowed with "
             f"partition_keys)"
         )
-    # packed: a million one-file mini-batches in tens of MB (docs/clusters.md)
-    return FileBatches(urls, count, direct, options)
+    # packed: a million one-file mini-batches in tens of MB (docs/clusters.md); a local
+    # folder's listing is packed already, and its stats serve the input's digests
+    if isinstance(listing.files, PackedListing):
+        return FileBatches(listing.files.paths, count, direct, options, listing.files.stats)
+    return FileBatches([f.url for f in listing.files], count, direct, options)
 
 
 def _group_by_keys(

@@ -79,13 +79,17 @@ def input_digest(batches: Iterable[MiniBatch]) -> dict[str, Any]:
     """A digest of what a plan covers: its descriptors and each file's size and mtime."""
     h = hashlib.sha256()
     files: Iterable[str]
-    if isinstance(batches, FileBatches) and batches.per_batch == 1:
-        # a packed file list of one file a mini-batch: each file once, in order; the same
-        # digest without making a million descriptors and a set of their paths
-        files = batches.files
-        n = len(batches)
-        for path in files:
-            h.update(repr({"files": [path]}).encode())
+    listed = None
+    if isinstance(batches, FileBatches):
+        # a packed file list: each file once, in order (no set of a million paths), and the
+        # listing's stat of each when it took one
+        files, listed, n = batches.files, batches.stats, len(batches)
+        if batches.per_batch == 1:  # the same digest without a million descriptors
+            for path in files:
+                h.update(repr({"files": [path]}).encode())
+        else:
+            for described in batches:
+                h.update(repr(described.describe()).encode())
     else:
         seen: dict[str, None] = {}
         n = 0
@@ -96,9 +100,15 @@ def input_digest(batches: Iterable[MiniBatch]) -> dict[str, Any]:
                 seen.setdefault(path, None)
         files = seen
     stats = hashlib.sha256()
-    for path in files:
+    for i, path in enumerate(files):
         if "://" in path:
             stats.update(path.encode())
+            continue
+        if listed is not None:
+            if i in listed.missing:
+                stats.update(f"{path}\0missing\n".encode())
+            else:
+                stats.update(f"{path}\0{listed.sizes[i]}\0{listed.mtime_ns[i]}\n".encode())
             continue
         try:
             st = os.stat(path)

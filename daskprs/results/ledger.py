@@ -63,11 +63,37 @@ _PART, _REC_PART, _KEY = 0, 1, 2  # the text columns: a mini-batch's part, its r
 
 class _Texts:
     """Columns of strings by position, packed in one buffer (a part path in about 30
-    bytes, not 120); two columns may share one string's bytes."""
+    bytes, not 120); two columns may share one string's bytes.
+
+    A string's folder (up to its last ``/``) is kept once in :attr:`dirs` and the string
+    as ``\x01<folder's index>\x02<the rest>``: a million parts of one folder take their
+    names' bytes, not their paths' (a string that starts with ``\x01`` or ``\x03`` itself
+    is kept as ``\x03<string>``)."""
+
+    _DIRS_FROM = 16  # shorter folders are kept in the string
 
     def __init__(self, columns: int):
         self._buf = bytearray()
         self._at = [array("q") for _ in range(columns)]
+        self.dirs: list[str] = []
+        self._dir_ids: dict[str, int] = {}
+
+    def set_dirs(self, dirs: list[str]) -> None:
+        """Take the folders of a snapshot."""
+        self.dirs = list(dirs)
+        self._dir_ids = {d: i for i, d in enumerate(self.dirs)}
+
+    def _encode(self, text: str) -> bytes:
+        cut = text.rfind("/") + 1
+        if cut >= self._DIRS_FROM:
+            folder = text[:cut]
+            at = self._dir_ids.get(folder)
+            if at is None:
+                at = self._dir_ids[folder] = len(self.dirs)
+                self.dirs.append(folder)
+            return b"\x01%d\x02" % at + text[cut:].encode("utf-8", "surrogateescape")
+        data = text.encode("utf-8", "surrogateescape")
+        return b"\x03" + data if data[:1] in (b"\x01", b"\x03") else data
 
     def grow(self, n: int) -> None:
         for at in self._at:
@@ -78,7 +104,7 @@ class _Texts:
             self._at[column][i] = -1
             return
         self._at[column][i] = len(self._buf)
-        self._buf += text.encode("utf-8", "surrogateescape") + b"\0"
+        self._buf += self._encode(text) + b"\0"
 
     def share(self, column: int, i: int, source: int) -> None:
         """Column ``column`` of ``i`` holds what column ``source`` holds."""
@@ -88,7 +114,14 @@ class _Texts:
         at = self._at[column][i]
         if at < 0:
             return None
-        return self._buf[at : self._buf.index(0, at)].decode("utf-8", "surrogateescape")
+        data = self._buf[at : self._buf.index(0, at)]
+        if data[:1] == b"\x01":
+            mark = data.index(2)
+            name = data[mark + 1 :].decode("utf-8", "surrogateescape")
+            return self.dirs[int(data[1:mark])] + name
+        if data[:1] == b"\x03":
+            data = data[1:]
+        return data.decode("utf-8", "surrogateescape")
 
 
 class LedgerState:
@@ -566,7 +599,7 @@ def read_ledger(path: str) -> LedgerState:
 # since, is ignored) and replays only the lines after them: a million-try ledger is read in a
 # second or two instead of ten (``python -m benchmarks scale``). The ledger stays the truth; the
 # snapshot is never needed and never read without its check.
-_SNAPSHOT_FORMAT = 1
+_SNAPSHOT_FORMAT = 2  # 2: text folders kept once (text_dirs)
 _ARRAYS = (
     "_state",
     "_tries",
@@ -605,6 +638,7 @@ def write_snapshot(path: str, state: LedgerState) -> None:
         "skipped": state.skipped,
         "n": state._n,
         "places": state._places,
+        "text_dirs": state._texts.dirs,
         "records": [[mb, r.to_dict()] for mb, r in state._records.items()],
         "other": [
             [mb, e.state, e.tries, e.part, e.record.to_dict() if e.record else None]
@@ -691,6 +725,7 @@ def _restore(meta: dict[str, Any], s: Any) -> LedgerState:
     lengths += [len(at) for at in state._texts._at] + [len(state._times) // 3]
     if any(n != state._n for n in lengths):
         raise ValueError("a column is of another length")
+    state._texts.set_dirs(meta["text_dirs"])
     state._places = [tuple(p) for p in meta["places"]]
     state._place_ids = {p: i for i, p in enumerate(state._places)}
     state._records = {int(mb): _record(r) for mb, r in meta["records"]}

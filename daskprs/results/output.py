@@ -24,9 +24,11 @@ import os
 import queue
 import threading
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from daskprs.inputs.filesystems import filesystem
+from daskprs.results.packs import split_ref
 
 __all__ = [
     "PartialOutput",
@@ -64,30 +66,93 @@ def _open_part(part: str):
         raise FileNotFoundError(errno.ENOENT, "no such part", part) from err
 
 
+def _ranges(parts: Iterable[str]) -> Iterator[tuple[str, int, int | None]]:
+    """``(file, offset, length)`` to copy for each part in turn (None: the whole file), the
+    consecutive ranges of one pack joined into one (:mod:`daskprs.results.packs`)."""
+    held: tuple[str, int, int] | None = None
+    for part in parts:
+        path, offset, length = split_ref(part)
+        if held is not None:
+            if length is not None and path == held[0] and offset == held[1] + held[2]:
+                held = (path, held[1], held[2] + length)
+                continue
+            yield held
+            held = None
+        if length is None:
+            yield path, offset, None
+        else:
+            held = (path, offset, length)
+    if held is not None:
+        yield held
+
+
 def _copy_parts(parts: Iterable[str], out, local: bool = True) -> int:
     """Append each part to the open binary file ``out``; return the bytes copied.
 
     Where ``out`` and a part are local files the kernel copies (``os.copy_file_range``: no
     trip through Python, and a reflink on filesystems that have them); otherwise in chunks,
-    so memory stays flat for parts and outputs on object stores too.
+    so memory stays flat for parts and outputs on object stores too. A part that is a range
+    of a pack is copied from its offset; a pack's consecutive ranges in one go, the pack
+    opened once while its ranges follow one another.
     """
     written = 0
     in_kernel = local and hasattr(os, "copy_file_range")
-    for part in parts:
-        with _open_part(part) as src:
-            if in_kernel and not is_url(part):
-                try:
-                    out.flush()
-                    while n := os.copy_file_range(src.fileno(), out.fileno(), _CHUNK * 64):
-                        written += n
-                    continue
-                except OSError:  # not on this filesystem pair: copy the rest in Python
-                    in_kernel = False
-                    out.seek(0, os.SEEK_END)
-            while chunk := src.read(_CHUNK):
-                out.write(chunk)
-                written += len(chunk)
+    src: Any = None
+    src_path = None
+    try:
+        for path, offset, length in _ranges(parts):
+            if src is None or path != src_path:
+                if src is not None:
+                    src.close()
+                src, src_path = _open_part(path), path
+            done = 0
+            if in_kernel and not is_url(path):
+                done, in_kernel = _kernel_copy(src, out, offset, length)
+            if not in_kernel or is_url(path):
+                left = None if length is None else length - done
+                done += _python_copy(src, out, offset + done, left)
+            if length is not None and done < length:
+                raise OSError(
+                    errno.EIO, f"the pack holds {done} of the {length} bytes at {offset}", path
+                )
+            written += done
+    finally:
+        if src is not None:
+            src.close()
     return written
+
+
+def _kernel_copy(src: Any, out: Any, offset: int, length: int | None) -> tuple[int, bool]:
+    """Copy ``length`` bytes (None: to its end) of ``src`` from ``offset`` to the end of
+    ``out`` with ``os.copy_file_range``: the bytes copied, and False when the kernel could
+    not copy between these files (the rest is for :func:`_python_copy`)."""
+    out.flush()
+    done = 0
+    while length is None or done < length:
+        want = _CHUNK * 64 if length is None else min(length - done, _CHUNK * 64)
+        try:
+            n = os.copy_file_range(src.fileno(), out.fileno(), want, offset_src=offset + done)
+        except OSError:  # not on this filesystem pair
+            out.seek(0, os.SEEK_END)
+            return done, False
+        if n == 0:
+            break
+        done += n
+    return done, True
+
+
+def _python_copy(src: Any, out: Any, offset: int, length: int | None) -> int:
+    """Copy ``length`` bytes (None: to its end) of ``src`` from ``offset`` to ``out`` in
+    chunks; the bytes copied."""
+    src.seek(offset)
+    done = 0
+    while length is None or done < length:
+        chunk = src.read(_CHUNK if length is None else min(length - done, _CHUNK))
+        if not chunk:
+            break
+        out.write(chunk)
+        done += len(chunk)
+    return done
 
 
 def partial_path(dest: str) -> str:

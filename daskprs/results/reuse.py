@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict
 from typing import Any
 
-from daskprs.inputs.batches import FileBatch, MiniBatch, TableBatch
+from daskprs.inputs.batches import FileBatch, FileBatches, MiniBatch, TableBatch
 from daskprs.job.model import CommandStep, DataInput, Output, ParallelStep
 from daskprs.results.fingerprint import code_digest
 from daskprs.rundir import RunDir
@@ -87,18 +87,59 @@ def _tree_digest(path: str, run_dir: str) -> str:
     return h.hexdigest()
 
 
+def _listed_tree_digest(path: str, run_dir: str, batches: FileBatches) -> str | None:
+    """What :func:`_tree_digest` gives the folder ``path`` that ``batches`` list, from the
+    listing's own stats: os.walk's order (each folder's files by name, then its folders by
+    name, depth first) without a second walk and ``stat`` of every file (at a million files,
+    4.6 s and 80 MB). None when the listing is not the whole folder (hidden, linked or odd
+    entries, or another folder): the walk then gives it."""
+    listed = batches.stats
+    if listed is None or not listed.complete or not len(batches.files):
+        return None
+    root = os.path.join(os.path.abspath(path), "")
+    groups = batches.files.by_folder()
+    if any(not folder.startswith(root) for folder, _ in groups):
+        return None
+    h = hashlib.sha256(_relative(path, run_dir).encode() + b"\n")
+    # os.walk's top-down order, its folders sorted at each level: by their components
+    groups.sort(key=lambda g: g[0][len(root) :].split("/"))
+    files, sizes, times, cut = batches.files, listed.sizes, listed.mtime_ns, len(root)
+    for _, indices in groups:
+        for i in indices:
+            h.update(f"{files[i][cut:]}\0{sizes[i]}\0{times[i]}\n".encode())
+    return h.hexdigest()
+
+
 def _plan_digest(batches: Iterable[MiniBatch], run_dir: str) -> str:
     """The mini-batches of a plan, with the size and time of each file they read (an MLTable
     may read files outside its folder)."""
     h = hashlib.sha256()
+    packed = isinstance(batches, FileBatches)
     files: dict[str, None] = {}
     for batch in batches:
         described = _relative(json.dumps(batch.describe(), sort_keys=True, default=str), run_dir)
         h.update(described.encode() + b"\n")
+        if packed:
+            continue  # its files are each listed once, in order
         if isinstance(batch, FileBatch):
             files.update(dict.fromkeys(batch.files))
         elif isinstance(batch, TableBatch):
             files.update(dict.fromkeys(p.path for p in batch.pieces))
+    if isinstance(batches, FileBatches):
+        listed = batches.stats
+        for i, path in enumerate(batches.files):
+            if listed is None or i in listed.irregular or "://" in path:
+                h.update(_tree_digest(path, run_dir).encode())
+                continue
+            # what _tree_digest gives a regular file (or one it cannot stat), from the stat
+            # the listing took
+            one = hashlib.sha256(_relative(path, run_dir).encode() + b"\n")
+            if i in listed.missing:
+                h.update((one.hexdigest() + "-missing").encode())
+                continue
+            one.update(f"{listed.sizes[i]}\0{listed.mtime_ns[i]}".encode())
+            h.update(one.hexdigest().encode())
+        return h.hexdigest()
     for path in files:
         h.update(_tree_digest(path, run_dir).encode())
     return h.hexdigest()
@@ -132,9 +173,15 @@ def step_key(
     h.update(_relative(json.dumps(fields, sort_keys=True, default=str), run_dir).encode())
     h.update(code_digest(step.code_dir).encode())
     trees: dict[str, str] = {}  # a folder that is both an input and input_data: walked once
+    # the folder the plan lists: digested from the listing's stats
+    listed = batches if isinstance(batches, FileBatches) else None
+    planned = step.input_data.path if isinstance(step, ParallelStep) else None
     for d in sorted(data, key=lambda d: (d.name, d.path)):
         if d.path not in trees:
-            trees[d.path] = _tree_digest(d.path, run_dir)
+            digest = None
+            if listed is not None and d.type == "uri_folder" and d.path == planned:
+                digest = _listed_tree_digest(d.path, run_dir, listed)
+            trees[d.path] = digest or _tree_digest(d.path, run_dir)
         h.update(trees[d.path].encode())
     h.update(_plan_digest(batches, run_dir).encode())
     for d in data:

@@ -72,8 +72,14 @@ def run(mini_batch):
         raise ValueError("z" * 10**6)
     if name == "huge.txt":
         return list(range(200_000))
+    # what a subprocess inherits: the C environment, restored too
+    import subprocess
+    seen = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getenv('INJECTED'), os.getenv('KEEP'))"],
+        capture_output=True, text=True,
+    ).stdout.strip() if name == "a.txt" else ""
     return [os.environ.get("INJECTED"), os.environ.get("KEEP"), "/nowhere" in sys.path,
-            "--injected" in sys.argv, os.getcwd() != "/"]
+            "--injected" in sys.argv, os.getcwd() != "/", seen]
 
 def shutdown():
     if os.environ.get("SHUTDOWN") == "hang":
@@ -314,7 +320,7 @@ def test_changes_to_environ_path_argv_and_cwd_do_not_reach_the_next_mini_batch(h
         assert slot.started == 1  # the same process ran both
     finally:
         slot.stop()
-    assert part.read_text().splitlines() == ["None", "kept", "False", "False", "True"]
+    assert part.read_text().splitlines() == ["None", "kept", "False", "False", "True", "None kept"]
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,16 @@ directory), inputs and staging on the moto server.
 
 from __future__ import annotations
 
+import errno
+import glob
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +35,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from daskprs.api import run_job
 from daskprs.errors import UserInputError
+from daskprs.execute import store as store_module
 from daskprs.execute.child import ChildConfig
 from daskprs.execute.stagedlogs import pull_logs
 from daskprs.execute.store import StepStore, staging_root
@@ -54,6 +60,128 @@ def test_a_claim_is_created_once(store):
     assert store.exists("claims/00001.s0t1")
     assert not store.exists("claims/00002.s0t1")
     assert store.check() is None
+
+
+# -- local claims: hard links to a template of the process ------------------------------------
+
+_ME = b"host-a 4242\n"
+
+
+def _templates(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.name.startswith(".claimant-"))
+
+
+def _failing_link(monkeypatch, code: int, times: int | None) -> list[str]:
+    """``os.link`` raising OSError(``code``) ``times`` times (None: always), then linking; the
+    sources it was called with."""
+    real = os.link
+    calls: list[str] = []
+
+    def link(src, dst, *args, **kwargs):
+        calls.append(src)
+        if times is None or len(calls) <= times:
+            raise OSError(code, os.strerror(code))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(store_module.os, "link", link)
+    return calls
+
+
+def test_a_local_claim_is_a_hard_link_to_a_template_no_reader_takes_for_a_claim(tmp_path):
+    store = StepStore(str(tmp_path / "step"))
+    claims = tmp_path / "step" / "claims"
+    assert store.create("claims/00001.s0t1", _ME) is True
+    assert store.create("claims/00001.s0t1", _ME) is False
+    assert store.get("claims/00001.s0t1") == _ME
+    (template,) = _templates(claims)
+    claim = claims / "00001.s0t1"
+    assert claim.stat().st_nlink >= 2
+    assert os.path.samestat(claim.stat(), template.stat())
+    assert template.read_bytes() == _ME
+    # no claim or part name, and what globs the claims of a mini-batch skips it
+    assert not re.fullmatch(r"\d{5}\..*", template.name) and template.name.startswith(".")
+    assert [p.name for p in claims.glob("00001.*")] == ["00001.s0t1"]
+    assert [os.path.basename(p) for p in glob.glob(str(claims / "*"))] == ["00001.s0t1"]
+    # other bytes: their own template, and the claim there stays as it was
+    assert store.create("claims/00001.s0t1", b"host-b 7\n") is False
+    assert store.get("claims/00001.s0t1") == _ME
+    assert sorted(p.read_bytes() for p in _templates(claims)) == [b"host-a 4242\n", b"host-b 7\n"]
+
+
+def test_the_claims_of_a_process_share_one_template_and_a_full_one_is_replaced(
+    tmp_path, monkeypatch
+):
+    store = StepStore(str(tmp_path / "step"))
+    claims = tmp_path / "step" / "claims"
+    for mb in range(20):
+        assert store.create(f"claims/{mb:05d}.s0t1", _ME) is True
+    (template,) = _templates(claims)
+    assert template.stat().st_nlink == 21
+    calls = _failing_link(monkeypatch, errno.EMLINK, times=1)
+    assert store.create("claims/00020.s0t1", _ME) is True
+    assert len(calls) == 2 and calls[0] == str(template) and calls[1] != str(template)
+    assert len(_templates(claims)) == 2
+    claim = claims / "00020.s0t1"
+    assert claim.read_bytes() == _ME and claim.stat().st_nlink == 2
+    assert store.create("claims/00020.s0t1", _ME) is False
+    assert store.create("claims/00021.s0t1", _ME) is True
+    assert len(_templates(claims)) == 2  # the new template is kept
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EACCES])
+def test_without_hard_links_a_claim_is_an_exclusive_create(tmp_path, monkeypatch, code):
+    store = StepStore(str(tmp_path / "step"))
+    claims = tmp_path / "step" / "claims"
+    calls = _failing_link(monkeypatch, code, times=None)
+    assert store.create("claims/00001.s0t1", _ME) is True
+    assert store.create("claims/00001.s0t1", _ME) is False
+    assert store.create("claims/00002.s0t1", _ME) is True
+    assert len(calls) == 1  # refused once: no link tried in that folder again
+    for name in ("00001.s0t1", "00002.s0t1"):
+        assert (claims / name).read_bytes() == _ME
+        assert (claims / name).stat().st_nlink == 1
+
+
+def test_a_claim_is_made_when_its_template_or_folder_was_removed(tmp_path):
+    store = StepStore(str(tmp_path / "step"))
+    claims = tmp_path / "step" / "claims"
+    assert store.create("claims/00001.s0t1", _ME) is True
+    (template,) = _templates(claims)
+    template.unlink()
+    assert store.create("claims/00002.s0t1", _ME) is True
+    assert store.create("claims/00002.s0t1", _ME) is False
+    assert (claims / "00002.s0t1").read_bytes() == _ME
+    (second,) = _templates(claims)
+    assert second != template
+    # the folder removed (a step started over) and made again, or not
+    shutil.rmtree(claims)
+    assert store.create("claims/00001.s0t1", _ME) is True
+    assert store.create("claims/00001.s0t1", _ME) is False
+    os.replace(claims, tmp_path / "step" / "claims.before")
+    claims.mkdir()
+    assert store.create("claims/00001.s0t1", _ME) is True
+    assert (claims / "00001.s0t1").read_bytes() == _ME
+    assert (claims / "00001.s0t1").stat().st_nlink == 2
+
+
+def test_one_of_threads_that_claim_one_try_at_once_gets_it(tmp_path):
+    store = StepStore(str(tmp_path / "step"))
+    threads, rounds = 8, 25
+    start = threading.Barrier(threads)
+    won: list[list[bool]] = [[] for _ in range(rounds)]
+
+    def claim() -> None:
+        for mb in range(rounds):
+            start.wait()
+            won[mb].append(store.create(f"claims/{mb:05d}.s0t1", _ME))
+
+    workers = [threading.Thread(target=claim) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert [sorted(w) for w in won] == [[False] * (threads - 1) + [True]] * rounds
+    assert len(_templates(tmp_path / "step" / "claims")) == 1
 
 
 def test_a_left_marker_is_taken_by_one_taker_only(store):

@@ -1,14 +1,20 @@
 """A file list's plan kept packed (issue 23: a million mini-batches in one driver): it reads
-as the tuple of descriptors it replaces, in the plan file too."""
+as the tuple of descriptors it replaces, in the plan file too; a local folder's listing is
+packed as it is walked, and its stats serve the input's digests."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from daskprs.inputs import listing
 from daskprs.inputs.batches import FileBatch, FileBatches
+from daskprs.inputs.listing import ListedFile, list_files
 from daskprs.inputs.plan import Plan, plan_input
 from daskprs.inputs.planfile import read_plan, write_plan
 from daskprs.job.model import DataInput, MiniBatchSize
+from daskprs.results import reuse
 from daskprs.results.fingerprint import input_digest
 
 PATHS = ["/data/a/x.png", "/data/a/y.png", "/data/b/z.png", "s3://bucket/k/w.png", "rel.png"]
@@ -47,3 +53,62 @@ def test_a_file_list_plan_is_packed_and_reads_back_equal(tmp_path):
     assert isinstance(again.batches, FileBatches) and again == plan
     unpacked = Plan(plan.kind, tuple(plan.batches), plan.input_root, plan.notes, plan.seconds)
     assert unpacked == plan
+
+
+def _tricky_folder(root):
+    """Names whose order as paths differs from a plain sort of each folder's names, links
+    (to a file, to a folder, to nothing, back up the tree), a FIFO and hidden entries."""
+    for rel in (
+        "a!", "a/x", "a/y/z", "a-b", "a0", "a.txt", "A", "_", "b/.hidden", ".dot/in",
+        "b/MLTable", "MLTable/inside", "c/d/e", "c/d!", "c/d0", "é", "z",
+    ):  # fmt: skip
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rel)
+    os.symlink(root / "z", root / "link-to-z")
+    os.symlink(root / "c", root / "link-to-c")
+    os.symlink(root / "gone", root / "dangling")
+    os.symlink(root, root / "c" / "loop")
+    os.mkfifo(root / "fifo")
+
+
+def _old_listing(folder):
+    """What the listing made before it was packed: the walk's tuples sorted by ``rel``."""
+    found = listing._walk_local(str(folder))
+    found.sort(key=lambda f: f[1])
+    return [ListedFile(*f) for f in found]
+
+
+def test_a_local_folder_is_listed_packed_in_the_order_and_with_the_stats_of_a_sorted_walk(
+    tmp_path,
+):
+    root = tmp_path / "in"
+    _tricky_folder(root)
+    got = listing.list_input(DataInput("d", "uri_folder", str(root)), listing.Storage(None, None))
+    assert isinstance(got.files, listing.PackedListing)
+    assert list(got.files) == _old_listing(root)
+    rels = [f.rel for f in got.files]
+    assert rels == sorted(rels) and "a/x" in rels and "dangling" in rels and "b/.hidden" not in rels
+    assert got.files[-1] == _old_listing(root)[-1]
+    stats = got.files.stats
+    assert stats.missing == {rels.index("dangling")} and stats.irregular == {rels.index("fifo")}
+    # the public listing is the tuple it always was
+    assert list_files(DataInput("d", "uri_folder", str(root))) == tuple(_old_listing(root))
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_the_input_digests_from_the_listing_stats_are_those_a_stat_of_each_file_gives(
+    tmp_path, count
+):
+    root = tmp_path / "runs" / "r1" / "in"
+    _tricky_folder(root)
+    plan = plan_input(DataInput("d", "uri_folder", str(root)), MiniBatchSize(count, "count"))
+    assert isinstance(plan.batches, FileBatches) and plan.batches.stats is not None
+    unlisted = FileBatches(list(plan.batches.files), count)  # digests by stat, as before
+    assert input_digest(plan.batches) == input_digest(unlisted)
+    run = str(tmp_path / "runs" / "r1")
+    assert reuse._plan_digest(plan.batches, run) == reuse._plan_digest(unlisted, run)
+    assert reuse._plan_digest(plan.batches, run) == reuse._plan_digest(tuple(unlisted), run)
+    # the listed digests are the listing's stat: a stat now sees the file changed since
+    (root / "a0").write_text("longer than it was")
+    assert input_digest(unlisted) != input_digest(plan.batches)

@@ -239,3 +239,36 @@ def test_no_snapshot_is_left_for_a_ledger_its_writer_did_not_read(tmp_path):
     path.write_text(json.dumps({"event": "session", "header": {}}) + "\n")
     _write_ledger(path, EVENTS, state=LedgerState())  # a state that is not the file's
     assert not os.path.exists(snapshot_path(str(path)))
+
+
+ODD_PARTS = [
+    "/run/steps/score/parts/00000.s0n0.part",
+    "/run/steps/score/parts/00000.s0n1.pack:0+12",
+    "/run/steps/score/parts/00001.s0n1.pack:12+5",
+    "/other/place/with/a/long/folder/x.part",
+    "short/x.part",
+    "\x01looks/like/a/marked/one/x.part",
+    "\x03odd",
+    "\x01",
+    "no-folder.part",
+    "s3://bucket/a/long/prefix/of/parts/00002.s0n2.part",
+    "/run/steps/score/parts/caf\udce9.part",  # a name that is not UTF-8 (surrogateescape)
+]
+
+
+def test_part_paths_keep_their_folder_once_and_read_back_exactly(tmp_path):
+    state = LedgerState()
+    for mb, part in enumerate(ODD_PARTS):
+        state.add_try(_plain(mb, part=part), DONE)
+    assert [state.part_of(mb) for mb in range(len(ODD_PARTS))] == ODD_PARTS
+    assert "/run/steps/score/parts/" in state._texts.dirs
+    assert b"/run/steps/score/parts/" not in state._texts._buf  # kept once, in dirs
+    # through the ledger and its snapshot too
+    path = tmp_path / "ledger.jsonl"
+    _write_ledger(path, [("try", _plain(mb, part=p), DONE) for mb, p in enumerate(ODD_PARTS)])
+    assert os.path.exists(snapshot_path(str(path)))
+    again = read_ledger(str(path))
+    assert [again.part_of(mb) for mb in range(len(ODD_PARTS))] == ODD_PARTS
+    os.unlink(snapshot_path(str(path)))
+    slow = read_ledger(str(path))
+    assert [slow.part_of(mb) for mb in range(len(ODD_PARTS))] == ODD_PARTS

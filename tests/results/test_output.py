@@ -214,7 +214,7 @@ def test_assemble_concatenates_parts_in_order(tmp_path, monkeypatch, kernel_copy
 
     if not kernel_copy:
 
-        def refuse(*args):
+        def refuse(*args, **kwargs):
             raise OSError(errno.EXDEV, "cross-device")
 
         monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)

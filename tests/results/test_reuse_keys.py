@@ -185,3 +185,39 @@ def test_the_cluster_starts_before_planning_unless_an_earlier_record_may_be_reus
     with pytest.raises(_Planned):
         runner._step(step, Cluster())
     assert events == ["plan"]  # the lookup first: the step may be reused
+
+
+@pytest.mark.parametrize(
+    ("extra", "listed"),
+    [
+        (None, True),
+        (".hidden", False),  # the walk sees it, the listing does not
+        ("sub/MLTable", False),
+        ("link", False),
+    ],
+)
+def test_the_planned_folder_is_digested_from_its_listing_as_the_walk_would(tmp_path, extra, listed):
+    from daskprs.inputs.batches import FileBatches
+    from daskprs.inputs.plan import plan_input
+    from daskprs.job.model import DataInput, MiniBatchSize
+
+    run = tmp_path / "runs" / "r1"
+    data = run / "data"
+    rels = ["z.txt", "a.txt", "a/x", "a/b/y", "a-b/w", "a0/v", "sub/deep/er/u", "_/t", "A/s"]
+    for rel in rels:
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        (data / rel).write_text(rel * 3)
+    (data / "empty" / "folder").mkdir(parents=True)
+    if extra == "link":
+        os.symlink(data / "z.txt", data / "link")
+    elif extra is not None:
+        (data / extra).write_text("x")
+    plan = plan_input(DataInput("d", "uri_folder", str(data)), MiniBatchSize(2, "count"))
+    assert isinstance(plan.batches, FileBatches)
+    got = reuse._listed_tree_digest(str(data), str(run), plan.batches)
+    walked = reuse._tree_digest(str(data), str(run))
+    assert walked == _tree_digest_by_walk(str(data), str(run))
+    if listed:
+        assert got == walked
+    else:
+        assert got is None
