@@ -100,9 +100,7 @@ def _write_table(folder, rows=500):
     return df
 
 
-def test_short_tries_packed_in_a_task_append_to_one_pack_and_the_output_is_exact(
-    tmp_path, client
-):
+def test_short_tries_packed_in_a_task_append_to_one_pack_and_the_output_is_exact(tmp_path, client):
     """Tries far shorter than a Dask task's cost are packed several to a task; their rows go
     to one pack a task, each try's a range its record names (daskprs.results.packs)."""
     from daskprs.results.ledger import read_ledger
