@@ -239,8 +239,24 @@ class _TreeCpu:
             into[p.pid] = t.user + t.system
 
     def _loop(self) -> None:
+        # the tree looked for once a second (psutil reads all of /proc to find children),
+        # the processes known sampled ten times a second
+        known: dict[int, object] = {}
+        n = 0
         while not self._stop.wait(0.1):
-            self._sample(self._last)
+            if n % 10 == 0:
+                try:
+                    known = {p.pid: p for p in self.me.children(recursive=True)}
+                except self._psutil.Error:
+                    pass
+            n += 1
+            for pid, p in list(known.items()):
+                try:
+                    t = p.cpu_times()  # type: ignore[attr-defined]
+                except self._psutil.Error:
+                    known.pop(pid, None)
+                    continue
+                self._last[pid] = t.user + t.system
 
     def __enter__(self) -> _TreeCpu:
         self._sample(self._first)

@@ -21,6 +21,7 @@ from daskprs.execute.lazycluster import LazyCluster
 from daskprs.execute.preflight import check_command, check_step_script
 from daskprs.execute.resume import Mode, input_change
 from daskprs.execute.warm import WarmSlots
+from daskprs.inputs.batches import FileBatches
 from daskprs.inputs.filesystems import missing_package
 from daskprs.inputs.plan import Plan, plan_input, same_cuts
 from daskprs.inputs.planfile import read_plan, write_plan
@@ -241,6 +242,12 @@ class ClusterChoice:
         )
 
 
+def _drop_stats(batches: Any) -> None:
+    """Let a file list's stats go (see ``StepsRunner._plan``)."""
+    if isinstance(batches, FileBatches):
+        batches.stats = None
+
+
 def _in_thread(fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
     """``fn(*args)`` started in a thread of its own; its result (or error) from the future."""
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="daskprs-key")
@@ -314,6 +321,8 @@ class StepsRunner:
         self.choice = cluster
         self.result = result
         self.force_rerun = session.force_rerun or session.job.force_rerun
+        # the step keys being taken in a thread, by step (see _plan)
+        self._keying: dict[str, concurrent.futures.Future[str | None]] = {}
 
     def run(self) -> None:
         """Run every step, stopping at the first failure unless the job continues on step
@@ -366,6 +375,7 @@ class StepsRunner:
                 # nothing to look up: the key (a stat of every input file) is only recorded
                 # at the end, so it is taken in a thread while the step starts and runs
                 keying = _in_thread(reuse.step_key, step, self.s.run.root, batches)
+                self._keying[step.name] = keying
         if isinstance(step, CommandStep):
             failure = self._command(step)
             outcome = None
@@ -479,6 +489,13 @@ class StepsRunner:
         fresh = fresh or plan_step(step)
         inputs = self.s.record.setdefault("inputs", {})
         new = fingerprint.input_digest(fresh.batches)
+        # the listing's stats served this digest and the step's key (maybe still being taken
+        # in its thread): let them go once both have, 16 bytes a file
+        keying = self._keying.pop(step.name, None)
+        if keying is not None:
+            keying.add_done_callback(lambda _: _drop_stats(fresh.batches))
+        else:
+            _drop_stats(fresh.batches)
         if self.s.mode != Mode.RUN and os.path.exists(where.plan):
             saved = read_plan(where.plan)
             what = input_change(inputs.get(step.name), new)

@@ -36,6 +36,7 @@ from daskprs.results.jobresult import StepOutcome
 from daskprs.results.ledger import Ledger, LedgerState, read_ledger
 from daskprs.results.outcome import BatchState
 from daskprs.results.output import PartialOutput, assemble, discard, is_url, no_space
+from daskprs.results.packs import split_ref
 from daskprs.rundir import RunDir
 from daskprs.settings import EnvSettings
 
@@ -246,7 +247,9 @@ def _assemble(dest: str, parts: Mapping[int, str], stop: Stop, hint: str) -> Sto
     try:
         assemble(parts.values(), dest)
     except FileNotFoundError as err:
-        by_path = {path: mb for mb, path in parts.items()}
+        by_path: dict[str, int] = {}  # a pack's first mini-batch names it
+        for mb, path in parts.items():
+            by_path.setdefault(split_ref(path)[0], mb)
         which = by_path.get(err.filename or "")
         what = f"mini-batch {which}" if which is not None else "a mini-batch"
         return Stop(

@@ -438,12 +438,14 @@ class _Parts(Mapping[int, str]):
 
     def __init__(self, state: LedgerState):
         self._s = state
-        self._ids: list[int] | None = None
+        self._ids: array | None = None
 
-    def _all(self) -> list[int]:
-        if self._ids is None:
+    def _all(self) -> array:
+        if self._ids is None:  # 8 bytes an id
             s = self._s
-            self._ids = [mb for mb in s.ids_in(BatchState.DONE) if s.part_of(mb) is not None]
+            self._ids = array(
+                "q", (mb for mb in s.ids_in(BatchState.DONE) if s.part_of(mb) is not None)
+            )
         return self._ids
 
     def __getitem__(self, mb: int) -> str:

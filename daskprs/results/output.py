@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -86,19 +87,24 @@ def _ranges(parts: Iterable[str]) -> Iterator[tuple[str, int, int | None]]:
         yield held
 
 
-def _copy_parts(parts: Iterable[str], out, local: bool = True) -> int:
+def _copy_parts(parts: Iterable[str], out, local: bool = True, held: list | None = None) -> int:
     """Append each part to the open binary file ``out``; return the bytes copied.
 
     Where ``out`` and a part are local files the kernel copies (``os.copy_file_range``: no
     trip through Python, and a reflink on filesystems that have them); otherwise in chunks,
     so memory stays flat for parts and outputs on object stores too. A part that is a range
     of a pack is copied from its offset; a pack's consecutive ranges in one go, the pack
-    opened once while its ranges follow one another.
+    opened once while its ranges follow one another. ``held`` (``[path, file]``), when
+    given, is the file the last call left open, taken and left open for the next one (the
+    caller closes it: :class:`PartialOutput` copies a pack's ranges over many calls).
     """
     written = 0
     in_kernel = local and hasattr(os, "copy_file_range")
     src: Any = None
     src_path = None
+    if held:
+        src_path, src = held
+        held.clear()
     try:
         for path, offset, length in _ranges(parts):
             if src is None or path != src_path:
@@ -116,8 +122,14 @@ def _copy_parts(parts: Iterable[str], out, local: bool = True) -> int:
                     errno.EIO, f"the pack holds {done} of the {length} bytes at {offset}", path
                 )
             written += done
-    finally:
+    except BaseException:
         if src is not None:
+            src.close()
+        raise
+    if src is not None:
+        if held is not None:
+            held[:] = [src_path, src]
+        else:
             src.close()
     return written
 
@@ -203,6 +215,7 @@ class PartialOutput:
         self.size = 0
         self._failed: BaseException | None = None
         self._queue: queue.Queue = queue.Queue()
+        self._held: list = []  # the part (a pack) the last copy left open
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         for old in (self.path, _manifest_path(self.path)):
             if os.path.exists(old):
@@ -230,7 +243,7 @@ class PartialOutput:
                     self._next += 1
                 if ready:
                     try:
-                        self.size += _copy_parts(ready, self._out)
+                        self.size += _copy_parts(ready, self._out, held=self._held)
                         self.count += len(ready)
                         for name in ready:
                             self._names.update(name.encode() + b"\0")
@@ -238,6 +251,9 @@ class PartialOutput:
                         log.warning("assembling %s while the step runs failed: %s", self.dest, err)
                         self._failed = err
         finally:
+            if self._held:
+                self._held[1].close()
+                self._held.clear()
             try:
                 self._out.close()
             except OSError as err:  # its last bytes did not fit: the final assembly starts over
@@ -270,18 +286,20 @@ def _remove(path: str) -> None:
             pass
 
 
-def _started(partial: str, parts: list[str]) -> int:
+def _started(partial: str, parts: Iterable[str]) -> int:
     """How many leading ``parts`` the partial output already holds (0: none, or not usable)."""
     try:
         with open(_manifest_path(partial), encoding="utf-8") as f:
             manifest = json.load(f)
         done, size = int(manifest["count"]), int(manifest["size"])
-        if done > len(parts) or os.path.getsize(partial) != size:
+        if os.path.getsize(partial) != size:
             return 0
         names = hashlib.sha256()
-        for name in parts[:done]:
+        seen = 0
+        for name in itertools.islice(parts, done):
             names.update(name.encode() + b"\0")
-        if names.hexdigest() != manifest["names"]:
+            seen += 1
+        if seen < done or names.hexdigest() != manifest["names"]:
             return 0
     except (OSError, ValueError, KeyError, TypeError):
         return 0
@@ -318,7 +336,9 @@ def assemble(parts: Iterable[str], dest: str, storage_options: dict | None = Non
         dest = dest[len("file://") :]
     folder = os.path.dirname(os.path.abspath(dest))
     os.makedirs(folder, exist_ok=True)
-    parts = list(parts)
+    if iter(parts) is parts:  # read twice below: a collection, not a one-pass iterator
+        parts = list(parts)
+    # (a collection is read as it goes: a million part paths are never all made at once)
     partial = partial_path(dest)
     if os.path.exists(partial):
         start = _started(partial, parts)
@@ -326,7 +346,7 @@ def assemble(parts: Iterable[str], dest: str, storage_options: dict | None = Non
             try:
                 with open(partial, "r+b") as out:  # not "ab": copy_file_range refuses O_APPEND
                     out.seek(0, os.SEEK_END)
-                    written = out.tell() + _copy_parts(parts[start:], out)
+                    written = out.tell() + _copy_parts(itertools.islice(parts, start, None), out)
                 os.replace(partial, dest)
                 return written
             finally:

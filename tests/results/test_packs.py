@@ -141,3 +141,26 @@ def test_a_process_appends_the_tries_of_a_task_to_one_pack_after_what_a_dead_one
         _copy_parts(done, out)
     want = [f"{n} {i}" for n in ["a.txt", "bb.txt", "ccc.txt", "die.txt"] for i in range(len(n))]
     assert (tmp_path / "out").read_text().splitlines() == want
+
+
+def test_the_growing_output_reads_ranges_ended_in_any_order_keeping_a_pack_open(tmp_path):
+    from daskprs.results.output import PartialOutput
+
+    rows = [f"row {i}\n".encode() for i in range(12)]
+    refs = _pack(tmp_path / "a.pack", rows[:5]) + _pack(tmp_path / "b.pack", rows[5:])
+    out = PartialOutput(str(tmp_path / "out.txt"), list(range(12)))
+    for mb in [1, 0, 2, 4, 3, 7, 5, 6, 11, 8, 9, 10]:  # tasks end out of order
+        out.ended(mb, refs[mb])
+    out.close()
+    assert open(out.path, "rb").read() == b"".join(rows)
+    assert out.count == 12 and out._held == []
+
+
+def test_a_pack_gone_before_the_output_is_written_names_its_first_mini_batch(tmp_path):
+    from daskprs.execute.step import _assemble
+
+    pack = tmp_path / "parts" / "00003.s0n3.pack"
+    refs = {3: pack_ref(str(pack), 0, 4), 4: pack_ref(str(pack), 4, 4)}
+    stop = _assemble(str(tmp_path / "out.txt"), refs, None, "daskprs resume ...")
+    assert "the committed part of mini-batch 3" in stop.failure
+    assert "is gone, deleted while the step ran" in stop.failure
