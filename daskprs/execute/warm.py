@@ -71,12 +71,13 @@ class WarmSlots:
             self.close()
             raise
 
-    def close(self) -> None:
-        """Stop the slots no worker took (``shutdown()``, then exit), all at once."""
+    def close(self, kill: bool = False) -> None:
+        """Stop the slots no worker took (``shutdown()``, then exit; or kill them), all at
+        once."""
         with _lock:
             mine = [key for key in _waiting if key[0] == self.token]
             left = [_waiting.pop(key) for key in mine]
-        end_slots(left)
+        end_slots(left, kill)
 
 
 def end_slots(slots: list[Slot], kill: bool = False) -> None:

@@ -101,3 +101,39 @@ def test_slots_no_worker_took_are_stopped_with_their_shutdown(job, tmp_path, mon
     finally:
         taken.close()
     assert marked(marks, "shutdown") == marked(marks, "init")
+
+
+MISSING_IMPORT = """
+import os
+open(os.path.join(os.environ["MARKS"], f"started-{os.getpid()}"), "w").close()
+import no_such_package_here
+
+def run(mini_batch):
+    return mini_batch
+"""
+
+
+def test_a_script_that_imports_what_is_missing_stops_the_processes_started_meanwhile(tmp_path):
+    """The import check runs while the step's processes start: when it fails, the job stops
+    with its message and the processes it started are gone."""
+    import psutil
+
+    make_files(tmp_path / "data", 4)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    path = write_job(
+        tmp_path,
+        MISSING_IMPORT,
+        input_yaml="type: uri_folder\npath: ./data",
+        extra=f"environment_variables:\n  MARKS: {marks}",
+    )
+    from daskprs.errors import UserInputError
+
+    with pytest.raises(UserInputError, match=r"no_such_package_here \(line 4\)"):
+        run_job(path, run_dir=tmp_path / "run", workers=2, echo=lambda s: None)
+    kids = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "daskprs.execute.child" in " ".join(p.cmdline())
+    ]
+    assert kids == []  # the processes started for the step are all gone
