@@ -203,10 +203,13 @@ class _Runner:
     def send(self, message: Done | Stopped) -> None:
         write_message(self.out_fd, message)
 
-    def phase(self, name: str, items: int | None = None) -> None:
+    def phase(self, name: str, items: int | None = None, seq: int | None = None) -> None:
         """Say the phase the process enters (and, entering ``run``, how many rows or items
-        it was given: a try killed in run() then counts them as failed)."""
-        extra = f" {items}" if items is not None else ""
+        it was given: a try killed in run() then counts them as failed), for try ``seq``."""
+        if seq is not None:
+            extra = f" {items if items is not None else '-'} {seq}"
+        else:
+            extra = f" {items}" if items is not None else ""
         os.write(self.phase_fd, f"{name} {time.monotonic():.6f}{extra}\n".encode())
 
     def log_error(self, header: str, tb: str) -> None:
@@ -293,7 +296,7 @@ class _Runner:
         if self.init_failure is not None:
             error, tb = self.init_failure
             return base.with_(status=Status.INIT_FAILED, error=error, traceback=tb)
-        self.phase("load")
+        self.phase("load", seq=task.seq)
         try:
             from daskprs.inputs.readers import load_batch
 
@@ -311,7 +314,7 @@ class _Runner:
         total = len(data)
         if total == 0:
             return base.with_(status=Status.EMPTY, total=0)
-        self.phase("run", total)
+        self.phase("run", total, task.seq)
         run = self.module.run
         saved = _ProcessState.save()
         started = time.perf_counter()

@@ -2,9 +2,12 @@
 
 The child process writes a line ``<phase> <monotonic time>`` when it enters a phase of a try
 (``init``: importing the script and ``init()``; ``load``: reading the mini-batch's data;
-``run``: ``run()``). The slot feeds those bytes to a :class:`DeadlineClock`, which answers
-when the current phase must end and, once it has passed, what to report. No processes and
-no clock reads here: ``now`` is passed in, so the clock is tested with plain values.
+``run``: ``run()``); a try's lines also carry the rows or items ``run()`` was given (``-``
+before it) and the try's number in its slot (``run 12.5 100 7``), so that a slot that hands
+over the next try while one runs gives each its own lines (:func:`phase_line_seq`). The
+slot feeds those bytes to a :class:`DeadlineClock`, which answers when the current phase
+must end and, once it has passed, what to report. No processes and no clock reads here:
+``now`` is passed in, so the clock is tested with plain values.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from enum import StrEnum
 
 from daskprs.results.outcome import Status
 
-__all__ = ["SHUTDOWN_SECONDS", "DeadlineClock", "Deadlines", "Phase"]
+__all__ = ["SHUTDOWN_SECONDS", "DeadlineClock", "Deadlines", "Phase", "phase_line_seq"]
 
 # How long a process may take in ``shutdown()`` before it is killed, unless
 # ``DASKPRS_SHUTDOWN_TIMEOUT`` says otherwise (the time the slot waited before it was named).
@@ -45,6 +48,27 @@ class Deadlines:
 
     def limit(self, phase: Phase) -> float | None:
         return {Phase.INIT: self.init, Phase.LOAD: self.load, Phase.RUN: self.run}[phase]
+
+
+def _parse(line: bytes) -> tuple[Phase, float, int | None] | None:
+    """The phase, time and item count of a phase line (None: not a line of the child's)."""
+    try:
+        name, started, *rest = line.decode(errors="replace").split(" ")
+        items = rest[0] if rest else ""
+        return Phase(name), float(started), int(items) if items not in ("", "-") else None
+    except ValueError:
+        return None
+
+
+def phase_line_seq(line: bytes) -> int | None:
+    """The number of the try a phase line is of (None: the process's own, ``init``)."""
+    parts = line.split(b" ")
+    if len(parts) < 4:
+        return None
+    try:
+        return int(parts[3])
+    except ValueError:
+        return None
 
 
 # What each phase was doing, for timeout messages, and the status its timeout gets.
@@ -80,15 +104,12 @@ class DeadlineClock:
         """Take bytes read from the phase pipe (any split: partial lines are kept)."""
         *lines, self._buffer = (self._buffer + data).split(b"\n")
         for line in lines:
-            name, _, rest = line.decode(errors="replace").partition(" ")
-            started, _, items = rest.partition(" ")
-            try:
-                phase, since = Phase(name), float(started)
-                count = int(items) if items else None
-            except ValueError:
+            parsed = _parse(line)
+            if parsed is None:
                 # not a line of the child's (an entry script wrote to the pipe): the phase and
                 # its deadline stay as they were
                 continue
+            phase, since, count = parsed
             self.phase = phase
             if count is not None:
                 self.items = count

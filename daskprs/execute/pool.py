@@ -116,7 +116,8 @@ class SlotPool(WorkerPlugin):
         self._idle: list[Slot] = []
         self._all: list[Slot] = []
         # slot -> (mini-batch, try key) it runs now; thread -> tries its task finished
-        self._running: dict[Slot, tuple[int, str]] = {}
+        # the tries each busy slot was handed (a packed task's next try rides behind one)
+        self._running: dict[Slot, list[tuple[int, str]]] = {}
         self._finished: dict[int, list[tuple[int, str, Any]]] = {}
         self._expired = threading.Event()
         self._closed = threading.Event()
@@ -174,16 +175,37 @@ class SlotPool(WorkerPlugin):
 
     def acquire(self, mb: int = -1, try_key: str = "") -> Slot:
         """An idle slot (a new one when all are busy), noted as running try ``try_key``."""
+        self.check()
+        with self._lock:
+            slot = self._idle.pop() if self._idle else self._new_slot()
+            if try_key:
+                self._running[slot] = [(mb, try_key)]
+            return slot
+
+    @property
+    def expired(self) -> bool:
+        """The driver's lease expired: its tries are no longer run here."""
+        return self._expired.is_set()
+
+    def check(self) -> None:
+        """Raise when the driver's lease expired (see :meth:`acquire`)."""
         if self._expired.is_set():
             raise RuntimeError(
                 f"the driver of step run {self.ctx.token} is gone (its lease expired); "
                 "this worker no longer runs its tries"
             )
+
+    def handed(self, slot: Slot, mb: int, try_key: str) -> None:
+        """Note that ``slot`` was handed try ``try_key`` (it runs, or waits behind one)."""
         with self._lock:
-            slot = self._idle.pop() if self._idle else self._new_slot()
-            if try_key:
-                self._running[slot] = (mb, try_key)
-            return slot
+            self._running.setdefault(slot, []).append((mb, try_key))
+
+    def ended(self, slot: Slot, mb: int, try_key: str) -> None:
+        """The try ``try_key`` that ``slot`` was handed has its record."""
+        with self._lock:
+            tries = self._running.get(slot)
+            if tries and (mb, try_key) in tries:
+                tries.remove((mb, try_key))
 
     def release(self, slot: Slot) -> None:
         with self._lock:
@@ -207,7 +229,7 @@ class SlotPool(WorkerPlugin):
         from daskprs.execute.handback import leave_marker, leave_record
 
         with self._lock:
-            running = list(self._running.values())
+            running = [t for tries in self._running.values() for t in tries]
             finished = [item for items in self._finished.values() for item in items]
         if running:
             # first the children, so that a try never runs in two places at once

@@ -31,18 +31,21 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from daskprs.execute.child import PROCESS_MARK, ChildConfig, end_marked
-from daskprs.execute.deadlines import DeadlineClock, Deadlines, Phase
+from daskprs.execute.deadlines import DeadlineClock, Deadlines, Phase, phase_line_seq
 from daskprs.execute.wire import (
     ChannelClosed,
     Done,
     RunTask,
     Setup,
     StopChild,
+    encode_message,
     read_message,
+    write_bytes,
     write_message,
 )
 from daskprs.results.outcome import Status, TryRecord
@@ -54,6 +57,23 @@ log = logging.getLogger(__name__)
 # How often a waiting slot wakes to check the child's memory. A deadline is never overslept:
 # the wait is cut to end at it.
 _POLL_SECONDS = 0.25
+
+
+# The largest try handed over while another runs: a pipe holds 64 KiB, and a write that
+# waits for room would keep this side from the running try's deadline.
+_AHEAD_BYTES = 16 * 1024
+# The tries handed over at most at once: the one running and those waiting behind it.
+_AHEAD = 4
+
+
+@dataclass
+class _Queued:
+    """A try given to :meth:`Slot.run_many`: handed to the child yet (``sent``), and when."""
+
+    task: RunTask
+    sent: bool = False
+    at: float = 0.0
+
 
 # Seconds to wait for a log pipe's last bytes after its child was reaped (a grandchild that
 # left the child's session may hold the pipe open: its output is then no longer copied).
@@ -181,6 +201,14 @@ class Slot:
         self.monitor: Any = None
         # the deadlines of the last try, whose ``shutdown`` bounds the end of the child
         self.deadlines = Deadlines()
+        # tries handed over so far (their phase lines carry the number), the phase lines of
+        # tries not yet waited for, a line not yet whole, and when the last try ended
+        self._seq = 0
+        self._lines: dict[int, list[bytes]] = {}
+        self._partial = b""
+        self._ended = 0.0
+        # when the try :meth:`run_many` last gave a record of began to run (wall time)
+        self.began = 0.0
 
     # -- life cycle --------------------------------------------------------------------------
     def _log_pipe(self, kind: str) -> int:
@@ -233,6 +261,7 @@ class Slot:
                 if fd >= 0:
                     os.close(fd)
         self._to_child, self._from_child, self._phases = p2c_w, c2p_r, ph_r
+        self._lines, self._partial = {}, b""  # the last child's phase lines are no one's
         self._psutil_proc = None
         self.started += 1
         write_message(self._to_child, Setup(self.config))
@@ -367,21 +396,92 @@ class Slot:
         Never raises for anything the entry script does: a timeout, a crash or a memory kill
         come back as records, and the child is replaced on the next call.
         """
+        (record,) = self.run_many([task], deadlines)
+        return record
+
+    def run_many(
+        self, items: Iterable[RunTask | TryRecord], deadlines: Deadlines
+    ) -> Iterator[TryRecord]:
+        """Run tries one after the other in the child, each try's record as it ends; a
+        record in ``items`` (a try that needs no run) is passed through as it comes.
+
+        The next tries are handed over while one runs (up to ``_AHEAD``, a few in one
+        write), so that the child goes on without waiting for this side to wake: a short
+        try costs each side about half the CPU (``python -m benchmarks scale``). Each try
+        keeps its own deadlines (its phase lines carry its number). A child that dies, is
+        killed on a deadline or its memory limit, or fails ``init()`` takes with it only the
+        try it ran: those handed over behind it go to the next child. ``items`` is read a few
+        ahead of the try that runs.
+        """
         self.deadlines = deadlines
-        if not self.alive:
-            self.kill()
-            self.start()
-        n = task.batch.n_items
-        base = TryRecord(mb=task.batch.index, try_no=task.try_no, status=Status.RUN_DONE, total=n)
-        clock = DeadlineClock(deadlines, since=time.monotonic())
-        try:
-            write_message(self._to_child, task)
-        except OSError:
+        source = iter(items)
+        # tries handed over (or to hand over: "sent" False), oldest first
+        queue: list[_Queued] = []
+        more = True
+        while True:
+            filling = len(queue) <= _AHEAD // 2
+            # topped up once half is done, so that tries go over a few at a time: each
+            # write to a process that waits for work costs a wake-up of it
+            while more and filling and len(queue) < _AHEAD:
+                item = next(source, None)
+                if item is None:
+                    more = False
+                elif isinstance(item, TryRecord):
+                    yield item
+                else:
+                    self._seq += 1
+                    queue.append(_Queued(replace(item, seq=self._seq)))
+            if not queue:
+                return
+            if not self.alive:
+                self.kill()
+                self.start()
+                for q in queue:
+                    q.sent = False
+            head = queue[0]
+            out: list[bytes] = []
+            going: list[_Queued] = []
+            size = 0
+            for q in queue:
+                if q.sent:
+                    continue
+                data = encode_message(q.task)
+                size += len(data) if q is not head else 0
+                if size > _AHEAD_BYTES:
+                    break  # would wait for room in the pipe while the head runs
+                out.append(data)
+                going.append(q)
+            if going:
+                try:
+                    write_bytes(self._to_child, b"".join(out))  # one write, one wake-up
+                    now = time.monotonic()
+                    for q in going:
+                        q.sent, q.at = True, now
+                except OSError:  # the child is gone before it took them
+                    pass
+            self.began = time.time()
+            record = self._wait(head, queue, deadlines)
+            queue.pop(0)
+            if not self.alive:  # died or killed: the try behind goes to the next child
+                for q in queue:
+                    q.sent = False
+            yield record
+
+    def _wait(self, head: _Queued, queue: list[_Queued], deadlines: Deadlines) -> TryRecord:
+        """Wait for the record of the oldest try handed over (``head``)."""
+        n = head.task.batch.n_items
+        base = TryRecord(
+            mb=head.task.batch.index, try_no=head.task.try_no, status=Status.RUN_DONE, total=n
+        )
+        # timed from when it was handed over, or from when the try before it ended
+        clock = DeadlineClock(deadlines, since=max(head.at, self._ended))
+        clock.feed(b"".join(self._lines.pop(head.task.seq, [])))
+        if not head.sent:
             return self._died(base, clock.phase)
         while True:
             wait = clock.wait(time.monotonic(), _POLL_SECONDS)
             ready, _, _ = select.select([self._from_child], [], [], wait)
-            clock.feed(self._read_phases())
+            self._route_phases(head.task.seq, clock)
             if clock.items is not None and clock.items != n:  # what run() was given: a
                 base, n = base.with_(total=clock.items), clock.items  # table's rows counted
             if ready:
@@ -390,6 +490,7 @@ class Slot:
                 except (ChannelClosed, OSError):
                     return self._died(base, clock.phase)
                 if isinstance(message, Done):
+                    self._ended = time.monotonic()
                     if message.record.status == Status.INIT_FAILED:
                         self.kill()
                     return message.record
@@ -408,6 +509,17 @@ class Slot:
                     error=f"the process running the entry script used more than its memory "
                     f"limit of {self.memory_limit / 2**20:.0f} MiB and was killed",
                 )
+
+    def _route_phases(self, seq: int, clock: DeadlineClock) -> None:
+        """Read the phase lines the child wrote: those of try ``seq`` (and the process's own)
+        to ``clock``, those of the try handed over behind it kept for its own clock."""
+        *lines, self._partial = (self._partial + self._read_phases()).split(b"\n")
+        for line in lines:
+            of = phase_line_seq(line)
+            if of is None or of == seq:
+                clock.feed(line + b"\n")
+            elif of > seq:
+                self._lines.setdefault(of, []).append(line + b"\n")
 
     def _read_phases(self) -> bytes:
         """The phase lines the child wrote since the last call."""

@@ -27,7 +27,9 @@ __all__ = [
     "Setup",
     "StopChild",
     "Stopped",
+    "encode_message",
     "read_message",
+    "write_bytes",
     "write_message",
 ]
 
@@ -50,6 +52,8 @@ class RunTask:
     try_no: int
     part: str | None = None
     pack: bool = False
+    # the try's number in its slot, which its phase lines carry (0: one try at a time)
+    seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,13 +77,23 @@ class ChannelClosed(EOFError):
     """The other end of the pipe is gone."""
 
 
+def encode_message(obj: Any) -> bytes:
+    """One message's bytes: its header and pickle."""
+    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(payload)) + payload
+
+
+def write_bytes(fd: int, data: bytes) -> None:
+    """Write all of ``data`` (an encoded message) to ``fd``."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
 def write_message(fd: int, obj: Any) -> None:
     """Write one message (header and pickle) to ``fd``."""
-    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    data = memoryview(_HEADER.pack(len(payload)) + payload)
-    while data:
-        n = os.write(fd, data)
-        data = data[n:]
+    write_bytes(fd, encode_message(obj))
 
 
 def _read_exact(fd: int, n: int) -> bytes:

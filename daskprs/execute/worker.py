@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from daskprs.execute.context import StepContext
@@ -81,23 +82,9 @@ def run_try(
     """
     start = time.time()
     if not _claim(ctx, batch.index, try_key):
-        # a worker that closed under this try (retired) handed it back, or left its record
-        wait = handback_wait[0] if handback_wait else None
-        taken = take_over(
-            ctx.store, batch.index, try_key, ctx.handback_seconds if wait is None else wait
-        )
-        if handback_wait is not None:
-            handback_wait[:] = [1.0 if taken is not False else 0.0]
-        if isinstance(taken, TryRecord):
-            return taken
-        if not taken:
-            return TryRecord(
-                mb=batch.index,
-                try_no=try_no,
-                status=Status.DUPLICATE,
-                start_time=start,
-                error="this try was already started elsewhere; Dask ran its task a second time",
-            )
+        instead = _claimed_before(ctx, batch, try_no, try_key, handback_wait, start)
+        if instead is not None:
+            return instead
     pool = pool_of(ctx.token, _current_worker())
     slot = pool.acquire(batch.index, try_key)
     # staged: the child writes its part in the worker's scratch folder, uploaded below
@@ -109,15 +96,7 @@ def run_try(
     except Exception as err:  # the slot itself failed: this try failed, nothing else did
         log.warning("the slot running mini-batch %d failed: %r", batch.index, err)
         slot.kill()  # its child's state is unknown: the next try starts a new one
-        record = TryRecord(
-            mb=batch.index,
-            try_no=try_no,
-            status=Status.PROCESS_DIED,
-            total=batch.n_items,
-            failed=batch.n_items or 0,
-            error=f"the worker slot running this try failed: {type(err).__name__}: {err}; "
-            "its process was replaced",
-        )
+        record = _slot_failed(batch, try_no, err)
     finally:
         pool.release(slot)
     return record.with_(
@@ -125,6 +104,48 @@ def run_try(
         process=slot.config.process,
         start_time=start,
         elapsed=time.time() - start,
+    )
+
+
+def _claimed_before(
+    ctx: StepContext,
+    batch: MiniBatch,
+    try_no: int,
+    try_key: str,
+    handback_wait: list[float | None] | None,
+    start: float,
+) -> TryRecord | None:
+    """What a try whose claim was taken gives: the record a worker that closed under it left,
+    None to run it (that worker handed it back), or a duplicate (Dask ran its task twice)."""
+    wait = handback_wait[0] if handback_wait else None
+    taken = take_over(
+        ctx.store, batch.index, try_key, ctx.handback_seconds if wait is None else wait
+    )
+    if handback_wait is not None:
+        handback_wait[:] = [1.0 if taken is not False else 0.0]
+    if isinstance(taken, TryRecord):
+        return taken
+    if taken:
+        return None
+    return TryRecord(
+        mb=batch.index,
+        try_no=try_no,
+        status=Status.DUPLICATE,
+        start_time=start,
+        error="this try was already started elsewhere; Dask ran its task a second time",
+    )
+
+
+def _slot_failed(batch: MiniBatch, try_no: int, err: Exception) -> TryRecord:
+    """The record of a try whose slot itself failed (not its process: the slot's code)."""
+    return TryRecord(
+        mb=batch.index,
+        try_no=try_no,
+        status=Status.PROCESS_DIED,
+        total=batch.n_items,
+        failed=batch.n_items or 0,
+        error=f"the worker slot running this try failed: {type(err).__name__}: {err}; "
+        "its process was replaced",
     )
 
 
@@ -164,13 +185,86 @@ def run_tries(ctx: StepContext, items: list[tuple[MiniBatch, int, str]]) -> list
         first, _, key = items[0]
         pack = pool.local.where.pack(first.index, key)
     try:
-        for batch, try_no, try_key in items:
+        if len(items) == 1:
+            batch, try_no, try_key = items[0]
             record = run_try(ctx, batch, try_no, try_key, wait, pack)
             pool.keep(batch.index, try_key, record)
             records.append(record)
+        else:
+            for try_key, record in _run_in_turn(ctx, pool, items, wait, pack):
+                pool.keep(record.mb, try_key, record)
+                records.append(record)
     finally:
         pool.forget()
     return records
+
+
+def _run_in_turn(
+    ctx: StepContext,
+    pool: Any,
+    items: list[tuple[MiniBatch, int, str]],
+    wait: list[float | None],
+    pack: str | None,
+) -> Iterator[tuple[str, TryRecord]]:
+    """The tries of a packed task in one slot, each claimed just before it is handed over
+    and the next handed over while one runs (:meth:`Slot.run_many`); each try's key and
+    record as it ends."""
+    left = iter(items)
+    slot = pool.acquire()
+    # the tries taken from ``items``, by (mini-batch, try number): key, batch, when claimed,
+    # and whether the slot runs it (else its record came from its claim)
+    given: dict[tuple[int, int], tuple[str, MiniBatch, float, bool]] = {}
+
+    def tries() -> Iterator[RunTask | TryRecord]:
+        for batch, try_no, try_key in left:
+            pool.check()
+            start = time.time()
+            given[(batch.index, try_no)] = (try_key, batch, start, False)
+            if not _claim(ctx, batch.index, try_key):
+                instead = _claimed_before(ctx, batch, try_no, try_key, wait, start)
+                if instead is not None:
+                    yield instead
+                    continue
+            given[(batch.index, try_no)] = (try_key, batch, start, True)
+            pool.handed(slot, batch.index, try_key)
+            part = pack or (
+                pool.local.where.part(batch.index, try_key) if ctx.writes_parts else None
+            )
+            yield RunTask(batch, try_no, part, pack is not None)
+
+    try:
+        while True:
+            try:
+                for record in slot.run_many(tries(), ctx.deadlines):
+                    try_key, batch, start, ran = given.pop((record.mb, record.try_no))
+                    if ran:  # timed from when it began to run, not from its claim
+                        record = _ran(ctx, record, try_key, slot, max(start, slot.began))
+                        pool.ended(slot, batch.index, try_key)
+                    yield try_key, record
+                return
+            except Exception as err:  # the slot itself failed: the tries it was given did
+                if pool.expired:  # the driver is gone: so is this task
+                    raise
+                log.warning("the slot running a packed task failed: %r", err)
+                slot.kill()  # its child's state is unknown: the next try starts a new one
+                for (_, try_no), (try_key, batch, _, _) in list(given.items()):
+                    pool.ended(slot, batch.index, try_key)
+                    yield try_key, _slot_failed(batch, try_no, err)
+                given.clear()
+    finally:
+        pool.release(slot)
+
+
+def _ran(ctx: StepContext, record: TryRecord, try_key: str, slot: Any, start: float) -> TryRecord:
+    """A record from the slot, its part staged (``--staging``), with where and when it ran."""
+    if ctx.staging and record.part:
+        record = _stage_part(ctx, record, try_key)
+    return record.with_(
+        node=slot.config.node,
+        process=slot.config.process,
+        start_time=start,
+        elapsed=time.time() - start,
+    )
 
 
 def claimed(ctx: StepContext, mb: int, try_key: str) -> bool:

@@ -308,3 +308,87 @@ def test_a_process_ends_with_its_atexit_handlers_and_files_flushed(tmp_path, thr
     assert (tmp_path / "atexit.txt").read_text() == "ran"
     if thread:
         assert (tmp_path / "thread.txt").read_text() == "done"
+
+
+# -- several tries, the next handed over while one runs (Slot.run_many) ---------------------
+
+
+def _files(setup, name, n, index):
+    """A task of ``n`` copies of data file ``name`` (a mini-batch of ``n`` files)."""
+    _, _, _, tmp = setup
+    return RunTask(FileBatch(index, tuple(str(tmp / "data" / name) for _ in range(n))), 1)
+
+
+def test_tries_handed_over_in_turn_each_keep_their_deadline_and_item_count(setup):
+    """A try that hangs behind one that ran, with one waiting behind it: the hung try is
+    timed from its own start and counts its own files as failed; the try behind it runs in
+    the next process."""
+    make, _, _, _ = setup
+    slot = Slot(make())
+    tries = [_files(setup, "a.txt", 1, 0), _files(setup, "hang.txt", 3, 1)]
+    tries += [_files(setup, "a.txt", 2, 2), _files(setup, "more.txt", 1, 3)]
+    try:
+        records = list(slot.run_many(tries, Deadlines(load=30, run=2)))
+    finally:
+        slot.stop()
+    assert [(r.mb, r.status) for r in records] == [
+        (0, "RUN_DONE"),
+        (1, "RUN_TIMEOUT"),
+        (2, "RUN_DONE"),
+        (3, "RUN_DONE"),
+    ]
+    assert (records[1].total, records[1].failed) == (3, 3)
+    assert records[2].total == 2  # its own count, not the hung one's
+    assert slot.started == 2  # the hung process was replaced once
+
+
+def test_a_try_waiting_behind_one_whose_process_dies_runs_in_the_next(setup):
+    make, _, init_log, _ = setup
+    slot = Slot(make())
+    tries = [_files(setup, "exit.txt", 1, 0), _files(setup, "a.txt", 1, 1)]
+    tries += [_files(setup, "exit.txt", 1, 2), _files(setup, "a.txt", 1, 3)]
+    try:
+        records = list(slot.run_many(iter(tries), Deadlines(run=30)))
+    finally:
+        slot.stop()
+    assert [r.status for r in records] == ["PROCESS_DIED", "RUN_DONE"] * 2
+    assert "exited with code 7" in (records[0].error or "")
+    assert slot.started == 3 and init_count(init_log) == 3
+
+
+def test_records_given_among_the_tries_pass_through_in_turn(setup):
+    """A try that needs no run (its claim was taken: the worker passes its record) comes
+    back where it was, between the records of the tries that ran."""
+    from daskprs.results.outcome import TryRecord
+
+    make, _, _, _ = setup
+    slot = Slot(make())
+    given = TryRecord(mb=9, try_no=1, status="DUPLICATE")
+    try:
+        records = list(
+            slot.run_many(
+                [_files(setup, "a.txt", 1, 0), given, _files(setup, "a.txt", 1, 1)], Deadlines()
+            )
+        )
+    finally:
+        slot.stop()
+    assert [r.mb for r in records if r.status == "RUN_DONE"] == [0, 1]
+    assert given in records and slot.started == 1
+
+
+def test_a_try_too_big_to_hand_over_ahead_waits_and_the_one_running_still_times_out(setup):
+    """A try whose message would not fit in the pipe is handed over only once the one
+    before it ended: handing it over earlier would wait for room while the try before it
+    hangs past its deadline."""
+    make, _, _, tmp = setup
+    slot = Slot(make())
+    long_name = "x" * 200
+    big = RunTask(FileBatch(1, tuple(str(tmp / "data" / f"{long_name}{i}") for i in range(400))), 1)
+    try:
+        records = list(
+            slot.run_many([_files(setup, "hang.txt", 1, 0), big], Deadlines(load=30, run=1))
+        )
+    finally:
+        slot.stop()
+    assert [r.status for r in records[:1]] == ["RUN_TIMEOUT"]
+    assert records[1].mb == 1  # handed over afterwards, to the next process
