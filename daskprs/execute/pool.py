@@ -229,6 +229,8 @@ class SlotPool(WorkerPlugin):
         from daskprs.execute.handback import leave_marker, leave_record
 
         with self._lock:
+            for slot in self._all:  # no try is started or handed over any more
+                slot.closing = True
             running = [t for tries in self._running.values() for t in tries]
             finished = [item for items in self._finished.values() for item in items]
         if running:

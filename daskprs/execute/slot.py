@@ -209,6 +209,8 @@ class Slot:
         self._ended = 0.0
         # when the try :meth:`run_many` last gave a record of began to run (wall time)
         self.began = 0.0
+        # set when its worker closes and hands its tries back: no try is started any more
+        self.closing = False
 
     # -- life cycle --------------------------------------------------------------------------
     def _log_pipe(self, kind: str) -> int:
@@ -419,6 +421,15 @@ class Slot:
         queue: list[_Queued] = []
         more = True
         while True:
+            if self.closing:  # its worker handed these back: they run elsewhere
+                for q in queue:
+                    yield TryRecord(
+                        mb=q.task.batch.index,
+                        try_no=q.task.try_no,
+                        status=Status.NOT_STARTED,
+                        error="its worker closed before it started; handed back",
+                    )
+                return
             filling = len(queue) <= _AHEAD // 2
             # topped up once half is done, so that tries go over a few at a time: each
             # write to a process that waits for work costs a wake-up of it

@@ -191,8 +191,19 @@ def run_tries(ctx: StepContext, items: list[tuple[MiniBatch, int, str]]) -> list
             pool.keep(batch.index, try_key, record)
             records.append(record)
         else:
+            got: dict[tuple[int, int], TryRecord] = {}
             for try_key, record in _run_in_turn(ctx, pool, items, wait, pack):
                 pool.keep(record.mb, try_key, record)
+                got[(record.mb, record.try_no)] = record
+            # in the order of the items (the driver pairs them): a record that needed no run
+            # comes back as soon as its claim is looked at, before those running ahead of it
+            for batch, try_no, _ in items:
+                record = got.get((batch.index, try_no)) or TryRecord(
+                    mb=batch.index,
+                    try_no=try_no,
+                    status=Status.NOT_STARTED,
+                    error="its worker closed before it started",
+                )
                 records.append(record)
     finally:
         pool.forget()
@@ -218,6 +229,8 @@ def _run_in_turn(
     def tries() -> Iterator[RunTask | TryRecord]:
         for batch, try_no, try_key in left:
             pool.check()
+            if slot.closing:  # its worker closes: the rest runs elsewhere
+                return
             start = time.time()
             given[(batch.index, try_no)] = (try_key, batch, start, False)
             if not _claim(ctx, batch.index, try_key):

@@ -100,3 +100,68 @@ def test_a_slot_that_fails_is_a_failed_try_of_its_mini_batch_alone(ctx, monkeypa
     assert record.status == Status.PROCESS_DIED and record.failed == 2
     assert "ValueError: 'junk' is not a valid Phase" in record.error
     assert BrokenSlot.killed == 1 and len(Pool.released) == 1
+
+
+class _OnePool:
+    """A slot pool of one slot, as ``run_tries`` uses it (no Dask worker)."""
+
+    expired = False
+
+    def __init__(self, slot, ctx):
+        self.slot, self.local, self.kept = slot, ctx, []
+
+    def acquire(self, mb=-1, try_key=""):
+        return self.slot
+
+    def release(self, slot):
+        pass
+
+    def check(self):
+        pass
+
+    def handed(self, slot, mb, try_key):
+        pass
+
+    def ended(self, slot, mb, try_key):
+        pass
+
+    def keep(self, mb, try_key, record):
+        self.kept.append(try_key)
+
+    def forget(self):
+        pass
+
+
+def test_a_packed_task_gives_its_records_in_the_order_of_its_tries(ctx, tmp_path, monkeypatch):
+    """A try whose record was left behind comes back at once, before the tries handed over
+    ahead of it end; the task still answers each try in its place (the driver pairs them)."""
+    from dataclasses import replace
+
+    import daskprs.execute.worker as worker
+    from daskprs.execute.slot import Slot
+    from daskprs.execute.worker import run_tries
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "score.py").write_text(
+        "import os, time\n\ndef run(mini_batch):\n    time.sleep(0.2)\n"
+        "    return [os.path.basename(p) for p in mini_batch]\n"
+    )
+    for name in "abcd":
+        (tmp_path / name).write_text("x\n")
+    ctx = replace(ctx, child=ChildConfig(code_dir=str(code), entry_script="score.py"))
+    slot = Slot(ctx.child)
+    pool = _OnePool(slot, ctx)
+    monkeypatch.setattr(worker, "pool_of", lambda token, w: pool)
+    left = TryRecord(mb=2, try_no=1, status=Status.RUN_DONE, succeeded=1, node="elsewhere")
+    claim(ctx, 2, "s0t2")
+    leave_record(ctx.store, 2, "s0t2", left)
+    items = [(FileBatch(i, (str(tmp_path / n),)), 1, f"s0t{i}") for i, n in enumerate("abcd")]
+    try:
+        records = run_tries(ctx, items)
+    finally:
+        slot.stop()
+    assert [r.mb for r in records] == [0, 1, 2, 3]
+    assert records[2] == left
+    assert [r.status for r in records] == ["RUN_DONE"] * 4
+    assert sorted(pool.kept) == ["s0t0", "s0t1", "s0t2", "s0t3"]
