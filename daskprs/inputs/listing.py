@@ -12,7 +12,7 @@ import posixpath
 import re
 import stat
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -185,6 +185,29 @@ def _stat_of(entry: os.DirEntry) -> os.stat_result | None:
     return entry.stat(follow_symlinks=False)
 
 
+def _left_out(skipped: list[str] | None, path: str, what: str, err: OSError) -> None:
+    """Note (in ``skipped`` and the log) an entry of the input that was left out, and why."""
+    code = errno.errorcode.get(err.errno or 0, type(err).__name__)
+    note = f"{path}: {what} ({code}: {err.strerror or err}); {_SKIP_HINT}"
+    log.warning("%s", note)
+    if skipped is not None:
+        skipped.append(note)
+
+
+def _entries(it: Iterator[os.DirEntry], path: str, skip: Callable) -> Iterator[os.DirEntry]:
+    """The entries of the open listing ``it`` of folder ``path``; one that fails part-way
+    keeps what it listed before the error, which ``skip`` names."""
+    while True:
+        try:
+            entry = next(it)
+        except StopIteration:
+            return
+        except OSError as err:
+            skip(path, "listing this folder failed part-way: the rest is left out", err)
+            return
+        yield entry
+
+
 def _walk_local(folder: str, skipped: list[str] | None = None) -> list[_Found]:
     """``(path, rel, size, mtime)`` of the files below ``folder`` that :func:`_hidden` keeps:
     what ``LocalFileSystem.find(folder, detail=True)`` lists (filtered), at a fraction of its
@@ -206,11 +229,7 @@ def _walk_local(folder: str, skipped: list[str] | None = None) -> list[_Found]:
     mltable_file = MLTABLE_FILE
 
     def skip(path: str, what: str, err: OSError) -> None:
-        code = errno.errorcode.get(err.errno or 0, type(err).__name__)
-        note = f"{path}: {what} ({code}: {err.strerror or err}); {_SKIP_HINT}"
-        log.warning("%s", note)
-        if skipped is not None:
-            skipped.append(note)
+        _left_out(skipped, path, what, err)
 
     while stack:
         path, prefix, above = stack.pop()
@@ -234,14 +253,7 @@ def _walk_local(folder: str, skipped: list[str] | None = None) -> list[_Found]:
             continue
         dirs: list[tuple[str, str, frozenset]] = []
         with it:
-            while True:
-                try:
-                    entry = next(it)
-                except StopIteration:
-                    break
-                except OSError as err:  # keep what was listed before the error
-                    skip(path, "listing this folder failed part-way: the rest is left out", err)
-                    break
+            for entry in _entries(it, path, skip):
                 name = entry.name
                 if name[0] == ".":
                     continue
@@ -341,11 +353,7 @@ def _walk_local_packed(folder: str, skipped: list[str] | None = None) -> PackedL
 
     def skip(path: str, what: str, err: OSError) -> None:
         out.complete = False
-        code = errno.errorcode.get(err.errno or 0, type(err).__name__)
-        note = f"{path}: {what} ({code}: {err.strerror or err}); {_SKIP_HINT}"
-        log.warning("%s", note)
-        if skipped is not None:
-            skipped.append(note)
+        _left_out(skipped, path, what, err)
 
     def open_folder(path: str, above: frozenset) -> list | None:
         """``[folder with /, sorted names (a folder's with /), next index, above]``."""
@@ -370,14 +378,7 @@ def _walk_local_packed(folder: str, skipped: list[str] | None = None) -> PackedL
             return None
         names: list[str] = []
         with it:
-            while True:
-                try:
-                    entry = next(it)
-                except StopIteration:
-                    break
-                except OSError as err:  # keep what was listed before the error
-                    skip(path, "listing this folder failed part-way: the rest is left out", err)
-                    break
+            for entry in _entries(it, path, skip):
                 name = entry.name
                 if name[0] == ".":
                     out.complete = False
