@@ -471,14 +471,14 @@ class Slot:
                 except OSError:  # the child is gone before it took them
                     pass
             self.began = time.time()
-            record = self._wait(head, queue, deadlines)
+            record = self._wait(head, deadlines)
             queue.pop(0)
             if not self.alive:  # died or killed: the try behind goes to the next child
                 for q in queue:
                     q.sent = False
             yield record
 
-    def _wait(self, head: _Queued, queue: list[_Queued], deadlines: Deadlines) -> TryRecord:
+    def _wait(self, head: _Queued, deadlines: Deadlines) -> TryRecord:
         """Wait for the record of the oldest try handed over (``head``)."""
         n = head.task.batch.n_items
         base = TryRecord(
