@@ -88,9 +88,8 @@ def run_try(
     pool = pool_of(ctx.token, _current_worker())
     slot = pool.acquire(batch.index, try_key)
     # staged: the child writes its part in the worker's scratch folder, uploaded below
-    part = pack or (pool.local.where.part(batch.index, try_key) if ctx.writes_parts else None)
     try:
-        record = slot.run(RunTask(batch, try_no, part, pack is not None), ctx.deadlines)
+        record = slot.run(_task(ctx, pool, batch, try_no, try_key, pack), ctx.deadlines)
         if ctx.staging and record.part:
             record = _stage_part(ctx, record, try_key)
     except Exception as err:  # the slot itself failed: this try failed, nothing else did
@@ -105,6 +104,15 @@ def run_try(
         start_time=start,
         elapsed=time.time() - start,
     )
+
+
+def _task(
+    ctx: StepContext, pool: Any, batch: MiniBatch, try_no: int, try_key: str, pack: str | None
+) -> RunTask:
+    """What the slot is handed for a try: its rows to the task's pack, to a part of its own
+    (staged: in the worker's scratch folder, uploaded after), or nowhere."""
+    part = pack or (pool.local.where.part(batch.index, try_key) if ctx.writes_parts else None)
+    return RunTask(batch, try_no, part, pack is not None)
 
 
 def _claimed_before(
@@ -240,10 +248,7 @@ def _run_in_turn(
                     continue
             given[(batch.index, try_no)] = (try_key, batch, start, True)
             pool.handed(slot, batch.index, try_key)
-            part = pack or (
-                pool.local.where.part(batch.index, try_key) if ctx.writes_parts else None
-            )
-            yield RunTask(batch, try_no, part, pack is not None)
+            yield _task(ctx, pool, batch, try_no, try_key, pack)
 
     try:
         while True:

@@ -174,17 +174,6 @@ def _plain_local(fs: Any) -> bool:
     )
 
 
-def _stat_of(entry: os.DirEntry) -> os.stat_result | None:
-    """The stat of a listed file: its target's for a symlink, None for a link to nothing
-    (listed with size 0, as fsspec does)."""
-    if entry.is_symlink():
-        try:
-            return entry.stat()
-        except FileNotFoundError:
-            return None
-    return entry.stat(follow_symlinks=False)
-
-
 def _left_out(skipped: list[str] | None, path: str, what: str, err: OSError) -> None:
     """Note (in ``skipped`` and the log) an entry of the input that was left out, and why."""
     code = errno.errorcode.get(err.errno or 0, type(err).__name__)
@@ -206,77 +195,6 @@ def _entries(it: Iterator[os.DirEntry], path: str, skip: Callable) -> Iterator[o
             skip(path, "listing this folder failed part-way: the rest is left out", err)
             return
         yield entry
-
-
-def _walk_local(folder: str, skipped: list[str] | None = None) -> list[_Found]:
-    """``(path, rel, size, mtime)`` of the files below ``folder`` that :func:`_hidden` keeps:
-    what ``LocalFileSystem.find(folder, detail=True)`` lists (filtered), at a fraction of its
-    cost.
-
-    As fsspec's walk, every entry that is not a folder counts as a file, symlinks included
-    (a link's size and mtime are its target's; size 0 and no mtime when the target is
-    missing); an entry gone before its ``lstat`` is skipped. Unlike fsspec, a link to a folder
-    is descended like a folder (users link data folders into an input), except into a folder it
-    is already inside, so a link cycle ends. Dot-folders are not descended at all: every file
-    below them is hidden anyway.
-
-    An entry that cannot be examined (a link that loops back to itself, a folder that cannot
-    be read) is left out alone, never with the folder around it: each is named in
-    ``skipped`` (the plan's notes) and in the log.
-    """
-    out: list[_Found] = []
-    stack: list[tuple[str, str, frozenset]] = [(folder, "", frozenset())]
-    mltable_file = MLTABLE_FILE
-
-    def skip(path: str, what: str, err: OSError) -> None:
-        _left_out(skipped, path, what, err)
-
-    while stack:
-        path, prefix, above = stack.pop()
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            continue  # gone since its folder was listed
-        except OSError as err:
-            skip(path, "folder left out of the input: it cannot be read", err)
-            continue
-        here = (st.st_dev, st.st_ino)
-        if here in above:  # a link back into a folder we are in
-            continue
-        above = above | {here}
-        try:
-            it = os.scandir(path)
-        except FileNotFoundError:
-            continue
-        except OSError as err:
-            skip(path, "folder left out of the input: it cannot be listed", err)
-            continue
-        dirs: list[tuple[str, str, frozenset]] = []
-        with it:
-            for entry in _entries(it, path, skip):
-                name = entry.name
-                if name[0] == ".":
-                    continue
-                try:
-                    if entry.is_dir(follow_symlinks=False) or (
-                        entry.is_symlink() and entry.is_dir()
-                    ):
-                        dirs.append((entry.path, f"{prefix}{name}/", above))
-                        continue
-                    if name == mltable_file:
-                        continue
-                    found = _stat_of(entry)
-                except FileNotFoundError:
-                    continue
-                except OSError as err:  # ELOOP (a link to itself), EACCES (a locked target)
-                    skip(entry.path, "left out of the input: it cannot be examined", err)
-                    continue
-                if found is None:
-                    out.append((entry.path, prefix + name, 0, None))
-                else:
-                    out.append((entry.path, prefix + name, found.st_size, found.st_mtime))
-        stack += dirs
-    return out
 
 
 class PackedListing(Sequence[ListedFile]):
@@ -341,13 +259,24 @@ class PackedListing(Sequence[ListedFile]):
         return ListedFile(path, path[self._prefix :], self.stats.sizes[i], sec + nsec * 1e-9)
 
 
-def _walk_local_packed(folder: str, skipped: list[str] | None = None) -> PackedListing:
-    """The files below ``folder`` that :func:`_walk_local` finds, in the order of their path
+def _walk_local(folder: str, skipped: list[str] | None = None) -> PackedListing:
+    """The files below ``folder`` that :func:`_hidden` keeps, in the order of their path
     below ``folder`` (code points), packed as they are found: each folder's names are sorted
     (a folder's as ``name/``, which orders its files as their paths would be) and its
     sub-folders walked in that order, so no list of the whole input is ever made or sorted.
-    Links, hidden entries, cycles and entries that cannot be examined are treated as
-    :func:`_walk_local` treats them."""
+    What ``LocalFileSystem.find(folder, detail=True)`` lists (filtered), at a fraction of
+    its cost.
+
+    As fsspec's walk, every entry that is not a folder counts as a file, symlinks included
+    (a link's size and mtime are its target's; size 0 and no mtime when the target is
+    missing); an entry gone before its ``stat`` is skipped. Unlike fsspec, a link to a folder
+    is descended like a folder (users link data folders into an input), except into a folder
+    it is already inside, so a link cycle ends. Dot-folders are not descended at all: every
+    file below them is hidden anyway.
+
+    An entry that cannot be examined (a link that loops back to itself, a folder that cannot
+    be read) is left out alone, never with the folder around it: each is named in
+    ``skipped`` (the plan's notes) and in the log."""
     out = PackedListing(folder)
     mltable_file = MLTABLE_FILE
 
@@ -442,7 +371,8 @@ def _find(fs: Any, folder: str, skipped: list[str] | None = None) -> list[_Found
     """``(path, rel, size, mtime)`` of the files below ``folder``, hidden ones
     (:func:`_hidden`) left out; ``rel`` is relative to ``folder``."""
     if _plain_local(fs):
-        return _walk_local(fs._strip_protocol(folder), skipped)
+        listed = _walk_local(fs._strip_protocol(folder), skipped)
+        return [(f.url, f.rel, f.size, f.mtime) for f in listed]
     base = folder.rstrip("/")
     out = []
     for path, info in fs.find(folder, detail=True).items():
@@ -553,7 +483,7 @@ def list_input(data: DataInput, storage: Storage) -> Listing:
             # in the order of their path relative to ``root`` (the plan's order)
             local = fs._strip_protocol(root)
             _check_folder(fs, root, path)
-            packed = _walk_local_packed(local, skipped)
+            packed = _walk_local(local, skipped)
             _check_found(len(packed), skipped, path)
             return Listing(packed, root, None, tuple(skipped))
         listed = _list_folder(fs, root, path, skipped)

@@ -73,8 +73,38 @@ def _tricky_folder(root):
 
 
 def _old_listing(folder):
-    """What the listing made before it was packed: the walk's tuples sorted by ``rel``."""
-    found = listing._walk_local(str(folder))
+    """What the listing made before it was packed: the walk it had (a stack of folders, no
+    order), its ``(path, rel, size, mtime)`` tuples sorted by ``rel``."""
+    found = []
+    stack = [(str(folder), "", frozenset())]
+    while stack:
+        path, prefix, above = stack.pop()
+        st = os.stat(path)
+        here = (st.st_dev, st.st_ino)
+        if here in above:  # a link back into a folder we are in
+            continue
+        above = above | {here}
+        with os.scandir(path) as it:
+            for entry in it:
+                name = entry.name
+                if name[0] == ".":
+                    continue
+                try:
+                    if entry.is_dir(follow_symlinks=False) or (
+                        entry.is_symlink() and entry.is_dir()
+                    ):
+                        stack.append((entry.path, f"{prefix}{name}/", above))
+                        continue
+                except OSError:
+                    continue
+                if name == "MLTable":
+                    continue
+                try:
+                    target = entry.stat(follow_symlinks=entry.is_symlink())
+                except FileNotFoundError:  # a link to nothing
+                    found.append((entry.path, prefix + name, 0, None))
+                    continue
+                found.append((entry.path, prefix + name, target.st_size, target.st_mtime))
     found.sort(key=lambda f: f[1])
     return [ListedFile(*f) for f in found]
 
