@@ -42,6 +42,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# a step's processes started before it planned, and the check of its imports (a thread's)
+_Early = tuple[WarmSlots, concurrent.futures.Future[None]]
 
 
 def plan_step(step: ParallelStep) -> Plan:
@@ -355,33 +357,43 @@ class StepsRunner:
         )
         if parallel and not may_reuse and not self._plans_first(step):
             cluster.prestart()
-        plan = None
-        key = None
-        keying: concurrent.futures.Future[str | None] | None = None
-        if reusable:
-            if isinstance(step, ParallelStep):
-                plan = plan_step(step)
-            batches = plan.batches if plan else ()
-            if may_reuse:
-                key = reuse.step_key(step, self.s.run.root, batches)
-                found = None
-                if key is not None:
-                    found = reuse.lookup(self.s.reuse_roots, key, step, self.s.run.root)
-                if key is not None and found is not None:
-                    self._reused(step, found, marker, copy=True)
-                    reuse.remember(self.s.run.root, key, step, found["outcome"])  # a source too
-                    return None
+        # a file list's processes need nothing of its plan: they start before it is made,
+        # and the cluster with them
+        early = self._warm_early(step) if parallel and not may_reuse else None
+        if early is not None:
+            cluster.prestart()
+        try:
+            plan = None
+            key = None
+            keying: concurrent.futures.Future[str | None] | None = None
+            if reusable:
+                if isinstance(step, ParallelStep):
+                    plan = plan_step(step)
+                batches = plan.batches if plan else ()
+                if may_reuse:
+                    key = reuse.step_key(step, self.s.run.root, batches)
+                    found = None
+                    if key is not None:
+                        found = reuse.lookup(self.s.reuse_roots, key, step, self.s.run.root)
+                    if key is not None and found is not None:
+                        self._reused(step, found, marker, copy=True)
+                        reuse.remember(self.s.run.root, key, step, found["outcome"])  # a source
+                        return None
+                else:
+                    # nothing to look up: the key (a stat of every input file) is only
+                    # recorded at the end, so it is taken in a thread while the step runs
+                    keying = _in_thread(reuse.step_key, step, self.s.run.root, batches)
+                    self._keying[step.name] = keying
+            if isinstance(step, CommandStep):
+                failure = self._command(step)
+                outcome = None
             else:
-                # nothing to look up: the key (a stat of every input file) is only recorded
-                # at the end, so it is taken in a thread while the step starts and runs
-                keying = _in_thread(reuse.step_key, step, self.s.run.root, batches)
-                self._keying[step.name] = keying
-        if isinstance(step, CommandStep):
-            failure = self._command(step)
-            outcome = None
-        else:
-            outcome = self._parallel(step, plan, cluster)
-            failure = f"step {step.name}: {outcome.failure}" if outcome.failure else None
+                outcome = self._parallel(step, plan, cluster, early)
+                failure = f"step {step.name}: {outcome.failure}" if outcome.failure else None
+        except BaseException:
+            if early is not None:  # (closed already when the step got as far as running)
+                early[0].close(kill=True)
+            raise
         if keying is not None:
             key = keying.result()
         if failure is None and key is not None:
@@ -411,16 +423,7 @@ class StepsRunner:
         them again. None elsewhere, on a resume, or with ``--staging``."""
         if not self._warms or not plan.batches:
             return None
-        self._make_output_folders(step)
-        ctx = step_context(
-            step,
-            self.s.run,
-            slots=self.choice.n_workers,
-            local=True,
-            tables=reads_tables(plan.batches),
-            settings=self.s.settings,
-        )
-        warm = WarmSlots(ctx, self.choice.n_workers)
+        warm = self._start_processes(step, tables=reads_tables(plan.batches))
         try:
             # the check (a Python started to look the imports up) runs while the processes
             # start, not before them: 0.1 s sooner to the first run()
@@ -429,6 +432,31 @@ class StepsRunner:
             warm.close(kill=True)  # they never ran a try
             raise
         return warm
+
+    def _warm_early(self, step: ParallelStep | CommandStep) -> _Early | None:
+        """:meth:`_warm` before the step plans, for a new file list (a ``uri_folder`` or
+        ``uri_file`` input, on this machine: its mini-batches are files whatever the plan
+        holds), with the check of its imports in a thread: the processes' start and
+        ``init()`` overlap the listing too. :meth:`_parallel` takes the check's verdict once
+        the step is planned."""
+        if not (self._plans_first(step) and isinstance(step, ParallelStep)):
+            return None
+        if step.input_data.type == "mltable":  # tabular or not: its plan tells
+            return None
+        warm = self._start_processes(step, tables=False)
+        return warm, _in_thread(check_step_script, step, False)
+
+    def _start_processes(self, step: ParallelStep, tables: bool) -> WarmSlots:
+        self._make_output_folders(step)
+        ctx = step_context(
+            step,
+            self.s.run,
+            slots=self.choice.n_workers,
+            local=True,
+            tables=tables,
+            settings=self.s.settings,
+        )
+        return WarmSlots(ctx, self.choice.n_workers)
 
     def _make_output_folders(self, step: ParallelStep) -> None:
         for out in step.outputs.values():
@@ -536,12 +564,19 @@ class StepsRunner:
         return fresh
 
     def _parallel(
-        self, step: ParallelStep, fresh: Plan | None, cluster: LazyCluster
+        self,
+        step: ParallelStep,
+        fresh: Plan | None,
+        cluster: LazyCluster,
+        early: _Early | None = None,
     ) -> StepOutcome:
         # planned already (a new run): the cluster starts, and the step's processes, before
         # its plan is digested and written
         cluster.prestart()
-        warm = self._warm(step, fresh) if fresh is not None else None
+        warm = early[0] if early is not None else None
+        if warm is None and fresh is not None:
+            warm = self._warm(step, fresh)
+        ran = False
         try:
             plan = self._plan(step, fresh)
             echo = self.s.echo
@@ -555,6 +590,8 @@ class StepsRunner:
                 raise PlanningError(
                     f"step {step.name}: the input {step.input_data.path} gave no mini-batches"
                 )
+            if early is not None:
+                early[1].result()  # the check of its imports: raises what it found
             warm = warm or self._warm(step, plan)
             if warm is None:  # (a warm start made them)
                 self._make_output_folders(step)
@@ -578,9 +615,10 @@ class StepsRunner:
                 keep_staged=self.s.keep_staged,
                 context=warm.ctx if warm is not None else None,
             )
+            ran = True
             outcome = run_parallel_step(request, cluster.get)
         finally:
-            if warm is not None:
-                warm.close()
+            if warm is not None:  # killed when they never ran a try (bad input, no plan)
+                warm.close(kill=not ran)
         self._finished(step, outcome)
         return outcome

@@ -598,21 +598,33 @@ def exit_now(code: int) -> None:
     it.
     """
     import atexit
-    import gc
-    import io
 
     main = threading.main_thread()
     if any(t is not main and t.is_alive() and not t.daemon for t in threading.enumerate()):
         sys.exit(code)
     atexit._run_exitfuncs()
-    for obj in gc.get_objects():
-        if isinstance(obj, io.IOBase):
-            try:
-                if not obj.closed:
-                    obj.flush()
-            except Exception:  # a stream that cannot flush now would not at exit either
-                pass
+    for obj in _open_streams():
+        try:
+            if not obj.closed:
+                obj.flush()
+        except Exception:  # a stream that cannot flush now would not at exit either
+            pass
     os._exit(code)
+
+
+def _open_streams() -> list[Any]:
+    """Every file object alive in this process (what finalization would flush).
+
+    Found by their classes, ``io``'s C base among their ancestors: ``isinstance`` against the
+    abstract ``io.IOBase`` asked of each of a scientific stack's objects took 0.1 s."""
+    import gc
+    import io
+    import itertools
+
+    objects = gc.get_objects()
+    base = io.IOBase.__mro__[1]  # _io._IOBase: every file class derives from it
+    kinds = {k for k in set(map(type, objects)) if type.__subclasscheck__(base, k)}
+    return list(itertools.compress(objects, map(kinds.__contains__, map(type, objects))))
 
 
 if __name__ == "__main__":

@@ -109,6 +109,29 @@ def child_environment(worker_env: Mapping[str, str], step_env: Mapping[str, str]
     return env
 
 
+def wait_exit(proc: subprocess.Popen, timeout: float | None) -> int:
+    """``proc.wait(timeout)``, woken by the exit itself where Linux gives a process file
+    descriptor: ``Popen.wait`` with a timeout polls, up to 50 ms late at the end of every
+    step.
+
+    Raises
+    ------
+    subprocess.TimeoutExpired
+        The process is still running after ``timeout`` seconds.
+    """
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # not Linux 5.3+, or already reaped
+        return proc.wait(timeout)
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+    if not ready:
+        raise subprocess.TimeoutExpired(proc.args, timeout or 0.0)
+    return proc.wait()
+
+
 def package_root() -> str:
     import daskprs
 
@@ -342,7 +365,7 @@ class Slot:
         if proc is not None and proc.poll() is None:
             try:
                 write_message(self._to_child, StopChild())
-                proc.wait(limit)
+                wait_exit(proc, limit)
             except subprocess.TimeoutExpired:
                 message = (
                     f"shutdown() did not finish within {limit:g} s; its process was killed "

@@ -48,8 +48,6 @@ def client_security(
         Certificate flags without a ``tls://`` address, a ``tls://`` address without a CA
         file and a certificate, or a file that does not exist.
     """
-    import dask
-
     given = {"ca": ca_file, "cert": cert, "key": key}
     is_tls = scheduler is not None and scheduler.startswith("tls://")
     if not is_tls:
@@ -58,7 +56,9 @@ def client_security(
             raise UserInputError(
                 f"{used} go with a TLS scheduler address: give --scheduler tls://host:port"
             )
-        return None
+        return None  # (before importing Dask: the embedded cluster imports it in a thread)
+    import dask
+
     files = {k: v or dask.config.get(_CONFIG[k], None) for k, v in given.items()}
     missing = [k for k in ("ca", "cert") if not files[k]]
     if missing:

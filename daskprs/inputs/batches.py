@@ -172,6 +172,9 @@ class StagedBatch:
 MiniBatch = FileBatch | TableBatch | StagedBatch
 
 
+_ITER_BLOCK = 16384  # paths decoded at once by PackedPaths.__iter__
+
+
 class PackedPaths(Sequence[str]):
     """Paths in one buffer, their folders kept once: a million one-file paths in about 25 MB
     where a tuple of strings took 90 MB. Made from ``paths``, or grown with :meth:`append`
@@ -221,6 +224,25 @@ class PackedPaths(Sequence[str]):
         start = self._ends[i - 1] if i > 0 else 0
         name = self._names[start : self._ends[i]].decode("utf-8", "surrogateescape")
         return self._folders[self._folder[i]] + name
+
+    def __iter__(self) -> Iterator[str]:
+        """The paths in order, their names decoded a block at a time (reading each by
+        index decodes one name a call: the input's digests read every path)."""
+        folders, at, ends, names = self._folders, self._folder, self._ends, self._names
+        n = len(ends)
+        for lo in range(0, n, _ITER_BLOCK):
+            hi = min(n, lo + _ITER_BLOCK)
+            base = ends[lo - 1] if lo else 0
+            raw = names[base : ends[hi - 1]]
+            text = raw.decode("utf-8", "surrogateescape")
+            if len(text) != len(raw):  # a name beyond ASCII: its offsets are not the text's
+                yield from (self[i] for i in range(lo, hi))
+                continue
+            start = 0
+            for i in range(lo, hi):
+                end = ends[i] - base
+                yield folders[at[i]] + text[start:end]
+                start = end
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, PackedPaths):

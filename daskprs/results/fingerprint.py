@@ -8,17 +8,20 @@ folder; ``rerun-failed`` expects the code folder to change
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
 from daskprs.inputs.batches import FileBatch, FileBatches, MiniBatch, TableBatch
 from daskprs.job.model import Job
 from daskprs.paths import redact_data
 
-__all__ = ["code_digest", "diff_jobs", "input_digest", "job_digest", "job_fields"]
+__all__ = ["code_digest", "diff_jobs", "in_chunks", "input_digest", "job_digest", "job_fields"]
+
+T = TypeVar("T")
 
 # Fields that name the run itself; they are the same on a resume by construction.
 _RUN_FIELDS = ("run_dir", "name", "notes", "warnings", "staging")
@@ -76,7 +79,10 @@ def _batch_files(batch: MiniBatch) -> Iterable[str]:
 
 
 def input_digest(batches: Iterable[MiniBatch]) -> dict[str, Any]:
-    """A digest of what a plan covers: its descriptors and each file's size and mtime."""
+    """A digest of what a plan covers: its descriptors and each file's size and mtime.
+
+    Paths are digested as the filesystem's bytes (``os.fsencode``: a name that is not UTF-8
+    keeps its bytes)."""
     h = hashlib.sha256()
     files: Iterable[str]
     listed = None
@@ -85,8 +91,8 @@ def input_digest(batches: Iterable[MiniBatch]) -> dict[str, Any]:
         # listing's stat of each when it took one
         files, listed, n = batches.files, batches.stats, len(batches)
         if batches.per_batch == 1:  # the same digest without a million descriptors
-            for path in files:
-                h.update(repr({"files": [path]}).encode())
+            for chunk in in_chunks(files):
+                h.update(os.fsencode("".join(map(_ONE_FILE.__mod__, chunk))))
         else:
             for described in batches:
                 h.update(repr(described.describe()).encode())
@@ -100,22 +106,40 @@ def input_digest(batches: Iterable[MiniBatch]) -> dict[str, Any]:
                 seen.setdefault(path, None)
         files = seen
     stats = hashlib.sha256()
+    if listed is not None and not listed.missing:
+        # a local listing's paths with the stat it took of each, a chunk of lines at a time
+        lines = zip(files, listed.sizes, listed.mtime_ns, strict=True)
+        for block in in_chunks(lines):
+            stats.update(os.fsencode("".join(itertools.starmap(_STAT_LINE, block))))
+        return {"batches": n, "plan": h.hexdigest(), "files": stats.hexdigest()}
     for i, path in enumerate(files):
         if "://" in path:
-            stats.update(path.encode())
+            stats.update(os.fsencode(path))
             continue
         if listed is not None:
             if i in listed.missing:
-                stats.update(f"{path}\0missing\n".encode())
+                stats.update(os.fsencode(f"{path}\0missing\n"))
             else:
-                stats.update(f"{path}\0{listed.sizes[i]}\0{listed.mtime_ns[i]}\n".encode())
+                stats.update(os.fsencode(_STAT_LINE(path, listed.sizes[i], listed.mtime_ns[i])))
             continue
         try:
             st = os.stat(path)
-            stats.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            stats.update(os.fsencode(_STAT_LINE(path, st.st_size, st.st_mtime_ns)))
         except OSError:
-            stats.update(f"{path}\0missing\n".encode())
+            stats.update(os.fsencode(f"{path}\0missing\n"))
     return {"batches": n, "plan": h.hexdigest(), "files": stats.hexdigest()}
+
+
+# repr({"files": [path]}) of a one-file mini-batch; a file's line of the stats digest
+_ONE_FILE = "{'files': [%r]}"
+_STAT_LINE = "{}\0{}\0{}\n".format
+
+
+def in_chunks(items: Iterable[T], size: int = 8192) -> Iterator[list[T]]:
+    """``items`` a list of ``size`` at a time (digested joined: one update, not one a file)."""
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
 
 
 def code_digest(code_dir: str) -> str:
@@ -127,7 +151,7 @@ def code_digest(code_dir: str) -> str:
             if name.endswith(".pyc"):
                 continue
             path = os.path.join(root, name)
-            h.update(os.path.relpath(path, code_dir).encode() + b"\0")
+            h.update(os.fsencode(os.path.relpath(path, code_dir)) + b"\0")
             try:
                 with open(path, "rb") as f:
                     h.update(hashlib.sha256(f.read()).digest())

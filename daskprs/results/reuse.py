@@ -17,6 +17,7 @@ mini-batches, and the files of its code folder.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ from typing import Any
 
 from daskprs.inputs.batches import FileBatch, FileBatches, MiniBatch, TableBatch
 from daskprs.job.model import CommandStep, DataInput, Output, ParallelStep
-from daskprs.results.fingerprint import code_digest
+from daskprs.results.fingerprint import code_digest, in_chunks
 from daskprs.rundir import RunDir
 
 __all__ = [
@@ -64,7 +65,7 @@ def _tree_digest(path: str, run_dir: str) -> str:
     ``isfile`` + ``stat`` + ``relpath`` per file, 0.17 s now; issue 23). The digests are
     the ones the earlier walk gave, so earlier runs' records still match.
     """
-    h = hashlib.sha256(_relative(path, run_dir).encode() + b"\n")
+    h = hashlib.sha256(os.fsencode(_relative(path, run_dir)) + b"\n")
     try:
         st = os.stat(path)
     except OSError:
@@ -83,7 +84,7 @@ def _tree_digest(path: str, run_dir: str) -> str:
                 st = os.stat(os.path.join(root, name))
             except OSError:
                 continue
-            h.update(f"{prefix}{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(os.fsencode(f"{prefix}{name}\0{st.st_size}\0{st.st_mtime_ns}\n"))
     return h.hexdigest()
 
 
@@ -100,14 +101,20 @@ def _listed_tree_digest(path: str, run_dir: str, batches: FileBatches) -> str | 
     groups = batches.files.by_folder()
     if any(not folder.startswith(root) for folder, _ in groups):
         return None
-    h = hashlib.sha256(_relative(path, run_dir).encode() + b"\n")
+    h = hashlib.sha256(os.fsencode(_relative(path, run_dir)) + b"\n")
     # os.walk's top-down order, its folders sorted at each level: by their components
     groups.sort(key=lambda g: g[0][len(root) :].split("/"))
     files, sizes, times, cut = batches.files, listed.sizes, listed.mtime_ns, len(root)
-    for _, indices in groups:
-        for i in indices:
-            h.update(f"{files[i][cut:]}\0{sizes[i]}\0{times[i]}\n".encode())
+    if len(groups) == 1:  # one folder: its files in order, a chunk of lines at a time
+        lines = ((path[cut:], size, ns) for path, size, ns in zip(files, sizes, times, strict=True))
+    else:
+        lines = ((files[i][cut:], sizes[i], times[i]) for _, ix in groups for i in ix)
+    for chunk in in_chunks(lines):
+        h.update(os.fsencode("".join(itertools.starmap(_LINE, chunk))))
     return h.hexdigest()
+
+
+_LINE = "{}\0{}\0{}\n".format
 
 
 def _plan_digest(batches: Iterable[MiniBatch], run_dir: str) -> str:
@@ -127,17 +134,22 @@ def _plan_digest(batches: Iterable[MiniBatch], run_dir: str) -> str:
             files.update(dict.fromkeys(p.path for p in batch.pieces))
     if isinstance(batches, FileBatches):
         listed = batches.stats
+        odd = listed.irregular | listed.missing if listed is not None else frozenset()
+        sizes = listed.sizes if listed is not None else ()
+        times = listed.mtime_ns if listed is not None else ()
+        sha256 = hashlib.sha256
         for i, path in enumerate(batches.files):
-            if listed is None or i in listed.irregular or "://" in path:
-                h.update(_tree_digest(path, run_dir).encode())
+            if listed is None or i in odd or "://" in path:
+                if listed is not None and i not in listed.irregular and "://" not in path:
+                    # what _tree_digest gives a file it cannot stat
+                    one = sha256(os.fsencode(_relative(path, run_dir)) + b"\n")
+                    h.update((one.hexdigest() + "-missing").encode())
+                else:
+                    h.update(_tree_digest(path, run_dir).encode())
                 continue
-            # what _tree_digest gives a regular file (or one it cannot stat), from the stat
-            # the listing took
-            one = hashlib.sha256(_relative(path, run_dir).encode() + b"\n")
-            if i in listed.missing:
-                h.update((one.hexdigest() + "-missing").encode())
-                continue
-            one.update(f"{listed.sizes[i]}\0{listed.mtime_ns[i]}".encode())
+            # what _tree_digest gives a regular file, from the stat the listing took
+            one = sha256(os.fsencode(_relative(path, run_dir)) + b"\n")
+            one.update(b"%d\0%d" % (sizes[i], times[i]))
             h.update(one.hexdigest().encode())
         return h.hexdigest()
     for path in files:

@@ -24,6 +24,17 @@ def test_packer_starts_with_single_tries_then_packs_short_ones():
     assert [len(g) for g in p.groups(subs(12), pending=0)] == [3, 3, 3, 3]
 
 
+def test_packer_leaves_out_each_processs_first_try():
+    """A process's first try waited for its init(): it says nothing of how long tries take."""
+    p = _Packer(n_workers=2)
+    for process in ("process000", "process001"):
+        p.observe(TryRecord(0, 1, Status.RUN_DONE, elapsed=1.4, node="n", process=process))
+    assert p.size == 1 and p.mean is None
+    for i in range(2):
+        p.observe(TryRecord(i, 1, Status.RUN_DONE, elapsed=0.08, node="n", process="process000"))
+    assert p.size == 12
+
+
 def test_packer_keeps_long_tries_alone_and_ignores_failures():
     p = _Packer(n_workers=2)
     for i in range(4):

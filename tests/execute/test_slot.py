@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import textwrap
 
@@ -10,7 +12,7 @@ from conftest import pid_alive, poll_for
 
 from daskprs.execute.child import ChildConfig
 from daskprs.execute.deadlines import Deadlines
-from daskprs.execute.slot import Slot
+from daskprs.execute.slot import Slot, wait_exit
 from daskprs.execute.wire import RunTask
 from daskprs.inputs.batches import FileBatch
 from daskprs.rundir import LogsDir
@@ -270,14 +272,30 @@ def test_an_entry_script_process_does_not_inherit_the_nannys_malloc_trim(
 
 
 EXIT_SCRIPT = """
-import atexit, os, threading, time
+import atexit, io, os, threading, time
 
 LOG = None
+NOTES = None
+
+
+class Notes(io.TextIOBase):  # a file class of the script's own: flushed too
+    def __init__(self, path):
+        self.path, self.held = path, []
+
+    def write(self, text):
+        self.held.append(text)
+        return len(text)
+
+    def flush(self):
+        with open(self.path, "a") as f:
+            f.write("".join(self.held))
+        self.held = []
 
 
 def init():
-    global LOG
+    global LOG, NOTES
     LOG = open(os.environ["OPEN_FILE"], "w")  # never closed: flushed as the process ends
+    NOTES = Notes(os.environ["NOTES"])
     atexit.register(lambda: open(os.environ["AT_EXIT"], "w").write("ran"))
     if os.environ.get("THREAD"):
         def late():
@@ -289,6 +307,7 @@ def init():
 
 def run(mini_batch):
     LOG.write("x" * 100)  # stays in the file's buffer
+    NOTES.write("noted")
     return ["ok"]
 """
 
@@ -299,15 +318,36 @@ def test_a_process_ends_with_its_atexit_handlers_and_files_flushed(tmp_path, thr
     exit would for the script: its atexit handlers run, an unclosed file's buffer is written,
     and a thread it left running (not a daemon) is waited for."""
     env = {"OPEN_FILE": str(tmp_path / "open.txt"), "AT_EXIT": str(tmp_path / "atexit.txt")}
+    env["NOTES"] = str(tmp_path / "notes.txt")
     if thread:
         env["THREAD"] = str(tmp_path / "thread.txt")
     record, _, proc = one_try(tmp_path, EXIT_SCRIPT, env=env)
     assert record.status == "RUN_DONE", record.error
     assert proc is not None and proc.returncode == 0
     assert (tmp_path / "open.txt").read_text() == "x" * 100
+    if not thread:  # (the interpreter's own finalization may have torn `open` down by then)
+        assert (tmp_path / "notes.txt").read_text() == "noted"
     assert (tmp_path / "atexit.txt").read_text() == "ran"
     if thread:
         assert (tmp_path / "thread.txt").read_text() == "done"
+
+
+@pytest.mark.parametrize("pidfd", [True, False])
+def test_wait_exit_gives_the_exit_code_or_times_out(monkeypatch, pidfd):
+    """A stopping process is waited for by its process file descriptor (or by polling where
+    there is none): its exit code once it ends, TimeoutExpired while it runs."""
+    if not pidfd:
+        monkeypatch.delattr(os, "pidfd_open", raising=False)
+    ends = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(7)"])
+    assert wait_exit(ends, 60) == 7
+    stays = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            wait_exit(stays, 0.2)
+    finally:
+        stays.kill()
+        stays.wait()
+    assert wait_exit(stays, 1) == -9  # reaped already: no descriptor, the code it has
 
 
 # -- several tries, the next handed over while one runs (Slot.run_many) ---------------------

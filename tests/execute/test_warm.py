@@ -137,3 +137,54 @@ def test_a_script_that_imports_what_is_missing_stops_the_processes_started_meanw
         if "daskprs.execute.child" in " ".join(p.cmdline())
     ]
     assert kids == []  # the processes started for the step are all gone
+
+
+def test_a_file_lists_processes_start_before_it_is_planned(job, tmp_path, monkeypatch):
+    """A file list's mini-batches are files whatever its plan holds: its processes start
+    (and run init()) before the step is planned, while its input is listed."""
+    import daskprs.pipeline as pipeline
+
+    path, marks = job
+    planned = pipeline.plan_step
+    seen_at_plan: list[set[int]] = []
+
+    def plan_after_init(step):
+        # without the processes started first this waits in vain
+        poll_for(lambda: len(marked(marks, "init")) == 2, timeout=60)
+        seen_at_plan.append(marked(marks, "init"))
+        return planned(step)
+
+    monkeypatch.setattr(pipeline, "plan_step", plan_after_init)
+    result = run_job(path, run_dir=tmp_path / "run", workers=2, echo=lambda s: None)
+    assert result.ok, result.failure
+    assert len(seen_at_plan) == 1 and len(seen_at_plan[0]) == 2
+    ran = {int(line.split()[1]) for line in output_of(tmp_path / "run").read_text().splitlines()}
+    assert ran <= seen_at_plan[0]
+    assert marked(marks, "shutdown") == seen_at_plan[0]
+
+
+def test_a_plan_that_fails_ends_the_processes_started_before_it(tmp_path):
+    """An input that gives no mini-batches (an empty folder) fails the step as before; the
+    processes started meanwhile are killed: they never ran a try (no shutdown())."""
+    import psutil
+
+    from daskprs.errors import PlanningError
+
+    (tmp_path / "data").mkdir()
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    path = write_job(
+        tmp_path,
+        SCRIPT,
+        input_yaml="type: uri_folder\npath: ./data",
+        extra=f"environment_variables:\n  MARKS: {marks}",
+    )
+    with pytest.raises(PlanningError, match="data"):
+        run_job(path, run_dir=tmp_path / "run", workers=2, echo=lambda s: None)
+    kids = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "daskprs.execute.child" in " ".join(p.cmdline())
+    ]
+    assert kids == []
+    assert marked(marks, "shutdown") == set()

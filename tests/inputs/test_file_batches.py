@@ -37,6 +37,19 @@ def test_packed_batches_read_as_the_tuple_they_replace(count):
         packed[len(plain)]
 
 
+def test_packed_paths_iterate_as_they_index(monkeypatch):
+    """Iterated a block of names at a time (ASCII blocks sliced from one decode, others name
+    by name): the paths indexing gives, across blocks, folders and odd names."""
+    from daskprs.inputs import batches
+
+    monkeypatch.setattr(batches, "_ITER_BLOCK", 3)
+    paths = [f"/d/{k % 3}/f{k}" for k in range(8)]
+    paths += ["/d/caf\u00e9", "/d/bad\udcff", "/e/", "/e/x", "rel", "s3://b/k"]
+    packed = batches.PackedPaths(paths)
+    assert list(packed) == [packed[i] for i in range(len(packed))] == paths
+    assert list(batches.PackedPaths()) == []
+
+
 def test_a_file_list_plan_is_packed_and_reads_back_equal(tmp_path):
     folder = tmp_path / "data"
     folder.mkdir()
@@ -142,3 +155,38 @@ def test_the_input_digests_from_the_listing_stats_are_those_a_stat_of_each_file_
     # the listed digests are the listing's stat: a stat now sees the file changed since
     (root / "a0").write_text("longer than it was")
     assert input_digest(unlisted) != input_digest(plan.batches)
+
+
+def _input_digest_as_defined(paths: list[str], per_batch: int) -> dict:
+    """input_digest as earlier runs' records hold it, for one-file mini-batches (``repr`` of
+    each descriptor) or others, then each file's ``path NUL size NUL mtime_ns`` line; a path
+    as the filesystem's bytes."""
+    import hashlib
+
+    h, stats = hashlib.sha256(), hashlib.sha256()
+    batches = FileBatches(paths, per_batch)
+    for described in batches:
+        h.update(repr(described.describe()).encode())
+    for path in paths:
+        st = os.stat(path)
+        stats.update(os.fsencode(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n"))
+    return {"batches": len(batches), "plan": h.hexdigest(), "files": stats.hexdigest()}
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_the_input_digest_is_the_one_earlier_runs_recorded(tmp_path, count):
+    """Taken a chunk at a time from the listing's stats: the digest a stat and an update per
+    file gave (so a --resume of an earlier run finds its input unchanged)."""
+    root = tmp_path / "in"
+    for rel in ("a.txt", "b/c.txt", "b/d/e", "z", "caf\u00e9"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(rel * 2)
+    with open(os.path.join(os.fsencode(root), b"not-utf8-\xff"), "wb") as f:
+        f.write(b"x")
+    plan = plan_input(DataInput("d", "uri_folder", str(root)), MiniBatchSize(count, "count"))
+    assert isinstance(plan.batches, FileBatches) and plan.batches.stats is not None
+    assert not plan.batches.stats.missing  # the listing's lines, a chunk at a time
+    paths = list(plan.batches.files)
+    assert len(paths) == 6
+    assert input_digest(plan.batches) == _input_digest_as_defined(paths, count)
+    assert input_digest(FileBatches(paths, count)) == _input_digest_as_defined(paths, count)

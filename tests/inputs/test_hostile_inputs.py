@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import output_of, write_job
 
-from daskprs.api import run_job
+from daskprs.api import resume_job, run_job
 from daskprs.errors import PlanningError
 from daskprs.inputs import listing
 from daskprs.inputs.batches import BatchLoadError
@@ -451,3 +451,35 @@ def test_rerun_failed_with_force_on_a_grown_input_starts_the_step_over(tmp_path,
     assert again.ok and not again.steps[0].failed, again.failure
     ids = [line.split()[1] for line in output_of(tmp_path / "run").read_text().splitlines()]
     assert ids == [str(i) for i in range(260)]
+
+
+NAMES_READ = """
+import os
+
+def run(mini_batch):
+    return [f"{os.path.basename(p)!a} {open(p, 'rb').read().decode()}" for p in mini_batch]
+"""
+
+
+def test_file_names_that_are_not_utf8_run_resume_and_are_reused(tmp_path):
+    """A name the filesystem holds as bytes that are not UTF-8 (``bad\\xff``) is listed, read
+    and digested as its bytes: the job runs (its planning used to end in a traceback), a
+    resume finds the input unchanged, and a second run reuses the step."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in (b"a.txt", b"bad\xff.txt", "caf\u00e9".encode()):
+        with open(os.path.join(os.fsencode(data), name), "wb") as f:
+            f.write(b"%d" % len(name))
+    job = write_job(
+        tmp_path, NAMES_READ, input_yaml="type: uri_folder\npath: ./data", mini_batch_size='"1"'
+    )
+    result = run_job(job, run_dir=tmp_path / "runs" / "one", workers=1, echo=lambda s: None)
+    assert result.ok, result.failure
+    assert output_of(tmp_path / "runs" / "one").read_text() == (
+        "'a.txt' 5\n'bad\\udcff.txt' 8\n'caf\\xe9' 5\n"
+    )
+    again = resume_job(tmp_path / "runs" / "one", workers=1, echo=lambda s: None)
+    assert again.ok, again.failure
+    lines: list[str] = []
+    second = run_job(job, run_dir=tmp_path / "runs" / "two", workers=1, echo=lines.append)
+    assert second.ok and any("reused" in line for line in lines), lines

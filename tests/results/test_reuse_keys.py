@@ -100,7 +100,7 @@ def _tree_digest_by_walk(path: str, run_dir: str) -> str:
     keys earlier runs recorded, which the faster walk must give again."""
     import hashlib
 
-    h = hashlib.sha256(reuse._relative(path, run_dir).encode() + b"\n")
+    h = hashlib.sha256(os.fsencode(reuse._relative(path, run_dir)) + b"\n")
     if os.path.isfile(path):
         st = os.stat(path)
         h.update(f"{st.st_size}\0{st.st_mtime_ns}".encode())
@@ -112,7 +112,8 @@ def _tree_digest_by_walk(path: str, run_dir: str) -> str:
         for name in sorted(names):
             full = os.path.join(root, name)
             st = os.stat(full)
-            h.update(f"{os.path.relpath(full, path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            line = f"{os.path.relpath(full, path)}\0{st.st_size}\0{st.st_mtime_ns}\n"
+            h.update(os.fsencode(line))  # (a name that is not UTF-8: its bytes)
     return h.hexdigest()
 
 
@@ -136,7 +137,7 @@ def test_the_cluster_starts_before_planning_unless_an_earlier_record_may_be_reus
     """A deterministic step waits for the reuse lookup before starting a cluster (a reused
     step needs none); with no record of the step in the run root there is nothing to find,
     and the cluster starts while the step plans and digests its input. The embedded cluster
-    waits for the plan of a local input (the step's processes start first)."""
+    waits for the plan of a local input; a file list's processes start before it."""
     from daskprs import pipeline
     from daskprs.execute.resume import Mode
     from daskprs.results.jobresult import JobResult
@@ -171,11 +172,23 @@ def test_the_cluster_starts_before_planning_unless_an_earlier_record_may_be_reus
     with pytest.raises(_Planned):
         runner._step(step, Cluster())
     assert events == ["prestart", "plan"]
+
+    class Processes:  # what StepsRunner._start_processes starts (none here)
+        def close(self, kill: bool = False) -> None:
+            events.append("killed" if kill else "stopped")
+
+    def start_processes(self, step, tables):
+        events.append(f"processes (tables: {tables})")
+        return Processes()
+
+    monkeypatch.setattr(pipeline.StepsRunner, "_start_processes", start_processes)
     embedded = pipeline.StepsRunner(session, pipeline.ClusterChoice(), JobResult(str(two)))
     events.clear()
     with pytest.raises(_Planned):
         embedded._step(step, Cluster())
-    assert events == ["plan"]  # a local input: planned first, then the processes
+    # a local file list: its processes first, then the plan (the cluster after it); killed
+    # when planning fails
+    assert events == ["processes (tables: False)", "plan", "killed"]
 
     one = tmp_path / "runs" / "one"
     reuse.remember(str(one), "an earlier key", step_in(job_file, one))
@@ -221,3 +234,28 @@ def test_the_planned_folder_is_digested_from_its_listing_as_the_walk_would(tmp_p
         assert got == walked
     else:
         assert got is None
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_a_listed_folder_with_names_that_are_not_utf8_digests_as_the_walk(tmp_path, flat):
+    """One folder (its lines a chunk at a time) or several; a name that is not UTF-8 is
+    digested as its bytes, by the listing and by the walk alike."""
+    from daskprs.inputs.batches import FileBatches
+    from daskprs.inputs.plan import plan_input
+    from daskprs.job.model import DataInput, MiniBatchSize
+
+    run = tmp_path / "runs" / "r1"
+    data = run / "data"
+    names = [b"a.txt", b"bad\xff", "caf\u00e9".encode(), *([] if flat else [b"sub/x\xfe"])]
+    for name in names:
+        path = os.path.join(os.fsencode(data), name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(name)
+    plan = plan_input(DataInput("d", "uri_folder", str(data)), MiniBatchSize(1, "count"))
+    assert isinstance(plan.batches, FileBatches)
+    walked = reuse._tree_digest(str(data), str(run))
+    assert walked == _tree_digest_by_walk(str(data), str(run))
+    assert reuse._listed_tree_digest(str(data), str(run), plan.batches) == walked
+    unlisted = FileBatches(list(plan.batches.files), 1)
+    assert reuse._plan_digest(plan.batches, str(run)) == reuse._plan_digest(unlisted, str(run))
