@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import subprocess
 import sys
 
@@ -39,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in NAMES:
             subprocess.run([sys.executable, "-m", "benchmarks", name, *extra], check=False)
         return 0
+    # what is measured imports as an installed Python does, from cached bytecode: a shell's
+    # PYTHONDONTWRITEBYTECODE=1 has every run, and each of its processes, compile again each
+    # module not compiled at install time (daskprs's own in an editable install)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    sys.dont_write_bytecode = False
     args = _parser(argv[0]).parse_args(argv[1:])
     importlib.import_module(f"benchmarks.{argv[0]}").main(args)
     return 0  # benchmarks report; a missed target is printed, never an exit status
