@@ -393,7 +393,9 @@ class TreeSampler:
                     rss = p.memory_info().rss
                     t = p.cpu_times()
                     kind = self._cpu[p.pid][0] if p.pid in self._cpu else None
-                    if kind is None:
+                    if kind is None or kind == "worker processes":
+                        # (again until it is told: a process just forked has its parent's
+                        # command line until it starts its own program)
                         kind = _kind(" ".join(p.cmdline()), p.pid == self.root.pid)
             except ps.Error:
                 continue
