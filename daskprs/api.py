@@ -79,7 +79,8 @@ def _embedded_workers(asked: int, workers: int | None, cores: int) -> tuple[int,
 def _never_began(run: RunDir) -> bool:
     """Whether ``run`` holds a run that stopped before any step began (refused at its start:
     an unreachable scheduler, an input that cannot be planned), which a new run may take over:
-    no try, no command step and no reused step on record, no entry-script log, no driver."""
+    no try, no command step and no reused step on record, nothing in an entry-script log, no
+    driver."""
     if run.read_record() is None:
         return False
     owner = run.lock_owner()
@@ -89,7 +90,14 @@ def _never_began(run: RunDir) -> bool:
     for _, _, files in os.walk(run.steps_root):
         if any(name in began or name.startswith("ledger") for name in files):
             return False
-    return not any(os.path.exists(os.path.join(run.logs.root, d)) for d in ("user", "steps"))
+    if os.path.exists(os.path.join(run.logs.root, "steps")):
+        return False
+    # the processes a file list's step starts before it plans write their logs there from
+    # their start: killed when its planning failed, they leave them empty
+    for root, _, files in os.walk(os.path.join(run.logs.root, "user")):
+        if any(os.path.getsize(os.path.join(root, name)) for name in files):
+            return False
+    return True
 
 
 # Done mini-batches with failed items named in logs/job_result.txt, per step.

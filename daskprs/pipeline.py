@@ -250,9 +250,10 @@ def _drop_stats(batches: Any) -> None:
         batches.stats = None
 
 
-def _in_thread(fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
-    """``fn(*args)`` started in a thread of its own; its result (or error) from the future."""
-    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="daskprs-key")
+def _in_thread(fn: Callable[..., T], *args: Any, name: str = "key") -> concurrent.futures.Future[T]:
+    """``fn(*args)`` started in a thread of its own (``daskprs-<name>``); its result (or
+    error) from the future."""
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"daskprs-{name}")
     try:
         return pool.submit(fn, *args)
     finally:
@@ -402,12 +403,11 @@ class StepsRunner:
         return failure
 
     def _plans_first(self, step: ParallelStep | CommandStep) -> bool:
-        """Whether the cluster waits for the step's plan: the embedded cluster, when the
-        driver starts the step's processes (:meth:`_warm`) and plans a local input. Listing
-        local files takes a fraction of a second, which the cluster's start (importing Dask)
-        would only slow down; the cluster and the processes start once it is done, the
-        cluster during their ``init()``. An object store's listing may take seconds: the
-        cluster starts while the step plans."""
+        """Whether the cluster waits for the step's processes: the embedded cluster, when the
+        driver starts them (:meth:`_warm`) and plans a local input. A file list's start
+        before it is planned (:meth:`_warm_early`), an MLTable's once it is; the cluster
+        starts with them, during their ``init()``. An object store's listing may take
+        seconds: the cluster starts while the step plans."""
         return isinstance(step, ParallelStep) and self._warms and "://" not in step.input_data.path
 
     @property
@@ -444,7 +444,7 @@ class StepsRunner:
         if step.input_data.type == "mltable":  # tabular or not: its plan tells
             return None
         warm = self._start_processes(step, tables=False)
-        return warm, _in_thread(check_step_script, step, False)
+        return warm, _in_thread(check_step_script, step, False, name="check")
 
     def _start_processes(self, step: ParallelStep, tables: bool) -> WarmSlots:
         self._make_output_folders(step)

@@ -188,3 +188,7 @@ def test_a_plan_that_fails_ends_the_processes_started_before_it(tmp_path):
     ]
     assert kids == []
     assert marked(marks, "shutdown") == set()
+    # a refused run, as before: the same run directory takes the next run
+    make_files(tmp_path / "data", 2)
+    result = run_job(path, run_dir=tmp_path / "run", workers=2, echo=lambda s: None)
+    assert result.ok, result.failure
