@@ -95,8 +95,12 @@ def _never_began(run: RunDir) -> bool:
     # the processes a file list's step starts before it plans write their logs there from
     # their start: killed when its planning failed, they leave them empty
     for root, _, files in os.walk(os.path.join(run.logs.root, "user")):
-        if any(os.path.getsize(os.path.join(root, name)) for name in files):
-            return False
+        for name in files:
+            try:
+                if os.path.getsize(os.path.join(root, name)):
+                    return False
+            except OSError:  # gone meanwhile: nothing in it
+                continue
     return True
 
 
