@@ -34,18 +34,38 @@ def marked(marks, kind: str) -> set[int]:
     return {int(n.split("-")[1]) for n in os.listdir(marks) if n.startswith(f"{kind}-")}
 
 
-@pytest.fixture
-def job(tmp_path):
-    make_files(tmp_path / "data", 8)
+def marked_job(tmp_path, files: int, script: str = SCRIPT):
+    """A job of ``script`` over ``files`` files in ``./data`` (an empty folder for 0), its
+    processes' marks in ``./marks``: the job file and the marks folder."""
+    if files:
+        make_files(tmp_path / "data", files)
+    else:
+        (tmp_path / "data").mkdir()
     marks = tmp_path / "marks"
     marks.mkdir()
     path = write_job(
         tmp_path,
-        SCRIPT,
+        script,
         input_yaml="type: uri_folder\npath: ./data",
         extra=f"environment_variables:\n  MARKS: {marks}",
     )
     return path, marks
+
+
+def entry_script_processes() -> list:
+    """This test's entry-script processes still running."""
+    import psutil
+
+    return [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "daskprs.execute.child" in " ".join(p.cmdline())
+    ]
+
+
+@pytest.fixture
+def job(tmp_path):
+    return marked_job(tmp_path, 8)
 
 
 @pytest.mark.slow
@@ -116,27 +136,12 @@ def run(mini_batch):
 def test_a_script_that_imports_what_is_missing_stops_the_processes_started_meanwhile(tmp_path):
     """The import check runs while the step's processes start: when it fails, the job stops
     with its message and the processes it started are gone."""
-    import psutil
-
-    make_files(tmp_path / "data", 4)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    path = write_job(
-        tmp_path,
-        MISSING_IMPORT,
-        input_yaml="type: uri_folder\npath: ./data",
-        extra=f"environment_variables:\n  MARKS: {marks}",
-    )
     from daskprs.errors import UserInputError
 
+    path, _ = marked_job(tmp_path, 4, MISSING_IMPORT)
     with pytest.raises(UserInputError, match=r"no_such_package_here \(line 4\)"):
         run_job(path, run_dir=tmp_path / "run", workers=2, echo=lambda s: None)
-    kids = [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if "daskprs.execute.child" in " ".join(p.cmdline())
-    ]
-    assert kids == []  # the processes started for the step are all gone
+    assert entry_script_processes() == []  # the processes started for the step are all gone
 
 
 def test_a_file_lists_processes_start_before_it_is_planned(job, tmp_path, monkeypatch):
@@ -166,27 +171,12 @@ def test_a_file_lists_processes_start_before_it_is_planned(job, tmp_path, monkey
 def test_a_plan_that_fails_ends_the_processes_started_before_it(tmp_path):
     """An input that gives no mini-batches (an empty folder) fails the step as before; the
     processes started meanwhile are killed: they never ran a try (no shutdown())."""
-    import psutil
-
     from daskprs.errors import PlanningError
 
-    (tmp_path / "data").mkdir()
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    path = write_job(
-        tmp_path,
-        SCRIPT,
-        input_yaml="type: uri_folder\npath: ./data",
-        extra=f"environment_variables:\n  MARKS: {marks}",
-    )
+    path, marks = marked_job(tmp_path, 0)
     with pytest.raises(PlanningError, match="data"):
         run_job(path, run_dir=tmp_path / "run", workers=2, echo=lambda s: None)
-    kids = [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if "daskprs.execute.child" in " ".join(p.cmdline())
-    ]
-    assert kids == []
+    assert entry_script_processes() == []
     assert marked(marks, "shutdown") == set()
     # a refused run, as before: the same run directory takes the next run
     make_files(tmp_path / "data", 2)

@@ -136,8 +136,8 @@ def test_the_cluster_starts_before_planning_unless_an_earlier_record_may_be_reus
 ):
     """A deterministic step waits for the reuse lookup before starting a cluster (a reused
     step needs none); with no record of the step in the run root there is nothing to find,
-    and the cluster starts while the step plans and digests its input. The embedded cluster
-    waits for the plan of a local input; a file list's processes start before it."""
+    and the cluster starts while the step plans and digests its input. On the embedded
+    cluster a local file list's processes start before it plans, and the cluster with them."""
     from daskprs import pipeline
     from daskprs.execute.resume import Mode
     from daskprs.results.jobresult import JobResult
@@ -186,9 +186,9 @@ def test_the_cluster_starts_before_planning_unless_an_earlier_record_may_be_reus
     events.clear()
     with pytest.raises(_Planned):
         embedded._step(step, Cluster())
-    # a local file list: its processes first, then the plan (the cluster after it); killed
-    # when planning fails
-    assert events == ["processes (tables: False)", "plan", "killed"]
+    # a local file list: its processes first, and the cluster with them, then the plan;
+    # killed when planning fails
+    assert events == ["processes (tables: False)", "prestart", "plan", "killed"]
 
     one = tmp_path / "runs" / "one"
     reuse.remember(str(one), "an earlier key", step_in(job_file, one))
