@@ -93,7 +93,8 @@ def _never_began(run: RunDir) -> bool:
     if os.path.exists(os.path.join(run.logs.root, "steps")):
         return False
     # the processes a file list's step starts before it plans write their logs there from
-    # their start: killed when its planning failed, they leave them empty
+    # their start: killed when its planning failed, their files are left empty or removed
+    # (execute/warm.py), their folders stay
     for root, _, files in os.walk(os.path.join(run.logs.root, "user")):
         for name in files:
             try:

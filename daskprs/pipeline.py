@@ -393,7 +393,7 @@ class StepsRunner:
                 failure = f"step {step.name}: {outcome.failure}" if outcome.failure else None
         except BaseException:
             if early is not None:  # (closed already when the step got as far as running)
-                early[0].close(kill=True)
+                early[0].close(kill=True, forget=True)
             raise
         if keying is not None:
             key = keying.result()
@@ -429,7 +429,7 @@ class StepsRunner:
             # start, not before them: 0.1 s sooner to the first run()
             check_step_script(step, tabular=plan.kind == "tabular")
         except BaseException:
-            warm.close(kill=True)  # they never ran a try
+            warm.close(kill=True, forget=True)  # they never ran a try
             raise
         return warm
 
@@ -619,6 +619,6 @@ class StepsRunner:
             outcome = run_parallel_step(request, cluster.get)
         finally:
             if warm is not None:  # killed when they never ran a try (bad input, no plan)
-                warm.close(kill=not ran)
+                warm.close(kill=not ran, forget=not ran)
         self._finished(step, outcome)
         return outcome

@@ -11,6 +11,8 @@ are stopped when the step ends. Nothing here imports Dask.
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import threading
 from typing import Any
@@ -20,6 +22,8 @@ from daskprs.execute.devices import device_for, visible_gpus
 from daskprs.execute.slot import Slot
 
 __all__ = ["WarmSlots", "end_slots", "local_identity", "new_slot", "take"]
+
+log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 # (step run token, worker name) -> a started slot no worker has taken yet
@@ -56,6 +60,9 @@ class WarmSlots:
 
     def __init__(self, ctx: StepContext, workers: int):
         self.ctx, self.token = ctx, ctx.token
+        # the entry scripts' logs as they were (see close(forget=True))
+        self._user_logs = os.path.join(ctx.run.logs.root, "user")
+        self._logs_before = _file_sizes(self._user_logs)
         devices = visible_gpus()
         per_node = ctx.local_concurrency or 1
         try:
@@ -71,13 +78,43 @@ class WarmSlots:
             self.close()
             raise
 
-    def close(self, kill: bool = False) -> None:
+    def close(self, kill: bool = False, forget: bool = False) -> None:
         """Stop the slots no worker took (``shutdown()``, then exit; or kill them), all at
-        once."""
+        once. ``forget``: the step was refused before any try (its input could not be
+        planned, its script imports what is not there): the processes' logs lose what they
+        wrote (``init()``'s output), so that the run stays one that never began."""
         with _lock:
             mine = [key for key in _waiting if key[0] == self.token]
             left = [_waiting.pop(key) for key in mine]
         end_slots(left, kill)
+        if forget:
+            _restore_sizes(self._user_logs, self._logs_before)
+
+
+def _file_sizes(folder: str) -> dict[str, int]:
+    """The size of every file below ``folder`` (none: it does not exist)."""
+    sizes = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            try:
+                sizes[path] = os.path.getsize(path)
+            except OSError:  # gone meanwhile
+                continue
+    return sizes
+
+
+def _restore_sizes(folder: str, before: dict[str, int]) -> None:
+    """Cut the files below ``folder`` back to their sizes in ``before``; remove the others
+    (made since)."""
+    for path, size in _file_sizes(folder).items():
+        try:
+            if path not in before:
+                os.unlink(path)
+            elif size > before[path]:
+                os.truncate(path, before[path])
+        except OSError as err:  # what cannot be taken back stays: the run then began
+            log.warning("cannot take back %s: %s", path, err)
 
 
 def end_slots(slots: list[Slot], kill: bool = False) -> None:

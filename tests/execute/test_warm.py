@@ -168,17 +168,35 @@ def test_a_file_lists_processes_start_before_it_is_planned(job, tmp_path, monkey
     assert marked(marks, "shutdown") == seen_at_plan[0]
 
 
-def test_a_plan_that_fails_ends_the_processes_started_before_it(tmp_path):
-    """An input that gives no mini-batches (an empty folder) fails the step as before; the
-    processes started meanwhile are killed: they never ran a try (no shutdown())."""
+LOUD_INIT = SCRIPT.replace(
+    "def init():\n", "def init():\n    print('loading the model', flush=True)\n"
+)
+
+
+def test_a_plan_that_fails_ends_the_processes_started_before_it(tmp_path, monkeypatch):
+    """An input that gives no mini-batches (an empty folder) fails the step as before. The
+    processes started meanwhile ran init() (it printed) but never a try: they are killed (no
+    shutdown()), their logs lose what they wrote, and the run stays one that never began
+    (the same run directory takes the next run)."""
+    import daskprs.pipeline as pipeline
     from daskprs.errors import PlanningError
 
-    path, marks = marked_job(tmp_path, 0)
+    path, marks = marked_job(tmp_path, 0, LOUD_INIT)
+    planned = pipeline.plan_step
+
+    def plan_after_init(step):
+        poll_for(lambda: len(marked(marks, "init")) == 2, timeout=60)
+        return planned(step)
+
+    monkeypatch.setattr(pipeline, "plan_step", plan_after_init)
     with pytest.raises(PlanningError, match="data"):
         run_job(path, run_dir=tmp_path / "run", workers=2, echo=lambda s: None)
     assert entry_script_processes() == []
-    assert marked(marks, "shutdown") == set()
-    # a refused run, as before: the same run directory takes the next run
+    assert len(marked(marks, "init")) == 2 and marked(marks, "shutdown") == set()
+    logs = [p for p in (tmp_path / "run" / "logs").rglob("*") if p.is_file()]
+    assert not any("loading the model" in p.read_text() for p in logs)
     make_files(tmp_path / "data", 2)
     result = run_job(path, run_dir=tmp_path / "run", workers=2, echo=lambda s: None)
     assert result.ok, result.failure
+    stdout = (tmp_path / "run" / "logs" / "user" / "stdout").rglob("*.txt")
+    assert sum(p.read_text().count("loading the model") for p in stdout) == 2  # this run's
