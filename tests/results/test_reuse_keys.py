@@ -174,8 +174,8 @@ def test_the_cluster_starts_before_planning_unless_an_earlier_record_may_be_reus
     assert events == ["prestart", "plan"]
 
     class Processes:  # what StepsRunner._start_processes starts (none here)
-        def close(self, kill: bool = False) -> None:
-            events.append("killed" if kill else "stopped")
+        def close(self, kill: bool = False, forget: bool = False) -> None:
+            events.append(("killed" if kill else "stopped") + (", logs taken back" * forget))
 
     def start_processes(self, step, tables):
         events.append(f"processes (tables: {tables})")
@@ -188,7 +188,7 @@ def test_the_cluster_starts_before_planning_unless_an_earlier_record_may_be_reus
         embedded._step(step, Cluster())
     # a local file list: its processes first, and the cluster with them, then the plan;
     # killed when planning fails
-    assert events == ["processes (tables: False)", "prestart", "plan", "killed"]
+    assert events == ["processes (tables: False)", "prestart", "plan", "killed, logs taken back"]
 
     one = tmp_path / "runs" / "one"
     reuse.remember(str(one), "an earlier key", step_in(job_file, one))
