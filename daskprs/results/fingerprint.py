@@ -15,11 +15,19 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict
 from typing import Any, TypeVar
 
-from daskprs.inputs.batches import FileBatch, FileBatches, MiniBatch, TableBatch
+from daskprs.inputs.batches import FileBatch, FileBatches, FileStats, MiniBatch, TableBatch
 from daskprs.job.model import Job
 from daskprs.paths import redact_data
 
-__all__ = ["code_digest", "diff_jobs", "in_chunks", "input_digest", "job_digest", "job_fields"]
+__all__ = [
+    "code_digest",
+    "diff_jobs",
+    "in_chunks",
+    "input_digest",
+    "job_digest",
+    "job_fields",
+    "stat_line",
+]
 
 T = TypeVar("T")
 
@@ -106,33 +114,45 @@ def input_digest(batches: Iterable[MiniBatch]) -> dict[str, Any]:
                 seen.setdefault(path, None)
         files = seen
     stats = hashlib.sha256()
-    if listed is not None and not listed.missing:
-        # a local listing's paths with the stat it took of each, a chunk of lines at a time
-        lines = zip(files, listed.sizes, listed.mtime_ns, strict=True)
-        for block in in_chunks(lines):
-            stats.update(os.fsencode("".join(itertools.starmap(_STAT_LINE, block))))
-        return {"batches": n, "plan": h.hexdigest(), "files": stats.hexdigest()}
-    for i, path in enumerate(files):
-        if "://" in path:
-            stats.update(os.fsencode(path))
-            continue
-        if listed is not None:
-            if i in listed.missing:
-                stats.update(os.fsencode(f"{path}\0missing\n"))
-            else:
-                stats.update(os.fsencode(_STAT_LINE(path, listed.sizes[i], listed.mtime_ns[i])))
-            continue
-        try:
-            st = os.stat(path)
-            stats.update(os.fsencode(_STAT_LINE(path, st.st_size, st.st_mtime_ns)))
-        except OSError:
-            stats.update(os.fsencode(f"{path}\0missing\n"))
+    for block in in_chunks(_stat_lines(files, listed)):
+        stats.update(os.fsencode("".join(block)))
     return {"batches": n, "plan": h.hexdigest(), "files": stats.hexdigest()}
 
 
-# repr({"files": [path]}) of a one-file mini-batch; a file's line of the stats digest
+def _stat_lines(files: Iterable[str], listed: FileStats | None) -> Iterator[str]:
+    """Each file's line of the stats digest (digested joined, a block at a time): its path,
+    size and mtime, from the stat the listing took when it took one."""
+    for i, path in enumerate(files):
+        if "://" in path:
+            yield path
+        elif listed is not None:
+            missing = i in listed.missing
+            yield (
+                missing_line(path)
+                if missing
+                else stat_line(path, listed.sizes[i], listed.mtime_ns[i])
+            )
+        else:
+            try:
+                st = os.stat(path)
+            except OSError:
+                yield missing_line(path)
+                continue
+            yield stat_line(path, st.st_size, st.st_mtime_ns)
+
+
+# repr({"files": [path]}) of a one-file mini-batch
 _ONE_FILE = "{'files': [%r]}"
-_STAT_LINE = "{}\0{}\0{}\n".format
+
+
+def stat_line(path: str, size: int, mtime_ns: int) -> str:
+    """A file's line in the digests of an input: ``path NUL size NUL mtime_ns`` and a
+    newline."""
+    return f"{path}\0{size}\0{mtime_ns}\n"
+
+
+def missing_line(path: str) -> str:
+    return f"{path}\0missing\n"
 
 
 def in_chunks(items: Iterable[T], size: int = 8192) -> Iterator[list[T]]:

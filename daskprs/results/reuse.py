@@ -29,7 +29,7 @@ from typing import Any
 
 from daskprs.inputs.batches import FileBatch, FileBatches, MiniBatch, TableBatch
 from daskprs.job.model import CommandStep, DataInput, Output, ParallelStep
-from daskprs.results.fingerprint import code_digest, in_chunks
+from daskprs.results.fingerprint import code_digest, in_chunks, stat_line
 from daskprs.rundir import RunDir
 
 __all__ = [
@@ -84,7 +84,7 @@ def _tree_digest(path: str, run_dir: str) -> str:
                 st = os.stat(os.path.join(root, name))
             except OSError:
                 continue
-            h.update(os.fsencode(f"{prefix}{name}\0{st.st_size}\0{st.st_mtime_ns}\n"))
+            h.update(os.fsencode(stat_line(prefix + name, st.st_size, st.st_mtime_ns)))
     return h.hexdigest()
 
 
@@ -110,11 +110,8 @@ def _listed_tree_digest(path: str, run_dir: str, batches: FileBatches) -> str | 
     else:
         lines = ((files[i][cut:], sizes[i], times[i]) for _, ix in groups for i in ix)
     for chunk in in_chunks(lines):
-        h.update(os.fsencode("".join(itertools.starmap(_LINE, chunk))))
+        h.update(os.fsencode("".join(itertools.starmap(stat_line, chunk))))
     return h.hexdigest()
-
-
-_LINE = "{}\0{}\0{}\n".format
 
 
 def _plan_digest(batches: Iterable[MiniBatch], run_dir: str) -> str:
@@ -134,22 +131,17 @@ def _plan_digest(batches: Iterable[MiniBatch], run_dir: str) -> str:
             files.update(dict.fromkeys(p.path for p in batch.pieces))
     if isinstance(batches, FileBatches):
         listed = batches.stats
-        odd = listed.irregular | listed.missing if listed is not None else frozenset()
-        sizes = listed.sizes if listed is not None else ()
-        times = listed.mtime_ns if listed is not None else ()
-        sha256 = hashlib.sha256
         for i, path in enumerate(batches.files):
-            if listed is None or i in odd or "://" in path:
-                if listed is not None and i not in listed.irregular and "://" not in path:
-                    # what _tree_digest gives a file it cannot stat
-                    one = sha256(os.fsencode(_relative(path, run_dir)) + b"\n")
-                    h.update((one.hexdigest() + "-missing").encode())
-                else:
-                    h.update(_tree_digest(path, run_dir).encode())
+            if listed is None or i in listed.irregular or "://" in path:
+                h.update(_tree_digest(path, run_dir).encode())
                 continue
-            # what _tree_digest gives a regular file, from the stat the listing took
-            one = sha256(os.fsencode(_relative(path, run_dir)) + b"\n")
-            one.update(b"%d\0%d" % (sizes[i], times[i]))
+            # what _tree_digest gives a regular file (or one it cannot stat), from the stat
+            # the listing took
+            one = hashlib.sha256(os.fsencode(_relative(path, run_dir)) + b"\n")
+            if i in listed.missing:
+                h.update((one.hexdigest() + "-missing").encode())
+                continue
+            one.update(f"{listed.sizes[i]}\0{listed.mtime_ns[i]}".encode())
             h.update(one.hexdigest().encode())
         return h.hexdigest()
     for path in files:
