@@ -79,8 +79,7 @@ def _embedded_workers(asked: int, workers: int | None, cores: int) -> tuple[int,
 def _never_began(run: RunDir) -> bool:
     """Whether ``run`` holds a run that stopped before any step began (refused at its start:
     an unreachable scheduler, an input that cannot be planned), which a new run may take over:
-    no try, no command step and no reused step on record, nothing in an entry-script log, no
-    driver."""
+    no try, no command step and no reused step on record, no entry-script log, no driver."""
     if run.read_record() is None:
         return False
     owner = run.lock_owner()
@@ -90,19 +89,7 @@ def _never_began(run: RunDir) -> bool:
     for _, _, files in os.walk(run.steps_root):
         if any(name in began or name.startswith("ledger") for name in files):
             return False
-    if os.path.exists(os.path.join(run.logs.root, "steps")):
-        return False
-    # the processes a file list's step starts before it plans write their logs there from
-    # their start: killed when its planning failed, their files are left empty or removed
-    # (execute/warm.py), their folders stay
-    for root, _, files in os.walk(os.path.join(run.logs.root, "user")):
-        for name in files:
-            try:
-                if os.path.getsize(os.path.join(root, name)):
-                    return False
-            except OSError:  # gone meanwhile: nothing in it
-                continue
-    return True
+    return not any(os.path.exists(os.path.join(run.logs.root, d)) for d in ("user", "steps"))
 
 
 # Done mini-batches with failed items named in logs/job_result.txt, per step.

@@ -62,7 +62,7 @@ class WarmSlots:
         self.ctx, self.token = ctx, ctx.token
         # the entry scripts' logs as they were (see close(forget=True))
         self._user_logs = os.path.join(ctx.run.logs.root, "user")
-        self._logs_before = _file_sizes(self._user_logs)
+        self._logs_before = _tree(self._user_logs)
         devices = visible_gpus()
         per_node = ctx.local_concurrency or 1
         try:
@@ -88,33 +88,38 @@ class WarmSlots:
             left = [_waiting.pop(key) for key in mine]
         end_slots(left, kill)
         if forget:
-            _restore_sizes(self._user_logs, self._logs_before)
+            _restore(self._user_logs, self._logs_before)
 
 
-def _file_sizes(folder: str) -> dict[str, int]:
-    """The size of every file below ``folder`` (none: it does not exist)."""
-    sizes = {}
+def _tree(folder: str) -> tuple[dict[str, int], set[str]]:
+    """The size of every file below ``folder``, and its folders (none: it does not exist)."""
+    sizes, folders = {}, set()
     for root, _, names in os.walk(folder):
+        folders.add(root)
         for name in names:
             path = os.path.join(root, name)
             try:
                 sizes[path] = os.path.getsize(path)
             except OSError:  # gone meanwhile
                 continue
-    return sizes
+    return sizes, folders
 
 
-def _restore_sizes(folder: str, before: dict[str, int]) -> None:
-    """Cut the files below ``folder`` back to their sizes in ``before``; remove the others
-    (made since)."""
-    for path, size in _file_sizes(folder).items():
-        try:
-            if path not in before:
+def _restore(folder: str, before: tuple[dict[str, int], set[str]]) -> None:
+    """Take ``folder`` back to what ``before`` saw: files cut back to their sizes, the files
+    and folders made since removed."""
+    sizes, folders = before
+    now_sizes, now_folders = _tree(folder)
+    try:
+        for path, size in now_sizes.items():
+            if path not in sizes:
                 os.unlink(path)
-            elif size > before[path]:
-                os.truncate(path, before[path])
-        except OSError as err:  # what cannot be taken back stays: the run then began
-            log.warning("cannot take back %s: %s", path, err)
+            elif size > sizes[path]:
+                os.truncate(path, sizes[path])
+        for made in sorted(now_folders - folders, key=len, reverse=True):  # deepest first
+            os.rmdir(made)
+    except OSError as err:  # what cannot be taken back stays: the run then began
+        log.warning("cannot take back the entry scripts' logs in %s: %s", folder, err)
 
 
 def end_slots(slots: list[Slot], kill: bool = False) -> None:
