@@ -47,15 +47,24 @@ class Deadlines:
     shutdown: float | None = SHUTDOWN_SECONDS
 
     def limit(self, phase: Phase) -> float | None:
-        return {Phase.INIT: self.init, Phase.LOAD: self.load, Phase.RUN: self.run}[phase]
+        # the phase's value names its field (a slot asks at each phase line of each try)
+        return getattr(self, phase.value)
+
+
+# phase lines' first words; a name looked up, not an enum call (slots read several a try)
+_PHASES = {phase.value.encode(): phase for phase in Phase}
 
 
 def _parse(line: bytes) -> tuple[Phase, float, int | None] | None:
     """The phase, time and item count of a phase line (None: not a line of the child's)."""
+    name, _, rest = line.partition(b" ")
+    phase = _PHASES.get(name)
+    if phase is None:
+        return None
     try:
-        name, started, *rest = line.decode(errors="replace").split(" ")
-        items = rest[0] if rest else ""
-        return Phase(name), float(started), int(items) if items not in ("", "-") else None
+        started, _, rest = rest.partition(b" ")
+        items = rest.partition(b" ")[0]
+        return phase, float(started), int(items) if items not in (b"", b"-") else None
     except ValueError:
         return None
 

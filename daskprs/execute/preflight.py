@@ -143,6 +143,11 @@ def check_entry_script(
                 + " ".join(lacking)
             )
     else:
+        # this interpreter imports its own standard library: nothing else to ask, no probe
+        # (a Python started for nothing took CPU from the processes' init())
+        names = [n for n in names if n not in sys.stdlib_module_names]
+        if not names:
+            return
         python = sys.executable
         root = package_root()
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)

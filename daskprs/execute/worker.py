@@ -26,7 +26,7 @@ from daskprs.execute.pool import pool_name, pool_of
 from daskprs.execute.store import claim_name, part_name
 from daskprs.execute.wire import RunTask
 from daskprs.inputs.batches import MiniBatch
-from daskprs.results.outcome import Status, TryRecord
+from daskprs.results.outcome import Status, TryRecord, TryRecords
 
 __all__ = ["check_worker", "claimed", "kill_running", "run_tries", "run_try"]
 
@@ -181,12 +181,12 @@ def _stage_part(ctx: StepContext, record: TryRecord, try_key: str) -> TryRecord:
     return record.with_(part=staged)
 
 
-def run_tries(ctx: StepContext, items: list[tuple[MiniBatch, int, str]]) -> list[TryRecord]:
+def run_tries(ctx: StepContext, items: list[tuple[MiniBatch, int, str]]) -> TryRecords:
     """Run several tries, one after the other, in this worker's slot (one Dask task for many
     small mini-batches). Each keeps its own claim, deadline and record; their rows go to one
     pack, each try's a range of it (:mod:`daskprs.results.packs`)."""
     pool = pool_of(ctx.token, _current_worker())
-    records = []
+    records = TryRecords()
     wait: list[float | None] = [None]
     pack = None
     if ctx.packs_parts and len(items) > 1:

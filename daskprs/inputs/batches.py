@@ -218,7 +218,10 @@ class PackedPaths(Sequence[str]):
     def __getitem__(self, i: slice) -> list[str]: ...
     def __getitem__(self, i: int | slice) -> str | list[str]:
         if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
+            lo, hi, step = i.indices(len(self))
+            if step != 1:
+                return [self[k] for k in range(lo, hi, step)]
+            return list(self._decoded(lo, hi)) if hi > lo else []
         if i < 0:
             i += len(self)
         start = self._ends[i - 1] if i > 0 else 0
@@ -228,21 +231,25 @@ class PackedPaths(Sequence[str]):
     def __iter__(self) -> Iterator[str]:
         """The paths in order, their names decoded a block at a time (reading each by
         index decodes one name a call: the input's digests read every path)."""
-        folders, at, ends, names = self._folders, self._folder, self._ends, self._names
-        n = len(ends)
+        n = len(self._ends)
         for lo in range(0, n, _ITER_BLOCK):
-            hi = min(n, lo + _ITER_BLOCK)
-            base = ends[lo - 1] if lo else 0
-            raw = names[base : ends[hi - 1]]
-            text = raw.decode("utf-8", "surrogateescape")
-            if len(text) != len(raw):  # a name beyond ASCII: its offsets are not the text's
-                yield from (self[i] for i in range(lo, hi))
-                continue
-            start = 0
-            for i in range(lo, hi):
-                end = ends[i] - base
-                yield folders[at[i]] + text[start:end]
-                start = end
+            yield from self._decoded(lo, min(n, lo + _ITER_BLOCK))
+
+    def _decoded(self, lo: int, hi: int) -> Iterator[str]:
+        """Paths ``lo`` to ``hi - 1`` (``lo < hi``), their names decoded in one call (a
+        mini-batch's files are read as a slice: one decode, not one a name)."""
+        folders, at, ends, names = self._folders, self._folder, self._ends, self._names
+        base = ends[lo - 1] if lo else 0
+        raw = names[base : ends[hi - 1]]
+        text = raw.decode("utf-8", "surrogateescape")
+        if len(text) != len(raw):  # a name beyond ASCII: its offsets are not the text's
+            yield from (self[i] for i in range(lo, hi))
+            return
+        start = 0
+        for i in range(lo, hi):
+            end = ends[i] - base
+            yield folders[at[i]] + text[start:end]
+            start = end
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, PackedPaths):

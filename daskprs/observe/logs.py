@@ -36,11 +36,25 @@ REPORT_HEADER = (
 
 
 def _timestamp(seconds: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)) if seconds else ""
+    return _second(int(seconds)) if seconds else ""
+
+
+@functools.lru_cache(maxsize=64)
+def _second(second: int) -> str:
+    """A second as the report writes it (tries end a few thousand a second: formatted once)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
 
 
 def format_report_row(rec: TryRecord) -> str:
     """One CSV line of ``processed_mini-batches.csv`` for one try."""
+    if not rec.error and _csv_plain(rec.node, rec.process):
+        # what the CSV writer gives a row with no field to quote, at a fifth of its cost
+        total = "" if rec.total is None else rec.total
+        return (
+            f"{rec.mb},{rec.try_no},{rec.node},{rec.process},{_timestamp(rec.start_time)},"
+            f"{total},{rec.succeeded},{rec.failed},{rec.elapsed:.3f},{rec.run_seconds:.3f},"
+            f"{rec.status},{rec.error_category},\n"
+        )
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerow(
         [
@@ -60,6 +74,12 @@ def format_report_row(rec: TryRecord) -> str:
         ]
     )
     return buf.getvalue()
+
+
+@functools.lru_cache(maxsize=256)
+def _csv_plain(*fields: str) -> bool:
+    """Whether no field of ``fields`` needs quotes in a CSV row."""
+    return not any(c in field for field in fields for c in ',"\r\n')
 
 
 @functools.lru_cache(maxsize=256)

@@ -101,9 +101,10 @@ def input_digest(batches: Iterable[MiniBatch]) -> dict[str, Any]:
         if batches.per_batch == 1:  # the same digest without a million descriptors
             for chunk in in_chunks(files):
                 h.update(os.fsencode("".join(map(_ONE_FILE.__mod__, chunk))))
-        else:
-            for described in batches:
-                h.update(repr(described.describe()).encode())
+        else:  # repr(batch.describe()) of each, its files read a block at a time
+            names = iter(files)
+            for size in itertools.repeat(batches.per_batch, n):
+                h.update(repr({"files": list(itertools.islice(names, size))}).encode())
     else:
         seen: dict[str, None] = {}
         n = 0

@@ -16,7 +16,9 @@ from conftest import make_files, output_of, write_job
 
 from daskprs.api import run_job
 from daskprs.cli import cli
-from daskprs.execute.preflight import script_imports
+from daskprs.errors import UserInputError
+from daskprs.execute import preflight
+from daskprs.execute.preflight import check_entry_script, script_imports
 
 pytestmark = pytest.mark.slow
 
@@ -126,3 +128,23 @@ def test_only_unconditional_top_level_imports_are_checked(tmp_path):
         "def run(mb):\n    import lazy_thing\n"
     )
     assert script_imports(str(script)) == {"os": 1, "numpy": 1, "pandas": 2}
+
+
+def test_a_script_of_the_standard_library_alone_starts_no_probe(tmp_path, monkeypatch):
+    """This interpreter has its own standard library: the check asks no other Python about
+    it; a package outside it is still asked about, and named when missing."""
+    probes: list[list[str]] = []
+    probe = preflight._probe
+
+    def counted(python, code_dir, names, env):
+        probes.append(names)
+        return probe(python, code_dir, names, env)
+
+    monkeypatch.setattr(preflight, "_probe", counted)
+    (tmp_path / "stdlib.py").write_text("import os, json\nfrom collections import deque\n")
+    (tmp_path / "other.py").write_text("import os\nimport no_such_package_xyz\n")
+    check_entry_script("score", str(tmp_path), "stdlib.py", None, None)
+    assert probes == []
+    with pytest.raises(UserInputError, match="imports no_such_package_xyz \\(line 2\\)"):
+        check_entry_script("score", str(tmp_path), "other.py", None, None)
+    assert probes == [["no_such_package_xyz"]]

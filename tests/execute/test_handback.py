@@ -11,7 +11,7 @@ from daskprs.execute.context import StepContext
 from daskprs.execute.handback import leave_marker, leave_record, take_over
 from daskprs.execute.worker import run_try
 from daskprs.inputs.batches import FileBatch
-from daskprs.results.outcome import Status, TryRecord
+from daskprs.results.outcome import Status, TryRecord, TryRecords
 from daskprs.rundir import RunDir
 
 
@@ -162,6 +162,7 @@ def test_a_packed_task_gives_its_records_in_the_order_of_its_tries(ctx, tmp_path
     finally:
         slot.stop()
     assert [r.mb for r in records] == [0, 1, 2, 3]
+    assert type(records) is TryRecords  # sent to the driver as one pickle
     assert records[2] == left
     assert [r.status for r in records] == ["RUN_DONE"] * 4
     assert sorted(pool.kept) == ["s0t0", "s0t1", "s0t2", "s0t3"]

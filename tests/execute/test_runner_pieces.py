@@ -5,7 +5,7 @@ from __future__ import annotations
 from daskprs.execute.runner import _Packer
 from daskprs.execute.supervisor import Submit
 from daskprs.results.ledger import Ledger, read_ledger
-from daskprs.results.outcome import Status, TryRecord
+from daskprs.results.outcome import Status, TryRecord, TryRecords
 
 
 def subs(n):
@@ -89,3 +89,17 @@ def test_work_on_every_worker_reports_the_workers_that_failed(caplog):
     assert "tcp://a:1" not in caplog.text
     assert on_workers(_Client(TimeoutError("gone")), len, what="x") != {}
     assert "could not x: the cluster did not answer (TimeoutError: gone)" in caplog.text
+
+
+def test_a_tasks_records_travel_as_one_pickle():
+    """What a worker sends back for a packed task: one pickle of the records, not a header
+    and a pickle for each (five times the CPU on each side at 256 tries a task)."""
+    from distributed.protocol import deserialize, serialize, to_serialize
+
+    records = TryRecords(
+        TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, part=f"p.pack:{i}+3") for i in range(50)
+    )
+    header, frames = serialize(to_serialize(records))  # as Worker.get_data sends a result
+    assert not header.get("is-collection") and len(frames) == 1
+    back = deserialize(header, frames)
+    assert type(back) is TryRecords and back == records

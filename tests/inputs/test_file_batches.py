@@ -37,9 +37,9 @@ def test_packed_batches_read_as_the_tuple_they_replace(count):
         packed[len(plain)]
 
 
-def test_packed_paths_iterate_as_they_index(monkeypatch):
-    """Iterated a block of names at a time (ASCII blocks sliced from one decode, others name
-    by name): the paths indexing gives, across blocks, folders and odd names."""
+def test_packed_paths_iterate_and_slice_as_they_index(monkeypatch):
+    """Iterated and sliced a block of names at a time (ASCII blocks sliced from one decode,
+    others name by name): the paths indexing gives, across blocks, folders and odd names."""
     from daskprs.inputs import batches
 
     monkeypatch.setattr(batches, "_ITER_BLOCK", 3)
@@ -48,6 +48,12 @@ def test_packed_paths_iterate_as_they_index(monkeypatch):
     packed = batches.PackedPaths(paths)
     assert list(packed) == [packed[i] for i in range(len(packed))] == paths
     assert list(batches.PackedPaths()) == []
+    # a slice is decoded at once: the same paths, for any bounds and steps
+    n = len(paths)
+    for lo in range(-n - 1, n + 2):
+        for hi in (None, *range(-n - 1, n + 2)):
+            for step in (None, 1, 2, -1, -3):
+                assert packed[lo:hi:step] == paths[lo:hi:step], (lo, hi, step)
 
 
 def test_a_file_list_plan_is_packed_and_reads_back_equal(tmp_path):

@@ -26,3 +26,47 @@ def test_rows_are_written_at_a_flush_and_secrets_masked(tmp_path):
     report.add(plain)
     report.close()  # closing writes what is left
     assert path.read_text().count(format_report_row(plain)) == 2
+
+
+def _csv_row(rec: TryRecord) -> str:
+    """The row as Python's CSV writer writes it (the definition the fast path keeps)."""
+    import csv
+    import io
+    import time
+
+    start = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(rec.start_time))
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(
+        [
+            rec.mb,
+            rec.try_no,
+            rec.node,
+            rec.process,
+            start if rec.start_time else "",
+            "" if rec.total is None else rec.total,
+            rec.succeeded,
+            rec.failed,
+            f"{rec.elapsed:.3f}",
+            f"{rec.run_seconds:.3f}",
+            rec.status,
+            rec.error_category,
+            rec.error.splitlines()[0] if rec.error else "",
+        ]
+    )
+    return buf.getvalue()
+
+
+def test_a_row_is_what_the_csv_writer_gives():
+    base = dict(mb=7, try_no=2, status=Status.RUN_DONE, node="node0", process="process1")
+    records = [
+        TryRecord(**base),
+        TryRecord(**base, total=100, succeeded=99, failed=1, start_time=1.7e9 + 0.75),
+        TryRecord(**{**base, "start_time": 1.7e9 + 0.999}, elapsed=1.23456, run_seconds=9.8765),
+        TryRecord(**{**base, "node": 'a,"b"'}, total=None),
+        TryRecord(**{**base, "process": "p\nq"}),
+        TryRecord(**{**base, "node": " spaced "}),
+        TryRecord(**{**base, "status": Status.RUN_TIMEOUT}, error="took too long, killed"),
+        TryRecord(**{**base, "status": Status.RUN_EXCEPTION}, error='bad "quote"\nsecond line'),
+    ]
+    for rec in records:
+        assert format_report_row(rec) == _csv_row(rec), rec
