@@ -93,7 +93,7 @@ def test_work_on_every_worker_reports_the_workers_that_failed(caplog):
 
 def test_a_tasks_records_travel_as_one_pickle():
     """What a worker sends back for a packed task: one pickle of the records, not a header
-    and a pickle for each (five times the CPU on each side at 256 tries a task)."""
+    and a pickle for each (16 against 3 us a record in the worker at 256 tries a task)."""
     from distributed.protocol import deserialize, serialize, to_serialize
 
     records = TryRecords(
