@@ -56,6 +56,11 @@ def format_report_row(rec: TryRecord) -> str:
             f"{total},{rec.succeeded},{rec.failed},{rec.elapsed:.3f},{rec.run_seconds:.3f},"
             f"{rec.status},{rec.error_category},\n"
         )
+    return _written_row(rec)
+
+
+def _written_row(rec: TryRecord) -> str:
+    """The row as Python's CSV writer writes it (quotes where a field needs them)."""
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerow(
         [
