@@ -101,10 +101,9 @@ def input_digest(batches: Iterable[MiniBatch]) -> dict[str, Any]:
         if batches.per_batch == 1:  # the same digest without a million descriptors
             for chunk in in_chunks(files):
                 h.update(os.fsencode("".join(map(_ONE_FILE.__mod__, chunk))))
-        else:  # repr(batch.describe()) of each, its files read a block at a time
-            names = iter(files)
-            for size in itertools.repeat(batches.per_batch, n):
-                h.update(repr({"files": list(itertools.islice(names, size))}).encode())
+        else:  # each mini-batch's files are decoded as one slice of the packed list
+            for described in batches:
+                h.update(repr(described.describe()).encode())
     else:
         seen: dict[str, None] = {}
         n = 0
@@ -127,12 +126,8 @@ def _stat_lines(files: Iterable[str], listed: FileStats | None) -> Iterator[str]
         if "://" in path:
             yield path
         elif listed is not None:
-            missing = i in listed.missing
-            yield (
-                missing_line(path)
-                if missing
-                else stat_line(path, listed.sizes[i], listed.mtime_ns[i])
-            )
+            sizes, times = listed.sizes, listed.mtime_ns
+            yield missing_line(path) if i in listed.missing else stat_line(path, sizes[i], times[i])
         else:
             try:
                 st = os.stat(path)
