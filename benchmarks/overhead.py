@@ -4,6 +4,10 @@ Both run on the same ``LocalCluster(n_workers=2, threads_per_worker=1, processes
 the cluster start is reported apart. daskprs wall time covers planning, running and assembly.
 Target: daskprs wall <= 0.5 x raw ``client.map`` (daskprs packs small mini-batches into
 fewer Dask tasks; the raw map sends one task per item).
+
+With ``--staging``, the same job also runs through daskprs's embedded cluster twice a round:
+with the workers' files staged to a moto S3 server on 127.0.0.1 and without; the ratio and
+the S3 requests a mini-batch are printed (no target: what staging costs short tries).
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=1, help="alternate runs; best kept")
     p.add_argument("--profile", action="store_true", help="cProfile the daskprs driver")
     p.add_argument("--verbose", action="store_true", help="show daskprs progress lines")
+    p.add_argument(
+        "--staging",
+        action="store_true",
+        help="also run daskprs on its embedded cluster with staging on an S3 server (moto) on "
+        "127.0.0.1, and without, and print both and the S3 requests a mini-batch",
+    )
 
 
 def _noop(x):
@@ -175,5 +185,59 @@ def main(args: argparse.Namespace) -> dict:
             "target": TARGET,
             "met": met,
         }
+        if args.staging:
+            row.update(staged(args, root, job, items))
         c.record("overhead", row, not args.no_csv)
         return row
+
+
+def _requests(log: Path) -> int:
+    """The requests the S3 server logged so far (one line each)."""
+    with open(log, "rb") as f:
+        return sum(b'HTTP/1.1" ' in line for line in f)
+
+
+def staged(args: argparse.Namespace, root: Path, job: Path, items: list[str]) -> dict:
+    """The job on daskprs's embedded cluster with staging on a moto S3 server and without,
+    taking turns for ``--repeat`` rounds; the best wall of each, and the server's requests
+    and CPU for one staged run."""
+    from benchmarks.tabular import s3_server
+
+    n = len(items)
+    with s3_server(root) as s3:
+        walls: dict[str, list[float]] = {"shared filesystem": [], "staged": []}
+        requests, s3_cpu = 0, 0.0
+        for _ in range(args.repeat):
+            for name, walls_of in walls.items():
+                before, cpu = _requests(root / "moto.log"), s3.cpu()
+                result, wall = c.run_daskprs(
+                    job,
+                    root / "run-embedded",
+                    workers=args.workers,
+                    echo=c.Echo(args.verbose),
+                    staging=s3.url if name == "staged" else None,
+                )
+                assert result.ok, result.failure
+                out = c.output_of(root / "run-embedded").read_text().splitlines()
+                assert sorted(out) == sorted(items) and len(out) == n, "output rows differ"
+                walls_of.append(wall)
+                if name == "staged":
+                    requests, s3_cpu = _requests(root / "moto.log") - before, s3.cpu() - cpu
+    shared, stage = min(walls["shared filesystem"]), min(walls["staged"])
+    print(f"  staging, on the embedded cluster (cluster start included), {n} mini-batches:")
+    rows = [
+        ("daskprs, shared filesystem", shared, n / shared, 1.0),
+        ("daskprs, staged to S3 (moto)", stage, n / stage, stage / shared),
+    ]
+    print(c.table(["contender", "seconds", "mini-batches/s", "x shared"], rows))
+    print(
+        f"  staged: {requests / n:.2f} S3 requests a mini-batch, "
+        f"the S3 server {s3_cpu:.1f} s of CPU"
+    )
+    return {
+        "embedded_s": shared,
+        "staged_s": stage,
+        "staged_ratio": stage / shared,
+        "staged_requests_per_mb": requests / n,
+        "staged_s3_cpu_s": s3_cpu,
+    }

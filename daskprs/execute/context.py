@@ -82,10 +82,11 @@ class StepContext:
     @property
     def packs_parts(self) -> bool:
         """The tries of one task append their rows to one pack (:mod:`daskprs.results.packs`):
-        text parts on a filesystem the driver reads (staged parts are uploaded one by one,
-        ``map_batches``' are data files)."""
+        text parts, on the filesystem the driver reads or (staged) in the worker's scratch
+        folder, the pack uploaded once when the task's tries end. Not ``map_batches``' parts:
+        they are data files."""
         structured = (self.child.to_csv or {}).get(PART_FORMAT) == "structured"
-        return self.writes_parts and not self.staging and not structured
+        return self.writes_parts and not structured
 
     @property
     def where(self) -> StepDir:

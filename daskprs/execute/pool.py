@@ -214,7 +214,10 @@ class SlotPool(WorkerPlugin):
                 self._idle.append(slot)
 
     def keep(self, mb: int, try_key: str, record: Any) -> None:
-        """Note a try this thread's (packed) task finished, until the task returns."""
+        """Note a try this thread's (packed) task finished, until the task returns; None for
+        ``record``: its rows are not where the driver reads them yet (a staged run's pack,
+        uploaded when the task's tries end), so that a closing worker hands it back to run
+        again."""
         with self._lock:
             self._finished.setdefault(threading.get_ident(), []).append((mb, try_key, record))
 
@@ -225,7 +228,8 @@ class SlotPool(WorkerPlugin):
 
     def hand_back(self) -> int:
         """Kill the busy children, then leave a hand-back marker for every try they ran and
-        the record of every try a still-running task finished; return the markers left."""
+        the record of every try a still-running task finished (a marker for one kept without
+        its record, :meth:`keep`); return the markers left."""
         from daskprs.execute.handback import leave_marker, leave_record
 
         with self._lock:
@@ -245,7 +249,10 @@ class SlotPool(WorkerPlugin):
         for mb, try_key in running:
             leave_marker(store, mb, try_key)
         for mb, try_key, record in finished:
-            leave_record(store, mb, try_key, record)
+            if record is None:
+                leave_marker(store, mb, try_key)
+            else:
+                leave_record(store, mb, try_key, record)
         return len(running) + len(finished)
 
     def kill_running(self) -> int:

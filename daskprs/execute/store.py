@@ -10,6 +10,7 @@ folder of that URL, reached through fsspec, one per run and step::
         claims/00042.s0t1            one object per started try (an exclusive create)
         handback/00042.s0t1.back     a try handed back by a worker that closed (.rec: a record)
         parts/00042.s0t1.part        the rows of a try, uploaded by its worker
+        parts/00042.s0t1.<hex>.pack  the rows of the tries of a packed task, uploaded once
         logs/<step run token>/...    each worker's logs/ folder, uploaded as it grows
         lease                        rewritten by the driver while it runs the step
 
@@ -40,7 +41,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["StepStore", "claim_name", "part_name", "run_staging", "staging_root"]
+__all__ = ["StepStore", "claim_name", "pack_name", "part_name", "run_staging", "staging_root"]
 
 _CHUNK = 1 << 20
 
@@ -172,6 +173,14 @@ def part_name(mb: int, try_key: str) -> str:
     """The part (rows) of try ``try_key`` of mini-batch ``mb``, relative to the step's
     folder."""
     return f"parts/{mb:05d}.{try_key}.part"
+
+
+def pack_name(mb: int, try_key: str) -> str:
+    """A new name for the pack of a task whose first try is ``try_key`` of ``mb``, relative
+    to the step's folder (:mod:`daskprs.results.packs`). Each upload gets a name of its own:
+    a task Dask runs again elsewhere runs its handed-back tries into a pack of its own, and
+    the first worker's late upload must not replace it."""
+    return f"parts/{mb:05d}.{try_key}.{uuid.uuid4().hex[:12]}.pack"
 
 
 def run_staging(staging: str, run_root: str) -> str:

@@ -23,10 +23,11 @@ from typing import Any
 from daskprs.execute.context import StepContext
 from daskprs.execute.handback import take_over
 from daskprs.execute.pool import pool_name, pool_of
-from daskprs.execute.store import claim_name, part_name
+from daskprs.execute.store import claim_name, pack_name, part_name
 from daskprs.execute.wire import RunTask
 from daskprs.inputs.batches import MiniBatch
 from daskprs.results.outcome import Status, TryRecord, TryRecords
+from daskprs.results.packs import pack_ref, split_ref
 
 __all__ = ["check_worker", "claimed", "kill_running", "run_tries", "run_try"]
 
@@ -165,20 +166,56 @@ def _stage_part(ctx: StepContext, record: TryRecord, try_key: str) -> TryRecord:
         staged = ctx.store.upload(local, part_name(record.mb, try_key))
     except Exception as err:  # the store refused or is unreachable: this try failed
         log.warning("cannot stage the part of mini-batch %d: %r", record.mb, err)
-        return record.with_(
-            status=Status.PROCESS_DIED,
-            part=None,
-            succeeded=0,
-            failed=record.total or 0,
-            error=f"the rows of this try could not be uploaded to the staging store "
-            f"{ctx.staging}: {type(err).__name__}: {err}",
-        )
+        return _not_staged(ctx, record, err)
     finally:
-        try:
-            os.unlink(local)
-        except OSError:
-            pass
+        _unlink(local)
     return record.with_(part=staged)
+
+
+def _stage_pack(
+    ctx: StepContext, pack: str, first: tuple[int, str], records: dict[Any, TryRecord]
+) -> dict[Any, TryRecord]:
+    """Upload a packed task's pack from the worker's scratch folder once its tries ended (one
+    object for all their rows); each try's range then names the staged copy, at the same
+    offset. When the upload fails, every try with rows in the pack failed, as a try whose
+    part the store refused (:func:`_stage_part`). ``first``: the task's first mini-batch and
+    try key, which name the pack."""
+    ranged = {k for k, r in records.items() if r.part and split_ref(r.part)[0] == pack}
+    if not ranged:
+        _unlink(pack)
+        return records
+    try:
+        staged = ctx.store.upload(pack, pack_name(*first))
+    except Exception as err:  # the store refused or is unreachable: these tries failed
+        log.warning("cannot stage the rows of %d tries: %r", len(ranged), err)
+        return {k: _not_staged(ctx, r, err) if k in ranged else r for k, r in records.items()}
+    finally:
+        _unlink(pack)
+    out = dict(records)
+    for k in ranged:
+        _, offset, length = split_ref(out[k].part or "")
+        out[k] = out[k].with_(part=pack_ref(staged, offset, length or 0))
+    return out
+
+
+def _not_staged(ctx: StepContext, record: TryRecord, err: BaseException) -> TryRecord:
+    """A try whose rows the staging store did not take: failed, with nothing to commit."""
+    return record.with_(
+        status=Status.PROCESS_DIED,
+        part=None,
+        succeeded=0,
+        failed=record.total or 0,
+        error=f"the rows of this try could not be uploaded to the staging store "
+        f"{ctx.staging}: {type(err).__name__}: {err}",
+    )
+
+
+def _unlink(path: str) -> None:
+    """Remove the worker's scratch copy of what was staged (or could not be)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def run_tries(ctx: StepContext, items: list[tuple[MiniBatch, int, str]]) -> TryRecords:
@@ -189,9 +226,13 @@ def run_tries(ctx: StepContext, items: list[tuple[MiniBatch, int, str]]) -> TryR
     records = TryRecords()
     wait: list[float | None] = [None]
     pack = None
+    first, _, key = items[0]
     if ctx.packs_parts and len(items) > 1:
-        first, _, key = items[0]
         pack = pool.local.where.pack(first.index, key)
+    # staged, the pack is in this worker's scratch folder until the tries end: a try with
+    # rows there is handed back to run again (None kept), not as a record the driver could
+    # not read
+    unstaged = pack if ctx.staging else None
     try:
         if len(items) == 1:
             batch, try_no, try_key = items[0]
@@ -201,8 +242,11 @@ def run_tries(ctx: StepContext, items: list[tuple[MiniBatch, int, str]]) -> TryR
         else:
             got: dict[tuple[int, int], TryRecord] = {}
             for try_key, record in _run_in_turn(ctx, pool, items, wait, pack):
-                pool.keep(record.mb, try_key, record)
+                in_pack = unstaged and record.part and split_ref(record.part)[0] == unstaged
+                pool.keep(record.mb, try_key, None if in_pack else record)
                 got[(record.mb, record.try_no)] = record
+            if unstaged:
+                got = _stage_pack(ctx, unstaged, (first.index, key), got)
             # in the order of the items (the driver pairs them): a record that needed no run
             # comes back as soon as its claim is looked at, before those running ahead of it
             for batch, try_no, _ in items:
@@ -256,7 +300,8 @@ def _run_in_turn(
                 for record in slot.run_many(tries(), ctx.deadlines):
                     try_key, batch, start, ran = given.pop((record.mb, record.try_no))
                     if ran:  # timed from when it began to run, not from its claim
-                        record = _ran(ctx, record, try_key, slot, max(start, slot.began))
+                        began = max(start, slot.began)
+                        record = _ran(ctx, record, try_key, slot, began, stage=pack is None)
                         pool.ended(slot, batch.index, try_key)
                     yield try_key, record
                 return
@@ -273,9 +318,12 @@ def _run_in_turn(
         pool.release(slot)
 
 
-def _ran(ctx: StepContext, record: TryRecord, try_key: str, slot: Any, start: float) -> TryRecord:
-    """A record from the slot, its part staged (``--staging``), with where and when it ran."""
-    if ctx.staging and record.part:
+def _ran(
+    ctx: StepContext, record: TryRecord, try_key: str, slot: Any, start: float, stage: bool
+) -> TryRecord:
+    """A record from the slot, with where and when it ran; with ``stage``, its part staged
+    (``--staging``; a pack's ranges are staged with the pack, :func:`_stage_pack`)."""
+    if stage and ctx.staging and record.part:
         record = _stage_part(ctx, record, try_key)
     return record.with_(
         node=slot.config.node,

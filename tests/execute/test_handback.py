@@ -108,7 +108,7 @@ class _OnePool:
     expired = False
 
     def __init__(self, slot, ctx):
-        self.slot, self.local, self.kept = slot, ctx, []
+        self.slot, self.local, self.kept, self.kept_records = slot, ctx, [], []
 
     def acquire(self, mb=-1, try_key=""):
         return self.slot
@@ -127,6 +127,7 @@ class _OnePool:
 
     def keep(self, mb, try_key, record):
         self.kept.append(try_key)
+        self.kept_records.append(record)
 
     def forget(self):
         pass
@@ -166,3 +167,75 @@ def test_a_packed_task_gives_its_records_in_the_order_of_its_tries(ctx, tmp_path
     assert records[2] == left
     assert [r.status for r in records] == ["RUN_DONE"] * 4
     assert sorted(pool.kept) == ["s0t0", "s0t1", "s0t2", "s0t3"]
+
+
+def test_a_closing_worker_hands_back_a_try_whose_rows_are_not_staged_yet(ctx, tmp_path):
+    """A staged run's packed task keeps its finished tries without their records until its
+    pack is uploaded: a worker closing before then leaves markers, so that the tries run
+    again where the task runs again (a record would name rows in this worker's scratch
+    folder, which the driver cannot read)."""
+    from dataclasses import replace
+
+    from daskprs.execute.pool import SlotPool
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "score.py").write_text("def run(mini_batch):\n    return []\n")
+    ctx = replace(ctx, child=ChildConfig(code_dir=str(code), entry_script="score.py"))
+    pool = SlotPool(ctx)
+    pool.setup(None)
+    try:
+        done = TryRecord(mb=4, try_no=1, status=Status.RUN_EXCEPTION, failed=1, node="here")
+        pool.keep(3, "s0t3", None)  # rows in a pack not uploaded yet
+        pool.keep(4, "s0t4", done)  # no rows: its record is all there is
+        assert pool.hand_back() == 2
+    finally:
+        pool.close(kill=True)
+    assert take_over(ctx.store, 3, "s0t3", wait=0) is True  # run it again
+    assert take_over(ctx.store, 4, "s0t4", wait=0) == done
+
+
+def test_a_staged_packed_task_uploads_its_pack_once_its_tries_end(ctx, tmp_path, s3, monkeypatch):
+    """Staged, the tries of a packed task append to a pack in the worker's scratch folder;
+    until it is uploaded they are kept without their records (a closing worker hands them
+    back), then each names its range of the one staged pack."""
+    from dataclasses import replace
+
+    import daskprs.execute.worker as worker
+    from daskprs.execute.slot import Slot
+    from daskprs.execute.worker import run_tries
+    from daskprs.results.packs import split_ref
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "score.py").write_text(
+        "import os\n\ndef run(mini_batch):\n    return [os.path.basename(p) for p in mini_batch]\n"
+    )
+    for name in "abc":
+        (tmp_path / name).write_text("x\n")
+    ctx = replace(
+        ctx,
+        child=ChildConfig(code_dir=str(code), entry_script="score.py"),
+        writes_parts=True,
+        staging="s3://out/stage/steps/score",
+    )
+    scratch = replace(ctx, run=RunDir(str(tmp_path / "scratch")), staging="")
+    os.makedirs(scratch.where.parts)
+    slot = Slot(scratch.child)
+    pool = _OnePool(slot, scratch)
+    monkeypatch.setattr(worker, "pool_of", lambda token, w: pool)
+    items = [(FileBatch(i, (str(tmp_path / n),)), 1, f"s0t{i}") for i, n in enumerate("abc")]
+    try:
+        records = run_tries(ctx, items)
+    finally:
+        slot.stop()
+    assert [r.status for r in records] == ["RUN_DONE"] * 3
+    assert pool.kept_records == [None] * 3  # rows in the scratch pack: handed back if closing
+    ranges = [split_ref(r.part or "") for r in records]
+    assert len({url for url, _, _ in ranges}) == 1  # one upload for the three
+    url = ranges[0][0]
+    assert url.startswith("s3://out/stage/steps/score/parts/00000.s0t0.") and url.endswith(".pack")
+    data = s3.cat(url.removeprefix("s3://"))
+    rows = [data[offset : offset + (length or 0)] for _, offset, length in ranges]
+    assert rows == [b"a\n", b"b\n", b"c\n"]
+    assert not os.listdir(scratch.where.parts)  # the scratch copy is gone

@@ -648,3 +648,89 @@ def test_a_part_the_store_refuses_fails_its_try_and_commits_nothing(tmp_path, s3
     ok = _stage_part(replace(ctx, staging="s3://out/stage/steps/score"), done, "s0n1")
     assert ok.part == "s3://out/stage/steps/score/parts/00003.s0n1.part"
     assert s3.cat("out/stage/steps/score/parts/00003.s0n1.part") == b"rows\n"
+
+
+def test_a_pack_the_store_refuses_fails_the_tries_with_rows_in_it(tmp_path, s3):
+    from daskprs.execute.context import StepContext
+    from daskprs.execute.worker import _stage_pack
+    from daskprs.results.outcome import Status, TryRecord
+    from daskprs.results.packs import split_ref
+
+    pack = tmp_path / "00003.s0n1.pack"
+    rows = [b"a 1\n", b"b 2\nb 3\n", b"c 4\n"]
+
+    def records() -> dict:
+        pack.write_bytes(b"".join(rows))
+        out, offset = {}, 0
+        for i, r in enumerate(rows):
+            part = f"{pack}:{offset}+{len(r)}"
+            done = TryRecord(mb=3 + i, try_no=1, status=Status.RUN_DONE, succeeded=1, part=part)
+            out[(3 + i, 1)] = done
+            offset += len(r)
+        out[(9, 1)] = TryRecord(mb=9, try_no=1, status=Status.RUN_EXCEPTION, total=1, failed=1)
+        return out
+
+    ctx = StepContext(
+        token="score-1",
+        step="score",
+        run=RunDir(str(tmp_path / "run")),
+        child=ChildConfig(code_dir=str(tmp_path), entry_script="score.py"),
+        staging="s3://no-such-bucket/stage/steps/score",
+    )
+    untouched = records()[(9, 1)]
+    refused = _stage_pack(ctx, str(pack), (3, "s0n1"), records())
+    assert [refused[(mb, 1)].status for mb in (3, 4, 5)] == [Status.PROCESS_DIED] * 3
+    assert all(refused[(mb, 1)].part is None for mb in (3, 4, 5))
+    assert "could not be uploaded to the staging store" in (refused[(4, 1)].error or "")
+    assert refused[(9, 1)] == untouched  # no rows there: as it was
+    assert not pack.exists()  # the worker's scratch copy is not left behind
+    staged = _stage_pack(
+        replace(ctx, staging="s3://out/stage/steps/score"), str(pack), (3, "s0n1"), records()
+    )
+    ranges = [split_ref(staged[(mb, 1)].part or "") for mb in (3, 4, 5)]
+    url = ranges[0][0]
+    assert re.fullmatch(r"s3://out/stage/steps/score/parts/00003\.s0n1\.[0-9a-f]{12}\.pack", url)
+    assert {r[0] for r in ranges} == {url}  # one object for the three
+    data = s3.cat(url.removeprefix("s3://"))
+    assert [data[offset : offset + (length or 0)] for _, offset, length in ranges] == rows
+    assert [staged[(mb, 1)].status for mb in (3, 4, 5)] == [Status.RUN_DONE] * 3
+    assert not pack.exists()
+    # a task run again gets a pack of its own: the first worker's late upload replaces nothing
+    again = _stage_pack(
+        replace(ctx, staging="s3://out/stage/steps/score"), str(pack), (3, "s0n1"), records()
+    )
+    assert again[(3, 1)].part != staged[(3, 1)].part
+
+
+def test_short_staged_tries_are_packed_and_uploaded_a_pack_a_task(tmp_path, s3):
+    """Staged, the tries of a packed task append to one pack in the worker's scratch folder,
+    uploaded once: one object a task, where a part a try was one upload and one read back
+    each; each try's rows a range of it, the output exact."""
+    from daskprs.results.ledger import read_ledger
+    from daskprs.results.packs import is_pack_ref
+
+    n = 120
+    _put_files(s3, n)
+    job = write_job(
+        tmp_path,
+        "import os\n\ndef run(mini_batch):\n    return [os.path.basename(p) for p in mini_batch]\n",
+        input_yaml="type: uri_folder\npath: s3://data/files",
+        mini_batch_size='"1"',
+    )
+    run_dir = tmp_path / "run"
+    staging = {"staging": "s3://out/stage", "keep_staged": True}
+    result = run_job(job, run_dir=run_dir, workers=2, echo=lambda s: None, **staging)
+    assert result.ok, result.failure
+    out = run_dir / "outputs/score/result/parallel_run_step.txt"
+    assert out.read_text() == "".join(f"f{i:03d}.txt\n" for i in range(n))
+    state = read_ledger(str(run_dir / "steps/score/ledger.jsonl"))
+    parts = [state.part_of(mb) or "" for mb in range(n)]
+    assert all(p.startswith("s3://out/stage/") for p in parts)
+    packed = [p for p in parts if is_pack_ref(p)]
+    assert len(packed) > n // 2  # most tries were packed (the first ones run one a task)
+    s3.invalidate_cache()
+    staged = [p for p in s3.find("out/stage") if "/parts/" in p]
+    packs = [p for p in staged if p.endswith(".pack")]
+    assert 0 < len(packs) < len(packed)
+    assert len(staged) - len(packs) == n - len(packed)  # the unpacked tries: a part each
+    assert not (run_dir / "steps/score/parts").exists()  # nothing was written beside the run
