@@ -625,20 +625,26 @@ def test_inputs_and_staging_on_azure_blob_storage(tmp_path, azurite):
     assert not azurite.find("stage")
 
 
-def test_a_part_the_store_refuses_fails_its_try_and_commits_nothing(tmp_path, s3):
+def _refused_store(tmp_path: Path):
+    """A worker's step context whose staging store refuses every upload (no such bucket)."""
     from daskprs.execute.context import StepContext
-    from daskprs.execute.worker import _stage_part
-    from daskprs.results.outcome import Status, TryRecord
 
-    local = tmp_path / "00003.s0n1.part"
-    local.write_text("rows\n")
-    ctx = StepContext(
+    return StepContext(
         token="score-1",
         step="score",
         run=RunDir(str(tmp_path / "run")),
         child=ChildConfig(code_dir=str(tmp_path), entry_script="score.py"),
         staging="s3://no-such-bucket/stage/steps/score",
     )
+
+
+def test_a_part_the_store_refuses_fails_its_try_and_commits_nothing(tmp_path, s3):
+    from daskprs.execute.worker import _stage_part
+    from daskprs.results.outcome import Status, TryRecord
+
+    local = tmp_path / "00003.s0n1.part"
+    local.write_text("rows\n")
+    ctx = _refused_store(tmp_path)
     done = TryRecord(mb=3, try_no=1, status=Status.RUN_DONE, total=2, succeeded=2, part=str(local))
     record = _stage_part(ctx, done, "s0n1")
     assert record.status == Status.PROCESS_DIED and record.part is None
@@ -651,7 +657,6 @@ def test_a_part_the_store_refuses_fails_its_try_and_commits_nothing(tmp_path, s3
 
 
 def test_a_pack_the_store_refuses_fails_the_tries_with_rows_in_it(tmp_path, s3):
-    from daskprs.execute.context import StepContext
     from daskprs.execute.worker import _stage_pack
     from daskprs.results.outcome import Status, TryRecord
     from daskprs.results.packs import split_ref
@@ -670,13 +675,7 @@ def test_a_pack_the_store_refuses_fails_the_tries_with_rows_in_it(tmp_path, s3):
         out[(9, 1)] = TryRecord(mb=9, try_no=1, status=Status.RUN_EXCEPTION, total=1, failed=1)
         return out
 
-    ctx = StepContext(
-        token="score-1",
-        step="score",
-        run=RunDir(str(tmp_path / "run")),
-        child=ChildConfig(code_dir=str(tmp_path), entry_script="score.py"),
-        staging="s3://no-such-bucket/stage/steps/score",
-    )
+    ctx = _refused_store(tmp_path)
     untouched = records()[(9, 1)]
     refused = _stage_pack(ctx, str(pack), (3, "s0n1"), records())
     assert [refused[(mb, 1)].status for mb in (3, 4, 5)] == [Status.PROCESS_DIED] * 3
