@@ -39,6 +39,8 @@ from daskprs.execute import store as store_module
 from daskprs.execute.child import ChildConfig
 from daskprs.execute.stagedlogs import pull_logs
 from daskprs.execute.store import StepStore, staging_root
+from daskprs.results.ledger import read_ledger
+from daskprs.results.packs import is_pack_ref
 from daskprs.rundir import RunDir
 from daskprs.testing import write_job
 
@@ -236,6 +238,15 @@ def run(mini_batch):
 """
 
 
+# one row a file: its name
+BASENAMES = """
+import os
+
+def run(mini_batch):
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
 def _file_job(folder: Path, data: str, output: str | None = None, args: str = "") -> Path:
     job = write_job(
         folder, SCRIPT, input_yaml=f"type: uri_folder\npath: {data}", program_arguments=args
@@ -381,6 +392,24 @@ def test_workers_that_cannot_see_the_driver_run_a_file_list_and_a_table(tmp_path
             staging="s3://out/stage",
         )
         assert tables.ok, tables.failure
+        # short tries: packed, each task's pack uploaded from the worker's own scratch folder
+        for i in range(120):
+            s3.pipe(f"data/short/s{i:03d}.txt", b"x\n")
+        short_job = write_job(
+            driver / "short",
+            BASENAMES,
+            input_yaml="type: uri_folder\npath: s3://data/short",
+            mini_batch_size='"1"',
+        )
+        short = run_job(
+            short_job, run_dir=driver / "run-short", scheduler=address, staging="s3://out/stage"
+        )
+        assert short.ok, short.failure
+    shorts = driver / "run-short/outputs/score/result/parallel_run_step.txt"
+    assert shorts.read_text() == "".join(f"s{i:03d}.txt\n" for i in range(120))
+    state = read_ledger(str(driver / "run-short/steps/score/ledger.jsonl"))
+    parts = [state.part_of(mb) or "" for mb in range(120)]
+    assert sum(is_pack_ref(p) and p.startswith("s3://out/stage/") for p in parts) > 60
     out = driver / "run/outputs/score/result/parallel_run_step.txt"
     assert out.read_text() == _expected(11)
     assert s3.cat("out/results/table.txt").decode() == table
@@ -705,14 +734,11 @@ def test_short_staged_tries_are_packed_and_uploaded_a_pack_a_task(tmp_path, s3):
     """Staged, the tries of a packed task append to one pack in the worker's scratch folder,
     uploaded once: one object a task, where a part a try was one upload and one read back
     each; each try's rows a range of it, the output exact."""
-    from daskprs.results.ledger import read_ledger
-    from daskprs.results.packs import is_pack_ref
-
     n = 120
     _put_files(s3, n)
     job = write_job(
         tmp_path,
-        "import os\n\ndef run(mini_batch):\n    return [os.path.basename(p) for p in mini_batch]\n",
+        BASENAMES,
         input_yaml="type: uri_folder\npath: s3://data/files",
         mini_batch_size='"1"',
     )
