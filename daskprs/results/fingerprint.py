@@ -122,12 +122,14 @@ def input_digest(batches: Iterable[MiniBatch]) -> dict[str, Any]:
 def _stat_lines(files: Iterable[str], listed: FileStats | None) -> Iterator[str]:
     """Each file's line of the stats digest (digested joined, a block at a time): its path,
     size and mtime, from the stat the listing took when it took one."""
+    sizes, times, missing = (
+        (listed.sizes, listed.mtime_ns, listed.missing) if listed is not None else ((), (), ())
+    )
     for i, path in enumerate(files):
         if "://" in path:
             yield path
         elif listed is not None:
-            sizes, times = listed.sizes, listed.mtime_ns
-            yield missing_line(path) if i in listed.missing else stat_line(path, sizes[i], times[i])
+            yield missing_line(path) if i in missing else stat_line(path, sizes[i], times[i])
         else:
             try:
                 st = os.stat(path)
@@ -148,6 +150,7 @@ def stat_line(path: str, size: int, mtime_ns: int) -> str:
 
 
 def missing_line(path: str) -> str:
+    """The line of a file that could not be stat-ed, in the digests of an input."""
     return f"{path}\0missing\n"
 
 
