@@ -351,11 +351,17 @@ class _Runner:
         """The pack at ``path``, open to append (the one open before is closed)."""
         if self._packed is not None and self._packed.name == path:
             return self._packed
+        self.close_pack()
+        self._packed = open(path, "ab")
+        return self._packed
+
+    def close_pack(self) -> None:
+        """Close the pack this process appends to, if one is open: done after the last try
+        of a task, so that a pack the worker uploads and removes then (a staged run's) does
+        not keep its disk space while this process lives."""
         if self._packed is not None:
             self._packed.close()
             self._packed = None
-        self._packed = open(path, "ab")
-        return self._packed
 
     def finish(
         self,
@@ -576,6 +582,8 @@ def _serve(in_fd: int, out_fd: int, phase_fd: int) -> int:
         if isinstance(message, StopChild):
             break
         record = runner.do_task(message)
+        if message.last:
+            runner.close_pack()
         runner.send(Done(record))
         if record.status == Status.INIT_FAILED:
             return 3

@@ -119,6 +119,8 @@ class SlotPool(WorkerPlugin):
         # the tries each busy slot was handed (a packed task's next try rides behind one)
         self._running: dict[Slot, list[tuple[int, str]]] = {}
         self._finished: dict[int, list[tuple[int, str, Any]]] = {}
+        # set by hand_back (and close): a slot taken from now on starts no try
+        self._closing = False
         self._expired = threading.Event()
         self._closed = threading.Event()
         self._devices = visible_gpus()
@@ -174,10 +176,13 @@ class SlotPool(WorkerPlugin):
         return slot
 
     def acquire(self, mb: int = -1, try_key: str = "") -> Slot:
-        """An idle slot (a new one when all are busy), noted as running try ``try_key``."""
+        """An idle slot (a new one when all are busy), noted as running try ``try_key``; once
+        the worker closes (:meth:`hand_back`), a slot that starts nothing (``closing``)."""
         self.check()
         with self._lock:
             slot = self._idle.pop() if self._idle else self._new_slot()
+            if self._closing:
+                slot.closing = True
             if try_key:
                 self._running[slot] = [(mb, try_key)]
             return slot
@@ -213,6 +218,15 @@ class SlotPool(WorkerPlugin):
             if not self._closed.is_set():
                 self._idle.append(slot)
 
+    def done(self, slot: Slot, mb: int, try_key: str, record: Any) -> None:
+        """:meth:`ended` and :meth:`keep` at once: a worker that closes in between would
+        leave neither a marker nor the record of that try."""
+        with self._lock:
+            tries = self._running.get(slot)
+            if tries and (mb, try_key) in tries:
+                tries.remove((mb, try_key))
+            self._finished.setdefault(threading.get_ident(), []).append((mb, try_key, record))
+
     def keep(self, mb: int, try_key: str, record: Any) -> None:
         """Note a try this thread's (packed) task finished, until the task returns; None for
         ``record``: its rows are not where the driver reads them yet (a staged run's pack,
@@ -233,6 +247,7 @@ class SlotPool(WorkerPlugin):
         from daskprs.execute.handback import leave_marker, leave_record
 
         with self._lock:
+            self._closing = True
             for slot in self._all:  # no try is started or handed over any more
                 slot.closing = True
             running = [t for tries in self._running.values() for t in tries]
@@ -267,6 +282,7 @@ class SlotPool(WorkerPlugin):
         """Stop every slot (``shutdown()``, then exit; or kill) and drop the local caches."""
         with self._lock:
             self._closed.set()
+            self._closing = True
             slots, self._all, self._idle = self._all, [], []
         end_slots(slots, kill)  # every child's shutdown() at once
         return len(slots)

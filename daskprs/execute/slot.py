@@ -75,6 +75,16 @@ class _Queued:
     at: float = 0.0
 
 
+def _not_started(task: RunTask) -> TryRecord:
+    """The record of a try its slot never started: its worker closed (handed back)."""
+    return TryRecord(
+        mb=task.batch.index,
+        try_no=task.try_no,
+        status=Status.NOT_STARTED,
+        error="its worker closed before it started; handed back",
+    )
+
+
 # Seconds to wait for a log pipe's last bytes after its child was reaped (a grandchild that
 # left the child's session may hold the pipe open: its output is then no longer copied).
 _DRAIN_SECONDS = 5.0
@@ -445,13 +455,11 @@ class Slot:
         more = True
         while True:
             if self.closing:  # its worker handed these back: they run elsewhere
-                for q in queue:
-                    yield TryRecord(
-                        mb=q.task.batch.index,
-                        try_no=q.task.try_no,
-                        status=Status.NOT_STARTED,
-                        error="its worker closed before it started; handed back",
-                    )
+                left: list[RunTask | TryRecord] = [q.task for q in queue]
+                if more:  # those not taken from ``items`` yet too (``run`` gets its record)
+                    left += list(source)
+                for unrun in left:
+                    yield unrun if isinstance(unrun, TryRecord) else _not_started(unrun)
                 return
             filling = len(queue) <= _AHEAD // 2
             # topped up once half is done, so that tries go over a few at a time: each

@@ -9,7 +9,7 @@ folder of that URL, reached through fsspec, one per run and step::
     <staging>/<run name>-<8 hex of its path>/steps/<step>/
         claims/00042.s0t1            one object per started try (an exclusive create)
         handback/00042.s0t1.back     a try handed back by a worker that closed (.rec: a record)
-        parts/00042.s0t1.part        the rows of a try, uploaded by its worker
+        parts/00042.s0t1.<hex>.part  the rows of a try, uploaded by its worker
         parts/00042.s0t1.<hex>.pack  the rows of the tries of a packed task, uploaded once
         logs/<step run token>/...    each worker's logs/ folder, uploaded as it grows
         lease                        rewritten by the driver while it runs the step
@@ -170,9 +170,11 @@ def claim_name(mb: int, try_key: str) -> str:
 
 
 def part_name(mb: int, try_key: str) -> str:
-    """The part (rows) of try ``try_key`` of mini-batch ``mb``, relative to the step's
-    folder."""
-    return f"parts/{mb:05d}.{try_key}.part"
+    """A new name for the part (rows) of try ``try_key`` of mini-batch ``mb``, relative to the
+    step's folder. Each upload gets a name of its own: a try handed back by a closing worker
+    runs again elsewhere, and the first worker's late upload must not replace the part the
+    rerun's record names (as :func:`pack_name`)."""
+    return f"parts/{mb:05d}.{try_key}.{uuid.uuid4().hex[:12]}.part"
 
 
 def pack_name(mb: int, try_key: str) -> str:

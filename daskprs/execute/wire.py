@@ -54,6 +54,9 @@ class RunTask:
     pack: bool = False
     # the try's number in its slot, which its phase lines carry (0: one try at a time)
     seq: int = 0
+    # the last try of its task: the pack is closed after it (a staged run's is uploaded and
+    # removed then, and must not keep its disk space while the process lives)
+    last: bool = False
 
 
 @dataclass(frozen=True)

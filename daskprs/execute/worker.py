@@ -82,21 +82,25 @@ def run_try(
         None: a part of its own.
     """
     start = time.time()
-    if not _claim(ctx, batch.index, try_key):
-        instead = _claimed_before(ctx, batch, try_no, try_key, handback_wait, start)
-        if instead is not None:
-            return instead
     pool = pool_of(ctx.token, _current_worker())
+    # noted as running before it is claimed: a worker that closes from here on hands it back
     slot = pool.acquire(batch.index, try_key)
-    # staged: the child writes its part in the worker's scratch folder, uploaded below
     try:
-        record = slot.run(_task(ctx, pool, batch, try_no, try_key, pack), ctx.deadlines)
-        if ctx.staging and record.part:
-            record = _stage_part(ctx, record, try_key)
-    except Exception as err:  # the slot itself failed: this try failed, nothing else did
-        log.warning("the slot running mini-batch %d failed: %r", batch.index, err)
-        slot.kill()  # its child's state is unknown: the next try starts a new one
-        record = _slot_failed(batch, try_no, err)
+        if slot.closing:  # its worker closes: not claimed here, it runs elsewhere
+            return _not_started(batch.index, try_no)
+        if not _claim(ctx, batch.index, try_key):
+            instead = _claimed_before(ctx, batch, try_no, try_key, handback_wait, start)
+            if instead is not None:
+                return instead
+        # staged: the child writes its part in the worker's scratch folder, uploaded below
+        try:
+            record = slot.run(_task(ctx, pool, batch, try_no, try_key, pack), ctx.deadlines)
+            if ctx.staging and record.part:
+                record = _stage_part(ctx, record, try_key)
+        except Exception as err:  # the slot itself failed: this try failed, nothing else did
+            log.warning("the slot running mini-batch %d failed: %r", batch.index, err)
+            slot.kill()  # its child's state is unknown: the next try starts a new one
+            record = _slot_failed(batch, try_no, err)
     finally:
         pool.release(slot)
     return record.with_(
@@ -107,13 +111,28 @@ def run_try(
     )
 
 
+def _not_started(mb: int, try_no: int) -> TryRecord:
+    """The record of a try its worker did not start: it closed first (the try runs
+    elsewhere)."""
+    return TryRecord(
+        mb=mb, try_no=try_no, status=Status.NOT_STARTED, error="its worker closed before it started"
+    )
+
+
 def _task(
-    ctx: StepContext, pool: Any, batch: MiniBatch, try_no: int, try_key: str, pack: str | None
+    ctx: StepContext,
+    pool: Any,
+    batch: MiniBatch,
+    try_no: int,
+    try_key: str,
+    pack: str | None,
+    last: bool = False,
 ) -> RunTask:
     """What the slot is handed for a try: its rows to the task's pack, to a part of its own
-    (staged: in the worker's scratch folder, uploaded after), or nowhere."""
+    (staged: in the worker's scratch folder, uploaded after), or nowhere; ``last``: the last
+    try of its packed task (the pack is closed after it)."""
     part = pack or (pool.local.where.part(batch.index, try_key) if ctx.writes_parts else None)
-    return RunTask(batch, try_no, part, pack is not None)
+    return RunTask(batch, try_no, part, pack is not None, last=last)
 
 
 def _claimed_before(
@@ -241,24 +260,18 @@ def run_tries(ctx: StepContext, items: list[tuple[MiniBatch, int, str]]) -> TryR
             records.append(record)
         else:
             got: dict[tuple[int, int], TryRecord] = {}
-            for try_key, record in _run_in_turn(ctx, pool, items, wait, pack):
-                in_pack = unstaged and record.part and split_ref(record.part)[0] == unstaged
-                pool.keep(record.mb, try_key, None if in_pack else record)
+            for record in _run_in_turn(ctx, pool, items, wait, pack, unstaged):
                 got[(record.mb, record.try_no)] = record
             if unstaged:
                 got = _stage_pack(ctx, unstaged, (first.index, key), got)
             # in the order of the items (the driver pairs them): a record that needed no run
             # comes back as soon as its claim is looked at, before those running ahead of it
             for batch, try_no, _ in items:
-                record = got.get((batch.index, try_no)) or TryRecord(
-                    mb=batch.index,
-                    try_no=try_no,
-                    status=Status.NOT_STARTED,
-                    error="its worker closed before it started",
-                )
-                records.append(record)
+                records.append(got.get((batch.index, try_no)) or _not_started(batch.index, try_no))
     finally:
         pool.forget()
+        if unstaged:  # (uploaded and removed, or the task failed: its rows go nowhere)
+            _unlink(unstaged)
     return records
 
 
@@ -268,10 +281,17 @@ def _run_in_turn(
     items: list[tuple[MiniBatch, int, str]],
     wait: list[float | None],
     pack: str | None,
-) -> Iterator[tuple[str, TryRecord]]:
+    unstaged: str | None,
+) -> Iterator[TryRecord]:
     """The tries of a packed task in one slot, each claimed just before it is handed over
-    and the next handed over while one runs (:meth:`Slot.run_many`); each try's key and
-    record as it ends."""
+    and the next handed over while one runs (:meth:`Slot.run_many`); each try's record as it
+    ends.
+
+    A try is noted as running (:meth:`SlotPool.handed`) before its claim is taken, and as
+    finished with its record (:meth:`SlotPool.done`) as it ends, so that a worker closing at
+    any moment leaves a marker or a record for every try it claimed. A try with rows in
+    ``unstaged`` (a staged run's pack, not uploaded yet) is kept without its record: it is
+    handed back to run again."""
     left = iter(items)
     slot = pool.acquire()
     # the tries taken from ``items``, by (mini-batch, try number): key, batch, when claimed,
@@ -279,20 +299,30 @@ def _run_in_turn(
     given: dict[tuple[int, int], tuple[str, MiniBatch, float, bool]] = {}
 
     def tries() -> Iterator[RunTask | TryRecord]:
-        for batch, try_no, try_key in left:
+        for n, (batch, try_no, try_key) in enumerate(left, 1):
             pool.check()
-            if slot.closing:  # its worker closes: the rest runs elsewhere
+            pool.handed(slot, batch.index, try_key)
+            if slot.closing:  # its worker closes: the rest runs elsewhere (not claimed here)
+                pool.ended(slot, batch.index, try_key)
                 return
             start = time.time()
             given[(batch.index, try_no)] = (try_key, batch, start, False)
             if not _claim(ctx, batch.index, try_key):
                 instead = _claimed_before(ctx, batch, try_no, try_key, wait, start)
                 if instead is not None:
+                    pool.done(slot, batch.index, try_key, instead)
                     yield instead
                     continue
             given[(batch.index, try_no)] = (try_key, batch, start, True)
-            pool.handed(slot, batch.index, try_key)
-            yield _task(ctx, pool, batch, try_no, try_key, pack)
+            yield _task(ctx, pool, batch, try_no, try_key, pack, last=n == len(items))
+
+    def finished(try_key: str, mb: int, record: TryRecord) -> TryRecord:
+        if record.status == Status.NOT_STARTED:  # its worker closed: its marker is left
+            pool.ended(slot, mb, try_key)
+            return record
+        in_pack = unstaged and record.part and split_ref(record.part)[0] == unstaged
+        pool.done(slot, mb, try_key, None if in_pack else record)
+        return record
 
     try:
         while True:
@@ -302,8 +332,8 @@ def _run_in_turn(
                     if ran:  # timed from when it began to run, not from its claim
                         began = max(start, slot.began)
                         record = _ran(ctx, record, try_key, slot, began, stage=pack is None)
-                        pool.ended(slot, batch.index, try_key)
-                    yield try_key, record
+                        record = finished(try_key, batch.index, record)
+                    yield record
                 return
             except Exception as err:  # the slot itself failed: the tries it was given did
                 if pool.expired:  # the driver is gone: so is this task
@@ -311,8 +341,7 @@ def _run_in_turn(
                 log.warning("the slot running a packed task failed: %r", err)
                 slot.kill()  # its child's state is unknown: the next try starts a new one
                 for (_, try_no), (try_key, batch, _, _) in list(given.items()):
-                    pool.ended(slot, batch.index, try_key)
-                    yield try_key, _slot_failed(batch, try_no, err)
+                    yield finished(try_key, batch.index, _slot_failed(batch, try_no, err))
                 given.clear()
     finally:
         pool.release(slot)

@@ -45,16 +45,42 @@ def test_a_record_left_behind_is_returned_once(ctx):
     assert take_over(ctx.store, 4, "s0t1", wait=0) is False
 
 
-def test_a_claimed_try_without_a_hand_back_is_a_duplicate(ctx):
+class _RecordingSlot:
+    """A slot whose tries all succeed at once, noting the mini-batches it ran."""
+
+    config = ChildConfig(code_dir="/c", entry_script="e.py")
+    closing = False
+
+    def __init__(self):
+        self.ran: list[int] = []
+
+    def run(self, task, deadlines):
+        self.ran.append(task.batch.index)
+        return TryRecord(mb=task.batch.index, try_no=task.try_no, status=Status.RUN_DONE)
+
+
+@pytest.fixture
+def slot(ctx, monkeypatch) -> _RecordingSlot:
+    """The one slot of this (Dask-less) worker's pool."""
+    from daskprs.execute import worker
+
+    one = _RecordingSlot()
+    pool = _OnePool(one, ctx)
+    monkeypatch.setattr(worker, "pool_of", lambda token, w: pool)
+    return one
+
+
+def test_a_claimed_try_without_a_hand_back_is_a_duplicate(ctx, slot):
     batch = FileBatch(index=5, files=("/x",))
     claim(ctx, 5, "s0t1")
     wait: list[float | None] = [0.0]
     record = run_try(ctx, batch, 1, "s0t1", wait)
     assert record.status == Status.DUPLICATE
     assert wait == [0.0]  # the other tries of a packed task do not wait either
+    assert slot.ran == []
 
 
-def test_a_claimed_try_with_its_record_left_returns_it(ctx):
+def test_a_claimed_try_with_its_record_left_returns_it(ctx, slot):
     batch = FileBatch(index=6, files=("/x",))
     claim(ctx, 6, "s0t1")
     left = TryRecord(mb=6, try_no=1, status=Status.RUN_DONE, succeeded=1)
@@ -62,15 +88,24 @@ def test_a_claimed_try_with_its_record_left_returns_it(ctx):
     wait: list[float | None] = [0.0]
     assert run_try(ctx, batch, 1, "s0t1", wait) == left
     assert wait == [1.0]  # its neighbours were handed back together: wait a little for them
+    assert slot.ran == []
 
 
-def test_a_handed_back_try_runs_again(ctx):
+def test_a_handed_back_try_runs_again(ctx, slot):
     batch = FileBatch(index=7, files=("/x",))
     claim(ctx, 7, "s0t1")
     leave_marker(ctx.store, 7, "s0t1")
-    # it goes on to run in this worker's slot pool: outside a worker, there is none
+    assert run_try(ctx, batch, 1, "s0t1", [0.0]).status == Status.RUN_DONE
+    assert slot.ran == [7]
+    assert take_over(ctx.store, 7, "s0t1", wait=0) is False  # the marker was taken
+
+
+def test_a_worker_without_slots_claims_nothing(ctx):
+    """A worker whose slot pool is gone (closing) raises before it claims the try: the rerun
+    elsewhere claims it afresh (a claim taken here would count the try as a death)."""
     with pytest.raises(RuntimeError, match="no slots for step run t"):
-        run_try(ctx, batch, 1, "s0t1", [0.0])
+        run_try(ctx, FileBatch(index=8, files=("/x",)), 1, "s0t1")
+    assert not os.path.exists(ctx.where.claim(8, "s0t1"))
 
 
 def test_a_slot_that_fails_is_a_failed_try_of_its_mini_batch_alone(ctx, monkeypatch):
@@ -78,6 +113,7 @@ def test_a_slot_that_fails_is_a_failed_try_of_its_mini_batch_alone(ctx, monkeypa
 
     class BrokenSlot:
         config = ChildConfig(code_dir="/c", entry_script="e.py")
+        closing = False
         killed = 0
 
         def run(self, task, deadlines):
@@ -128,6 +164,9 @@ class _OnePool:
     def keep(self, mb, try_key, record):
         self.kept.append(try_key)
         self.kept_records.append(record)
+
+    def done(self, slot, mb, try_key, record):
+        self.keep(mb, try_key, record)
 
     def forget(self):
         pass
@@ -239,3 +278,186 @@ def test_a_staged_packed_task_uploads_its_pack_once_its_tries_end(ctx, tmp_path,
     rows = [data[offset : offset + (length or 0)] for _, offset, length in ranges]
     assert rows == [b"a\n", b"b\n", b"c\n"]
     assert not os.listdir(scratch.where.parts)  # the scratch copy is gone
+
+
+# -- a worker that closes at any moment of a task -------------------------------------------
+
+
+@pytest.fixture
+def real_pool(ctx, tmp_path, monkeypatch):
+    """A real slot pool of one slot (no Dask worker) whose tries write one row a file; with
+    ``staged``, staged to an in-memory fsspec store (``memory://``)."""
+    from dataclasses import replace
+
+    import fsspec
+
+    import daskprs.execute.worker as worker
+    from daskprs.execute.pool import SlotPool
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "score.py").write_text(
+        "import os\n\ndef run(mini_batch):\n    return [os.path.basename(p) for p in mini_batch]\n"
+    )
+    for name in "abcd":
+        (tmp_path / name).write_text("x\n")
+    items = [(FileBatch(i, (str(tmp_path / n),)), 1, f"s0t{i}") for i, n in enumerate("abcd")]
+    pools = []
+
+    def make(staged: bool) -> tuple[StepContext, SlotPool]:
+        fsspec.filesystem("memory").store.clear()
+        step = replace(
+            ctx,
+            child=ChildConfig(code_dir=str(code), entry_script="score.py"),
+            writes_parts=True,
+            staging="memory://stage/steps/score" if staged else "",
+        )
+        os.makedirs(step.where.parts, exist_ok=True)  # (the driver makes it in a run)
+        pool = SlotPool(step)
+        pool.setup(None)
+        pools.append(pool)
+        monkeypatch.setattr(worker, "pool_of", lambda token, w: pool)
+        return step, pool
+
+    yield make, items
+    for pool in pools:
+        pool.close(kill=True)
+    fsspec.filesystem("memory").store.clear()
+
+
+def _rerun_finds(ctx: StepContext, items: list) -> dict[str, object]:
+    """What the rerun of the task finds for each try claimed here: True (a marker: run it
+    again), a record, or False (nothing: it would count as a death)."""
+    return {
+        key: take_over(ctx.store, b.index, key, wait=0)
+        for b, _, key in items
+        if ctx.store.exists(f"claims/{b.index:05d}.{key}")
+    }
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_a_worker_closing_while_a_packed_try_is_claimed_hands_that_try_back(
+    real_pool, monkeypatch, staged
+):
+    """The worker closes while the third try's claim is being taken (a request to the store,
+    tens of milliseconds on S3): that try was noted as running before its claim, so it gets
+    a marker; the tries before it leave their records or markers, the last one is not claimed
+    here at all (the rerun claims it)."""
+    import daskprs.execute.worker as worker
+
+    make, items = real_pool
+    ctx, pool = make(staged)
+    claim_ = worker._claim
+
+    def claim_as_the_worker_closes(c, mb, key):
+        taken = claim_(c, mb, key)
+        if key == "s0t2":
+            pool.hand_back()  # (its worker's teardown, on another thread in a real worker)
+        return taken
+
+    monkeypatch.setattr(worker, "_claim", claim_as_the_worker_closes)
+    records = worker.run_tries(ctx, items)
+    assert [r.status for r in records][2:] == ["NOT_STARTED", "NOT_STARTED"]
+    found = _rerun_finds(ctx, items)
+    assert sorted(found) == ["s0t0", "s0t1", "s0t2"]  # s0t3 was never claimed
+    assert found["s0t2"] is True
+    assert all(v is not False for v in found.values()), found
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_a_worker_closing_as_a_packed_try_ends_leaves_its_record_or_a_marker(
+    real_pool, monkeypatch, staged
+):
+    """The worker closes the moment the first try's record comes out of its slot: the try
+    is no longer running but already kept, so its record is left (staged: a marker, its rows
+    being in the pack not uploaded yet)."""
+    import daskprs.execute.worker as worker
+
+    make, items = real_pool
+    ctx, pool = make(staged)
+    in_turn = worker._run_in_turn
+
+    def closing_after_the_first(*args):
+        for n, record in enumerate(in_turn(*args)):
+            if n == 0:
+                pool.hand_back()
+            yield record
+
+    monkeypatch.setattr(worker, "_run_in_turn", closing_after_the_first)
+    worker.run_tries(ctx, items)
+    found = _rerun_finds(ctx, items)
+    if staged:
+        assert found["s0t0"] is True
+    else:
+        assert isinstance(found["s0t0"], TryRecord) and found["s0t0"].status == "RUN_DONE"
+    assert all(v is not False for v in found.values()), found
+
+
+def test_a_single_try_claimed_as_its_worker_closes_is_handed_back(real_pool, monkeypatch):
+    import daskprs.execute.worker as worker
+
+    make, items = real_pool
+    ctx, pool = make(False)
+    claim_ = worker._claim
+
+    def claim_as_the_worker_closes(c, mb, key):
+        taken = claim_(c, mb, key)
+        pool.hand_back()
+        return taken
+
+    monkeypatch.setattr(worker, "_claim", claim_as_the_worker_closes)
+    batch, try_no, key = items[0]
+    record = run_try(ctx, batch, try_no, key)
+    assert record.status == Status.NOT_STARTED, record
+    assert _rerun_finds(ctx, items[:1]) == {key: True}
+
+
+def test_a_try_given_to_a_closed_worker_starts_no_process_and_takes_no_claim(real_pool):
+    """A task thread still running after its worker's teardown: no new entry-script process
+    is started for it (teardown stopped them all), and its try is left to the rerun."""
+    make, items = real_pool
+    ctx, pool = make(False)
+    pool.hand_back()
+    pool.close()
+    batch, try_no, key = items[0]
+    record = run_try(ctx, batch, try_no, key)
+    assert record.status == Status.NOT_STARTED
+    assert _rerun_finds(ctx, items[:1]) == {}  # not claimed: the rerun claims it
+    assert all(slot.proc is None for slot in pool._all)
+
+
+def test_an_entry_script_process_closes_its_pack_after_its_tasks_last_try(real_pool):
+    """A staged run's pack is removed once uploaded: the process that appended to it has
+    closed it after the task's last try, so that its disk space goes with it."""
+    import daskprs.execute.worker as worker
+
+    make, items = real_pool
+    ctx, pool = make(True)
+    worker.run_tries(ctx, items)
+    (slot,) = pool._all
+    fds = f"/proc/{slot.proc.pid}/fd"
+    held = [os.readlink(os.path.join(fds, fd)) for fd in os.listdir(fds)]
+    assert not [path for path in held if ".pack" in path], held
+
+
+def test_a_staged_packed_task_that_fails_leaves_no_scratch_pack(real_pool, monkeypatch):
+    """A packed task cut short (the driver's lease expired: the task raises) removes the pack
+    its tries appended to in the worker's scratch folder; nothing will upload it."""
+    import daskprs.execute.worker as worker
+
+    make, items = real_pool
+    ctx, pool = make(True)
+    packs = []
+
+    def cut_short(ctx_, pool_, items_, wait, pack, unstaged):
+        packs.append(pack)
+        with open(pack, "ab") as f:
+            f.write(b"a\n")
+        raise RuntimeError("the driver of step run t is gone (its lease expired)")
+        yield  # (a generator, as the real one)
+
+    monkeypatch.setattr(worker, "_run_in_turn", cut_short)
+    with pytest.raises(RuntimeError, match="lease expired"):
+        worker.run_tries(ctx, items)
+    assert packs and packs[0].startswith(pool.local.where.parts)
+    assert not os.path.exists(packs[0])
