@@ -234,6 +234,19 @@ def test_a_closing_worker_hands_back_a_try_whose_rows_are_not_staged_yet(ctx, tm
     assert take_over(ctx.store, 4, "s0t4", wait=0) == done
 
 
+def _basename_code(tmp_path, names: str):
+    """A code folder whose ``run()`` returns each file's name, and a one-line file in
+    ``tmp_path`` for each letter of ``names``."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "score.py").write_text(
+        "import os\n\ndef run(mini_batch):\n    return [os.path.basename(p) for p in mini_batch]\n"
+    )
+    for name in names:
+        (tmp_path / name).write_text("x\n")
+    return code
+
+
 def test_a_staged_packed_task_uploads_its_pack_once_its_tries_end(ctx, tmp_path, s3, monkeypatch):
     """Staged, the tries of a packed task append to a pack in the worker's scratch folder;
     until it is uploaded they are kept without their records (a closing worker hands them
@@ -245,13 +258,7 @@ def test_a_staged_packed_task_uploads_its_pack_once_its_tries_end(ctx, tmp_path,
     from daskprs.execute.worker import run_tries
     from daskprs.results.packs import split_ref
 
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "score.py").write_text(
-        "import os\n\ndef run(mini_batch):\n    return [os.path.basename(p) for p in mini_batch]\n"
-    )
-    for name in "abc":
-        (tmp_path / name).write_text("x\n")
+    code = _basename_code(tmp_path, "abc")
     ctx = replace(
         ctx,
         child=ChildConfig(code_dir=str(code), entry_script="score.py"),
@@ -294,13 +301,7 @@ def real_pool(ctx, tmp_path, monkeypatch):
     import daskprs.execute.worker as worker
     from daskprs.execute.pool import SlotPool
 
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "score.py").write_text(
-        "import os\n\ndef run(mini_batch):\n    return [os.path.basename(p) for p in mini_batch]\n"
-    )
-    for name in "abcd":
-        (tmp_path / name).write_text("x\n")
+    code = _basename_code(tmp_path, "abcd")
     items = [(FileBatch(i, (str(tmp_path / n),)), 1, f"s0t{i}") for i, n in enumerate("abcd")]
     pools = []
 
