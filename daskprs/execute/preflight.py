@@ -11,6 +11,7 @@ Only top-level imports outside ``try`` blocks are checked: an optional import gu
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import os
 import re
@@ -63,6 +64,14 @@ def script_imports(path: str) -> dict[str, int]:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found.setdefault(node.module.split(".")[0], node.lineno)
     return found
+
+
+def _found_here(name: str) -> bool:
+    """Whether this interpreter finds the top-level module ``name`` (imports nothing)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _probe(python: str, code_dir: str, names: list[str], env: dict[str, str]) -> dict:
@@ -144,8 +153,9 @@ def check_entry_script(
             )
     else:
         # this interpreter imports its own standard library: nothing else to ask, no probe
-        # (a Python started for nothing took CPU from the processes' init())
-        names = [n for n in names if n not in sys.stdlib_module_names]
+        # (a Python started for nothing took CPU from the processes' init()), unless a
+        # module of it was left out of this build (tkinter without Tk): then it is asked
+        names = [n for n in names if n not in sys.stdlib_module_names or not _found_here(n)]
         if not names:
             return
         python = sys.executable

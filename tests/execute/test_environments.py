@@ -148,3 +148,13 @@ def test_a_script_of_the_standard_library_alone_starts_no_probe(tmp_path, monkey
     with pytest.raises(UserInputError, match="imports no_such_package_xyz \\(line 2\\)"):
         check_entry_script("score", str(tmp_path), "other.py", None, None)
     assert probes == [["no_such_package_xyz"]]
+
+
+def test_a_module_left_out_of_this_pythons_standard_library_is_named(tmp_path, monkeypatch):
+    """A standard-library module this build lacks (tkinter without Tk) is asked about and
+    named, as a missing package is."""
+    names = frozenset({*sys.stdlib_module_names, "stdlib_part_not_built_xyz"})
+    monkeypatch.setattr(sys, "stdlib_module_names", names)
+    (tmp_path / "gui.py").write_text("import os\nimport stdlib_part_not_built_xyz\n")
+    with pytest.raises(UserInputError, match="imports stdlib_part_not_built_xyz \\(line 2\\)"):
+        check_entry_script("score", str(tmp_path), "gui.py", None, None)
