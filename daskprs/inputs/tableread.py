@@ -112,6 +112,14 @@ def load_table(batch: TableBatch) -> pd.DataFrame:
         check_unchanged(piece, batch.storage_options)
         try:
             df = read_piece(piece, batch.read, batch.storage_options)
+        except Exception as err:
+            raise BatchLoadError(
+                f"reading {_where(piece)} failed: {type(err).__name__}: {err}"
+            ) from err
+        # and after: a file rewritten while its range was read (truncated, then written
+        # again) gave bytes of neither content, which the check before cannot see
+        check_unchanged(piece, batch.storage_options)
+        try:
             salt = f"{piece.path}:{piece.start}:{piece.row_groups}"
             df = apply_transforms(df, batch.read, piece.path, salt=salt)
         except Exception as err:

@@ -180,6 +180,25 @@ def test_a_piece_of_a_file_rewritten_since_planning_is_not_read(tmp_path):
     assert "run the job anew" in message
 
 
+def test_a_file_rewritten_while_its_range_is_read_is_not_used(tmp_path, monkeypatch):
+    """The file is rewritten between the check before the read and the read itself (another
+    process writes it in place): the bytes read belong to neither content, and the check after
+    the read fails the mini-batch instead of letting them through."""
+    from daskprs.inputs import tableread
+
+    csv = _table(tmp_path / "t")
+    plan = plan_input(table_input(tmp_path / "t"), MiniBatchSize(1024, "bytes", "1kb"))
+    read = tableread.read_piece
+
+    def rewritten_meanwhile(piece, *args):
+        _insert_rows_at_the_top(csv)
+        return read(piece, *args)
+
+    monkeypatch.setattr(tableread, "read_piece", rewritten_meanwhile)
+    with pytest.raises(BatchLoadError, match="input changed since planning"):
+        load_batch(plan.batches[1], cache_dir=str(tmp_path))
+
+
 def test_a_file_touched_since_planning_is_not_read_even_at_the_same_size(tmp_path):
     csv = _table(tmp_path / "t")
     plan = plan_input(table_input(tmp_path / "t"), None)
