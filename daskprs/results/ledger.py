@@ -777,6 +777,13 @@ def _redacted(record: TryRecord) -> TryRecord:
     return record if masked == texts else record.with_(**masked)
 
 
+def _ends_a_line(path: str) -> bool:
+    """Whether the (non-empty) file at ``path`` ends with a newline."""
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 class Ledger:
     """Appends events to a ledger file, and keeps ``state`` (the replayed ledger) up to date
     with them, so the driver never reads back what it wrote.
@@ -800,6 +807,11 @@ class Ledger:
         self._size = own.st_size
         # the state replays exactly the file's bytes: a snapshot of it can be left at close
         self._snapshot = self.state._covered == own.st_size
+        if own.st_size and not _ends_a_line(path):
+            # a crash cut the last line short: it is ended, so that it stays one unreadable
+            # line and this session's header, written next, is not lost with it (its
+            # sessions are counted by their headers: a lost one hands out its try keys again)
+            self._append(b"\n")
 
     def _write(self, event: dict[str, Any]) -> None:
         self._lines.append(_ENCODER.encode(event))
@@ -814,6 +826,9 @@ class Ledger:
             return
         data = ("\n".join(self._lines) + "\n").encode("utf-8")
         self._lines.clear()
+        self._append(data)
+
+    def _append(self, data: bytes) -> None:
         self._f.write(data)
         self._f.flush()
         self._size += len(data)

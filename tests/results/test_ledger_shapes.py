@@ -59,3 +59,29 @@ def test_status_report_and_resume_read_past_a_line_of_the_wrong_shape(tmp_path):
     assert result.ok, result.failure
     assert any("1 unreadable line(s)" in line for line in lines)
     assert output_of(run_dir).read_text() == expected
+
+
+def test_a_line_cut_short_by_a_crash_does_not_take_the_next_sessions_header(tmp_path):
+    """A driver killed mid-write leaves a last line without its end: the next session ends it
+    before its own header, so the header is read back and the session after that gets a
+    number (and try keys) of its own."""
+    import os
+
+    from daskprs.results.ledger import Ledger, snapshot_path
+    from daskprs.results.outcome import BatchState, Status, TryRecord
+
+    path = str(tmp_path / "ledger.jsonl")
+    first = Ledger(path)
+    first.start_session({"step": "score", "session": 0, "batches": 2})
+    first.record_try(TryRecord(mb=0, try_no=1, status=Status.RUN_DONE), BatchState.DONE)
+    first.flush()
+    with open(path, "ab") as f:  # the crash: half of the next line
+        f.write(b'{"event": "try", "record": {"mb": 1, "try')
+    second = Ledger(path, read_ledger(path))
+    second.start_session({"step": "score", "session": 1, "batches": 2})
+    second.close()
+    os.unlink(snapshot_path(path))  # read the lines themselves, not the close's snapshot
+    state = read_ledger(path)
+    assert state.sessions == 2
+    assert state.skipped == 1  # the torn line alone
+    assert ledger_tries(path)[0].mb == 0
