@@ -309,7 +309,15 @@ class StepStore:
         return data
 
     def upload(self, local: str, rel: str) -> str:
-        """Copy the local file ``local`` to ``rel`` and return the URL (staged stores only)."""
+        """Copy the local file ``local`` to ``rel`` and return its URL (or, in a folder every
+        worker mounts, its path)."""
+        if not self.staged:
+            import shutil
+
+            path = self.url(rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            shutil.copyfile(local, path)
+            return path
         fs, path = self._path(rel)
         fs.put_file(local, path)
         return self.url(rel)
