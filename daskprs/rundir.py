@@ -108,6 +108,12 @@ class StepDir:
         return os.path.join(self.root, "reuse.json")
 
     @property
+    def output_record(self) -> str:
+        """The ``append_row_to`` output as the step last wrote it: its size, modification time
+        and the parts it holds (a later session with nothing to run keeps it as it is)."""
+        return os.path.join(self.root, "output.json")
+
+    @property
     def reused(self) -> str:
         """This run reused the step from an earlier run (which one, and its outcome)."""
         return os.path.join(self.root, "reused.json")

@@ -35,7 +35,15 @@ from daskprs.results.formatting import structured_part_options
 from daskprs.results.jobresult import StepOutcome
 from daskprs.results.ledger import Ledger, LedgerState, read_ledger
 from daskprs.results.outcome import BatchState
-from daskprs.results.output import PartialOutput, assemble, discard, is_url, no_space
+from daskprs.results.output import (
+    PartialOutput,
+    assemble,
+    discard,
+    is_url,
+    no_space,
+    output_written,
+    record_output,
+)
 from daskprs.results.packs import split_ref
 from daskprs.rundir import RunDir
 from daskprs.settings import EnvSettings
@@ -165,10 +173,15 @@ def run_parallel_step(request: StepRequest, cluster: Callable[[], ClusterHandle]
     output = None
     parts = _parts(state)
     if step.append_row_to is not None and not request.structured_parts:
-        if stop.budget != Budget.RUN_DIRECTORY:
-            stop = _assemble(step.append_row_to, parts, stop, _resume_hint(request))
+        dest = step.append_row_to
+        if stop.budget != Budget.RUN_DIRECTORY and (
+            session.todo or not output_written(where.output_record, dest, parts.values())
+        ):
+            stop = _assemble(dest, parts, stop, _resume_hint(request))
+            if stop.budget not in (Budget.RUN_DIRECTORY, Budget.STORAGE):
+                record_output(where.output_record, dest, parts.values())
         written = stop.budget not in (Budget.RUN_DIRECTORY, Budget.STORAGE)
-        output = step.append_row_to if written else None
+        output = dest if written else None
     if request.staging:
         unwritten = step.append_row_to is not None and output is None
         kept = (
@@ -290,6 +303,8 @@ def _run_session(
     handle = cluster()
     ship_code = False
     if request.staging:
+        if state.sessions == 0:
+            _clear_staging(request)
         _check_staging(request)
     if not handle.local:
         _note_concurrency(step, handle.n_workers, echo)
@@ -342,6 +357,18 @@ def _run_session(
         "directory as it is while a run goes on, and run the job again in a new run directory."
     )
     return replace(ran, stop=Stop(failure, Budget.RUN_DIRECTORY))
+
+
+def _clear_staging(request: StepRequest) -> None:
+    """Before the first session of a step (a new ledger): remove what an earlier run at this
+    run directory's path staged for the step (one killed before its ledger began, one whose
+    run directory was removed, or one restarted with ``--force``). Its claims would take the
+    new session's try keys (numbered from 0 again) and count tries that never ran as lost."""
+    store = StepStore(staging_root(request.staging, request.run.root, request.step.name))
+    try:
+        store.remove_all()
+    except Exception as err:  # the check below says what is wrong with the store
+        request.echo(f"note: [{request.step.name}] could not clear {store.root}: {err}")
 
 
 def _check_staging(request: StepRequest) -> None:

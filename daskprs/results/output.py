@@ -37,7 +37,9 @@ __all__ = [
     "discard",
     "is_url",
     "no_space",
+    "output_written",
     "partial_path",
+    "record_output",
     "temporary_path",
 ]
 
@@ -366,3 +368,47 @@ def assemble(parts: Iterable[str], dest: str, storage_options: dict | None = Non
             pass
         raise
     return written
+
+
+def _parts_digest(parts: Iterable[str]) -> tuple[int, str]:
+    names = hashlib.sha256()
+    count = 0
+    for name in parts:
+        names.update(name.encode() + b"\0")
+        count += 1
+    return count, names.hexdigest()
+
+
+def record_output(record: str, dest: str, parts: Iterable[str]) -> None:
+    """Note in ``record`` the local output ``dest`` as just assembled from ``parts``: its size,
+    modification time and a digest of the parts' names (:func:`output_written`). Nothing is
+    noted for an output on an object store."""
+    try:
+        os.unlink(record)
+    except FileNotFoundError:
+        pass
+    if is_url(dest):
+        return
+    st = os.stat(dest)
+    count, names = _parts_digest(parts)
+    noted = {"dest": dest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    with open(record, "w", encoding="utf-8") as f:
+        json.dump({**noted, "count": count, "names": names}, f)
+
+
+def output_written(record: str, dest: str, parts: Iterable[str]) -> bool:
+    """Whether ``dest`` is still the output :func:`record_output` noted, assembled from these
+    ``parts`` (same size, same modification time): a session that ran nothing then leaves it
+    as it is, and a later step that reads it finds it unchanged."""
+    try:
+        with open(record, encoding="utf-8") as f:
+            noted = json.load(f)
+        st = os.stat(dest)
+        if noted["dest"] != dest or (st.st_size, st.st_mtime_ns) != (
+            noted["size"],
+            noted["mtime_ns"],
+        ):
+            return False
+        return _parts_digest(parts) == (noted["count"], noted["names"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False

@@ -28,6 +28,8 @@ from conftest import (
     can_hide_folders,
     external_cluster_at,
     kill_worker_script,
+    make_files,
+    output_of,
     poll_for,
     run_killing_a_worker,
 )
@@ -766,3 +768,62 @@ def test_short_staged_tries_are_packed_and_uploaded_a_pack_a_task(tmp_path, s3):
     assert 0 < len(packs) < len(packed)
     assert len(staged) - len(packs) == n - len(packed)  # the unpacked tries: a part each
     assert not (run_dir / "steps/score/parts").exists()  # nothing was written beside the run
+
+
+def test_a_later_session_keeps_a_done_steps_output_after_its_staged_parts_went(tmp_path):
+    """A staged step whose mini-batches are all done removes what it staged; a later session
+    (rerun-failed, or a resume after a crash in a later step) has nothing to run there and
+    keeps its output as it is, instead of assembling it again from parts that are gone."""
+    import fsspec
+
+    from daskprs.api import resume_job
+
+    make_files(tmp_path / "data", 4)
+    job = write_job(tmp_path, BASENAMES, input_yaml="type: uri_folder\npath: ./data")
+    run = tmp_path / "run"
+    fsspec.filesystem("memory").store.clear()
+    first = run_job(job, run_dir=run, workers=1, echo=lambda s: None, staging="memory://st")
+    assert first.ok, first.failure
+    assert not fsspec.filesystem("memory").find("/st")  # all done: the staged files went
+    again = resume_job(run, rerun_failed=True, workers=1, echo=lambda s: None)
+    assert again.ok, again.failure
+    assert output_of(run).read_text() == "".join(f"f{i:03d}.txt\n" for i in range(4))
+
+
+def test_a_new_run_ignores_what_an_earlier_run_at_its_path_staged(tmp_path, monkeypatch):
+    """Claims left in the staging store by an earlier run at this run directory's path (its
+    run directory removed, or restarted with --force) hold the try keys a new ledger hands out
+    again: they are cleared before the first session, not taken as tries that ran."""
+    import fsspec
+
+    from daskprs.execute.store import StepStore, claim_name, staging_root
+
+    monkeypatch.setenv("DASKPRS_HANDBACK_SECONDS", "0.1")
+    make_files(tmp_path / "data", 4)
+    job = write_job(
+        tmp_path,
+        BASENAMES,
+        input_yaml="type: uri_folder\npath: ./data",
+        extra="retry_settings:\n  max_retries: 0\n",
+    )
+    run = tmp_path / "run"
+    fsspec.filesystem("memory").store.clear()
+    stale = StepStore(staging_root("memory://st", str(run), "score"))
+    for mb in range(4):
+        for n in range(12):
+            assert stale.create(claim_name(mb, f"s0n{n}"), b"an earlier run\n")
+    result = run_job(job, run_dir=run, workers=1, echo=lambda s: None, staging="memory://st")
+    assert result.ok, result.failure
+    assert output_of(run).read_text() == "".join(f"f{i:03d}.txt\n" for i in range(4))
+
+
+def test_staging_to_a_folder_every_worker_mounts(tmp_path):
+    """``--staging`` may name a folder (a mount every worker shares): parts and packs are
+    copied there, its folders made as they are needed."""
+    make_files(tmp_path / "data", 6)
+    job = write_job(tmp_path, BASENAMES, input_yaml="type: uri_folder\npath: ./data")
+    run = tmp_path / "run"
+    stage = tmp_path / "stage"
+    result = run_job(job, run_dir=run, workers=2, echo=lambda s: None, staging=str(stage))
+    assert result.ok, result.failure
+    assert output_of(run).read_text() == "".join(f"f{i:03d}.txt\n" for i in range(6))

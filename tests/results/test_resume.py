@@ -215,3 +215,94 @@ def test_interrupt_exits_130_keeps_work_and_says_how_to_resume(tmp_path, sig):
     ids = [int(r["Mini-batch Id"]) for r in rows if r["Status"] == "RUN_DONE"]
     kept = {mb for mb, e in ledger.entries.items() if e.state == "DONE"}
     assert all(ids.count(mb) <= 1 for mb in kept)  # what was committed did not run again
+
+
+ECHO_NAMES = """
+import os
+
+def run(mini_batch):
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+TWO_STEPS = """\
+type: pipeline
+jobs:
+  score:
+    type: parallel
+    inputs:
+      data: {type: uri_folder, path: ./data}
+    outputs:
+      result: {type: uri_file}
+    input_data: ${{inputs.data}}
+    mini_batch_size: "1"
+    task:
+      type: run_function
+      code: ./code
+      entry_script: names.py
+      append_row_to: ${{outputs.result}}
+  count:
+    type: parallel
+    inputs:
+      data: ${{parent.jobs.score.outputs.result}}
+    outputs:
+      result: {type: uri_file}
+    input_data: ${{inputs.data}}
+    mini_batch_size: "1"
+    task:
+      type: run_function
+      code: ./code
+      entry_script: lines.py
+      append_row_to: ${{outputs.result}}
+"""
+
+
+def _two_step_job(tmp_path):
+    make_files(tmp_path / "data", 3)
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "names.py").write_text(ECHO_NAMES)
+    (tmp_path / "code" / "lines.py").write_text(
+        "def run(mini_batch):\n    return [len(open(p).read().split()) for p in mini_batch]\n"
+    )
+    (tmp_path / "job.yml").write_text(TWO_STEPS)
+    return tmp_path / "job.yml"
+
+
+def test_a_pipeline_killed_in_its_second_step_is_resumed(tmp_path):
+    """The first step, all done, keeps its output as it is (it is the second step's input,
+    fingerprinted when the run started): the resume runs the second step's rest, not refused
+    as if the input had changed."""
+    from daskprs.api import resume_job, run_job
+    from daskprs.results.ledger import snapshot_path
+
+    job = _two_step_job(tmp_path)
+    run = tmp_path / "run"
+    assert run_job(job, run_dir=run, workers=1, echo=lambda s: None).ok
+    first = run / "outputs/score/result/parallel_run_step.txt"
+    written = first.stat().st_mtime_ns
+    # the driver was killed as the second step began: its ledger holds its header alone
+    ledger = run / "steps/count/ledger.jsonl"
+    ledger.write_bytes(ledger.read_bytes().splitlines(keepends=True)[0])
+    os.unlink(snapshot_path(str(ledger)))
+    (run / "outputs/count/result/parallel_run_step.txt").unlink()
+    again = resume_job(run, workers=1, echo=lambda s: None)
+    assert again.ok, again.failure
+    assert first.stat().st_mtime_ns == written  # not written again
+    assert (run / "outputs/count/result/parallel_run_step.txt").read_text() == "3\n"
+
+
+def test_a_done_step_whose_output_was_changed_writes_it_again(tmp_path):
+    """A session that runs nothing keeps the output only while it is the one the step wrote:
+    one changed (or removed) since is assembled again from the committed parts."""
+    from daskprs.api import resume_job, run_job
+
+    job = write_job(tmp_path, ECHO_NAMES, input_yaml="type: uri_folder\npath: ./data")
+    make_files(tmp_path / "data", 3)
+    run = tmp_path / "run"
+    assert run_job(job, run_dir=run, workers=1, echo=lambda s: None).ok
+    out = output_of(run)
+    out.write_text("changed\n")
+    assert resume_job(run, rerun_failed=True, workers=1, echo=lambda s: None).ok
+    assert out.read_text() == "".join(f"f{i:03d}.txt\n" for i in range(3))
+    out.unlink()
+    assert resume_job(run, rerun_failed=True, workers=1, echo=lambda s: None).ok
+    assert out.read_text() == "".join(f"f{i:03d}.txt\n" for i in range(3))
