@@ -379,36 +379,50 @@ def _parts_digest(parts: Iterable[str]) -> tuple[int, str]:
     return count, names.hexdigest()
 
 
+def _stamp(dest: str) -> tuple[int, Any] | None:
+    """The size of the output ``dest`` and when it was last written (a local file's
+    modification time in nanoseconds; an object's as its store reports it); None when the
+    store reports no time."""
+    if not is_url(dest):
+        st = os.stat(dest.removeprefix("file://"))
+        return st.st_size, st.st_mtime_ns
+    from daskprs.inputs.filesystems import modified_time
+
+    fs, path = filesystem(dest)
+    fs.invalidate_cache(path)
+    info = fs.info(path)
+    when = modified_time(info)
+    return (int(info["size"]), when) if when is not None else None
+
+
 def record_output(record: str, dest: str, parts: Iterable[str]) -> None:
-    """Note in ``record`` the local output ``dest`` as just assembled from ``parts``: its size,
-    modification time and a digest of the parts' names (:func:`output_written`). Nothing is
-    noted for an output on an object store."""
+    """Note in ``record`` the output ``dest`` as just assembled from ``parts``: its size,
+    when it was written and a digest of the parts' names (:func:`output_written`)."""
     try:
         os.unlink(record)
     except FileNotFoundError:
         pass
-    if is_url(dest):
+    try:
+        stamp = _stamp(dest)
+    except (OSError, KeyError, TypeError, ValueError):  # not noted: assembled again later
         return
-    st = os.stat(dest)
+    if stamp is None:
+        return
     count, names = _parts_digest(parts)
-    noted = {"dest": dest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    noted = {"dest": dest, "size": stamp[0], "written": stamp[1]}
     with open(record, "w", encoding="utf-8") as f:
         json.dump({**noted, "count": count, "names": names}, f)
 
 
 def output_written(record: str, dest: str, parts: Iterable[str]) -> bool:
     """Whether ``dest`` is still the output :func:`record_output` noted, assembled from these
-    ``parts`` (same size, same modification time): a session that ran nothing then leaves it
-    as it is, and a later step that reads it finds it unchanged."""
+    ``parts`` (same size, written at the same time): a session that ran nothing then leaves
+    it as it is, and a later step that reads it finds it unchanged."""
     try:
         with open(record, encoding="utf-8") as f:
             noted = json.load(f)
-        st = os.stat(dest)
-        if noted["dest"] != dest or (st.st_size, st.st_mtime_ns) != (
-            noted["size"],
-            noted["mtime_ns"],
-        ):
+        if noted["dest"] != dest or _stamp(dest) != (noted["size"], noted["written"]):
             return False
         return _parts_digest(parts) == (noted["count"], noted["names"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, KeyError, TypeError, ValueError):
         return False

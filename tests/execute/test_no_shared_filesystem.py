@@ -827,3 +827,29 @@ def test_staging_to_a_folder_every_worker_mounts(tmp_path):
     result = run_job(job, run_dir=run, workers=2, echo=lambda s: None, staging=str(stage))
     assert result.ok, result.failure
     assert output_of(run).read_text() == "".join(f"f{i:03d}.txt\n" for i in range(6))
+
+
+def test_a_later_session_keeps_an_output_on_s3_after_the_staged_parts_went(tmp_path, s3):
+    """The same with the output an object of the store: a later session with nothing to run
+    finds it as the step wrote it (same size, same time) and leaves it."""
+    from daskprs.api import resume_job
+
+    make_files(tmp_path / "data", 4)
+    job = write_job(tmp_path, BASENAMES, input_yaml="type: uri_folder\npath: ./data")
+    job.write_text(
+        job.read_text().replace(
+            "      result:\n        type: uri_file\n",
+            "      result:\n        type: uri_file\n        path: s3://out/result.txt\n",
+        )
+    )
+    run = tmp_path / "run"
+    first = run_job(job, run_dir=run, workers=1, echo=lambda s: None, staging="s3://out/stage")
+    assert first.ok, first.failure
+    s3.invalidate_cache()
+    written = s3.info("out/result.txt")["LastModified"]
+    assert not s3.find("out/stage")  # all done: the staged files went
+    again = resume_job(run, rerun_failed=True, workers=1, echo=lambda s: None)
+    assert again.ok, again.failure
+    s3.invalidate_cache()
+    assert s3.info("out/result.txt")["LastModified"] == written  # not written again
+    assert s3.cat("out/result.txt") == b"".join(f"f{i:03d}.txt\n".encode() for i in range(4))
