@@ -224,36 +224,22 @@ def run(mini_batch):
     return [os.path.basename(p) for p in mini_batch]
 """
 
-TWO_STEPS = """\
-type: pipeline
-jobs:
-  score:
-    type: parallel
-    inputs:
-      data: {type: uri_folder, path: ./data}
-    outputs:
-      result: {type: uri_file}
-    input_data: ${{inputs.data}}
-    mini_batch_size: "1"
-    task:
-      type: run_function
-      code: ./code
-      entry_script: names.py
-      append_row_to: ${{outputs.result}}
-  count:
-    type: parallel
-    inputs:
-      data: ${{parent.jobs.score.outputs.result}}
-    outputs:
-      result: {type: uri_file}
-    input_data: ${{inputs.data}}
-    mini_batch_size: "1"
-    task:
-      type: run_function
-      code: ./code
-      entry_script: lines.py
-      append_row_to: ${{outputs.result}}
-"""
+
+def _step_yaml(name: str, data: str, script: str) -> str:
+    """A parallel step of one file a mini-batch, appending its rows to its output."""
+    return (
+        f"  {name}:\n    type: parallel\n    inputs:\n      data: {data}\n"
+        "    outputs:\n      result: {type: uri_file}\n    input_data: ${{inputs.data}}\n"
+        '    mini_batch_size: "1"\n    task:\n      type: run_function\n      code: ./code\n'
+        f"      entry_script: {script}\n      append_row_to: ${{{{outputs.result}}}}\n"
+    )
+
+
+TWO_STEPS = (
+    "type: pipeline\njobs:\n"
+    + _step_yaml("score", "{type: uri_folder, path: ./data}", "names.py")
+    + _step_yaml("count", "${{parent.jobs.score.outputs.result}}", "lines.py")
+)
 
 
 def _two_step_job(tmp_path):
