@@ -50,7 +50,7 @@ from daskprs.execute.wire import (
 )
 from daskprs.results.outcome import Status, TryRecord
 
-__all__ = ["Deadlines", "Slot"]
+__all__ = ["Deadlines", "Slot", "not_started"]
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +75,11 @@ class _Queued:
     at: float = 0.0
 
 
-def _not_started(task: RunTask) -> TryRecord:
-    """The record of a try its slot never started: its worker closed (handed back)."""
-    return TryRecord(
-        mb=task.batch.index,
-        try_no=task.try_no,
-        status=Status.NOT_STARTED,
-        error="its worker closed before it started; handed back",
-    )
+def not_started(mb: int, try_no: int, why: str = "") -> TryRecord:
+    """The record of a try its worker closed before starting (it runs elsewhere); ``why``
+    is added to the error."""
+    error = "its worker closed before it started" + why
+    return TryRecord(mb=mb, try_no=try_no, status=Status.NOT_STARTED, error=error)
 
 
 # Seconds to wait for a log pipe's last bytes after its child was reaped (a grandchild that
@@ -459,7 +456,11 @@ class Slot:
                 if more:  # those not taken from ``items`` yet too (``run`` gets its record)
                     left += list(source)
                 for unrun in left:
-                    yield unrun if isinstance(unrun, TryRecord) else _not_started(unrun)
+                    yield (
+                        unrun
+                        if isinstance(unrun, TryRecord)
+                        else not_started(unrun.batch.index, unrun.try_no, "; handed back")
+                    )
                 return
             filling = len(queue) <= _AHEAD // 2
             # topped up once half is done, so that tries go over a few at a time: each

@@ -206,11 +206,16 @@ def run_parallel_step(request: StepRequest, cluster: Callable[[], ClusterHandle]
     )
 
 
+def _staged(request: StepRequest) -> StepStore:
+    """The step's folder in the staging store."""
+    return StepStore(staging_root(request.staging, request.run.root, request.step.name))
+
+
 def _logs_home(request: StepRequest) -> bool:
     """Append the logs the workers staged to the run directory's ``logs/``; False when they
     could not be fetched (they stay in the store)."""
     step = request.step.name
-    store = StepStore(staging_root(request.staging, request.run.root, step))
+    store = _staged(request)
     try:
         pull_logs(store, request.run.logs.root, request.run.step(step).staged_logs)
     except Exception as err:  # the step's results stand; its logs stay in the store
@@ -224,7 +229,7 @@ def _clean_staging(request: StepRequest, state: LedgerState, n_batches: int, kep
     nothing is ``kept`` for (a reason the caller found: its output not written, its logs
     not fetched). Otherwise (or with ``keep_staged``) say where they are and why."""
     step = request.step.name
-    store = StepStore(staging_root(request.staging, request.run.root, step))
+    store = _staged(request)
     if request.keep_staged:
         kept = "--keep-staged"
     elif request.structured_parts:
@@ -364,7 +369,7 @@ def _clear_staging(request: StepRequest) -> None:
     run directory's path staged for the step (one killed before its ledger began, one whose
     run directory was removed, or one restarted with ``--force``). Its claims would take the
     new session's try keys (numbered from 0 again) and count tries that never ran as lost."""
-    store = StepStore(staging_root(request.staging, request.run.root, request.step.name))
+    store = _staged(request)
     try:
         store.remove_all()
     except Exception as err:  # the check below says what is wrong with the store
@@ -373,8 +378,7 @@ def _clear_staging(request: StepRequest) -> None:
 
 def _check_staging(request: StepRequest) -> None:
     """The staging store can hold claims (an exclusive create) before any try runs."""
-    root = staging_root(request.staging, request.run.root, request.step.name)
-    problem = StepStore(root).check()
+    problem = _staged(request).check()
     if problem is not None:
         raise UserInputError(
             f"--staging {request.staging}: {problem}. Workers claim each try there with an "

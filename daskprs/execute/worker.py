@@ -23,6 +23,7 @@ from typing import Any
 from daskprs.execute.context import StepContext
 from daskprs.execute.handback import take_over
 from daskprs.execute.pool import pool_name, pool_of
+from daskprs.execute.slot import not_started
 from daskprs.execute.store import claim_name, pack_name, part_name
 from daskprs.execute.wire import RunTask
 from daskprs.inputs.batches import MiniBatch
@@ -87,7 +88,7 @@ def run_try(
     slot = pool.acquire(batch.index, try_key)
     try:
         if slot.closing:  # its worker closes: not claimed here, it runs elsewhere
-            return _not_started(batch.index, try_no)
+            return not_started(batch.index, try_no)
         if not _claim(ctx, batch.index, try_key):
             instead = _claimed_before(ctx, batch, try_no, try_key, handback_wait, start)
             if instead is not None:
@@ -108,14 +109,6 @@ def run_try(
         process=slot.config.process,
         start_time=start,
         elapsed=time.time() - start,
-    )
-
-
-def _not_started(mb: int, try_no: int) -> TryRecord:
-    """The record of a try its worker did not start: it closed first (the try runs
-    elsewhere)."""
-    return TryRecord(
-        mb=mb, try_no=try_no, status=Status.NOT_STARTED, error="its worker closed before it started"
     )
 
 
@@ -267,7 +260,7 @@ def run_tries(ctx: StepContext, items: list[tuple[MiniBatch, int, str]]) -> TryR
             # in the order of the items (the driver pairs them): a record that needed no run
             # comes back as soon as its claim is looked at, before those running ahead of it
             for batch, try_no, _ in items:
-                records.append(got.get((batch.index, try_no)) or _not_started(batch.index, try_no))
+                records.append(got.get((batch.index, try_no)) or not_started(batch.index, try_no))
     finally:
         pool.forget()
         if unstaged:  # (uploaded and removed, or the task failed: its rows go nowhere)

@@ -296,12 +296,7 @@ def _started(partial: str, parts: Iterable[str]) -> int:
         done, size = int(manifest["count"]), int(manifest["size"])
         if os.path.getsize(partial) != size:
             return 0
-        names = hashlib.sha256()
-        seen = 0
-        for name in itertools.islice(parts, done):
-            names.update(name.encode() + b"\0")
-            seen += 1
-        if seen < done or names.hexdigest() != manifest["names"]:
+        if _parts_digest(itertools.islice(parts, done)) != (done, manifest["names"]):
             return 0
     except (OSError, ValueError, KeyError, TypeError):
         return 0

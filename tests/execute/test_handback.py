@@ -329,10 +329,12 @@ def real_pool(ctx, tmp_path, monkeypatch):
 def _rerun_finds(ctx: StepContext, items: list) -> dict[str, object]:
     """What the rerun of the task finds for each try claimed here: True (a marker: run it
     again), a record, or False (nothing: it would count as a death)."""
+    from daskprs.execute.store import claim_name
+
     return {
         key: take_over(ctx.store, b.index, key, wait=0)
         for b, _, key in items
-        if ctx.store.exists(f"claims/{b.index:05d}.{key}")
+        if ctx.store.exists(claim_name(b.index, key))
     }
 
 
