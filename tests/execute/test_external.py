@@ -46,9 +46,11 @@ import os, time
 def init():
     if os.environ.get("INIT_FAILS_ONCE"):
         marker = os.path.join(os.environ["MARKS"], "init")
-        if not os.path.exists(marker):
-            open(marker, "w").close()
-            raise RuntimeError("init fails once")
+        try:
+            open(marker, "x").close()  # only the first process to create it fails
+        except FileExistsError:
+            return
+        raise RuntimeError("init fails once")
 
 def run(mini_batch, context):
     i = context.minibatch_index

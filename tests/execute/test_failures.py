@@ -131,9 +131,11 @@ import os
 
 def init():
     marker = os.path.join(os.environ["MARKS"], "init-failed-once")
-    if not os.path.exists(marker):
-        open(marker, "w").close()
-        raise RuntimeError("transient")
+    try:
+        open(marker, "x").close()  # only the first process to create it fails
+    except FileExistsError:
+        return
+    raise RuntimeError("transient")
 
 def run(mini_batch):
     return [os.path.basename(p) for p in mini_batch]
