@@ -50,6 +50,12 @@ class LogsDir:
         """One row a try."""
         return os.path.join(self.root, "sys", "job_report", "processed_mini-batches.csv")
 
+    @property
+    def processed_mark(self) -> str:
+        """The sizes of the try report and of every ledger as the last session that closed
+        left them (:mod:`daskprs.observe.processed`)."""
+        return os.path.join(self.root, "sys", "processed_report.json")
+
     def progress_overview(self, now: float | None = None) -> str:
         stamp = time.strftime("%Y%m%d%H", time.gmtime(now if now is not None else time.time()))
         return os.path.join(self.root, f"job_progress_overview.{stamp}.txt")

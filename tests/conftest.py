@@ -48,6 +48,25 @@ def make_files(folder: Path, n: int, prefix: str = "f") -> list[Path]:
     return paths
 
 
+def report_and_ledger(run_dir: Path, *steps: str) -> tuple[list, list]:
+    """The try report's rows and the ledgers' tries of ``steps`` (default: ``score``) one
+    step after the other, each as (mini-batch, try, status), in the order written: equal
+    when the records agree."""
+    import csv
+
+    from daskprs.results.ledger import ledger_tries
+
+    report = run_dir / "logs/sys/job_report/processed_mini-batches.csv"
+    with report.open(encoding="utf-8") as f:
+        rows = [(int(r["Mini-batch Id"]), int(r["Try"]), r["Status"]) for r in csv.DictReader(f)]
+    tries = [
+        (t.mb, t.try_no, str(t.status))
+        for step in steps or ("score",)
+        for t in ledger_tries(str(run_dir / "steps" / step / "ledger.jsonl"))
+    ]
+    return rows, tries
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -30,6 +30,7 @@ from daskprs.execute.supervisor import Finalize, Instruction, Policy, Stop, Subm
 from daskprs.execute.worker import claimed, kill_running, run_tries, run_try
 from daskprs.inputs.batches import MiniBatch
 from daskprs.observe import logs
+from daskprs.observe.processed import mark_report, open_report, session_header
 from daskprs.observe.progress import Progress
 from daskprs.results.ledger import Ledger
 from daskprs.results.outcome import BatchState, Status, TryRecord
@@ -49,6 +50,8 @@ _TICK = 0.5
 # How often the driver counts the cluster's worker threads, so that the submission window
 # follows workers that join or leave (an adaptive cluster).
 _RESIZE_EVERY = 5.0
+# How often the driver marks its ledger and try report as agreeing (daskprs.observe.processed).
+_MARK_EVERY = 5.0
 
 
 def _duplicate_as_death(rec: TryRecord) -> TryRecord:
@@ -191,10 +194,10 @@ class _StepRun:
         self.output = output
         self._sized = time.monotonic()
         self.ledger = ledger
-        self.ledger.start_session(
-            {"step": self.ctx.step, "session": sup.session, "batches": len(self.batches)}
-        )
-        self.report = logs.Report(self.ctx.run.logs.processed_report)
+        # (the report is checked against the ledgers before this session's header is written)
+        self.report = open_report(self.ctx.run)
+        self._marked = time.monotonic()
+        self.ledger.start_session(session_header(self.ctx.step, sup.session, len(self.batches)))
         self.done: queue.Queue = queue.Queue()
         # Dask key -> (future, the tries it carries)
         self.futures: dict[str, tuple[Any, list[Submit]]] = {}
@@ -288,9 +291,15 @@ class _StepRun:
         return out
 
     def _flush(self) -> None:
-        """Write the ledger lines and report rows of the batch in hand, in one write each."""
+        """Write the ledger lines and report rows of the batch in hand, in one write each;
+        every few seconds, mark the two as agreeing (a driver killed later leaves the next
+        session only the report's rows past the mark to add)."""
         self.ledger.flush()
         self.report.flush()
+        now = time.monotonic()
+        if now - self._marked >= _MARK_EVERY:
+            self._marked = now
+            mark_report(self.ctx.run)
 
     def loop(self, progress: Callable[[], None]) -> Stop:
         """Run until the supervisor stops; return its verdict."""
@@ -348,6 +357,7 @@ class _StepRun:
     def close(self, finished: bool = True) -> None:
         self.ledger.close()
         self.report.close()
+        mark_report(self.ctx.run)  # both closed: the next session appends to the report
         if self.output is not None:
             self.output.close(keep=finished)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from daskprs.errors import PlanningError, UserInputError
 from daskprs.results.failures import FailedMiniBatch
-from daskprs.results.ledger import LedgerState, ledger_events, read_ledger
+from daskprs.results.ledger import LedgerState, ledger_sessions, read_ledger
 from daskprs.results.outcome import BatchState, TryRecord, failed_items
 from daskprs.rundir import RunDir, pid_alive
 
@@ -258,20 +258,9 @@ def _tries_by_session(path: str) -> tuple[list[TryRecord], list[int]]:
     as replaying the ledger skips them."""
     tries: list[TryRecord] = []
     sessions: list[int] = []
-    session = -1
-    for event in ledger_events(path):
-        kind = event.get("event")
-        if kind == "session":
-            session += 1
-        elif kind == "try":
-            try:
-                record = TryRecord.from_dict(event["record"])
-            except (KeyError, TypeError, ValueError, AttributeError):
-                continue
-            if not all(type(getattr(record, n)) is int for n in ("mb", "try_no")):
-                continue
-            tries.append(record)
-            sessions.append(max(session, 0))
+    for number, (_, recorded) in enumerate(ledger_sessions(path)):
+        tries += recorded
+        sessions += [number] * len(recorded)
     return tries, sessions
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "LedgerState",
     "MiniBatchEntry",
     "ledger_events",
+    "ledger_sessions",
     "ledger_tries",
     "read_ledger",
     "snapshot_path",
@@ -541,11 +542,13 @@ def _record(data: Any) -> TryRecord:
     return record
 
 
-def _events(path: str) -> Iterator[_Event | None]:
-    """The ledger's events, typed; None for each line that is torn or of the wrong shape."""
+def _events(path: str, start: int = 0) -> Iterator[_Event | None]:
+    """The ledger's events from byte ``start`` (a line's start), typed; None for each line
+    that is torn or of the wrong shape."""
     if not os.path.exists(path):
         return
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
+        f.seek(start)
         for line in f:
             try:
                 event = json.loads(line)
@@ -557,6 +560,24 @@ def _events(path: str) -> Iterator[_Event | None]:
 def ledger_tries(path: str) -> list[TryRecord]:
     """Every try a ledger recorded, in the order they ended (unreadable lines skipped)."""
     return [e[1] for e in _events(path) if e is not None and e[0] == "try"]
+
+
+def ledger_sessions(path: str, start: int = 0) -> list[tuple[dict[str, Any], list[TryRecord]]]:
+    """Each session of a ledger (from byte ``start``, a line's start) with the tries it
+    recorded, in the order they ended: its header (empty for tries before the first header)
+    and its tries. Lines that are torn or of the wrong shape are skipped, as replaying the
+    ledger skips them."""
+    sessions: list[tuple[dict[str, Any], list[TryRecord]]] = []
+    for event in _events(path, start):
+        if event is None:
+            continue
+        if event[0] == "session":
+            sessions.append((event[1], []))
+        elif event[0] == "try":
+            if not sessions:
+                sessions.append(({}, []))
+            sessions[-1][1].append(event[1])
+    return sessions
 
 
 def read_ledger(path: str) -> LedgerState:

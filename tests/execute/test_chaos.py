@@ -14,7 +14,7 @@ import threading
 
 import psutil
 import pytest
-from conftest import make_files, output_of, poll_for, write_job
+from conftest import make_files, output_of, poll_for, report_and_ledger, write_job
 
 from daskprs.api import run_job
 from daskprs.results.formatting import format_rows
@@ -151,6 +151,8 @@ def test_chaos_run_equals_the_serial_reference(tmp_path, external_cluster):
     assert died, "no kill landed on a running mini-batch"
     done = [t for t in tries if t["Status"] == "RUN_DONE"]
     assert sorted(int(t["Mini-batch Id"]) for t in done) == list(range(N_FILES))
+    report_rows, ledger_tries = report_and_ledger(run_dir)
+    assert report_rows == ledger_tries
     print(
         f"\nchaos (seed {SEED}): {kills['dask worker']} Dask workers and "
         f"{kills['entry-script process']} entry-script processes killed, {len(died)} tries "
