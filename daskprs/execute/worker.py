@@ -190,9 +190,17 @@ def _stage_pack(
     """Upload a packed task's pack from the worker's scratch folder once its tries ended (one
     object for all their rows); each try's range then names the staged copy, at the same
     offset. When the upload fails, every try with rows in the pack failed, as a try whose
-    part the store refused (:func:`_stage_part`). ``first``: the task's first mini-batch and
-    try key, which name the pack."""
-    ranged = {k for k, r in records.items() if r.part and split_ref(r.part)[0] == pack}
+    part the store refused (:func:`_stage_part`); a try that returned no rows has nothing to
+    stage (no part). ``first``: the task's first mini-batch and try key, which name the
+    pack."""
+    ranged = set()
+    for k, r in records.items():
+        if r.part:
+            file, _, length = split_ref(r.part)
+            if file == pack and length == 0:
+                records = {**records, k: r.with_(part=None)}
+            elif file == pack:
+                ranged.add(k)
     if not ranged:
         _unlink(pack)
         return records

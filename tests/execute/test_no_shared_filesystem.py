@@ -711,6 +711,9 @@ def test_a_pack_the_store_refuses_fails_the_tries_with_rows_in_it(tmp_path, s3):
             out[(3 + i, 1)] = done
             offset += len(r)
         out[(9, 1)] = TryRecord(mb=9, try_no=1, status=Status.RUN_EXCEPTION, total=1, failed=1)
+        # run() returned no rows: an empty range, nothing to stage
+        empty = TryRecord(mb=10, try_no=1, status=Status.RUN_DONE, part=f"{pack}:{offset}+0")
+        out[(10, 1)] = empty
         return out
 
     ctx = _refused_store(tmp_path)
@@ -720,6 +723,7 @@ def test_a_pack_the_store_refuses_fails_the_tries_with_rows_in_it(tmp_path, s3):
     assert all(refused[(mb, 1)].part is None for mb in (3, 4, 5))
     assert "could not be uploaded to the staging store" in (refused[(4, 1)].error or "")
     assert refused[(9, 1)] == untouched  # no rows there: as it was
+    assert refused[(10, 1)].status == Status.RUN_DONE and refused[(10, 1)].part is None
     assert not pack.exists()  # the worker's scratch copy is not left behind
     staged = _stage_pack(
         replace(ctx, staging="s3://out/stage/steps/score"), str(pack), (3, "s0n1"), records()
@@ -731,6 +735,7 @@ def test_a_pack_the_store_refuses_fails_the_tries_with_rows_in_it(tmp_path, s3):
     data = s3.cat(url.removeprefix("s3://"))
     assert [data[offset : offset + (length or 0)] for _, offset, length in ranges] == rows
     assert [staged[(mb, 1)].status for mb in (3, 4, 5)] == [Status.RUN_DONE] * 3
+    assert staged[(10, 1)].part is None
     assert not pack.exists()
     # a task run again gets a pack of its own: the first worker's late upload replaces nothing
     again = _stage_pack(
