@@ -52,8 +52,8 @@ class LogsDir:
 
     @property
     def processed_mark(self) -> str:
-        """The sizes of the try report and of every ledger as the last session that closed
-        left them (:mod:`daskprs.observe.processed`)."""
+        """The sizes of the try report and of every ledger when the driver last had both
+        written (:mod:`daskprs.observe.processed`)."""
         return os.path.join(self.root, "sys", "processed_report.json")
 
     def progress_overview(self, now: float | None = None) -> str:
