@@ -9,15 +9,24 @@ the run is in it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from daskprs.errors import DaskprsError, Interrupted, StorageFull, UserInputError
+from daskprs.errors import (
+    DaskprsError,
+    Interrupted,
+    RunRecordUnreadable,
+    StorageError,
+    StorageFull,
+    UserInputError,
+)
 from daskprs.execute.devices import processes_per_instance
 from daskprs.execute.resume import Mode
 from daskprs.job.model import ClusterSpec, Job
@@ -76,12 +85,22 @@ def _embedded_workers(asked: int, workers: int | None, cores: int) -> tuple[int,
     )
 
 
+# What a start that failed at its first write may leave (see _begin).
+_LEFT_BY_A_FAILED_START = frozenset({"run.lock", "run.json.tmp", "job.json.tmp"})
+
+
 def _never_began(run: RunDir) -> bool:
     """Whether ``run`` holds a run that stopped before any step began (refused at its start:
     an unreachable scheduler, an input that cannot be planned), which a new run may take over:
-    no try, no command step and no reused step on record, no entry-script log, no driver."""
-    if run.read_record() is None:
-        return False
+    no try, no command step and no reused step on record, no entry-script log, no driver.
+    A folder holding only a start's lock and temporary files (a start whose first write
+    failed) never began either."""
+    try:
+        record = run.read_record()
+    except RunRecordUnreadable:  # cut short by a crash: the rest says whether it began
+        record = {}
+    if record is None:
+        return set(os.listdir(run.root)) <= _LEFT_BY_A_FAILED_START and run.lock_owner() is None
     owner = run.lock_owner()
     if owner is not None and pid_alive(owner):
         return False
@@ -90,6 +109,31 @@ def _never_began(run: RunDir) -> bool:
         if any(name in began or name.startswith("ledger") for name in files):
             return False
     return not any(os.path.exists(os.path.join(run.logs.root, d)) for d in ("user", "steps"))
+
+
+# Errors of a disk or a file that refuses daskprs: the machine's to fix, not daskprs's.
+_REFUSED = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def _storage_failure(err: OSError, run_dir: str) -> str | None:
+    """What a disk's or a file's refusal while the job ran says, and how to continue; None
+    for an error that is not one."""
+    resume = f"then continue with: daskprs run --resume {run_dir}"
+    place = err.filename or run_dir
+    if no_space(err):
+        return (
+            f"no space left on the device of {place} ({err.strerror}). Free some space "
+            f"there, {resume}"
+        )
+    if err.errno in _REFUSED:
+        return f"{place}: {err.strerror}. Fix its permissions or its mount, {resume}"
+    if err.errno == errno.EIO:
+        return f"the disk of {place} failed to read or write ({err.strerror}). Check it, {resume}"
+    return None
+
+
+def _internal_failure(err: BaseException) -> str:
+    return f"internal error of daskprs: {type(err).__name__}: {err}"
 
 
 # Done mini-batches with failed items named in logs/job_result.txt, per step.
@@ -304,9 +348,17 @@ def run_job(
     run_dir = os.path.abspath(os.fspath(run_dir)) if run_dir else default_run_dir(job_file)
     if os.path.isdir(run_dir) and os.listdir(run_dir):
         if not _never_began(RunDir(run_dir)):
+            try:
+                resumable = RunDir(run_dir).read_record() is not None
+            except RunRecordUnreadable:
+                resumable = False
             raise UserInputError(
-                f"the run directory {run_dir} exists and is not empty. Give a new --run-dir, "
-                f"or continue that run with `daskprs run --resume {run_dir}`."
+                f"the run directory {run_dir} exists and is not empty. Give a new --run-dir"
+                + (
+                    f", or continue that run with `daskprs run --resume {run_dir}`."
+                    if resumable
+                    else " (it holds no run record that `--resume` could continue)."
+                )
             )
         echo(
             f"note: the run directory {run_dir} holds a run that stopped before any step "
@@ -320,7 +372,10 @@ def run_job(
         "output_path": os.fspath(output_path) if output_path is not None else None,
     }
     if doc is not None:
-        job_file = _write_job_document(doc, run_dir)
+        try:
+            job_file = _write_job_document(doc, run_dir)
+        except OSError as err:
+            raise UserInputError(_cannot_write(run_dir, err)) from None
     try:
         job = load_job(
             job_file,
@@ -339,7 +394,6 @@ def run_job(
     for line in (*job.notes, *job.warnings):
         echo(f"note: {line}")
     staged = _staging(staging, job.staging)
-    os.makedirs(run_dir, exist_ok=True)
     record = {
         "job_file": job_file,
         "sets": list(sets),
@@ -356,22 +410,75 @@ def run_job(
         "inputs": {},
     }
     run = RunDir(run_dir)
-    run.write_record(record)
-    write_json(run.resolved_job, redact_data(asdict(job)))  # no secrets in job.json
-    session = JobSession(
-        job,
-        run,
-        Mode.RUN,
-        record,
-        echo,
-        settings=settings,
-        progress=progress,
-        reuse_roots=tuple(reuse.search_roots(run.root, cache)),
-        force_rerun=force_rerun,
-        staging=staged,
-        keep_staged=keep_staged,
-    )
-    return _execute(session, _choose_cluster(job, scheduler, workers, client, security, echo))
+    _begin(run, record, job)
+    try:
+        session = JobSession(
+            job,
+            run,
+            Mode.RUN,
+            record,
+            echo,
+            settings=settings,
+            progress=progress,
+            reuse_roots=tuple(reuse.search_roots(run.root, cache)),
+            force_rerun=force_rerun,
+            staging=staged,
+            keep_staged=keep_staged,
+        )
+        return _execute(session, _choose_cluster(job, scheduler, workers, client, security, echo))
+    finally:
+        run.unlock()  # (released already when _execute ran)
+
+
+def _begin(run: RunDir, record: dict[str, Any], job: Job) -> None:
+    """Make a new run's directory, take its lock and write its record and resolved job. A
+    folder that cannot be written is the user's to fix (exit 2): what this wrote is
+    removed, so that the folder can be given again."""
+    made = not os.path.exists(run.root)
+    try:
+        os.makedirs(run.root, exist_ok=True)
+        run.lock()  # before the first write: a second run started on the folder writes nothing
+        run.write_record(record)
+        write_json(run.resolved_job, redact_data(asdict(job)))  # no secrets in job.json
+    except OSError as err:
+        run.unlock()
+        for path in (run.record, run.resolved_job):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        if made:
+            with contextlib.suppress(OSError):
+                os.rmdir(run.root)
+        raise UserInputError(_cannot_write(run.root, err)) from None
+
+
+def _cannot_write(run_dir: str, err: OSError) -> str:
+    """Why the run directory ``run_dir`` cannot be written, and what to do."""
+    place = err.filename or run_dir
+    if no_space(err):
+        fix = "Free some space there, or give --run-dir a folder on another disk."
+    elif err.errno == errno.ENAMETOOLONG:
+        fix = "Give a shorter --run-dir."
+    else:
+        fix = "Give --run-dir a folder you can write to."
+    return f"cannot write the run directory {run_dir} ({place}: {err.strerror}). {fix}"
+
+
+@contextlib.contextmanager
+def _locked(run: RunDir) -> Iterator[None]:
+    """Hold the lock of a run to continue it (released at the end, however it ends); a run
+    directory that cannot be written is the user's to fix (exit 2)."""
+    try:
+        run.lock()
+    except OSError as err:
+        raise UserInputError(
+            f"cannot take the lock {run.lock_file} ({err.strerror}): the run directory must be "
+            "writable to continue the run"
+            + (" (free some space there first)" if no_space(err) else "")
+        ) from None
+    try:
+        yield
+    finally:
+        run.unlock()
 
 
 def _staging(given: str | os.PathLike | None, configured: str = "") -> str:
@@ -447,61 +554,62 @@ def resume_job(
             f"{run.root} is not a daskprs run directory (no "
             f"{os.path.basename(run.record)}); give the folder that `daskprs run` created"
         )
-    given = os.path.abspath(os.fspath(job_file)) if job_file else record["job_file"]
-    if not os.path.isfile(given):
-        raise ResumeRefused(f"the job file {given} is gone; give it as FILE after --resume")
-    previous = os.getcwd()
-    try:
-        # --set paths were relative to the directory the run was started from
-        if os.path.isdir(record.get("cwd", "")):
-            os.chdir(record["cwd"])
-        job = load_job(
-            given,
-            record["sets"],
-            run_dir=run.root,
-            run_name=record["name"],
-            v1=V1Options(
-                record.get("input_path"),
-                record.get("output_path"),
-                record.get("arguments"),
-                tuple(record.get("side_inputs", ())),
-            ),
-            # the folder a job built with the SDK was built in (not the run directory's)
-            base=None if job_file else record.get("base"),
+    with _locked(run):  # before the first write: (_execute releases it at the end)
+        given = os.path.abspath(os.fspath(job_file)) if job_file else record["job_file"]
+        if not os.path.isfile(given):
+            raise ResumeRefused(f"the job file {given} is gone; give it as FILE after --resume")
+        previous = os.getcwd()
+        try:
+            # --set paths were relative to the directory the run was started from
+            if os.path.isdir(record.get("cwd", "")):
+                os.chdir(record["cwd"])
+            job = load_job(
+                given,
+                record["sets"],
+                run_dir=run.root,
+                run_name=record["name"],
+                v1=V1Options(
+                    record.get("input_path"),
+                    record.get("output_path"),
+                    record.get("arguments"),
+                    tuple(record.get("side_inputs", ())),
+                ),
+                # the folder a job built with the SDK was built in (not the run directory's)
+                base=None if job_file else record.get("base"),
+            )
+        finally:
+            os.chdir(previous)
+        changed = fingerprint.diff_jobs(record["job"], fingerprint.job_fields(job))
+        if changed and not force:
+            raise ResumeRefused(
+                "the job changed since the run started:\n  "
+                + "\n  ".join(changed)
+                + "\nRun it anew, or add --force to continue with the changed job."
+            )
+        for line in changed:
+            echo(f"note: continuing with a changed job (--force): {line}")
+        for step in job.parallel_steps:
+            digest = fingerprint.code_digest(step.code_dir)
+            if digest != record.get("code", {}).get(step.name) and not rerun_failed:
+                echo(f"note: the code folder of step {step.name} changed since the run started")
+        mode = Mode.RERUN_FAILED if rerun_failed else Mode.RESUME
+        staged = _staging(staging, record.get("staging") or job.staging)
+        if staged != record.get("staging", ""):
+            record["staging"] = staged
+            run.write_record(record)
+        session = JobSession(
+            job,
+            run,
+            mode,
+            record,
+            echo,
+            settings=settings,
+            progress=progress,
+            force=force,
+            staging=staged,
+            keep_staged=keep_staged,
         )
-    finally:
-        os.chdir(previous)
-    changed = fingerprint.diff_jobs(record["job"], fingerprint.job_fields(job))
-    if changed and not force:
-        raise ResumeRefused(
-            "the job changed since the run started:\n  "
-            + "\n  ".join(changed)
-            + "\nRun it anew, or add --force to continue with the changed job."
-        )
-    for line in changed:
-        echo(f"note: continuing with a changed job (--force): {line}")
-    for step in job.parallel_steps:
-        digest = fingerprint.code_digest(step.code_dir)
-        if digest != record.get("code", {}).get(step.name) and not rerun_failed:
-            echo(f"note: the code folder of step {step.name} changed since the run started")
-    mode = Mode.RERUN_FAILED if rerun_failed else Mode.RESUME
-    staged = _staging(staging, record.get("staging") or job.staging)
-    if staged != record.get("staging", ""):
-        record["staging"] = staged
-        run.write_record(record)
-    session = JobSession(
-        job,
-        run,
-        mode,
-        record,
-        echo,
-        settings=settings,
-        progress=progress,
-        force=force,
-        staging=staged,
-        keep_staged=keep_staged,
-    )
-    return _execute(session, _choose_cluster(job, scheduler, workers, client, security, echo))
+        return _execute(session, _choose_cluster(job, scheduler, workers, client, security, echo))
 
 
 def _choose_cluster(
@@ -545,15 +653,15 @@ def _choose_cluster(
 
 
 def _execute(session: JobSession, cluster: tuple[ClusterChoice, list[str]]) -> JobResult:
-    """Run the job's steps under the run's lock, then write its result files."""
+    """Run the job's steps (the caller holds the run's lock), then write its result files
+    and release the lock."""
     job, run, echo = session.job, session.run, session.echo
     choice, notes = cluster
     result = JobResult(run_dir=run.root, notes=[*job.notes, *job.warnings, *notes])
-    runner = StepsRunner(session, choice, result)
-    run.lock()
-    levels = [s.settings.logging_level for s in job.parallel_steps] or ["INFO"]
-    console_level = min(levels, key=lambda name: logging.getLevelName(name.upper()))
     try:
+        runner = StepsRunner(session, choice, result)
+        levels = [s.settings.logging_level for s in job.parallel_steps] or ["INFO"]
+        console_level = min(levels, key=lambda name: logging.getLevelName(name.upper()))
         with logs.driver_logging(run.logs.driver, console_level) as log:
             log.debug("%s %s (%s) in %s", session.mode, job.source, job.name, run.root)
             runner.run()
@@ -564,13 +672,15 @@ def _execute(session: JobSession, cluster: tuple[ClusterChoice, list[str]]) -> J
         result.failure = result.failure or str(err)
         raise
     except OSError as err:
-        if not no_space(err):
+        failure = _storage_failure(err, run.root)
+        if failure is None:
+            result.failure = result.failure or _internal_failure(err)
             raise
-        result.failure = (
-            f"no space left on the device of {err.filename or run.root} ({err.strerror}). "
-            f"Free some space there, then continue with: daskprs run --resume {run.root}"
-        )
-        raise StorageFull(result.failure) from None
+        result.failure = failure
+        raise (StorageFull if no_space(err) else StorageError)(failure) from None
+    except Exception as err:  # the traceback goes to the console; the records say it failed
+        result.failure = result.failure or _internal_failure(err)
+        raise
     finally:
         try:
             run.write_record(session.record)

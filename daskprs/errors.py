@@ -31,7 +31,9 @@ __all__ = [
     "Problem",
     "ResumeRefused",
     "RunLocked",
+    "RunRecordUnreadable",
     "SettingsError",
+    "StorageError",
     "StorageFull",
     "UserInputError",
     "close_match",
@@ -118,6 +120,22 @@ class ResumeRefused(UserInputError):
     """A resume or rerun was refused (changed job or input, or no run to resume)."""
 
 
+class RunRecordUnreadable(ResumeRefused):
+    """A run directory's ``run.json`` is there but cannot be read (empty or cut short by a
+    crash, or changed by hand): the run cannot be resumed."""
+
+    def __init__(self, path: str, why: str):
+        self.path, self.why = path, why
+        super().__init__(
+            f"the run record {path} cannot be read ({why}): it was cut short by a crash or "
+            "changed by hand, and the run cannot be resumed without it. Run the job anew in a "
+            "new run directory"
+        )
+
+    def __reduce__(self) -> tuple[type[RunRecordUnreadable], tuple[str, str]]:
+        return type(self), (self.path, self.why)
+
+
 class RunLocked(UserInputError):
     """Another live process holds the run directory's lock (it is running that run now)."""
 
@@ -125,7 +143,7 @@ class RunLocked(UserInputError):
         self.run_dir, self.pid = run_dir, pid
         super().__init__(
             f"the run {run_dir} is being run by process {pid} right now; wait for it to end "
-            "(or stop it) before resuming"
+            "(or stop it) before resuming it, or give a new run another --run-dir"
         )
 
     def __reduce__(self) -> tuple[type[RunLocked], tuple[str, int]]:
@@ -139,7 +157,13 @@ class JobFailed(DaskprsError):
     exit_code = 42
 
 
-class StorageFull(JobFailed):
+class StorageError(JobFailed):
+    """A disk refused a write under the run directory or an output while the job ran (exit
+    status 42); the message names the path, what to fix and the command that continues the
+    run once it is fixed."""
+
+
+class StorageFull(StorageError):
     """A disk or quota filled up under the run directory or an output (exit status 42); the
     message names the path and the command that continues the run once there is room."""
 

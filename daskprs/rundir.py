@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from daskprs.errors import RunLocked
+from daskprs.errors import RunLocked, RunRecordUnreadable
 
 __all__ = ["LogsDir", "RunDir", "StepDir", "default_run_dir", "pid_alive", "write_json"]
 
@@ -197,16 +197,27 @@ class RunDir:
 
     # -- the run record ----------------------------------------------------------------------
     def read_record(self) -> dict[str, Any] | None:
-        """The run record, or None when there is none (not a run directory)."""
+        """The run record, or None when there is none (not a run directory).
+
+        Raises
+        ------
+        RunRecordUnreadable
+            ``run.json`` is there but holds no record (empty, cut short, not JSON).
+        """
         try:
             with open(self.record, encoding="utf-8") as f:
-                return json.load(f)
+                record = json.load(f)
         except FileNotFoundError:
             return None
+        except ValueError as err:  # (not JSON, or not UTF-8)
+            raise RunRecordUnreadable(self.record, str(err)) from None
+        if not isinstance(record, dict):
+            raise RunRecordUnreadable(self.record, "it is no JSON object")
+        return record
 
     def write_record(self, record: dict[str, Any]) -> None:
-        """Replace the run record atomically."""
-        write_json(self.record, record)
+        """Replace the run record atomically, and durably: a resume needs it whole."""
+        write_json(self.record, record, sync=True)
 
     # -- the lock ----------------------------------------------------------------------------
     def lock(self) -> str:
@@ -221,6 +232,8 @@ class RunDir:
         ------
         RunLocked
             Another process holds the lock (it is running this run now).
+        OSError
+            ``run.lock`` cannot be made or written (a read-only or full disk).
         """
         path = self.lock_file
         if path in _HELD:  # this process runs the run already: a second driver here
@@ -245,8 +258,12 @@ class RunDir:
             if not _same_file(fd, path):  # its holder removed it as we opened it: again
                 os.close(fd)
                 continue
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode())
+            except OSError:  # (a full disk: the caller says so)
+                os.close(fd)
+                raise
             _HELD[path] = fd
             _forget_locks_in_forks()
             return path
@@ -288,19 +305,39 @@ class RunDir:
         os.close(fd)
 
 
+# The longest job file stem a default run directory's name keeps (in bytes): with the time
+# stamp it stays within the 255 bytes a file name may have.
+_STEM_BYTES = 200
+
+
 def default_run_dir(stem: str, now: float | None = None) -> str:
     """``./daskprs-runs/<stem>-<UTC yyyymmdd-hhmmss>``: where a run goes when no run
-    directory is given (``stem``: the job file's, or ``map_batches``)."""
+    directory is given (``stem``: the job file's, or ``map_batches``; a long one cut short)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now if now is not None else time.time()))
+    raw = stem.encode("utf-8", "surrogateescape")
+    if len(raw) > _STEM_BYTES:
+        stem = raw[:_STEM_BYTES].decode("utf-8", "ignore")
     return os.path.abspath(os.path.join("daskprs-runs", f"{stem}-{stamp}"))
 
 
-def write_json(path: str, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` atomically (a temporary file, then a rename)."""
+def write_json(path: str, data: Any, sync: bool = False) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (a temporary file, then a rename; with
+    ``sync``, the file's bytes on disk before the rename). A write that fails leaves no
+    temporary file behind."""
     tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, default=str)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _lock_owner(path: str) -> int:

@@ -174,15 +174,33 @@ def partial_path(dest: str) -> str:
     file beside it, so that the finished file is renamed into place, never copied again."""
     if dest.startswith("file://"):
         dest = dest[len("file://") :]
-    folder, name = os.path.split(os.path.abspath(dest))
-    return os.path.join(folder, f".{name}.daskprs-partial")
+    return _beside(dest, "daskprs-partial")
 
 
 def temporary_path(dest: str) -> str:
     """Where the output ``dest`` (a local path) is written before it is renamed into place
     (a resume, a rerun, or a step whose growing output could not be continued)."""
+    return _beside(dest, "daskprs-tmp")
+
+
+# A file name's most bytes on the file systems daskprs writes to (NAME_MAX).
+_NAME_MAX = 255
+
+
+def _beside(dest: str, kind: str) -> str:
+    """A hidden file of ``kind`` beside ``dest``: ``.<name>.<kind>``, with room for the
+    ``.json`` of its manifest. A name too long for that keeps its start and a digest of the
+    whole (an output's name may take all 255 bytes its file system allows)."""
     folder, name = os.path.split(os.path.abspath(dest))
-    return os.path.join(folder, f".{name}.daskprs-tmp")
+    hidden = f".{name}.{kind}"
+    room = _NAME_MAX - len(".json")
+    raw = hidden.encode("utf-8", "surrogateescape")
+    if len(raw) > room:
+        digest = hashlib.sha256(raw).hexdigest()[:16]
+        keep = room - len(f".~{digest}.{kind}")
+        start = name.encode("utf-8", "surrogateescape")[:keep].decode("utf-8", "ignore")
+        hidden = f".{start}~{digest}.{kind}"
+    return os.path.join(folder, hidden)
 
 
 def _manifest_path(partial: str) -> str:
