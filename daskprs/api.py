@@ -22,6 +22,7 @@ from typing import Any
 from daskprs.errors import (
     DaskprsError,
     Interrupted,
+    JobFailed,
     RunRecordUnreadable,
     StorageError,
     StorageFull,
@@ -678,6 +679,16 @@ def _execute(session: JobSession, cluster: tuple[ClusterChoice, list[str]]) -> J
             raise
         result.failure = failure
         raise (StorageFull if no_space(err) else StorageError)(failure) from None
+    except RuntimeError as err:
+        if "can't start new thread" not in str(err):
+            result.failure = result.failure or _internal_failure(err)
+            raise
+        result.failure = (
+            "this machine refused the driver a new thread (a limit on processes or threads: "
+            "`ulimit -u`, or a container's pids.max). Raise the limit, or give fewer "
+            f"--workers, then continue with: daskprs run --resume {run.root}"
+        )
+        raise JobFailed(result.failure) from None
     except Exception as err:  # the traceback goes to the console; the records say it failed
         result.failure = result.failure or _internal_failure(err)
         raise

@@ -13,7 +13,13 @@ import pytest
 from conftest import can_hide_folders, make_files, write_job
 
 from daskprs.api import resume_job, run_job
-from daskprs.errors import ResumeRefused, RunRecordUnreadable, StorageError, UserInputError
+from daskprs.errors import (
+    JobFailed,
+    ResumeRefused,
+    RunRecordUnreadable,
+    StorageError,
+    UserInputError,
+)
 from daskprs.rundir import RunDir, default_run_dir, write_json
 
 ECHO = "import os\n\ndef run(mini_batch):\n    return [os.path.basename(p) for p in mini_batch]\n"
@@ -159,3 +165,17 @@ def test_an_output_name_as_long_as_a_file_name_may_be_is_written(tmp_path):
     assert result.ok, result.failure
     assert (tmp_path / "out" / name).read_text() == "f000.txt\nf001.txt\nf002.txt\n"
     assert os.listdir(tmp_path / "out") == [name]
+
+
+def test_a_thread_limit_says_which_limit_and_how_to_continue(tmp_path, monkeypatch):
+    job = _job(tmp_path)
+    run = tmp_path / "run"
+
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")  # what threading says at pids.max
+
+    monkeypatch.setattr("daskprs.api.StepsRunner.run", no_thread)
+    with pytest.raises(JobFailed, match="refused the driver a new thread") as err:
+        run_job(job, run_dir=run, workers=1, echo=_quiet)
+    assert f"daskprs run --resume {run}" in str(err.value)
+    assert "outcome: FAILED" in (run / "logs/job_result.txt").read_text()
