@@ -28,7 +28,7 @@ from daskprs.paths import URL, redact_data
 from daskprs.pipeline import ClusterChoice, JobSession, StepsRunner
 from daskprs.results import fingerprint, reuse
 from daskprs.results.jobresult import JobResult
-from daskprs.results.output import no_space
+from daskprs.results.output import no_space, storage_problem
 from daskprs.rundir import RunDir, pid_alive, write_json
 from daskprs.rundir import default_run_dir as _default_run_dir
 from daskprs.settings import EnvSettings
@@ -566,10 +566,8 @@ def _execute(session: JobSession, cluster: tuple[ClusterChoice, list[str]]) -> J
     except OSError as err:
         if not no_space(err):
             raise
-        result.failure = (
-            f"no space left on the device of {err.filename or run.root} ({err.strerror}). "
-            f"Free some space there, then continue with: daskprs run --resume {run.root}"
-        )
+        problem, fix = storage_problem(err, run.root)
+        result.failure = f"{problem}. {fix}, then continue with: daskprs run --resume {run.root}"
         raise StorageFull(result.failure) from None
     finally:
         try:

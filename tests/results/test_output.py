@@ -28,6 +28,22 @@ def test_format_rows_lists_and_dataframes():
     assert result_length(None) is None and result_length("ab") is None
 
 
+def test_a_file_size_limit_is_told_apart_from_a_full_disk():
+    import errno
+
+    from daskprs.results.output import no_space, storage_problem
+
+    too_big = OSError(errno.EFBIG, "File too large", "/mnt/usb/out.txt")
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert no_space(too_big) and no_space(full)  # the run stops alike for both
+    problem, fix = storage_problem(too_big, "/elsewhere")
+    assert problem.startswith("/mnt/usb/out.txt grew past the largest file allowed there")
+    assert "FAT32" in problem and "ulimit -f" in fix and "space" not in problem + fix
+    problem, fix = storage_problem(full, "/run/out.txt")
+    assert problem == "no space left on the device of /run/out.txt (No space left on device)"
+    assert fix == "Free some space there"
+
+
 def test_settings_file_is_read_and_bad_ones_are_named(tmp_path):
     assert read_step_settings(str(tmp_path)) == {}
     f = tmp_path / "parallel_run_step.settings.json"
