@@ -38,7 +38,7 @@ from daskprs.paths import URL, redact_data
 from daskprs.pipeline import ClusterChoice, JobSession, StepsRunner
 from daskprs.results import fingerprint, reuse
 from daskprs.results.jobresult import JobResult
-from daskprs.results.output import no_space
+from daskprs.results.output import no_space, storage_problem
 from daskprs.rundir import RunDir, pid_alive, write_json
 from daskprs.rundir import default_run_dir as _default_run_dir
 from daskprs.settings import EnvSettings
@@ -121,11 +121,9 @@ def _storage_failure(err: OSError, run_dir: str) -> str | None:
     for an error that is not one."""
     resume = f"then continue with: daskprs run --resume {run_dir}"
     place = err.filename or run_dir
-    if no_space(err):
-        return (
-            f"no space left on the device of {place} ({err.strerror}). Free some space "
-            f"there, {resume}"
-        )
+    if no_space(err):  # (full, over a quota, or past a file-size limit)
+        problem, fix = storage_problem(err, place)
+        return f"{problem}. {fix}, {resume}"
     if err.errno in _REFUSED:
         return f"{place}: {err.strerror}. Fix its permissions or its mount, {resume}"
     if err.errno == errno.EIO:

@@ -10,7 +10,7 @@
     │   ├── ResumeRefused             --resume / rerun-failed refused
     │   └── RunLocked                 another live driver is running that run now
     ├── JobFailed                     exit 42: the job ran and failed (a budget, a timeout, ...)
-    │   └── StorageFull               no space left where the run or an output is written
+    │   └── StorageFull               no space (or a file-size limit) where the run writes
     └── Interrupted                   exit 130: SIGINT or SIGTERM
 
 Every message says what is wrong and how to fix it.
@@ -164,8 +164,9 @@ class StorageError(JobFailed):
 
 
 class StorageFull(StorageError):
-    """A disk or quota filled up under the run directory or an output (exit status 42); the
-    message names the path and the command that continues the run once there is room."""
+    """A disk or quota filled up under the run directory or an output, or a file there grew
+    past the largest size allowed (exit status 42); the message names the path, the cause
+    and the command that continues the run once it is fixed."""
 
 
 class Interrupted(DaskprsError):

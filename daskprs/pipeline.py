@@ -492,18 +492,21 @@ class StepsRunner:
         else:
             self._outputs(step)
 
-    def _outputs(self, step: ParallelStep | CommandStep) -> None:
+    def _outputs(self, step: ParallelStep | CommandStep, unwritten: str | None = None) -> None:
         """Name the step's outputs in the result (a parallel step's ``append_row_to`` file
-        for the folder that holds it)."""
+        for the folder that holds it), but ``unwritten``: an ``append_row_to`` file the step
+        could not write (its disk full), which does not exist."""
         append = getattr(step, "append_row_to", None)
         for out in step.outputs.values():
             shown = out.path
             if append and os.path.dirname(append) == out.path:
                 shown = append
-            self.result.outputs[f"{step.name}.{out.name}"] = shown
+            if shown != unwritten:
+                self.result.outputs[f"{step.name}.{out.name}"] = shown
 
     def _finished(self, step: ParallelStep, outcome: StepOutcome) -> None:
-        self._outputs(step)
+        unwritten = step.append_row_to if outcome.output is None else None
+        self._outputs(step, unwritten)
         self.result.steps.append(outcome)
 
     def _command(self, step: CommandStep) -> str | None:

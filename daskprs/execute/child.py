@@ -17,6 +17,8 @@ entry script can run in another interpreter, and a process starts in tens of mil
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib.util
 import inspect
 import os
@@ -56,6 +58,12 @@ PROCESS_MARK = "daskprs_process"
 
 # Times :func:`end_marked` looks again for marked processes (one forked while it killed).
 _SWEEPS = 10
+
+# Errors of the disk a part is written to (those of daskprs.results.output.no_space, which is
+# too heavy to import here): not the rows' fault, so not WRONG_RETURN. The process ends with
+# the error, as before (PROCESS_DIED, retried), and the driver's own writes to that disk stop
+# the run, saying it is full.
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 _TRACEBACK_LINES = 20
 # Characters kept of an error line and of a traceback: an exception carrying megabytes of
@@ -216,7 +224,8 @@ class _Runner:
         if self.error_log is None:
             return
         os.makedirs(os.path.dirname(self.error_log), exist_ok=True)
-        with open(self.error_log, "a", encoding="utf-8") as f:
+        # a lone surrogate in an error (a file name that is not UTF-8) is escaped, not fatal
+        with open(self.error_log, "a", encoding="utf-8", errors="backslashreplace") as f:
             f.write(redact(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n{tb}\n\n"))
 
     def setup_process(self) -> None:
@@ -372,7 +381,7 @@ class _Runner:
         part: str | None,
         pack: bool = False,
     ) -> TryRecord:
-        from daskprs.results.formatting import result_length, write_rows
+        from daskprs.results.formatting import result_length
 
         n = result_length(result)
         if n is None:
@@ -399,28 +408,107 @@ class _Runner:
         elif n < total:
             what = "items" if isinstance(result, list | tuple) else "rows"
             warning = short_return(n, total, what)
-        written = None
-        if part is not None and pack:
+        try:
+            written = self._write_part(result, part, pack)
+        except OSError as err:
+            if err.errno in _STORAGE_ERRNOS:
+                raise  # the part's disk, not the rows: the run's own no-space handling
+            error, tb = self._unwritable(err, result)
+        except Exception as exc:  # an item's str(), its encoding, a to_csv option
+            error, tb = self._unwritable(exc, result)
+        else:
+            return base.with_(
+                status=Status.RUN_DONE,
+                total=total,
+                succeeded=n,
+                failed=total - n,
+                run_seconds=seconds,
+                part=written,
+                warning=warning,
+            )
+        self.log_error(f"mini-batch {base.mb}: {error}", tb)
+        return base.with_(
+            status=Status.WRONG_RETURN,
+            total=total,
+            failed=total,
+            run_seconds=seconds,
+            error=error,
+            traceback=tb,
+        )
+
+    def _write_part(self, result: Any, part: str | None, pack: bool) -> str | None:
+        """Write the rows of ``result`` to the try's part; the part its record names.
+
+        A write that raises leaves nothing of this try: the pack is cut back to where the try
+        began (the next try appends there), a part of its own is removed.
+        """
+        from daskprs.results.formatting import write_rows
+
+        if part is None:
+            return None
+        if pack:
             # appended to its task's pack: a range, flushed before the record goes out
             f = self._pack(part)
             offset = f.tell()
-            write_rows(result, f, self.cfg.to_csv)
-            f.flush()
-            written = pack_ref(part, offset, f.tell() - offset)
-        elif part is not None:
-            # written in place: a part counts only once the ledger records its try DONE, which
-            # comes after this, so a part cut short is never read
+            try:
+                write_rows(result, f, self.cfg.to_csv)
+                f.flush()
+            except BaseException:
+                self._cut_pack(offset)
+                raise
+            return pack_ref(part, offset, f.tell() - offset)
+        # written in place: a part counts only once the ledger records its try DONE, which
+        # comes after this, so a part cut short is never read
+        try:
             with open(part, "wb") as f:
                 write_rows(result, f, self.cfg.to_csv)
-            written = part
-        return base.with_(
-            status=Status.RUN_DONE,
-            total=total,
-            succeeded=n,
-            failed=total - n,
-            run_seconds=seconds,
-            part=written,
-            warning=warning,
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(part)
+            raise
+        return part
+
+    def _cut_pack(self, offset: int) -> None:
+        """Cut the open pack back to ``offset``, dropping what a failed write left in its
+        buffer and on disk; when it cannot be cut (its disk failed), close it: the next try
+        opens it again at its end, and the bytes past ``offset`` stay unread."""
+        f = self._packed
+        try:
+            f.seek(offset)  # drops what the buffer holds
+            f.truncate(offset)
+        except OSError:
+            self._packed = None
+            with contextlib.suppress(OSError):
+                f.close()
+
+    def _unwritable(self, exc: BaseException, result: Any) -> tuple[str, str]:
+        """The error of a try whose rows cannot be written, naming the item or row, and its
+        traceback."""
+        from daskprs.results.formatting import PART_FORMAT, first_unwritable
+
+        error, tb = _format_error(exc, self.script_path)
+        at = first_unwritable(result, self.cfg.to_csv)
+        if isinstance(result, list | tuple):
+            which = f"item {at}" if at is not None else "items"
+            how = (
+                "each item is written as str(item) in UTF-8: return items whose str() works "
+                "and holds no lone surrogate (such as '\\udcff' from a file name that is not "
+                "UTF-8)"
+            )
+        else:
+            which = f"row {at} (index {result.index[at]!r})" if at is not None else "rows"
+            options = {k: v for k, v in self.cfg.to_csv.items() if k != PART_FORMAT}
+            how = (
+                f"rows are written with to_csv options {options} from "
+                "parallel_run_step.settings.json: fix the values or the options"
+                if options
+                else "fix the values"
+            )
+        kind = type(result).__name__
+        return (
+            f"run() returned a {kind} whose {which} cannot be written to the output: {error}; "
+            f"{how}",
+            tb,
         )
 
 

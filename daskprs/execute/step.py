@@ -43,6 +43,7 @@ from daskprs.results.output import (
     no_space,
     output_written,
     record_output,
+    storage_problem,
 )
 from daskprs.results.packs import split_ref
 from daskprs.rundir import RunDir
@@ -279,10 +280,10 @@ def _assemble(dest: str, parts: Mapping[int, str], stop: Stop, hint: str) -> Sto
     except OSError as err:
         if not no_space(err):
             raise
+        problem, fix = storage_problem(err, dest)
         return Stop(
-            f"no space left on the device of {err.filename or dest} while writing the output "
-            f"{dest} ({err.strerror}); what was written of it is removed and every "
-            f"mini-batch done is kept. Free some space there, then continue with: {hint}",
+            f"{problem} while writing the output {dest}; what was written of it is removed "
+            f"and every mini-batch done is kept. {fix}, then continue with: {hint}",
             Budget.STORAGE,
         )
     return stop

@@ -183,6 +183,23 @@ def _left_out(skipped: list[str] | None, path: str, what: str, err: OSError) -> 
         skipped.append(note)
 
 
+def _not_files(skipped: list[str] | None, paths: list[str]) -> None:
+    """Note (in ``skipped`` and the log) the entries of the input left out because they are
+    neither files nor folders: a named pipe, a socket or a device holds no data to read, and
+    opening a pipe would wait for a writer (Azure lists files only)."""
+    if not paths:
+        return
+    shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+    what, them = ("entry", "it") if len(paths) == 1 else ("entries", "them")
+    note = (
+        f"{len(paths)} {what} left out of the input: not a regular file (a named pipe, a "
+        f"socket or a device): {shown}; move {them} out of the input folder"
+    )
+    log.warning("%s", note)
+    if skipped is not None:
+        skipped.append(note)
+
+
 def _entries(it: Iterator[os.DirEntry], path: str, skip: Callable) -> Iterator[os.DirEntry]:
     """The entries of the open listing ``it`` of folder ``path``; one that fails part-way
     keeps what it listed before the error, which ``skip`` names."""
@@ -276,9 +293,11 @@ def _walk_local(folder: str, skipped: list[str] | None = None) -> PackedListing:
 
     An entry that cannot be examined (a link that loops back to itself, a folder that cannot
     be read) is left out alone, never with the folder around it: each is named in
-    ``skipped`` (the plan's notes) and in the log."""
+    ``skipped`` (the plan's notes) and in the log. So are the entries that are neither files
+    nor folders (a named pipe, a socket, a device, or a link to one), in one note."""
     out = PackedListing(folder)
     mltable_file = MLTABLE_FILE
+    not_files: list[str] = []
 
     def skip(path: str, what: str, err: OSError) -> None:
         out.complete = False
@@ -363,7 +382,12 @@ def _walk_local(folder: str, skipped: list[str] | None = None) -> PackedListing:
         except OSError as err:  # ELOOP (a link to itself), EACCES (a locked target)
             skip(path, "left out of the input: it cannot be examined", err)
             continue
+        if st is not None and not stat.S_ISREG(st.st_mode):  # a pipe, socket, device
+            out.complete = False
+            not_files.append(path)
+            continue
         out.add(base, name, st)
+    _not_files(skipped, not_files)
     return out.done()
 
 
@@ -375,12 +399,18 @@ def _find(fs: Any, folder: str, skipped: list[str] | None = None) -> list[_Found
         return [(f.url, f.rel, f.size, f.mtime) for f in listed]
     base = folder.rstrip("/")
     out = []
+    not_files = []
     for path, info in fs.find(folder, detail=True).items():
         if info.get("type") == "directory":
             continue
         rel = path[len(base) :].lstrip("/")
-        if not _hidden(rel):
-            out.append((path, rel, info.get("size"), modified_time(info)))
+        if _hidden(rel):
+            continue
+        if info.get("type") == "other" and not info.get("islink"):  # a pipe, socket, device
+            not_files.append(path)
+            continue
+        out.append((path, rel, info.get("size"), modified_time(info)))
+    _not_files(skipped, not_files)
     return out
 
 
@@ -442,6 +472,11 @@ def _list_file(fs: Any, path: str, url: str, skipped: list[str] | None = None) -
         raise PlanningError(f"{url}: file not found; check the path") from err
     if info.get("type") == "directory":
         raise PlanningError(f"{url}: is a folder, not a file; use 'folder:' or type uri_folder")
+    if info.get("type") == "other":  # a link's target is examined: a pipe, socket, device
+        raise PlanningError(
+            f"{url}: not a regular file (a named pipe, a socket or a device holds no data to "
+            "read); point the input at a file"
+        )
     return [(path, posixpath.basename(path), info.get("size"), modified_time(info))]
 
 

@@ -91,6 +91,11 @@ def _load_files(batch: FileBatch, cache_dir: str) -> list[str]:
     for url in batch.files:
         if "://" not in url:
             if not os.path.isfile(url):
+                if os.path.exists(url):  # a stat, never an open: a pipe's would block
+                    raise BatchLoadError(
+                        f"{url}: not a regular file (a named pipe, a socket or a device holds "
+                        "no data to read); move it out of the input"
+                    )
                 raise BatchLoadError(f"{url}: file not found (it was listed when planning)")
             out.append(url)
             continue

@@ -270,4 +270,24 @@ def read_step_settings(code_dir: str) -> dict[str, Any]:
             + "; "
             + S.suggest(unknown[0], _to_csv_parameters(), "option")
         )
+    _check_to_csv_values(path, options)
     return options
+
+
+def _check_to_csv_values(path: str, options: dict[str, Any]) -> None:
+    """Write a small frame with ``options`` as the rows will be written, so that a value
+    ``to_csv`` refuses (``"sep": "ab"``, an unknown encoding) is found before the job runs,
+    not by every try of every mini-batch."""
+    import io
+
+    import pandas
+
+    sample = pandas.DataFrame({"n": [1], "x": [0.5], "text": ["a b"]})
+    try:
+        sample.to_csv(io.BytesIO(), **options)  # (bytes: an unknown encoding is refused too)
+    except Exception as err:
+        raise ValueError(
+            f"{path}: pandas.DataFrame.to_csv cannot write rows with these options "
+            f"({type(err).__name__}: {err}); fix the value, e.g. a one-character separator: "
+            f"{_SETTINGS_EXAMPLE}"
+        ) from err

@@ -14,7 +14,7 @@ from conftest import output_of, write_job
 from daskprs.api import resume_job, run_job
 from daskprs.errors import PlanningError
 from daskprs.inputs import listing
-from daskprs.inputs.batches import BatchLoadError
+from daskprs.inputs.batches import BatchLoadError, FileBatch
 from daskprs.inputs.plan import plan_input
 from daskprs.inputs.planfile import decode_plan, encode_plan, read_plan
 from daskprs.inputs.readers import load_batch
@@ -54,6 +54,92 @@ def test_a_link_to_itself_is_left_out_alone_and_named(tmp_path, caplog):
     assert "ELOOP" in note and "move it out of the input" in note
     assert decode_plan(encode_plan(plan)).notes == plan.notes  # saved in plan.json
     assert note in caplog.text  # and in the log
+
+
+def _not_files(folder: Path) -> list[Path]:
+    """A named pipe, a socket and a link to the pipe in ``folder``: entries that are no
+    files of data (opening the pipe would block)."""
+    import socket
+
+    folder.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(folder / "pipe.txt")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(folder / "sock"))
+    sock.close()
+    (folder / "to-pipe").symlink_to(folder / "pipe.txt")
+    return [folder / "pipe.txt", folder / "sock", folder / "to-pipe"]
+
+
+def test_pipes_sockets_and_links_to_them_are_left_out_of_a_listing_in_one_note(tmp_path, caplog):
+    caplog.set_level("WARNING", logger="daskprs")
+    touch(tmp_path / "in" / "a.txt")
+    odd = _not_files(tmp_path / "in" / "sub")
+    plan = plan_input(folder_input(tmp_path / "in"), None)
+    assert [f for b in plan.batches for f in b.files] == [str(tmp_path / "in" / "a.txt")]
+    [note] = plan.notes
+    assert note.startswith("3 entries left out of the input: not a regular file (a named pipe")
+    assert all(str(p) in note for p in odd) and "move them out of the input" in note
+    assert note in caplog.text
+
+
+def test_a_pipe_is_left_out_of_an_fsspec_listing_too(tmp_path):
+    from fsspec.implementations.local import LocalFileSystem
+
+    class Listed(LocalFileSystem):  # ls overridden: listed through fsspec's find
+        cachable = False
+
+        def ls(self, path, detail=False, **kwargs):
+            return super().ls(path, detail=detail, **kwargs)
+
+    touch(tmp_path / "in" / "a.txt")
+    os.mkfifo(tmp_path / "in" / "pipe.txt")
+    found = listing.list_input(folder_input(tmp_path / "in"), listing.Storage(None, Listed()))
+    assert [f.rel for f in found.files] == ["a.txt"]
+    assert len(found.skipped) == 1 and "1 entry left out" in found.skipped[0]
+    assert str(tmp_path / "in" / "pipe.txt") in found.skipped[0]
+
+
+def test_a_folder_of_pipes_only_or_a_pipe_as_the_input_file_is_a_planning_error(tmp_path):
+    os.mkfifo(tmp_path / "pipe.txt")
+    with pytest.raises(PlanningError, match=r"pipe\.txt: not a regular file"):
+        plan_input(DataInput("data", "uri_file", str(tmp_path / "pipe.txt"), "ro_mount"), None)
+    (tmp_path / "in").mkdir()
+    os.mkfifo(tmp_path / "in" / "pipe.txt")
+    with pytest.raises(PlanningError, match="no file of the folder could be listed: 1 entry"):
+        plan_input(folder_input(tmp_path / "in"), None)
+
+
+def test_a_pipe_in_a_plan_fails_its_load_saying_what_it_is_without_opening_it(tmp_path):
+    """A plan made before pipes were left out lists one: reading it says what it is (it is
+    not missing) and never opens it (that would wait for a writer)."""
+    os.mkfifo(tmp_path / "pipe.txt")
+    with pytest.raises(BatchLoadError, match=r"pipe\.txt: not a regular file"):
+        load_batch(FileBatch(0, (str(tmp_path / "pipe.txt"),)), cache_dir=str(tmp_path))
+
+
+READ = """
+import os
+
+def run(mini_batch):
+    return [os.path.basename(p) + " " + str(len(open(p, "rb").read())) for p in mini_batch]
+"""
+
+
+@pytest.mark.slow
+def test_a_job_whose_input_holds_a_pipe_runs_its_files_and_notes_the_pipe(tmp_path, client):
+    for name in ("a.txt", "b.txt"):
+        touch(tmp_path / "data" / name)
+    os.mkfifo(tmp_path / "data" / "pipe.txt")
+    job = write_job(
+        tmp_path, READ, input_yaml="type: uri_folder\npath: ./data", mini_batch_size='"1"'
+    )
+    lines: list[str] = []
+    result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lines.append)
+    assert result.ok, result.failure
+    assert result.steps[0].summary["total"] == 2
+    assert output_of(tmp_path / "run").read_text() == "a.txt 1\nb.txt 1\n"
+    pipe = tmp_path / "data" / "pipe.txt"
+    assert any(line.startswith("note: 1 entry left out") and str(pipe) in line for line in lines)
 
 
 def _scandir_failing_for(monkeypatch, where: Path, fail_after: int | None = None):

@@ -28,6 +28,22 @@ def test_format_rows_lists_and_dataframes():
     assert result_length(None) is None and result_length("ab") is None
 
 
+def test_a_file_size_limit_is_told_apart_from_a_full_disk():
+    import errno
+
+    from daskprs.results.output import no_space, storage_problem
+
+    too_big = OSError(errno.EFBIG, "File too large", "/mnt/usb/out.txt")
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert no_space(too_big) and no_space(full)  # the run stops alike for both
+    problem, fix = storage_problem(too_big, "/elsewhere")
+    assert problem.startswith("/mnt/usb/out.txt grew past the largest file allowed there")
+    assert "FAT32" in problem and "ulimit -f" in fix and "space" not in problem + fix
+    problem, fix = storage_problem(full, "/run/out.txt")
+    assert problem == "no space left on the device of /run/out.txt (No space left on device)"
+    assert fix == "Free some space there"
+
+
 def test_settings_file_is_read_and_bad_ones_are_named(tmp_path):
     assert read_step_settings(str(tmp_path)) == {}
     f = tmp_path / "parallel_run_step.settings.json"
@@ -42,6 +58,42 @@ def test_settings_file_is_read_and_bad_ones_are_named(tmp_path):
     f.write_text(json.dumps({"append_row": {"pandas.DataFrame.to_csv": {"sepp": ","}}}))
     with pytest.raises(ValueError, match="no option 'sepp'; did you mean `sep`"):
         read_step_settings(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"sep": "ab"}, '"delimiter" must be a 1-character string'),
+        ({"encoding": "utf-9"}, "unknown encoding: utf-9"),
+    ],
+)
+def test_a_settings_value_to_csv_refuses_is_named_before_the_job_runs(tmp_path, options, error):
+    f = tmp_path / "parallel_run_step.settings.json"
+    f.write_text(json.dumps({"append_row": {"pandas.DataFrame.to_csv": options}}))
+    with pytest.raises(ValueError) as caught:
+        read_step_settings(str(tmp_path))
+    message = str(caught.value)
+    assert str(f) in message and error in message
+    assert "one-character separator" in message  # how to fix it
+
+
+class _NoStr:
+    def __str__(self):
+        raise ValueError("no str")
+
+
+def test_the_first_item_or_row_that_cannot_be_written_is_found():
+    from daskprs.results.formatting import first_unwritable
+
+    assert first_unwritable(["a", "b"]) is None
+    assert first_unwritable([]) is None
+    assert first_unwritable(["a", "b", _NoStr(), _NoStr()]) == 2
+    assert first_unwritable(("a", "bad \udcff")) == 1
+    df = pd.DataFrame({"text": [f"row {i}" for i in range(1000)]})
+    df.loc[777, "text"] = "café"
+    assert first_unwritable(df, {"encoding": "ascii"}) == 777
+    assert first_unwritable(df) is None
+    assert first_unwritable(df.iloc[:3], {"sep": "ab"}) == 0  # every row: the first
 
 
 def test_an_invalid_settings_file_fails_validation_naming_it(tmp_path):
@@ -60,6 +112,24 @@ def test_an_invalid_settings_file_fails_validation_naming_it(tmp_path):
         assert "parallel_run_step.settings.json" in result.output
         assert "internal error" not in result.output
     assert not (tmp_path / "r").exists()  # refused before anything started
+
+
+def test_a_bad_separator_in_the_settings_file_fails_validation(tmp_path):
+    from click.testing import CliRunner
+
+    from daskprs.cli import cli
+
+    make_files(tmp_path / "data", 2)
+    job = write_job(
+        tmp_path, "def run(mb):\n    return mb\n", input_yaml="type: uri_folder\npath: ./data"
+    )
+    (tmp_path / "code/parallel_run_step.settings.json").write_text(
+        json.dumps({"append_row": {"pandas.DataFrame.to_csv": {"sep": "ab"}}})
+    )
+    result = CliRunner().invoke(cli, ["validate", str(job)])
+    assert result.exit_code == 2, result.output
+    assert "parallel_run_step.settings.json" in result.output
+    assert '"delimiter" must be a 1-character string' in result.output
 
 
 TABLE = """

@@ -4,6 +4,7 @@ to do, found as early as it can be; the partial output removed so the space come
 from __future__ import annotations
 
 import contextlib
+import resource
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -83,3 +84,54 @@ def test_an_output_location_that_cannot_be_written_is_found_before_anything_runs
         assert proc.returncode == 2, proc.stderr
         assert f"cannot write the output {readonly / 'out'}" in proc.stderr
         assert "cluster" not in proc.stderr  # found before any cluster started
+
+
+BIG_ROWS = """
+import os
+
+def run(mini_batch):
+    return [os.path.basename(p) + " " + "x" * 1000 for p in mini_batch for _ in range(150)]
+"""
+
+
+def test_an_output_past_the_file_size_limit_says_so_and_is_not_named_as_written(tmp_path):
+    """EFBIG (FAT32's 4 GiB, ``ulimit -f``) is not a full disk: the message names the limit
+    and its fixes, and the output that does not exist is not printed as the run's output."""
+    make_files(tmp_path / "data", 20)
+    job = write_job(
+        tmp_path, BIG_ROWS, input_yaml="type: uri_folder\npath: ./data", mini_batch_size='"1"'
+    )
+    run_dir = tmp_path / "run"
+    limit = 2 * 2**20  # each part is 150 kB, the output 3 MB
+
+    def small_files() -> None:
+        resource.setrlimit(
+            resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1])
+        )
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "daskprs",
+            "run",
+            str(job),
+            "--workers",
+            "1",
+            "--run-dir",
+            str(run_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=small_files,
+    )
+    assert proc.returncode == 42, proc.stderr
+    assert "grew past the largest file allowed there (File too large)" in proc.stderr
+    assert (
+        "ulimit -f" in proc.stderr
+        and f"continue with: daskprs run --resume {run_dir}" in proc.stderr
+    )
+    assert "no space left" not in proc.stderr and "Traceback" not in proc.stderr
+    assert "output score.result:" not in proc.stdout + proc.stderr
+    assert list((run_dir / "outputs/score/result").iterdir()) == []
