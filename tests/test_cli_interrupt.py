@@ -245,3 +245,74 @@ def test_a_command_group_that_ignores_sigterm_is_killed(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+# `python -c HOLD run ...`: `python -m daskprs run ...`, held where HOLD_AT says (a module's
+# import, or click parsing the arguments) until the test's signal comes
+HOLD = """
+import os, runpy, sys, time
+
+def hold(*args, **kwargs):
+    open(os.environ["HELD"], "w").close()
+    time.sleep(600)
+
+class HoldImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == os.environ["HOLD_AT"]:
+            hold()
+        return None
+
+if os.environ["HOLD_AT"] == "parsing":
+    import daskprs.cli
+    daskprs.cli.cli.make_context = hold
+else:
+    sys.meta_path.insert(0, HoldImport())
+runpy.run_module("daskprs", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize(
+    ("args", "hold_at", "said"),
+    [
+        ("run job.yml", "daskprs.cli", "interrupted before the command began: nothing was done"),
+        ("run job.yml", "parsing", "interrupted before the command began: nothing was done"),
+        ("run job.yml", "daskprs.api", "interrupted before the run started: nothing to resume"),
+        ("run --resume old", "daskprs.api", "Continue with: daskprs run --resume"),
+        ("rerun-failed old", "daskprs.api", "Continue with: daskprs run --resume"),
+        ("validate job.yml", "daskprs.job.load", "interrupted: nothing was checked"),
+        ("status old", "daskprs.observe.status", "interrupted"),
+        ("report old", "daskprs.observe.report", "interrupted: no report written"),
+    ],
+)
+def test_an_interrupt_while_the_command_line_loads_exits_130_with_one_line(
+    tmp_path, signum, args, hold_at, said
+):
+    """While a command imports what it needs (Dask: the first second of `daskprs run`) an
+    interrupt, SIGTERM too, exits 130 with one line, not click's "Aborted!" (1) or a
+    traceback."""
+    (tmp_path / "job.yml").write_text(PIPELINE)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "run.json").write_text("{}")  # a run to resume
+    held = tmp_path / "held"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, *args.split()],
+        cwd=tmp_path,
+        env={**os.environ, "HOLD_AT": hold_at, "HELD": str(held)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        poll_for(held.exists, timeout=120)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    [line] = err.strip().splitlines()
+    assert said in line, err
