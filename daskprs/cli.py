@@ -6,6 +6,7 @@ Exit status: 0 success, 2 a problem with what the user gave, 42 the job ran and 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -430,6 +431,24 @@ def _report(run_dir: str, output: str | None) -> None:
     click.echo(f"report written to {target}")
 
 
+def _after_interrupt() -> None:
+    """Once an interrupt is said and the exit status is 130: what Dask logs while the
+    interpreter shuts down what a second interrupt left open (a cluster still starting) is
+    noise, and another interrupt ends the process at once, with the same status."""
+    logging.disable(logging.CRITICAL)
+
+    def end_now(signum: int, frame: Any) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(EXIT_INTERRUPTED)
+
+    signal.signal(signal.SIGINT, end_now)
+    signal.signal(signal.SIGTERM, end_now)
+
+
 def main() -> None:
     """Entry point of the ``daskprs`` command.
 
@@ -446,7 +465,12 @@ def main() -> None:
         sys.exit(err.exit_code)
     except (click.Abort, KeyboardInterrupt):
         _echo_err("interrupted before the command began: nothing was done")
+        _after_interrupt()
         sys.exit(EXIT_INTERRUPTED)
+    except SystemExit as done:
+        if done.code == EXIT_INTERRUPTED:
+            _after_interrupt()
+        raise
 
 
 if __name__ == "__main__":

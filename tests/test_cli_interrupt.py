@@ -316,3 +316,57 @@ def test_an_interrupt_while_the_command_line_loads_exits_130_with_one_line(
     assert proc.returncode == 130, err
     [line] = err.strip().splitlines()
     assert said in line, err
+
+
+# HOLD, with a thread that stands for a cluster a second Ctrl-C left starting: it logs as
+# Dask does once the interpreter shuts down, then keeps the process from ending
+LEFT_STARTING = """
+import logging, os, threading, time
+
+def still_starting():
+    while threading.main_thread().is_alive():
+        time.sleep(0.05)
+    logging.getLogger("distributed.worker").error("Could not close executor")
+    open(os.environ["SHUTTING_DOWN"], "w").close()
+    time.sleep(600)
+
+logging.basicConfig()
+threading.Thread(target=still_starting).start()
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_after_an_interrupt_dask_is_quiet_and_another_one_ends_the_process(tmp_path, signum):
+    """Once the interrupt is said, what Dask logs while the interpreter shuts down is not
+    shown, and a second interrupt ends the process at once, with 130 still."""
+    (tmp_path / "job.yml").write_text(PIPELINE)
+    held, shutting_down = tmp_path / "held", tmp_path / "shutting-down"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LEFT_STARTING + HOLD, "run", "job.yml", "--run-dir", "run"],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "HOLD_AT": "daskprs.api",
+            "HELD": str(held),
+            "SHUTTING_DOWN": str(shutting_down),
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        poll_for(held.exists, timeout=120)
+        proc.send_signal(signum)
+        poll_for(shutting_down.exists, timeout=120)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == [
+        "interrupted before the run started: nothing to resume (run the job again)"
+    ]
