@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from daskprs.errors import DaskprsError, Interrupted, JobSpecError
+from daskprs.errors import DaskprsError, Interrupted, JobSpecError, UserInputError
 from daskprs.rundir import default_run_dir
 from daskprs.settings import EnvSettings
 
@@ -427,7 +427,13 @@ def _report(run_dir: str, output: str | None) -> None:
 
     view = _run_dir_view(run_dir)
     target = os.path.abspath(output or os.path.join(view.root, "report.html"))
-    write_report(view, target)
+    try:
+        write_report(view, target)
+    except OSError as err:  # a read-only or full filesystem, missing permissions
+        raise UserInputError(
+            f"cannot write the report {target}: {err.strerror or err}. Write it elsewhere "
+            f"with -o FILE (daskprs report {run_dir} -o FILE)"
+        ) from err
     click.echo(f"report written to {target}")
 
 
