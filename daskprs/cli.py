@@ -17,7 +17,6 @@ from typing import Any
 import click
 
 from daskprs.errors import DaskprsError, Interrupted, JobSpecError, UserInputError
-from daskprs.rundir import default_run_dir
 from daskprs.settings import EnvSettings
 
 __all__ = ["main"]
@@ -266,6 +265,8 @@ def run(
     if force:
         raise click.UsageError("--force goes with --resume")
     _existing_file(file)
+    from daskprs.rundir import default_run_dir
+
     # chosen here, as run_job would choose it, so that an interrupt can name it
     new_dir = run_dir or default_run_dir(os.path.splitext(os.path.basename(file))[0])
 
