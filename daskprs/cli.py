@@ -6,6 +6,7 @@ Exit status: 0 success, 2 a problem with what the user gave, 42 the job ran and 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -15,7 +16,7 @@ from typing import Any
 
 import click
 
-from daskprs.errors import DaskprsError, Interrupted, JobSpecError
+from daskprs.errors import DaskprsError, Interrupted, JobSpecError, UserInputError
 from daskprs.settings import EnvSettings
 
 __all__ = ["main"]
@@ -43,16 +44,27 @@ def _interrupted(run_dir: str | None) -> str:
     return "interrupted before the run started: nothing to resume (run the job again)"
 
 
-def _guard(fn: Callable[[], Any], run_dir: str | None = None) -> int:
-    """Call ``fn`` and turn what it raises into an exit status and a message (``run_dir``:
-    the run directory of the run ``fn`` runs, for the command that continues it)."""
+def _guard(
+    fn: Callable[[], Any], run_dir: str | None = None, interrupted: str | None = None
+) -> int:
+    """Call ``fn`` and turn what it raises into an exit status and a message.
+
+    Parameters
+    ----------
+    fn : callable
+        The command's work, its imports included: an interrupt while Dask loads is one too.
+    run_dir : str, optional
+        The run directory of the run ``fn`` runs, for the command that continues it.
+    interrupted : str, optional
+        What to say about an interrupt, for a command that runs no job.
+    """
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         fn()
         return 0
     except KeyboardInterrupt:
-        _echo_err(_interrupted(run_dir))
+        _echo_err(interrupted or _interrupted(run_dir))
         return EXIT_INTERRUPTED
     except Interrupted as err:
         _echo_err(f"interrupted: {err}")
@@ -219,8 +231,8 @@ def run(
 
     With --resume RUN_DIR, continue that run: only the mini-batches not yet committed run.
     """
-    from daskprs.api import default_run_dir, resume_job, run_job
-
+    # daskprs.api (Dask, pandas) is imported in the guarded calls: an interrupt while it
+    # loads exits 130 too
     tls = (scheduler, tls_ca_file, tls_cert, tls_key)
     if resume is not None:
         v1 = input_path or output_path or arguments is not None or side_inputs
@@ -232,8 +244,11 @@ def run(
             )
         if file is not None:
             _existing_file(file)
-        _run_and_exit(
-            lambda: resume_job(
+
+        def resume_run() -> Any:
+            from daskprs.api import resume_job
+
+            return resume_job(
                 resume,
                 file,
                 force=force,
@@ -242,18 +257,23 @@ def run(
                 security=_security(*tls),
                 staging=staging,
                 keep_staged=keep_staged,
-            ),
-            resume,
-        )
+            )
+
+        _run_and_exit(resume_run, resume)
     if file is None:
         raise click.UsageError("give a job FILE to run, or --resume RUN_DIR")
     if force:
         raise click.UsageError("--force goes with --resume")
     _existing_file(file)
+    from daskprs.rundir import default_run_dir
+
     # chosen here, as run_job would choose it, so that an interrupt can name it
-    new_dir = run_dir or default_run_dir(file)
-    _run_and_exit(
-        lambda: run_job(
+    new_dir = run_dir or default_run_dir(os.path.splitext(os.path.basename(file))[0])
+
+    def new_run() -> Any:
+        from daskprs.api import run_job
+
+        return run_job(
             file,
             sets=sets,
             run_dir=new_dir,
@@ -268,9 +288,9 @@ def run(
             side_inputs=side_inputs,
             staging=staging,
             keep_staged=keep_staged,
-        ),
-        new_dir,
-    )
+        )
+
+    _run_and_exit(new_run, new_dir)
 
 
 @cli.command("rerun-failed")
@@ -293,10 +313,11 @@ def rerun_failed(
 ) -> None:
     """Run the failed and cancelled mini-batches of a finished run again, and re-assemble
     its output (for example after fixing the entry script)."""
-    from daskprs.api import resume_job
 
-    _run_and_exit(
-        lambda: resume_job(
+    def rerun() -> Any:
+        from daskprs.api import resume_job
+
+        return resume_job(
             run_dir,
             rerun_failed=True,
             scheduler=scheduler,
@@ -304,9 +325,9 @@ def rerun_failed(
             security=_security(scheduler, tls_ca_file, tls_cert, tls_key),
             staging=staging,
             keep_staged=keep_staged,
-        ),
-        run_dir,
-    )
+        )
+
+    _run_and_exit(rerun, run_dir)
 
 
 @cli.command()
@@ -322,9 +343,21 @@ def validate(
     side_inputs: tuple[str, ...],
 ) -> None:
     """Check a job FILE without running it."""
+    _existing_file(file)
+    checked = (file, sets, input_path, output_path, arguments, side_inputs)
+    sys.exit(_guard(lambda: _validate(*checked), interrupted="interrupted: nothing was checked"))
+
+
+def _validate(
+    file: str,
+    sets: tuple[str, ...],
+    input_path: str | None,
+    output_path: str | None,
+    arguments: str | None,
+    side_inputs: tuple[str, ...],
+) -> None:
     from daskprs.job.load import validate_file
 
-    _existing_file(file)
     job, problems, notes = validate_file(
         file, sets, input_path, output_path, arguments, side_inputs
     )
@@ -367,9 +400,13 @@ def _run_dir_view(run_dir: str) -> Any:
 def status(run_dir: str) -> None:
     """A one-screen summary of RUN_DIR: state per step, counts, failed mini-batches, and
     what to run next. Works on a finished, failed, interrupted or still-running run."""
-    from daskprs.observe.status import format_status
 
-    click.echo(format_status(_run_dir_view(run_dir)))
+    def show() -> None:
+        from daskprs.observe.status import format_status
+
+        click.echo(format_status(_run_dir_view(run_dir)))
+
+    sys.exit(_guard(show, interrupted="interrupted"))
 
 
 @cli.command()
@@ -383,17 +420,64 @@ def status(run_dir: str) -> None:
 def report(run_dir: str, output: str | None) -> None:
     """Write a self-contained HTML report of RUN_DIR: outcome and budgets, a timeline of
     tries per process, throughput, the slowest mini-batches, failures and resource use."""
+    sys.exit(_guard(lambda: _report(run_dir, output), interrupted="interrupted: no report written"))
+
+
+def _report(run_dir: str, output: str | None) -> None:
     from daskprs.observe.report import write_report
 
     view = _run_dir_view(run_dir)
     target = os.path.abspath(output or os.path.join(view.root, "report.html"))
-    write_report(view, target)
+    try:
+        write_report(view, target)
+    except OSError as err:  # a read-only or full filesystem, missing permissions
+        raise UserInputError(
+            f"cannot write the report {target}: {err.strerror or err}. Write it elsewhere "
+            f"with -o FILE (daskprs report {run_dir} -o FILE)"
+        ) from err
     click.echo(f"report written to {target}")
 
 
+def _after_interrupt() -> None:
+    """Once an interrupt is said and the exit status is 130: what Dask logs while the
+    interpreter shuts down what a second interrupt left open (a cluster still starting) is
+    noise, and another interrupt ends the process at once, with the same status."""
+    logging.disable(logging.CRITICAL)
+
+    def end_now(signum: int, frame: Any) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(EXIT_INTERRUPTED)
+
+    signal.signal(signal.SIGINT, end_now)
+    signal.signal(signal.SIGTERM, end_now)
+
+
 def main() -> None:
-    """Entry point of the ``daskprs`` command."""
-    cli(prog_name="daskprs")
+    """Entry point of the ``daskprs`` command.
+
+    SIGTERM interrupts as Ctrl-C does from here on, and an interrupt at any moment exits
+    130 with one line: the commands say what it stopped, and one that comes before a
+    command has begun (while its arguments are parsed) stopped nothing.
+    """
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        # not standalone: click would end an interrupt with "Aborted!" and status 1
+        cli.main(prog_name="daskprs", standalone_mode=False)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        _echo_err("interrupted before the command began: nothing was done")
+        _after_interrupt()
+        sys.exit(EXIT_INTERRUPTED)
+    except SystemExit as done:
+        if done.code == EXIT_INTERRUPTED:
+            _after_interrupt()
+        raise
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -42,6 +44,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# how long an interrupted command step has after SIGTERM to end before it is killed, and how
+# long the driver then waits for the killed processes to go
+COMMAND_GRACE_SECONDS = 5.0
+_KILLED_SECONDS = 5.0
 # a step's processes started before it planned, and the check of its imports (a thread's)
 _Early = tuple[WarmSlots, concurrent.futures.Future[None]]
 
@@ -81,15 +87,82 @@ def _run_command(step: CommandStep, run: RunDir, echo: Callable[[str], None]) ->
         open(os.path.join(log_dir, "stdout.txt"), "wb") as out,
         open(os.path.join(log_dir, "stderr.txt"), "wb") as err,
     ):
-        proc = subprocess.run(
-            step.command, shell=True, cwd=step.code_dir, env=env, stdout=out, stderr=err
+        proc = subprocess.Popen(
+            step.command,
+            shell=True,
+            cwd=step.code_dir,
+            env=env,
+            stdout=out,
+            stderr=err,
+            # its own session and process group: an interrupt ends the shell and everything
+            # the command started with it, none of it left writing into the outputs
+            start_new_session=True,
         )
-    if proc.returncode != 0:
+        try:
+            returncode = proc.wait()
+        except BaseException:  # Ctrl-C or SIGTERM: the driver ends only once the command has
+            if not end_process_group(proc, COMMAND_GRACE_SECONDS):
+                echo(
+                    f"[{step.name}] warning: processes of the command (process group "
+                    f"{proc.pid}) were still there {_KILLED_SECONDS:g} s after SIGKILL"
+                )
+            raise
+    if returncode != 0:
         return (
-            f"command step {step.name} exited with code {proc.returncode}; see "
+            f"command step {step.name} exited with code {returncode}; see "
             f"{os.path.join(log_dir, 'stderr.txt')}"
         )
     return None
+
+
+def end_process_group(proc: subprocess.Popen[bytes], grace: float) -> bool:
+    """End ``proc``, started in a session of its own, and every process of its group.
+
+    Parameters
+    ----------
+    proc : subprocess.Popen
+        The group's leader (started with ``start_new_session=True``).
+    grace : float
+        Seconds the group has after SIGTERM before what is left of it gets SIGKILL (a second
+        Ctrl-C meanwhile cuts them short).
+
+    Returns
+    -------
+    bool
+        Whether the group is gone (its leader reaped); False if processes were still there
+        a few seconds after SIGKILL (stuck in the kernel).
+    """
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        ended = _group_ended(proc, grace)
+    except KeyboardInterrupt:  # asked again: no more grace
+        ended = False
+    if not ended:
+        _signal_group(proc.pid, signal.SIGKILL)
+        ended = _group_ended(proc, _KILLED_SECONDS)
+    return ended
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:  # every process of it has ended already
+        pass
+
+
+def _group_ended(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Poll until ``proc`` is reaped and no process is left in its group, for at most
+    ``timeout`` seconds; whether they are."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def command_environment(step: CommandStep) -> dict[str, str]:
@@ -515,11 +588,33 @@ class StepsRunner:
         if self.s.mode != Mode.RUN and os.path.exists(done):
             self.s.echo(f"[{step.name}] command step already done in an earlier session")
             return None
+        if self._clear_outputs(step):
+            self.s.echo(
+                f"[{step.name}] the command did not finish in an earlier session: it runs "
+                "again in empty output folders (what it had written is removed)"
+            )
         failure = _run_command(step, self.s.run, self.s.echo)
         if failure is None:
             os.makedirs(os.path.dirname(done), exist_ok=True)
             open(done, "w").close()
         return failure
+
+    def _clear_outputs(self, step: CommandStep) -> bool:
+        """Remove what an unfinished earlier run of a command step left in its outputs that
+        the run directory holds (``<run dir>/outputs/<step>/<output>``), as Azure runs a
+        command in fresh output folders; an output given a path of its own is the user's
+        folder, left as it is. Whether anything was removed."""
+        removed = False
+        for out in step.outputs.values():
+            path = out.path
+            if path != self.s.run.output(step.name, out.name) or not os.path.lexists(path):
+                continue
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+            removed = True
+        return removed
 
     def _plan(self, step: ParallelStep, fresh: Plan | None = None) -> Plan:
         """The step's plan: planned now for a new run; the saved one for a resume or rerun,

@@ -149,3 +149,224 @@ def test_a_ctrl_c_to_the_terminals_process_group_prints_one_message(tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert err.count(f"daskprs run --resume {run_dir}") == 1, err
+
+
+COMMAND_ONLY = """\
+type: pipeline
+jobs:
+  prep:
+    type: command
+    code: ./code
+    command: python work.py ${{outputs.data}}
+    outputs:
+      data: {type: uri_folder}
+"""
+
+# The first session leaves a file in the output, starts a helper process and waits; the
+# pids go to `pids` for the test. A rerun (pids there) writes its file and ends.
+WORK = """\
+import os, subprocess, sys, time
+
+open(os.path.join(sys.argv[1], f"written-by-{os.getpid()}"), "w").close()
+if not os.path.exists("pids"):
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    with open("pids.tmp", "w") as f:
+        f.write(f"{os.getpid()} {helper.pid}")
+    os.rename("pids.tmp", "pids")
+    time.sleep(600)
+"""
+
+
+def _daskprs(*args: str, cwd) -> subprocess.Popen:
+    """`python -m daskprs ...` in a session of its own, SIGINT at its default."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "daskprs", *args],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_command_step_ends_before_the_driver_and_reruns_in_empty_outputs(
+    tmp_path, signum
+):
+    """A signal to the driver alone ends the command and what it started before the driver
+    exits 130; the resumed run runs the command again in an empty output folder."""
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "work.py").write_text(WORK)
+    (tmp_path / "job.yml").write_text(COMMAND_ONLY)
+    run_dir = tmp_path / "run"
+    pids_file = tmp_path / "code" / "pids"
+    proc = _daskprs("run", "job.yml", "--run-dir", str(run_dir), cwd=tmp_path)
+    pids: list[int] = []
+    try:
+        poll_for(pids_file.exists, timeout=120)
+        pids = [int(p) for p in pids_file.read_text().split()]
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err
+        assert "Traceback" not in err, err
+        # ended, and reaped by the driver or init, by the time the driver exits
+        assert [p for p in pids if pid_alive(p)] == [], err
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for pid in pids:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    resumed = _daskprs("run", "--resume", str(run_dir), cwd=tmp_path)
+    _, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err
+    assert "runs again in empty output folders" in err, err
+    written = [p.name for p in (run_dir / "outputs/prep/data").iterdir()]
+    assert len(written) == 1 and written != [f"written-by-{pids[0]}"], written
+
+
+def test_a_command_group_that_ignores_sigterm_is_killed(tmp_path):
+    """What is left of an interrupted command's process group after the grace period gets
+    SIGKILL, and the call returns once it is gone."""
+    from daskprs.pipeline import end_process_group
+
+    ready = tmp_path / "ready"
+    script = f"trap '' TERM; sleep 600 & echo $! > {ready}.tmp; mv {ready}.tmp {ready}; wait"
+    proc = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    try:
+        poll_for(ready.exists, timeout=60)
+        sleeper = int(ready.read_text())
+        assert end_process_group(proc, grace=0.2)
+        assert proc.returncode == -signal.SIGKILL
+        assert not pid_alive(sleeper)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# `python -c HOLD run ...`: `python -m daskprs run ...`, held where HOLD_AT says (a module's
+# import, or click parsing the arguments) until the test's signal comes
+HOLD = """
+import os, runpy, sys, time
+
+def hold(*args, **kwargs):
+    open(os.environ["HELD"], "w").close()
+    time.sleep(600)
+
+class HoldImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == os.environ["HOLD_AT"]:
+            hold()
+        return None
+
+if os.environ["HOLD_AT"] == "parsing":
+    import daskprs.cli
+    daskprs.cli.cli.make_context = hold
+else:
+    sys.meta_path.insert(0, HoldImport())
+runpy.run_module("daskprs", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize(
+    ("args", "hold_at", "said"),
+    [
+        ("run job.yml", "daskprs.cli", "interrupted before the command began: nothing was done"),
+        ("run job.yml", "parsing", "interrupted before the command began: nothing was done"),
+        ("run job.yml", "daskprs.api", "interrupted before the run started: nothing to resume"),
+        ("run --resume old", "daskprs.api", "Continue with: daskprs run --resume"),
+        ("rerun-failed old", "daskprs.api", "Continue with: daskprs run --resume"),
+        ("validate job.yml", "daskprs.job.load", "interrupted: nothing was checked"),
+        ("status old", "daskprs.observe.status", "interrupted"),
+        ("report old", "daskprs.observe.report", "interrupted: no report written"),
+    ],
+)
+def test_an_interrupt_while_the_command_line_loads_exits_130_with_one_line(
+    tmp_path, signum, args, hold_at, said
+):
+    """While a command imports what it needs (Dask: the first second of `daskprs run`) an
+    interrupt, SIGTERM too, exits 130 with one line, not click's "Aborted!" (1) or a
+    traceback."""
+    (tmp_path / "job.yml").write_text(PIPELINE)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "run.json").write_text("{}")  # a run to resume
+    held = tmp_path / "held"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, *args.split()],
+        cwd=tmp_path,
+        env={**os.environ, "HOLD_AT": hold_at, "HELD": str(held)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        poll_for(held.exists, timeout=120)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    [line] = err.strip().splitlines()
+    assert said in line, err
+
+
+# HOLD, with a thread that stands for a cluster a second Ctrl-C left starting: it logs as
+# Dask does once the interpreter shuts down, then keeps the process from ending
+LEFT_STARTING = """
+import logging, os, threading, time
+
+def still_starting():
+    while threading.main_thread().is_alive():
+        time.sleep(0.05)
+    logging.getLogger("distributed.worker").error("Could not close executor")
+    open(os.environ["SHUTTING_DOWN"], "w").close()
+    time.sleep(600)
+
+logging.basicConfig()
+threading.Thread(target=still_starting).start()
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_after_an_interrupt_dask_is_quiet_and_another_one_ends_the_process(tmp_path, signum):
+    """Once the interrupt is said, what Dask logs while the interpreter shuts down is not
+    shown, and a second interrupt ends the process at once, with 130 still."""
+    (tmp_path / "job.yml").write_text(PIPELINE)
+    held, shutting_down = tmp_path / "held", tmp_path / "shutting-down"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LEFT_STARTING + HOLD, "run", "job.yml", "--run-dir", "run"],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "HOLD_AT": "daskprs.api",
+            "HELD": str(held),
+            "SHUTTING_DOWN": str(shutting_down),
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        poll_for(held.exists, timeout=120)
+        proc.send_signal(signum)
+        poll_for(shutting_down.exists, timeout=120)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == [
+        "interrupted before the run started: nothing to resume (run the job again)"
+    ]

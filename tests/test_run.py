@@ -411,3 +411,42 @@ jobs:
     log = tmp_path / "run/logs/steps/prep/stderr.txt"
     assert str(log) in result.failure and "no data today" in log.read_text()
     assert result.steps == []  # the parallel step did not run
+
+
+def test_a_command_step_that_failed_reruns_in_empty_outputs_of_the_run_directory(tmp_path):
+    """What a failed command wrote in the outputs the run directory holds is removed before
+    a resume runs it again; an output with a path of its own is the user's, left as is."""
+    from daskprs.api import resume_job
+
+    (tmp_path / "code").mkdir()
+    # fails the first time, after writing into both outputs
+    (tmp_path / "code" / "make.py").write_text(
+        "import os, sys\n"
+        "for out in sys.argv[1:]:\n"
+        "    open(os.path.join(out, f'from-{os.getpid()}'), 'w').close()\n"
+        "if not os.path.exists('failed-once'):\n"
+        "    open('failed-once', 'w').close()\n"
+        "    sys.exit(1)\n"
+    )
+    job = tmp_path / "pipeline.yml"
+    job.write_text(
+        """\
+type: pipeline
+jobs:
+  prep:
+    type: command
+    code: ./code
+    command: python make.py ${{outputs.data}} ${{outputs.mine}}
+    outputs:
+      data: {type: uri_folder}
+      mine: {type: uri_folder, path: ./mine}
+"""
+    )
+    lines: list[str] = []
+    first = run_job(job, run_dir=tmp_path / "run", echo=lines.append)
+    assert not first.ok
+    resumed = resume_job(tmp_path / "run", echo=lines.append)
+    assert resumed.ok, resumed.failure
+    assert len(list((tmp_path / "run/outputs/prep/data").iterdir())) == 1
+    assert len(list((tmp_path / "mine").iterdir())) == 2
+    assert any("runs again in empty output folders" in line for line in lines), lines

@@ -15,6 +15,7 @@ first sample of a process) is left out rather than drawn as 0 %.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import itertools
 import math
@@ -619,11 +620,23 @@ outlined, timeouts hatched. Hover a box for the mini-batch, try and error.{pause
 
 
 def write_report(view: RunView, path: str) -> None:
-    """Write the report of ``view`` to ``path`` (replaced atomically)."""
+    """Write the report of ``view`` to ``path`` (replaced atomically).
+
+    Raises
+    ------
+    OSError
+        ``path`` cannot be written (a read-only filesystem, missing permissions, a full
+        disk); no temporary file is left beside it.
+    """
     text = render_html(build_report(view))
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):  # cut short (a full disk, an interrupt)
+            with contextlib.suppress(OSError):
+                os.remove(tmp)

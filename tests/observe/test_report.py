@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from rundirs import T0, bad, make_run, ok
 
@@ -134,3 +139,46 @@ def test_a_single_resource_sample_draws_no_empty_chart(tmp_path):
     )
     page = render_html(build_report(read_run(root)))
     assert "the resource monitor took fewer than two samples" in page
+
+
+@contextlib.contextmanager
+def small_filesystem(where: Path) -> Iterator[Path]:
+    """A tmpfs of 1 MiB mounted at ``where`` (root only), unmounted after."""
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); needs root")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.mark.parametrize("how", ["read-only", "full"])
+def test_a_run_directory_that_cannot_hold_the_report_is_a_clear_error(tmp_path, how):
+    """Exit 2 naming the file, why, and -o to write it elsewhere; no file left half-written."""
+    with small_filesystem(tmp_path / "fs") as fs:
+        root, _ = failing_run(fs)
+        if how == "read-only":
+            subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True)
+            why = "Read-only file system"
+        else:
+            with open(fs / "filler", "wb", buffering=0) as f:  # until the disk is full
+                with contextlib.suppress(OSError):
+                    while True:
+                        f.write(b"x" * 4096)
+            why = "No space left on device"
+        result = CliRunner().invoke(cli, ["report", str(root)])
+        target = root / "report.html"
+        assert result.exit_code == 2, result.output
+        assert f"cannot write the report {target}: {why}" in result.output
+        assert f"-o FILE (daskprs report {root} -o FILE)" in result.output
+        assert not target.exists() and not (root / "report.html.tmp").exists()
+        elsewhere = tmp_path / "report.html"
+        result = CliRunner().invoke(cli, ["report", str(root), "-o", str(elsewhere)])
+        assert result.exit_code == 0, result.output
+        assert elsewhere.read_text().startswith("<!DOCTYPE html>")
