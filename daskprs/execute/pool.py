@@ -20,8 +20,9 @@ Tries queued on the worker never started and are simply run elsewhere.
 
 The pool also holds a lease on the driver: the driver rewrites the step's lease file every
 few seconds (:class:`LeaseKeeper`), and a pool that sees it unchanged for ``lease_seconds``
-(the driver was killed; its plugin is still registered) kills its children, so no
-entry-script process outlives its run for the life of the worker.
+(the driver was killed; its plugin is still registered), or written by another session's
+driver (a resume of the step), kills its children, so no entry-script process outlives its
+run for the life of the worker.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ __all__ = ["LEASE", "LeaseKeeper", "SlotPool", "pool_of"]
 
 # The lease, in the step's folder (see `LeaseKeeper`).
 LEASE = "lease"
+# The most seconds between two looks of a slot pool at its driver's lease.
+_LEASE_LOOK_EVERY = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -290,25 +293,41 @@ class SlotPool(WorkerPlugin):
     # -- the driver's lease ------------------------------------------------------------------
     def _watch_lease(self, store: StepStore, seconds: float) -> None:
         path = store.url(LEASE)
+        mine = lease_owner(self.ctx.token)
         last, seen = None, time.monotonic()
-        while not self._closed.wait(seconds / 4):
+        # looked at often enough to see a resuming driver's lease while its session runs
+        every = min(seconds / 4, _LEASE_LOOK_EVERY)
+        while not self._closed.wait(every):
             try:
                 value = store.get(LEASE)
             except Exception:  # an unreachable store gives no sign either
                 value = None
-            if value is not None and value != last:
+            if value is not None and not value.startswith(mine):
+                # another driver holds the step's lease: it resumed the step, so this pool's
+                # driver is gone (killed), whatever time is left of its lease
+                why = "another driver resumed the step"
+            elif value is not None and value != last:
                 last, seen = value, time.monotonic()
+                continue
             elif time.monotonic() - seen > seconds:
-                log.warning(
-                    "the driver of step run %s gave no sign for %.0f s (lease %s); killing its "
-                    "entry-script processes",
-                    self.ctx.token,
-                    seconds,
-                    path,
-                )
-                self._expired.set()
-                self.close(kill=True)
-                return
+                why = f"its driver gave no sign for {seconds:.0f} s"
+            else:
+                continue
+            log.warning(
+                "step run %s: %s (lease %s); killing its entry-script processes",
+                self.ctx.token,
+                why,
+                path,
+            )
+            self._expired.set()
+            self.close(kill=True)
+            return
+
+
+def lease_owner(token: str) -> bytes:
+    """How the lease of step run ``token`` starts: a lease that starts otherwise is another
+    session's."""
+    return f"{token} ".encode()
 
 
 def pool_name(token: str) -> str:
@@ -335,10 +354,13 @@ class LeaseKeeper:
         The step's folder the workers see (the run directory's, or the staging store's).
     seconds : float
         The lease; workers kill their children after that long without a rewrite.
+    token : str
+        The step run (session) it is this driver's lease for: a pool of another session
+        that sees it knows its own driver is gone.
     """
 
-    def __init__(self, store: StepStore, seconds: float):
-        self.store, self.seconds = store, seconds
+    def __init__(self, store: StepStore, seconds: float, token: str):
+        self.store, self.seconds, self.token = store, seconds, token
         self.path = store.url(LEASE)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="daskprs-lease", daemon=True)
@@ -352,7 +374,8 @@ class LeaseKeeper:
     def _beat(self) -> None:
         self._beats += 1
         try:
-            self.store.put(LEASE, f"{os.getpid()} {self._beats}\n".encode())
+            beat = f"{os.getpid()} {self._beats}\n".encode()
+            self.store.put(LEASE, lease_owner(self.token) + beat)
         except Exception as err:  # a store that fails once may answer the next time
             log.warning("cannot renew the lease %s: %s", self.path, err)
 
@@ -364,6 +387,7 @@ class LeaseKeeper:
         self._stop.set()
         self._thread.join()
         try:
-            self.store.remove(LEASE)
+            if (self.store.get(LEASE) or b"").startswith(lease_owner(self.token)):
+                self.store.remove(LEASE)  # (a later driver's lease is its own)
         except Exception as err:  # a lease left behind only expires
             log.warning("cannot remove the lease %s: %s", self.path, err)

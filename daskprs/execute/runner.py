@@ -444,7 +444,9 @@ def drive(
     # the pool starts every worker's slots now: the children import their libraries while
     # the driver submits
     plugins.append(SlotPool(ctx))
-    lease = LeaseKeeper(ctx.store, ctx.lease_seconds).start() if ctx.lease_seconds else None
+    lease = (
+        LeaseKeeper(ctx.store, ctx.lease_seconds, ctx.token).start() if ctx.lease_seconds else None
+    )
     try:
         for plugin in plugins:
             client.register_plugin(plugin)

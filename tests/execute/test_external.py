@@ -224,3 +224,71 @@ def test_a_killed_driver_leaves_no_entry_script_running_on_the_workers(tmp_path,
             driver.wait()
         assert pid_alive(child)  # the child belongs to the worker, not to the driver
         poll_for(lambda: not pid_alive(child), timeout=60)
+
+
+LINGER_ONCE = """
+import os, time
+
+def run(mini_batch, context):
+    marks = os.environ["MARKS"]
+    first = os.path.join(marks, "child.pid")
+    if context.minibatch_index == 0 and not os.path.exists(first):
+        with open(first + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(first + ".tmp", first)
+        time.sleep(3600)  # until something ends this process
+    if context.minibatch_index == 0:
+        # the resumed session's try waits for the killed session's process to be gone (at
+        # most two minutes, far less than the lease), and says whether it went
+        old = int(open(first).read())
+        deadline = time.monotonic() + 120
+        while os.path.exists(f"/proc/{old}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        gone = not os.path.exists(f"/proc/{old}")
+        open(os.path.join(marks, "gone" if gone else "still-there"), "w").close()
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+def test_a_resumed_step_ends_the_killed_drivers_processes_before_its_lease_expires(
+    tmp_path, monkeypatch
+):
+    """A resume writes the step's lease with its own session: the killed session's slot pools,
+    still on the workers, see another driver's lease and end their children then, not a whole
+    lease later."""
+    import signal
+    import subprocess
+    import sys
+
+    from daskprs.api import resume_job
+    from daskprs.testing import poll_for
+
+    monkeypatch.setenv("DASKPRS_LEASE_SECONDS", "600")  # expiry cannot be what ends them
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    make_files(tmp_path / "data", 2)
+    job = write_job(
+        tmp_path,
+        LINGER_ONCE,
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"1"',
+        extra=f"environment_variables:\n  MARKS: {marks}\n",
+    )
+    run = tmp_path / "run"
+    with external_cluster_at(tmp_path) as address:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "daskprs", "run", str(job), "--run-dir", str(run),
+             "--scheduler", address],
+            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            poll_for(lambda: (marks / "child.pid").exists(), timeout=120)
+        finally:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+        result = resume_job(run, scheduler=address, echo=lambda s: None)
+    assert result.ok, result.failure
+    assert (marks / "gone").exists() and not (marks / "still-there").exists()
+    # ended by the resumed driver's lease (not by Dask forgetting the killed driver's tasks)
+    assert "another driver resumed the step" in (tmp_path / "cluster.log").read_text()
