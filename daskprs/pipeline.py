@@ -31,7 +31,7 @@ from daskprs.job.model import ClusterSpec, CommandStep, Job, ParallelStep
 from daskprs.observe.progress import Progress
 from daskprs.results import fingerprint, reuse
 from daskprs.results.jobresult import JobResult, StepOutcome
-from daskprs.rundir import RunDir
+from daskprs.rundir import RunDir, write_json
 from daskprs.settings import EnvSettings
 
 __all__ = [
@@ -323,6 +323,18 @@ def _drop_stats(batches: Any) -> None:
         batches.stats = None
 
 
+def _reuse_marker(path: str) -> dict[str, Any] | None:
+    """What ``reused.json`` says of the earlier run a step was reused from; None when it
+    cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            found = json.load(f)
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(found, dict) and isinstance(found.get("run_dir"), str) and "outcome" in found
+    return found if ok else None
+
+
 def _in_thread(fn: Callable[..., T], *args: Any, name: str = "key") -> concurrent.futures.Future[T]:
     """``fn(*args)`` started in a thread of its own (``daskprs-<name>``); its result (or
     error) from the future."""
@@ -416,9 +428,15 @@ class StepsRunner:
         """Run a step, or reuse it (a new run only; see :mod:`daskprs.results.reuse`)."""
         marker = self.s.run.step(step.name).reused
         if self.s.mode != Mode.RUN and os.path.exists(marker):
-            with open(marker, encoding="utf-8") as f:
-                self._reused(step, json.load(f), marker, copy=False)
-            return None
+            found = _reuse_marker(marker)
+            if found is not None:
+                self._reused(step, found, marker, copy=False)
+                return None
+            raise ResumeRefused(
+                f"{marker} cannot be read (cut short by a crash, or changed by hand): which "
+                f"earlier run step {step.name} was reused from is not known. Run the job anew "
+                "in a new run directory (the step is reused again there if it can be)"
+            )
         reusable = self.s.mode == Mode.RUN and step.is_deterministic
         parallel = isinstance(step, ParallelStep)
         # Nothing to look up first (or nothing recorded to find): the cluster starts while
@@ -470,9 +488,11 @@ class StepsRunner:
             raise
         if keying is not None:
             key = keying.result()
+        saved = outcome.to_dict() if outcome is not None else None
         if failure is None and key is not None:
-            saved = outcome.to_dict() if outcome is not None else None
             reuse.remember(self.s.run.root, key, step, saved)
+        elif failure is None and self.s.mode != Mode.RUN:
+            reuse.remember_again(self.s.run.root, step, saved)
         return failure
 
     def _plans_first(self, step: ParallelStep | CommandStep) -> bool:
@@ -548,8 +568,7 @@ class StepsRunner:
         if copy:
             reuse.copy_outputs(found, step.outputs)
             os.makedirs(os.path.dirname(marker), exist_ok=True)
-            with open(marker, "w", encoding="utf-8") as f:
-                json.dump(found, f, indent=2, default=str)
+            write_json(marker, found)  # (a later session reads it: whole or not at all)
             echo(
                 f"[{step.name}] reused: inputs, code and settings unchanged since the run "
                 f"{earlier}; its outputs are copied from there (--force-rerun runs it again)"

@@ -130,6 +130,18 @@ def test_steps_are_reused_until_an_input_code_or_flag_changes(tmp_path, client):
         "[score] reused from the run" in resumed.stderr
         and ran(resumed.stderr.splitlines()) == set()
     )
+    # and says so: finished, reused, nothing to run (not a run to resume)
+    status = daskprs("status", "r2", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert "SUCCEEDED" in status.stdout and "next: nothing left to run" in status.stdout
+    assert f"reused        (from the run {tmp_path / 'r1'})" in status.stdout
+    # a marker cut short by a crash: a clear refusal, not a traceback
+    marker = tmp_path / "r2/steps/score/reused.json"
+    kept = marker.read_text()
+    marker.write_text("")
+    torn = daskprs("run", "--resume", "r2", cwd=tmp_path)
+    assert torn.returncode == 2 and "reused.json cannot be read" in torn.stderr, torn.stderr
+    marker.write_text(kept)
 
     # a changed input file: the step reading it runs, the one before it is reused
     (tmp_path / "lookup" / "factor.txt").write_text("100")
@@ -162,3 +174,42 @@ def test_steps_are_reused_until_an_input_code_or_flag_changes(tmp_path, client):
     assert proc.returncode == 0, proc.stderr
     assert ran(proc.stderr.splitlines()) == set()
     assert result_lines(elsewhere / "r10") == ["100", "101", "102", "103"]
+
+
+FAILS_UNTIL_FIXED = """
+import os
+
+def run(mini_batch):
+    names = [os.path.basename(p) for p in mini_batch]
+    if "f001.txt" in names and not os.path.exists(os.environ["FIXED"]):
+        raise ValueError("not fixed yet")
+    return names
+"""
+
+
+def test_a_step_reused_after_its_failures_were_rerun_takes_the_outcome_it_has_now(tmp_path, client):
+    """The outcome a run reuses is the one its outputs hold now: after ``rerun-failed``, not
+    its first session's (which named failures whose rows are in the output since)."""
+    from conftest import make_files, write_job
+
+    from daskprs.api import resume_job
+
+    make_files(tmp_path / "data", 3)
+    job = write_job(
+        tmp_path,
+        FAILS_UNTIL_FIXED,
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"1"',
+        extra=f"retry_settings:\n  max_retries: 0\nenvironment_variables:\n"
+        f"  FIXED: {tmp_path / 'fixed'}",
+    )
+    quiet = {"client": client, "echo": lambda s: None}
+    first = run_job(job, run_dir=tmp_path / "a", **quiet)
+    assert first.ok and first.steps[0].summary["failed"] == 1  # within its thresholds
+    (tmp_path / "fixed").touch()
+    assert resume_job(tmp_path / "a", rerun_failed=True, **quiet).ok
+    again = run_job(job, run_dir=tmp_path / "b", **quiet)
+    assert again.reused == {"score": str(tmp_path / "a")}
+    assert again.steps[0].summary["failed"] == 0 and again.steps[0].summary["done"] == 3
+    assert (tmp_path / "b/failed_mini_batches.jsonl").read_text() == ""
+    assert "0 failed" in (tmp_path / "b/logs/job_result.txt").read_text()

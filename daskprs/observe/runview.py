@@ -85,6 +85,9 @@ class RunPaths:
     def command_done(self, step: str) -> str:
         return self._run.step(step).done
 
+    def reused(self, step: str) -> str:
+        return self._run.step(step).reused
+
 
 @dataclass
 class StepView:
@@ -110,6 +113,8 @@ class StepView:
     command_done: bool = False
     # ledger lines that could not be read (cut short by a crash, or of the wrong shape)
     skipped_lines: int = 0
+    # the earlier run this run reused the step from (its outputs copied; it did not run here)
+    reused_from: str | None = None
 
     def count(self, state: str) -> int:
         return sum(1 for s in self.states.values() if s == state)
@@ -154,6 +159,8 @@ class StepView:
 
     @property
     def finished(self) -> bool:
+        if self.reused_from is not None:
+            return True
         if self.kind == "command":
             return self.command_done
         return self.total > 0 and self.pending == 0
@@ -286,6 +293,9 @@ def _planned_items(path: str) -> dict[int, int]:
 
 def _step_view(paths: RunPaths, name: str, kind: str, settings: dict[str, Any]) -> StepView:
     view = StepView(name=name, kind=kind, settings=settings)
+    reused = _read_json(paths.reused(name))
+    if isinstance(reused, dict):
+        view.reused_from = str(reused.get("run_dir") or "an earlier run")
     if kind == "command":
         view.command_done = os.path.exists(paths.command_done(name))
         return view

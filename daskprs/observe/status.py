@@ -31,6 +31,8 @@ def _when(seconds: float) -> str:
 
 
 def _step_state(step: StepView, run_state: str) -> str:
+    if step.reused_from is not None:
+        return "reused"
     if step.kind == "command":
         return "done" if step.command_done else "not done"
     if step.total == 0 and not step.tries:
@@ -65,7 +67,8 @@ def next_command(view: RunView) -> str | None:
     if any(s.count("FAILED") or s.count("CANCELLED") for s in view.steps):
         return f"daskprs rerun-failed {view.root}"
     unfinished = any(
-        (s.kind == "parallel" and s.pending) or (s.kind == "command" and not s.command_done)
+        s.reused_from is None
+        and ((s.kind == "parallel" and s.pending) or (s.kind == "command" and not s.command_done))
         for s in view.steps
     )
     if unfinished:
@@ -99,6 +102,9 @@ def format_status(view: RunView) -> str:
     )
     for s in view.steps:
         st = _step_state(s, state)
+        if s.reused_from is not None:
+            lines.append(f"  {s.name:<{width}}  {st:<13} (from the run {s.reused_from})")
+            continue
         if s.kind == "command":
             lines.append(f"  {s.name:<{width}}  {st:<13} (command step)")
             continue

@@ -37,6 +37,7 @@ __all__ = [
     "lookup",
     "recorded",
     "remember",
+    "remember_again",
     "search_roots",
     "step_key",
 ]
@@ -220,6 +221,22 @@ def remember(
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2, default=str)
     os.replace(tmp, path)
+
+
+def remember_again(
+    run_dir: str, step: ParallelStep | CommandStep, outcome: Mapping[str, Any] | None
+) -> None:
+    """A later session of ``run_dir`` (a resume, ``rerun-failed``) ended ``step`` with
+    ``outcome``: the record its first session left, if any, says so, so that a run reusing
+    the step takes the outcome its outputs now hold (same inputs: a session refuses changed
+    ones)."""
+    try:
+        with open(_record_path(run_dir, step.name), encoding="utf-8") as f:
+            key = json.load(f)["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if isinstance(key, str):
+        remember(run_dir, key, step, outcome)
 
 
 def _usable(record: Mapping[str, Any], step: ParallelStep | CommandStep) -> bool:
