@@ -345,17 +345,14 @@ def validate(
     """Check a job FILE without running it."""
     _existing_file(file)
     checked = (file, sets, input_path, output_path, arguments, side_inputs)
-    sys.exit(_guard(lambda: _validate(*checked), interrupted="interrupted: nothing was checked"))
+    sys.exit(_guard(lambda: _validate(checked), interrupted="interrupted: nothing was checked"))
 
 
 def _validate(
-    file: str,
-    sets: tuple[str, ...],
-    input_path: str | None,
-    output_path: str | None,
-    arguments: str | None,
-    side_inputs: tuple[str, ...],
+    checked: tuple[str, tuple[str, ...], str | None, str | None, str | None, tuple[str, ...]],
 ) -> None:
+    """``validate``'s work (under its guard): the file, ``--set``s and v1 options."""
+    file, sets, input_path, output_path, arguments, side_inputs = checked
     from daskprs.job.load import validate_file
 
     job, problems, notes = validate_file(

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from conftest import pid_alive, poll_for
@@ -179,15 +180,37 @@ if not os.path.exists("pids"):
 
 def _daskprs(*args: str, cwd) -> subprocess.Popen:
     """`python -m daskprs ...` in a session of its own, SIGINT at its default."""
+    return _python("-m", "daskprs", *args, cwd=cwd)
+
+
+def _python(*args: str, cwd, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`python ARGS` in a session of its own, SIGINT at its default, ``env`` added to this
+    process's environment; its stderr is read by ``communicate``."""
     return subprocess.Popen(
-        [sys.executable, "-m", "daskprs", *args],
+        [sys.executable, *args],
         cwd=cwd,
+        env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+def _signalled(proc: subprocess.Popen, signum: int, *waits: Path) -> str:
+    """Send ``proc`` ``signum`` once each of ``waits`` exists, in turn; return its stderr
+    once it ended (killed if it does not)."""
+    try:
+        for wait in waits:
+            poll_for(wait.exists, timeout=120)
+            proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return err
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -295,24 +318,9 @@ def test_an_interrupt_while_the_command_line_loads_exits_130_with_one_line(
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "run.json").write_text("{}")  # a run to resume
     held = tmp_path / "held"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, *args.split()],
-        cwd=tmp_path,
-        env={**os.environ, "HOLD_AT": hold_at, "HELD": str(held)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    try:
-        poll_for(held.exists, timeout=120)
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    env = {"HOLD_AT": hold_at, "HELD": str(held)}
+    proc = _python("-c", HOLD, *args.split(), cwd=tmp_path, env=env)
+    err = _signalled(proc, signum, held)
     assert proc.returncode == 130, err
     [line] = err.strip().splitlines()
     assert said in line, err
@@ -341,31 +349,10 @@ def test_after_an_interrupt_dask_is_quiet_and_another_one_ends_the_process(tmp_p
     shown, and a second interrupt ends the process at once, with 130 still."""
     (tmp_path / "job.yml").write_text(PIPELINE)
     held, shutting_down = tmp_path / "held", tmp_path / "shutting-down"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", LEFT_STARTING + HOLD, "run", "job.yml", "--run-dir", "run"],
-        cwd=tmp_path,
-        env={
-            **os.environ,
-            "HOLD_AT": "daskprs.api",
-            "HELD": str(held),
-            "SHUTTING_DOWN": str(shutting_down),
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    try:
-        poll_for(held.exists, timeout=120)
-        proc.send_signal(signum)
-        poll_for(shutting_down.exists, timeout=120)
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    env = {"HOLD_AT": "daskprs.api", "HELD": str(held), "SHUTTING_DOWN": str(shutting_down)}
+    args = ("-c", LEFT_STARTING + HOLD, "run", "job.yml", "--run-dir", "run")
+    proc = _python(*args, cwd=tmp_path, env=env)
+    err = _signalled(proc, signum, held, shutting_down)
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == [
         "interrupted before the run started: nothing to resume (run the job again)"

@@ -185,6 +185,15 @@ def _format_error(exc: BaseException, script_path: str) -> tuple[str, str]:
     return _clip(line, _ERROR_CHARS) + where, _clip(tail, _TRACEBACK_CHARS)
 
 
+def _failed(
+    base: TryRecord, status: Status, total: int, seconds: float, error: str, tb: str = ""
+) -> TryRecord:
+    """A try of ``total`` items that failed with ``status`` after ``seconds`` in ``run()``."""
+    return base.with_(
+        status=status, total=total, failed=total, run_seconds=seconds, error=error, traceback=tb
+    )
+
+
 class _Runner:
     """State of one child: the loaded script and whether ``init()`` ran."""
 
@@ -343,14 +352,7 @@ class _Runner:
             seconds = time.perf_counter() - started
             error, tb = _format_error(exc, self.script_path)
             self.log_error(f"run() raised on mini-batch {batch.index}: {error}", tb)
-            return base.with_(
-                status=Status.RUN_EXCEPTION,
-                total=total,
-                failed=total,
-                run_seconds=seconds,
-                error=error,
-                traceback=tb,
-            )
+            return _failed(base, Status.RUN_EXCEPTION, total, seconds, error, tb)
         finally:
             saved.restore()
         seconds = time.perf_counter() - started
@@ -391,13 +393,7 @@ class _Runner:
                 + "; it must return a list, a tuple or a pandas DataFrame"
             )
             self.log_error(f"mini-batch {base.mb}: {error}", "")
-            return base.with_(
-                status=Status.WRONG_RETURN,
-                total=total,
-                failed=total,
-                run_seconds=seconds,
-                error=error,
-            )
+            return _failed(base, Status.WRONG_RETURN, total, seconds, error)
         warning = ""
         if n > total:
             warning = (
@@ -427,14 +423,7 @@ class _Runner:
                 warning=warning,
             )
         self.log_error(f"mini-batch {base.mb}: {error}", tb)
-        return base.with_(
-            status=Status.WRONG_RETURN,
-            total=total,
-            failed=total,
-            run_seconds=seconds,
-            error=error,
-            traceback=tb,
-        )
+        return _failed(base, Status.WRONG_RETURN, total, seconds, error, tb)
 
     def _write_part(self, result: Any, part: str | None, pack: bool) -> str | None:
         """Write the rows of ``result`` to the try's part; the part its record names.

@@ -6,11 +6,10 @@ import contextlib
 import os
 import re
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import tmpfs
 from rundirs import T0, bad, make_run, ok
 
 from daskprs.cli import cli
@@ -141,27 +140,10 @@ def test_a_single_resource_sample_draws_no_empty_chart(tmp_path):
     assert "the resource monitor took fewer than two samples" in page
 
 
-@contextlib.contextmanager
-def small_filesystem(where: Path) -> Iterator[Path]:
-    """A tmpfs of 1 MiB mounted at ``where`` (root only), unmounted after."""
-    where.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); needs root")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
 @pytest.mark.parametrize("how", ["read-only", "full"])
 def test_a_run_directory_that_cannot_hold_the_report_is_a_clear_error(tmp_path, how):
     """Exit 2 naming the file, why, and -o to write it elsewhere; no file left half-written."""
-    with small_filesystem(tmp_path / "fs") as fs:
+    with tmpfs(tmp_path / "fs", "size=1m") as fs:
         root, _ = failing_run(fs)
         if how == "read-only":
             subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True)

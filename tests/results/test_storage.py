@@ -3,34 +3,15 @@ to do, found as early as it can be; the partial output removed so the space come
 
 from __future__ import annotations
 
-import contextlib
 import resource
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import make_files, write_job
+from conftest import make_files, tmpfs, write_job
 
 pytestmark = pytest.mark.slow
-
-
-@contextlib.contextmanager
-def tmpfs(where: Path, options: str) -> Iterator[Path]:
-    """A small filesystem of our own mounted at ``where`` (root only), unmounted after."""
-    where.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); needs root")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 MANY_ROWS = """
