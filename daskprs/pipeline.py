@@ -31,7 +31,8 @@ from daskprs.job.model import ClusterSpec, CommandStep, Job, ParallelStep
 from daskprs.observe.progress import Progress
 from daskprs.results import fingerprint, reuse
 from daskprs.results.jobresult import JobResult, StepOutcome
-from daskprs.rundir import RunDir
+from daskprs.results.ledger import snapshot_path
+from daskprs.rundir import RunDir, StepDir
 from daskprs.settings import EnvSettings
 
 __all__ = [
@@ -224,6 +225,17 @@ def _made_by_earlier_step(step: ParallelStep, job: Job) -> str | None:
     return None
 
 
+def _set_aside(where: StepDir, why: str) -> None:
+    """Move a step's ledger (and its snapshot), claims and parts aside
+    (``<name>.<why>-<time>``): the step starts over, and the try report is written again
+    without the old tries (:mod:`daskprs.observe.processed`). The claims and parts go with
+    the ledger: the new session's tries reuse their names."""
+    suffix = f".{why}-{int(time.time())}"
+    for old in (where.ledger, snapshot_path(where.ledger), where.claims, where.parts):
+        if os.path.exists(old):
+            os.replace(old, old + suffix)
+
+
 def check_before_running(job: Job) -> tuple[list[str], list[str]]:
     """What can be checked of ``job`` in seconds without running anything: each parallel
     step's input planned from its metadata (the MLTable file, its transformations, a pattern
@@ -399,6 +411,9 @@ class StepsRunner:
         self.force_rerun = session.force_rerun or session.job.force_rerun
         # the step keys being taken in a thread, by step (see _plan)
         self._keying: dict[str, concurrent.futures.Future[str | None]] = {}
+        # the steps that wrote their outputs in this session: a later step reading one may
+        # find its input changed, and then runs again over it (see _plan)
+        self._wrote: set[str] = set()
 
     def run(self) -> None:
         """Run every step, stopping at the first failure unless the job continues on step
@@ -581,6 +596,8 @@ class StepsRunner:
         unwritten = step.append_row_to if outcome.output is None else None
         self._outputs(step, unwritten)
         self.result.steps.append(outcome)
+        if outcome.wrote:
+            self._wrote.add(step.name)
 
     def _command(self, step: CommandStep) -> str | None:
         done = self.s.run.step(step.name).done
@@ -593,6 +610,7 @@ class StepsRunner:
                 f"[{step.name}] the command did not finish in an earlier session: it runs "
                 "again in empty output folders (what it had written is removed)"
             )
+        self._wrote.add(step.name)  # its outputs are written again (a failed command's too)
         failure = _run_command(step, self.s.run, self.s.echo)
         if failure is None:
             os.makedirs(os.path.dirname(done), exist_ok=True)
@@ -618,7 +636,10 @@ class StepsRunner:
 
     def _plan(self, step: ParallelStep, fresh: Plan | None = None) -> Plan:
         """The step's plan: planned now for a new run; the saved one for a resume or rerun,
-        once its input is checked against the fingerprint taken when the run started."""
+        once its input is checked against the fingerprint taken when the run started. An
+        input that an earlier step changed by writing its output in this session is planned
+        anew, and the step starts over (its ledger, claims and parts set aside); one changed
+        otherwise is refused unless ``--force``."""
         where = self.s.run.step(step.name)
         fresh = fresh or plan_step(step)
         inputs = self.s.record.setdefault("inputs", {})
@@ -633,33 +654,43 @@ class StepsRunner:
         if self.s.mode != Mode.RUN and os.path.exists(where.plan):
             saved = read_plan(where.plan)
             what = input_change(inputs.get(step.name), new)
-            if what is not None:
-                if not self.s.force:
-                    raise ResumeRefused(
-                        f"the input of step {step.name} ({step.input_data.path}) changed since "
-                        f"the run started ({what}). Run it anew, or add --force to continue "
-                        "(mini-batches already done are kept as they are)."
-                    )
-                self.s.echo(f"note: the input of step {step.name} changed ({what}); --force given")
-                inputs[step.name] = new
-                self.s.run.write_record(self.s.record)
-            if saved.batches == fresh.batches or not self.s.force:
-                return saved
-            if os.path.exists(where.ledger) and not same_cuts(saved.batches, fresh.batches):
-                # the mini-batch ids no longer mean the same inputs: start the step over (with
-                # the same cuts the fresh plan only brings the files' new sizes and times,
-                # which the reads of the rest check)
-                # (the claims and parts go with the ledger: the new session's tries reuse their
-                # names)
-                suffix = f".before-force-{int(time.time())}"
-                for old in (where.ledger, where.claims, where.parts):
-                    if os.path.exists(old):
-                        os.replace(old, old + suffix)
+            maker = _made_by_earlier_step(step, self.s.job)
+            if what is not None and maker in self._wrote:
+                # what it did was done over the output that step had before: as an
+                # uninterrupted run would, it runs again over the new one, from scratch
+                self.s.echo(
+                    f"note: step {step.name} runs again: its input, the output of step "
+                    f"{maker}, was written again in this session"
+                )
+                _set_aside(where, "before-rerun")
+            else:
+                if what is not None:
+                    self._input_changed(step, what, new)
+                if saved.batches == fresh.batches or not self.s.force:
+                    return saved
+                if os.path.exists(where.ledger) and not same_cuts(saved.batches, fresh.batches):
+                    # the mini-batch ids no longer mean the same inputs: start the step over
+                    # (with the same cuts the fresh plan only brings the files' new sizes and
+                    # times, which the reads of the rest check)
+                    _set_aside(where, "before-force")
         inputs[step.name] = new
         os.makedirs(where.root, exist_ok=True)
         write_plan(where.plan, fresh)
         self.s.run.write_record(self.s.record)
         return fresh
+
+    def _input_changed(self, step: ParallelStep, what: str, new: dict[str, Any]) -> None:
+        """Refuse a step's input changed since the run started (not by an earlier step of
+        this session), unless ``--force``: then note it and record the new fingerprint."""
+        if not self.s.force:
+            raise ResumeRefused(
+                f"the input of step {step.name} ({step.input_data.path}) changed since "
+                f"the run started ({what}). Run it anew, or add --force to continue "
+                "(mini-batches already done are kept as they are)."
+            )
+        self.s.echo(f"note: the input of step {step.name} changed ({what}); --force given")
+        self.s.record.setdefault("inputs", {})[step.name] = new
+        self.s.run.write_record(self.s.record)
 
     def _parallel(
         self,
