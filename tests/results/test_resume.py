@@ -440,6 +440,21 @@ def _copy(source, dest) -> None:
         shutil.copy2(source, dest)
 
 
+def _rerun_failed_unwriting(run, broken, unwritten) -> None:
+    """Fix score (remove ``broken``) and rerun its failed mini-batches, then put back the
+    files and folders ``unwritten`` names (relative to ``run``) as they were before."""
+    from daskprs.api import resume_job
+
+    kept = run.parent / "kept"
+    for name in unwritten:
+        _copy(run / name, kept / name)
+    broken.unlink()
+    assert resume_job(run, rerun_failed=True, workers=1, echo=lambda s: None).ok
+    for name in unwritten:
+        _copy(kept / name, run / name)
+    shutil.rmtree(kept)
+
+
 def test_resume_after_a_crash_in_the_step_a_later_step_reads_runs_that_step_again(tmp_path):
     """A rerun-failed killed once score's rerun was committed, before score's output was
     written: the resume writes it, and count, which the first session ran over the old one,
@@ -452,13 +467,7 @@ def test_resume_after_a_crash_in_the_step_a_later_step_reads_runs_that_step_agai
     # what a driver killed before writing score's output had not written yet: score's output
     # and its record, everything of count, the run record (count's input fingerprint)
     unwritten = ("outputs/score", "steps/score/output.json", "steps/count", "outputs/count")
-    kept = tmp_path / "kept"
-    for name in (*unwritten, "run.json"):
-        _copy(run / name, kept / name)
-    broken.unlink()
-    assert resume_job(run, rerun_failed=True, workers=1, echo=lambda s: None).ok
-    for name in (*unwritten, "run.json"):
-        _copy(kept / name, run / name)
+    _rerun_failed_unwriting(run, broken, (*unwritten, "run.json"))
     counted = run / "outputs/count/result/parallel_run_step.txt"
     assert counted.read_text() == "2\n"  # over score's output without f001
     said: list[str] = []
@@ -467,4 +476,57 @@ def test_resume_after_a_crash_in_the_step_a_later_step_reads_runs_that_step_agai
     assert "[score] resume: 0 of 3 mini-batches to run" in said
     assert counted.read_text() == "3\n"
     assert any(line.startswith("note: step count runs again") for line in said)
+    _records_agree(run)
+
+
+def test_a_step_interrupted_before_it_ran_over_the_rewritten_output_runs_again(tmp_path):
+    """Ctrl-C as count begins, once rerun-failed wrote score's output: the run record keeps
+    that count has to run again, and the resume, with nothing to run in score, runs it over
+    score's new output from scratch."""
+    from daskprs.api import resume_job, run_job
+
+    job, broken = _failing_pipeline(tmp_path)
+    run = tmp_path / "run"
+    assert run_job(job, run_dir=run, workers=1, echo=lambda s: None).ok
+    broken.unlink()
+
+    def interrupt_at_count(line: str) -> None:
+        if line.startswith("note: step count"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        resume_job(run, rerun_failed=True, workers=1, echo=interrupt_at_count)
+    counted = run / "outputs/count/result/parallel_run_step.txt"
+    assert counted.read_text() == "2\n"
+    said: list[str] = []
+    again = resume_job(run, workers=1, echo=said.append)
+    assert again.ok, again.failure
+    assert "[score] resume: 0 of 3 mini-batches to run" in said
+    assert counted.read_text() == "3\n"
+    assert (
+        "note: step count runs again: its input, the output of step score, was written "
+        "again in an earlier session" in said
+    )
+    assert "rewritten" not in json.loads((run / "run.json").read_text())
+    _records_agree(run)
+
+
+def test_force_starts_over_a_step_whose_input_an_earlier_step_rewrote(tmp_path):
+    """A run whose record does not say that score wrote count's input again (left so by an
+    earlier daskprs, which refused count): the resume refuses count, and --force runs it
+    again from scratch, not keeping its tries over score's old output."""
+    from daskprs.api import resume_job, run_job
+    from daskprs.errors import ResumeRefused
+
+    job, broken = _failing_pipeline(tmp_path)
+    run = tmp_path / "run"
+    assert run_job(job, run_dir=run, workers=1, echo=lambda s: None).ok
+    _rerun_failed_unwriting(run, broken, ("steps/count", "outputs/count", "run.json"))
+    with pytest.raises(ResumeRefused, match=r"add --force to continue \(the step starts over\)"):
+        resume_job(run, workers=1, echo=lambda s: None)
+    said: list[str] = []
+    forced = resume_job(run, force=True, workers=1, echo=said.append)
+    assert forced.ok, forced.failure
+    assert (run / "outputs/count/result/parallel_run_step.txt").read_text() == "3\n"
+    assert any(line.endswith("--force given: the step starts over") for line in said)
     _records_agree(run)
