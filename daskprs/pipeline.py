@@ -666,9 +666,10 @@ class StepsRunner:
     def _plan(self, step: ParallelStep, fresh: Plan | None = None) -> Plan:
         """The step's plan: planned now for a new run; the saved one for a resume or rerun,
         once its input is checked against the fingerprint taken when the run started. An
-        input that an earlier step changed by writing its output in this session is planned
-        anew, and the step starts over (its ledger, claims and parts set aside); one changed
-        otherwise is refused unless ``--force``."""
+        input that the earlier step making it wrote again since (:meth:`_rewritten_by`) is
+        planned anew, and the step starts over (its ledger, claims and parts set aside); one
+        changed otherwise is refused unless ``--force`` (which also starts over a step whose
+        input an earlier step makes)."""
         where = self.s.run.step(step.name)
         fresh = fresh or plan_step(step)
         inputs = self.s.record.setdefault("inputs", {})
