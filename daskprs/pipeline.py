@@ -31,7 +31,8 @@ from daskprs.job.model import ClusterSpec, CommandStep, Job, ParallelStep
 from daskprs.observe.progress import Progress
 from daskprs.results import fingerprint, reuse
 from daskprs.results.jobresult import JobResult, StepOutcome
-from daskprs.rundir import RunDir, write_json
+from daskprs.results.ledger import snapshot_path
+from daskprs.rundir import RunDir, StepDir, write_json
 from daskprs.settings import EnvSettings
 
 __all__ = [
@@ -224,6 +225,17 @@ def _made_by_earlier_step(step: ParallelStep, job: Job) -> str | None:
     return None
 
 
+def _set_aside(where: StepDir, why: str) -> None:
+    """Move a step's ledger (and its snapshot), claims and parts aside
+    (``<name>.<why>-<time>``): the step starts over, and the try report is written again
+    without the old tries (:mod:`daskprs.observe.processed`). The claims and parts go with
+    the ledger: the new session's tries reuse their names."""
+    suffix = f".{why}-{int(time.time())}"
+    for old in (where.ledger, snapshot_path(where.ledger), where.claims, where.parts):
+        if os.path.exists(old):
+            os.replace(old, old + suffix)
+
+
 def check_before_running(job: Job) -> tuple[list[str], list[str]]:
     """What can be checked of ``job`` in seconds without running anything: each parallel
     step's input planned from its metadata (the MLTable file, its transformations, a pattern
@@ -411,6 +423,8 @@ class StepsRunner:
         self.force_rerun = session.force_rerun or session.job.force_rerun
         # the step keys being taken in a thread, by step (see _plan)
         self._keying: dict[str, concurrent.futures.Future[str | None]] = {}
+        # the steps that wrote their outputs in this session (see _rewrote)
+        self._wrote: set[str] = set()
 
     def run(self) -> None:
         """Run every step, stopping at the first failure unless the job continues on step
@@ -600,6 +614,8 @@ class StepsRunner:
         unwritten = step.append_row_to if outcome.output is None else None
         self._outputs(step, unwritten)
         self.result.steps.append(outcome)
+        if outcome.wrote:
+            self._rewrote(step)
 
     def _command(self, step: CommandStep) -> str | None:
         done = self.s.run.step(step.name).done
@@ -612,11 +628,42 @@ class StepsRunner:
                 f"[{step.name}] the command did not finish in an earlier session: it runs "
                 "again in empty output folders (what it had written is removed)"
             )
+        self._rewrote(step)  # (before it runs: a command killed midway has written too)
         failure = _run_command(step, self.s.run, self.s.echo)
         if failure is None:
             os.makedirs(os.path.dirname(done), exist_ok=True)
             open(done, "w").close()
         return failure
+
+    def _rewrote(self, step: ParallelStep | CommandStep) -> None:
+        """Note that ``step`` writes its outputs in this session: the later steps that read
+        one and were planned over what it held before run again over it, from scratch (see
+        :meth:`_plan`). The run record keeps them (``rewritten``) until they do, for a later
+        session when this one ends before them (an interrupt, a crash, a failed step)."""
+        self._wrote.add(step.name)
+        planned = self.s.record.get("inputs", {})
+        later = [
+            s.name
+            for s in self.s.job.parallel_steps
+            if s.name in planned and _made_by_earlier_step(s, self.s.job) == step.name
+        ]
+        if later:
+            self.s.record.setdefault("rewritten", {}).update(dict.fromkeys(later, step.name))
+            self.s.run.write_record(self.s.record)
+
+    def _rewritten_by(self, step: ParallelStep) -> str | None:
+        """The earlier step that wrote ``step``'s input again since ``step`` was planned (see
+        :meth:`_rewrote`); None if none did."""
+        by = self.s.record.get("rewritten", {}).get(step.name)
+        return str(by) if by is not None else None
+
+    def _replanned(self, step: ParallelStep) -> None:
+        """Take ``step`` off the run record's list of :meth:`_rewritten_by`: its input is
+        fingerprinted again (the caller writes the record)."""
+        marks = self.s.record.get("rewritten", {})
+        marks.pop(step.name, None)
+        if not marks:
+            self.s.record.pop("rewritten", None)
 
     def _clear_outputs(self, step: CommandStep) -> bool:
         """Remove what an unfinished earlier run of a command step left in its outputs that
@@ -637,7 +684,11 @@ class StepsRunner:
 
     def _plan(self, step: ParallelStep, fresh: Plan | None = None) -> Plan:
         """The step's plan: planned now for a new run; the saved one for a resume or rerun,
-        once its input is checked against the fingerprint taken when the run started."""
+        once its input is checked against the fingerprint taken when the run started. An
+        input that the earlier step making it wrote again since (:meth:`_rewritten_by`) is
+        planned anew, and the step starts over (its ledger, claims and parts set aside); one
+        changed otherwise is refused unless ``--force`` (which also starts over a step whose
+        input an earlier step makes)."""
         where = self.s.run.step(step.name)
         fresh = fresh or plan_step(step)
         inputs = self.s.record.setdefault("inputs", {})
@@ -652,33 +703,57 @@ class StepsRunner:
         if self.s.mode != Mode.RUN and os.path.exists(where.plan):
             saved = read_plan(where.plan)
             what = input_change(inputs.get(step.name), new)
-            if what is not None:
-                if not self.s.force:
-                    raise ResumeRefused(
-                        f"the input of step {step.name} ({step.input_data.path}) changed since "
-                        f"the run started ({what}). Run it anew, or add --force to continue "
-                        "(mini-batches already done are kept as they are)."
-                    )
-                self.s.echo(f"note: the input of step {step.name} changed ({what}); --force given")
-                inputs[step.name] = new
-                self.s.run.write_record(self.s.record)
-            if saved.batches == fresh.batches or not self.s.force:
-                return saved
-            if os.path.exists(where.ledger) and not same_cuts(saved.batches, fresh.batches):
-                # the mini-batch ids no longer mean the same inputs: start the step over (with
-                # the same cuts the fresh plan only brings the files' new sizes and times,
-                # which the reads of the rest check)
-                # (the claims and parts go with the ledger: the new session's tries reuse their
-                # names)
-                suffix = f".before-force-{int(time.time())}"
-                for old in (where.ledger, where.claims, where.parts):
-                    if os.path.exists(old):
-                        os.replace(old, old + suffix)
+            rewriter = self._rewritten_by(step)
+            if what is not None and rewriter is not None:
+                # what it did was done over the output that step had before: as an
+                # uninterrupted run would, it runs again over the new one, from scratch
+                when = "in this session" if rewriter in self._wrote else "in an earlier session"
+                self.s.echo(
+                    f"note: step {step.name} runs again: its input, the output of step "
+                    f"{rewriter}, was written again {when}"
+                )
+                _set_aside(where, "before-rerun")
+            else:
+                made = _made_by_earlier_step(step, self.s.job) is not None
+                if what is not None:
+                    self._input_changed(step, what, new, made)
+                if what is not None and made:
+                    # (--force) a step's output is written whole: what was done over the old
+                    # one is stale, however the new one is cut
+                    _set_aside(where, "before-force")
+                elif saved.batches == fresh.batches or not self.s.force:
+                    self._replanned(step)  # (the same input: nothing to run again)
+                    return saved
+                elif os.path.exists(where.ledger) and not same_cuts(saved.batches, fresh.batches):
+                    # the mini-batch ids no longer mean the same inputs: start the step over
+                    # (with the same cuts the fresh plan only brings the files' new sizes and
+                    # times, which the reads of the rest check)
+                    _set_aside(where, "before-force")
+        self._replanned(step)
         inputs[step.name] = new
         os.makedirs(where.root, exist_ok=True)
         write_plan(where.plan, fresh)
         self.s.run.write_record(self.s.record)
         return fresh
+
+    def _input_changed(
+        self, step: ParallelStep, what: str, new: dict[str, Any], made: bool
+    ) -> None:
+        """Refuse a step's input that changed since the run started, not by the step that
+        makes it (``made``: an earlier step of the job), unless ``--force``: then note it
+        and record the new fingerprint."""
+        if not self.s.force:
+            kept = (
+                "the step starts over" if made else "mini-batches already done are kept as they are"
+            )
+            raise ResumeRefused(
+                f"the input of step {step.name} ({step.input_data.path}) changed since "
+                f"the run started ({what}). Run it anew, or add --force to continue ({kept})."
+            )
+        over = ": the step starts over" if made else ""
+        self.s.echo(f"note: the input of step {step.name} changed ({what}); --force given{over}")
+        self.s.record.setdefault("inputs", {})[step.name] = new
+        self.s.run.write_record(self.s.record)
 
     def _parallel(
         self,

@@ -173,12 +173,14 @@ def run_parallel_step(request: StepRequest, cluster: Callable[[], ClusterHandle]
             fetched = _logs_home(request)
     output = None
     parts = _parts(state)
+    assembled = False
     if step.append_row_to is not None and not request.structured_parts:
         dest = step.append_row_to
         if stop.budget != Budget.RUN_DIRECTORY and (
             session.todo or not output_written(where.output_record, dest, parts.values())
         ):
             stop = _assemble(dest, parts, stop, _resume_hint(request))
+            assembled = True
             if stop.budget not in (Budget.RUN_DIRECTORY, Budget.STORAGE):
                 record_output(where.output_record, dest, parts.values())
         written = stop.budget not in (Budget.RUN_DIRECTORY, Budget.STORAGE)
@@ -204,6 +206,7 @@ def run_parallel_step(request: StepRequest, cluster: Callable[[], ClusterHandle]
         plan_seconds=plan.seconds,
         parts=parts,
         short_returns=_short_returns(state),
+        wrote=bool(session.todo) or assembled,
     )
 
 

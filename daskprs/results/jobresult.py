@@ -42,6 +42,10 @@ class StepOutcome:
     short_returns : mapping of int to str
         DONE mini-batches with failed items (``run()`` returned fewer rows than its inputs),
         and why.
+    wrote : bool
+        Whether this session wrote what the step makes: it ran mini-batches (whose entry
+        script may write into its output folders) or assembled its output again. A later
+        step that reads it may find its input changed (not kept in step-reuse records).
     """
 
     step: str
@@ -54,6 +58,7 @@ class StepOutcome:
     plan_seconds: float = 0.0
     parts: Mapping[int, str] = field(default_factory=dict, repr=False, compare=False)
     short_returns: Mapping[int, str] = field(default_factory=dict)
+    wrote: bool = field(default=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy (step reuse keeps it), without the parts."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 from conftest import make_files, output_of, poll_for, report_and_ledger, write_job
 
 from daskprs.cli import cli
-from daskprs.results.ledger import read_ledger
+from daskprs.results.ledger import ledger_tries, read_ledger
 
 pytestmark = pytest.mark.slow
 
@@ -232,13 +233,22 @@ def run(mini_batch):
 """
 
 
-def _step_yaml(name: str, data: str, script: str) -> str:
-    """A parallel step of one file a mini-batch, appending its rows to its output."""
+def _step_yaml(
+    name: str,
+    data: str,
+    script: str,
+    *,
+    output: str = "uri_file",
+    task: str = "      append_row_to: ${{outputs.result}}\n",
+    extra: str = "",
+) -> str:
+    """A parallel step of one file a mini-batch, appending its rows to its output: ``task``
+    (the task's last lines) says otherwise, ``extra`` adds fields to the step."""
     return (
         f"  {name}:\n    type: parallel\n    inputs:\n      data: {data}\n"
-        "    outputs:\n      result: {type: uri_file}\n    input_data: ${{inputs.data}}\n"
-        '    mini_batch_size: "1"\n    task:\n      type: run_function\n      code: ./code\n'
-        f"      entry_script: {script}\n      append_row_to: ${{{{outputs.result}}}}\n"
+        f"    outputs:\n      result: {{type: {output}}}\n    input_data: ${{{{inputs.data}}}}\n"
+        f'    mini_batch_size: "1"\n{extra}    task:\n      type: run_function\n'
+        f"      code: ./code\n      entry_script: {script}\n{task}"
     )
 
 
@@ -302,3 +312,221 @@ def test_a_done_step_whose_output_was_changed_writes_it_again(tmp_path):
     out.unlink()
     assert resume_job(run, rerun_failed=True, workers=1, echo=lambda s: None).ok
     assert out.read_text() == "".join(f"f{i:03d}.txt\n" for i in range(3))
+
+
+BROKEN_F001 = """
+import os, shutil, sys
+
+def run(mini_batch):
+    names = [os.path.basename(p) for p in mini_batch]
+    if os.path.exists(os.environ["BROKEN"]) and "f001.txt" in names:
+        raise ValueError("broken input f001")
+    if "--out" in sys.argv:  # a folder output: a copy of each file
+        out = sys.argv[sys.argv.index("--out") + 1]
+        for p in mini_batch:
+            shutil.copy(p, os.path.join(out, os.path.basename(p)))
+    return names
+"""
+
+
+def _failing_pipeline(tmp_path, folder: bool = False):
+    """``score`` fails on f001 of 3 files while the file ``broken`` exists (within the
+    thresholds), and ``count`` reads its output: the lines of its ``append_row_to`` file, or
+    with ``folder`` the names of the files its script copies into its output folder."""
+    make_files(tmp_path / "data", 3)
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "score.py").write_text(BROKEN_F001)
+    (tmp_path / "code" / "names.py").write_text(ECHO_NAMES)
+    (tmp_path / "code" / "lines.py").write_text(
+        "def run(mini_batch):\n    return [len(open(p).read().split()) for p in mini_batch]\n"
+    )
+    broken = tmp_path / "broken"
+    broken.touch()
+    retries = "    retry_settings: {max_retries: 0}\n"
+    extra = retries + f"    environment_variables: {{BROKEN: {broken}}}\n"
+    score = (
+        _step_yaml(
+            "score",
+            "{type: uri_folder, path: ./data}",
+            "score.py",
+            output="uri_folder",
+            task="      program_arguments: --out ${{outputs.result}}\n",
+            extra=extra,
+        )
+        if folder
+        else _step_yaml("score", "{type: uri_folder, path: ./data}", "score.py", extra=extra)
+    )
+    count = _step_yaml(
+        "count", "${{parent.jobs.score.outputs.result}}", "names.py" if folder else "lines.py"
+    )
+    (tmp_path / "job.yml").write_text("type: pipeline\njobs:\n" + score + count)
+    return tmp_path / "job.yml", broken
+
+
+def _records_agree(run) -> None:
+    """A finished run's records say what an uninterrupted run's would: succeeded, nothing
+    failed, one row of the try report for each try of the ledgers, nothing left to run."""
+    assert (run / "failed_mini_batches.jsonl").read_text() == ""
+    assert "outcome: succeeded" in (run / "logs/job_result.txt").read_text()
+    rows, tries = report_and_ledger(run, "score", "count")
+    assert rows == tries
+    status = CliRunner().invoke(cli, ["status", str(run)])
+    assert "SUCCEEDED" in status.output and "next: nothing left to run" in status.output
+
+
+def test_rerun_failed_runs_a_step_reading_the_rewritten_output_again(tmp_path):
+    """rerun-failed rewrites score's output: count, which read the old one, runs again over
+    the new one from scratch (not refused as if someone had changed its input)."""
+    from daskprs.api import resume_job, run_job
+
+    job, broken = _failing_pipeline(tmp_path)
+    run = tmp_path / "run"
+    first = run_job(job, run_dir=run, workers=1, echo=lambda s: None)
+    assert first.ok and [f.id for s in first.steps for f in s.failed] == [1]
+    counted = run / "outputs/count/result/parallel_run_step.txt"
+    assert counted.read_text() == "2\n"
+    broken.unlink()  # the fix
+    said: list[str] = []
+    again = resume_job(run, rerun_failed=True, workers=1, echo=said.append)
+    assert again.ok, again.failure
+    assert (run / "outputs/score/result/parallel_run_step.txt").read_text().split() == [
+        f"f{i:03d}.txt" for i in range(3)
+    ]
+    assert counted.read_text() == "3\n"
+    assert (
+        "note: step count runs again: its input, the output of step score, was written "
+        "again in this session" in said
+    )
+    # the old tries of count are set aside with its ledger: one try, in this session
+    tries = ledger_tries(str(run / "steps/count/ledger.jsonl"))
+    assert [(t.mb, t.try_no, str(t.status)) for t in tries] == [(0, 1, "RUN_DONE")]
+    assert list((run / "steps/count").glob("ledger.jsonl.before-rerun-*"))
+    _records_agree(run)
+
+
+def test_a_step_reading_a_folder_output_runs_again_when_a_session_rewrites_it(tmp_path):
+    """score's script writes files into its output folder, which count lists: a rerun that
+    adds the file it failed on gives count one mini-batch more, and count starts over. A
+    file someone else adds there is still refused (score wrote nothing in that session)."""
+    from daskprs.api import resume_job, run_job
+    from daskprs.errors import ResumeRefused
+
+    job, broken = _failing_pipeline(tmp_path, folder=True)
+    run = tmp_path / "run"
+    assert run_job(job, run_dir=run, workers=1, echo=lambda s: None).ok
+    counted = run / "outputs/count/result/parallel_run_step.txt"
+    assert counted.read_text().split() == ["f000.txt", "f002.txt"]
+    (run / "outputs/score/result/f009.txt").write_text("not score's\n")
+    with pytest.raises(ResumeRefused, match=r"the input of step count \(.*\) changed"):
+        resume_job(run, workers=1, echo=lambda s: None)
+    (run / "outputs/score/result/f009.txt").unlink()
+    broken.unlink()
+    said: list[str] = []
+    again = resume_job(run, rerun_failed=True, workers=1, echo=said.append)
+    assert again.ok, again.failure
+    assert counted.read_text().split() == [f"f{i:03d}.txt" for i in range(3)]
+    assert any(line.startswith("note: step count runs again") for line in said)
+    _records_agree(run)
+
+
+def _copy(source, dest) -> None:
+    """Copy a file or a folder over ``dest`` (what was there is removed)."""
+    if dest.is_dir():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, dest)
+    else:
+        shutil.copy2(source, dest)
+
+
+def _rerun_failed_unwriting(run, broken, unwritten) -> None:
+    """Fix score (remove ``broken``) and rerun its failed mini-batches, then put back the
+    files and folders ``unwritten`` names (relative to ``run``) as they were before."""
+    from daskprs.api import resume_job
+
+    kept = run.parent / "kept"
+    for name in unwritten:
+        _copy(run / name, kept / name)
+    broken.unlink()
+    assert resume_job(run, rerun_failed=True, workers=1, echo=lambda s: None).ok
+    for name in unwritten:
+        _copy(kept / name, run / name)
+    shutil.rmtree(kept)
+
+
+def test_resume_after_a_crash_in_the_step_a_later_step_reads_runs_that_step_again(tmp_path):
+    """A rerun-failed killed once score's rerun was committed, before score's output was
+    written: the resume writes it, and count, which the first session ran over the old one,
+    starts over."""
+    from daskprs.api import resume_job, run_job
+
+    job, broken = _failing_pipeline(tmp_path)
+    run = tmp_path / "run"
+    assert run_job(job, run_dir=run, workers=1, echo=lambda s: None).ok
+    # what a driver killed before writing score's output had not written yet: score's output
+    # and its record, everything of count, the run record (count's input fingerprint)
+    unwritten = ("outputs/score", "steps/score/output.json", "steps/count", "outputs/count")
+    _rerun_failed_unwriting(run, broken, (*unwritten, "run.json"))
+    counted = run / "outputs/count/result/parallel_run_step.txt"
+    assert counted.read_text() == "2\n"  # over score's output without f001
+    said: list[str] = []
+    again = resume_job(run, workers=1, echo=said.append)
+    assert again.ok, again.failure
+    assert "[score] resume: 0 of 3 mini-batches to run" in said
+    assert counted.read_text() == "3\n"
+    assert any(line.startswith("note: step count runs again") for line in said)
+    _records_agree(run)
+
+
+def test_a_step_interrupted_before_it_ran_over_the_rewritten_output_runs_again(tmp_path):
+    """Ctrl-C as count begins, once rerun-failed wrote score's output: the run record keeps
+    that count has to run again, and the resume, with nothing to run in score, runs it over
+    score's new output from scratch."""
+    from daskprs.api import resume_job, run_job
+
+    job, broken = _failing_pipeline(tmp_path)
+    run = tmp_path / "run"
+    assert run_job(job, run_dir=run, workers=1, echo=lambda s: None).ok
+    broken.unlink()
+
+    def interrupt_at_count(line: str) -> None:
+        if line.startswith("note: step count"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        resume_job(run, rerun_failed=True, workers=1, echo=interrupt_at_count)
+    counted = run / "outputs/count/result/parallel_run_step.txt"
+    assert counted.read_text() == "2\n"
+    said: list[str] = []
+    again = resume_job(run, workers=1, echo=said.append)
+    assert again.ok, again.failure
+    assert "[score] resume: 0 of 3 mini-batches to run" in said
+    assert counted.read_text() == "3\n"
+    assert (
+        "note: step count runs again: its input, the output of step score, was written "
+        "again in an earlier session" in said
+    )
+    assert "rewritten" not in json.loads((run / "run.json").read_text())
+    _records_agree(run)
+
+
+def test_force_starts_over_a_step_whose_input_an_earlier_step_rewrote(tmp_path):
+    """A run whose record does not say that score wrote count's input again (left so by an
+    earlier daskprs, which refused count): the resume refuses count, and --force runs it
+    again from scratch, not keeping its tries over score's old output."""
+    from daskprs.api import resume_job, run_job
+    from daskprs.errors import ResumeRefused
+
+    job, broken = _failing_pipeline(tmp_path)
+    run = tmp_path / "run"
+    assert run_job(job, run_dir=run, workers=1, echo=lambda s: None).ok
+    _rerun_failed_unwriting(run, broken, ("steps/count", "outputs/count", "run.json"))
+    with pytest.raises(ResumeRefused, match=r"add --force to continue \(the step starts over\)"):
+        resume_job(run, workers=1, echo=lambda s: None)
+    said: list[str] = []
+    forced = resume_job(run, force=True, workers=1, echo=said.append)
+    assert forced.ok, forced.failure
+    assert (run / "outputs/count/result/parallel_run_step.txt").read_text() == "3\n"
+    assert any(line.endswith("--force given: the step starts over") for line in said)
+    _records_agree(run)
