@@ -23,6 +23,7 @@ gets that environment as it is.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -121,7 +122,8 @@ def _exit_as(returncode: int) -> int:
     that the driver sees the same."""
     if returncode >= 0:
         return returncode
-    signal.signal(-returncode, signal.SIG_DFL)
+    with contextlib.suppress(OSError, ValueError):  # SIGKILL and SIGSTOP have no handler
+        signal.signal(-returncode, signal.SIG_DFL)
     os.kill(os.getpid(), -returncode)
     return 128 - returncode
 
