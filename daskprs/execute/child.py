@@ -58,10 +58,11 @@ __all__ = [
     "marked",
 ]
 
-# The environment variable the slot sets to a new token in each entry-script process: every
-# process it starts inherits it, also one that leaves the process's session (``setsid``, a
-# double fork), so that those end with it (:func:`end_marked`). Lower case, not a setting:
-# daskprs sets it and reads none of it.
+# The environment variable the slot sets to a new token in each entry-script process (and the
+# driver in each command step's, :mod:`daskprs.execute.commandguard`): every process it starts
+# inherits it, also one that leaves the process's session (``setsid``, a double fork), so
+# that those end with it (:func:`end_marked`). Lower case, not a setting: daskprs sets it and
+# reads none of it.
 PROCESS_MARK = "daskprs_process"
 
 # Times :func:`end_marked` looks again for marked processes (one forked while it killed).
