@@ -296,6 +296,8 @@ def test_a_resume_ends_the_command_a_killed_driver_left_running_before_running_i
     too) and says so, then runs the command again; the output is the new copy's alone."""
     proc, pids = _start_lingering_command(tmp_path)
     try:
+        # (written as the command starts: this driver may not have got as far yet)
+        poll_for((tmp_path / "run/steps/prep/command.json").exists, timeout=60)
         # the driver stopped first: it does not see its command end, and the command does not
         # see it die
         os.kill(proc.pid, signal.SIGSTOP)
