@@ -79,6 +79,9 @@ def main(argv: list[str]) -> int:
     started, marked ``argv[1]``, given ``argv[2]`` seconds after SIGTERM) when it does not."""
     driver, token, grace, command = int(argv[0]), argv[1], float(argv[2]), argv[3]
     signal.signal(signal.SIGTERM, lambda *_: _check_parent(driver))
+    # a SIGINT to the whole group is the command's to act on: we wait for the shell (a handler,
+    # not SIG_IGN, which the shell would inherit)
+    signal.signal(signal.SIGINT, lambda *_: None)
     told = _die_with_parent()
     try:
         _check_parent(driver)  # it may have ended before Linux was asked

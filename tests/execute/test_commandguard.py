@@ -69,3 +69,28 @@ def test_a_recorded_process_group_that_is_not_the_commands_is_left_alone(tmp_pat
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_sigint_to_the_command_group_is_the_commands_to_act_on(tmp_path):
+    """The watchdog shares the command's process group: a SIGINT to the group ends the
+    command, and the watchdog exits as the command did, not with a traceback of its own."""
+    ready = tmp_path / "ready"
+    token = uuid.uuid4().hex
+    argv = guard_argv(os.getpid(), token, 1.0, f"touch {ready} && exec sleep 600")
+    proc = subprocess.Popen(
+        argv,
+        env={**os.environ, PROCESS_MARK: token},
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        poll_for(ready.exists, timeout=60)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == -signal.SIGINT, err
+    assert "Traceback" not in err, err
