@@ -42,6 +42,14 @@ KILLED_SECONDS = 5.0
 _POLL_SECONDS = 0.05
 _PARENT_POLL_SECONDS = 1.0
 _PR_SET_PDEATHSIG = 1
+# Signals that would end the watchdog, sent to the command's group (``kill -INT -<pgid>``)
+_LEFT_TO_THE_COMMAND = (
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
 # `python -I -c _START ROOT ...`: daskprs from the driver's installation (ROOT), whatever
 # the command's environment says
 _START = (
@@ -79,9 +87,10 @@ def main(argv: list[str]) -> int:
     started, marked ``argv[1]``, given ``argv[2]`` seconds after SIGTERM) when it does not."""
     driver, token, grace, command = int(argv[0]), argv[1], float(argv[2]), argv[3]
     signal.signal(signal.SIGTERM, lambda *_: _check_parent(driver))
-    # a SIGINT to the whole group is the command's to act on: we wait for the shell (a handler,
-    # not SIG_IGN, which the shell would inherit)
-    signal.signal(signal.SIGINT, lambda *_: None)
+    # a signal to the whole group is the command's to act on: we wait for the shell and exit
+    # as it did (a handler, not SIG_IGN, which the shell would inherit)
+    for signum in _LEFT_TO_THE_COMMAND:
+        signal.signal(signum, lambda *_: None)
     told = _die_with_parent()
     try:
         _check_parent(driver)  # it may have ended before Linux was asked

@@ -71,12 +71,22 @@ def test_a_recorded_process_group_that_is_not_the_commands_is_left_alone(tmp_pat
         other.wait()
 
 
-def test_a_sigint_to_the_command_group_is_the_commands_to_act_on(tmp_path):
-    """The watchdog shares the command's process group: a SIGINT to the group ends the
-    command, and the watchdog exits as the command did, not with a traceback of its own."""
+@pytest.mark.parametrize(
+    ("signum", "then", "returncode"),
+    [
+        (signal.SIGINT, "exec sleep 600", -signal.SIGINT),
+        (signal.SIGHUP, "trap 'exit 7' HUP; while :; do sleep 0.1; done", 7),
+    ],
+)
+def test_a_signal_to_the_command_group_is_the_commands_to_act_on(
+    tmp_path, signum, then, returncode
+):
+    """The watchdog shares the command's process group: a SIGINT or SIGHUP to the group is
+    the command's to act on, and the watchdog exits as the command did, not with a traceback
+    or a death of its own (while a command that traps it might live on)."""
     ready = tmp_path / "ready"
     token = uuid.uuid4().hex
-    argv = guard_argv(os.getpid(), token, 1.0, f"touch {ready} && exec sleep 600")
+    argv = guard_argv(os.getpid(), token, 1.0, f"touch {ready} && {then}")
     proc = subprocess.Popen(
         argv,
         env={**os.environ, PROCESS_MARK: token},
@@ -86,11 +96,11 @@ def test_a_sigint_to_the_command_group_is_the_commands_to_act_on(tmp_path):
     )
     try:
         poll_for(ready.exists, timeout=60)
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signum)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == -signal.SIGINT, err
+    assert proc.returncode == returncode, err
     assert "Traceback" not in err, err
