@@ -97,7 +97,6 @@ def main(argv: list[str]) -> int:
         shell = subprocess.Popen(command, shell=True)
         returncode = shell.wait() if told else _wait_polling(shell, driver)
     except _Orphaned:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the group's SIGTERM is not for us
         end_command(token, grace, spare=frozenset({os.getpid()}))
         # what is left of our group (a process started without the mark), and us
         os.killpg(os.getpid(), signal.SIGKILL)
@@ -107,6 +106,9 @@ def main(argv: list[str]) -> int:
 
 def _check_parent(driver: int) -> None:
     if os.getppid() != driver:
+        # from now on the group's SIGTERM (ours, to end it) is not for us, nor a second
+        # _Orphaned while we end it
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise _Orphaned
 
 
