@@ -12,12 +12,15 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from daskprs.errors import JobFailed, PlanningError, ResumeRefused, UserInputError
+from daskprs.execute.child import PROCESS_MARK, end_marked, marked
 from daskprs.execute.cluster import import_dask, open_cluster
+from daskprs.execute.commandguard import KILLED_SECONDS, end_command, guard_argv
 from daskprs.execute.context import reads_tables, step_context
 from daskprs.execute.lazycluster import LazyCluster
 from daskprs.execute.preflight import check_command, check_step_script
@@ -45,10 +48,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-# how long an interrupted command step has after SIGTERM to end before it is killed, and how
-# long the driver then waits for the killed processes to go
+# how long an interrupted command step has after SIGTERM to end before it is killed
 COMMAND_GRACE_SECONDS = 5.0
-_KILLED_SECONDS = 5.0
 # a step's processes started before it planned, and the check of its imports (a thread's)
 _Early = tuple[WarmSlots, concurrent.futures.Future[None]]
 
@@ -83,14 +84,17 @@ def _run_command(step: CommandStep, run: RunDir, echo: Callable[[str], None]) ->
     )
     log_dir = run.logs.command(step.name)
     os.makedirs(log_dir, exist_ok=True)
+    # every process of the command carries it: a later session finds them by it
+    token = uuid.uuid4().hex
+    env[PROCESS_MARK] = token
     echo(f"[{step.name}] running command: {step.command}")
     with (
         open(os.path.join(log_dir, "stdout.txt"), "wb") as out,
         open(os.path.join(log_dir, "stderr.txt"), "wb") as err,
     ):
         proc = subprocess.Popen(
-            step.command,
-            shell=True,
+            # under a watchdog that ends the command if this process is killed (SIGKILL)
+            guard_argv(os.getpid(), token, COMMAND_GRACE_SECONDS, step.command),
             cwd=step.code_dir,
             env=env,
             stdout=out,
@@ -100,12 +104,15 @@ def _run_command(step: CommandStep, run: RunDir, echo: Callable[[str], None]) ->
             start_new_session=True,
         )
         try:
+            _record_command(run.step(step.name).command, proc.pid, token)
             returncode = proc.wait()
         except BaseException:  # Ctrl-C or SIGTERM: the driver ends only once the command has
-            if not end_process_group(proc, COMMAND_GRACE_SECONDS):
+            ended = end_process_group(proc, COMMAND_GRACE_SECONDS)
+            end_marked(token)  # what left the group
+            if not ended:
                 echo(
                     f"[{step.name}] warning: processes of the command (process group "
-                    f"{proc.pid}) were still there {_KILLED_SECONDS:g} s after SIGKILL"
+                    f"{proc.pid}) were still there {KILLED_SECONDS:g} s after SIGKILL"
                 )
             raise
     if returncode != 0:
@@ -114,6 +121,40 @@ def _run_command(step: CommandStep, run: RunDir, echo: Callable[[str], None]) ->
             f"{os.path.join(log_dir, 'stderr.txt')}"
         )
     return None
+
+
+def _record_command(path: str, pgid: int, token: str) -> None:
+    """Write ``steps/<step>/command.json``: the running command's process group and the mark
+    its processes carry, for a later session to end what a killed driver left running
+    (:func:`end_earlier_command`)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_json(path, {"pgid": pgid, "token": token, "driver": os.getpid(), "started": started})
+
+
+def end_earlier_command(step: CommandStep, run: RunDir, echo: Callable[[str], None]) -> None:
+    """End what is still running of the command of ``step`` that an earlier session started
+    (its driver killed with SIGKILL, its watchdog with it), saying so: found by the mark that
+    ``steps/<step>/command.json`` records, SIGTERM to its process group, SIGKILL after
+    :data:`COMMAND_GRACE_SECONDS`."""
+    try:
+        with open(run.step(step.name).command, encoding="utf-8") as f:
+            record = json.load(f)
+        token = str(record["token"])
+    except (OSError, ValueError, TypeError, KeyError):  # never started, or not by daskprs
+        return
+    if not marked(token):
+        return
+    echo(
+        f"[{step.name}] the command an earlier session started is still running (process "
+        f"group {record.get('pgid')}): ending it (SIGTERM, then SIGKILL after "
+        f"{COMMAND_GRACE_SECONDS:g} s) before it runs again"
+    )
+    if not end_command(token, COMMAND_GRACE_SECONDS):
+        echo(
+            f"[{step.name}] warning: processes of the earlier command were still there "
+            f"{KILLED_SECONDS:g} s after SIGKILL"
+        )
 
 
 def end_process_group(proc: subprocess.Popen[bytes], grace: float) -> bool:
@@ -140,7 +181,7 @@ def end_process_group(proc: subprocess.Popen[bytes], grace: float) -> bool:
         ended = False
     if not ended:
         _signal_group(proc.pid, signal.SIGKILL)
-        ended = _group_ended(proc, _KILLED_SECONDS)
+        ended = _group_ended(proc, KILLED_SECONDS)
     return ended
 
 
@@ -623,6 +664,7 @@ class StepsRunner:
         if self.s.mode != Mode.RUN and os.path.exists(done):
             self.s.echo(f"[{step.name}] command step already done in an earlier session")
             return None
+        end_earlier_command(step, self.s.run, self.s.echo)
         if self._clear_outputs(step):
             self.s.echo(
                 f"[{step.name}] the command did not finish in an earlier session: it runs "

@@ -129,6 +129,12 @@ class StepDir:
         """The marker of a command step that succeeded."""
         return os.path.join(self.root, "done")
 
+    @property
+    def command(self) -> str:
+        """A command step's last start: its process group and the mark its processes carry
+        (an earlier session's command still running is ended before it runs again)."""
+        return os.path.join(self.root, "command.json")
+
     def part(self, mb: int, try_key: str) -> str:
         return os.path.join(self.parts, f"{mb:05d}.{try_key}.part")
 

@@ -250,6 +250,97 @@ def test_an_interrupted_command_step_ends_before_the_driver_and_reruns_in_empty_
     assert len(written) == 1 and written != [f"written-by-{pids[0]}"], written
 
 
+# The first session's command starts a helper that leaves its session, writes the pids to
+# `pids` and then writes its file into the output again and again (a copy still running shows
+# there) until it is ended. A rerun (pids there) writes its file and ends.
+LINGERING = """\
+import os, subprocess, sys, time
+
+mine = os.path.join(sys.argv[1], f"written-by-{os.getpid()}")
+open(mine, "w").close()
+if not os.path.exists("pids"):
+    helper = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True
+    )
+    with open("pids.tmp", "w") as f:
+        f.write(f"{os.getpid()} {helper.pid}")
+    os.rename("pids.tmp", "pids")
+    while True:
+        os.makedirs(sys.argv[1], exist_ok=True)
+        open(mine, "w").close()
+        time.sleep(0.05)
+"""
+
+
+def _start_lingering_command(tmp_path) -> tuple[subprocess.Popen, list[int]]:
+    """`daskprs run` of a command step running LINGERING, and the command's pids once it
+    runs."""
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "work.py").write_text(LINGERING)
+    (tmp_path / "job.yml").write_text(COMMAND_ONLY)
+    proc = _daskprs("run", "job.yml", "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    pids_file = tmp_path / "code" / "pids"
+    try:
+        poll_for(lambda: pids_file.exists() or proc.poll() is not None, timeout=120)
+    except BaseException:
+        _end(proc)
+        raise
+    assert pids_file.exists(), proc.communicate()[1]
+    return proc, [int(p) for p in pids_file.read_text().split()]
+
+
+def _end(proc: subprocess.Popen, *pids: int) -> None:
+    """Kill what a test started and left running: the driver's session, and ``pids``."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for pid in pids:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_driver_killed_with_sigkill_takes_its_command_with_it(tmp_path):
+    """The command step's watchdog ends the command, and what it started outside its process
+    group, when the driver is killed with SIGKILL (the driver alone, not its group)."""
+    proc, pids = _start_lingering_command(tmp_path)
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        poll_for(lambda: not any(pid_alive(p) for p in pids), timeout=60)
+    finally:
+        _end(proc, *pids)
+
+
+def test_a_resume_ends_the_command_a_killed_driver_left_running_before_running_it_again(
+    tmp_path,
+):
+    """Killed with the driver, the watchdog (the command's process-group leader) cannot end
+    the command: the resume finds it by its mark, ends it (its helper that left the group
+    too) and says so, then runs the command again; the output is the new copy's alone."""
+    proc, pids = _start_lingering_command(tmp_path)
+    try:
+        # (written as the command starts: this driver may not have got as far yet)
+        poll_for((tmp_path / "run/steps/prep/command.json").exists, timeout=60)
+        # the driver stopped first: it does not see its command end, and the command does not
+        # see it die
+        os.kill(proc.pid, signal.SIGSTOP)
+        watchdog = os.getpgid(pids[0])
+        os.kill(watchdog, signal.SIGKILL)
+        poll_for(lambda: not pid_alive(watchdog), timeout=60)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert all(pid_alive(p) for p in pids)  # left running
+        resumed = _daskprs("run", "--resume", str(tmp_path / "run"), cwd=tmp_path)
+        _, err = resumed.communicate(timeout=120)
+        assert resumed.returncode == 0, err
+        assert [p for p in pids if pid_alive(p)] == [], err
+        written = [p.name for p in (tmp_path / "run/outputs/prep/data").iterdir()]
+        assert len(written) == 1 and written[0] != f"written-by-{pids[0]}", written
+        assert err.count("the command an earlier session started is still running") == 1, err
+    finally:
+        _end(proc, *pids)
+
+
 def test_a_command_group_that_ignores_sigterm_is_killed(tmp_path):
     """What is left of an interrupted command's process group after the grace period gets
     SIGKILL, and the call returns once it is gone."""

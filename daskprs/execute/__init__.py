@@ -17,7 +17,9 @@ script's imports before the first mini-batch (``preflight``), the GPUs a worker 
 entry-script processes a node runs (``devices``), getting a Dask client (``cluster``),
 starting it in advance and taking it when a step needs it (``lazycluster``), a new step's
 entry-script processes started by the driver before the embedded cluster's workers take them
-(``warm``), and the TLS certificates of a ``tls://`` scheduler (``tls``).
+(``warm``), the TLS certificates of a ``tls://`` scheduler (``tls``), and the watchdog a
+command step's shell runs under, which ends the command with a killed driver, and the ending
+of an earlier session's command still running (``commandguard``).
 
 May import: every layer below (:mod:`daskprs.errors`, :mod:`daskprs.paths`,
 :mod:`daskprs.settings`, :mod:`daskprs.rundir`, :mod:`daskprs.job`, :mod:`daskprs.inputs`,

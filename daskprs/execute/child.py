@@ -48,12 +48,21 @@ from daskprs.results.outcome import Status, TryRecord, short_return
 from daskprs.results.packs import pack_ref
 from daskprs.rundir import LogsDir
 
-__all__ = ["PROCESS_MARK", "ChildConfig", "MiniBatchContext", "end_marked", "main"]
+__all__ = [
+    "PROCESS_MARK",
+    "ChildConfig",
+    "MiniBatchContext",
+    "carries_mark",
+    "end_marked",
+    "main",
+    "marked",
+]
 
-# The environment variable the slot sets to a new token in each entry-script process: every
-# process it starts inherits it, also one that leaves the process's session (``setsid``, a
-# double fork), so that those end with it (:func:`end_marked`). Lower case, not a setting:
-# daskprs sets it and reads none of it.
+# The environment variable the slot sets to a new token in each entry-script process (and the
+# driver in each command step's, :mod:`daskprs.execute.commandguard`): every process it starts
+# inherits it, also one that leaves the process's session (``setsid``, a double fork), so
+# that those end with it (:func:`end_marked`). Lower case, not a setting: daskprs sets it and
+# reads none of it.
 PROCESS_MARK = "daskprs_process"
 
 # Times :func:`end_marked` looks again for marked processes (one forked while it killed).
@@ -572,10 +581,9 @@ def end_marked(token: str, spare: frozenset[int] = frozenset()) -> int:
     int
         The processes killed.
     """
-    needle = f"\0{PROCESS_MARK}={token}\0".encode()
     killed: set[int] = set()
     for _ in range(_SWEEPS):
-        found = [pid for pid in _marked(needle) if pid not in killed and pid not in spare]
+        found = [pid for pid in marked(token) if pid not in killed and pid not in spare]
         if not found:
             break
         for pid in found:
@@ -587,24 +595,25 @@ def end_marked(token: str, spare: frozenset[int] = frozenset()) -> int:
     return len(killed)
 
 
-def _marked(needle: bytes) -> list[int]:
-    """The pids whose environment holds ``needle`` (``\\0NAME=VALUE\\0``)."""
+def marked(token: str) -> list[int]:
+    """The pids of this user's processes whose environment carries ``PROCESS_MARK=token``
+    (none but on Linux; a process that has ended, a zombie too, carries nothing)."""
     try:
         names = os.listdir("/proc")
     except OSError:  # no /proc: not Linux
         return []
-    found = []
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                environ = f.read()
-        except OSError:  # gone, or another user's
-            continue
-        if needle in b"\0" + environ:
-            found.append(int(name))
-    return found
+    return [int(name) for name in names if name.isdigit() and carries_mark(int(name), token)]
+
+
+def carries_mark(pid: int, token: str) -> bool:
+    """Whether the environment of process ``pid`` holds ``PROCESS_MARK=token``: it is one
+    of the processes marked with ``token``, not another that got its pid since."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read()
+    except OSError:  # gone, or another user's
+        return False
+    return f"\0{PROCESS_MARK}={token}\0".encode() in b"\0" + environ
 
 
 def _watch_parent(parent: int, token: str) -> None:
