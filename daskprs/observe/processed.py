@@ -53,7 +53,9 @@ def open_report(run: RunDir) -> Report:
     mark, now = _read_mark(run), _files(run)
     if mark != now:
         path = run.logs.processed_report
-        if _grown(run, mark, now):
+        if now["report"] is None and not any((at or [0])[0] for at in now["ledgers"].values()):
+            pass  # a new run: no try on record yet, nothing to write again
+        elif _grown(run, mark, now):
             rows = _append_past(run, mark)
             log.info("%d rows of tries missing from %s added from the ledgers", rows, path)
         else:

@@ -144,3 +144,11 @@ def test_a_report_shorter_than_its_mark_is_written_again(tmp_path):
         f.truncate(os.path.getsize(path) // 2)
     _session(run, "score", [_try(2)])
     assert [mb for mb, _, _ in _rows(run)] == ["0", "1", "2"]
+
+
+def test_a_new_runs_first_session_has_nothing_to_write_again_and_says_nothing(tmp_path, caplog):
+    run = RunDir(str(tmp_path))
+    with caplog.at_level("INFO", logger="daskprs.observe.processed"):
+        _session(run, "score", [_try(0)])
+    assert caplog.records == []
+    assert _rows(run) == [("0", "1", "RUN_DONE")]
