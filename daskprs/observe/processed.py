@@ -71,6 +71,7 @@ def mark_report(run: RunDir) -> None:
     the rows past the last one."""
     mark = run.logs.processed_mark
     try:
+        os.makedirs(os.path.dirname(mark), exist_ok=True)
         write_json(mark, _files(run))
     except OSError as err:
         log.warning("could not write %s: %s", mark, err)
