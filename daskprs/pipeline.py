@@ -30,7 +30,7 @@ from daskprs.inputs.batches import FileBatches
 from daskprs.inputs.filesystems import missing_package
 from daskprs.inputs.plan import Plan, plan_input, same_cuts
 from daskprs.inputs.planfile import read_plan, write_plan
-from daskprs.job.model import ClusterSpec, CommandStep, Job, ParallelStep
+from daskprs.job.model import ClusterSpec, CommandStep, DataInput, Job, ParallelStep
 from daskprs.observe.progress import Progress
 from daskprs.results import fingerprint, reuse
 from daskprs.results.jobresult import JobResult, StepOutcome
@@ -254,9 +254,10 @@ def check_writable(job: Job) -> None:
         )
 
 
-def _made_by_earlier_step(step: ParallelStep, job: Job) -> str | None:
-    """The step whose output ``step`` reads (it does not exist before that step runs)."""
-    path = step.input_data.path
+def _made_by_earlier_step(step: ParallelStep, job: Job, path: str | None = None) -> str | None:
+    """The step whose output ``step`` reads as its input data, or at ``path`` (it does not
+    exist before that step runs)."""
+    path = step.input_data.path if path is None else path
     for other in job.steps:
         if other.name == step.name:
             return None
@@ -264,6 +265,15 @@ def _made_by_earlier_step(step: ParallelStep, job: Job) -> str | None:
             if path == out.path or path.startswith(out.path.rstrip("/") + "/"):
                 return other.name
     return None
+
+
+def _side_inputs_made_by(step: ParallelStep, job: Job) -> set[str]:
+    """The earlier steps whose outputs ``step`` reads through an input other than its input
+    data (a model folder, a lookup table): not fingerprinted, so a session that writes one
+    again runs ``step`` again."""
+    paths = {v.path for v in step.inputs.values() if isinstance(v, DataInput)}
+    paths.discard(step.input_data.path)
+    return {m for m in (_made_by_earlier_step(step, job, p) for p in paths) if m is not None}
 
 
 def _set_aside(where: StepDir, why: str) -> None:
@@ -687,7 +697,11 @@ class StepsRunner:
         later = [
             s.name
             for s in self.s.job.parallel_steps
-            if s.name in planned and _made_by_earlier_step(s, self.s.job) == step.name
+            if s.name in planned
+            and (
+                _made_by_earlier_step(s, self.s.job) == step.name
+                or step.name in _side_inputs_made_by(s, self.s.job)
+            )
         ]
         if later:
             self.s.record.setdefault("rewritten", {}).update(dict.fromkeys(later, step.name))
@@ -746,7 +760,10 @@ class StepsRunner:
             saved = read_plan(where.plan)
             what = input_change(inputs.get(step.name), new)
             rewriter = self._rewritten_by(step)
-            if what is not None and rewriter is not None:
+            # (an input other than the input data is not fingerprinted: written again, it
+            # is taken as changed)
+            aside = rewriter is not None and rewriter in _side_inputs_made_by(step, self.s.job)
+            if rewriter is not None and (what is not None or aside):
                 # what it did was done over the output that step had before: as an
                 # uninterrupted run would, it runs again over the new one, from scratch
                 when = "in this session" if rewriter in self._wrote else "in an earlier session"

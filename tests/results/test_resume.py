@@ -530,3 +530,41 @@ def test_force_starts_over_a_step_whose_input_an_earlier_step_rewrote(tmp_path):
     assert (run / "outputs/count/result/parallel_run_step.txt").read_text() == "3\n"
     assert any(line.endswith("--force given: the step starts over") for line in said)
     _records_agree(run)
+
+
+TAGS = """
+import os
+
+def run(mini_batch):
+    with open(os.environ["MODEL"]) as f:
+        lines = len(f.read().split())
+    return [f"{os.path.basename(p)} {lines}" for p in mini_batch]
+"""
+
+
+def test_a_step_reading_a_rewritten_output_as_a_side_input_runs_again(tmp_path):
+    """``tag`` splits its own data, and reads score's output as a side input (a model, a
+    lookup): not fingerprinted, so when rerun-failed writes that output again, tag runs again
+    over it, from scratch, as an uninterrupted run would."""
+    from daskprs.api import resume_job, run_job
+
+    job, broken = _failing_pipeline(tmp_path)
+    (tmp_path / "code" / "tags.py").write_text(TAGS)
+    tag = (
+        "  tag:\n    type: parallel\n    inputs:\n      data: {type: uri_folder, path: ./data}\n"
+        "      model: ${{parent.jobs.score.outputs.result}}\n"
+        "    outputs:\n      result: {type: uri_file}\n    input_data: ${{inputs.data}}\n"
+        '    mini_batch_size: "1"\n    environment_variables:\n      MODEL: ${{inputs.model}}\n'
+        "    task:\n      type: run_function\n      code: ./code\n      entry_script: tags.py\n"
+        "      append_row_to: ${{outputs.result}}\n"
+    )
+    job.write_text(job.read_text() + tag)
+    run = tmp_path / "run"
+    assert run_job(job, run_dir=run, workers=1, echo=lambda s: None).ok
+    tagged = run / "outputs/tag/result/parallel_run_step.txt"
+    assert tagged.read_text().splitlines() == [f"f{i:03d}.txt 2" for i in range(3)]
+    broken.unlink()  # the fix
+    said: list[str] = []
+    assert resume_job(run, rerun_failed=True, workers=1, echo=said.append).ok
+    assert tagged.read_text().splitlines() == [f"f{i:03d}.txt 3" for i in range(3)]
+    assert any(line.startswith("note: step tag runs again") for line in said)
