@@ -236,12 +236,7 @@ def test_an_interrupted_command_step_ends_before_the_driver_and_reruns_in_empty_
         # ended, and reaped by the driver or init, by the time the driver exits
         assert [p for p in pids if pid_alive(p)] == [], err
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        for pid in pids:
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        _end(proc, *pids)
     resumed = _daskprs("run", "--resume", str(run_dir), cwd=tmp_path)
     _, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err
