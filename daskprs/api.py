@@ -86,8 +86,11 @@ def _embedded_workers(asked: int, workers: int | None, cores: int) -> tuple[int,
     )
 
 
-# What a start that failed at its first write may leave (see _begin).
-_LEFT_BY_A_FAILED_START = frozenset({"run.lock", "run.json.tmp", "job.json.tmp"})
+def _left_by_a_failed_start(run: RunDir) -> set[str]:
+    """The names a start that failed at its first write may leave (see :func:`_begin`)."""
+    return {os.path.basename(p) for p in (run.lock_file, f"{run.record}.tmp")} | {
+        os.path.basename(f"{run.resolved_job}.tmp")
+    }
 
 
 def _never_began(run: RunDir) -> bool:
@@ -101,7 +104,9 @@ def _never_began(run: RunDir) -> bool:
     except RunRecordUnreadable:  # cut short by a crash: the rest says whether it began
         record = {}
     if record is None:
-        return set(os.listdir(run.root)) <= _LEFT_BY_A_FAILED_START and run.lock_owner() is None
+        return (
+            set(os.listdir(run.root)) <= _left_by_a_failed_start(run) and run.lock_owner() is None
+        )
     owner = run.lock_owner()
     if owner is not None and pid_alive(owner):
         return False

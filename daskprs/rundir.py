@@ -23,7 +23,15 @@ from typing import Any
 
 from daskprs.errors import RunLocked, RunRecordUnreadable
 
-__all__ = ["LogsDir", "RunDir", "StepDir", "default_run_dir", "pid_alive", "write_json"]
+__all__ = [
+    "LogsDir",
+    "RunDir",
+    "StepDir",
+    "default_run_dir",
+    "pid_alive",
+    "replace_file",
+    "write_json",
+]
 
 
 @dataclass(frozen=True)
@@ -326,14 +334,14 @@ def default_run_dir(stem: str, now: float | None = None) -> str:
     return os.path.abspath(os.path.join("daskprs-runs", f"{stem}-{stamp}"))
 
 
-def write_json(path: str, data: Any, sync: bool = False) -> None:
-    """Write ``data`` as JSON to ``path`` atomically (a temporary file, then a rename; with
-    ``sync``, the file's bytes on disk before the rename). A write that fails leaves no
-    temporary file behind."""
+def replace_file(path: str, text: str, sync: bool = False) -> None:
+    """Replace the file ``path`` with ``text`` atomically (a temporary file beside it, then a
+    rename; with ``sync``, the bytes on disk before the rename). A write that fails (a full
+    disk, an interrupt) leaves no temporary file behind."""
     tmp = f"{path}.tmp"
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, default=str)
+            f.write(text)
             if sync:
                 f.flush()
                 os.fsync(f.fileno())
@@ -344,6 +352,11 @@ def write_json(path: str, data: Any, sync: bool = False) -> None:
         except OSError:
             pass
         raise
+
+
+def write_json(path: str, data: Any, sync: bool = False) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (:func:`replace_file`)."""
+    replace_file(path, json.dumps(data, indent=2, default=str), sync=sync)
 
 
 def _lock_owner(path: str) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 
 from daskprs.paths import redact, redact_data
 from daskprs.results.outcome import TryRecord
+from daskprs.rundir import replace_file
 
 __all__ = [
     "REPORT_HEADER",
@@ -146,11 +147,8 @@ def write_jsonl(path: str, objects: Iterable[Mapping[str, Any]]) -> None:
 def write_text(path: str, text: str) -> None:
     """Write (replace) a text file, creating its folder; secrets in it are masked."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp"
     text = redact(text)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text if text.endswith("\n") else text + "\n")
-    os.replace(tmp, path)
+    replace_file(path, text if text.endswith("\n") else text + "\n")
 
 
 def format_progress_overview(

@@ -15,7 +15,6 @@ first sample of a process) is left out rather than drawn as 0 %.
 
 from __future__ import annotations
 
-import contextlib
 import html
 import itertools
 import math
@@ -31,6 +30,7 @@ from daskprs.observe import plots
 from daskprs.observe.runview import PerfSeries, RunView, StepView, failures, inputs_text
 from daskprs.observe.status import next_command
 from daskprs.results.outcome import Status, TryRecord
+from daskprs.rundir import replace_file
 
 __all__ = ["ReportData", "build_report", "render_html", "write_report"]
 
@@ -631,12 +631,4 @@ def write_report(view: RunView, path: str) -> None:
     text = render_html(build_report(view))
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.lexists(tmp):  # cut short (a full disk, an interrupt)
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
+    replace_file(path, text)

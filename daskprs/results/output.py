@@ -30,6 +30,7 @@ from typing import Any
 
 from daskprs.inputs.filesystems import filesystem
 from daskprs.results.packs import split_ref
+from daskprs.rundir import write_json
 
 __all__ = [
     "PartialOutput",
@@ -452,8 +453,7 @@ def record_output(record: str, dest: str, parts: Iterable[str]) -> None:
         return
     count, names = _parts_digest(parts)
     noted = {"dest": dest, "size": stamp[0], "written": stamp[1]}
-    with open(record, "w", encoding="utf-8") as f:
-        json.dump({**noted, "count": count, "names": names}, f)
+    write_json(record, {**noted, "count": count, "names": names})
 
 
 def output_written(record: str, dest: str, parts: Iterable[str]) -> bool:

@@ -30,7 +30,7 @@ from typing import Any
 from daskprs.inputs.batches import FileBatch, FileBatches, MiniBatch, TableBatch
 from daskprs.job.model import CommandStep, DataInput, Output, ParallelStep
 from daskprs.results.fingerprint import code_digest, in_chunks, stat_line
-from daskprs.rundir import RunDir
+from daskprs.rundir import RunDir, write_json
 
 __all__ = [
     "copy_outputs",
@@ -217,10 +217,7 @@ def remember(
     }
     path = _record_path(run_dir, step.name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2, default=str)
-    os.replace(tmp, path)
+    write_json(path, record)
 
 
 def remember_again(
