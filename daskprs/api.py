@@ -38,7 +38,7 @@ from daskprs.paths import URL, redact_data
 from daskprs.pipeline import ClusterChoice, JobSession, StepsRunner
 from daskprs.results import fingerprint, reuse
 from daskprs.results.jobresult import JobResult
-from daskprs.results.output import no_space, storage_problem
+from daskprs.results.storage import no_space, storage_problem
 from daskprs.rundir import RunDir, pid_alive, write_json
 from daskprs.rundir import default_run_dir as _default_run_dir
 from daskprs.settings import EnvSettings

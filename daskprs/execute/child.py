@@ -18,7 +18,6 @@ entry script can run in another interpreter, and a process starts in tens of mil
 from __future__ import annotations
 
 import contextlib
-import errno
 import importlib.util
 import inspect
 import os
@@ -46,6 +45,7 @@ from daskprs.execute.wire import (
 from daskprs.paths import redact
 from daskprs.results.outcome import Status, TryRecord, short_return
 from daskprs.results.packs import pack_ref
+from daskprs.results.storage import no_space, storage_problem
 from daskprs.rundir import LogsDir
 
 __all__ = [
@@ -67,12 +67,6 @@ PROCESS_MARK = "daskprs_process"
 
 # Times :func:`end_marked` looks again for marked processes (one forked while it killed).
 _SWEEPS = 10
-
-# Errors of the disk a part is written to (those of daskprs.results.output.no_space, which is
-# too heavy to import here): not the rows' fault, so not WRONG_RETURN. The process ends with
-# the error, as before (PROCESS_DIED, retried), and the driver's own writes to that disk stop
-# the run, saying it is full.
-_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 _TRACEBACK_LINES = 20
 # Characters kept of an error line and of a traceback: an exception carrying megabytes of
@@ -416,8 +410,15 @@ class _Runner:
         try:
             written = self._write_part(result, part, pack)
         except OSError as err:
-            if err.errno in _STORAGE_ERRNOS:
-                raise  # the part's disk, not the rows: the run's own no-space handling
+            if no_space(err):  # the part's disk, not the rows: the step stops (STORAGE_FULL)
+                problem, fix = storage_problem(err, part or "")
+                self.log_error(f"mini-batch {base.mb}: {problem}", "")
+                return base.with_(
+                    status=Status.STORAGE_FULL,
+                    total=total,
+                    run_seconds=seconds,
+                    error=f"{problem}\n{fix}",  # (the supervisor words the step's stop)
+                )
             error, tb = self._unwritable(err, result)
         except Exception as exc:  # an item's str(), its encoding, a to_csv option
             error, tb = self._unwritable(exc, result)

@@ -40,12 +40,11 @@ from daskprs.results.output import (
     assemble,
     discard,
     is_url,
-    no_space,
     output_written,
     record_output,
-    storage_problem,
 )
 from daskprs.results.packs import split_ref
+from daskprs.results.storage import no_space, storage_problem
 from daskprs.rundir import RunDir
 from daskprs.settings import EnvSettings
 
@@ -176,7 +175,7 @@ def run_parallel_step(request: StepRequest, cluster: Callable[[], ClusterHandle]
     assembled = False
     if step.append_row_to is not None and not request.structured_parts:
         dest = step.append_row_to
-        if stop.budget != Budget.RUN_DIRECTORY and (
+        if stop.budget not in (Budget.RUN_DIRECTORY, Budget.STORAGE) and (
             session.todo or not output_written(where.output_record, dest, parts.values())
         ):
             stop = _assemble(dest, parts, stop, _resume_hint(request))
@@ -355,6 +354,9 @@ def _run_session(
             f"step {step.name} was interrupted; the mini-batches already committed are kept. "
             f"Continue with: {_resume_hint(request)}"
         ) from err
+    if ran.stop.budget == Budget.STORAGE:  # an entry-script process's disk: how to go on
+        hint = f"{ran.stop.failure}, then continue with: {_resume_hint(request)}"
+        ran = replace(ran, stop=Stop(hint, Budget.STORAGE))
     damage = ledger.damage()
     if damage is None:
         return ran

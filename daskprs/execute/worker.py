@@ -318,7 +318,8 @@ def _run_in_turn(
             yield _task(ctx, pool, batch, try_no, try_key, pack, last=n == len(items))
 
     def finished(try_key: str, mb: int, record: TryRecord) -> TryRecord:
-        if record.status == Status.NOT_STARTED:  # its worker closed: its marker is left
+        # its worker closed, or its rows found no room: its marker is left (it runs again)
+        if record.status in (Status.NOT_STARTED, Status.STORAGE_FULL):
             pool.ended(slot, mb, try_key)
             return record
         in_pack = unstaged and record.part and split_ref(record.part)[0] == unstaged

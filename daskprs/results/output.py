@@ -37,50 +37,15 @@ __all__ = [
     "assemble",
     "discard",
     "is_url",
-    "no_space",
     "output_written",
     "partial_path",
     "record_output",
-    "storage_problem",
     "temporary_path",
 ]
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
-
-
-def no_space(err: OSError) -> bool:
-    """Whether ``err`` says a disk or a quota is full, or a file grew past the largest size
-    allowed (``EFBIG``): the run stops alike for them, saying which (:func:`storage_problem`)."""
-    return err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-def storage_problem(err: OSError, path: str) -> tuple[str, str]:
-    """What went wrong and how to fix it, for an error :func:`no_space` accepts.
-
-    Parameters
-    ----------
-    err : OSError
-        The error.
-    path : str
-        The file written (the error's own file name is preferred when it has one).
-
-    Returns
-    -------
-    tuple of str
-        The problem (``"no space left on the device of <path> (...)"``) and the fix, to
-        be followed by the command that continues the run.
-    """
-    where = err.filename or path
-    if err.errno == errno.EFBIG:
-        return (
-            f"{where} grew past the largest file allowed there ({err.strerror}): the file "
-            "system's file-size limit (FAT32's 4 GiB) or the process's (ulimit -f)",
-            "Write it to a file system without that limit (the output's path in the job "
-            "file, or the run directory), or raise ulimit -f",
-        )
-    return f"no space left on the device of {where} ({err.strerror})", "Free some space there"
 
 
 def is_url(path: str) -> bool:

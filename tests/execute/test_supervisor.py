@@ -265,6 +265,30 @@ def test_a_try_that_never_started_is_resubmitted_without_using_a_try():
     assert sup.state[0] == "DONE"
 
 
+def test_rows_that_found_no_room_stop_the_step_and_use_no_try():
+    """An entry-script process whose disk refused a try's rows (STORAGE_FULL): every other try
+    would meet that disk, so the step stops (budget ``storage``) with the problem and its fix;
+    the mini-batch is cancelled (run again by --resume), not failed, and no try is counted."""
+    sup = Supervisor({0: 1, 1: 1, 2: 1}, Policy(max_retries=0, window=2))
+    first, second = submits(sup.start())
+    sup.on_outcome(first.try_key, rec(first, Status.RUN_DONE, 1), 1)
+    error = "no space left on the device of /r/p (No space left on device)\nFree some space there"
+    out = sup.on_outcome(
+        second.try_key,
+        rec(second, Status.STORAGE_FULL, 1, error=error, node="node000", process="process001"),
+        1,
+    )
+    [stop] = [i for i in out if isinstance(i, Stop)]
+    assert stop.budget == Budget.STORAGE
+    assert stop.failure == (
+        "no space left on the device of /r/p (No space left on device) while entry-script "
+        "process node000/process001 wrote the rows of mini-batch 1; every mini-batch done is "
+        "kept. Free some space there"
+    )
+    assert sup.state == {0: "DONE", 1: "CANCELLED", 2: "CANCELLED"}
+    assert sup.summary()["failed"] == 0 and not submits(out)
+
+
 def test_a_submitted_mini_batch_is_running_until_its_try_ends():
     sup = Supervisor({0: 2, 1: 2}, Policy(window=1))
     (sub,) = submits(sup.start())

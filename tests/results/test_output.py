@@ -31,7 +31,7 @@ def test_format_rows_lists_and_dataframes():
 def test_a_file_size_limit_is_told_apart_from_a_full_disk():
     import errno
 
-    from daskprs.results.output import no_space, storage_problem
+    from daskprs.results.storage import no_space, storage_problem
 
     too_big = OSError(errno.EFBIG, "File too large", "/mnt/usb/out.txt")
     full = OSError(errno.ENOSPC, "No space left on device")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_files, tmpfs, write_job
+from conftest import make_files, output_of, tmpfs, write_job
 
 pytestmark = pytest.mark.slow
 
@@ -116,3 +116,57 @@ def test_an_output_past_the_file_size_limit_says_so_and_is_not_named_as_written(
     assert "no space left" not in proc.stderr and "Traceback" not in proc.stderr
     assert "output score.result:" not in proc.stdout + proc.stderr
     assert list((run_dir / "outputs/score/result").iterdir()) == []
+
+
+LIMITED_PROCESS = """
+import os
+import resource
+
+def init():
+    # the entry-script process alone may not write files past 20 kB while the flag exists
+    if os.path.exists(os.environ["LIMIT_FLAG"]):
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))
+
+def run(mini_batch):
+    return [os.path.basename(p) + " " + "x" * 200 for p in mini_batch for _ in range(200)]
+"""
+
+
+def test_rows_an_entry_script_process_cannot_write_stop_the_step_without_using_a_try(tmp_path):
+    """The disk under an entry-script process's part refuses its rows (here its file-size
+    limit, as a full disk would): the step stops at once, saying which file and why, no try
+    is used up and the process is not restarted; after the fix, --resume completes the job."""
+    from daskprs.results.ledger import ledger_tries
+
+    make_files(tmp_path / "data", 4)
+    flag = tmp_path / "limit"
+    flag.touch()
+    job = write_job(
+        tmp_path,
+        LIMITED_PROCESS,
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"1"',
+        extra=f"environment_variables:\n  LIMIT_FLAG: {flag}\n",
+    )
+    run_dir = tmp_path / "run"
+    proc = daskprs("run", str(job), "--workers", "1", "--run-dir", str(run_dir))
+    assert proc.returncode == 42, proc.stderr
+    assert "grew past the largest file allowed there (File too large)" in proc.stderr
+    assert (
+        "while entry-script process node000/process000 wrote the rows of mini-batch 0; every "
+        "mini-batch done is kept" in proc.stderr
+    )
+    assert f"continue with: daskprs run --resume {run_dir}" in proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    # no try is on record (none failed, none used up), and the process lived on
+    assert list(ledger_tries(str(run_dir / "steps/score/ledger.jsonl"))) == []
+    errors = (run_dir / "logs/user/error/node000/process000.txt").read_text()
+    assert "mini-batch 0: " in errors and "grew past the largest file" in errors
+    assert not output_of(run_dir).exists()  # (only its hidden partial, for the resume)
+
+    flag.unlink()
+    proc = daskprs("run", "--resume", str(run_dir))
+    assert proc.returncode == 0, proc.stderr
+    rows = output_of(run_dir).read_text().splitlines()
+    assert [r.split()[0] for r in rows[::200]] == [f"f{i:03d}.txt" for i in range(4)]
+    assert len(rows) == 800

@@ -1,0 +1,51 @@
+"""Disks that refuse a write: which errors say so, and what to tell the user.
+
+A full disk or quota, or a file past the largest size allowed, is not a job's fault and not a
+mini-batch's: where the driver meets one (its ledger, the output) and where an entry-script
+process meets one (the rows of a try), the run stops, keeps every mini-batch done, and says
+which file, why and the command that continues it. Light on purpose: the entry-script process
+imports it.
+"""
+
+from __future__ import annotations
+
+import errno
+
+__all__ = ["STORAGE_ERRNOS", "no_space", "storage_problem"]
+
+# A disk or quota full, or a file grown past the largest size allowed (the file system's or
+# ``ulimit -f``'s)
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def no_space(err: OSError) -> bool:
+    """Whether ``err`` says a disk or a quota is full, or a file grew past the largest size
+    allowed (``EFBIG``): the run stops alike for them, saying which (:func:`storage_problem`)."""
+    return err.errno in STORAGE_ERRNOS
+
+
+def storage_problem(err: OSError, path: str) -> tuple[str, str]:
+    """What went wrong and how to fix it, for an error :func:`no_space` accepts.
+
+    Parameters
+    ----------
+    err : OSError
+        The error.
+    path : str
+        The file written (the error's own file name is preferred when it has one).
+
+    Returns
+    -------
+    tuple of str
+        The problem (``"no space left on the device of <path> (...)"``) and the fix, to
+        be followed by the command that continues the run.
+    """
+    where = err.filename or path
+    if err.errno == errno.EFBIG:
+        return (
+            f"{where} grew past the largest file allowed there ({err.strerror}): the file "
+            "system's file-size limit (FAT32's 4 GiB) or the process's (ulimit -f)",
+            "Write it to a file system without that limit (the output's path in the job "
+            "file, or the run directory), or raise ulimit -f",
+        )
+    return f"no space left on the device of {where} ({err.strerror})", "Free some space there"
