@@ -97,14 +97,17 @@ class _Packer:
     idle. Each try keeps its own claim, deadline and record.
     """
 
-    # Chosen with `python -m benchmarks overhead` and `cpu`: Dask's per-task cost (the
-    # scheduler and the client, in the driver process) takes CPU from the entry scripts on a
-    # small machine. 1 s tasks took about a third less driver CPU than 250 ms ones over 200
-    # x 100 ms tries (0.05 s gave the same overhead figure but a lower cpu efficiency); tasks
-    # shrink again at the tail (see ``groups``). ``MAX_PACK`` bounds a task of tries of a
-    # few milliseconds: 256 no-op tries a task took a million mini-batches through one driver
-    # with a quarter of the Dask tasks of 64 (``python -m benchmarks scale``).
-    TARGET_SECONDS = 1.0
+    # Chosen with `python -m benchmarks overhead`, `cpu` and `images`: Dask's per-task cost
+    # (the scheduler and the client, in the driver process: 4-5 ms of CPU a task on this
+    # 2-core machine) takes CPU from the entry scripts on a small machine. 1 s tasks took about
+    # a third less driver CPU than 250 ms ones over 200 x 100 ms tries (0.05 s gave the same
+    # overhead figure but a lower cpu efficiency), and 2 s ones half the tasks of 1 s ones
+    # over 200 image tries of 0.1 s (24-30 against 40-60); tasks shrink again at the tail (see
+    # ``groups``), so no worker idles long while another finishes. ``MAX_PACK`` bounds a task
+    # of tries of a few milliseconds: 256 no-op tries a task took a million mini-batches
+    # through one driver with a quarter of the Dask tasks of 64 (``python -m benchmarks
+    # scale``).
+    TARGET_SECONDS = 2.0
     MAX_PACK = 256
 
     def __init__(self, n_workers: int):
@@ -138,6 +141,10 @@ class _Packer:
 
     @property
     def window(self) -> int:
+        if self.mean is None or self.seen < self.n_workers:
+            # nothing measured yet: each try is a task of its own, and one running and one
+            # queued a worker keep it busy (more would each be a task of one try)
+            return 2 * self.n_workers
         return submission_window(self.n_workers) * self.size
 
     def groups(self, subs: list[Submit], pending: int) -> list[list[Submit]]:

@@ -15,11 +15,12 @@ def subs(n):
 def test_packer_starts_with_single_tries_then_packs_short_ones():
     p = _Packer(n_workers=2)
     assert p.size == 1 and [len(g) for g in p.groups(subs(4), pending=100)] == [1, 1, 1, 1]
+    assert p.window == 4  # before any measure: one running and one queued a worker
     for i in range(4):
         p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, elapsed=0.03))
-    assert p.size == 33  # 1 s of 30 ms tries
-    assert p.window == 8 * 33
-    assert [len(g) for g in p.groups(subs(70), pending=1000)] == [33, 33, 4]
+    assert p.size == 66  # 2 s of 30 ms tries
+    assert p.window == 8 * 66
+    assert [len(g) for g in p.groups(subs(140), pending=1000)] == [66, 66, 8]
     # near the end, tasks get smaller so that no worker idles while another has a long queue
     assert [len(g) for g in p.groups(subs(12), pending=0)] == [3, 3, 3, 3]
 
@@ -32,13 +33,13 @@ def test_packer_leaves_out_each_processs_first_try():
     assert p.size == 1 and p.mean is None
     for i in range(2):
         p.observe(TryRecord(i, 1, Status.RUN_DONE, elapsed=0.08, node="n", process="process000"))
-    assert p.size == 12
+    assert p.size == 25
 
 
 def test_packer_keeps_long_tries_alone_and_ignores_failures():
     p = _Packer(n_workers=2)
     for i in range(4):
-        p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, elapsed=1.2))
+        p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, elapsed=2.4))
         p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_TIMEOUT, elapsed=0.0001))
     assert p.size == 1
 
