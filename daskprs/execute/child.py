@@ -235,10 +235,16 @@ class _Runner:
     def log_error(self, header: str, tb: str) -> None:
         if self.error_log is None:
             return
-        os.makedirs(os.path.dirname(self.error_log), exist_ok=True)
-        # a lone surrogate in an error (a file name that is not UTF-8) is escaped, not fatal
-        with open(self.error_log, "a", encoding="utf-8", errors="backslashreplace") as f:
-            f.write(redact(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n{tb}\n\n"))
+        try:
+            os.makedirs(os.path.dirname(self.error_log), exist_ok=True)
+            # a lone surrogate in an error (a file name that is not UTF-8) is escaped
+            with open(self.error_log, "a", encoding="utf-8", errors="backslashreplace") as f:
+                f.write(redact(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n{tb}\n\n"))
+        except OSError as err:
+            if not no_space(err):
+                raise
+            # a full disk: the error still goes to the ledger with its try, and the driver's
+            # own next write to that disk stops the run, saying so
 
     def setup_process(self) -> None:
         cfg = self.cfg
