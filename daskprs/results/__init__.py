@@ -6,6 +6,7 @@ behind resume and rerun-failed (``ledger``), Azure's row format and the part fil
 (``formatting``; the same bytes faster for plain frames: ``fastcsv``), the parts of a task's
 tries as ranges of one pack (``packs``), parts that keep rows as data for ``map_batches``
 (``structured``), assembling parts into the output in mini-batch order (``output``), the
+disks that refuse a write and what to say of them (``storage``), the
 fingerprint a resume compares (``fingerprint``), the keys and records of step reuse
 (``reuse``), and the values ``run_job`` and ``map_batches`` return (``jobresult``,
 ``mapresult``).
