@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -228,30 +229,58 @@ def _nearest_existing(path: str) -> str:
 
 def check_writable(job: Job) -> None:
     """Raise :class:`UserInputError` naming every local output location of ``job`` that
-    cannot be written (a read-only filesystem, missing permissions), before anything runs."""
+    cannot be written (a read-only filesystem, missing permissions, a file where a folder must
+    be), before anything runs."""
     problems = []
     for step in job.steps:
-        places = {f"{step.name}.{o.name}": o.path for o in step.outputs.values()}
+        places = {f"{step.name}.{o.name}": (o.path, _is_file(o)) for o in step.outputs.values()}
         if isinstance(step, ParallelStep) and step.output_dir:
-            places[f"{step.name} output_dir"] = step.output_dir
-        for name, path in places.items():
+            places[f"{step.name} output_dir"] = (step.output_dir, False)
+        for name, (path, is_file) in places.items():
             if "://" in path:
                 missing = missing_package(path)
                 if missing is not None:
                     problems.append(f"cannot write the output {path} ({name}): {missing}")
                 continue
-            there = _nearest_existing(os.path.abspath(path))
-            folder = there if os.path.isdir(there) else os.path.dirname(there)
-            if not os.access(folder, os.W_OK | os.X_OK):
-                problems.append(
-                    f"cannot write the output {path} ({name}): {folder} is not writable "
-                    "(a read-only filesystem, or missing permissions)"
-                )
+            problem = _unwritable(os.path.abspath(path), is_file)
+            if problem is not None:
+                problems.append(f"cannot write the output {path} ({name}): {problem}")
     if problems:
         raise UserInputError(
             "\n".join(problems) + "\nGive the output a path that can be written "
             "(`--set jobs.<step>.outputs.<name>.path=...` or in the job file)."
         )
+
+
+def _is_file(out: Any) -> bool:
+    """Whether output ``out`` is written as a file at its path (an explicit ``uri_file``),
+    not as a folder there (as :meth:`StepsRunner._make_output_folders` makes them)."""
+    return bool(out.explicit and out.type == "uri_file")
+
+
+def _unwritable(path: str, is_file: bool) -> str | None:
+    """Why the output at ``path`` (absolute; a file or a folder) cannot be made, or None.
+
+    The nearest folder that exists is tried for real (a folder made there and removed): root
+    passes every permission check, and a file system such as ``/proc`` takes no new folder."""
+    there = _nearest_existing(path)
+    if there == path:
+        if is_file and os.path.isdir(there):
+            return f"{there} is a folder, not a file"
+        if not is_file and not os.path.isdir(there):
+            return f"{there} is a file, not a folder"
+        if is_file:  # the file is written beside its place and renamed over it
+            there = os.path.dirname(there)
+    elif not os.path.isdir(there):
+        return f"{there} is a file, so no folder can be made inside it"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".daskprs-check-", dir=there))
+    except OSError as err:
+        return (
+            f"{there} takes no new file or folder ({err.strerror}: a read-only filesystem, "
+            "missing permissions)"
+        )
+    return None
 
 
 def _made_by_earlier_step(step: ParallelStep, job: Job, path: str | None = None) -> str | None:
@@ -619,8 +648,7 @@ class StepsRunner:
     def _make_output_folders(self, step: ParallelStep) -> None:
         for out in step.outputs.values():
             if "://" not in out.path:
-                explicit_file = out.explicit and out.type == "uri_file"
-                os.makedirs(os.path.dirname(out.path) if explicit_file else out.path, exist_ok=True)
+                os.makedirs(os.path.dirname(out.path) if _is_file(out) else out.path, exist_ok=True)
         if step.output_dir and "://" not in step.output_dir:
             os.makedirs(step.output_dir, exist_ok=True)
 

@@ -178,3 +178,35 @@ def test_rows_an_entry_script_process_cannot_write_stop_the_step_without_using_a
     rows = output_of(run_dir).read_text().splitlines()
     assert [r.split()[0] for r in rows[::200]] == [f"f{i:03d}.txt" for i in range(4)]
     assert len(rows) == 800
+
+
+@pytest.mark.parametrize(
+    ("out_type", "where", "why"),
+    [
+        ("uri_folder", "data/f000.txt/out", "is a file, so no folder can be made inside it"),
+        ("uri_file", "data/f000.txt/out.txt", "is a file, so no folder can be made inside it"),
+        ("uri_folder", "data/f000.txt", "is a file, not a folder"),
+        ("uri_file", "data", "is a folder, not a file"),
+        ("uri_folder", "/proc/daskprs-nope/out", "/proc takes no new file or folder"),
+    ],
+)
+def test_an_output_path_that_cannot_be_made_is_refused_by_validate_and_run(
+    tmp_path, out_type, where, why
+):
+    """A file where the output's folder must be, or a file system that takes no folder (root
+    passes every permission check): ``validate`` says so and ``run`` refuses before anything
+    runs, exit 2 naming the output (it crashed as an internal error once the step started)."""
+    make_files(tmp_path / "data", 2)
+    job = write_job(tmp_path, MANY_ROWS, input_yaml="type: uri_folder\npath: ./data")
+    text = job.read_text()
+    default = "      result:\n        type: uri_file\n"
+    path = where if where.startswith("/") else str(tmp_path / where)
+    job.write_text(
+        text.replace(default, f"      result:\n        type: {out_type}\n        path: {path}\n")
+    )
+    for args in (("validate", str(job)), ("run", str(job), "--run-dir", str(tmp_path / "run"))):
+        proc = daskprs(*args)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert f"cannot write the output {path} (score.result): " in proc.stderr
+        assert why in proc.stderr
+        assert "Traceback" not in proc.stderr
