@@ -585,10 +585,17 @@ def resume_job(
             os.chdir(previous)
         changed = fingerprint.diff_jobs(record["job"], fingerprint.job_fields(job))
         if changed and not force:
+            # (rerun-failed takes no --force: the change is accepted by a resume)
+            how = (
+                f"accept it with `daskprs run --resume {run.root} --force`, then rerun the "
+                "failed mini-batches"
+                if rerun_failed
+                else "add --force to continue with the changed job"
+            )
             raise ResumeRefused(
                 "the job changed since the run started:\n  "
                 + "\n  ".join(changed)
-                + "\nRun it anew, or add --force to continue with the changed job."
+                + f"\nRun it anew, or {how}."
             )
         for line in changed:
             echo(f"note: continuing with a changed job (--force): {line}")

@@ -803,7 +803,10 @@ class StepsRunner:
             else:
                 made = _made_by_earlier_step(step, self.s.job) is not None
                 if what is not None:
-                    self._input_changed(step, what, new, made)
+                    over = made or (
+                        os.path.exists(where.ledger) and not same_cuts(saved.batches, fresh.batches)
+                    )
+                    self._input_changed(step, what, new, over)
                 if what is not None and made:
                     # (--force) a step's output is written whole: what was done over the old
                     # one is stale, however the new one is cut
@@ -824,21 +827,30 @@ class StepsRunner:
         return fresh
 
     def _input_changed(
-        self, step: ParallelStep, what: str, new: dict[str, Any], made: bool
+        self, step: ParallelStep, what: str, new: dict[str, Any], over: bool
     ) -> None:
         """Refuse a step's input that changed since the run started, not by the step that
-        makes it (``made``: an earlier step of the job), unless ``--force``: then note it
-        and record the new fingerprint."""
+        makes it, unless ``--force``: then note it and record the new fingerprint. ``over``:
+        accepted, the change starts the step over (an earlier step of the job makes the
+        input, or its mini-batches are cut otherwise)."""
         if not self.s.force:
             kept = (
-                "the step starts over" if made else "mini-batches already done are kept as they are"
+                "the step starts over: every mini-batch runs again"
+                if over
+                else "mini-batches already done are kept as they are"
+            )
+            how = (
+                f"accept it with `daskprs run --resume {self.s.run.root} --force` ({kept}), "
+                "then rerun the failed mini-batches"
+                if self.s.mode == Mode.RERUN_FAILED  # (which takes no --force)
+                else f"add --force to continue ({kept})"
             )
             raise ResumeRefused(
                 f"the input of step {step.name} ({step.input_data.path}) changed since "
-                f"the run started ({what}). Run it anew, or add --force to continue ({kept})."
+                f"the run started ({what}). Run it anew, or {how}."
             )
-        over = ": the step starts over" if made else ""
-        self.s.echo(f"note: the input of step {step.name} changed ({what}); --force given{over}")
+        starts = ": the step starts over" if over else ""
+        self.s.echo(f"note: the input of step {step.name} changed ({what}); --force given{starts}")
         self.s.record.setdefault("inputs", {})[step.name] = new
         self.s.run.write_record(self.s.record)
 

@@ -142,11 +142,25 @@ def test_resume_refuses_a_changed_job_or_input_unless_forced(tmp_path, monkeypat
     refused = runner.invoke(cli, ["run", "--resume", "run"])
     assert refused.exit_code == 2
     assert "mini_batch_size" in refused.output and "--force" in refused.output
+    refused = runner.invoke(cli, ["rerun-failed", "run"])
+    assert refused.exit_code == 2 and "add --force" not in refused.output
+    assert "then rerun the failed mini-batches" in " ".join(refused.output.split())
     job.write_text(job.read_text().replace('mini_batch_size: "1"', 'mini_batch_size: "2"'))
     make_files(tmp_path / "data", 5)  # one more file in the input
     refused = runner.invoke(cli, ["run", "--resume", "run"])
     assert refused.exit_code == 2
     assert "input of step score" in refused.output and "2 -> 3 mini-batches" in refused.output
+    # cut otherwise, the mini-batches done so far cannot be kept: the message says what
+    # --force will do
+    assert "add --force to continue (the step starts over: every mini-batch runs" in " ".join(
+        refused.output.split()
+    )
+    # rerun-failed takes no --force: it names the command that accepts the change
+    refused = runner.invoke(cli, ["rerun-failed", "run"])
+    assert refused.exit_code == 2
+    said = " ".join(refused.output.split())
+    assert "add --force" not in said
+    assert f"accept it with `daskprs run --resume {tmp_path / 'run'} --force`" in said
     forced = runner.invoke(cli, ["run", "--resume", "run", "--force", "--workers", "1"])
     assert forced.exit_code == 0, forced.output
     assert output_of(tmp_path / "run").read_text().splitlines() == [
@@ -522,7 +536,7 @@ def test_force_starts_over_a_step_whose_input_an_earlier_step_rewrote(tmp_path):
     run = tmp_path / "run"
     assert run_job(job, run_dir=run, workers=1, echo=lambda s: None).ok
     _rerun_failed_unwriting(run, broken, ("steps/count", "outputs/count", "run.json"))
-    with pytest.raises(ResumeRefused, match=r"add --force to continue \(the step starts over\)"):
+    with pytest.raises(ResumeRefused, match=r"add --force to continue \(the step starts over: "):
         resume_job(run, workers=1, echo=lambda s: None)
     said: list[str] = []
     forced = resume_job(run, force=True, workers=1, echo=said.append)
