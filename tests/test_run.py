@@ -450,3 +450,52 @@ jobs:
     assert len(list((tmp_path / "run/outputs/prep/data").iterdir())) == 1
     assert len(list((tmp_path / "mine").iterdir())) == 2
     assert any("runs again in empty output folders" in line for line in lines), lines
+
+
+LITTERING = """
+import os, shutil, time
+
+def run(mini_batch):
+    # a scratch file in the working folder; one mini-batch deletes the folder itself, one
+    # is killed on its timeout: neither may leave a folder behind
+    with open("scratch.bin", "wb") as f:
+        f.write(b"x" * 100_000)
+    name = os.path.basename(mini_batch[0])
+    if name == "f001.txt":
+        shutil.rmtree(os.getcwd())
+    if name == "f002.txt" and not os.path.exists(os.environ["KILLED_ONCE"]):
+        open(os.environ["KILLED_ONCE"], "x").close()
+        time.sleep(3600)
+    return [name]
+"""
+
+
+def test_the_entry_scripts_working_folders_are_removed_when_the_step_ends(tmp_path, monkeypatch):
+    """Each process works in a private temporary folder; what scripts leave there (here 100 kB
+    a mini-batch) went on piling up in the temporary folder run after run. The folders are
+    removed when the step's processes end, also one whose process was killed on its timeout
+    and the one a run() made after deleting its own."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    make_files(tmp_path / "data", 4)
+    job = write_job(
+        tmp_path,
+        LITTERING,
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"1"',
+        extra=(
+            f"environment_variables:\n  KILLED_ONCE: {tmp_path / 'killed'}\n"
+            "retry_settings:\n  max_retries: 2\n  timeout: 3\n"
+        ),
+    )
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR read again by this process
+    result = run_job(job, run_dir=tmp_path / "run", workers=2, echo=lambda s: None)
+    assert result.ok, result.failure
+    assert (tmp_path / "killed").exists()  # a process was killed on its timeout
+    assert output_of(tmp_path / "run").read_text().splitlines() == [
+        f"f{i:03d}.txt" for i in range(4)
+    ]
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("daskprs-")] == []

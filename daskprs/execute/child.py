@@ -252,8 +252,7 @@ class _Runner:
         for name, value in azureml_variables(cfg, os.environ).items():
             os.environ.setdefault(name, value)
         _log_root_to_stdout(cfg.logging_level)
-        workdir = tempfile.mkdtemp(prefix=f"daskprs-{cfg.node}-{cfg.process}-")
-        os.chdir(workdir)
+        os.chdir(work_folder(cfg))
         if cfg.code_dir not in sys.path:
             sys.path.insert(0, cfg.code_dir)
         sys.argv = [self.script_path, *cfg.argv]
@@ -560,7 +559,25 @@ class _ProcessState:
             try:
                 os.chdir(self.cwd)
             except OSError:  # run() deleted its working directory: the next one gets a new one
-                os.chdir(tempfile.mkdtemp(prefix="daskprs-"))
+                # (beside the one it deleted: in the slot's cache folder, removed with it)
+                beside = os.path.dirname(self.cwd)
+                parent = beside if os.path.isdir(beside) else None
+                os.chdir(tempfile.mkdtemp(prefix="daskprs-", dir=parent))
+
+
+def work_folder(cfg: ChildConfig) -> str:
+    """A new private working folder for the entry script, inside the slot's cache folder when
+    it has one: the slot removes that folder when it ends, however its processes ended
+    (killed on a timeout too), so that the files a script leaves in its working folder do not
+    pile up in the temporary folder run after run."""
+    parent = None
+    if cfg.cache_dir:
+        try:
+            os.makedirs(cfg.cache_dir, exist_ok=True)
+            parent = cfg.cache_dir
+        except OSError:  # the temporary folder's own then (removed by no one, as before)
+            parent = None
+    return tempfile.mkdtemp(prefix=f"daskprs-{cfg.node}-{cfg.process}-", dir=parent)
 
 
 def _wants_context(run: Any) -> bool:
