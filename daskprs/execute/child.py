@@ -47,6 +47,7 @@ from daskprs.results.outcome import Status, TryRecord, short_return
 from daskprs.results.packs import pack_ref
 from daskprs.results.storage import no_space, storage_problem
 from daskprs.rundir import LogsDir
+from daskprs.settings import parse_gpu_devices
 
 __all__ = [
     "PROCESS_MARK",
@@ -142,8 +143,9 @@ _LIBRARIES = tuple(
 def azureml_variables(cfg: ChildConfig, env: Mapping[str, str]) -> dict[str, str]:
     """The variables Azure's parallel run sets that entry scripts read: the output folder
     (``AZUREML_BI_OUTPUT_PATH``, as ``EntryScript().output_dir``) and the GPUs this process
-    sees (``AZ_BATCHAI_GPU_COUNT_FOUND``: the entries of its ``CUDA_VISIBLE_DEVICES``)."""
-    devices = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    sees (``AZ_BATCHAI_GPU_COUNT_FOUND``: the devices of its ``CUDA_VISIBLE_DEVICES``, none
+    for ``-1``)."""
+    devices = parse_gpu_devices(env.get("CUDA_VISIBLE_DEVICES", ""))
     out = {"AZ_BATCHAI_GPU_COUNT_FOUND": str(len(devices))}
     if cfg.output_dir:
         out["AZUREML_BI_OUTPUT_PATH"] = cfg.output_dir

@@ -60,9 +60,21 @@ def visible_gpus(env: Mapping[str, str] | None = None) -> list[str]:
     return list(_nvidia_smi())
 
 
-def device_for(index: int, devices: list[str]) -> str | None:
-    """The device of a node's ``index``-th entry-script process: round-robin over ``devices``."""
-    return devices[index % len(devices)] if devices else None
+# ``CUDA_VISIBLE_DEVICES`` of a process that may use no GPU
+NO_GPU = "-1"
+
+
+def device_for(index: int, devices: list[str], env: Mapping[str, str] | None = None) -> str | None:
+    """The device of a node's ``index``-th entry-script process: round-robin over ``devices``.
+
+    With no device: :data:`NO_GPU` when ``DASKPRS_GPU_DEVICES`` (in ``env``, default
+    ``os.environ``: the worker's) says none, so that the process does not see the GPUs of a
+    ``CUDA_VISIBLE_DEVICES`` it would inherit; else None (the process inherits the
+    variable as it is)."""
+    if devices:
+        return devices[index % len(devices)]
+    env = os.environ if env is None else env
+    return NO_GPU if "DASKPRS_GPU_DEVICES" in env else None
 
 
 def processes_per_instance(step: ParallelStep, gpus: Sequence[str] | None = None) -> int:

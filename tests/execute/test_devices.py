@@ -34,7 +34,11 @@ def test_without_variables_nvidia_smi_decides(monkeypatch):
 
 def test_devices_go_round_robin_over_a_nodes_processes():
     assert [device_for(i, ["3", "5"]) for i in range(5)] == ["3", "5", "3", "5", "3"]
-    assert device_for(0, []) is None
+    assert device_for(0, [], {}) is None  # (the process inherits what there is)
+    # DASKPRS_GPU_DEVICES says none: the process sees none, whatever it would inherit
+    for none in ("-1", ""):
+        env = {"DASKPRS_GPU_DEVICES": none, "CUDA_VISIBLE_DEVICES": "3"}
+        assert device_for(0, visible_gpus(env), env) == "-1"
 
 
 def step(concurrency: int | None) -> ParallelStep:

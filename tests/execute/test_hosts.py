@@ -200,6 +200,28 @@ def test_the_embedded_cluster_on_a_gpu_machine_runs_a_process_per_device(tmp_pat
     assert sorted(d for devices in by_process.values() for d in devices) == ["3", "5"]
 
 
+@pytest.mark.slow
+def test_no_gpu_in_daskprs_gpu_devices_hides_the_gpus_a_process_would_inherit(
+    tmp_path, monkeypatch
+):
+    """``DASKPRS_GPU_DEVICES=-1`` (no GPU) on a machine whose ``CUDA_VISIBLE_DEVICES`` is 3:
+    one process a core, and none of them sees device 3 (they did, and counted it in
+    ``AZ_BATCHAI_GPU_COUNT_FOUND``)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setenv("DASKPRS_GPU_DEVICES", "-1")
+    make_files(tmp_path / "data", 2)
+    job = write_job(
+        tmp_path,
+        "import os\n\ndef run(mini_batch):\n    return [os.environ.get('CUDA_VISIBLE_DEVICES')"
+        " + ' ' + os.environ['AZ_BATCHAI_GPU_COUNT_FOUND'] for _ in mini_batch]\n",
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"1"',
+    )
+    result = run_job(job, run_dir=tmp_path / "run", workers=2, echo=lambda s: None)
+    assert result.ok, result.failure
+    assert output_of(tmp_path / "run").read_text().splitlines() == ["-1 0", "-1 0"]
+
+
 # --------------------------------------------------------------------------- elastic clusters
 
 # $WHO names the worker a child runs on (set in each `dask worker`'s environment). A run on a
