@@ -139,14 +139,14 @@ def budget_verdict(tally: Tally, total: int, policy: Policy, queue_empty: bool) 
     p, c = policy, tally
     if p.mini_batch_error_threshold >= 0 and c.failed > p.mini_batch_error_threshold:
         return Stop(
-            f"{c.failed} mini-batches failed, over mini_batch_error_threshold "
+            f"{_count(c.failed, 'mini-batch')} failed, over mini_batch_error_threshold "
             f"({p.mini_batch_error_threshold}) by {c.failed - p.mini_batch_error_threshold}",
             budget=Budget.MINI_BATCH_ERROR_THRESHOLD,
         )
     if p.error_threshold >= 0 and c.failed_items > p.error_threshold:
         return Stop(
-            f"{c.failed_items} items failed, over error_threshold ({p.error_threshold}) by "
-            f"{c.failed_items - p.error_threshold}",
+            f"{_count(c.failed_items, 'item')} failed, over error_threshold "
+            f"({p.error_threshold}) by {c.failed_items - p.error_threshold}",
             budget=Budget.ERROR_THRESHOLD,
         )
     if queue_empty and p.allowed_failed_percent < 100 and total:
@@ -158,6 +158,13 @@ def budget_verdict(tally: Tally, total: int, policy: Policy, queue_empty: bool) 
                 budget=Budget.ALLOWED_FAILED_PERCENT,
             )
     return None
+
+
+def _count(n: int, noun: str) -> str:
+    """``"1 mini-batch"``, ``"2 mini-batches"``, ``"1 item"``, ``"3 items"``."""
+    if n == 1:
+        return f"1 {noun}"
+    return f"{n} {noun}{'es' if noun.endswith('h') else 's'}"
 
 
 def final_verdict(tally: Tally, total: int, policy: Policy) -> Stop:

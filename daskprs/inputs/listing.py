@@ -178,9 +178,7 @@ def _left_out(skipped: list[str] | None, path: str, what: str, err: OSError) -> 
     """Note (in ``skipped`` and the log) an entry of the input that was left out, and why."""
     code = errno.errorcode.get(err.errno or 0, type(err).__name__)
     note = f"{path}: {what} ({code}: {err.strerror or err}); {_SKIP_HINT}"
-    log.warning("%s", note)
-    if skipped is not None:
-        skipped.append(note)
+    _note(skipped, note)
 
 
 def _not_files(skipped: list[str] | None, paths: list[str]) -> None:
@@ -195,9 +193,17 @@ def _not_files(skipped: list[str] | None, paths: list[str]) -> None:
         f"{len(paths)} {what} left out of the input: not a regular file (a named pipe, a "
         f"socket or a device): {shown}; move {them} out of the input folder"
     )
-    log.warning("%s", note)
+    _note(skipped, note)
+
+
+def _note(skipped: list[str] | None, note: str) -> None:
+    """``note`` in ``skipped``, whose notes the caller shows (the run's \"note:\" lines: a
+    warning in the log as well showed each twice), else a warning in the log."""
     if skipped is not None:
         skipped.append(note)
+        log.debug("%s", note)  # (for the run's own log, logs/sys/daskprs.log)
+    else:
+        log.warning("%s", note)
 
 
 def _entries(it: Iterator[os.DirEntry], path: str, skip: Callable) -> Iterator[os.DirEntry]:

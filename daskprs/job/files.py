@@ -226,7 +226,8 @@ def _to_csv_parameters() -> set[str]:
 
     import pandas
 
-    return set(inspect.signature(pandas.DataFrame.to_csv).parameters) - {"self"}
+    # (path_or_buf is refused: the rows go to the step's output)
+    return set(inspect.signature(pandas.DataFrame.to_csv).parameters) - {"self", "path_or_buf"}
 
 
 def read_step_settings(code_dir: str) -> dict[str, Any]:
@@ -288,6 +289,6 @@ def _check_to_csv_values(path: str, options: dict[str, Any]) -> None:
     except Exception as err:
         raise ValueError(
             f"{path}: pandas.DataFrame.to_csv cannot write rows with these options "
-            f"({type(err).__name__}: {err}); fix the value, e.g. a one-character separator: "
-            f"{_SETTINGS_EXAMPLE}"
+            f"({type(err).__name__}: {err}); fix the value (a known encoding, a one-character "
+            f"separator...), e.g. {_SETTINGS_EXAMPLE}"
         ) from err

@@ -13,6 +13,8 @@ from daskprs.execute.supervisor import (
     Stop,
     Submit,
     Supervisor,
+    Tally,
+    budget_verdict,
     failed_items,
     verdict_of,
 )
@@ -379,3 +381,14 @@ def test_a_try_submitted_again_gets_a_key_of_its_own():
         "minibatch-00000-try1-s2-r3",
         "minibatch-00000-try2-s2",
     ]
+
+
+def test_a_budget_stop_counts_one_mini_batch_or_item_in_the_singular():
+    one = Tally(failed=1, failed_items=1)
+    stop = budget_verdict(one, 4, Policy(mini_batch_error_threshold=0), queue_empty=False)
+    assert stop is not None and stop.failure.startswith("1 mini-batch failed, over ")
+    stop = budget_verdict(one, 4, Policy(error_threshold=0), queue_empty=False)
+    assert stop is not None and stop.failure.startswith("1 item failed, over ")
+    two = Tally(failed=2, failed_items=2)
+    stop = budget_verdict(two, 4, Policy(mini_batch_error_threshold=1), queue_empty=False)
+    assert stop is not None and stop.failure.startswith("2 mini-batches failed, over ")

@@ -40,7 +40,7 @@ def folder_input(path: Path) -> DataInput:
 def test_a_link_to_itself_is_left_out_alone_and_named(tmp_path, caplog):
     """``ln -s self in/sub/self``: every stat of it fails with ELOOP; the files beside it and
     the folder around it stay in the input."""
-    caplog.set_level("WARNING", logger="daskprs")
+    caplog.set_level("DEBUG", logger="daskprs")
     touch(tmp_path / "in" / "b.txt")
     touch(tmp_path / "in" / "sub" / "a.txt")
     touch(tmp_path / "in" / "sub" / "z.txt")
@@ -53,7 +53,7 @@ def test_a_link_to_itself_is_left_out_alone_and_named(tmp_path, caplog):
     assert note.startswith(f"{tmp_path / 'in' / 'sub' / 'self'}: left out of the input")
     assert "ELOOP" in note and "move it out of the input" in note
     assert decode_plan(encode_plan(plan)).notes == plan.notes  # saved in plan.json
-    assert note in caplog.text  # and in the log
+    assert note in caplog.text  # and in the run's log
 
 
 def _not_files(folder: Path) -> list[Path]:
@@ -71,7 +71,7 @@ def _not_files(folder: Path) -> list[Path]:
 
 
 def test_pipes_sockets_and_links_to_them_are_left_out_of_a_listing_in_one_note(tmp_path, caplog):
-    caplog.set_level("WARNING", logger="daskprs")
+    caplog.set_level("DEBUG", logger="daskprs")
     touch(tmp_path / "in" / "a.txt")
     odd = _not_files(tmp_path / "in" / "sub")
     plan = plan_input(folder_input(tmp_path / "in"), None)
@@ -80,6 +80,32 @@ def test_pipes_sockets_and_links_to_them_are_left_out_of_a_listing_in_one_note(t
     assert note.startswith("3 entries left out of the input: not a regular file (a named pipe")
     assert all(str(p) in note for p in odd) and "move them out of the input" in note
     assert note in caplog.text
+
+
+def test_a_run_shows_what_its_listing_left_out_once(tmp_path):
+    """The note of an entry left out is a "note:" line of the run; it was shown a second time
+    as a WARNING of the log."""
+    import subprocess
+    import sys
+
+    from daskprs.testing import write_job
+
+    touch(tmp_path / "data" / "a.txt")
+    os.mkfifo(tmp_path / "data" / "pipe.txt")
+    job = write_job(
+        tmp_path,
+        "def run(mini_batch):\n    return mini_batch\n",
+        input_yaml="type: uri_folder\npath: ./data",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "daskprs", "run", str(job), "--run-dir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("1 entry left out of the input") == 1, proc.stderr
+    assert "note: 1 entry left out of the input" in proc.stderr
 
 
 def test_a_pipe_is_left_out_of_an_fsspec_listing_too(tmp_path):
