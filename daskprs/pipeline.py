@@ -276,10 +276,7 @@ def _unwritable(path: str, is_file: bool) -> str | None:
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".daskprs-check-", dir=there))
     except OSError as err:
-        return (
-            f"{there} takes no new file or folder ({err.strerror}: a read-only filesystem, "
-            "missing permissions)"
-        )
+        return f"{there} takes no new file or folder ({err.strerror})"
     return None
 
 
