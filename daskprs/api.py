@@ -38,7 +38,7 @@ from daskprs.paths import URL, redact_data
 from daskprs.pipeline import ClusterChoice, JobSession, StepsRunner
 from daskprs.results import fingerprint, reuse
 from daskprs.results.jobresult import JobResult
-from daskprs.results.storage import no_space, storage_problem
+from daskprs.results.storage import no_space, storage_error, storage_problem
 from daskprs.rundir import RunDir, pid_alive, write_json
 from daskprs.rundir import default_run_dir as _default_run_dir
 from daskprs.settings import EnvSettings
@@ -117,23 +117,13 @@ def _never_began(run: RunDir) -> bool:
     return not any(os.path.exists(os.path.join(run.logs.root, d)) for d in ("user", "steps"))
 
 
-# Errors of a disk or a file that refuses daskprs: the machine's to fix, not daskprs's.
-_REFUSED = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
-
-
 def _storage_failure(err: OSError, run_dir: str) -> str | None:
     """What a disk's or a file's refusal while the job ran says, and how to continue; None
     for an error that is not one."""
-    resume = f"then continue with: daskprs run --resume {run_dir}"
-    place = err.filename or run_dir
-    if no_space(err):  # (full, over a quota, or past a file-size limit)
-        problem, fix = storage_problem(err, place)
-        return f"{problem}. {fix}, {resume}"
-    if err.errno in _REFUSED:
-        return f"{place}: {err.strerror}. Fix its permissions or its mount, {resume}"
-    if err.errno == errno.EIO:
-        return f"the disk of {place} failed to read or write ({err.strerror}). Check it, {resume}"
-    return None
+    if not storage_error(err):
+        return None
+    problem, fix = storage_problem(err, run_dir)
+    return f"{problem}. {fix}, then continue with: daskprs run --resume {run_dir}"
 
 
 def _internal_failure(err: BaseException) -> str:

@@ -45,7 +45,7 @@ from daskprs.execute.wire import (
 from daskprs.paths import redact
 from daskprs.results.outcome import Status, TryRecord, short_return
 from daskprs.results.packs import pack_ref
-from daskprs.results.storage import no_space, storage_problem
+from daskprs.results.storage import storage_error, storage_problem
 from daskprs.rundir import LogsDir
 from daskprs.settings import parse_gpu_devices
 
@@ -243,10 +243,10 @@ class _Runner:
             with open(self.error_log, "a", encoding="utf-8", errors="backslashreplace") as f:
                 f.write(redact(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n{tb}\n\n"))
         except OSError as err:
-            if not no_space(err):
+            if not storage_error(err):
                 raise
-            # a full disk: the error still goes to the ledger with its try, and the driver's
-            # own next write to that disk stops the run, saying so
+            # a full or read-only disk: the error still goes to the ledger with its try,
+            # and the driver's own next write to that disk stops the run, saying so
 
     def setup_process(self) -> None:
         cfg = self.cfg
@@ -417,14 +417,16 @@ class _Runner:
         try:
             written = self._write_part(result, part, pack)
         except OSError as err:
-            if no_space(err):  # the part's disk, not the rows: the step stops (STORAGE_FULL)
+            if storage_error(err):  # the part's disk, not the rows: the step stops
                 problem, fix = storage_problem(err, part or "")
                 self.log_error(f"mini-batch {base.mb}: {problem}", "")
+                cfg = self.cfg
                 return base.with_(
-                    status=Status.STORAGE_FULL,
+                    status=Status.STORAGE_ERROR,
                     total=total,
                     run_seconds=seconds,
-                    error=f"{problem}\n{fix}",  # (the supervisor words the step's stop)
+                    error=f"{problem} while entry-script process {cfg.node}/{cfg.process} "
+                    f"wrote the rows of mini-batch {base.mb}\n{fix}",
                 )
             error, tb = self._unwritable(err, result)
         except Exception as exc:  # an item's str(), its encoding, a to_csv option

@@ -258,7 +258,7 @@ class _StepRun:
         rec = rec.with_(key=sub.key)
         self.packer.observe(rec)
         instructions = self.sup.on_outcome(sub.try_key, rec, time.monotonic())
-        if rec.status in (Status.NOT_STARTED, Status.STORAGE_FULL):  # not a try: no record
+        if rec.status in (Status.NOT_STARTED, Status.STORAGE_ERROR):  # not a try: no record
             return instructions
         # a try that ended its mini-batch is written once, with its final state
         final = next((i for i in instructions if isinstance(i, Finalize) and i.record is rec), None)

@@ -413,13 +413,9 @@ class Supervisor:
         status = record.status
         if status == Status.NOT_STARTED:
             self._requeue(mb, try_no)
-        elif status == Status.STORAGE_FULL:  # every try would meet that disk: stop, keep all
+        elif status == Status.STORAGE_ERROR:  # every try would meet that disk: stop, keep all
             problem, _, fix = record.error.partition("\n")
-            who = f" {record.node}/{record.process}" if record.node else ""
-            failure = (
-                f"{problem} while entry-script process{who} wrote the rows of mini-batch {mb}; "
-                f"every mini-batch done is kept. {fix or 'Free some space there'}"
-            )
+            failure = f"{problem}; every mini-batch done is kept. {fix or 'Free some space there'}"
             return self._stop(Stop(failure, Budget.STORAGE), out)
         elif status == Status.INIT_FAILED:
             self.counts.init_failures[record.node or "?"] += 1

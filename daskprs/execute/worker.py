@@ -29,6 +29,7 @@ from daskprs.execute.wire import RunTask
 from daskprs.inputs.batches import MiniBatch
 from daskprs.results.outcome import Status, TryRecord, TryRecords
 from daskprs.results.packs import pack_ref, split_ref
+from daskprs.results.storage import storage_error, storage_problem
 
 __all__ = ["check_worker", "claimed", "kill_running", "run_tries", "run_try"]
 
@@ -89,7 +90,14 @@ def run_try(
     try:
         if slot.closing:  # its worker closes: not claimed here, it runs elsewhere
             return not_started(batch.index, try_no)
-        if not _claim(ctx, batch.index, try_key):
+        try:
+            taken = _claim(ctx, batch.index, try_key)
+        except OSError as err:
+            if not storage_error(err):
+                raise
+            pool.ended(slot, batch.index, try_key)
+            return _refused(batch, try_no, err, "the worker claimed", ctx.store.url(""))
+        if not taken:
             instead = _claimed_before(ctx, batch, try_no, try_key, handback_wait, start)
             if instead is not None:
                 return instead
@@ -157,8 +165,23 @@ def _claimed_before(
     )
 
 
+def _refused(batch: MiniBatch, try_no: int, err: OSError, doing: str, path: str) -> TryRecord:
+    """The record of a try whose claim or rows a disk refused (full, read-only...): no
+    try's fault; the step stops there and the mini-batch runs again on --resume."""
+    problem, fix = storage_problem(err, path)
+    return TryRecord(
+        mb=batch.index,
+        try_no=try_no,
+        status=Status.STORAGE_ERROR,
+        total=batch.n_items,
+        error=f"{problem} while {doing} mini-batch {batch.index}\n{fix}",
+    )
+
+
 def _slot_failed(batch: MiniBatch, try_no: int, err: Exception) -> TryRecord:
     """The record of a try whose slot itself failed (not its process: the slot's code)."""
+    if isinstance(err, OSError) and storage_error(err):  # (a disk it wrote to, not the slot)
+        return _refused(batch, try_no, err, "the worker ran", err.filename or "")
     return TryRecord(
         mb=batch.index,
         try_no=try_no,
@@ -177,7 +200,9 @@ def _stage_part(ctx: StepContext, record: TryRecord, try_key: str) -> TryRecord:
     try:
         staged = ctx.store.upload(local, part_name(record.mb, try_key))
     except Exception as err:  # the store refused or is unreachable: this try failed
-        log.warning("cannot stage the part of mini-batch %d: %r", record.mb, err)
+        # (a disk's refusal stops the step, its message saying it: not a warning besides)
+        log.log(logging.DEBUG if storage_error(err) else logging.WARNING,
+                "cannot stage the part of mini-batch %d: %r", record.mb, err)  # fmt: skip
         return _not_staged(ctx, record, err)
     finally:
         _unlink(local)
@@ -207,7 +232,8 @@ def _stage_pack(
     try:
         staged = ctx.store.upload(pack, pack_name(*first))
     except Exception as err:  # the store refused or is unreachable: these tries failed
-        log.warning("cannot stage the rows of %d tries: %r", len(ranged), err)
+        log.log(logging.DEBUG if storage_error(err) else logging.WARNING,
+                "cannot stage the rows of %d tries: %r", len(ranged), err)  # fmt: skip
         return {k: _not_staged(ctx, r, err) if k in ranged else r for k, r in records.items()}
     finally:
         _unlink(pack)
@@ -219,7 +245,17 @@ def _stage_pack(
 
 
 def _not_staged(ctx: StepContext, record: TryRecord, err: BaseException) -> TryRecord:
-    """A try whose rows the staging store did not take: failed, with nothing to commit."""
+    """A try whose rows the staging store did not take: failed, with nothing to commit; or,
+    when a disk refused them (a full or read-only staging folder), a stop for the step."""
+    if isinstance(err, OSError) and storage_error(err):
+        problem, fix = storage_problem(err, ctx.staging)
+        return record.with_(
+            status=Status.STORAGE_ERROR,
+            part=None,
+            succeeded=0,
+            failed=0,
+            error=f"{problem} while the rows of mini-batch {record.mb} were staged\n{fix}",
+        )
     return record.with_(
         status=Status.PROCESS_DIED,
         part=None,
@@ -308,7 +344,15 @@ def _run_in_turn(
                 return
             start = time.time()
             given[(batch.index, try_no)] = (try_key, batch, start, False)
-            if not _claim(ctx, batch.index, try_key):
+            try:
+                taken = _claim(ctx, batch.index, try_key)
+            except OSError as err:
+                if not storage_error(err):
+                    raise
+                pool.ended(slot, batch.index, try_key)
+                yield _refused(batch, try_no, err, "the worker claimed", ctx.store.url(""))
+                continue
+            if not taken:
                 instead = _claimed_before(ctx, batch, try_no, try_key, wait, start)
                 if instead is not None:
                     pool.done(slot, batch.index, try_key, instead)
@@ -319,7 +363,7 @@ def _run_in_turn(
 
     def finished(try_key: str, mb: int, record: TryRecord) -> TryRecord:
         # its worker closed, or its rows found no room: its marker is left (it runs again)
-        if record.status in (Status.NOT_STARTED, Status.STORAGE_FULL):
+        if record.status in (Status.NOT_STARTED, Status.STORAGE_ERROR):
             pool.ended(slot, mb, try_key)
             return record
         in_pack = unstaged and record.part and split_ref(record.part)[0] == unstaged

@@ -42,11 +42,12 @@ class Status(StrEnum):
     # The try never started: its task was lost with its worker before reaching it (a task
     # that carries several mini-batches). It is submitted again without using a try.
     NOT_STARTED = "NOT_STARTED"
-    # The try ran but the disk its rows go to refused them (full, a quota, a file-size limit):
-    # not the script's fault nor the mini-batch's. The step stops, the mini-batch runs again
-    # on --resume; like NOT_STARTED, never written to the ledger or the report. Its error is
-    # the problem and its fix, on two lines (daskprs.results.storage.storage_problem).
-    STORAGE_FULL = "STORAGE_FULL"
+    # The disk where the try's claim or rows go refused them (full, a quota, a file-size
+    # limit, read-only, permissions): not the script's fault nor the mini-batch's. The step
+    # stops, the mini-batch runs again on --resume; like NOT_STARTED, never written to the
+    # ledger or the report. Its error is the problem and its fix, on two lines
+    # (daskprs.results.storage.storage_problem).
+    STORAGE_ERROR = "STORAGE_ERROR"
 
 
 class BatchState(StrEnum):

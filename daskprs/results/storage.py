@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import errno
 
-__all__ = ["STORAGE_ERRNOS", "no_space", "storage_problem"]
+__all__ = ["STORAGE_ERRNOS", "no_space", "storage_error", "storage_problem"]
 
 # A disk or quota full, or a file grown past the largest size allowed (the file system's or
 # ``ulimit -f``'s)
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# A disk or a file that refuses the write: read-only, permissions, a failing device
+REFUSED_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
 
 
 def no_space(err: OSError) -> bool:
@@ -24,8 +26,14 @@ def no_space(err: OSError) -> bool:
     return err.errno in STORAGE_ERRNOS
 
 
+def storage_error(err: BaseException) -> bool:
+    """Whether ``err`` is a disk's refusal of a write, full or not (:func:`no_space`, or
+    read-only, permissions, an I/O error): the machine's to fix, and no try's fault."""
+    return isinstance(err, OSError) and (err.errno in STORAGE_ERRNOS or err.errno in REFUSED_ERRNOS)
+
+
 def storage_problem(err: OSError, path: str) -> tuple[str, str]:
-    """What went wrong and how to fix it, for an error :func:`no_space` accepts.
+    """What went wrong and how to fix it, for an error :func:`storage_error` accepts.
 
     Parameters
     ----------
@@ -48,4 +56,8 @@ def storage_problem(err: OSError, path: str) -> tuple[str, str]:
             "Write it to a file system without that limit (the output's path in the job "
             "file, or the run directory), or raise ulimit -f",
         )
+    if err.errno == errno.EIO:
+        return f"the disk of {where} failed to read or write ({err.strerror})", "Check it"
+    if err.errno in REFUSED_ERRNOS:
+        return f"{where}: {err.strerror}", "Fix its permissions or its mount"
     return f"no space left on the device of {where} ({err.strerror})", "Free some space there"

@@ -268,18 +268,17 @@ def test_a_try_that_never_started_is_resubmitted_without_using_a_try():
 
 
 def test_rows_that_found_no_room_stop_the_step_and_use_no_try():
-    """An entry-script process whose disk refused a try's rows (STORAGE_FULL): every other try
+    """An entry-script process whose disk refused a try's rows (STORAGE_ERROR): every other try
     would meet that disk, so the step stops (budget ``storage``) with the problem and its fix;
     the mini-batch is cancelled (run again by --resume), not failed, and no try is counted."""
     sup = Supervisor({0: 1, 1: 1, 2: 1}, Policy(max_retries=0, window=2))
     first, second = submits(sup.start())
     sup.on_outcome(first.try_key, rec(first, Status.RUN_DONE, 1), 1)
-    error = "no space left on the device of /r/p (No space left on device)\nFree some space there"
-    out = sup.on_outcome(
-        second.try_key,
-        rec(second, Status.STORAGE_FULL, 1, error=error, node="node000", process="process001"),
-        1,
+    error = (
+        "no space left on the device of /r/p (No space left on device) while entry-script "
+        "process node000/process001 wrote the rows of mini-batch 1\nFree some space there"
     )
+    out = sup.on_outcome(second.try_key, rec(second, Status.STORAGE_ERROR, 1, error=error), 1)
     [stop] = [i for i in out if isinstance(i, Stop)]
     assert stop.budget == Budget.STORAGE
     assert stop.failure == (

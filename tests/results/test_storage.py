@@ -210,3 +210,105 @@ def test_an_output_path_that_cannot_be_made_is_refused_by_validate_and_run(
         assert f"cannot write the output {path} (score.result): " in proc.stderr
         assert why in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+ROWS_OF_FILE = """
+import os, time
+
+def run(mini_batch):
+    name = os.path.basename(mini_batch[0])
+    if name == "f002.txt":  # held until the test has made the disk refuse what follows
+        while not os.path.exists(os.environ["GO"]):
+            time.sleep(0.01)
+    return [name + " " + "x" * 200 for _ in range(50)]
+"""
+
+
+def _rows(names) -> list[str]:
+    return [f"{n} " + "x" * 200 for n in names for _ in range(50)]
+
+
+def test_a_claims_folder_that_refuses_writes_stops_the_step_without_using_a_try(tmp_path):
+    """The folder of the tries' claims turns read-only while the step runs: the step stops at
+    once (exit 42) naming it and the fix, no try is used (it looped resubmitting tasks whose
+    claim failed, at full CPU, until the progress timeout); --resume completes the job."""
+    from daskprs.results.ledger import ledger_tries
+    from daskprs.testing import poll_for
+
+    make_files(tmp_path / "data", 6)
+    go = tmp_path / "go"
+    job = write_job(
+        tmp_path,
+        ROWS_OF_FILE,
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"1"',
+        extra=f"environment_variables:\n  GO: {go}\n",
+    )
+    run_dir = tmp_path / "run"
+    claims = run_dir / "steps/score/claims"
+    argv = ["run", str(job), "--workers", "1", "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daskprs", *argv],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        poll_for(lambda: any(claims.glob("00002.*")), timeout=120)  # f002 runs, held
+        with tmpfs(claims, "ro,size=64k"):
+            go.touch()
+            _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 42, err
+    assert f"{claims}/00003." in err
+    assert ": Read-only file system while the worker claimed mini-batch 3; " in err
+    assert "every mini-batch done is kept. Fix its permissions or its mount" in err
+    assert f"continue with: daskprs run --resume {run_dir}" in err
+    assert "Traceback" not in err and "internal error" not in err
+    tried = list(ledger_tries(str(run_dir / "steps/score/ledger.jsonl")))
+    assert [(t.mb, str(t.status)) for t in tried] == [(i, "RUN_DONE") for i in range(3)]
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "daskprs", "run", "--resume", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    names = [f"f{i:03d}.txt" for i in range(6)]
+    assert output_of(run_dir).read_text().splitlines() == _rows(names)
+
+
+def test_a_full_staging_folder_stops_the_step_without_using_a_try(tmp_path):
+    """Workers stage their rows in a folder whose disk fills up: the step stops (exit 42)
+    naming it; the tries were counted PROCESS_DIED until their mini-batches FAILED, and the
+    job 'succeeded' with a partial output. After the fix --resume completes the job."""
+    from daskprs.results.ledger import ledger_tries
+
+    make_files(tmp_path / "data", 12)
+    (tmp_path / "go").touch()
+    job = write_job(
+        tmp_path,
+        ROWS_OF_FILE,
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"1"',
+        extra=f"environment_variables:\n  GO: {tmp_path / 'go'}\n",
+    )
+    run_dir = tmp_path / "run"
+    staging = tmp_path / "staging"
+    with tmpfs(staging, "size=40k"):
+        proc = daskprs(
+            "run", str(job), "--workers", "1", "--run-dir", str(run_dir),
+            "--staging", str(staging / "s"),
+        )  # fmt: skip
+    assert proc.returncode == 42, proc.stderr
+    assert "no space left on the device of " in proc.stderr
+    assert "were staged; every mini-batch done is kept. Free some space there" in proc.stderr
+    tried = list(ledger_tries(str(run_dir / "steps/score/ledger.jsonl")))
+    assert tried and all(str(t.status) == "RUN_DONE" for t in tried)  # none failed
+    proc = daskprs("run", "--resume", str(run_dir), "--staging", str(staging / "s"))
+    assert proc.returncode == 0, proc.stderr
+    names = [f"f{i:03d}.txt" for i in range(12)]
+    assert output_of(run_dir).read_text().splitlines() == _rows(names)
