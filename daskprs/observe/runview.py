@@ -17,11 +17,11 @@ import glob
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from daskprs.errors import PlanningError, UserInputError
-from daskprs.results.failures import FailedMiniBatch
+from daskprs.results.failures import CANCELLED_ERROR, FailedMiniBatch
 from daskprs.results.ledger import LedgerState, ledger_sessions, read_ledger
 from daskprs.results.outcome import BatchState, TryRecord, failed_items
 from daskprs.rundir import RunDir, pid_alive
@@ -85,6 +85,9 @@ class RunPaths:
     def command_done(self, step: str) -> str:
         return self._run.step(step).done
 
+    def command_started(self, step: str) -> str:
+        return self._run.step(step).command
+
     def reused(self, step: str) -> str:
         return self._run.step(step).reused
 
@@ -111,6 +114,10 @@ class StepView:
     settings: dict[str, Any] = field(default_factory=dict)
     sessions: int = 0
     command_done: bool = False
+    # a command step was started (steps/<step>/command.json): not done, it failed or was cut
+    command_started: bool = False
+    # the tries on record of each CANCELLED mini-batch (a stop cancelled it between tries)
+    cancelled_tries: dict[int, int] = field(default_factory=dict)
     # ledger lines that could not be read (cut short by a crash, or of the wrong shape)
     skipped_lines: int = 0
     # the earlier run this run reused the step from (its outputs copied; it did not run here)
@@ -198,6 +205,13 @@ class RunView:
     @property
     def running(self) -> bool:
         return self.driver_alive
+
+    @property
+    def stopped_by(self) -> str | None:
+        """The budget that stopped the run as ``logs/job_result.txt`` says
+        (:class:`daskprs.execute.supervisor.Budget`: ``storage``, ``run_directory``, ...), or
+        None (it says none: no budget stopped it, or a daskprs before it said so)."""
+        return _field(self.result_lines, "stopped by")
 
     @property
     def result_outcome(self) -> str | None:
@@ -298,6 +312,7 @@ def _step_view(paths: RunPaths, name: str, kind: str, settings: dict[str, Any]) 
         view.reused_from = str(reused.get("run_dir") or "an earlier run")
     if kind == "command":
         view.command_done = os.path.exists(paths.command_done(name))
+        view.command_started = os.path.exists(paths.command_started(name))
         return view
     state: LedgerState = read_ledger(paths.ledger(name))
     view.sessions = state.sessions
@@ -310,6 +325,8 @@ def _step_view(paths: RunPaths, name: str, kind: str, settings: dict[str, Any]) 
             view.states[mb] = entry.state
             if entry.record is not None:
                 view.finals[mb] = entry.record
+            elif entry.state == "CANCELLED" and entry.tries:
+                view.cancelled_tries[mb] = entry.tries
     view.total = max(view.total, len(view.states), max(view.states, default=-1) + 1)
     for mb in range(view.total):
         view.states.setdefault(mb, "PENDING")
@@ -459,11 +476,20 @@ def failures(view: RunView) -> list[FailedMiniBatch]:
         for mb, st in s.states.items()
         if st in (BatchState.FAILED, BatchState.CANCELLED)
     }
+    tried = {(s.name, mb): n for s in view.steps for mb, n in s.cancelled_tries.items()}
     # a rerun may have fixed some since the file was written
     out = [f for f in view.failed if (f.step, f.id) in current]
     for step in view.steps:
         for mb, state in sorted(step.states.items()):
             if state in (BatchState.FAILED, BatchState.CANCELLED) and (step.name, mb) not in listed:
                 rec = step.finals.get(mb)
-                out.append(FailedMiniBatch.of(step.name, mb, BatchState(state), rec, {}))
-    return out
+                tries = step.cancelled_tries.get(mb, 0)
+                out.append(FailedMiniBatch.of(step.name, mb, BatchState(state), rec, {}, tries))
+    # a cancelled one as this daskprs says it (an older one wrote "cancelled before it ran"
+    # also of those a stop cut short), with the tries the ledger holds of it
+    return [
+        replace(f, error=CANCELLED_ERROR, tries=max(f.tries, tried.get((f.step, f.id), 0)))
+        if f.state == BatchState.CANCELLED and f.status == BatchState.CANCELLED
+        else f
+        for f in out
+    ]
