@@ -6,7 +6,8 @@ and session; the plan (``steps/<step>/plan.json``, when readable) only adds each
 planned item count, for a failed one whose try never counted its items;
 ``failed_mini_batches.jsonl`` adds the failed inputs; ``job.json`` the step order and budgets;
 ``logs/perf`` the resource monitor's samples. A run that is still going, was interrupted or
-crashed reads as well as a finished one.
+crashed reads as well as a finished one, and so does a ``map_batches`` call's run directory
+(``map_batches.json`` instead of ``run.json`` and ``job.json``; one step, ``map_batches``).
 """
 
 from __future__ import annotations
@@ -87,6 +88,10 @@ class RunPaths:
 
     def command_started(self, step: str) -> str:
         return self._run.step(step).command
+
+    @property
+    def map_record(self) -> str:
+        return self._run.map_record
 
     def reused(self, step: str) -> str:
         return self._run.step(step).reused
@@ -202,6 +207,9 @@ class RunView:
     failed: list[FailedMiniBatch]
     perf: list[PerfSeries]
 
+    # made by map_batches (map_batches.json, no run.json): continued by calling it again
+    map_batches: bool = False
+
     @property
     def running(self) -> bool:
         return self.driver_alive
@@ -250,9 +258,10 @@ class RunView:
         failure = self.failure or ""
         if self.result_outcome == "INTERRUPTED" or failure.startswith("interrupted"):
             return "interrupted"
-        if self.result_outcome == "FAILED":
+        # (map_batches writes its result's status: "failed", "succeeded with failures")
+        if self.result_outcome in ("FAILED", "failed"):
             return "failed"
-        if self.result_outcome == "succeeded" and not unfinished:
+        if (self.result_outcome or "").startswith("succeeded") and not unfinished:
             return "succeeded"
         return "incomplete"
 
@@ -404,10 +413,16 @@ def read_run(run_dir: str | os.PathLike) -> RunView:
     if not os.path.isdir(root):
         raise UserInputError(f"{root} does not exist; give the run directory `daskprs run` made")
     record = _read_json(paths.run_record)
+    mapped = not isinstance(record, dict) and os.path.exists(paths.map_record)
+    if mapped:
+        # a map_batches call's: one step and its ledger, logs and failures as a job's, and
+        # map_batches.json instead of run.json (no job file)
+        record = _map_batches_record(paths)
     if not isinstance(record, dict):
         raise UserInputError(
-            f"{root} is not a daskprs run directory (no readable run.json); give the folder "
-            "that `daskprs run` created (by default under ./daskprs-runs/)"
+            f"{root} is not a daskprs run directory (no readable run.json, nor the "
+            "map_batches.json of a map_batches call); give the folder that `daskprs run` or "
+            "map_batches created (by default under ./daskprs-runs/)"
         )
     job = _read_json(paths.job)
     steps = [_step_view(paths, n, k, s) for n, k, s in _steps_of(paths, job)]
@@ -436,7 +451,27 @@ def read_run(run_dir: str | os.PathLike) -> RunView:
         result_lines=lines,
         failed=failed,
         perf=[_perf(p) for p in paths.perf_files],
+        map_batches=mapped,
     )
+
+
+# The step of a map_batches run (daskprs.mapping.run.STEP, not imported: it brings in Dask).
+_MAP_STEP = "map_batches"
+
+
+def _map_batches_record(paths: RunPaths) -> dict[str, Any] | None:
+    """What status and report need of a map_batches run's ``map_batches.json`` in the shape
+    of a run record: its name, when it was made, and its partitions as the step's planned
+    mini-batches (counted before the first try is on record)."""
+    record = _read_json(paths.map_record)
+    if not isinstance(record, dict):
+        return None
+    count, created = record.get("npartitions"), record.get("created")
+    return {
+        "name": os.path.basename(paths.root),
+        "created": created if isinstance(created, (int, float)) else 0.0,
+        "inputs": {_MAP_STEP: {"batches": count}} if isinstance(count, int) else {},
+    }
 
 
 def inputs_text(inputs: Any, most: int = 3) -> str:

@@ -67,11 +67,13 @@ def next_step(view: RunView) -> tuple[str, str] | None:
     them once the script or the command is fixed, and so is one whose budget cancelled its
     mini-batches (``init()`` failing everywhere, no progress): resuming would only meet the
     same failure. A run whose records were changed while it ran (``run_directory``) cannot
-    be continued: it is run again.
+    be continued: it is run again. A map_batches run is continued by calling it again.
     """
     state = view.state
     if state == "running":
         return None
+    if view.map_batches:
+        return _next_map_batches(view)
     resume = f"daskprs run --resume {view.root}"
     rerun = f"daskprs rerun-failed {view.root}"
     if state in ("interrupted", "incomplete"):
@@ -112,6 +114,25 @@ def next_step(view: RunView) -> tuple[str, str] | None:
     return (resume, fixed) if unfinished else None
 
 
+def _next_map_batches(view: RunView) -> tuple[str, str] | None:
+    """A map_batches run: the same call with its ``run_dir`` runs what is not done (as
+    ``--resume``: a fixed ``run()`` too); its failed partitions stay failed there and count
+    toward the budgets, so only a new run directory runs them again."""
+    failed = any(s.count("FAILED") for s in view.steps)
+    fresh = (
+        "map_batches(..., run_dir=<a new folder>)",
+        "after fixing run(): failed partitions stay failed in this run directory",
+    )
+    if failed and view.state == "failed":  # a budget stopped it: the same call meets it again
+        return fresh
+    if any(s.pending or s.count("CANCELLED") for s in view.steps):
+        return (
+            f"map_batches(..., run_dir={view.root!r})",
+            "the same call again: it runs only the partitions not done",
+        )
+    return fresh if failed else None
+
+
 def next_command(view: RunView) -> str | None:
     """The command of :func:`next_step` (None: nothing to run)."""
     step = next_step(view)
@@ -124,7 +145,7 @@ def format_status(view: RunView) -> str:
     lines = [
         f"run {view.name}: {_STATE_WORDS.get(state, state)}",
         f"  directory: {view.root}",
-        f"  job file:  {view.job_file}",
+        f"  job file:  {view.job_file or '(none: a map_batches run)'}",
         f"  started:   {_when(view.created)}",
     ]
     if view.running and view.driver_pid:

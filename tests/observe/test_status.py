@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 
 from click.testing import CliRunner
-from rundirs import bad, dead_pid, make_run, ok
+from rundirs import T0, bad, dead_pid, make_run, ok
 
 from daskprs.api import _write_results
 from daskprs.cli import cli
@@ -14,6 +15,7 @@ from daskprs.job.model import Job
 from daskprs.observe.runview import read_run
 from daskprs.observe.status import format_status, next_command
 from daskprs.results.jobresult import JobResult, StepOutcome
+from daskprs.results.ledger import Ledger
 from daskprs.rundir import RunDir
 
 
@@ -300,3 +302,49 @@ def test_the_budget_that_stopped_the_job_is_on_record(tmp_path):
     result = JobResult(run_dir=run.root, failure="command step prep exited with code 1")
     _write_results(run, result, job)
     assert "stopped by" not in (tmp_path / "run" / "logs" / "job_result.txt").read_text()
+
+
+def map_batches_run(root, tries, outcome: str | None, npartitions: int = 3):
+    """A map_batches call's run directory: map_batches.json, no run.json nor job.json."""
+    root.mkdir()
+    (root / "map_batches.json").write_text(
+        json.dumps({"kind": "bag", "npartitions": npartitions, "created": T0})
+    )
+    with Ledger(str(root / "steps" / "map_batches" / "ledger.jsonl")) as ledger:
+        ledger.start_session({"step": "map_batches", "session": 0, "batches": npartitions})
+        for rec, final in tries:
+            ledger.record_try(rec, final)
+    if outcome is not None:
+        (root / "logs").mkdir()
+        (root / "logs" / "job_result.txt").write_text(
+            f"map_batches run: {root}\noutcome: {outcome}\n"
+        )
+    return root
+
+
+def test_a_map_batches_run_directory_reads_as_a_run(tmp_path):
+    """map_batches leaves a ledger and logs as a job's step does: status and report read it,
+    and the next step is a call of map_batches, not a command."""
+    tries = [(ok(0, 0), "DONE"), (bad(1, 0.1, 1), "FAILED"), (ok(2, 0.2), "DONE")]
+    root = map_batches_run(tmp_path / "m", tries, "succeeded with failures")
+    code, out = status(root)
+    assert code == 0, out
+    assert "run m: SUCCEEDED" in out and "(none: a map_batches run)" in out
+    assert row_of(out, "map_batches")[1:8] == ["with", "failures", "2", "1", "0", "0", "3"]
+    assert "map_batches #1  RUN_EXCEPTION after 1 try: ValueError: mini-batch 1 is bad" in out
+    # the same run_dir keeps it failed: a new one runs it again
+    assert "next: map_batches(..., run_dir=<a new folder>)    (after fixing run()" in out
+    report = CliRunner().invoke(cli, ["report", str(root)])
+    assert report.exit_code == 0, report.output
+    html = (root / "report.html").read_text()
+    assert "daskprs map_batches m" in html and "mini-batch 1 is bad" in html
+
+
+def test_an_interrupted_map_batches_run_is_continued_by_the_same_call(tmp_path):
+    root = map_batches_run(tmp_path / "m", [(ok(0, 0), "DONE")], None, npartitions=4)
+    view = read_run(root)
+    assert view.state == "incomplete"
+    [step] = view.steps
+    assert (step.count("DONE"), step.pending) == (1, 3)
+    assert next_command(view) == f"map_batches(..., run_dir={str(root)!r})"
+    assert "the same call again: it runs only the partitions not done" in format_status(view)
