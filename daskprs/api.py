@@ -30,6 +30,7 @@ from daskprs.errors import (
 )
 from daskprs.execute.devices import processes_per_instance
 from daskprs.execute.resume import Mode
+from daskprs.execute.supervisor import Budget
 from daskprs.job.model import ClusterSpec, Job
 from daskprs.job.v1 import V1Options
 from daskprs.observe import logs
@@ -200,6 +201,8 @@ def _write_results(run: RunDir, result: JobResult, job: Job) -> None:
         lines.append(f"output {name}: {path}")
     if not result.ok:
         lines.append(f"failure: {result.failure}")
+    if result.stopped_by and not _interrupted(result):  # what status suggests follows it
+        lines.append(f"stopped by: {result.stopped_by}")
     if _interrupted(result):
         lines.append(f"continue with: daskprs run --resume {run.root}")
     elif failed:
@@ -678,6 +681,7 @@ def _execute(session: JobSession, cluster: tuple[ClusterChoice, list[str]]) -> J
             result.failure = result.failure or _internal_failure(err)
             raise
         result.failure = failure
+        result.budget = Budget.STORAGE
         raise (StorageFull if no_space(err) else StorageError)(failure) from None
     except RuntimeError as err:
         if "can't start new thread" not in str(err):

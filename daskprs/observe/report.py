@@ -420,7 +420,7 @@ def build_report(view: RunView, now: float | None = None) -> ReportData:
     series, nodes = _perf(view, clock)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now or time.time()))
     return ReportData(
-        title=f"daskprs run {view.name}",
+        title=f"daskprs {'map_batches' if view.map_batches else 'run'} {view.name}",
         state=view.state,
         failure=view.failure,
         failure_details=view.failure_details,
@@ -437,7 +437,7 @@ def build_report(view: RunView, now: float | None = None) -> ReportData:
         more_failures=max(0, len(fails) - _FAILURES),
         perf=series,
         node_cpu=nodes,
-        generated=f"{view.root} · job {view.job_file} · written {stamp}",
+        generated=f"{view.root} · job {view.job_file or '(map_batches)'} · written {stamp}",
         pauses=[(clock.at(a), f"paused {_duration(b - a)}") for a, b in pauses],
         resources_note="" if series or nodes else _resources_note(view),
         short_returns=[

@@ -6,7 +6,8 @@ and session; the plan (``steps/<step>/plan.json``, when readable) only adds each
 planned item count, for a failed one whose try never counted its items;
 ``failed_mini_batches.jsonl`` adds the failed inputs; ``job.json`` the step order and budgets;
 ``logs/perf`` the resource monitor's samples. A run that is still going, was interrupted or
-crashed reads as well as a finished one.
+crashed reads as well as a finished one, and so does a ``map_batches`` call's run directory
+(``map_batches.json`` instead of ``run.json`` and ``job.json``; one step, ``map_batches``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import glob
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from daskprs.errors import PlanningError, UserInputError
-from daskprs.results.failures import FailedMiniBatch
+from daskprs.results.failures import CANCELLED_ERROR, FailedMiniBatch
 from daskprs.results.ledger import LedgerState, ledger_sessions, read_ledger
 from daskprs.results.outcome import BatchState, TryRecord, failed_items
 from daskprs.rundir import RunDir, pid_alive
@@ -85,6 +86,13 @@ class RunPaths:
     def command_done(self, step: str) -> str:
         return self._run.step(step).done
 
+    def command_started(self, step: str) -> str:
+        return self._run.step(step).command
+
+    @property
+    def map_record(self) -> str:
+        return self._run.map_record
+
     def reused(self, step: str) -> str:
         return self._run.step(step).reused
 
@@ -111,6 +119,10 @@ class StepView:
     settings: dict[str, Any] = field(default_factory=dict)
     sessions: int = 0
     command_done: bool = False
+    # a command step was started (steps/<step>/command.json): not done, it failed or was cut
+    command_started: bool = False
+    # the tries on record of each CANCELLED mini-batch (a stop cancelled it between tries)
+    cancelled_tries: dict[int, int] = field(default_factory=dict)
     # ledger lines that could not be read (cut short by a crash, or of the wrong shape)
     skipped_lines: int = 0
     # the earlier run this run reused the step from (its outputs copied; it did not run here)
@@ -195,9 +207,19 @@ class RunView:
     failed: list[FailedMiniBatch]
     perf: list[PerfSeries]
 
+    # made by map_batches (map_batches.json, no run.json): continued by calling it again
+    map_batches: bool = False
+
     @property
     def running(self) -> bool:
         return self.driver_alive
+
+    @property
+    def stopped_by(self) -> str | None:
+        """The budget that stopped the run as ``logs/job_result.txt`` says
+        (:class:`daskprs.execute.supervisor.Budget`: ``storage``, ``run_directory``, ...), or
+        None (it says none: no budget stopped it, or a daskprs before it said so)."""
+        return _field(self.result_lines, "stopped by")
 
     @property
     def result_outcome(self) -> str | None:
@@ -236,9 +258,10 @@ class RunView:
         failure = self.failure or ""
         if self.result_outcome == "INTERRUPTED" or failure.startswith("interrupted"):
             return "interrupted"
-        if self.result_outcome == "FAILED":
+        # (map_batches writes its result's status: "failed", "succeeded with failures")
+        if self.result_outcome in ("FAILED", "failed"):
             return "failed"
-        if self.result_outcome == "succeeded" and not unfinished:
+        if (self.result_outcome or "").startswith("succeeded") and not unfinished:
             return "succeeded"
         return "incomplete"
 
@@ -298,6 +321,7 @@ def _step_view(paths: RunPaths, name: str, kind: str, settings: dict[str, Any]) 
         view.reused_from = str(reused.get("run_dir") or "an earlier run")
     if kind == "command":
         view.command_done = os.path.exists(paths.command_done(name))
+        view.command_started = os.path.exists(paths.command_started(name))
         return view
     state: LedgerState = read_ledger(paths.ledger(name))
     view.sessions = state.sessions
@@ -310,6 +334,8 @@ def _step_view(paths: RunPaths, name: str, kind: str, settings: dict[str, Any]) 
             view.states[mb] = entry.state
             if entry.record is not None:
                 view.finals[mb] = entry.record
+            elif entry.state == "CANCELLED" and entry.tries:
+                view.cancelled_tries[mb] = entry.tries
     view.total = max(view.total, len(view.states), max(view.states, default=-1) + 1)
     for mb in range(view.total):
         view.states.setdefault(mb, "PENDING")
@@ -387,10 +413,16 @@ def read_run(run_dir: str | os.PathLike) -> RunView:
     if not os.path.isdir(root):
         raise UserInputError(f"{root} does not exist; give the run directory `daskprs run` made")
     record = _read_json(paths.run_record)
+    mapped = not isinstance(record, dict) and os.path.exists(paths.map_record)
+    if mapped:
+        # a map_batches call's: one step and its ledger, logs and failures as a job's, and
+        # map_batches.json instead of run.json (no job file)
+        record = _map_batches_record(paths)
     if not isinstance(record, dict):
         raise UserInputError(
-            f"{root} is not a daskprs run directory (no readable run.json); give the folder "
-            "that `daskprs run` created (by default under ./daskprs-runs/)"
+            f"{root} is not a daskprs run directory (no readable run.json, nor the "
+            "map_batches.json of a map_batches call); give the folder that `daskprs run` or "
+            "map_batches created (by default under ./daskprs-runs/)"
         )
     job = _read_json(paths.job)
     steps = [_step_view(paths, n, k, s) for n, k, s in _steps_of(paths, job)]
@@ -419,7 +451,27 @@ def read_run(run_dir: str | os.PathLike) -> RunView:
         result_lines=lines,
         failed=failed,
         perf=[_perf(p) for p in paths.perf_files],
+        map_batches=mapped,
     )
+
+
+# The step of a map_batches run (daskprs.mapping.run.STEP, not imported: it brings in Dask).
+_MAP_STEP = "map_batches"
+
+
+def _map_batches_record(paths: RunPaths) -> dict[str, Any] | None:
+    """What status and report need of a map_batches run's ``map_batches.json`` in the shape
+    of a run record: its name, when it was made, and its partitions as the step's planned
+    mini-batches (counted before the first try is on record)."""
+    record = _read_json(paths.map_record)
+    if not isinstance(record, dict):
+        return None
+    count, created = record.get("npartitions"), record.get("created")
+    return {
+        "name": os.path.basename(paths.root),
+        "created": created if isinstance(created, (int, float)) else 0.0,
+        "inputs": {_MAP_STEP: {"batches": count}} if isinstance(count, int) else {},
+    }
 
 
 def inputs_text(inputs: Any, most: int = 3) -> str:
@@ -459,11 +511,20 @@ def failures(view: RunView) -> list[FailedMiniBatch]:
         for mb, st in s.states.items()
         if st in (BatchState.FAILED, BatchState.CANCELLED)
     }
+    tried = {(s.name, mb): n for s in view.steps for mb, n in s.cancelled_tries.items()}
     # a rerun may have fixed some since the file was written
     out = [f for f in view.failed if (f.step, f.id) in current]
     for step in view.steps:
         for mb, state in sorted(step.states.items()):
             if state in (BatchState.FAILED, BatchState.CANCELLED) and (step.name, mb) not in listed:
                 rec = step.finals.get(mb)
-                out.append(FailedMiniBatch.of(step.name, mb, BatchState(state), rec, {}))
-    return out
+                tries = step.cancelled_tries.get(mb, 0)
+                out.append(FailedMiniBatch.of(step.name, mb, BatchState(state), rec, {}, tries))
+    # a cancelled one as this daskprs says it (an older one wrote "cancelled before it ran"
+    # also of those a stop cut short), with the tries the ledger holds of it
+    return [
+        replace(f, error=CANCELLED_ERROR, tries=max(f.tries, tried.get((f.step, f.id), 0)))
+        if f.state == BatchState.CANCELLED and f.status == BatchState.CANCELLED
+        else f
+        for f in out
+    ]

@@ -16,12 +16,15 @@ from daskprs.inputs.batches import MiniBatch
 from daskprs.results.ledger import LedgerState
 from daskprs.results.outcome import BatchState, TryRecord
 
-__all__ = ["FailedMiniBatch", "failed_message", "failed_mini_batches"]
+__all__ = ["CANCELLED_ERROR", "FailedMiniBatch", "failed_message", "failed_mini_batches"]
 
 # Lines of a traceback kept in failed_mini_batches.jsonl (the error log has it whole).
 _TRACEBACK_LINES = 10
 
-_NEVER_RAN = "cancelled before it ran"
+# A stop cancels the mini-batches not final yet, queued or running (a try that a storage stop
+# or an interrupt cut short leaves no try on record): whether it ran is not known, only that
+# a resume runs it again.
+CANCELLED_ERROR = "cancelled (runs again on --resume)"
 
 
 @dataclass(frozen=True)
@@ -34,9 +37,9 @@ class FailedMiniBatch:
         The mini-batch id (for ``map_batches``, the partition's index; also :attr:`partition`).
     status : str
         The last try's status (``RUN_EXCEPTION``, ``RUN_TIMEOUT``, ...), or ``CANCELLED`` for
-        one that never ran.
+        one a stop cancelled without a final try.
     tries : int
-        Tries made.
+        Tries made (on record in the ledger).
     error : str
         The error line of the last try.
     traceback : str
@@ -65,11 +68,19 @@ class FailedMiniBatch:
 
     @classmethod
     def of(
-        cls, step: str, mb: int, state: BatchState, record: TryRecord | None, inputs: Mapping
+        cls,
+        step: str,
+        mb: int,
+        state: BatchState,
+        record: TryRecord | None,
+        inputs: Mapping,
+        tries: int = 0,
     ) -> FailedMiniBatch:
-        """The failed mini-batch ``mb`` whose last try is ``record`` (None: never ran)."""
+        """The failed mini-batch ``mb`` whose last try is ``record`` (None: a stop cancelled
+        it, after ``tries`` tries on record)."""
         if record is None:
-            return cls(mb, str(state), 0, _NEVER_RAN, step=step, state=state, inputs=inputs)
+            status = str(state)
+            return cls(mb, status, tries, CANCELLED_ERROR, step=step, state=state, inputs=inputs)
         return cls(
             mb,
             str(record.status),
@@ -121,7 +132,7 @@ def failed_mini_batches(
         if mb in batches:
             entry = entries[mb]
             inputs = batches[mb].describe()
-            out.append(FailedMiniBatch.of(step, mb, entry.state, entry.record, inputs))
+            out.append(FailedMiniBatch.of(step, mb, entry.state, entry.record, inputs, entry.tries))
     return out
 
 

@@ -108,6 +108,10 @@ class JobResult:
         Per parallel step: counts, timings, failed mini-batches.
     reused : dict
         ``{step: earlier run directory}`` of the steps reused instead of run.
+    budget : str or None
+        What stopped the job when it failed outside a step's budgets but as one of them
+        would have (the driver's own disk full: ``storage``); a failed step's budget is its
+        outcome's (:attr:`stopped_by`).
     """
 
     run_dir: str
@@ -116,10 +120,23 @@ class JobResult:
     steps: list[StepOutcome] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     reused: dict[str, str] = field(default_factory=dict)
+    budget: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.failure is None
+
+    @property
+    def stopped_by(self) -> str | None:
+        """The budget that stopped the job (:class:`daskprs.execute.supervisor.Budget`): that
+        of the step whose failure is the job's, or :attr:`budget`; None when it succeeded or
+        no budget stopped it (a failed command step, a cluster not reached, ...)."""
+        if self.failure is None:
+            return None
+        for s in self.steps:
+            if s.budget and s.failure and self.failure == f"step {s.step}: {s.failure}":
+                return s.budget
+        return self.budget
 
     def raise_for_status(self, allow_failed: bool = True) -> None:
         """Raise :class:`daskprs.errors.JobFailed` if the job failed; with

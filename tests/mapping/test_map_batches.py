@@ -145,6 +145,22 @@ def test_failing_partitions_are_retried_then_listed_and_absent(tmp_path, client)
     html = result._repr_html_()
     assert "succeeded with failures" in html and "cannot score the rows from 30" in html
     assert "ValueError" in (tmp_path / "run/logs/job_result.txt").read_text()
+    # status and report read its run directory as a job's (docs/cli.md#status)
+    shown = subprocess.run(
+        [sys.executable, "-m", "daskprs", "status", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "map_batches #3  RUN_EXCEPTION after 2 tries" in shown.stdout
+    assert "next: map_batches(..., run_dir=<a new folder>)" in shown.stdout
+    report = subprocess.run(
+        [sys.executable, "-m", "daskprs", "report", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+    )
+    assert report.returncode == 0, report.stderr
+    assert "cannot score the rows from 30" in (tmp_path / "run/report.html").read_text()
 
 
 def test_a_hung_run_is_killed_at_the_timeout_and_retried(tmp_path, client):

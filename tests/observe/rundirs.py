@@ -68,16 +68,25 @@ def make_run(
     failure: str | None = None,
     lock_pid: int | None = None,
     failed_jsonl: list[dict] | None = None,
+    result_lines: list[str] = (),
+    prep: str | None = "done",
+    ledger: bool = True,
+    inputs: dict | None = None,
 ) -> Path:
     """A run directory of one parallel step ``score`` with ``batches`` mini-batches.
 
     ``tries``: (record, final state or None) in the order they ended; ``finals``: mini-batches
     ended without a try of theirs (cancelled); ``outcome``/``failure``: what
-    ``logs/job_result.txt`` says (None: not written); ``lock_pid``: the driver holding the lock.
+    ``logs/job_result.txt`` says (None: not written), ``result_lines`` its lines after the
+    failure (``stopped by: storage``); ``lock_pid``: the driver holding the lock. ``prep``:
+    the command step before it is ``done``, ``failed`` (started, not done) or None (not
+    started); ``ledger``: whether ``score`` began its ledger; ``inputs``: the run record's.
     """
     root.mkdir(parents=True)
     (root / "run.json").write_text(
-        json.dumps({"job_file": "/jobs/job.yml", "name": root.name, "created": T0 - 2})
+        json.dumps(
+            {"job_file": "/jobs/job.yml", "name": root.name, "created": T0 - 2, "inputs": inputs}
+        )
     )
     (root / "job.json").write_text(
         json.dumps(
@@ -95,20 +104,26 @@ def make_run(
         )
     )
     (root / "steps" / "prep").mkdir(parents=True)
-    (root / "steps" / "prep" / "done").touch()
-    report = Report(RunDir(str(root)).logs.processed_report)
-    with Ledger(str(root / "steps" / "score" / "ledger.jsonl")) as ledger:
-        ledger.start_session({"step": "score", "session": 0, "batches": batches})
-        for rec, final in tries:
-            ledger.record_try(rec, final)
-            report.add(rec)
-        for mb, state in finals:
-            ledger.record_final(mb, state, None)
-    report.close()
+    if prep is not None:
+        (root / "steps" / "prep" / "command.json").write_text(json.dumps({"started": T0 - 1}))
+    if prep == "done":
+        (root / "steps" / "prep" / "done").touch()
+    if ledger:
+        report = Report(RunDir(str(root)).logs.processed_report)
+        with Ledger(str(root / "steps" / "score" / "ledger.jsonl")) as written:
+            written.start_session({"step": "score", "session": 0, "batches": batches})
+            for rec, final in tries:
+                written.record_try(rec, final)
+                report.add(rec)
+            for mb, state in finals:
+                written.record_final(mb, state, None)
+        report.close()
     if outcome is not None:
         lines = ["job: /jobs/job.yml", f"run: {root.name}", f"outcome: {outcome}"]
         if failure:
             lines.append(f"failure: {failure}")
+        lines += result_lines
+        (root / "logs").mkdir(exist_ok=True)
         (root / "logs" / "job_result.txt").write_text("\n".join(lines) + "\n")
     if lock_pid == os.getpid():
         RunDir(str(root)).lock()  # held as a running driver holds it (flock), for the test

@@ -48,8 +48,9 @@ def test_a_run_refused_before_its_first_mini_batch_says_it_failed_and_why(tmp_pa
     assert "outcome: FAILED" in result and "failure: " in result
     view = read_run(run_dir)
     assert view.state == "failed"
-    # fix what the failure names and run the job anew; a resume would meet the same problem
-    assert next_command(view) == f"daskprs run {job}"
+    # no step began: once what the failure names is fixed, a resume starts the run
+    assert next_command(view) == f"daskprs run --resume {run_dir}"
+    assert "after fixing what the failure above names" in format_status(view)
     assert "FAILED" in format_status(view)
     # the run directory of a refused start is taken over by the next run
     make_files(tmp_path / "data", 2)

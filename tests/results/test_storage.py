@@ -171,6 +171,11 @@ def test_rows_an_entry_script_process_cannot_write_stop_the_step_without_using_a
         assert "mini-batch 0: " in errors.read_text()
         assert "grew past the largest file" in errors.read_text()
     assert not output_of(run_dir).exists()  # (only its hidden partial, for the resume)
+    # the records say which budget stopped it, and status points to the resume
+    assert "stopped by: storage" in (run_dir / "logs/job_result.txt").read_text()
+    status = daskprs("status", str(run_dir))
+    assert f"next: daskprs run --resume {run_dir}    (after making room" in status.stdout
+    assert "before it ran" not in status.stdout and "with failures" not in status.stdout
 
     flag.unlink()
     proc = daskprs("run", "--resume", str(run_dir))
