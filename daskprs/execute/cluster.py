@@ -194,7 +194,7 @@ def _opened_cluster(
         return
     if scheduler is not None:
         try:
-            remote = Client(
+            remote = _connected_client(
                 scheduler, timeout=f"{connect_timeout}s", set_as_default=False, security=security
             )
         except (OSError, TimeoutError, ValueError, TypeError) as err:
@@ -313,6 +313,34 @@ def _refused_address(err: BaseException) -> bool:
     if isinstance(err, socket.gaierror):
         return True
     return isinstance(err, OSError) and err.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+
+
+def _connected_client(address: str, **kwargs: Any) -> Any:
+    """``Client(address, **kwargs)``, closed at once when connecting fails.
+
+    Dask closes a client that cannot reach its scheduler (an ``OSError``), but not one
+    whose address it cannot read (``foo``, no port: a ``ValueError``): that one was left
+    half open, and its ``__del__`` closed it at the interpreter's exit, with its event loop
+    stopped: "Exception ignored in: Client.__del__ ... TimeoutError" printed after
+    daskprs's own message, and twice the connect timeout before the process ended. The
+    client is taken here as its constructor starts it, to be closed before the error goes on.
+    """
+    from distributed import Client
+
+    made: list[Any] = []
+
+    class Connecting(Client):
+        def start(self, **start_kwargs: Any) -> Any:
+            made.append(self)
+            return super().start(**start_kwargs)
+
+    try:
+        return Connecting(address, **kwargs)
+    except BaseException:
+        for client in made:
+            with contextlib.suppress(Exception):
+                client.close()
+        raise
 
 
 def _embedded_cluster_class(http_address: str) -> Any:
