@@ -117,6 +117,22 @@ def test_run_against_an_external_scheduler(tmp_path, external_cluster):
         f"f{i:03d}.txt" for i in range(9)
     ]
     assert ": 2 worker slots, connected in" in proc.stderr
+    assert "Dask dashboard: http://127.0.0.1:" in proc.stderr  # the scheduler serves one
+
+
+@pytest.mark.slow
+def test_no_dashboard_link_for_a_scheduler_that_serves_no_dashboard(tmp_path):
+    """`dask scheduler --no-dashboard` still has an HTTP server (/health, in its services as
+    "dashboard"): a link to its /status would be a 404."""
+    from conftest import external_cluster_at
+
+    make_files(tmp_path / "data", 3)
+    job = write_job(tmp_path, OK_SCRIPT, input_yaml="type: uri_folder\npath: ./data")
+    with external_cluster_at(tmp_path, dashboard=False) as address:
+        proc = daskprs("run", str(job), "--run-dir", "run", "--scheduler", address, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert ": 2 worker slots, connected in" in proc.stderr
+    assert "Dask dashboard" not in proc.stderr
 
 
 def test_a_scheduler_address_without_a_port_ends_with_the_message_alone(tmp_path):

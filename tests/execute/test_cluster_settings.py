@@ -162,6 +162,21 @@ def test_a_run_whose_dashboard_cannot_be_served_stops_with_the_variable_named(
 
 
 @pytest.mark.slow
+def test_the_dashboard_link_is_given_only_where_a_dashboard_is_served():
+    """The scheduler's HTTP server is there with or without a dashboard (/health): a link to
+    it is printed only when the dashboard is among what it serves."""
+    from daskprs.execute.lazycluster import _dashboard_link
+
+    with open_cluster(n_workers=1, settings=EnvSettings(dashboard=":0")) as handle:
+        link = _dashboard_link(handle.client)
+        assert link is not None and link.startswith("http://127.0.0.1:")
+        assert link == handle.client.dashboard_link
+    with open_cluster(n_workers=1, settings=EnvSettings()) as handle:
+        assert handle.client.scheduler_info()["services"]["dashboard"]  # /health only
+        assert _dashboard_link(handle.client) is None
+
+
+@pytest.mark.slow
 def test_the_embedded_cluster_keeps_no_log_of_task_messages():
     """Dask's low-level message log would keep the last tasks' descriptors alive (hundreds
     of MB in a job of a million tiny mini-batches): the embedded cluster keeps none."""
