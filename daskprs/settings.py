@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,9 @@ from daskprs.errors import SettingsError
 __all__ = [
     "VARIABLES",
     "EnvSettings",
+    "Unusable",
     "Variable",
+    "dashboard_problem",
     "describe",
     "parse_gpu_devices",
     "parse_size",
@@ -109,20 +112,87 @@ def _size_or_no_limit(value: str) -> int | None:
     return parse_size(value) or None
 
 
-# A dashboard address as distributed's ``clean_dashboard_address`` takes it: ``PORT``,
-# ``:PORT``, ``HOST:PORT`` or ``HOST`` (any port), or a comma list of them; no IPv6 literals.
-_ADDRESS = re.compile(r"(?:[\w.-]*:)?(?P<port>\d+)|[\w.-]+")
+class Unusable(ValueError):
+    """A value of the right form that cannot be used on this machine; its message says why
+    and what to give instead (a dashboard host that is not known here)."""
+
+
+# A dashboard address as distributed's ``clean_dashboard_address`` takes it, with a port, as
+# the docs' form ``[HOST]:PORT`` says: ``:PORT``, ``HOST:PORT`` or a bare ``PORT``, or a
+# comma list of them; no IPv6 literals. A bare ``HOST`` (any port, for distributed) is
+# refused: ``foo`` is more likely a mistake than a wish for any port on host foo.
+_ADDRESS = re.compile(r"(?P<host>[\w.-]*):(?P<port>\d+)|(?P<bare>\d+)")
 
 
 def _dashboard(value: str) -> str:
     if value.strip().lower() == "off":
         return "off"
     items = [item.strip() for item in value.split(",")]
+    hosts = []
     for item in items:
         found = _ADDRESS.fullmatch(item)
-        if found is None or (found["port"] is not None and int(found["port"]) > 65535):
+        if found is None or int(found["port"] or found["bare"]) > 65535:
             raise ValueError(f"not a dashboard address: {value!r}")
+        hosts += [found["host"]] if found["host"] else []
+    for host in hosts:  # the right form: can this machine listen there?
+        _check_dashboard_host(host)
     return ",".join(items)  # no spaces: distributed would take " :8788" for host " "
+
+
+def _check_dashboard_host(host: str) -> None:
+    """Raise :class:`Unusable` unless the embedded cluster's dashboard can listen on
+    ``host``: a name or address of this machine (the embedded scheduler is a thread of the
+    driver). Checked as the scheduler's HTTP server binds it (tornado's ``bind_sockets``):
+    the addresses the host resolves to, each on port 0 (a port in use is not the host's
+    fault: distributed takes another). One that binds is enough: ``localhost`` is also
+    ``::1``, which a machine without IPv6 cannot bind and tornado skips; what else fails is
+    found when the cluster starts (:func:`daskprs.execute.cluster.open_cluster`)."""
+    try:
+        found = socket.getaddrinfo(
+            host, 0, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+        )
+    except (OSError, UnicodeError) as err:  # socket.gaierror is an OSError
+        raise Unusable(dashboard_problem(err, host)) from None
+    error: OSError = OSError(f"{host} has no address")
+    for family, kind, proto, _, address in found:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.bind(address)
+        except OSError as err:
+            error = err
+        else:
+            return
+    raise Unusable(dashboard_problem(error, host))
+
+
+def dashboard_problem(err: BaseException, host: str | None = None) -> str:
+    """What is wrong with a ``DASKPRS_DASHBOARD`` address the embedded cluster cannot serve
+    its dashboard on, and what to give instead; the variable and its value go before it.
+
+    Parameters
+    ----------
+    err : BaseException
+        Why: the error of resolving the host or of listening there.
+    host : str, optional
+        The host of the address (``nosuchhost`` of ``nosuchhost:8787``), when known.
+
+    Returns
+    -------
+    str
+        The problem, without a final full stop (:class:`~daskprs.errors.SettingsError` adds
+        how to get the default).
+    """
+    if host is None:
+        what = "the dashboard cannot be served there"
+    elif isinstance(err, socket.gaierror | UnicodeError):
+        what = f"the host {host} is not known here"
+    else:
+        what = f"this machine cannot listen on the host {host}"
+    return (
+        f"{what} ({err}). The embedded cluster serves the dashboard on this machine: give one "
+        "of its names or addresses (0.0.0.0:8787: every interface), or no host (:8787: "
+        "127.0.0.1 only)"
+    )
 
 
 @dataclass(frozen=True)
@@ -197,7 +267,9 @@ VARIABLES: dict[str, Variable] = {
             "it took a quarter of the driver's CPU in a short job on 2 cores); `:0` serves it "
             "on any free port and prints its address. Without a HOST it listens on 127.0.0.1 "
             "only (the embedded scheduler and workers, threads of the driver, open no port); "
-            "give one to open it to other machines (`0.0.0.0:8787`: every interface).",
+            "give one to open it to other machines (`0.0.0.0:8787`: every interface): a name "
+            "or address of this machine, checked before anything is written (one that does "
+            "not resolve, or that this machine cannot listen on, is a bad value).",
             _dashboard,
         ),
         Variable(
@@ -317,7 +389,10 @@ class EnvSettings:
         Raises
         ------
         SettingsError
-            Naming every variable with a bad value, the value, its form and an example.
+            Naming every variable with a bad value, the value, its form and an example; or,
+            for a value of the right form that cannot be used here (a ``DASKPRS_DASHBOARD``
+            host that does not resolve, or that this machine cannot listen on), why and
+            what to give instead.
         """
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
@@ -328,6 +403,8 @@ class EnvSettings:
                 continue
             try:
                 values[var.field] = var.parse(value)
+            except Unusable as err:  # the right form, but not here: the message says why
+                problems[var.name] = f"{var.name}={value!r}: {err}"
             except ValueError:
                 problems[var.name] = var.problem(value)
         if problems:

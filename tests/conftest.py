@@ -105,14 +105,19 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def external_cluster_at(
-    folder: Path, hide: Path | None = None, tls: tuple[Path, Path, Path] | None = None
+    folder: Path,
+    hide: Path | None = None,
+    tls: tuple[Path, Path, Path] | None = None,
+    dashboard: bool = True,
 ):
     """Start a real `dask scheduler` and `dask worker --nworkers 2 --nthreads 1` on 127.0.0.1;
     yield the scheduler address; end both process groups.
 
     With ``hide``, the worker runs in its own mount namespace where that folder is covered by
     an empty tmpfs: a worker "on another host" that cannot see it. With ``tls`` (CA file,
-    certificate, key), both speak TLS only (``tls://`` address).
+    certificate, key), both speak TLS only (``tls://`` address). Without ``dashboard``, the
+    scheduler is started with ``--no-dashboard`` (its HTTP server, on a free port, serves
+    /health and metrics only).
     """
     port = _free_port()
     address = f"{'tls' if tls else 'tcp'}://127.0.0.1:{port}"
@@ -129,6 +134,7 @@ def external_cluster_at(
     log = open(folder / "cluster.log", "wb")
     scheduler = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1"]
     scheduler += ["--port", str(port), "--dashboard-address", ":0", "--no-show"]
+    scheduler += [] if dashboard else ["--no-dashboard"]
     scheduler += [*tls_args, *(["--protocol", "tls"] if tls else [])]
     worker = [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "2"]
     worker += ["--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"]

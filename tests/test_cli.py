@@ -27,13 +27,16 @@ def run(mini_batch):
 """
 
 
-def daskprs(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def daskprs(
+    *args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "daskprs", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -114,3 +117,35 @@ def test_run_against_an_external_scheduler(tmp_path, external_cluster):
         f"f{i:03d}.txt" for i in range(9)
     ]
     assert ": 2 worker slots, connected in" in proc.stderr
+    assert "Dask dashboard: http://127.0.0.1:" in proc.stderr  # the scheduler serves one
+
+
+@pytest.mark.slow
+def test_no_dashboard_link_for_a_scheduler_that_serves_no_dashboard(tmp_path):
+    """`dask scheduler --no-dashboard` still has an HTTP server (/health, in its services as
+    "dashboard"): a link to its /status would be a 404."""
+    from conftest import external_cluster_at
+
+    make_files(tmp_path / "data", 3)
+    job = write_job(tmp_path, OK_SCRIPT, input_yaml="type: uri_folder\npath: ./data")
+    with external_cluster_at(tmp_path, dashboard=False) as address:
+        proc = daskprs("run", str(job), "--run-dir", "run", "--scheduler", address, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert ": 2 worker slots, connected in" in proc.stderr
+    assert "Dask dashboard" not in proc.stderr
+
+
+def test_a_scheduler_address_without_a_port_ends_with_the_message_alone(tmp_path):
+    """The client made for `--scheduler foo` is closed at once: nothing printed after the
+    message (its closing at exit printed a traceback, and took twice the connect timeout)."""
+    make_files(tmp_path / "data", 2)
+    job = write_job(tmp_path, OK_SCRIPT, input_yaml="type: uri_folder\npath: ./data")
+    proc = daskprs(
+        "run", str(job), "--run-dir", "run", "--scheduler", "foo",
+        cwd=tmp_path,
+        env={"DASKPRS_CONNECT_TIMEOUT": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.rstrip("\n").splitlines()[-1]
+    assert last.startswith("error: cannot reach the Dask scheduler at foo (missing port number")
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr

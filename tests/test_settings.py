@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 import re
 from pathlib import Path
@@ -58,7 +59,8 @@ def test_from_env_reads_os_environ_by_default(monkeypatch):
         ("DASKPRS_DASHBOARD", " Off ", "off"),
         ("DASKPRS_DASHBOARD", "8787", "8787"),
         ("DASKPRS_DASHBOARD", "127.0.0.1:0", "127.0.0.1:0"),
-        ("DASKPRS_DASHBOARD", "localhost", "localhost"),
+        ("DASKPRS_DASHBOARD", "localhost:8787", "localhost:8787"),
+        ("DASKPRS_DASHBOARD", "0.0.0.0:8787", "0.0.0.0:8787"),
         ("DASKPRS_DASHBOARD", ":8787, :8788", ":8787,:8788"),
         ("DASKPRS_HANDBACK_SECONDS", "0", 0.0),
         ("DASKPRS_HANDBACK_SECONDS", "1", 1.0),
@@ -95,6 +97,10 @@ def test_each_variable_takes_its_good_values(name, value, expected):
         ("DASKPRS_DASHBOARD", "[::1]:8787"),
         ("DASKPRS_DASHBOARD", "a b:8787"),
         ("DASKPRS_DASHBOARD", ":8787,"),
+        ("DASKPRS_DASHBOARD", "foo"),  # no port, as [HOST]:PORT has (distributed: any port)
+        ("DASKPRS_DASHBOARD", "localhost"),
+        ("DASKPRS_DASHBOARD", "0.0.0.0"),
+        ("DASKPRS_DASHBOARD", ":8787,localhost"),
         ("DASKPRS_HANDBACK_SECONDS", "-0.5"),
         ("DASKPRS_SHUTDOWN_TIMEOUT", "0"),
         ("DASKPRS_SHUTDOWN_TIMEOUT", "30 s"),
@@ -241,7 +247,7 @@ def test_gpu_device_lists(text, devices):
 
 
 @pytest.mark.parametrize(
-    "address", [":0", ":8787", "8787", "localhost:8787", "localhost", " :8787 , 127.0.0.1:8788"]
+    "address", [":0", ":8787", "8787", "localhost:8787", " :8787 , 127.0.0.1:8788"]
 )
 def test_dashboard_addresses_taken_are_those_distributed_takes(address):
     from distributed.utils import clean_dashboard_address
@@ -250,6 +256,31 @@ def test_dashboard_addresses_taken_are_those_distributed_takes(address):
     for where in clean_dashboard_address(settings.dashboard):
         assert where["address"] in ("", "localhost", "127.0.0.1")
         assert 0 <= where["port"] <= 65535
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("nosuchhost.invalid:8787", "the host nosuchhost.invalid is not known here"),
+        ("192.0.2.1:8787", "this machine cannot listen on the host 192.0.2.1"),  # TEST-NET-1
+        (":8787,192.0.2.1:8788", "this machine cannot listen on the host 192.0.2.1"),
+    ],
+)
+def test_a_dashboard_host_this_machine_cannot_listen_on_is_a_bad_value(value, why):
+    """The embedded cluster serves the dashboard here: a host that does not resolve, or is
+    none of this machine's, is refused with the settings, not found as the cluster starts."""
+    with pytest.raises(SettingsError) as info:
+        EnvSettings.from_env({"DASKPRS_DASHBOARD": value})
+    assert list(info.value.problems) == ["DASKPRS_DASHBOARD"]
+    message = str(info.value)
+    assert message.startswith(f"DASKPRS_DASHBOARD={value!r}: {why} (")
+    assert "0.0.0.0:8787: every interface" in message and ":8787: 127.0.0.1 only" in message
+    assert message.endswith("Fix it, or unset it for the default.")
+
+
+def test_the_hosts_of_this_machine_are_good_dashboard_hosts():
+    for value in ("localhost:0", "127.0.0.1:8787", "0.0.0.0:8787", ":0,localhost:8788"):
+        assert EnvSettings.from_env({"DASKPRS_DASHBOARD": value}).dashboard == value
 
 
 def test_to_env_gives_the_entry_script_process_the_log_limit_in_bytes():
@@ -358,3 +389,38 @@ def test_a_bad_variable_stops_daskprs_run_with_exit_2_before_anything_is_written
     assert not (tmp_path / "run").exists()
     assert not (tmp_path / "daskprs-runs").exists()
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("nosuchhost.invalid:8787", "the host nosuchhost.invalid is not known here"),
+        ("192.0.2.1:8787", "this machine cannot listen on the host 192.0.2.1"),
+        ("foo", "is not `off`, or an address [HOST]:PORT"),
+    ],
+)
+def test_a_dashboard_daskprs_cannot_serve_stops_the_run_with_exit_2_before_anything(
+    tmp_path, value, message
+):
+    """In a process of its own, as a user runs it: no internal error, no traceback."""
+    import subprocess
+    import sys
+
+    make_files(tmp_path / "data", 2)
+    job = write_job(
+        tmp_path,
+        "def run(mini_batch):\n    return mini_batch\n",
+        input_yaml="type: uri_folder\npath: ./data",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "daskprs", "run", str(job), "--run-dir", "run"],
+        cwd=tmp_path,
+        env={**os.environ, "DASKPRS_DASHBOARD": value},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"error: DASKPRS_DASHBOARD={value!r}")
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()

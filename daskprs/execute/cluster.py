@@ -11,16 +11,18 @@ docs/design.md#the-embedded-cluster); it opens no port but the scheduler's HTTP 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from daskprs.errors import Interrupted, UserInputError
+from daskprs.errors import Interrupted, SettingsError, UserInputError
 from daskprs.job.model import ClusterSpec
-from daskprs.settings import EnvSettings
+from daskprs.settings import EnvSettings, dashboard_problem
 
 __all__ = ["ClusterHandle", "dashboard_address", "import_dask", "open_cluster"]
 
@@ -58,12 +60,7 @@ def dashboard_address(value: str) -> str | None:
         return None
     items = []
     for item in value.split(","):
-        host, colon, port = item.rpartition(":")
-        if not colon and item.isdigit():  # a bare port
-            host, port = "", item
-        elif not colon:  # a bare host: any port there
-            items.append(item)
-            continue
+        host, _, port = item.rpartition(":")  # a bare port: no host
         items.append(f"{host or '127.0.0.1'}:{port}")
     return ",".join(items)
 
@@ -197,7 +194,7 @@ def _opened_cluster(
         return
     if scheduler is not None:
         try:
-            remote = Client(
+            remote = _connected_client(
                 scheduler, timeout=f"{connect_timeout}s", set_as_default=False, security=security
             )
         except (OSError, TimeoutError, ValueError, TypeError) as err:
@@ -254,28 +251,29 @@ def _opened_cluster(
         "distributed.admin.system-monitor.interval": "5s",
     }
     with dask.config.set(config):
-        cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=1,
-            # the workers are threads of this process, talking to the scheduler in memory
-            # (inproc://): no port is opened, nothing to spawn or import again, and a Ctrl-C
-            # reaches this process alone (the entry-script processes have sessions of their
-            # own). A worker only hands tries to its slot's process and waits
-            # (docs/design.md#the-embedded-cluster)
-            processes=False,
-            # the dashboard on the loopback only, unless DASKPRS_DASHBOARD names a host
-            # (without one it would be on every interface)
-            dashboard_address=dashboard,
-            # without a dashboard the scheduler still serves /health on HTTP: on a free
-            # loopback port, not on 8787 (another run's dashboard, maybe)
-            scheduler_kwargs=None if dashboard else {"dashboard_address": "127.0.0.1:0"},
-            # each worker's own HTTP endpoint (/health, metrics) on the loopback too, without
-            # a dashboard of its own (importing bokeh for it took 0.3 s of CPU at each start)
-            worker_dashboard_address="127.0.0.1:0",
-            worker_class=_worker_class(),
-            memory_limit=0,
-            silence_logs=logging.ERROR,
-        )
+        with _dashboard_refused(settings.dashboard if dashboard else None):
+            cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=1,
+                # the workers are threads of this process, talking to the scheduler in memory
+                # (inproc://): no port is opened, nothing to spawn or import again, and a Ctrl-C
+                # reaches this process alone (the entry-script processes have sessions of their
+                # own). A worker only hands tries to its slot's process and waits
+                # (docs/design.md#the-embedded-cluster)
+                processes=False,
+                # the dashboard on the loopback only, unless DASKPRS_DASHBOARD names a host
+                # (without one it would be on every interface)
+                dashboard_address=dashboard,
+                # without a dashboard the scheduler still serves /health on HTTP: on a free
+                # loopback port, not on 8787 (another run's dashboard, maybe)
+                scheduler_kwargs=None if dashboard else {"dashboard_address": "127.0.0.1:0"},
+                # each worker's own HTTP endpoint (/health, metrics) on the loopback too, without
+                # a dashboard of its own (importing bokeh for it took 0.3 s of CPU at each start)
+                worker_dashboard_address="127.0.0.1:0",
+                worker_class=_worker_class(),
+                memory_limit=0,
+                silence_logs=logging.ERROR,
+            )
         local = Client(cluster, set_as_default=False)
     try:
         yield ClusterHandle(
@@ -288,6 +286,61 @@ def _opened_cluster(
     finally:
         local.close()
         cluster.close()
+
+
+@contextlib.contextmanager
+def _dashboard_refused(value: str | None) -> Iterator[None]:
+    """Make the embedded cluster's failure to listen where ``DASKPRS_DASHBOARD`` says (its
+    host not known here, or none of this machine's) the exit-2 error naming the variable,
+    its value and the fix, instead of an internal error. The settings check the host before
+    anything is written (:class:`~daskprs.settings.EnvSettings`); this is for what that
+    check cannot see (settings given as they are, a host that resolves elsewhere by now)."""
+    try:
+        yield
+    except Exception as err:
+        cause: BaseException | None = err  # Dask's "Cluster failed to start" wraps it
+        while cause is not None and not _refused_address(cause):
+            cause = cause.__cause__ or cause.__context__
+        if value is None or cause is None:
+            raise
+        problem = f"DASKPRS_DASHBOARD={value!r}: {dashboard_problem(cause)}"
+        raise SettingsError({"DASKPRS_DASHBOARD": problem}) from err
+
+
+def _refused_address(err: BaseException) -> bool:
+    """Whether ``err`` says that an address cannot be listened on: a host that does not
+    resolve, or that is none of this machine's (not a lack of file descriptors, say)."""
+    if isinstance(err, socket.gaierror):
+        return True
+    return isinstance(err, OSError) and err.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+
+
+def _connected_client(address: str, **kwargs: Any) -> Any:
+    """``Client(address, **kwargs)``, closed at once when connecting fails.
+
+    Dask closes a client that cannot reach its scheduler (an ``OSError``), but not one
+    whose address it cannot read (``foo``, no port: a ``ValueError``): that one was left
+    half open, and its ``__del__`` closed it at the interpreter's exit, with its event loop
+    stopped: "Exception ignored in: Client.__del__ ... TimeoutError" printed after
+    daskprs's own message, and twice the connect timeout before the process ended. The
+    client is taken here as its constructor starts it, to be closed before the error goes on.
+    """
+    from distributed import Client
+
+    made: list[Any] = []
+
+    class Connecting(Client):
+        def start(self, **start_kwargs: Any) -> Any:
+            made.append(self)
+            return super().start(**start_kwargs)
+
+    try:
+        return Connecting(address, **kwargs)
+    except BaseException:
+        for client in made:
+            with contextlib.suppress(Exception):
+                client.close()
+        raise
 
 
 def _embedded_cluster_class(http_address: str) -> Any:

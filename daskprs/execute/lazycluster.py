@@ -122,8 +122,35 @@ def _started_line(handle: ClusterHandle, connected: bool) -> str:
 
 
 def _dashboard_link(client: Any) -> str | None:
-    """The Dask dashboard's address, when the scheduler serves one."""
+    """The Dask dashboard's address, when the scheduler serves one.
+
+    A scheduler always has an HTTP server (``services["dashboard"]`` in its info, the port
+    of ``client.dashboard_link``), but serves the dashboard there only when it was started
+    with one: ``dask scheduler --no-dashboard``, a ``computes:`` cluster with
+    ``dashboard_address: null`` or a scheduler without bokeh serve /health and metrics, and
+    the link would be a 404. The scheduler is asked whether the dashboard's bokeh
+    application is among its HTTP server's, as distributed's own page of the dashboard's
+    plots finds it (``distributed.http.scheduler.info.IndividualPlots``).
+    """
     try:
-        return client.dashboard_link if client.scheduler_info().get("services") else None
-    except Exception:  # no dashboard (bokeh missing, --no-dashboard): nothing to print
+        if not client.scheduler_info().get("services", {}).get("dashboard"):
+            return None
+        link = client.dashboard_link
+    except Exception:  # no HTTP server, or no scheduler to ask: nothing to print
         return None
+
+    # defined here, not at the module's level, to be sent by value: a scheduler of another
+    # cluster may have no daskprs to import it from
+    def serves_dashboard(dask_scheduler: Any) -> bool:
+        try:
+            from bokeh.server.tornado import BokehTornado
+        except ImportError:  # the scheduler's missing-bokeh page, no dashboard
+            return False
+        apps = getattr(getattr(dask_scheduler, "http_application", None), "applications", ())
+        return any(isinstance(app, BokehTornado) for app in apps)
+
+    try:
+        served = client.run_on_scheduler(serves_dashboard)
+    except Exception:  # a scheduler that runs no code sent to it: the link, as Dask gives it
+        served = True
+    return link if served and link else None

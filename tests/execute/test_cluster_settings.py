@@ -115,7 +115,65 @@ def test_a_dashboard_address_without_a_host_is_on_the_loopback():
     assert dashboard_address("8787") == "127.0.0.1:8787"
     assert dashboard_address(":8787,:8788") == "127.0.0.1:8787,127.0.0.1:8788"
     assert dashboard_address("0.0.0.0:8787") == "0.0.0.0:8787"
-    assert dashboard_address("localhost") == "localhost"
+    assert dashboard_address("localhost:0") == "localhost:0"
+
+
+@pytest.mark.parametrize("value", ["192.0.2.1:8787", "nosuchhost.invalid:8787"])
+def test_a_dashboard_host_the_embedded_cluster_cannot_listen_on_is_a_settings_error(value):
+    """Settings given as they are (not checked by from_env): the cluster's failure to start
+    is the user's error naming the variable (exit 2), not an internal one."""
+    with pytest.raises(SettingsError) as info:
+        with open_cluster(n_workers=1, settings=EnvSettings(dashboard=value)):
+            pytest.fail("a cluster was opened")
+    assert list(info.value.problems) == ["DASKPRS_DASHBOARD"]
+    message = str(info.value)
+    assert message.startswith(f"DASKPRS_DASHBOARD={value!r}: the dashboard cannot be served there")
+    assert ":8787: 127.0.0.1 only" in message
+
+
+@pytest.mark.slow
+def test_a_run_whose_dashboard_cannot_be_served_stops_with_the_variable_named(
+    tmp_path, monkeypatch
+):
+    """A host that passed the settings' check and fails as the cluster starts: the run ends
+    with the settings error (exit 2), its records say so, and its folder can be given again."""
+    import daskprs.settings
+    from daskprs.api import run_job
+    from daskprs.testing import output_of, write_job
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/a.txt").write_text("a\n")
+    job = write_job(
+        tmp_path,
+        "def run(mini_batch):\n    return mini_batch\n",
+        input_yaml="type: uri_folder\npath: ./data",
+    )
+    monkeypatch.setattr(daskprs.settings, "_check_dashboard_host", lambda host: None)
+    monkeypatch.setenv("DASKPRS_DASHBOARD", "192.0.2.1:8787")
+    with pytest.raises(SettingsError) as info:
+        run_job(job, run_dir=tmp_path / "run", echo=lambda line: None)
+    assert str(info.value).startswith("DASKPRS_DASHBOARD='192.0.2.1:8787': ")
+    result = (tmp_path / "run/logs/job_result.txt").read_text()
+    assert "DASKPRS_DASHBOARD='192.0.2.1:8787'" in result and "internal error" not in result
+    monkeypatch.delenv("DASKPRS_DASHBOARD")
+    again = run_job(job, run_dir=tmp_path / "run", echo=lambda line: None, force_rerun=True)
+    assert again.ok, again.failure
+    assert output_of(tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_the_dashboard_link_is_given_only_where_a_dashboard_is_served():
+    """The scheduler's HTTP server is there with or without a dashboard (/health): a link to
+    it is printed only when the dashboard is among what it serves."""
+    from daskprs.execute.lazycluster import _dashboard_link
+
+    with open_cluster(n_workers=1, settings=EnvSettings(dashboard=":0")) as handle:
+        link = _dashboard_link(handle.client)
+        assert link is not None and link.startswith("http://127.0.0.1:")
+        assert link == handle.client.dashboard_link
+    with open_cluster(n_workers=1, settings=EnvSettings()) as handle:
+        assert handle.client.scheduler_info()["services"]["dashboard"]  # /health only
+        assert _dashboard_link(handle.client) is None
 
 
 @pytest.mark.slow

@@ -59,6 +59,8 @@ def test_a_local_cluster_named_in_the_configuration_runs_the_job(tmp_path):
     # the named cluster ran it, not the embedded one (which is not announced as "cluster:")
     assert ": 2 worker slots, started in" in "\n".join(lines)
     assert not any("embedded" in line for line in lines)
+    # dashboard_address: null: the scheduler's HTTP server serves no dashboard to link to
+    assert not any("Dask dashboard" in line for line in lines)
 
 
 def test_a_cluster_class_that_cannot_be_imported_is_a_user_error(tmp_path):
