@@ -207,12 +207,12 @@ def format_status(view: RunView) -> str:
         if len(short) > _SHOWN_FAILURES:
             lines.append(f"  ... and {len(short) - _SHOWN_FAILURES} more")
     lines.append("")
-    step = next_step(view)
+    then = next_step(view)
     if state == "running":
         lines.append("next: wait for it to end (or stop it with Ctrl-C / SIGTERM)")
-    elif step is None:
+    elif then is None:
         lines.append("next: nothing left to run")
     else:
-        lines.append(f"next: {step[0]}    ({step[1]})")
+        lines.append(f"next: {then[0]}    ({then[1]})")
     lines.append(f"      daskprs report {view.root}    (an HTML report of the run)")
     return "\n".join(lines)
