@@ -222,6 +222,33 @@ def test_an_azure_output_without_adlfs_names_the_package(tmp_path, monkeypatch):
     assert "pip install adlfs" in checked.output
 
 
+@pytest.mark.slow
+def test_an_account_key_azure_storage_refuses_is_exit_2_naming_the_input(
+    tmp_path, azurite, monkeypatch
+):
+    import base64
+
+    from conftest import AZURITE_KEY
+
+    azurite.mkdir("data")
+    azurite.pipe("data/files/f.txt", b"x")
+    wrong = base64.b64encode(b"not the account's key" * 3).decode()
+    conn = os.environ["AZURE_STORAGE_CONNECTION_STRING"].replace(AZURITE_KEY, wrong)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", conn)  # Azurite's, on 127.0.0.1
+    job = write_job(
+        tmp_path,
+        "def run(b):\n    return b\n",
+        input_yaml="type: uri_folder\npath: abfs://data/files",
+    )
+    checked = CliRunner().invoke(cli, ["validate", str(job)])
+    assert checked.exit_code == 2, checked.output
+    assert "abfs://data/files: the object store refused access (HttpResponseError: " in (
+        checked.output
+    )
+    assert "AZURE_STORAGE_CONNECTION_STRING" in checked.output
+    assert "Traceback" not in checked.output and wrong not in checked.output
+
+
 def test_azure_urls_go_through_adlfs_with_their_account():
     pytest.importorskip("adlfs")
     from daskprs.inputs.filesystems import filesystem

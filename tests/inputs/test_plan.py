@@ -478,6 +478,9 @@ def test_botocore_and_azure_errors_say_what_went_wrong_in_one_line():
         "AZURE_STORAGE_CONNECTION_STRING"
     )
     assert "\n" not in message and "AzureCliCredential" not in message  # its first line only
+    unreachable = azure.ServiceRequestError("Cannot connect to host 127.0.0.1:1")
+    message = _refused_plan("abfs://c/d", unreachable)
+    assert message.startswith("abfs://c/d: cannot reach the object store (ServiceRequestError")
 
 
 def test_a_long_store_error_is_cut_to_one_short_line():
