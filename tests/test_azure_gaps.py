@@ -267,6 +267,41 @@ def test_azure_urls_go_through_adlfs_with_their_account():
         assert storage.descriptor_options == {"account_name": account, "anon": True}
 
 
+def test_an_azure_account_refusing_names_the_variables_not_options_never_given():
+    pytest.importorskip("adlfs")
+    from azure.core.exceptions import ClientAuthenticationError
+
+    from daskprs.errors import PlanningError
+    from daskprs.inputs.listing import Storage
+
+    url = "abfs://data@acct4.dfs.core.windows.net/x"
+    for options, named in [(None, False), ({"anon": False}, True)]:
+        storage = Storage(options, None)
+        storage.resolve(url)  # (the account joins the options; no request is made)
+        with pytest.raises(PlanningError) as err, storage.reaching():
+            raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token")
+        assert str(err.value).startswith(f"{url}: the object store refused access")
+        assert ("storage_options given" in str(err.value)) == named
+
+
+def test_a_credential_chain_s_warning_is_left_to_its_error(caplog):
+    """DefaultAzureCredential's warning of 15 lines, once a request, says what the
+    ClientAuthenticationError raised after it says, which validate and run report once."""
+    pytest.importorskip("adlfs")
+    import logging
+
+    from daskprs.inputs.filesystems import filesystem
+
+    filesystem("abfs://data@acct3.dfs.core.windows.net/x", {"anon": True})  # no request is made
+    chained = logging.getLogger("azure.identity.aio._credentials.chained")
+    with caplog.at_level(logging.DEBUG):
+        chained.warning("DefaultAzureCredential failed to retrieve a token")
+        chained.info("DefaultAzureCredential acquired a token from AzureCliCredential")
+    assert [r.getMessage() for r in caplog.records] == [
+        "DefaultAzureCredential acquired a token from AzureCliCredential"
+    ]
+
+
 def test_an_unmapped_datastore_is_said_once_and_named_when_an_input_is_missing(tmp_path):
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "score.py").write_text("def run(mini_batch):\n    return mini_batch\n")

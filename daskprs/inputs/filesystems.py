@@ -9,6 +9,7 @@ protocol, the storage options and the environment variables that configure them.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import re
 import threading
@@ -65,7 +66,27 @@ def _azure_url(url: str) -> str:
             f"{protocol}:// URLs (Azure storage) are read and written with adlfs, which is not "
             "installed: pip install adlfs"
         ) from err
+    _quiet_credential_chains()
     return url if protocol.lower() in ("abfs", "abfss", "az") else f"abfs://{rest}"
+
+
+# azure-identity's chains of credentials (DefaultAzureCredential), which adlfs falls back on:
+# when none gives a token they log a warning of 15 lines, then raise it as the
+# ClientAuthenticationError that daskprs reports in one line (store_problem). The warning
+# came once a request, four times for one listing.
+_CHAIN_LOGGERS = ("azure.identity._credentials.chained", "azure.identity.aio._credentials.chained")
+
+
+def _not_a_warning(record: logging.LogRecord) -> bool:
+    return record.levelno != logging.WARNING
+
+
+def _quiet_credential_chains() -> None:
+    """Drop the warnings of azure-identity's credential chains (their error says the same)."""
+    for name in _CHAIN_LOGGERS:
+        logger = logging.getLogger(name)
+        if _not_a_warning not in logger.filters:
+            logger.addFilter(_not_a_warning)
 
 
 def filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:

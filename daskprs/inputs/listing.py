@@ -61,6 +61,8 @@ class Storage:
 
     def __init__(self, storage_options: Mapping | None, fs: Any):
         self.options = dict(storage_options or {})
+        # options the caller gave (an Azure URL's account joins self.options, given or not)
+        self.options_given = bool(self.options)
         self.given = fs
         self._cache: dict[str, Any] = {}
         self.remote = False
@@ -78,7 +80,7 @@ class Storage:
         try:
             yield
         except Exception as err:
-            problem = None if self.at is None else store_problem(self.at, err, bool(self.options))
+            problem = None if self.at is None else store_problem(self.at, err, self.options_given)
             if problem is None:
                 raise
             raise PlanningError(problem) from err
