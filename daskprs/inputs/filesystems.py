@@ -4,6 +4,9 @@ fsspec's own instance cache is keyed by thread id too, which can hand a reused t
 filesystem made for other credentials or another endpoint (seen with ``AWS_ENDPOINT_URL``
 changing between runs in one process); this cache is keyed by what matters only: the
 protocol, the storage options and the environment variables that configure them.
+
+Also what an error of an object store says to the user (:func:`store_problem`): a store that
+cannot be reached or refuses the credentials is the user's to fix, not a bug of daskprs.
 """
 
 from __future__ import annotations
