@@ -62,6 +62,9 @@ _SECRET_PART = re.compile(
     r"|privatekey|sig|signature|sas|auth|authorization|connectionstring",
     re.IGNORECASE,
 )
+# The name of a credential's class, which its errors begin with (azure-identity's
+# ``AzureCliCredential: Azure CLI not found on path``): the message after it is no secret.
+_CREDENTIAL_CLASS = re.compile(r"(?:[A-Z][a-z0-9]+)+Credential")
 # A connection string (``Server=...;Password=...``), named in one part or two: ``conn_str``,
 # ``--connstr``, ``connection-string``, ``AZURE_STORAGE_CONNECTION_STRING``, ``ConnStr``;
 # and a DSN, which holds the user and password as often as not.
@@ -70,9 +73,11 @@ _CONNECTION = re.compile(r"conn(?:ection)?str(?:ing)?|dsn", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)([^/\s@]+)(@)")
 # ?sig=SECRET&... (an Azure SAS), X-Amz-Signature=..., token=...
 _QUERY = re.compile(r"(?P<head>[?&;](?P<name>[\w.-]+)=)(?P<value>[^&#\s'\"]+)")
-# NAME=SECRET, NAME: SECRET, "name": "SECRET"; not a folder of a path (``/data/key=3/``)
+# NAME=SECRET, NAME: SECRET, "name": "SECRET"; not a folder of a path (``/data/key=3/``), and
+# on one line: the first word of the next line is not the value of a "credentials:" ending one
 _ASSIGNED = re.compile(
-    r"(?<![/\w.-])(?P<head>(?P<name>[A-Za-z_][\w.-]*)['\"]?\s*[=:]\s*['\"]?)(?P<value>[^\s'\",;}&]+)"
+    r"(?<![/\w.-])(?P<head>(?P<name>[A-Za-z_][\w.-]*)['\"]?[ \t]*[=:][ \t]*['\"]?)"
+    r"(?P<value>[^\s'\",;}&]+)"
 )
 # --name=SECRET (one argument, argparse's `=` form), --name SECRET, and in a list written out:
 # "--name", "SECRET". Only the flag is matched; its value (the lookahead) runs to the next space
@@ -86,9 +91,10 @@ _FLAG = re.compile(
 def looks_secret(name: object) -> bool:
     """Whether a variable, setting, parameter or key named ``name`` holds a secret
     (``AWS_SECRET_ACCESS_KEY``, ``API_TOKEN``, ``db-password``, ``storage_key``, ``sig``, a
-    connection string: ``conn_str``, ``connection_string``, ``dsn``)."""
+    connection string: ``conn_str``, ``connection_string``, ``dsn``); not the name of a
+    credential's class (``AzureCliCredential``)."""
     parts = [p for p in re.split(r"[^a-zA-Z0-9]+", str(name)) if p]
-    if any(_SECRET_PART.fullmatch(p) for p in parts):
+    if any(_SECRET_PART.fullmatch(p) and not _CREDENTIAL_CLASS.fullmatch(p) for p in parts):
         return True
     pairs = (a + b for a, b in itertools.pairwise(parts))
     return any(_CONNECTION.fullmatch(p) for p in (*parts, *pairs))

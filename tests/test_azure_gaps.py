@@ -222,6 +222,33 @@ def test_an_azure_output_without_adlfs_names_the_package(tmp_path, monkeypatch):
     assert "pip install adlfs" in checked.output
 
 
+@pytest.mark.slow
+def test_an_account_key_azure_storage_refuses_is_exit_2_naming_the_input(
+    tmp_path, azurite, monkeypatch
+):
+    import base64
+
+    from conftest import AZURITE_KEY
+
+    azurite.mkdir("data")
+    azurite.pipe("data/files/f.txt", b"x")
+    wrong = base64.b64encode(b"not the account's key" * 3).decode()
+    conn = os.environ["AZURE_STORAGE_CONNECTION_STRING"].replace(AZURITE_KEY, wrong)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", conn)  # Azurite's, on 127.0.0.1
+    job = write_job(
+        tmp_path,
+        "def run(b):\n    return b\n",
+        input_yaml="type: uri_folder\npath: abfs://data/files",
+    )
+    checked = CliRunner().invoke(cli, ["validate", str(job)])
+    assert checked.exit_code == 2, checked.output
+    assert "abfs://data/files: the object store refused access (HttpResponseError: " in (
+        checked.output
+    )
+    assert "AZURE_STORAGE_CONNECTION_STRING" in checked.output
+    assert "Traceback" not in checked.output and wrong not in checked.output
+
+
 def test_azure_urls_go_through_adlfs_with_their_account():
     pytest.importorskip("adlfs")
     from daskprs.inputs.filesystems import filesystem
@@ -238,6 +265,41 @@ def test_azure_urls_go_through_adlfs_with_their_account():
         storage.resolve(url)
         # the descriptors' URLs (abfs://data/images/a.png) lose the account: their options keep it
         assert storage.descriptor_options == {"account_name": account, "anon": True}
+
+
+def test_an_azure_account_refusing_names_the_variables_not_options_never_given():
+    pytest.importorskip("adlfs")
+    from azure.core.exceptions import ClientAuthenticationError
+
+    from daskprs.errors import PlanningError
+    from daskprs.inputs.listing import Storage
+
+    url = "abfs://data@acct4.dfs.core.windows.net/x"
+    for options, named in [(None, False), ({"anon": False}, True)]:
+        storage = Storage(options, None)
+        storage.resolve(url)  # (the account joins the options; no request is made)
+        with pytest.raises(PlanningError) as err, storage.reaching():
+            raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token")
+        assert str(err.value).startswith(f"{url}: the object store refused access")
+        assert ("storage_options given" in str(err.value)) == named
+
+
+def test_a_credential_chain_s_warning_is_left_to_its_error(caplog):
+    """DefaultAzureCredential's warning of 15 lines, once a request, says what the
+    ClientAuthenticationError raised after it says, which validate and run report once."""
+    pytest.importorskip("adlfs")
+    import logging
+
+    from daskprs.inputs.filesystems import filesystem
+
+    filesystem("abfs://data@acct3.dfs.core.windows.net/x", {"anon": True})  # no request is made
+    chained = logging.getLogger("azure.identity.aio._credentials.chained")
+    with caplog.at_level(logging.DEBUG):
+        chained.warning("DefaultAzureCredential failed to retrieve a token")
+        chained.info("DefaultAzureCredential acquired a token from AzureCliCredential")
+    assert [r.getMessage() for r in caplog.records] == [
+        "DefaultAzureCredential acquired a token from AzureCliCredential"
+    ]
 
 
 def test_an_unmapped_datastore_is_said_once_and_named_when_an_input_is_missing(tmp_path):

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 from conftest import write_job
 
 from daskprs.api import run_job
+from daskprs.cli import cli
+from daskprs.errors import PlanningError
 from daskprs.results.output import assemble
 
 pytestmark = pytest.mark.slow
@@ -134,8 +141,75 @@ def test_direct_mode_passes_urls_and_a_missing_bucket_is_named(tmp_path, s3):
     assert result.ok, result.failure
     out = tmp_path / "run/outputs/score/result/parallel_run_step.txt"
     assert out.read_text().splitlines() == [f"s3://data/raw/r{i}.bin" for i in range(3)]
-    from daskprs.errors import PlanningError
-
     job.write_text(job.read_text().replace("s3://data/raw", "s3://no-such-bucket/raw"))
     with pytest.raises(PlanningError, match="s3://no-such-bucket/raw"):
         run_job(job, run_dir=tmp_path / "run2", workers=1, echo=lambda s: None)
+
+
+def _closed_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _daskprs(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "daskprs", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+
+
+def test_an_endpoint_that_cannot_be_reached_is_exit_2_naming_the_input(tmp_path, s3):
+    for i in range(2):
+        s3.pipe(f"data/docs/d{i}.txt", b"x")
+    job = write_job(tmp_path, DIRECT, input_yaml="type: uri_folder\npath: s3://data/docs")
+    # one try for each request, not botocore's retries of a refused connection
+    closed = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{_closed_port()}", "AWS_MAX_ATTEMPTS": "1"}
+    run_dir = tmp_path / "run"
+    for args in (["validate", str(job)], ["run", str(job), "--run-dir", str(run_dir)]):
+        proc = _daskprs(*args, env=closed)
+        assert proc.returncode == 2, proc.stderr
+        assert "s3://data/docs: cannot reach the object store (EndpointConnectionError" in (
+            proc.stderr
+        )
+        assert "AWS_ENDPOINT_URL" in proc.stderr and "AWS_ACCESS_KEY_ID" in proc.stderr
+        assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    result = (run_dir / "logs" / "job_result.txt").read_text()
+    assert "outcome: FAILED" in result and "cannot reach the object store" in result
+    # nothing of the refused start is in the way: with the store back, a run takes it over
+    again = _daskprs("run", str(job), "--workers", "1", "--run-dir", str(run_dir), env={})
+    assert again.returncode == 0, again.stderr
+    assert "stopped before any step began" in again.stderr
+
+
+@contextlib.contextmanager
+def _moto_checks_credentials():
+    """The moto server of the test (in this process) refusing keys its IAM does not know, as
+    S3 does (moto accepts any key otherwise)."""
+    from moto import settings
+    from moto.core.responses import ActionAuthenticatorMixin
+
+    before = settings.INITIAL_NO_AUTH_ACTION_COUNT
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+    ActionAuthenticatorMixin.request_count = 0
+    try:
+        yield
+    finally:
+        settings.INITIAL_NO_AUTH_ACTION_COUNT = before
+
+
+def test_credentials_the_store_refuses_are_exit_2_naming_the_input(tmp_path, s3):
+    s3.pipe("data/table/a.csv", b"id,v\n1,2\n")
+    job = write_job(tmp_path, DIRECT, input_yaml="type: uri_folder\npath: s3://data/table")
+    with _moto_checks_credentials():
+        checked = CliRunner().invoke(cli, ["validate", str(job)])
+        with pytest.raises(PlanningError, match=r"s3://data/table: the object store refused"):
+            run_job(job, run_dir=tmp_path / "run", workers=1, echo=lambda s: None)
+    assert checked.exit_code == 2, checked.output
+    assert "s3://data/table: the object store refused access (PermissionError" in checked.output
+    assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in checked.output
+    assert "Traceback" not in checked.output and "internal error" not in checked.output

@@ -72,6 +72,11 @@ def digest(text: str) -> str:
         ("the token expired at --task_overhead_timeout 30", None),
         ("tokenizer=bert keyboard=us signal=9 --mini_batch_size 10", None),
         ("/data/key=3/token=x/f.csv", None),  # hive-style folders of a path
+        # azure-identity's errors: a credential's class names its message, and a line that
+        # ends with "credentials:" takes no word of the next
+        ("\tAzureCliCredential: Azure CLI not found on path", None),
+        ("Attempted credentials:\n\tEnvironmentCredential: unavailable", None),
+        ("credential: k3y-planted, AZURE_CREDENTIAL=k3y", "credential: ***, AZURE_CREDENTIAL=***"),
     ],
 )
 def test_redact(text, expected):
@@ -89,6 +94,10 @@ def test_secret_names_and_data():
         assert not looks_secret(name), name
     for name in ("reconn_strategy", "connection", "conn", "string", "str"):
         assert not looks_secret(name), name
+    for name in ("AzureCliCredential", "DefaultAzureCredential", "ClientSecretCredential"):
+        assert not looks_secret(name), name  # a class, whose message follows its name
+    for name in ("credential", "storage_credential", "GOOGLE_APPLICATION_CREDENTIALS"):
+        assert looks_secret(name), name
     data = {"env": {"API_TOKEN": "t", "HOME": "/h"}, "argv": ["--api-key", "k", "--n", "1"]}
     assert redact_data(data) == {
         "env": {"API_TOKEN": REDACTED, "HOME": "/h"},

@@ -4,18 +4,29 @@ fsspec's own instance cache is keyed by thread id too, which can hand a reused t
 filesystem made for other credentials or another endpoint (seen with ``AWS_ENDPOINT_URL``
 changing between runs in one process); this cache is keyed by what matters only: the
 protocol, the storage options and the environment variables that configure them.
+
+Also what an error of an object store says to the user (:func:`store_problem`): a store that
+cannot be reached or refuses the credentials is the user's to fix, not a bug of daskprs.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import re
 import threading
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["AZURE_PROTOCOLS", "filesystem", "missing_package", "modified_time", "url_options"]
+__all__ = [
+    "AZURE_PROTOCOLS",
+    "filesystem",
+    "missing_package",
+    "modified_time",
+    "store_problem",
+    "url_options",
+]
 
 _FILESYSTEMS: dict[tuple[str, str], Any] = {}
 _LOCK = threading.Lock()
@@ -58,7 +69,27 @@ def _azure_url(url: str) -> str:
             f"{protocol}:// URLs (Azure storage) are read and written with adlfs, which is not "
             "installed: pip install adlfs"
         ) from err
+    _quiet_credential_chains()
     return url if protocol.lower() in ("abfs", "abfss", "az") else f"abfs://{rest}"
+
+
+# azure-identity's chains of credentials (DefaultAzureCredential), which adlfs falls back on:
+# when none gives a token they log a warning of 15 lines, then raise it as the
+# ClientAuthenticationError that daskprs reports in one line (store_problem). The warning
+# came once a request, four times for one listing.
+_CHAIN_LOGGERS = ("azure.identity._credentials.chained", "azure.identity.aio._credentials.chained")
+
+
+def _not_a_warning(record: logging.LogRecord) -> bool:
+    return record.levelno != logging.WARNING
+
+
+def _quiet_credential_chains() -> None:
+    """Drop the warnings of azure-identity's credential chains (their error says the same)."""
+    for name in _CHAIN_LOGGERS:
+        logger = logging.getLogger(name)
+        if _not_a_warning not in logger.filters:
+            logger.addFilter(_not_a_warning)
 
 
 def filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
@@ -121,3 +152,144 @@ def modified_time(info: Mapping[str, Any]) -> float | None:
         timestamp = getattr(value, "timestamp", None)
         return float(timestamp()) if callable(timestamp) else None
     return None
+
+
+# -- an object store that cannot be reached or refuses who asks ------------------------------
+# The errors of object stores and of the network to them, by the top package and the name of a
+# class the error is an instance of: their packages (botocore, azure-core, aiohttp, gcsfs) are
+# optional, and heavy to import only to catch what they raise. Any OSError counts too
+# (ConnectionError, TimeoutError, socket.gaierror, ssl.SSLError, s3fs's translations of S3's
+# refusals), except those that say a path is missing or of the wrong kind: the listing names
+# those itself. A TypeError or a KeyError stays a bug of daskprs (exit 1).
+_STORE_ERRORS = frozenset(
+    {
+        ("botocore", "BotoCoreError"),  # no endpoint, no credentials, a timeout, TLS
+        ("botocore", "ClientError"),  # an answer of S3: access denied, a bad key
+        ("azure", "AzureError"),  # ClientAuthenticationError, ServiceRequestError, ...
+        ("aiohttp", "ClientError"),
+        ("google", "GoogleAuthError"),
+        ("gcsfs", "HttpError"),
+    }
+)
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
+# Classes (by name, anywhere in an error's MRO) that say the store refused who asked: no,
+# wrong or expired credentials, or no access to that bucket or container
+_REFUSALS = frozenset(
+    {
+        "PermissionError",
+        "NoCredentialsError",
+        "PartialCredentialsError",
+        "ClientAuthenticationError",
+        "CredentialUnavailableError",
+        "GoogleAuthError",
+    }
+)
+# Classes that say the store could not be reached: no connection, no such host, a timeout, TLS
+_UNREACHABLE = frozenset(
+    {
+        "ConnectionError",  # the builtin's and botocore's (EndpointConnectionError)
+        "HTTPClientError",  # botocore: a connection closed, a proxy that failed
+        "ServiceRequestError",  # azure-core: the request never reached the service
+        "ClientConnectionError",  # aiohttp
+        "TimeoutError",
+        "gaierror",  # no such host (DNS)
+        "SSLError",
+    }
+)
+_SHORT = 300
+
+
+def _classes(err: BaseException) -> list[tuple[str, str]]:
+    """``(top package, class name)`` of each class in the MRO of ``err``."""
+    return [(c.__module__.split(".")[0], c.__name__) for c in type(err).__mro__]
+
+
+def _status(err: BaseException) -> int | None:
+    """The HTTP status of a store's answer in ``err``: botocore's ``ClientError``, azure's
+    ``HttpResponseError``, aiohttp's ``ClientResponseError``, gcsfs's ``HttpError``."""
+    response = getattr(err, "response", None)
+    if isinstance(response, dict):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return status if isinstance(status, int) else None
+    for name in ("status_code", "status", "code"):
+        status = getattr(err, name, None)
+        if isinstance(status, int) and not isinstance(status, bool):
+            return status
+    return None
+
+
+def _kind(err: BaseException) -> str | None:
+    """What an error of a store or of the network to it says: ``refused`` (credentials, access),
+    ``unreachable`` (a connection, a host name, a timeout, TLS) or else ``failed``, from
+    ``err`` or, when it says no more, the errors it was raised from; None for any other."""
+    if isinstance(err, _PATH_ERRORS):
+        return None
+    classes = _classes(err)
+    if not isinstance(err, OSError) and not any(c in _STORE_ERRORS for c in classes):
+        return None
+    seen: list[BaseException] = []
+    here: BaseException | None = err
+    while here is not None and here not in seen and len(seen) < 10:
+        seen.append(here)
+        names = {name for _, name in _classes(here)}
+        if names & _REFUSALS or _status(here) in (401, 403):
+            return "refused"
+        if names & _UNREACHABLE:
+            return "unreachable"
+        here = here.__cause__ or here.__context__
+    return "failed"
+
+
+def _fix(url: str, kind: str, options: bool) -> str:
+    """How to fix a store of ``url`` that cannot be reached or refuses who asks: its endpoint
+    and credentials, which come from the environment (README), or from the storage options
+    given (``options``: the Python API's)."""
+    protocol = url.partition("://")[0].lower()
+    if protocol in ("s3", "s3a"):
+        endpoint = "AWS_ENDPOINT_URL (unset for AWS itself)"
+        secrets = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+    elif protocol in AZURE_PROTOCOLS:
+        endpoint = "the account (in the URL, AZURE_STORAGE_ACCOUNT_NAME or the connection string)"
+        secrets = (
+            "AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_KEY or "
+            "AZURE_STORAGE_SAS_TOKEN with the account"
+        )
+    elif protocol in ("gs", "gcs"):
+        endpoint = "the network"
+        secrets = "GOOGLE_APPLICATION_CREDENTIALS"
+    else:
+        endpoint = "the URL's host and the network"
+        secrets = "the credentials the store takes"
+    given = " (or the storage_options given)" if options else ""
+    if kind == "refused":
+        return f"check the credentials in the environment{given}, and their access: {secrets}"
+    return (
+        f"check the endpoint and the credentials in the environment{given}: {endpoint}; {secrets}"
+    )
+
+
+def store_problem(url: str, err: BaseException, options: bool = False) -> str | None:
+    """What to say when reaching the store of ``url`` failed with ``err``: the URL, what went
+    wrong in one line (the error's class and the first line of its message, shortened) and
+    where the store's endpoint and credentials come from (``options``: storage options were
+    given too); None when ``err`` is no error of a store or of the network to it (a bug, or
+    a missing path, which the caller names itself).
+
+    >>> store_problem("s3://b/x", ConnectionRefusedError(111, "refused")).split(";")[0]
+    's3://b/x: cannot reach the object store (ConnectionRefusedError: [Errno 111] refused)'
+    """
+    kind = _kind(err)
+    if kind is None:
+        return None
+    store = "the server" if url.lower().startswith(("http://", "https://")) else "the object store"
+    what = {
+        "refused": f"{store} refused access",
+        "unreachable": f"cannot reach {store}",
+        "failed": f"{store} failed the request",
+    }[kind]
+    lines = str(err).strip().splitlines()
+    message = lines[0].strip() if lines else ""
+    if len(message) > _SHORT:
+        message = message[: _SHORT - 3].rstrip() + "..."
+    said = f"{type(err).__name__}: {message}" if message else type(err).__name__
+    return f"{url}: {what} ({said}); {_fix(url, kind, options)}"

@@ -5,6 +5,7 @@ and MLTable ``paths:``, into sorted :class:`ListedFile` values.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -18,7 +19,13 @@ from typing import Any, overload
 
 from daskprs.errors import PlanningError
 from daskprs.inputs.batches import FileStats, PackedPaths
-from daskprs.inputs.filesystems import AZURE_PROTOCOLS, filesystem, modified_time, url_options
+from daskprs.inputs.filesystems import (
+    AZURE_PROTOCOLS,
+    filesystem,
+    modified_time,
+    store_problem,
+    url_options,
+)
 from daskprs.inputs.mltable import MLTABLE_FILE, MLTableSpec, load_mltable
 from daskprs.job.model import DataInput
 
@@ -54,12 +61,33 @@ class Storage:
 
     def __init__(self, storage_options: Mapping | None, fs: Any):
         self.options = dict(storage_options or {})
+        # options the caller gave (an Azure URL's account joins self.options, given or not)
+        self.options_given = bool(self.options)
         self.given = fs
         self._cache: dict[str, Any] = {}
         self.remote = False
+        # the URL last resolved on a remote store (None: a local path): what is read next
+        # is read there, and an error reaching it names it (:meth:`reaching`)
+        self.at: str | None = None
+
+    @contextlib.contextmanager
+    def reaching(self) -> Iterator[None]:
+        """Turn an error reaching a remote store or refused by it (a connection refused, no
+        such host, a timeout, TLS; no, wrong or refused credentials) into a
+        :class:`PlanningError` naming the URL, what went wrong and where the endpoint and
+        credentials come from: what the user gave is to fix (exit 2), not daskprs. Any other
+        error, and any error of a local path, goes through as it is."""
+        try:
+            yield
+        except Exception as err:
+            problem = None if self.at is None else store_problem(self.at, err, self.options_given)
+            if problem is None:
+                raise
+            raise PlanningError(problem) from err
 
     def resolve(self, url: str) -> tuple[Any, str]:
         protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
+        self.at = None if protocol in ("file", "local") else url
         if protocol == "azureml":
             raise PlanningError(
                 f"{url}: an azureml:// URL reached the planner unresolved; map its datastore "
@@ -97,7 +125,9 @@ class Storage:
                     f"install its fsspec package"
                 ) from err
             self._cache[protocol] = fs
-        if not _is_local(fs):
+        if _is_local(fs):
+            self.at = None
+        else:
             self.remote = True
         return fs, fs._strip_protocol(url)
 
@@ -580,6 +610,9 @@ def list_files(
     Raises
     ------
     PlanningError
-        A path is missing, a folder is empty, a pattern matches nothing, a protocol is unknown.
+        A path is missing, a folder is empty, a pattern matches nothing, a protocol is unknown,
+        an object store cannot be reached or refuses the credentials.
     """
-    return tuple(list_input(data, Storage(storage_options, fs)).files)
+    storage = Storage(storage_options, fs)
+    with storage.reaching():
+        return tuple(list_input(data, storage).files)

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from daskprs.errors import PlanningError
 from daskprs.inputs.batches import FileBatch, FileBatches, MiniBatch, TableBatch, TablePiece
 from daskprs.inputs.cuts import Prober, cuts_by_probe, cuts_by_rows, header_names, row_ends
+from daskprs.inputs.filesystems import store_problem
 from daskprs.inputs.listing import (
     ListedFile,
     Listing,
@@ -264,6 +265,8 @@ class _TabularPlanner:
             with fs.open(path, "rb") as fh:
                 md = pq.ParquetFile(fh).metadata
         except Exception as err:
+            if self.storage.at is not None and store_problem(f.url, err) is not None:
+                raise  # the store's failure, not the file's: Storage.reaching names it
             raise PlanningError(
                 f"{f.url}: cannot read the parquet footer ({type(err).__name__}: {err}); "
                 f"is it a parquet file? restrict the MLTable's paths to parquet files"
@@ -490,11 +493,13 @@ def plan_input(
     PlanningError
         Missing path, empty folder, a pattern matching nothing, a corrupt parquet footer,
         an unresolved ``azureml://`` URL, an unknown protocol, a unit that does not fit the
-        input; the message names the file and the fix.
+        input, an object store that cannot be reached or refuses the credentials; the
+        message names the file and the fix.
     """
     t0 = time.perf_counter()
     storage = Storage(storage_options, fs)
-    listing = list_input(data, storage)
+    with storage.reaching():  # a store that cannot be reached: exit 2, naming it
+        listing = list_input(data, storage)
     kind, notes = _input_kind(data, listing.spec)
     if listing.spec is not None:
         notes = [*listing.spec.notes, *notes]
@@ -509,7 +514,8 @@ def plan_input(
         planner = _TabularPlanner(
             storage, listing, listing.spec.read, mini_batch_size, partition_keys
         )
-        batches = planner.plan()
+        with storage.reaching():  # (it reads footers, headers and cut points)
+            batches = planner.plan()
         notes += planner.notes
         notes += _empty_files_note(listing)
         scanned = planner.scanned

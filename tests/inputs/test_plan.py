@@ -5,11 +5,14 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import socket
+import ssl
 import textwrap
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from daskprs.errors import PlanningError
@@ -404,6 +407,106 @@ def test_listers_give_the_same_error_words(tmp_path, lister):
     assert str(err.value) == (
         f"{tmp_path / 'f.txt'}: is a file, not a folder; use 'file:' or type uri_file"
     )
+
+
+class FailingStore(AbstractFileSystem):
+    """An object store whose every request fails with ``error``, as one that cannot be
+    reached, or that refuses the credentials, fails (no network needed)."""
+
+    protocol = "s3"
+    cachable = False
+
+    def __init__(self, error: BaseException):
+        super().__init__()
+        self.error = error
+
+    def exists(self, path, **kwargs):
+        raise self.error
+
+    def info(self, path, **kwargs):
+        raise self.error
+
+
+def _refused_plan(url: str, error: BaseException) -> str:
+    with pytest.raises(PlanningError) as err:
+        plan_input(DataInput("data", "uri_folder", url, "ro_mount"), None, fs=FailingStore(error))
+    assert err.value.__cause__ is error  # kept for the Python API; the command shows the line
+    return str(err.value)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionRefusedError(111, "Connection refused"),
+        TimeoutError("timed out"),
+        socket.gaierror(-2, "Name or service not known"),
+        ssl.SSLCertVerificationError(1, "certificate verify failed"),
+    ],
+)
+def test_a_store_that_cannot_be_reached_is_a_planning_error_naming_the_url(error):
+    message = _refused_plan("s3://bucket/data", error)
+    assert message.startswith(
+        f"s3://bucket/data: cannot reach the object store ({type(error).__name__}: "
+    )
+    assert "check the endpoint and the credentials in the environment: AWS_ENDPOINT_URL" in message
+
+
+def test_botocore_and_azure_errors_say_what_went_wrong_in_one_line():
+    botocore = pytest.importorskip("botocore.exceptions")
+    message = _refused_plan(
+        "s3://bucket/data", botocore.EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+    )
+    assert "cannot reach the object store (EndpointConnectionError: Could not connect" in message
+    message = _refused_plan("s3://bucket/data", botocore.NoCredentialsError())
+    assert message == (
+        "s3://bucket/data: the object store refused access (NoCredentialsError: Unable to "
+        "locate credentials); check the credentials in the environment, and their access: "
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+    )
+    azure = pytest.importorskip("azure.core.exceptions")
+    chain = "\n".join(
+        ["DefaultAzureCredential failed to retrieve a token from the included credentials."]
+        + ["\tAzureCliCredential: Azure CLI not found on path"] * 4
+    )
+    message = _refused_plan(
+        "abfs://c@acct.dfs.core.windows.net/d", azure.ClientAuthenticationError(chain)
+    )
+    assert message.startswith(
+        "abfs://c@acct.dfs.core.windows.net/d: the object store refused access "
+        "(ClientAuthenticationError: DefaultAzureCredential failed to retrieve a token from the "
+        "included credentials.); check the credentials in the environment, and their access: "
+        "AZURE_STORAGE_CONNECTION_STRING"
+    )
+    assert "\n" not in message and "AzureCliCredential" not in message  # its first line only
+    unreachable = azure.ServiceRequestError("Cannot connect to host 127.0.0.1:1")
+    message = _refused_plan("abfs://c/d", unreachable)
+    assert message.startswith("abfs://c/d: cannot reach the object store (ServiceRequestError")
+
+
+def test_a_long_store_error_is_cut_to_one_short_line():
+    message = _refused_plan("s3://bucket/data", PermissionError("no " * 500 + "\nmore"))
+    assert "(PermissionError: no no" in message and "...)" in message
+    assert len(message) < 600 and "more" not in message
+
+
+def test_only_a_stores_errors_become_planning_errors(tmp_path):
+    data = DataInput("data", "uri_folder", "s3://b/d")
+    with pytest.raises(PlanningError, match=r"^s3://b/d: cannot reach the object store"):
+        list_files(data, fs=FailingStore(TimeoutError()))
+    for bug in (TypeError("a bug"), KeyError("Contents"), ValueError("x")):  # daskprs's: exit 1
+        with pytest.raises(type(bug)):
+            plan_input(data, None, fs=FailingStore(bug))
+        with pytest.raises(type(bug)):
+            list_files(data, fs=FailingStore(bug))
+
+    class Refusing(LocalFileSystem):
+        cachable = False
+
+        def exists(self, path, **kwargs):
+            raise PermissionError(13, "Permission denied", path)
+
+    with pytest.raises(PermissionError):  # a local folder is no store to reach
+        plan_input(folder_input(tmp_path), None, fs=Refusing())
 
 
 def test_a_pattern_matching_nothing_is_refused(tmp_path):
