@@ -16,6 +16,7 @@ mini-batches, and the files of its code folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -30,6 +31,7 @@ from typing import Any
 from daskprs.inputs.batches import FileBatch, FileBatches, MiniBatch, TableBatch
 from daskprs.job.model import CommandStep, DataInput, Output, ParallelStep
 from daskprs.results.fingerprint import code_digest, in_chunks, stat_line
+from daskprs.results.output import temporary_path
 from daskprs.rundir import RunDir, write_json
 
 __all__ = [
@@ -291,14 +293,44 @@ def lookup(
 
 def copy_outputs(record: Mapping[str, Any], outputs: Mapping[str, Output]) -> None:
     """Copy a reused step's outputs from the earlier run to this run's output paths (file
-    times kept, so the steps after it compare equal too)."""
+    times kept, so the steps after it compare equal too).
+
+    Each file is copied beside its place and renamed over it, so that a copy cut short (a
+    full disk, a file-size limit) never stands at an output's name; the first error is
+    raised as it is (an ``OSError`` the run's storage handling words), not collected."""
     for name, out in outputs.items():
         src = record["outputs"][name]
         dst = out.path
         if src == dst:
             continue
         if os.path.isdir(src):
-            shutil.copytree(src, dst, dirs_exist_ok=True, symlinks=True)
+            _copy_tree(src, dst)
         else:
             os.makedirs(os.path.dirname(dst), exist_ok=True)
-            shutil.copy2(src, dst)
+            _copy_file(src, dst)
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    """``src``'s files and links into ``dst`` (made; what it holds besides is kept)."""
+    for root, dirs, files in os.walk(src):
+        target = os.path.join(dst, os.path.relpath(root, src))
+        os.makedirs(target, exist_ok=True)
+        for entry in [*dirs, *files]:
+            there, here = os.path.join(root, entry), os.path.join(target, entry)
+            if os.path.islink(there):  # copied as a link (os.walk does not enter it)
+                if os.path.lexists(here):
+                    os.unlink(here)
+                os.symlink(os.readlink(there), here)
+            elif entry in files:
+                _copy_file(there, here)
+
+
+def _copy_file(src: str, dst: str) -> None:
+    part = temporary_path(dst)
+    try:
+        shutil.copy2(src, part)
+        os.replace(part, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(part)
+        raise

@@ -317,3 +317,31 @@ def test_a_full_staging_folder_stops_the_step_without_using_a_try(tmp_path):
     assert proc.returncode == 0, proc.stderr
     names = [f"f{i:03d}.txt" for i in range(12)]
     assert output_of(run_dir).read_text().splitlines() == _rows(names)
+
+
+def test_a_reused_steps_copy_that_finds_no_room_stops_with_nothing_at_the_outputs_name(tmp_path):
+    """A run that reuses an earlier run's step copies its output; past the file-size limit it
+    was exit 1 ('internal error', a shutil.Error) with the copy cut short at the output's
+    name. Now exit 42 naming the limit, nothing at that name; --resume completes the copy."""
+    make_files(tmp_path / "data", 20)
+    job = write_job(
+        tmp_path, BIG_ROWS, input_yaml="type: uri_folder\npath: ./data", mini_batch_size='"1"'
+    )
+    first, second = tmp_path / "runs/first", tmp_path / "runs/second"
+    assert daskprs("run", str(job), "--workers", "1", "--run-dir", str(first)).returncode == 0
+    limit = 2 * 2**20  # the output is 3 MB
+
+    def small_files() -> None:
+        resource.setrlimit(
+            resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1])
+        )
+
+    argv = [sys.executable, "-m", "daskprs", "run", str(job), "--run-dir", str(second)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, preexec_fn=small_files)
+    assert proc.returncode == 42, proc.stderr
+    assert "reused" in proc.stderr
+    assert "grew past the largest file allowed there (File too large)" in proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    assert not output_of(second).exists()
+    assert daskprs("run", "--resume", str(second)).returncode == 0
+    assert output_of(second).read_bytes() == output_of(first).read_bytes()
