@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 
-from daskprs.execute.supervisor import Budget
 from daskprs.observe.runview import RunView, StepView, inputs_text
 from daskprs.observe.runview import failures as failures_of
 
@@ -55,6 +54,12 @@ _RESUMES = "runs only what is not committed"
 _FIX_SCRIPT = "after fixing the entry script"
 
 
+# The budgets that stopped a run as logs/job_result.txt's "stopped by:" line names them
+# (daskprs.execute.supervisor.Budget's values; this layer reads records, it runs nothing)
+_RUN_DIRECTORY = "run_directory"
+_STORAGE = "storage"
+
+
 def next_step(view: RunView) -> tuple[str, str] | None:
     """What to run next and why, as the run's records say what happened; None when nothing
     is left to do (or a driver is running it).
@@ -80,14 +85,14 @@ def next_step(view: RunView) -> tuple[str, str] | None:
         return resume, _RESUMES
     failed = state == "failed"
     stop = view.stopped_by
-    if failed and stop == Budget.RUN_DIRECTORY:
+    if failed and stop == _RUN_DIRECTORY:
         return (
             f"daskprs run {view.job_file}",
             "in a new run directory: this one's records were changed while it ran, so what "
             "it did is not on record and a resume cannot continue it",
         )
     if failed and (
-        stop == Budget.STORAGE or "continue with: daskprs run --resume" in (view.failure or "")
+        stop == _STORAGE or "continue with: daskprs run --resume" in (view.failure or "")
     ):
         return resume, f"after making room as the failure above says; {_RESUMES}"
     if any(s.count("FAILED") for s in view.steps):

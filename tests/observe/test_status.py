@@ -348,3 +348,10 @@ def test_an_interrupted_map_batches_run_is_continued_by_the_same_call(tmp_path):
     assert (step.count("DONE"), step.pending) == (1, 3)
     assert next_command(view) == f"map_batches(..., run_dir={str(root)!r})"
     assert "the same call again: it runs only the partitions not done" in format_status(view)
+
+
+def test_the_budgets_status_reads_are_named_as_the_supervisor_writes_them():
+    from daskprs.execute.supervisor import Budget
+    from daskprs.observe import status
+
+    assert (status._STORAGE, status._RUN_DIRECTORY) == (Budget.STORAGE, Budget.RUN_DIRECTORY)
