@@ -19,7 +19,7 @@ def test_packer_starts_with_single_tries_then_packs_short_ones():
     for i in range(4):
         p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, elapsed=0.03))
     assert p.size == 66  # 2 s of 30 ms tries
-    assert p.window == 8 * 66
+    assert p.window == 2 * 133  # about 4 s of them a worker: two tasks
     assert [len(g) for g in p.groups(subs(140), pending=1000)] == [66, 66, 8]
     # near the end, tasks get smaller so that no worker idles while another has a long queue
     assert [len(g) for g in p.groups(subs(12), pending=0)] == [3, 3, 3, 3]
@@ -104,3 +104,18 @@ def test_a_tasks_records_travel_as_one_pickle():
     assert not header.get("is-collection") and len(frames) == 1
     back = deserialize(header, frames)
     assert type(back) is TryRecords and back == records
+
+
+def test_the_window_keeps_a_few_seconds_of_tries_a_worker_in_two_to_four_tasks():
+    """A retry goes behind the tries in flight: they are kept to about 4 s a worker."""
+
+    def window(seconds: float, workers: int = 2) -> tuple[int, int]:
+        p = _Packer(n_workers=workers)
+        for i in range(2 * workers):
+            p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, elapsed=seconds))
+        return p.size, p.window
+
+    assert window(0.5) == (4, 2 * 8)  # 4 s a worker: two tasks of 4 tries
+    assert window(0.1) == (20, 2 * 40)  # the image job: two tasks of 20
+    assert window(0.001) == (256, 2 * 1024)  # no-op tries: four full tasks (MAX_PACK)
+    assert window(3.0) == (1, 2 * 2)  # long tries: one running and one queued
