@@ -50,6 +50,20 @@ def _claim(ctx: StepContext, mb: int, try_key: str) -> bool:
     return ctx.store.create(claim_name(mb, try_key), _CLAIMANT)
 
 
+def _take_claim(
+    ctx: StepContext, pool: Any, slot: Any, batch: MiniBatch, try_no: int, try_key: str
+) -> bool | TryRecord:
+    """:func:`_claim`, or the record that stops the step when the claim's disk refuses it
+    (full, read-only...; the try, noted as running, is noted as ended unclaimed)."""
+    try:
+        return _claim(ctx, batch.index, try_key)
+    except OSError as err:
+        if not storage_error(err):
+            raise
+        pool.ended(slot, batch.index, try_key)
+        return _refused(batch, try_no, err, "the worker claimed", ctx.store.url(""))
+
+
 # What a claim holds: who took it (never empty: some stores skip the condition on empty
 # objects).
 _CLAIMANT = f"{socket.gethostname()} {os.getpid()}\n".encode()
@@ -90,13 +104,9 @@ def run_try(
     try:
         if slot.closing:  # its worker closes: not claimed here, it runs elsewhere
             return not_started(batch.index, try_no)
-        try:
-            taken = _claim(ctx, batch.index, try_key)
-        except OSError as err:
-            if not storage_error(err):
-                raise
-            pool.ended(slot, batch.index, try_key)
-            return _refused(batch, try_no, err, "the worker claimed", ctx.store.url(""))
+        taken = _take_claim(ctx, pool, slot, batch, try_no, try_key)
+        if isinstance(taken, TryRecord):  # its disk refused the claim
+            return taken
         if not taken:
             instead = _claimed_before(ctx, batch, try_no, try_key, handback_wait, start)
             if instead is not None:
@@ -344,13 +354,9 @@ def _run_in_turn(
                 return
             start = time.time()
             given[(batch.index, try_no)] = (try_key, batch, start, False)
-            try:
-                taken = _claim(ctx, batch.index, try_key)
-            except OSError as err:
-                if not storage_error(err):
-                    raise
-                pool.ended(slot, batch.index, try_key)
-                yield _refused(batch, try_no, err, "the worker claimed", ctx.store.url(""))
+            taken = _take_claim(ctx, pool, slot, batch, try_no, try_key)
+            if isinstance(taken, TryRecord):  # its disk refused the claim
+                yield taken
                 continue
             if not taken:
                 instead = _claimed_before(ctx, batch, try_no, try_key, wait, start)
