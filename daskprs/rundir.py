@@ -346,11 +346,13 @@ def replace_file(path: str, text: str, sync: bool = False) -> None:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(err, OSError) and err.filename is None:
+            err.filename = path  # a write's error names no file: the message names this one
         raise
 
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import can_hide_folders, make_files, write_job
+from conftest import can_hide_folders, make_files, tmpfs, write_job
 
 from daskprs.api import resume_job, run_job
 from daskprs.errors import (
@@ -179,3 +179,24 @@ def test_a_thread_limit_says_which_limit_and_how_to_continue(tmp_path, monkeypat
         run_job(job, run_dir=run, workers=1, echo=_quiet)
     assert f"daskprs run --resume {run}" in str(err.value)
     assert "outcome: FAILED" in (run / "logs/job_result.txt").read_text()
+
+
+def test_a_write_that_finds_no_room_names_the_file_it_wrote(tmp_path):
+    """A full disk's error from a write (not an open) names no file: the ledger's and
+    replace_file's name theirs, so the run's message says which file (it named the run
+    directory)."""
+    from daskprs.results.ledger import Ledger
+    from daskprs.rundir import replace_file
+
+    with tmpfs(tmp_path / "small", "size=8k") as small:
+        target = small / "overview.txt"
+        with pytest.raises(OSError) as err:
+            replace_file(str(target), "x" * 100_000)
+        assert err.value.errno == errno.ENOSPC and err.value.filename == str(target)
+        assert list(small.iterdir()) == []
+        ledger = Ledger(str(small / "ledger.jsonl"))
+        with pytest.raises(OSError) as err:
+            ledger.start_session({"step": "score", "pad": "x" * 100_000})
+        assert err.value.errno == errno.ENOSPC
+        assert err.value.filename == str(small / "ledger.jsonl")
+        ledger.close()

@@ -850,8 +850,13 @@ class Ledger:
         self._append(data)
 
     def _append(self, data: bytes) -> None:
-        self._f.write(data)
-        self._f.flush()
+        try:
+            self._f.write(data)
+            self._f.flush()
+        except OSError as err:
+            if err.filename is None:  # a write's error names no file: the message names it
+                err.filename = self.path
+            raise
         self._size += len(data)
         if self._snapshot:
             self.state._crc = zlib.crc32(data, self.state._crc)
