@@ -14,10 +14,12 @@ import it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +32,7 @@ __all__ = [
     "default_run_dir",
     "pid_alive",
     "replace_file",
+    "replacing",
     "write_json",
 ]
 
@@ -338,13 +341,23 @@ def replace_file(path: str, text: str, sync: bool = False) -> None:
     """Replace the file ``path`` with ``text`` atomically (a temporary file beside it, then a
     rename; with ``sync``, the bytes on disk before the rename). A write that fails (a full
     disk, an interrupt) leaves no temporary file behind."""
+    with replacing(path) as f:
+        f.write(text)
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def replacing(path: str, mode: str = "w") -> Iterator[Any]:
+    """A file open for writing beside ``path`` (``mode``: ``"w"`` text in UTF-8, ``"wb"``
+    bytes), renamed over ``path`` when the block ends; a block that fails (a full disk, an
+    interrupt) leaves no temporary file behind, and a write's error names ``path``."""
     tmp = f"{path}.tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            if sync:
-                f.flush()
-                os.fsync(f.fileno())
+        encoding = None if "b" in mode else "utf-8"
+        with open(tmp, mode, encoding=encoding) as f:
+            yield f
         os.replace(tmp, path)
     except BaseException as err:
         try:

@@ -185,6 +185,10 @@ def test_a_write_that_finds_no_room_names_the_file_it_wrote(tmp_path):
     """A full disk's error from a write (not an open) names no file: the ledger's and
     replace_file's name theirs, so the run's message says which file (it named the run
     directory)."""
+    from daskprs.inputs.batches import FileBatch
+    from daskprs.inputs.plan import Plan
+    from daskprs.inputs.planfile import write_plan
+    from daskprs.observe.logs import write_jsonl
     from daskprs.results.ledger import Ledger
     from daskprs.rundir import replace_file
 
@@ -194,6 +198,17 @@ def test_a_write_that_finds_no_room_names_the_file_it_wrote(tmp_path):
             replace_file(str(target), "x" * 100_000)
         assert err.value.errno == errno.ENOSPC and err.value.filename == str(target)
         assert list(small.iterdir()) == []
+        for name, write in (
+            (
+                "plan.json",
+                lambda p: write_plan(p, Plan("files", (FileBatch(0, ("x" * 9000,)),), "/d")),
+            ),
+            ("failed.jsonl", lambda p: write_jsonl(p, [{"x": "y" * 9000}])),
+        ):
+            with pytest.raises(OSError) as err:
+                write(str(small / name))
+            assert err.value.filename == str(small / name)
+            assert list(small.iterdir()) == []  # no temporary file left
         ledger = Ledger(str(small / "ledger.jsonl"))
         with pytest.raises(OSError) as err:
             ledger.start_session({"step": "score", "pad": "x" * 100_000})

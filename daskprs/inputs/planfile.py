@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +18,7 @@ from daskprs.errors import PlanningError
 from daskprs.inputs.batches import FileBatch, FileBatches, TableBatch, TablePiece
 from daskprs.inputs.plan import Plan
 from daskprs.inputs.tablemodel import TableRead, Transform
+from daskprs.rundir import replace_file
 
 __all__ = ["PLAN_FORMAT", "decode_plan", "encode_plan", "read_plan", "write_plan"]
 
@@ -114,12 +114,8 @@ def decode_plan(doc: Any, source: str = "the plan file") -> Plan:
 
 def write_plan(path: str, plan: Plan) -> None:
     """Write ``plan`` to ``path`` atomically."""
-    tmp = f"{path}.tmp"
     # dumps, not dump: json.dump encodes in Python, dumps in C (8 times faster)
-    text = json.dumps(encode_plan(plan), separators=(",", ":"))
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    replace_file(path, json.dumps(encode_plan(plan), separators=(",", ":")))
 
 
 def read_plan(path: str) -> Plan:

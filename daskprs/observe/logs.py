@@ -21,7 +21,7 @@ from typing import Any
 
 from daskprs.paths import redact, redact_data
 from daskprs.results.outcome import TryRecord
-from daskprs.rundir import replace_file
+from daskprs.rundir import replace_file, replacing
 
 __all__ = [
     "REPORT_HEADER",
@@ -137,11 +137,9 @@ class Report:
 
 def write_jsonl(path: str, objects: Iterable[Mapping[str, Any]]) -> None:
     """Write (replace) a JSON-lines file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replacing(path) as f:
         for obj in objects:
             f.write(json.dumps(redact_data(dict(obj)), default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def write_text(path: str, text: str) -> None:

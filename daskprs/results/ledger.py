@@ -21,6 +21,7 @@ from typing import Any
 
 from daskprs.paths import redact_data
 from daskprs.results.outcome import BatchState, Status, TryRecord
+from daskprs.rundir import replacing
 
 log = logging.getLogger(__name__)
 
@@ -673,12 +674,10 @@ def write_snapshot(path: str, state: LedgerState) -> None:
         ],
         "columns_crc32": _crc_of(col for _, col in _columns(state)),
     }
-    tmp = f"{snapshot_path(path)}.tmp"
-    with open(tmp, "wb") as f:
+    with replacing(snapshot_path(path), "wb") as f:
         f.write(_ENCODER.encode(meta).encode("utf-8") + b"\n")
         for _, col in _columns(state):
             f.write(memoryview(col).cast("B"))
-    os.replace(tmp, snapshot_path(path))
 
 
 def _crc_of(columns: Iterator[Any]) -> int:
