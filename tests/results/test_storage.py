@@ -229,6 +229,18 @@ def run(mini_batch):
 """
 
 
+def _rows_job(tmp_path: Path, n: int, go: Path) -> Path:
+    """A job over ``n`` files, one a mini-batch, whose f002 waits for the file ``go``."""
+    make_files(tmp_path / "data", n)
+    return write_job(
+        tmp_path,
+        ROWS_OF_FILE,
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"1"',
+        extra=f"environment_variables:\n  GO: {go}\n",
+    )
+
+
 def _rows(names) -> list[str]:
     return [f"{n} " + "x" * 200 for n in names for _ in range(50)]
 
@@ -240,15 +252,8 @@ def test_a_claims_folder_that_refuses_writes_stops_the_step_without_using_a_try(
     from daskprs.results.ledger import ledger_tries
     from daskprs.testing import poll_for
 
-    make_files(tmp_path / "data", 6)
     go = tmp_path / "go"
-    job = write_job(
-        tmp_path,
-        ROWS_OF_FILE,
-        input_yaml="type: uri_folder\npath: ./data",
-        mini_batch_size='"1"',
-        extra=f"environment_variables:\n  GO: {go}\n",
-    )
+    job = _rows_job(tmp_path, 6, go)
     run_dir = tmp_path / "run"
     claims = run_dir / "steps/score/claims"
     argv = ["run", str(job), "--workers", "1", "--run-dir", str(run_dir)]
@@ -292,15 +297,8 @@ def test_a_full_staging_folder_stops_the_step_without_using_a_try(tmp_path):
     job 'succeeded' with a partial output. After the fix --resume completes the job."""
     from daskprs.results.ledger import ledger_tries
 
-    make_files(tmp_path / "data", 12)
     (tmp_path / "go").touch()
-    job = write_job(
-        tmp_path,
-        ROWS_OF_FILE,
-        input_yaml="type: uri_folder\npath: ./data",
-        mini_batch_size='"1"',
-        extra=f"environment_variables:\n  GO: {tmp_path / 'go'}\n",
-    )
+    job = _rows_job(tmp_path, 12, tmp_path / "go")
     run_dir = tmp_path / "run"
     staging = tmp_path / "staging"
     with tmpfs(staging, "size=40k"):
