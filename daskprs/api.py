@@ -327,11 +327,12 @@ def run_job(
     settings = EnvSettings.from_env()  # a bad DASKPRS_* value: an error before anything
     progress = choose_progress(echo)
     echo = echo or logs.to_stderr
-    doc = None
+    doc = given_as = None
     if not isinstance(job_file, str | os.PathLike):
-        from daskprs.job.sdk import job_document, job_name
+        from daskprs.job.sdk import job_document, job_label, job_name
 
         doc = job_document(job_file)
+        given_as = job_label(job_file, doc)  # (its job.yml is this call's, not the user's)
         base = base or os.getcwd()
         job_file = os.path.join(os.fspath(base), f"{job_name(doc)}.yml")  # names the run dir
     base = os.path.abspath(os.fspath(base)) if base else None
@@ -343,6 +344,7 @@ def run_job(
             "s3://...) and, for workers that cannot see the run directory, --staging URL"
         )
     run_dir = os.path.abspath(os.fspath(run_dir)) if run_dir else default_run_dir(job_file)
+    made = _missing_folders(run_dir)  # what a refused start removes again
     if os.path.isdir(run_dir) and os.listdir(run_dir):
         if not _never_began(RunDir(run_dir)):
             try:
@@ -368,12 +370,13 @@ def run_job(
         "input_path": os.fspath(input_path) if input_path is not None else None,
         "output_path": os.fspath(output_path) if output_path is not None else None,
     }
-    if doc is not None:
-        try:
-            job_file = _write_job_document(doc, run_dir)
-        except OSError as err:
-            raise UserInputError(_cannot_write(run_dir, err)) from None
+    written = os.path.join(run_dir, SDK_JOB_FILE) if doc is not None else None
     try:
+        if doc is not None:
+            try:
+                job_file = _write_job_document(doc, run_dir)
+            except OSError as err:
+                raise UserInputError(_cannot_write(run_dir, err)) from None
         job = load_job(
             job_file,
             sets,
@@ -381,33 +384,31 @@ def run_job(
             run_name=os.path.basename(run_dir),
             v1=V1Options(io["input_path"], io["output_path"], arguments, tuple(side_inputs)),
             base=base,
+            given_as=given_as,
         )
-    except UserInputError:
-        if doc is not None:  # remove what this call wrote
-            os.unlink(job_file)
-            if not os.listdir(run_dir):
-                os.rmdir(run_dir)
+        for line in (*job.notes, *job.warnings):
+            echo(f"note: {line}")
+        staged = _staging(staging, job.staging)
+        record = {
+            "job_file": job_file,
+            "sets": list(sets),
+            **{k: v for k, v in io.items() if v is not None},
+            **({"arguments": arguments} if arguments is not None else {}),
+            **({"side_inputs": list(side_inputs)} if side_inputs else {}),
+            **({"base": base} if base else {}),
+            **({"staging": staged} if staged else {}),
+            "cwd": os.getcwd(),
+            "name": job.name,
+            "created": time.time(),
+            "job": fingerprint.job_fields(job),
+            "code": {s.name: fingerprint.code_digest(s.code_dir) for s in job.parallel_steps},
+            "inputs": {},
+        }
+        run = RunDir(run_dir)
+        _begin(run, record, job)
+    except BaseException:  # refused before it began: remove what this call made
+        _unmake(written, made)
         raise
-    for line in (*job.notes, *job.warnings):
-        echo(f"note: {line}")
-    staged = _staging(staging, job.staging)
-    record = {
-        "job_file": job_file,
-        "sets": list(sets),
-        **{k: v for k, v in io.items() if v is not None},
-        **({"arguments": arguments} if arguments is not None else {}),
-        **({"side_inputs": list(side_inputs)} if side_inputs else {}),
-        **({"base": base} if base else {}),
-        **({"staging": staged} if staged else {}),
-        "cwd": os.getcwd(),
-        "name": job.name,
-        "created": time.time(),
-        "job": fingerprint.job_fields(job),
-        "code": {s.name: fingerprint.code_digest(s.code_dir) for s in job.parallel_steps},
-        "inputs": {},
-    }
-    run = RunDir(run_dir)
-    _begin(run, record, job)
     try:
         session = JobSession(
             job,
@@ -429,9 +430,9 @@ def run_job(
 
 def _begin(run: RunDir, record: dict[str, Any], job: Job) -> None:
     """Make a new run's directory, take its lock and write its record and resolved job. A
-    folder that cannot be written is the user's to fix (exit 2): what this wrote is
-    removed, so that the folder can be given again."""
-    made = not os.path.exists(run.root)
+    folder that cannot be written is the user's to fix (exit 2): the files this wrote are
+    removed (the caller removes the folders it made), so that the folder can be given
+    again."""
     try:
         os.makedirs(run.root, exist_ok=True)
         run.lock()  # before the first write: a second run started on the folder writes nothing
@@ -442,10 +443,29 @@ def _begin(run: RunDir, record: dict[str, Any], job: Job) -> None:
         for path in (run.record, run.resolved_job):
             with contextlib.suppress(OSError):
                 os.unlink(path)
-        if made:
-            with contextlib.suppress(OSError):
-                os.rmdir(run.root)
         raise UserInputError(_cannot_write(run.root, err)) from None
+
+
+def _missing_folders(path: str) -> list[str]:
+    """``path`` and those of its parents that do not exist yet, deepest first: the folders
+    making ``path`` makes (``daskprs-runs`` for a default run directory, the first time)."""
+    missing: list[str] = []
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _unmake(written: str | None, made: Sequence[str]) -> None:
+    """Remove what a refused start made: the job file ``written`` for a job given as an
+    object, and the folders ``made``, each only if empty (never a folder that was there
+    before, nor one another run put something in meanwhile)."""
+    if written:
+        with contextlib.suppress(OSError):
+            os.unlink(written)
+    for folder in made:
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 def _cannot_write(run_dir: str, err: OSError) -> str:
@@ -573,6 +593,9 @@ def resume_job(
                 ),
                 # the folder a job built with the SDK was built in (not the run directory's)
                 base=None if job_file else record.get("base"),
+                given_as=f"the job given to run_job (kept as {given})"
+                if not job_file and given == os.path.join(run.root, SDK_JOB_FILE)
+                else None,
             )
         finally:
             os.chdir(previous)

@@ -78,12 +78,17 @@ class Problem:
 
 
 class JobSpecError(UserInputError):
-    """The job file is invalid; ``problems`` lists every problem found, not only the first."""
+    """The job file is invalid; ``problems`` lists every problem found, not only the first.
 
-    def __init__(self, source: str, problems: list[Problem]):
+    ``source`` names the job: its file, or what it was given as when no file of the user's
+    holds it (``"the job given to run_job"``, with ``file=False``).
+    """
+
+    def __init__(self, source: str, problems: list[Problem], *, file: bool = True):
         self.source = source
         self.problems = list(problems)
-        lines = [f"{source}: {len(self.problems)} problem(s) in the job file:"]
+        where = " in the job file" if file else ""
+        lines = [f"{source}: {len(self.problems)} problem(s){where}:"]
         lines += [f"  - {p}" for p in self.problems]
         super().__init__("\n".join(lines))
 

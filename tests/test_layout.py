@@ -174,6 +174,7 @@ def test_each_layer_names_every_module_it_owns(sub):
 # parameters at most (self and cls not counted): more means a value object is missing.
 _ENTRY_POINTS = {
     "daskprs.api": {"run_job", "resume_job"},
+    "daskprs.job.load": {"load_job"},
     "daskprs.mapping.run": {"map_batches"},
     "daskprs.cli": "*",
     "daskprs.testing": "*",

@@ -42,6 +42,29 @@ def test_a_run_directory_under_a_file_is_a_clear_error_and_leaves_nothing(tmp_pa
     assert (tmp_path / "taken").read_text() == "a file, not a folder\n"
 
 
+@pytest.mark.parametrize("given", ["file", "mapping"])
+def test_a_start_that_cannot_write_its_record_leaves_no_folder_it_made(
+    tmp_path, monkeypatch, given
+):
+    """A default run directory whose record the disk refuses: neither it nor the
+    ``daskprs-runs`` folder made for it stays, nor the job.yml written for a mapping."""
+    import yaml
+
+    job = _job(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    kept = sorted(tmp_path.rglob("*"))
+
+    def refuse(self, record):
+        raise OSError(errno.ENOSPC, "No space left on device", self.record)
+
+    monkeypatch.setattr(RunDir, "write_record", refuse)
+    doc = job if given == "file" else yaml.safe_load(job.read_text())
+    with pytest.raises(UserInputError, match=r"cannot write the run directory .*Free some space"):
+        run_job(doc, workers=1, echo=_quiet)
+    assert not (tmp_path / "daskprs-runs").exists()
+    assert sorted(tmp_path.rglob("*")) == kept
+
+
 def test_a_run_directory_name_too_long_says_to_give_a_shorter_one(tmp_path):
     job = _job(tmp_path)
     with pytest.raises(UserInputError, match="Give a shorter --run-dir"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -184,6 +185,36 @@ def test_an_endpoint_that_cannot_be_reached_is_exit_2_naming_the_input(tmp_path,
     again = _daskprs("run", str(job), "--workers", "1", "--run-dir", str(run_dir), env={})
     assert again.returncode == 0, again.stderr
     assert "stopped before any step began" in again.stderr
+
+
+def test_a_bucket_alone_is_not_found_only_when_the_store_says_so(tmp_path, s3, monkeypatch):
+    """s3fs says a bucket alone does not exist whatever went wrong: ``s3://bucket`` on a store
+    that cannot be reached, or that refuses the keys, is named so, as ``s3://bucket/key`` is
+    (it said "folder not found")."""
+    import s3fs
+
+    s3.pipe("data/d0.txt", b"x")
+    job = write_job(tmp_path, DIRECT, input_yaml="type: uri_folder\npath: s3://data")
+
+    def validate(bucket: str) -> str:
+        s3fs.S3FileSystem.clear_instance_cache()  # (cached by arguments, not the environment)
+        job.write_text(re.sub(r"s3://[\w-]+", bucket, job.read_text()))
+        checked = CliRunner().invoke(cli, ["validate", str(job)])
+        assert "Traceback" not in checked.output and "internal error" not in checked.output
+        return checked.output if checked.exit_code else ""
+
+    assert validate("s3://data") == ""
+    assert "s3://no-such-bucket: folder not found; check the path" in validate(
+        "s3://no-such-bucket"
+    )
+    with _moto_checks_credentials():
+        said = validate("s3://data")
+    assert "s3://data: the object store refused access (PermissionError" in said
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # one try a request, not botocore's retries
+    said = validate("s3://data")
+    assert "s3://data: cannot reach the object store (EndpointConnectionError" in said
+    assert "AWS_ENDPOINT_URL" in said
 
 
 @contextlib.contextmanager

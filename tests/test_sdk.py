@@ -149,6 +149,103 @@ def test_run_job_takes_a_mapping_with_a_base_folder_and_resumes_it(sdk_folder, t
     record = json.loads((run / "run.json").read_text())
     assert record["job_file"] == str(run / "job.yml") and record["base"] == str(sdk_folder)
     assert resume_job(run, client=client, echo=_quiet).ok  # rebuilt from job.yml and base
+    shutil.rmtree(sdk_folder / "data")  # a problem found as it is rebuilt: named as given
+    with pytest.raises(JobSpecError) as info:
+        resume_job(run, client=client, echo=_quiet)
+    message = str(info.value)
+    assert message.startswith(f"the job given to run_job (kept as {run / 'job.yml'}): 1 "), message
+    [problem] = info.value.problems
+    assert f"relative to base=, here {sdk_folder}, which is by default" in problem.hint
+
+
+BAD_PATHS = {
+    "type": "parallel",
+    "name": "x",
+    "inputs": {"data": {"type": "uri_folder", "path": "./nope"}},
+    "outputs": {"out": {"type": "uri_folder"}},
+    "input_data": "${{inputs.data}}",
+    "mini_batch_size": "1",
+    "task": {"type": "run_function", "code": "./src", "entry_script": "s.py"},
+}
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    ("before", "run_dir"),
+    [
+        ([], None),  # ./daskprs-runs/x-<time>, and daskprs-runs itself, made by the call
+        (["daskprs-runs/earlier"], None),  # daskprs-runs was there: it stays, as it was
+        (["daskprs-runs"], None),  # (empty, but there before the call)
+        (["given"], "given"),  # an empty run directory given: it stays
+        ([], "new/deeper/run"),  # every folder of a run directory given
+    ],
+)
+def test_a_mapping_with_wrong_paths_names_the_call_and_base_and_leaves_nothing_behind(
+    tmp_path, monkeypatch, before, run_dir
+):
+    """The job.yml run_job writes for a mapping is no file of the user's: the error names the
+    job as given, its hints say relative paths start at base= (the current directory), and
+    nothing the refused call made is left (only what was there before it)."""
+    monkeypatch.chdir(tmp_path)
+    for folder in before:
+        (tmp_path / folder).mkdir(parents=True)
+    kept = _tree(tmp_path)
+    with pytest.raises(JobSpecError) as info:
+        run_job(BAD_PATHS, run_dir=run_dir, echo=_quiet)
+    message = str(info.value)
+    assert message.startswith("the job given to run_job: 2 problem(s):\n"), message
+    assert "job.yml" not in message and "YAML file" not in message
+    here = f"relative to base=, here {tmp_path}, which is by default the current directory"
+    assert [p.hint for p in info.value.problems] == [f"check the path; it is {here}"] * 2
+    assert _tree(tmp_path) == kept
+
+
+def test_a_mapping_run_with_base_says_so_and_a_v1_mapping_reads_its_code_there(
+    tmp_path, monkeypatch
+):
+    """base= is where a mapping's paths start: named in the hints, and a v1
+    ParallelRunConfig's source_directory is found there (it was looked for in the run
+    directory run_job wrote the mapping to, and named it)."""
+    monkeypatch.chdir(tmp_path)
+    base = tmp_path / "built"
+    base.mkdir()
+    with pytest.raises(JobSpecError) as info:
+        run_job(BAD_PATHS, base=base, run_dir=tmp_path / "run", echo=_quiet)
+    here = f"relative to base=, here {base}, which is by default the current directory"
+    assert [p.hint for p in info.value.problems] == [f"check the path; it is {here}"] * 2
+    v1 = {"entry_script": "s.py", "source_directory": "./src", "mini_batch_size": "1"}
+    with pytest.raises(JobSpecError) as info:  # no ./src in base yet
+        run_job(v1, base=base, input_path=base, run_dir=tmp_path / "run", echo=_quiet)
+    [problem] = info.value.problems
+    assert problem.message == f"{base / 'src'} is not a folder", problem
+    assert here in problem.hint
+    assert _tree(tmp_path) == ["built"]
+
+
+def test_an_sdk_object_with_wrong_paths_is_named_by_its_class_and_name(tmp_path, monkeypatch):
+    _sdk()
+    from azure.ai.ml import Input, Output
+    from azure.ai.ml.parallel import RunFunction, parallel_run_function
+
+    monkeypatch.chdir(tmp_path)
+    checksum = parallel_run_function(
+        name="checksum",
+        inputs=dict(files=Input(type="uri_folder")),
+        outputs=dict(sums=Output(type="uri_file")),
+        input_data="${{inputs.files}}",
+        task=RunFunction(code="./src", entry_script="checksum.py"),
+    )
+    node = checksum(files=Input(type="uri_folder", path="./files"))
+    with pytest.raises(JobSpecError) as info:
+        run_job(node, echo=_quiet)
+    message = str(info.value)
+    assert message.startswith(f"the {type(node).__name__} checksum given to run_job: 2 problem")
+    here = f"relative to base=, here {tmp_path}, which is by default the current directory"
+    assert [p.hint for p in info.value.problems] == [f"check the path; it is {here}"] * 2
+    assert _tree(tmp_path) == []
 
 
 # --------------------------------------------------------------------------- built with the SDK

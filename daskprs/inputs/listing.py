@@ -450,8 +450,24 @@ def _find(fs: Any, folder: str, skipped: list[str] | None = None) -> list[_Found
     return out
 
 
+def _exists(fs: Any, path: str) -> bool:
+    """Whether ``path`` exists; on an object store whose ``exists`` says no, ``info`` is asked
+    too: s3fs answers a bucket alone (``s3://bucket``) with False whatever went wrong (an
+    endpoint that cannot be reached, refused credentials), where ``info`` raises the error,
+    which :meth:`Storage.reaching` names."""
+    if fs.exists(path):
+        return True
+    if _is_local(fs):
+        return False
+    try:
+        fs.info(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _check_folder(fs: Any, folder: str, url: str) -> None:
-    if not fs.exists(folder):
+    if not _exists(fs, folder):
         raise PlanningError(f"{url}: folder not found; check the path (and the MLTable paths)")
     if not fs.isdir(folder):
         raise PlanningError(f"{url}: is a file, not a folder; use 'file:' or type uri_file")
@@ -483,7 +499,7 @@ def _list_pattern(
     comps = pattern.split("/")
     first = next((i for i, c in enumerate(comps) if _MAGIC.search(c)), None)
     if first is None:  # no glob characters: the path itself
-        if fs.exists(pattern):
+        if _exists(fs, pattern):
             if fs.isdir(pattern):
                 return _list_folder(fs, pattern, url, skipped)
             return _list_file(fs, pattern, url)

@@ -5,7 +5,7 @@ A binding names a value in a *scope*, a mapping from expression (``inputs.data``
 ``parent.jobs.<s>.outputs.<o>``, ``name``) to value. An input becomes a
 :class:`~daskprs.job.model.DataInput` or a checked literal, an output an
 :class:`~daskprs.job.model.Output` with its path placed. Paths are resolved here too: local
-paths relative to the YAML file that gives them, fsspec URLs, and
+paths relative to the YAML file that gives them (or to ``base``), fsspec URLs, and
 ``azureml://datastores/<name>/paths/<path>`` through the configuration's ``datastores:``.
 """
 
@@ -108,7 +108,7 @@ def local_dir(raw: object, at: S.At, key: tuple, ctx: S.Context, what: str) -> s
         ctx.problem(
             at(*key),
             f"{what} folder {path} does not exist",
-            "check the path; it is relative to the YAML file",
+            f"check the path; it is relative to {at.relative_to}",
         )
         return None
     return path
@@ -302,7 +302,7 @@ def _data_input(
                 if unmapped
                 else "check the path; given with --set, it is relative to the current directory"
                 if resolved in ctx.set_paths
-                else "check the path; it is relative to the YAML file that gives it",
+                else f"check the path; it is relative to {at.relative_to}",
             )
     data_type = S.data_type(kind or "uri_folder", S.place(place, "type"), ctx)
     mode = S.check_mode(mode, S.place(place, "mode"), ctx, S.INPUT_MODES, default_mode)

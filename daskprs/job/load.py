@@ -71,6 +71,7 @@ def load_job(
     env: Mapping[str, str] | None = None,
     v1: V1Options | None = None,
     base: str | None = None,
+    given_as: str | None = None,
 ) -> Job:
     """Read, validate and bind a job file.
 
@@ -106,7 +107,14 @@ def load_job(
     base : str, optional
         The folder relative paths of the file are relative to, and where ``daskprs.yaml`` is
         looked for first; default: the file's folder (a job built with the Python SDK and
-        written into the run directory keeps the folder it was built in).
+        written into the run directory keeps the folder it was built in). A component file's
+        own relative paths stay relative to that component file.
+    given_as : str, optional
+        What the job was given as when no file of the user's holds it (a mapping or an SDK
+        object that :func:`~daskprs.api.run_job` wrote to the run directory): problems are
+        reported under this name (``"the job given to run_job"``) rather than the file's, and
+        the job's relative paths are said to be relative to ``base``, by default the current
+        directory.
 
     Returns
     -------
@@ -119,8 +127,14 @@ def load_job(
         Listing every problem of the file (and of the ``--set`` values), not only the first.
     """
     v1 = v1 or V1Options()
-    job, problems, _, _ = _load(path, sets, run_dir, run_name, config, env, v1, base)
+    at = None
+    if base or given_as:
+        folder = os.path.abspath(base or os.path.dirname(os.path.abspath(path)))
+        at = S.At("", folder, _relative_to(folder, given_as))
+    job, problems, _, _ = _load(path, sets, run_dir, run_name, config, env, v1, at)
     if problems or job is None:
+        if given_as:
+            raise JobSpecError(given_as, problems, file=False)
         raise JobSpecError(os.fspath(path), problems)
     return job
 
@@ -167,8 +181,10 @@ def _load(
     config: Mapping | None,
     env: Mapping[str, str] | None,
     v1_io: V1Options,
-    base: str | None = None,
+    top: S.At | None = None,
 ) -> tuple[Job | None, list[Problem], list[str], list[str]]:
+    """Load the job file ``path``; ``top`` is where its relative paths start (``base``),
+    default its folder."""
     env = os.environ if env is None else env
     source = os.path.abspath(os.fspath(path))
     run_dir = os.path.abspath(run_dir or os.path.join("daskprs-runs", Path(source).stem))
@@ -179,13 +195,13 @@ def _load(
     if not isinstance(doc, dict):
         ctx.problem("", f"the job file must be a YAML mapping, not {S.kind_of(doc)}")
         return None, ctx.problems, ctx.notes, ctx.warnings
-    folder = os.path.abspath(base) if base else os.path.dirname(source)
-    load_config(config, folder, env, ctx)
+    at = top or S.At("", os.path.dirname(source))
+    load_config(config, at.base, env, ctx)
     steps: list[ParallelStep | CommandStep] = []
     continue_on_failure = False
     if is_v1(doc):
         kind: _Kind | None = "v1"
-        steps = _v1(doc, sets, v1_io, source, ctx)
+        steps = _v1(doc, sets, v1_io, source, at, ctx)
     else:
         kind = _file_kind(doc, ctx)
         if kind in ("parallel", "component") and "component" in doc:
@@ -201,7 +217,6 @@ def _load(
             )
     if kind is not None and kind != "v1":
         apply_sets(doc, sets, kind, Path(source).stem, ctx)
-        at = S.At("", folder)
         if kind == "pipeline":
             steps, continue_on_failure = _pipeline(doc, at, ctx)
         else:
@@ -227,6 +242,14 @@ def _load(
         staging=ctx.staging,
     )
     return job, [], ctx.notes, ctx.warnings
+
+
+def _relative_to(base: str, given_as: str | None) -> str:
+    """What the relative paths of a job loaded with a ``base`` are relative to, in the words
+    of a hint ("check the path; it is relative to ...")."""
+    if given_as:  # no file of the user's: run_job's base=, which it defaults
+        return f"base=, here {base}, which is by default the current directory"
+    return f"base=, here {base}, not to the YAML file"
 
 
 def unsafe_folder_name(name: str) -> bool:
@@ -256,14 +279,17 @@ def _v1(
     sets: Sequence[str],
     io: V1Options,
     source: str,
+    at: S.At,
     ctx: S.Context,
 ) -> list[ParallelStep | CommandStep]:
-    """A v1 ``ParallelRunConfig``: translated, then loaded as a bare ``type: parallel`` file."""
+    """A v1 ``ParallelRunConfig``: translated, then loaded as a bare ``type: parallel`` file
+    (its relative paths relative to ``at.base``, the file's folder unless ``base`` is given)."""
     ctx.note("a v1 ParallelRunConfig: loaded as the type: parallel job it describes")
-    translated = translate_v1(doc, io, sets, os.path.dirname(source), ctx)
+    hint = at.relative_to if at.relative_to != S.FILE_RELATIVE else "the config file's folder"
+    translated = translate_v1(doc, io, sets, at.base, ctx, hint)
     if translated is None:
         return []
-    steps = _single(translated.doc, S.At("", os.path.dirname(source)), Path(source).stem, ctx)
+    steps = _single(translated.doc, at, Path(source).stem, ctx)
     name = translated.append_row_file_name
     if name and steps and isinstance(steps[0], ParallelStep) and steps[0].append_row_to:
         folder = os.path.dirname(steps[0].append_row_to)
@@ -326,7 +352,8 @@ def _pipeline(doc: dict, at: S.At, ctx: S.Context) -> tuple[list[ParallelStep | 
     cache: dict = {}
     nodes: dict[str, Node] = {}
     for name, raw in jobs.items():
-        node = make_node(str(name), raw, S.At(f"jobs.{name}", at.base), cache, at.base, ctx)
+        node_at = S.At(f"jobs.{name}", at.base, at.relative_to)
+        node = make_node(str(name), raw, node_at, cache, at.base, ctx)
         if node is not None:
             nodes[node.name] = node
     for node in nodes.values():

@@ -66,7 +66,7 @@ def _component(
 ) -> tuple[dict, S.At] | None:
     place = node_at("component")
     if isinstance(ref, Mapping):
-        comp, at = dict(ref), S.At(place, node_at.base)
+        comp, at = dict(ref), S.At(place, node_at.base, node_at.relative_to)
     elif isinstance(ref, str) and not ref.startswith("azureml:"):
         path = os.path.normpath(os.path.join(node_at.base, ref.removeprefix("file:")))
         if path in cache:
@@ -76,7 +76,7 @@ def _component(
             ctx.problem(
                 place,
                 f"component file {path} does not exist",
-                "the path is relative to the YAML file",
+                f"the path is relative to {node_at.relative_to}",
             )
             return None
         doc = read_yaml(path, place, ctx)

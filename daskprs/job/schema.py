@@ -350,12 +350,21 @@ def place(prefix: str, *keys: object) -> str:
     return f"{prefix}.{tail}" if tail else prefix
 
 
+# What a job file's relative paths are relative to, in the words of a hint.
+FILE_RELATIVE = "the YAML file that gives it"
+
+
 @dataclass(frozen=True)
 class At:
-    """Where a piece of YAML sits: its place prefix and the folder relative paths start from."""
+    """Where a piece of YAML sits: its place prefix and the folder relative paths start from.
+
+    ``relative_to`` says what that folder is, for hints ("check the path; it is relative to
+    ..."): the YAML file, or ``base`` for a job given with one or given as an object.
+    """
 
     prefix: str
     base: str
+    relative_to: str = FILE_RELATIVE
 
     def __call__(self, *keys: object) -> str:
         return place(self.prefix, *keys)

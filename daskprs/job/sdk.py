@@ -18,7 +18,7 @@ import yaml
 
 from daskprs.errors import UserInputError
 
-__all__ = ["is_sdk_object", "job_document", "job_name", "node_as_pipeline"]
+__all__ = ["is_sdk_object", "job_document", "job_label", "job_name", "node_as_pipeline"]
 
 
 def is_sdk_object(job: object) -> bool:
@@ -75,6 +75,16 @@ def job_name(doc: Mapping) -> str:
         if isinstance(value, str) and value.strip():
             return re.sub(r"[^A-Za-z0-9_.-]+", "_", value.strip()).strip("._") or "job"
     return "job"
+
+
+def job_label(job: object, doc: Mapping) -> str:
+    """How messages name a job given to ``run_job`` as an object, ``doc`` its document: the
+    SDK object's class and name (``the PipelineJob iris_batch_prediction given to run_job``),
+    or the mapping."""
+    if not is_sdk_object(job):
+        return "the job given to run_job"
+    name = job_name(doc)
+    return f"the {type(job).__name__}{f' {name}' if name != 'job' else ''} given to run_job"
 
 
 def node_as_pipeline(doc: Mapping, stem: str) -> dict[str, Any]:

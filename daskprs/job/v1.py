@@ -179,6 +179,7 @@ def translate_v1(
     sets: Sequence[str],
     base: str,
     ctx: S.Context,
+    relative_to: str = "the config file's folder",
 ) -> V1Translation | None:
     """Translate a v1 config into a ``type: parallel`` document (paths made absolute).
 
@@ -194,9 +195,11 @@ def translate_v1(
     sets : sequence of str
         ``--set <v1 field>=VALUE`` overrides.
     base : str
-        The job file's folder: ``source_directory`` is relative to it.
+        The job file's folder, or the ``base`` given: ``source_directory`` is relative to it.
     ctx : Context
         Collects problems (each naming its v1 place) and notes.
+    relative_to : str
+        What ``base`` is, in the words of a hint ("relative to ...").
 
     Returns
     -------
@@ -238,7 +241,7 @@ def translate_v1(
         ctx.problem(
             at("source_directory"),
             f"{code} is not a folder",
-            "give the folder of the entry script, relative to the config file's folder",
+            f"give the folder of the entry script, relative to {relative_to}",
         )
     elif isinstance(entry, str) and entry.strip():
         if not os.path.isfile(os.path.join(code, entry)):

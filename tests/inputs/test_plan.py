@@ -509,6 +509,29 @@ def test_only_a_stores_errors_become_planning_errors(tmp_path):
         plan_input(folder_input(tmp_path), None, fs=Refusing())
 
 
+class BucketProbe(FailingStore):
+    """A store that says a bucket alone does not exist whatever went wrong, as s3fs's
+    ``exists`` does (it swallows every error of its probes), while ``info`` raises it."""
+
+    def exists(self, path, **kwargs):
+        return False
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (ConnectionRefusedError(111, "Connection refused"), "cannot reach the object store"),
+        (PermissionError(13, "Access Denied"), "the object store refused access"),
+        (FileNotFoundError("somebucket"), "folder not found; check the path"),
+    ],
+)
+def test_a_bucket_alone_is_not_found_only_when_the_store_says_so(error, said):
+    data = DataInput("data", "uri_folder", "s3://somebucket")
+    with pytest.raises(PlanningError) as err:
+        plan_input(data, None, fs=BucketProbe(error))
+    assert str(err.value).startswith(f"s3://somebucket: {said}"), err.value
+
+
 def test_a_pattern_matching_nothing_is_refused(tmp_path):
     touch(tmp_path / "a.txt")
     mltable(tmp_path, "paths:\n  - pattern: ./*.parquet\n")

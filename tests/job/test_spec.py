@@ -1105,3 +1105,61 @@ def test_a_path_given_with_set_is_relative_to_the_current_directory(folder: Path
     assert step.input_data.path == str(folder / "elsewhere" / "data2")
     [problem] = problems_of(job, ["jobs.score.inputs.data.path=./nope"])
     assert "given with --set, it is relative to the current directory" in problem.hint
+
+
+def test_a_hint_says_paths_are_relative_to_base_when_given_and_a_component_to_its_file(
+    folder: Path,
+):
+    """With ``base=`` a job's relative paths start there, not at the YAML file, and the hints
+    say so; a component file's own paths stay relative to that file, and its hint says so."""
+    write(
+        folder / "elsewhere" / "comp.yml",
+        """
+        type: parallel
+        inputs: {data: {type: uri_folder}}
+        input_data: ${{inputs.data}}
+        task: {type: run_function, code: ./nosrc, entry_script: score.py}
+        """,
+    )
+    job = write(
+        folder / "elsewhere" / "job.yml",
+        """
+        type: pipeline
+        jobs:
+          score:
+            inputs: {data: {type: uri_folder, path: ./nodata}}
+            component: ./comp.yml
+          other:
+            component: ./nocomp.yml
+        """,
+    )
+    base = folder / "elsewhere"
+    by_file = {p.place: p.hint for p in problems_of(job)}
+    assert by_file["jobs.score.inputs.data"].endswith("relative to the YAML file that gives it")
+    with pytest.raises(JobSpecError) as info:
+        load(job, base=str(base))
+    message = str(info.value)
+    assert message.startswith(f"{job}: 3 problem(s) in the job file:")
+    by_place = {p.place: p for p in info.value.problems}
+    here = f"relative to base=, here {base}, not to the YAML file"
+    assert by_place["jobs.score.inputs.data"].hint == f"check the path; it is {here}"
+    assert by_place["jobs.other.component"].hint == f"the path is {here}"
+    # comp.yml's task.code is relative to comp.yml, base= or not
+    assert by_place["comp.yml: task.code"].hint == (
+        "check the path; it is relative to the YAML file that gives it"
+    )
+    assert str(base / "nosrc") in by_place["comp.yml: task.code"].message
+
+
+def test_a_job_given_as_something_else_than_a_file_is_named_so_with_base_in_its_hints(
+    folder: Path,
+):
+    job = pipeline(folder, "")
+    job.write_text(job.read_text().replace("./data", "./nodata").replace("./src", "./nosrc"))
+    with pytest.raises(JobSpecError) as info:
+        load(job, base=str(folder), given_as="the job given to run_job")
+    message = str(info.value)
+    assert message.startswith("the job given to run_job: 2 problem(s):\n"), message
+    assert str(job) not in message
+    here = f"relative to base=, here {folder}, which is by default the current directory"
+    assert [p.hint for p in info.value.problems] == [f"check the path; it is {here}"] * 2
