@@ -6,10 +6,12 @@ import contextlib
 import faulthandler
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +30,30 @@ __all__ = [
 ]
 
 faulthandler.enable(file=sys.stderr, all_threads=True)
+
+# The session's temporary folder (see pytest_configure)
+_scratch: list[str] = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """The temporary folder of this session: what the tests and the processes they start leave
+    in the temporary folder (the cache folders of slots whose worker a test killed, Dask's
+    scratch space, the working folders of entry-script processes driven alone) goes into one
+    folder, removed when the session ends. pytest's ``tmp_path`` folders stay where pytest
+    keeps them (its base folder is made first), for a look after a failure."""
+    factory = getattr(config, "_tmp_path_factory", None)
+    if factory is not None:
+        factory.getbasetemp()
+    folder = tempfile.mkdtemp(prefix="daskprs-tests-")
+    _scratch.append(folder)
+    os.environ["TMPDIR"] = folder  # for the processes the tests start
+    tempfile.tempdir = None  # and for this one: read from TMPDIR again
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for folder in _scratch:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
