@@ -267,15 +267,17 @@ def test_azure_urls_go_through_adlfs_with_their_account():
         assert storage.descriptor_options == {"account_name": account, "anon": True}
 
 
-def test_an_azure_account_refusing_names_the_variables_not_options_never_given():
+def test_an_azure_account_refusing_names_the_variables_not_options_never_given(monkeypatch):
     pytest.importorskip("adlfs")
     from azure.core.exceptions import ClientAuthenticationError
 
     from daskprs.errors import PlanningError
     from daskprs.inputs.listing import Storage
 
+    # anonymous: no credential chain is asked for a token when the filesystem is made
+    monkeypatch.setenv("AZURE_STORAGE_ANON", "true")
     url = "abfs://data@acct4.dfs.core.windows.net/x"
-    for options, named in [(None, False), ({"anon": False}, True)]:
+    for options, named in [(None, False), ({"anon": True}, True)]:
         storage = Storage(options, None)
         storage.resolve(url)  # (the account joins the options; no request is made)
         with pytest.raises(PlanningError) as err, storage.reaching():
@@ -300,6 +302,122 @@ def test_a_credential_chain_s_warning_is_left_to_its_error(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "DefaultAzureCredential acquired a token from AzureCliCredential"
     ]
+
+
+# What azure-identity's DefaultAzureCredential reads (and adlfs's AZURE_STORAGE_*): none is set
+# for a machine with no credentials
+_IDENTITY_VARIABLES = ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET")
+
+
+def test_an_azure_account_without_credentials_is_exit_2_at_once(tmp_path):
+    """An Azure URL with an account and no key, SAS token or connection string, on a machine
+    where no source of DefaultAzureCredential gives a token (no managed identity, no ``az
+    login``): validate ends with exit 2 naming the variables to set after one walk of the
+    credential chain, not after the blob client's retry policy ran it four times (about 85 s,
+    more than the timeout here, which only a hang reaches)."""
+    pytest.importorskip("adlfs")
+    job = write_job(
+        tmp_path, "def run(b):\n    return b\n", input_yaml="type: uri_folder\npath: abfs://data/x"
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("AZURE_") and k not in _IDENTITY_VARIABLES
+    }
+    # no account of the Azure CLI's (a developer's `az login`) either
+    env |= {"HOME": str(tmp_path), "AZURE_CONFIG_DIR": str(tmp_path / "azure-cli")}
+    env["AZURE_STORAGE_ACCOUNT_NAME"] = "daskprsnocredentials"
+    done = subprocess.run(
+        [sys.executable, "-m", "daskprs", "validate", str(job)],
+        capture_output=True,
+        text=True,
+        timeout=40,
+        env=env,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    out = done.stdout + done.stderr
+    assert "abfs://data/x: the object store refused access (ClientAuthenticationError: " in out
+    assert "AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN" in out
+    assert "Traceback" not in out
+
+
+class _TokenCredential:
+    """An async token credential (azure-core's ``AsyncTokenCredential``) that records the
+    scopes it is asked for, and gives a token or refuses as a chain none of whose sources
+    gives one. Asked again after refusing, it raises a RuntimeError, which the blob client's
+    retry policy (it retries an ``AzureError``) lets through."""
+
+    def __init__(self, gives: bool):
+        self.gives = gives
+        self.asked: list[tuple[str, ...]] = []
+
+    async def get_token(self, *scopes: str, **kwargs):
+        import time
+
+        from azure.core.credentials import AccessToken
+        from azure.core.exceptions import ClientAuthenticationError
+
+        self.asked.append(scopes)
+        if self.gives:
+            return AccessToken("a-token", int(time.time()) + 3600)
+        if len(self.asked) > 1:
+            raise RuntimeError(f"asked {len(self.asked)} times: the blob client retried")
+        raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token")
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_credential_that_gives_no_token_is_asked_once_and_named(monkeypatch):
+    """The token credential adlfs authenticates with (here one given in the storage options)
+    is asked once, before any request: its refusal is the planner's refusal naming the URL,
+    not the first request's, which the blob client retried three times, 15 s and more apart."""
+    pytest.importorskip("adlfs")
+    from daskprs.errors import PlanningError
+    from daskprs.inputs.listing import list_files
+    from daskprs.job.model import DataInput
+
+    for name in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("AZURE_STORAGE_SAS_TOKEN", raising=False)
+    credential = _TokenCredential(gives=False)
+    url = "abfs://data@acct5.dfs.core.windows.net/x"
+    with pytest.raises(PlanningError) as err:
+        list_files(DataInput("data", "uri_folder", url), storage_options={"credential": credential})
+    assert str(err.value).startswith(
+        f"{url}: the object store refused access (ClientAuthenticationError: "
+    )
+    assert credential.asked == [("https://storage.azure.com/.default",)]
+
+
+def test_a_credential_is_asked_for_the_blob_client_s_scope_once_a_filesystem(monkeypatch):
+    """A credential that gives a token is asked for the scope the blob client asks for (the
+    credential keeps the token for it), once for the filesystem daskprs keeps; an account key,
+    a SAS token, a connection string and anonymous access ask no credential."""
+    pytest.importorskip("adlfs")
+    from conftest import AZURITE_KEY
+
+    from daskprs.inputs.filesystems import filesystem
+
+    for name in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("AZURE_STORAGE_SAS_TOKEN", raising=False)
+    credential = _TokenCredential(gives=True)
+    for _ in range(2):
+        fs, _path = filesystem(
+            "abfs://data@acct6.dfs.core.windows.net/x", {"credential": credential}
+        )
+        assert fs.credential is credential
+    assert credential.asked == [("https://storage.azure.com/.default",)]
+    conn = f"DefaultEndpointsProtocol=https;AccountName=acct7;AccountKey={AZURITE_KEY}"
+    for options in [
+        {"account_key": AZURITE_KEY},
+        {"sas_token": "sv=2024-01-01&sig=x"},
+        {"connection_string": conn},
+        {"anon": True},
+    ]:
+        fs, _path = filesystem("abfs://data@acct7.dfs.core.windows.net/x", options)  # no request
+        assert fs.credential is None
 
 
 def test_an_unmapped_datastore_is_said_once_and_named_when_an_input_is_missing(tmp_path):

@@ -12,6 +12,7 @@ cannot be reached or refuses the credentials is the user's to fix, not a bug of 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import re
@@ -92,6 +93,33 @@ def _quiet_credential_chains() -> None:
             logger.addFilter(_not_a_warning)
 
 
+# The scope azure-storage-blob asks a token credential for (its STORAGE_OAUTH_SCOPE)
+_STORAGE_SCOPE = "https://storage.azure.com/.default"
+
+
+def _check_token(fs: Any) -> None:
+    """Ask the token credential an adlfs filesystem authenticates with (azure-identity's
+    DefaultAzureCredential when no key, SAS token or connection string is given; a service
+    principal's; one given in the storage options) for a storage token, once, before any
+    request: its error (``ClientAuthenticationError`` when no source of the chain gives one)
+    is raised here, after one walk of the chain (DefaultAzureCredential's managed-identity
+    probe waits 1 s and is not retried). Left to the first request, it came after the blob
+    client's retry policy had run the chain four times and slept 15 s + 3^n (n = 1, 2, 3)
+    between them: about 85 s to fail. The token is kept by the credential the filesystem's
+    client asks next (a managed identity's, a service principal's; the Azure CLI credential
+    runs ``az`` again). Account keys, SAS tokens, connection strings and ``anon`` ask nothing.
+    """
+    credential = getattr(fs, "credential", None)
+    get_token = getattr(credential, "get_token", None)
+    if getattr(fs, "connection_string", None) is not None or not inspect.iscoroutinefunction(
+        get_token
+    ):
+        return  # (a connection string's key or SAS is used instead; a SAS or key credential)
+    from fsspec.asyn import sync
+
+    sync(fs.loop, get_token, _STORAGE_SCOPE)
+
+
 def filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
     """The filesystem for ``url`` (a local path or an fsspec URL) and the path in it.
 
@@ -101,6 +129,8 @@ def filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tu
         An unknown protocol.
     ImportError
         The protocol's fsspec package is not installed.
+    azure.core.exceptions.ClientAuthenticationError
+        An Azure URL whose token credential gives no token (:func:`_check_token`).
     """
     protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
     if protocol in ("file", "local"):
@@ -119,6 +149,8 @@ def filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tu
         fs = _FILESYSTEMS.get(key)
     if fs is None:
         fs, path = fsspec.core.url_to_fs(url, **options, skip_instance_cache=True)
+        if protocol in AZURE_PROTOCOLS:
+            _check_token(fs)  # (a filesystem whose credentials give no token is not kept)
         with _LOCK:
             _FILESYSTEMS.setdefault(key, fs)
         return fs, path
