@@ -36,6 +36,7 @@ from daskprs.observe.progress import Progress
 from daskprs.results import fingerprint, reuse
 from daskprs.results.jobresult import JobResult, StepOutcome
 from daskprs.results.ledger import snapshot_path
+from daskprs.results.storage import full_disk
 from daskprs.rundir import RunDir, StepDir, write_json
 from daskprs.settings import EnvSettings
 
@@ -117,11 +118,41 @@ def _run_command(step: CommandStep, run: RunDir, echo: Callable[[str], None]) ->
                 )
             raise
     if returncode != 0:
-        return (
-            f"command step {step.name} exited with code {returncode}; see "
-            f"{os.path.join(log_dir, 'stderr.txt')}"
-        )
+        return _command_failed(step, returncode, run, os.path.join(log_dir, "stderr.txt"))
     return None
+
+
+def _command_failed(step: CommandStep, returncode: int, run: RunDir, stderr: str) -> str:
+    """The failure of a command step that exited with ``returncode``: its last line on
+    stderr, where the rest is, and a full disk of the run directory or of an output (the
+    likely cause, its messages maybe lost with it)."""
+    message = f"command step {step.name} exited with code {returncode}"
+    last = _last_line(stderr)
+    message += f"; its last line on stderr: {last}" if last else "; it wrote nothing on stderr"
+    message += f" (see {stderr})"
+    places = [run.root] + [o.path for o in step.outputs.values() if "://" not in o.path]
+    full = next((p for p in places if full_disk(p)), None)
+    if full is not None:
+        message += (
+            f". The disk of {full} has no room left: the command may have failed for that "
+            "(and lost its messages). Free space on it, then continue with: "
+            f"daskprs run --resume {run.root}"
+        )
+    return message
+
+
+def _last_line(path: str, limit: int = 300) -> str:
+    """The last non-empty line of the file at ``path`` (its last 4 KiB read), cut to
+    ``limit`` characters; empty when there is none or it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            tail = f.read()
+    except OSError:
+        return ""
+    lines = [line.strip() for line in tail.decode("utf-8", "replace").splitlines()]
+    last = next((line for line in reversed(lines) if line), "")
+    return last if len(last) <= limit else last[: limit - 3] + "..."
 
 
 def _record_command(path: str, pgid: int, token: str) -> None:

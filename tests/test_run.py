@@ -408,9 +408,40 @@ jobs:
     result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
     assert not result.ok
     assert "command step prep exited with code 3" in result.failure
+    assert "its last line on stderr: no data today" in result.failure
     log = tmp_path / "run/logs/steps/prep/stderr.txt"
     assert str(log) in result.failure and "no data today" in log.read_text()
+    assert "no room left" not in result.failure
     assert result.steps == []  # the parallel step did not run
+
+
+def test_a_command_step_that_fills_its_outputs_disk_says_so(tmp_path, client):
+    """A command that fails because its output's disk is full: the message says that disk
+    has no room left and how to continue, beside the command's last line on stderr."""
+    from conftest import tmpfs
+
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "make.py").write_text(
+        "import os, sys\n"
+        "with open(os.path.join(sys.argv[1], 'big.bin'), 'wb') as f:\n"
+        "    f.write(b'x' * 4_000_000)\n"
+    )
+    job = tmp_path / "job.yml"
+    with tmpfs(tmp_path / "small", "size=256k") as small:
+        job.write_text(
+            f"""\
+type: command
+code: ./code
+command: python make.py ${{{{outputs.data}}}}
+outputs:
+  data: {{type: uri_folder, path: {small}}}
+"""
+        )
+        result = run_job(job, run_dir=tmp_path / "run", client=client, echo=lambda s: None)
+    assert not result.ok
+    assert "exited with code 1; its last line on stderr: OSError: [Errno 28]" in result.failure
+    assert f"The disk of {small} has no room left" in result.failure
+    assert f"continue with: daskprs run --resume {tmp_path / 'run'}" in result.failure
 
 
 def test_a_command_step_that_failed_reruns_in_empty_outputs_of_the_run_directory(tmp_path):

@@ -10,8 +10,9 @@ imports it.
 from __future__ import annotations
 
 import errno
+import os
 
-__all__ = ["STORAGE_ERRNOS", "no_space", "storage_error", "storage_problem"]
+__all__ = ["STORAGE_ERRNOS", "full_disk", "no_space", "storage_error", "storage_problem"]
 
 # A disk or quota full, or a file grown past the largest size allowed (the file system's or
 # ``ulimit -f``'s)
@@ -24,6 +25,26 @@ def no_space(err: OSError) -> bool:
     """Whether ``err`` says a disk or a quota is full, or a file grew past the largest size
     allowed (``EFBIG``): the run stops alike for them, saying which (:func:`storage_problem`)."""
     return err.errno in STORAGE_ERRNOS
+
+
+# Fewer bytes than this free on a disk: no room left on it (a file system keeps a few blocks)
+_NO_ROOM_BYTES = 64 * 1024
+
+
+def full_disk(path: str) -> bool:
+    """Whether the disk of ``path`` (or of its nearest folder that exists) has no room left
+    for an ordinary user (under 64 KiB free): what explains a failure whose own error was
+    lost, such as a command's messages that could not be written."""
+    while path and not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _NO_ROOM_BYTES
 
 
 def storage_error(err: BaseException) -> bool:
