@@ -156,11 +156,25 @@ class _Packer:
         return self.n_workers * min(4 * size, max(2 * size, ahead))
 
     def groups(self, subs: list[Submit], pending: int) -> list[list[Submit]]:
+        """``subs`` in tasks: of ``size`` tries while many are left (``pending`` wait behind
+        them), smaller and smaller towards the end (a task a worker of the tries left
+        each time, halved), down to an eighth of ``size``. The tasks of a whole job given
+        at once (its window holds every try) end in small ones too: the last tasks were as
+        long as the first, and a slow try held the tries packed behind it while the other
+        workers had nothing left to run."""
         if not subs:
             return []
+        share = 2 * self.n_workers
         left = len(subs) + pending
-        size = max(1, min(self.size, left // (2 * self.n_workers)))
-        return [subs[i : i + size] for i in range(0, len(subs), size)]
+        least = max(1, min(self.size // 8, left // share))
+        out: list[list[Submit]] = []
+        i = 0
+        while i < len(subs):
+            size = max(least, min(self.size, left // share))
+            out.append(subs[i : i + size])
+            i += size
+            left -= size
+        return out
 
 
 def _item_counts(batches: Mapping[int, MiniBatch]) -> Mapping[int, int | None]:

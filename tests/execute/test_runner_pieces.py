@@ -25,6 +25,22 @@ def test_packer_starts_with_single_tries_then_packs_short_ones():
     assert [len(g) for g in p.groups(subs(12), pending=0)] == [3, 3, 3, 3]
 
 
+def test_a_whole_job_given_at_once_ends_in_small_tasks():
+    """A job whose window holds all its tries: tasks shrink towards its end (down to an
+    eighth of a full one), so that a slow try near the end holds few tries behind it and
+    the last tasks share out over the workers."""
+    p = _Packer(n_workers=2)
+    for i in range(4):
+        p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, elapsed=0.025))
+    assert p.size == 80 and p.window >= 290
+    sizes = [len(g) for g in p.groups(subs(290), pending=0)]
+    assert sum(sizes) == 290 and sizes == sorted(sizes, reverse=True)
+    assert sizes[0] == 72 and max(sizes[-4:]) <= 10 and min(sizes) >= 1
+    assert len(sizes) <= 16  # not a task a try
+    # with many more behind them, full tasks as before
+    assert [len(g) for g in p.groups(subs(200), pending=5000)] == [80, 80, 40]
+
+
 def test_packer_leaves_out_each_processs_first_try():
     """A process's first try waited for its init(): it says nothing of how long tries take."""
     p = _Packer(n_workers=2)
