@@ -70,6 +70,7 @@ def test_file_list_from_s3_with_output_on_s3(tmp_path, s3):
         f"d{i}.txt text {i}" for i in range(7)
     ]
     assert result.outputs["score.result"] == "s3://out/results/files.txt"
+    assert s3.find("out") == ["out/results/files.txt"]  # nor the check's object nor a temporary
     assert "daskprs-secret-never-logged" not in _run_dir_text(tmp_path / "run")
 
 
@@ -244,3 +245,60 @@ def test_credentials_the_store_refuses_are_exit_2_naming_the_input(tmp_path, s3)
     assert "s3://data/table: the object store refused access (PermissionError" in checked.output
     assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in checked.output
     assert "Traceback" not in checked.output and "internal error" not in checked.output
+
+
+NAMES = """
+import os
+
+def run(mini_batch):
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+def _job_writing_to(tmp_path, url: str):
+    """A job over four local files whose ``score.result`` (the rows) is the file ``url``."""
+    (tmp_path / "docs").mkdir()
+    for i in range(4):
+        (tmp_path / "docs" / f"d{i}.txt").write_text(f"text {i}\n")
+    job = write_job(tmp_path, NAMES, input_yaml="type: uri_folder\npath: ./docs")
+    job.write_text(
+        job.read_text().replace(
+            "      result:\n        type: uri_file\n",
+            f"      result:\n        type: uri_file\n        path: {url}\n",
+        )
+    )
+    return job
+
+
+@pytest.mark.parametrize("case", ["missing bucket", "refused keys", "closed port"])
+def test_an_output_store_that_cannot_be_written_is_exit_2_before_anything_runs(
+    tmp_path, s3, monkeypatch, case
+):
+    """validate and run check that each output on an object store takes a write before any
+    mini-batch runs: the output, its URL, the error and what to check, exit 2 (run ran the
+    whole step, then failed writing the output: exit 1, an internal error)."""
+    url = "s3://no-such-bucket/r/rows.txt" if case == "missing bucket" else "s3://out/r/rows.txt"
+    job = _job_writing_to(tmp_path, url)
+    run_dir = tmp_path / "run"
+    if case == "closed port":
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # one try a request, not botocore's retries
+    checks = contextlib.nullcontext() if case != "refused keys" else _moto_checks_credentials()
+    with checks:
+        checked = CliRunner().invoke(cli, ["validate", str(job)])
+        ran = CliRunner().invoke(cli, ["run", str(job), "--run-dir", str(run_dir)])
+    said = {
+        "missing bucket": f"{url}: the bucket no-such-bucket does not exist (FileNotFoundError: ",
+        "refused keys": f"{url}: the object store refused access (PermissionError: ",
+        "closed port": f"{url}: cannot reach the object store (EndpointConnectionError: ",
+    }[case]
+    for proc in (checked, ran):
+        assert proc.exit_code == 2, proc.output
+        assert f"cannot write the output score.result: {said}" in proc.output
+        assert "Traceback" not in proc.output and "internal error" not in proc.output
+        assert "daskprs-secret-never-logged" not in proc.output
+    if case != "missing bucket":
+        assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in checked.output
+    if case == "closed port":
+        assert "AWS_ENDPOINT_URL" in checked.output
+    assert not list(run_dir.glob("steps/*/ledger.jsonl"))  # no mini-batch ran

@@ -28,7 +28,12 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from daskprs.inputs.filesystems import filesystem
+from daskprs.inputs.filesystems import (
+    AZURE_PROTOCOLS,
+    filesystem,
+    store_missing,
+    store_problem,
+)
 from daskprs.results.packs import split_ref
 from daskprs.rundir import write_json
 
@@ -40,6 +45,7 @@ __all__ = [
     "output_written",
     "partial_path",
     "record_output",
+    "store_unwritable",
     "temporary_path",
 ]
 
@@ -162,6 +168,48 @@ def _python_copy(src: Any, out: Any, offset: int, length: int | None) -> int:
         out.write(chunk)
         done += len(chunk)
     return done
+
+
+def store_unwritable(url: str, is_file: bool) -> str | None:
+    """Why the output ``url`` on an object store cannot be written with the credentials the
+    environment gives, or None: a store that cannot be reached, refuses the credentials or
+    the write, or whose bucket (container) does not exist.
+
+    An empty object is written where the output goes (beside it for a file, as its temporary
+    copy is; inside it for a folder) and removed: the one check that answers for the write
+    itself (an account or a key may read and list and not write, or be granted one prefix
+    only), and the removal is needed too (a file output is moved into place from its
+    temporary copy). What was created only as a path of the probe stays on a store with
+    real folders (ADLS Gen2), as the run would make it.
+
+    Raises
+    ------
+    Exception
+        Any error that is not a store's (a bug of daskprs).
+    """
+    import uuid
+
+    try:
+        fs, path = filesystem(url)
+        path = path.rstrip("/")
+        folder = path.rsplit("/", 1)[0] if is_file and "/" in path else path
+        probe = f"{folder}/.daskprs-check-{uuid.uuid4().hex[:12]}"
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
+    except ValueError as err:  # adlfs found no account (or an unknown protocol)
+        return (
+            f"{url}: cannot open the Azure storage account: {err}; name it in the URL "
+            "(abfs://<container>@<account>.dfs.core.windows.net/<path>) or set "
+            "AZURE_STORAGE_ACCOUNT_NAME (and a key, SAS token or connection string)"
+            if url.partition("://")[0].lower() in AZURE_PROTOCOLS
+            else f"{url}: cannot open its store ({err})"
+        )
+    except Exception as err:
+        problem = store_missing(url, err) or store_problem(url, err)
+        if problem is None:
+            raise
+        return problem
+    return None
 
 
 def partial_path(dest: str) -> str:
