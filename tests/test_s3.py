@@ -302,3 +302,64 @@ def test_an_output_store_that_cannot_be_written_is_exit_2_before_anything_runs(
     if case == "closed port":
         assert "AWS_ENDPOINT_URL" in checked.output
     assert not list(run_dir.glob("steps/*/ledger.jsonl"))  # no mini-batch ran
+
+
+@contextlib.contextmanager
+def _closed_endpoint():
+    """The store's endpoint, in the environment, a port nothing listens on (one try a
+    request, not botocore's retries)."""
+    before = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_MAX_ATTEMPTS")}
+    os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{_closed_port()}"
+    os.environ["AWS_MAX_ATTEMPTS"] = "1"
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.mark.parametrize("case", ["refused keys", "closed port"])
+def test_an_output_store_failing_after_the_work_is_exit_42_and_resume_writes_it(
+    tmp_path, s3, monkeypatch, case
+):
+    """Credentials that expire while the job runs (or a store no longer reached): the store
+    fails the output once every mini-batch is done. The run stops naming the output, the
+    error and the resume (exit 42, was exit 1, an internal error), keeps the work, and
+    --resume writes the output without running a mini-batch again."""
+    from daskprs.execute import step as step_module
+
+    job = _job_writing_to(tmp_path, "s3://out/r/rows.txt")
+    run_dir = tmp_path / "run"
+    real = step_module.assemble
+    failing = _moto_checks_credentials if case == "refused keys" else _closed_endpoint
+
+    def expired(*args, **kwargs):
+        with failing():  # from here on, until the output is given up
+            return real(*args, **kwargs)
+
+    monkeypatch.setattr(step_module, "assemble", expired)
+    ran = CliRunner().invoke(cli, ["run", str(job), "--run-dir", str(run_dir), "--workers", "1"])
+    assert ran.exit_code == 42, ran.output
+    said = {
+        "refused keys": "the object store refused access (PermissionError: ",
+        "closed port": "cannot reach the object store (EndpointConnectionError: ",
+    }[case]
+    assert f"the output s3://out/r/rows.txt could not be written: s3://out/r/rows.txt: {said}" in (
+        ran.output
+    )
+    assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in ran.output
+    assert f"daskprs run --resume {run_dir}" in ran.output
+    assert "Traceback" not in ran.output and "internal error" not in ran.output
+    assert s3.find("out") == []  # nothing of the output
+    result = (run_dir / "logs" / "job_result.txt").read_text()
+    assert "stopped by: storage" in result
+    status = CliRunner().invoke(cli, ["status", str(run_dir)])
+    assert f"daskprs run --resume {run_dir}" in status.output
+    monkeypatch.setattr(step_module, "assemble", real)
+    again = CliRunner().invoke(cli, ["run", "--resume", str(run_dir)])
+    assert again.exit_code == 0, again.output
+    assert "0 of 2 mini-batches to run" in again.output
+    assert sorted(s3.cat("out/r/rows.txt").decode().split()) == [f"d{i}.txt" for i in range(4)]

@@ -45,6 +45,7 @@ __all__ = [
     "output_written",
     "partial_path",
     "record_output",
+    "store_refusal",
     "store_unwritable",
     "temporary_path",
 ]
@@ -170,6 +171,16 @@ def _python_copy(src: Any, out: Any, offset: int, length: int | None) -> int:
     return done
 
 
+def store_refusal(dest: str, err: BaseException) -> str | None:
+    """What to say when writing the output ``dest`` failed with ``err`` because of its object
+    store (one that cannot be reached, refuses the credentials or the write, a bucket or
+    container that does not exist: the user's to fix); None for a local ``dest`` and for
+    any other error."""
+    if not is_url(dest):
+        return None
+    return store_missing(dest, err) or store_problem(dest, err)
+
+
 def store_unwritable(url: str, is_file: bool) -> str | None:
     """Why the output ``url`` on an object store cannot be written with the credentials the
     environment gives, or None: a store that cannot be reached, refuses the credentials or
@@ -205,7 +216,7 @@ def store_unwritable(url: str, is_file: bool) -> str | None:
             else f"{url}: cannot open its store ({err})"
         )
     except Exception as err:
-        problem = store_missing(url, err) or store_problem(url, err)
+        problem = store_refusal(url, err)
         if problem is None:
             raise
         return problem
@@ -386,7 +397,7 @@ def assemble(parts: Iterable[str], dest: str, storage_options: dict | None = Non
         except BaseException:
             try:
                 fs.rm_file(tmp)
-            except (OSError, FileNotFoundError):
+            except Exception:  # (the store that failed the write may refuse this too)
                 pass
             raise
         return written
@@ -480,4 +491,8 @@ def output_written(record: str, dest: str, parts: Iterable[str]) -> bool:
             return False
         return _parts_digest(parts) == (noted["count"], noted["names"])
     except (OSError, KeyError, TypeError, ValueError):
+        return False
+    except Exception as err:  # a store that cannot be reached: the output is written again
+        if store_refusal(dest, err) is None:
+            raise
         return False
