@@ -36,6 +36,7 @@ from daskprs.observe.progress import Progress
 from daskprs.results import fingerprint, reuse
 from daskprs.results.jobresult import JobResult, StepOutcome
 from daskprs.results.ledger import snapshot_path
+from daskprs.results.output import store_unwritable
 from daskprs.results.storage import full_disk
 from daskprs.rundir import RunDir, StepDir, write_json
 from daskprs.settings import EnvSettings
@@ -259,10 +260,16 @@ def _nearest_existing(path: str) -> str:
 
 
 def check_writable(job: Job) -> None:
-    """Raise :class:`UserInputError` naming every local output location of ``job`` that
-    cannot be written (a read-only filesystem, missing permissions, a file where a folder must
-    be), before anything runs."""
+    """Raise :class:`UserInputError` naming every output location of ``job`` that cannot be
+    written, before anything runs: a local one on a read-only filesystem, without
+    permissions, a file where a folder must be; one on an object store that cannot be
+    reached, refuses the credentials or the write, or whose bucket does not exist (an empty
+    object written there and removed: :func:`store_unwritable`)."""
     problems = []
+    elsewhere = False  # a problem the output's path is the fix of
+    # the stores found unreachable, by their URL's protocol and bucket: their other outputs
+    # would wait for the same retries to say the same
+    unreachable: set[str] = set()
     for step in job.steps:
         places = {f"{step.name}.{o.name}": (o.path, _is_file(o)) for o in step.outputs.values()}
         if isinstance(step, ParallelStep) and step.output_dir:
@@ -272,15 +279,29 @@ def check_writable(job: Job) -> None:
                 missing = missing_package(path)
                 if missing is not None:
                     problems.append(f"cannot write the output {path} ({name}): {missing}")
+                    continue
+                store = path.split("/", 3)[2] if path.count("/") >= 2 else path
+                root = f"{path.partition('://')[0]}://{store}"
+                if root in unreachable:
+                    continue
+                problem = store_unwritable(path, is_file)
+                if problem is not None:
+                    problems.append(f"cannot write the output {name}: {problem}")
+                    if "cannot reach" in problem or "does not exist" in problem:
+                        unreachable.add(root)
                 continue
             problem = _unwritable(os.path.abspath(path), is_file)
             if problem is not None:
                 problems.append(f"cannot write the output {path} ({name}): {problem}")
+                elsewhere = True
     if problems:
-        raise UserInputError(
-            "\n".join(problems) + "\nGive the output a path that can be written "
+        hint = (
+            "\nGive the output a path that can be written "
             "(`--set jobs.<step>.outputs.<name>.path=...` or in the job file)."
+            if elsewhere
+            else ""
         )
+        raise UserInputError("\n".join(problems) + hint)
 
 
 def _is_file(out: Any) -> bool:

@@ -341,6 +341,78 @@ def test_an_azure_account_without_credentials_is_exit_2_at_once(tmp_path):
     assert "Traceback" not in out
 
 
+def _output_job(tmp_path: Path, url: str) -> Path:
+    """A job over local files whose ``score.result`` (the rows) is the file ``url``."""
+    make_files(tmp_path / "data", 2)
+    job = write_job(
+        tmp_path, "def run(b):\n    return b\n", input_yaml="type: uri_folder\npath: ./data"
+    )
+    job.write_text(
+        job.read_text().replace(
+            "      result:\n        type: uri_file\n",
+            f"      result:\n        type: uri_file\n        path: {url}\n",
+        )
+    )
+    return job
+
+
+def test_an_azure_output_without_credentials_is_exit_2_at_once(tmp_path):
+    """An output on Azure with an account and no key, SAS token or connection string, where
+    no source of DefaultAzureCredential gives a token: validate says so naming the output
+    (it said "valid", and run ran the whole step before failing to write it: exit 1)."""
+    pytest.importorskip("adlfs")
+    job = _output_job(tmp_path, "abfs://out/r/rows.txt")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("AZURE_") and k not in _IDENTITY_VARIABLES
+    }
+    env |= {"HOME": str(tmp_path), "AZURE_CONFIG_DIR": str(tmp_path / "azure-cli")}
+    env["AZURE_STORAGE_ACCOUNT_NAME"] = "daskprsnocredentials"
+    done = subprocess.run(
+        [sys.executable, "-m", "daskprs", "validate", str(job)],
+        capture_output=True,
+        text=True,
+        timeout=40,
+        env=env,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    out = done.stdout + done.stderr
+    assert (
+        "cannot write the output score.result: abfs://out/r/rows.txt: the object store refused "
+        "access (ClientAuthenticationError: "
+    ) in out
+    assert "AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_an_azure_output_container_missing_or_refusing_is_exit_2(tmp_path, azurite, monkeypatch):
+    import base64
+
+    from conftest import AZURITE_KEY
+
+    azurite.mkdir("out")
+    job = _output_job(tmp_path, "abfs://nowhere/r/rows.txt")
+    checked = CliRunner().invoke(cli, ["validate", str(job)])
+    assert checked.exit_code == 2, checked.output
+    assert (
+        "cannot write the output score.result: abfs://nowhere/r/rows.txt: the container nowhere "
+        "does not exist (ResourceNotFoundError: "
+    ) in checked.output
+    job.write_text(job.read_text().replace("abfs://nowhere/", "abfs://out/"))
+    assert CliRunner().invoke(cli, ["validate", str(job)]).exit_code == 0
+    assert azurite.find("out") == []  # the check's object removed
+    wrong = base64.b64encode(b"not the account's key" * 3).decode()
+    conn = os.environ["AZURE_STORAGE_CONNECTION_STRING"].replace(AZURITE_KEY, wrong)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", conn)
+    checked = CliRunner().invoke(cli, ["validate", str(job)])
+    assert checked.exit_code == 2, checked.output
+    assert "abfs://out/r/rows.txt: the object store refused access (" in checked.output
+    assert "AZURE_STORAGE_CONNECTION_STRING" in checked.output
+    assert "Traceback" not in checked.output and wrong not in checked.output
+
+
 class _TokenCredential:
     """An async token credential (azure-core's ``AsyncTokenCredential``) that records the
     scopes it is asked for, and gives a token or refuses as a chain none of whose sources

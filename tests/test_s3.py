@@ -70,6 +70,7 @@ def test_file_list_from_s3_with_output_on_s3(tmp_path, s3):
         f"d{i}.txt text {i}" for i in range(7)
     ]
     assert result.outputs["score.result"] == "s3://out/results/files.txt"
+    assert s3.find("out") == ["out/results/files.txt"]  # nor the check's object nor a temporary
     assert "daskprs-secret-never-logged" not in _run_dir_text(tmp_path / "run")
 
 
@@ -244,3 +245,121 @@ def test_credentials_the_store_refuses_are_exit_2_naming_the_input(tmp_path, s3)
     assert "s3://data/table: the object store refused access (PermissionError" in checked.output
     assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in checked.output
     assert "Traceback" not in checked.output and "internal error" not in checked.output
+
+
+NAMES = """
+import os
+
+def run(mini_batch):
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+def _job_writing_to(tmp_path, url: str):
+    """A job over four local files whose ``score.result`` (the rows) is the file ``url``."""
+    (tmp_path / "docs").mkdir()
+    for i in range(4):
+        (tmp_path / "docs" / f"d{i}.txt").write_text(f"text {i}\n")
+    job = write_job(tmp_path, NAMES, input_yaml="type: uri_folder\npath: ./docs")
+    job.write_text(
+        job.read_text().replace(
+            "      result:\n        type: uri_file\n",
+            f"      result:\n        type: uri_file\n        path: {url}\n",
+        )
+    )
+    return job
+
+
+@pytest.mark.parametrize("case", ["missing bucket", "refused keys", "closed port"])
+def test_an_output_store_that_cannot_be_written_is_exit_2_before_anything_runs(
+    tmp_path, s3, monkeypatch, case
+):
+    """validate and run check that each output on an object store takes a write before any
+    mini-batch runs: the output, its URL, the error and what to check, exit 2 (run ran the
+    whole step, then failed writing the output: exit 1, an internal error)."""
+    url = "s3://no-such-bucket/r/rows.txt" if case == "missing bucket" else "s3://out/r/rows.txt"
+    job = _job_writing_to(tmp_path, url)
+    run_dir = tmp_path / "run"
+    if case == "closed port":
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # one try a request, not botocore's retries
+    checks = contextlib.nullcontext() if case != "refused keys" else _moto_checks_credentials()
+    with checks:
+        checked = CliRunner().invoke(cli, ["validate", str(job)])
+        ran = CliRunner().invoke(cli, ["run", str(job), "--run-dir", str(run_dir)])
+    said = {
+        "missing bucket": f"{url}: the bucket no-such-bucket does not exist (FileNotFoundError: ",
+        "refused keys": f"{url}: the object store refused access (PermissionError: ",
+        "closed port": f"{url}: cannot reach the object store (EndpointConnectionError: ",
+    }[case]
+    for proc in (checked, ran):
+        assert proc.exit_code == 2, proc.output
+        assert f"cannot write the output score.result: {said}" in proc.output
+        assert "Traceback" not in proc.output and "internal error" not in proc.output
+        assert "daskprs-secret-never-logged" not in proc.output
+    if case != "missing bucket":
+        assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in checked.output
+    if case == "closed port":
+        assert "AWS_ENDPOINT_URL" in checked.output
+    assert not list(run_dir.glob("steps/*/ledger.jsonl"))  # no mini-batch ran
+
+
+@contextlib.contextmanager
+def _closed_endpoint():
+    """The store's endpoint, in the environment, a port nothing listens on (one try a
+    request, not botocore's retries)."""
+    before = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_MAX_ATTEMPTS")}
+    os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{_closed_port()}"
+    os.environ["AWS_MAX_ATTEMPTS"] = "1"
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.mark.parametrize("case", ["refused keys", "closed port"])
+def test_an_output_store_failing_after_the_work_is_exit_42_and_resume_writes_it(
+    tmp_path, s3, monkeypatch, case
+):
+    """Credentials that expire while the job runs (or a store no longer reached): the store
+    fails the output once every mini-batch is done. The run stops naming the output, the
+    error and the resume (exit 42, was exit 1, an internal error), keeps the work, and
+    --resume writes the output without running a mini-batch again."""
+    from daskprs.execute import step as step_module
+
+    job = _job_writing_to(tmp_path, "s3://out/r/rows.txt")
+    run_dir = tmp_path / "run"
+    real = step_module.assemble
+    failing = _moto_checks_credentials if case == "refused keys" else _closed_endpoint
+
+    def expired(*args, **kwargs):
+        with failing():  # from here on, until the output is given up
+            return real(*args, **kwargs)
+
+    monkeypatch.setattr(step_module, "assemble", expired)
+    ran = CliRunner().invoke(cli, ["run", str(job), "--run-dir", str(run_dir), "--workers", "1"])
+    assert ran.exit_code == 42, ran.output
+    said = {
+        "refused keys": "the object store refused access (PermissionError: ",
+        "closed port": "cannot reach the object store (EndpointConnectionError: ",
+    }[case]
+    assert f"the output s3://out/r/rows.txt could not be written: s3://out/r/rows.txt: {said}" in (
+        ran.output
+    )
+    assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in ran.output
+    assert f"daskprs run --resume {run_dir}" in ran.output
+    assert "Traceback" not in ran.output and "internal error" not in ran.output
+    assert s3.find("out") == []  # nothing of the output
+    result = (run_dir / "logs" / "job_result.txt").read_text()
+    assert "stopped by: storage" in result
+    status = CliRunner().invoke(cli, ["status", str(run_dir)])
+    assert f"daskprs run --resume {run_dir}" in status.output
+    monkeypatch.setattr(step_module, "assemble", real)
+    again = CliRunner().invoke(cli, ["run", "--resume", str(run_dir)])
+    assert again.exit_code == 0, again.output
+    assert "0 of 2 mini-batches to run" in again.output
+    assert sorted(s3.cat("out/r/rows.txt").decode().split()) == [f"d{i}.txt" for i in range(4)]

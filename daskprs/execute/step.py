@@ -42,6 +42,7 @@ from daskprs.results.output import (
     is_url,
     output_written,
     record_output,
+    store_refusal,
 )
 from daskprs.results.packs import split_ref
 from daskprs.results.storage import no_space, storage_problem
@@ -263,24 +264,34 @@ def _resume_hint(request: StepRequest) -> str:
 
 def _assemble(dest: str, parts: Mapping[int, str], stop: Stop, hint: str) -> Stop:
     """Write the output from the committed ``parts``; the step's verdict, or a failure naming
-    the mini-batch whose committed part is gone (deleted while the step ran), or the full
-    disk (the partial output removed, so the space comes back)."""
+    the mini-batch whose committed part is gone (deleted while the step ran), the full disk
+    (the partial output removed, so the space comes back) or the object store that refused
+    the output (credentials that expired while the step ran; a store no longer reached):
+    every mini-batch done is kept, and a resume writes the output."""
     try:
         assemble(parts.values(), dest)
-    except FileNotFoundError as err:
+    except Exception as err:
         by_path: dict[str, int] = {}  # a pack's first mini-batch names it
-        for mb, path in parts.items():
-            by_path.setdefault(split_ref(path)[0], mb)
-        which = by_path.get(err.filename or "")
-        what = f"mini-batch {which}" if which is not None else "a mini-batch"
-        return Stop(
-            f"the committed part of {what} ({err.filename}) is gone, deleted while the step "
-            f"ran, so the output {dest} cannot be written. Keep the run directory as it is "
-            "while a run goes on, and run the job again in a new run directory.",
-            Budget.RUN_DIRECTORY,
-        )
-    except OSError as err:
-        if not no_space(err):
+        if isinstance(err, FileNotFoundError):
+            for mb, path in parts.items():
+                by_path.setdefault(split_ref(path)[0], mb)
+        if isinstance(err, FileNotFoundError) and (not is_url(dest) or err.filename in by_path):
+            which = by_path.get(err.filename or "")
+            what = f"mini-batch {which}" if which is not None else "a mini-batch"
+            return Stop(
+                f"the committed part of {what} ({err.filename}) is gone, deleted while the "
+                f"step ran, so the output {dest} cannot be written. Keep the run directory as "
+                "it is while a run goes on, and run the job again in a new run directory.",
+                Budget.RUN_DIRECTORY,
+            )
+        refused = store_refusal(dest, err)
+        if refused is not None:
+            return Stop(
+                f"the output {dest} could not be written: {refused}. Every mini-batch done "
+                f"is kept; once that is fixed, continue with: {hint}",
+                Budget.STORAGE,
+            )
+        if not isinstance(err, OSError) or not no_space(err):
             raise
         problem, fix = storage_problem(err, dest)
         return Stop(

@@ -25,6 +25,7 @@ __all__ = [
     "filesystem",
     "missing_package",
     "modified_time",
+    "store_missing",
     "store_problem",
     "url_options",
 ]
@@ -325,3 +326,26 @@ def store_problem(url: str, err: BaseException, options: bool = False) -> str | 
         message = message[: _SHORT - 3].rstrip() + "..."
     said = f"{type(err).__name__}: {message}" if message else type(err).__name__
     return f"{url}: {what} ({said}); {_fix(url, kind, options)}"
+
+
+def _store_word(url: str) -> str:
+    """What a store calls the top of its paths: a bucket, or an Azure container."""
+    return "container" if url.partition("://")[0].lower() in AZURE_PROTOCOLS else "bucket"
+
+
+def store_missing(url: str, err: BaseException) -> str | None:
+    """What to say when writing under ``url`` failed with ``err`` because its bucket (an Azure
+    container) does not exist: s3fs raises ``FileNotFoundError`` for S3's ``NoSuchBucket``,
+    adlfs lets azure-core's ``ResourceNotFoundError`` (HTTP 404, ``ContainerNotFound``)
+    through. A write makes every other part of the path, so nothing else is missing. None
+    for any other error."""
+    if not isinstance(err, FileNotFoundError) and not (
+        _status(err) == 404 and any(c in _STORE_ERRORS for c in _classes(err))
+    ):
+        return None
+    top = url.partition("://")[2].split("/", 1)[0].split("@", 1)[0]
+    lines = str(err).strip().splitlines()
+    message = lines[0].strip()[:_SHORT] if lines else ""
+    said = f"{type(err).__name__}: {message}" if message else type(err).__name__
+    word = _store_word(url)
+    return f"{url}: the {word} {top} does not exist ({said}); create it, or give another {word}"

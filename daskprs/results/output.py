@@ -28,7 +28,12 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from daskprs.inputs.filesystems import filesystem
+from daskprs.inputs.filesystems import (
+    AZURE_PROTOCOLS,
+    filesystem,
+    store_missing,
+    store_problem,
+)
 from daskprs.results.packs import split_ref
 from daskprs.rundir import write_json
 
@@ -40,6 +45,8 @@ __all__ = [
     "output_written",
     "partial_path",
     "record_output",
+    "store_refusal",
+    "store_unwritable",
     "temporary_path",
 ]
 
@@ -162,6 +169,58 @@ def _python_copy(src: Any, out: Any, offset: int, length: int | None) -> int:
         out.write(chunk)
         done += len(chunk)
     return done
+
+
+def store_refusal(dest: str, err: BaseException) -> str | None:
+    """What to say when writing the output ``dest`` failed with ``err`` because of its object
+    store (one that cannot be reached, refuses the credentials or the write, a bucket or
+    container that does not exist: the user's to fix); None for a local ``dest`` and for
+    any other error."""
+    if not is_url(dest):
+        return None
+    return store_missing(dest, err) or store_problem(dest, err)
+
+
+def store_unwritable(url: str, is_file: bool) -> str | None:
+    """Why the output ``url`` on an object store cannot be written with the credentials the
+    environment gives, or None: a store that cannot be reached, refuses the credentials or
+    the write, or whose bucket (container) does not exist.
+
+    An empty object is written where the output goes (beside it for a file, as its temporary
+    copy is; inside it for a folder) and removed: the one check that answers for the write
+    itself (an account or a key may read and list and not write, or be granted one prefix
+    only), and the removal is needed too (a file output is moved into place from its
+    temporary copy). What was created only as a path of the probe stays on a store with
+    real folders (ADLS Gen2), as the run would make it.
+
+    Raises
+    ------
+    Exception
+        Any error that is not a store's (a bug of daskprs).
+    """
+    import uuid
+
+    try:
+        fs, path = filesystem(url)
+        path = path.rstrip("/")
+        folder = path.rsplit("/", 1)[0] if is_file and "/" in path else path
+        probe = f"{folder}/.daskprs-check-{uuid.uuid4().hex[:12]}"
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
+    except ValueError as err:  # adlfs found no account (or an unknown protocol)
+        return (
+            f"{url}: cannot open the Azure storage account: {err}; name it in the URL "
+            "(abfs://<container>@<account>.dfs.core.windows.net/<path>) or set "
+            "AZURE_STORAGE_ACCOUNT_NAME (and a key, SAS token or connection string)"
+            if url.partition("://")[0].lower() in AZURE_PROTOCOLS
+            else f"{url}: cannot open its store ({err})"
+        )
+    except Exception as err:
+        problem = store_refusal(url, err)
+        if problem is None:
+            raise
+        return problem
+    return None
 
 
 def partial_path(dest: str) -> str:
@@ -338,7 +397,7 @@ def assemble(parts: Iterable[str], dest: str, storage_options: dict | None = Non
         except BaseException:
             try:
                 fs.rm_file(tmp)
-            except (OSError, FileNotFoundError):
+            except Exception:  # (the store that failed the write may refuse this too)
                 pass
             raise
         return written
@@ -432,4 +491,8 @@ def output_written(record: str, dest: str, parts: Iterable[str]) -> bool:
             return False
         return _parts_digest(parts) == (noted["count"], noted["names"])
     except (OSError, KeyError, TypeError, ValueError):
+        return False
+    except Exception as err:  # a store that cannot be reached: the output is written again
+        if store_refusal(dest, err) is None:
+            raise
         return False
