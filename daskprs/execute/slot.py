@@ -505,9 +505,8 @@ class Slot:
             self.began = time.time()
             record = self._wait(head, deadlines)
             queue.pop(0)
-            if not self.alive:  # died or killed: the try behind goes to the next child
-                for q in queue:
-                    q.sent = False
+            # (a child that died or was killed is found at the top of the loop, before the
+            # next write: the tries behind go to the next child)
             yield record
 
     def _wait(self, head: _Queued, deadlines: Deadlines) -> TryRecord:
@@ -570,6 +569,8 @@ class Slot:
         try:
             while chunk := os.read(self._phases, 4096):
                 data += chunk
+                if len(chunk) < 4096:  # all there was (what comes next, the next call reads)
+                    break
         except BlockingIOError:
             pass
         return data
