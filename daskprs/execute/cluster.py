@@ -14,6 +14,7 @@ import contextlib
 import errno
 import logging
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -250,6 +251,7 @@ def _opened_cluster(
         "distributed.admin.tick.interval": "500ms",
         "distributed.admin.system-monitor.interval": "5s",
     }
+    path = list(sys.path)  # (each of its servers puts its scratch folder in front)
     with dask.config.set(config):
         with _dashboard_refused(settings.dashboard if dashboard else None):
             cluster = LocalCluster(
@@ -284,8 +286,33 @@ def _opened_cluster(
             dashboard=dashboard is not None,
         )
     finally:
-        local.close()
-        cluster.close()
+        servers = [cluster.scheduler, *cluster.workers.values()]
+        try:
+            local.close()
+        finally:
+            cluster.close()
+            _forget_servers(servers, path)
+
+
+def _forget_servers(servers: list[Any], path: list[str]) -> None:
+    """Leave nothing of the embedded cluster's closed ``servers`` (its scheduler and
+    workers, objects of this process) in it: a notebook runs many jobs in one process.
+
+    Each server put its scratch folder at the front of ``sys.path`` (``path`` is what it was
+    before), and takes it out at its close only when it is still first: two stale folders a
+    run stayed, searched by every later import. And Dask's ``_expects_comm`` (whether a
+    handler takes a comm) caches its answers by the handler, a bound method: every server
+    that handled a message stayed alive, with the log handler it adds to
+    ``distributed.scheduler`` or ``distributed.worker`` (which every later Dask log record
+    went through, each keeping its last 10,000). Emptying that cache lets them go.
+    """
+    from distributed import core
+
+    folders = {getattr(s, "local_directory", None) for s in servers} - set(path)
+    sys.path[:] = [p for p in sys.path if p not in folders]
+    clear = getattr(getattr(core, "_expects_comm", None), "cache_clear", None)
+    if clear is not None:  # (a Dask that caches nothing has none)
+        clear()
 
 
 @contextlib.contextmanager

@@ -173,8 +173,24 @@ class _CappedLog(threading.Thread):
     def __init__(self, fd: int, path: str, kind: str, limit: int | None):
         super().__init__(name=f"daskprs-{kind}-{os.path.basename(path)}", daemon=True)
         self.fd, self.path, self.kind, self.limit = fd, path, kind, limit
+        # who closes ``fd``: the thread once it runs, or :meth:`abandon` before that
+        self._owner = threading.Lock()
+        self._running = self._abandoned = False
+
+    def abandon(self) -> None:
+        """After a ``start()`` that raised (a Ctrl-C in it): close the pipe unless the
+        thread runs already (it then reads to the end of the pipe and closes it); a thread
+        that runs later does nothing."""
+        with self._owner:
+            if not self._running and not self._abandoned:
+                self._abandoned = True
+                os.close(self.fd)
 
     def run(self) -> None:
+        with self._owner:
+            if self._abandoned:
+                return
+            self._running = True
         try:
             with open(self.path, "ab", buffering=0) as f:
                 room = None if self.limit is None else self.limit - f.tell()
@@ -243,25 +259,53 @@ class Slot:
         self.closing = False
 
     # -- life cycle --------------------------------------------------------------------------
-    def _log_pipe(self, kind: str) -> int:
-        """The write end of a pipe to this slot's ``kind`` log (``-1``: no logs)."""
+    def _log_pipe(self, kind: str, child_ends: list[int]) -> int:
+        """The write end of a pipe to this slot's ``kind`` log (``-1``: no logs), added to
+        ``child_ends`` (closed by the caller) as soon as it is made."""
         cfg = self.config
         if cfg.logs is None:
             return -1
         path = cfg.logs.user_output(kind, cfg.node, cfg.process)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         read_end, write_end = os.pipe()
+        child_ends.append(write_end)
         reader = _CappedLog(read_end, path, kind, cfg.log_limit)
-        reader.start()
+        try:
+            reader.start()
+        except BaseException:
+            reader.abandon()
+            raise
         self._logs.append(reader)
         return write_end
 
     def start(self) -> None:
-        """Start a new child process and send it its configuration."""
+        """Start a new child process and send it its configuration.
+
+        Whatever stops it part-way (a Ctrl-C in a notebook, a refused fork) leaves nothing
+        open: the child's ends of the pipes are closed here, the slot's own by :meth:`kill`
+        (a log's pipe left open kept its copying thread, and the log file, for the rest of
+        the process)."""
         p2c_r, p2c_w = os.pipe()
+        child_ends = [p2c_r]
+        self._to_child = p2c_w
         c2p_r, c2p_w = os.pipe()
+        child_ends.append(c2p_w)
+        self._from_child = c2p_r
         ph_r, ph_w = os.pipe()
-        os.set_blocking(ph_r, False)
+        child_ends.append(ph_w)
+        self._phases = ph_r
+        try:
+            self._start(child_ends, p2c_r, c2p_w, ph_w)
+        finally:
+            for fd in child_ends:
+                os.close(fd)
+        self._lines, self._partial = {}, b""  # the last child's phase lines are no one's
+        self._psutil_proc = None
+        self.started += 1
+        write_message(self._to_child, Setup(self.config))
+
+    def _start(self, child_ends: list[int], p2c_r: int, c2p_w: int, ph_w: int) -> None:
+        os.set_blocking(self._phases, False)
         env = child_environment(os.environ, self.config.env)
         if self.config.python:
             # another interpreter sees daskprs alone, not the worker's other packages
@@ -274,29 +318,19 @@ class Slot:
         env["DASKPRS_USER_LOG_LIMIT"] = str(self.config.log_limit or 0)
         self._token = uuid.uuid4().hex
         env[PROCESS_MARK] = self._token
-        out, err = self._log_pipe("stdout"), self._log_pipe("stderr")
+        out, err = self._log_pipe("stdout", child_ends), self._log_pipe("stderr", child_ends)
         python = self.config.python or sys.executable
-        try:
-            self.proc = subprocess.Popen(
-                [python, "-m", "daskprs.execute.child", str(p2c_r), str(c2p_w), str(ph_w)],
-                pass_fds=(p2c_r, c2p_w, ph_w),
-                stdin=subprocess.DEVNULL,
-                stdout=out if out >= 0 else subprocess.DEVNULL,
-                stderr=err if err >= 0 else subprocess.DEVNULL,
-                env=env,
-                close_fds=True,
-                # its own session and process group: a kill takes what the script started
-                start_new_session=True,
-            )
-        finally:
-            for fd in (p2c_r, c2p_w, ph_w, out, err):
-                if fd >= 0:
-                    os.close(fd)
-        self._to_child, self._from_child, self._phases = p2c_w, c2p_r, ph_r
-        self._lines, self._partial = {}, b""  # the last child's phase lines are no one's
-        self._psutil_proc = None
-        self.started += 1
-        write_message(self._to_child, Setup(self.config))
+        self.proc = subprocess.Popen(
+            [python, "-m", "daskprs.execute.child", str(p2c_r), str(c2p_w), str(ph_w)],
+            pass_fds=(p2c_r, c2p_w, ph_w),
+            stdin=subprocess.DEVNULL,
+            stdout=out if out >= 0 else subprocess.DEVNULL,
+            stderr=err if err >= 0 else subprocess.DEVNULL,
+            env=env,
+            close_fds=True,
+            # its own session and process group: a kill takes what the script started
+            start_new_session=True,
+        )
 
     @property
     def alive(self) -> bool:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 from conftest import pid_alive, poll_for
@@ -432,3 +433,52 @@ def test_a_try_too_big_to_hand_over_ahead_waits_and_the_one_running_still_times_
         slot.stop()
     assert [r.status for r in records[:1]] == ["RUN_TIMEOUT"]
     assert records[1].mb == 1  # handed over afterwards, to the next process
+
+
+def _pipes() -> set[str]:
+    """This process's open pipes (their fd and inode)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile (the listing's own fd)
+            continue
+        if target.startswith("pipe:"):
+            found.add(f"{fd} {target}")
+    return found
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_start_interrupted_part_way_leaves_no_pipe_and_no_log_thread(setup, monkeypatch, when):
+    """A Ctrl-C in a notebook that lands while a slot starts its process (here: as its
+    stderr log's thread starts, before or after the thread began) leaves no pipe open and no
+    log-copying thread waiting for the end of one: each leaked such a pair for the rest of
+    the process. The slot then starts again as usual."""
+    from daskprs.execute import slot as slot_module
+
+    make, task, _, _ = setup
+    real_start = slot_module._CappedLog.start
+
+    def interrupted(reader):
+        if reader.kind != "stderr":
+            return real_start(reader)
+        if when == "after":
+            real_start(reader)
+        raise KeyboardInterrupt
+
+    pipes, threads = _pipes(), set(threading.enumerate())
+    slot = Slot(make())
+    monkeypatch.setattr(slot_module._CappedLog, "start", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        slot.start()
+    monkeypatch.undo()
+    slot.kill()
+
+    def left() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t not in threads and "std" in t.name]
+
+    poll_for(lambda: not left() and _pipes() <= pipes, timeout=10)
+    try:
+        assert slot.run(task("a.txt"), Deadlines(run=30)).status == "RUN_DONE"
+    finally:
+        slot.stop()
