@@ -473,7 +473,7 @@ def drive(
             output.close(keep=False)
         ledger.close()
         raise
-    live = _Live(display, ctx.run, ctx.step, sup, started, launch.plan_seconds)
+    live = _Live(display, ctx.run, ctx.step, sup, started, launch.plan_seconds, slots)
     display.start(ctx.step, sup.summary(), slots)
     finished = False
     try:
@@ -505,16 +505,20 @@ class _Live:
         sup: Supervisor,
         started: float,
         plan_seconds: float,
+        slots: int | None = None,
     ):
         self.display, self.run, self.step, self.sup = display, run, step, sup
-        self.started, self.plan_seconds = started, plan_seconds
+        self.started, self.plan_seconds, self.slots = started, plan_seconds, slots
         self._shown = self._written = started
+        # finished in earlier sessions: this session's rate leaves them out
+        first = sup.summary()
+        self.before = first["done"] + first["failed"] + first["cancelled"]
 
     def _overview(self, summary: dict[str, int], elapsed: float) -> None:
-        logs.write_text(
-            self.run.logs.progress_overview(),
-            logs.format_progress_overview(self.step, summary, elapsed, self.plan_seconds),
+        text = logs.format_progress_overview(
+            self.step, summary, elapsed, self.plan_seconds, self.before, self.slots
         )
+        logs.write_text(self.run.logs.progress_overview(), text)
 
     def tick(self) -> None:
         now = time.monotonic()

@@ -103,28 +103,34 @@ class PlainProgress:
         self.echo, self.every, self.clock = echo, every, clock
         self.step = ""
         self.slots: int | None = None
+        self.before = 0
         self._last = 0.0
 
     def start(self, step: str, first: Mapping[str, int], slots: int | None = None) -> None:
         self.step = step
-        self.slots = slots
+        self.slots, self.before = slots, _finished(first)
         self._last = self.clock()
 
     def update(self, summary: Mapping[str, int], elapsed: float) -> None:
         if self.clock() - self._last >= self.every:
             self._last = self.clock()
-            self.echo(format_progress(self.step, summary, elapsed, self.slots))
+            self.echo(format_progress(self.step, summary, elapsed, self.slots, self.before))
 
     def finish(self, summary: Mapping[str, int], elapsed: float) -> None:
-        self.echo(format_progress(self.step, summary, elapsed, self.slots))
+        self.echo(format_progress(self.step, summary, elapsed, self.slots, self.before))
 
 
 def format_progress(
-    step: str, summary: Mapping[str, int], elapsed: float, slots: int | None = None
+    step: str,
+    summary: Mapping[str, int],
+    elapsed: float,
+    slots: int | None = None,
+    before: int = 0,
 ) -> str:
     """A one-line progress report: the counts (tries in flight beyond the ``slots`` are
-    queued, not running; cancelled ones when there are), items, elapsed time and an ETA."""
-    f = figures(summary, elapsed, slots)
+    queued, not running; cancelled ones when there are), items, elapsed time and an ETA
+    from this session's rate (``before`` mini-batches were finished in earlier ones)."""
+    f = figures(summary, elapsed, slots, before)
     counts = f"{f['done']} done, {f['failed']} failed"
     if f["cancelled"]:
         counts += f", {f['cancelled']} cancelled"
