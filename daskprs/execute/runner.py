@@ -510,9 +510,9 @@ class _Live:
         self.display, self.run, self.step, self.sup = display, run, step, sup
         self.started, self.plan_seconds, self.slots = started, plan_seconds, slots
         self._shown = self._written = started
-        # finished in earlier sessions: this session's rate leaves them out
+        # processed in earlier sessions: this session's rate leaves them out
         first = sup.summary()
-        self.before = first["done"] + first["failed"] + first["cancelled"]
+        self.before = first["done"] + first["failed"]
 
     def _overview(self, summary: dict[str, int], elapsed: float) -> None:
         text = logs.format_progress_overview(

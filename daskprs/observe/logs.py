@@ -161,7 +161,7 @@ def format_progress_overview(
     """The progress overview file's text, with the live display's figures: processed is
     done and failed (a cancelled mini-batch did not run), tries in flight beyond the
     ``slots`` are queued, and the time left is from this session's rate (``before``
-    mini-batches were finished in earlier sessions)."""
+    mini-batches were processed in earlier sessions)."""
     f = figures(summary, elapsed, slots, before)
     lines = [
         f"step: {step}",

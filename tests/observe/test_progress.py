@@ -146,3 +146,16 @@ def test_the_progress_overview_file_shows_what_the_display_shows():
         "score", summary(done=2, running=5), 1.0, 0.1, slots=2
     ).splitlines()
     assert "mini-batches running: 2" in running and "mini-batches queued: 3" in running
+
+
+def test_an_interrupt_does_not_count_the_cancelled_mini_batches_in_the_rate():
+    # 9 ran in 10 s, then an interrupt cancelled the 31 left: 0.9/s, not 40 in 10 s
+    stopped = summary(done=9, cancelled=31, total=40, ok=9)
+    assert figures(stopped, elapsed=10.0)["rate"] == 0.9
+    out = io.StringIO()
+    bar = RichProgress(out, width=100)
+    bar.start("score", summary(total=40), slots=2)
+    bar.finish(stopped, 10.0)
+    assert "0.90/s  0:10" in out.getvalue()
+    page = progress_html("score", stopped, 10.0)
+    assert "0.90/s" in page
