@@ -122,6 +122,9 @@ class SlotPool(WorkerPlugin):
         # the tries each busy slot was handed (a packed task's next try rides behind one)
         self._running: dict[Slot, list[tuple[int, str]]] = {}
         self._finished: dict[int, list[tuple[int, str, Any]]] = {}
+        # when a try last succeeded here (time.monotonic()), None before the first: the
+        # driver asks before its progress timeout stops a step whose packed tasks still run
+        self._succeeded_at: float | None = None
         # set by hand_back (and close): a slot taken from now on starts no try
         self._closing = False
         self._expired = threading.Event()
@@ -229,6 +232,15 @@ class SlotPool(WorkerPlugin):
             if tries and (mb, try_key) in tries:
                 tries.remove((mb, try_key))
             self._finished.setdefault(threading.get_ident(), []).append((mb, try_key, record))
+            if record is None or record.ok:  # (None: its rows wait in a staged pack)
+                self._succeeded_at = time.monotonic()
+
+    def since_success(self) -> float | None:
+        """Seconds since a try last succeeded on this worker (None: none has yet). A packed
+        task returns its tries' records when its last try ends: until then the driver sees
+        none of them, however many succeeded."""
+        at = self._succeeded_at
+        return None if at is None else time.monotonic() - at
 
     def keep(self, mb: int, try_key: str, record: Any) -> None:
         """Note a try this thread's (packed) task finished, until the task returns; None for

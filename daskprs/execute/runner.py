@@ -27,7 +27,7 @@ from daskprs.execute.context import StepContext
 from daskprs.execute.pool import LeaseKeeper, SlotPool
 from daskprs.execute.resume import Session
 from daskprs.execute.supervisor import Finalize, Instruction, Policy, Stop, Submit, Supervisor
-from daskprs.execute.worker import claimed, kill_running, run_tries, run_try
+from daskprs.execute.worker import claimed, kill_running, run_tries, run_try, since_success
 from daskprs.inputs.batches import MiniBatch
 from daskprs.observe import logs
 from daskprs.observe.processed import mark_report, open_report, session_header
@@ -340,6 +340,7 @@ class _StepRun:
             try:
                 keys = [self.done.get(timeout=_TICK)]
             except queue.Empty:
+                self._look_for_progress()
                 self.carry_out(self.sup.on_tick(time.monotonic()))
                 self._flush()
                 continue
@@ -362,6 +363,24 @@ class _StepRun:
         if self.futures:
             _cancel(self.client, self.futures, self.ctx.token)
         return stop
+
+    def _look_for_progress(self) -> None:
+        """Before the progress timeout stops the step: a packed task returns the records of
+        its tries when its last try ends, so tries may have succeeded on the workers since
+        the last record came back. Ask the workers when one last did (only then: a round
+        trip to every worker)."""
+        limit, sup = self.sup.policy.progress_timeout, self.sup
+        now = time.monotonic()
+        if limit is None or sup.stopped is not None or now - sup.last_progress <= limit:
+            return
+        try:
+            answers = self.client.run(since_success, self.ctx.token, on_error="return")
+        except Exception as err:  # the timeout decides without them
+            log.debug("could not ask the workers when a try last succeeded: %s", err)
+            return
+        ages = [a for a in answers.values() if isinstance(a, int | float)]
+        if ages:
+            sup.on_success_seen(now - max(0.0, min(ages)))
 
     def _follow_cluster(self) -> None:
         """Every few seconds: size the window to the worker threads there are now."""
@@ -487,7 +506,7 @@ def drive(
             output.close(keep=False)
         ledger.close()
         raise
-    live = _Live(display, ctx.run, ctx.step, sup, started, launch.plan_seconds)
+    live = _Live(display, ctx.run, ctx.step, sup, started, launch.plan_seconds, slots)
     display.start(ctx.step, sup.summary(), slots)
     finished = False
     try:
@@ -519,16 +538,20 @@ class _Live:
         sup: Supervisor,
         started: float,
         plan_seconds: float,
+        slots: int | None = None,
     ):
         self.display, self.run, self.step, self.sup = display, run, step, sup
-        self.started, self.plan_seconds = started, plan_seconds
+        self.started, self.plan_seconds, self.slots = started, plan_seconds, slots
         self._shown = self._written = started
+        # processed in earlier sessions: this session's rate leaves them out
+        first = sup.summary()
+        self.before = first["done"] + first["failed"]
 
     def _overview(self, summary: dict[str, int], elapsed: float) -> None:
-        logs.write_text(
-            self.run.logs.progress_overview(),
-            logs.format_progress_overview(self.step, summary, elapsed, self.plan_seconds),
+        text = logs.format_progress_overview(
+            self.step, summary, elapsed, self.plan_seconds, self.before, self.slots
         )
+        logs.write_text(self.run.logs.progress_overview(), text)
 
     def tick(self) -> None:
         now = time.monotonic()

@@ -456,6 +456,11 @@ class Supervisor:
             )
         return []
 
+    def on_success_seen(self, at: float) -> None:
+        """A try succeeded at ``at`` on a worker whose task has not returned its record yet
+        (the runner packs short tries into one task): progress, for the progress timeout."""
+        self.last_progress = max(self.last_progress, at)
+
     def on_window(self, window: int) -> list[Instruction]:
         """The number of tries to keep in flight changed (the runner packs several short
         tries into one Dask task and wants more of them queued): submit up to it."""

@@ -426,6 +426,13 @@ def kill_running(token: str, dask_worker: Any = None) -> int:
     return pool.kill_running() if pool is not None else 0
 
 
+def since_success(token: str, dask_worker: Any = None) -> float | None:
+    """Seconds since a try of step run ``token`` last succeeded on this worker, None when
+    none has (``Client.run`` passes ``dask_worker``)."""
+    pool = dask_worker.plugins.get(pool_name(token)) if dask_worker is not None else None
+    return pool.since_success() if pool is not None else None
+
+
 def check_worker(paths: tuple[str, ...], staging: str = "") -> dict[str, Any]:
     """Run on each worker before a job on an external cluster: version, visible paths and,
     given a staging folder, what stops this worker from using it (None: nothing)."""

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from daskprs.observe.progress import figures
 from daskprs.paths import redact, redact_data
 from daskprs.results.outcome import TryRecord
 from daskprs.rundir import replace_file, replacing
@@ -150,24 +151,33 @@ def write_text(path: str, text: str) -> None:
 
 
 def format_progress_overview(
-    step: str, summary: Mapping[str, int], elapsed: float, planned_seconds: float
+    step: str,
+    summary: Mapping[str, int],
+    elapsed: float,
+    planned_seconds: float,
+    before: int = 0,
+    slots: int | None = None,
 ) -> str:
-    finished = summary["done"] + summary["failed"] + summary["cancelled"]
+    """The progress overview file's text, with the live display's figures: processed is
+    done and failed (a cancelled mini-batch did not run), tries in flight beyond the
+    ``slots`` are queued, and the time left is from this session's rate (``before``
+    mini-batches were processed in earlier sessions)."""
+    f = figures(summary, elapsed, slots, before)
     lines = [
         f"step: {step}",
         f"mini-batches planned: {summary['total']} (planning took {planned_seconds:.2f} s)",
-        f"mini-batches processed: {finished}",
+        f"mini-batches processed: {f['processed']}",
         f"mini-batches succeeded: {summary['done']}",
         f"mini-batches failed: {summary['failed']}",
         f"mini-batches cancelled: {summary['cancelled']}",
-        f"mini-batches running: {summary['running']}",
+        f"mini-batches running: {f['running']}",
+        f"mini-batches queued: {f['queued']}",
         f"items succeeded: {summary['succeeded_items']}",
         f"items failed: {summary['failed_items']}",
         f"elapsed seconds: {elapsed:.1f}",
     ]
-    if 0 < finished < summary["total"]:
-        left = (summary["total"] - finished) * elapsed / finished
-        lines.append(f"estimated seconds left: {left:.0f}")
+    if f["eta"] is not None and f["finished"] < summary["total"]:
+        lines.append(f"estimated seconds left: {f['eta']:.0f}")
     return "\n".join(lines)
 
 

@@ -51,17 +51,23 @@ def _finished(summary: Mapping[str, int]) -> int:
     return summary["done"] + summary["failed"] + summary["cancelled"]
 
 
+def _processed(summary: Mapping[str, int]) -> int:
+    """Mini-batches that ran to their end (a cancelled one did not run)."""
+    return summary["done"] + summary["failed"]
+
+
 def figures(
     summary: Mapping[str, int], elapsed: float, slots: int | None = None, before: int = 0
 ) -> dict[str, Any]:
     """What a progress display shows, from the supervisor's summary and the seconds since the
-    step started. ``rate`` is mini-batches finished per second in this session (``before``
-    were finished in earlier ones); ``eta`` seconds left (None until something finished).
+    step started. ``rate`` is mini-batches processed (done or failed: a cancelled one did not
+    run) per second in this session (``before`` were processed in earlier ones); ``eta``
+    seconds left (None until something finished).
     Of the tries in flight, at most ``slots`` (the cluster's worker slots) can be running;
     the others are ``queued`` on the cluster."""
     finished = _finished(summary)
     total = summary["total"]
-    now = finished - before
+    now = _processed(summary) - before
     rate = now / elapsed if elapsed > 0 and now > 0 else 0.0
     eta = 0.0 if finished >= total else (total - finished) / rate if rate > 0 else None
     return {
@@ -103,28 +109,34 @@ class PlainProgress:
         self.echo, self.every, self.clock = echo, every, clock
         self.step = ""
         self.slots: int | None = None
+        self.before = 0
         self._last = 0.0
 
     def start(self, step: str, first: Mapping[str, int], slots: int | None = None) -> None:
         self.step = step
-        self.slots = slots
+        self.slots, self.before = slots, _processed(first)
         self._last = self.clock()
 
     def update(self, summary: Mapping[str, int], elapsed: float) -> None:
         if self.clock() - self._last >= self.every:
             self._last = self.clock()
-            self.echo(format_progress(self.step, summary, elapsed, self.slots))
+            self.echo(format_progress(self.step, summary, elapsed, self.slots, self.before))
 
     def finish(self, summary: Mapping[str, int], elapsed: float) -> None:
-        self.echo(format_progress(self.step, summary, elapsed, self.slots))
+        self.echo(format_progress(self.step, summary, elapsed, self.slots, self.before))
 
 
 def format_progress(
-    step: str, summary: Mapping[str, int], elapsed: float, slots: int | None = None
+    step: str,
+    summary: Mapping[str, int],
+    elapsed: float,
+    slots: int | None = None,
+    before: int = 0,
 ) -> str:
     """A one-line progress report: the counts (tries in flight beyond the ``slots`` are
-    queued, not running; cancelled ones when there are), items, elapsed time and an ETA."""
-    f = figures(summary, elapsed, slots)
+    queued, not running; cancelled ones when there are), items, elapsed time and an ETA
+    from this session's rate (``before`` mini-batches were processed in earlier ones)."""
+    f = figures(summary, elapsed, slots, before)
     counts = f"{f['done']} done, {f['failed']} failed"
     if f["cancelled"]:
         counts += f", {f['cancelled']} cancelled"
@@ -175,7 +187,7 @@ class RichProgress:
         from rich.markup import escape
         from rich.progress import BarColumn, MofNCompleteColumn, TaskProgressColumn, TextColumn
 
-        self.slots, self.before = slots, _finished(first)
+        self.slots, self.before = slots, _processed(first)
         console = Console(file=self.file, width=self.width)
         self._progress = _two_line_progress()(
             TextColumn("[bold]{task.description}"),
@@ -262,7 +274,7 @@ class NotebookProgress:
     def start(self, step: str, first: Mapping[str, int], slots: int | None = None) -> None:
         from IPython.display import HTML, display
 
-        self.step, self.slots, self.before = step, slots, _finished(first)
+        self.step, self.slots, self.before = step, slots, _processed(first)
         page = progress_html(step, first, 0.0, slots, self.before)
         self._handle = display(HTML(page), display_id=True)
         self._last = self.clock()

@@ -224,6 +224,46 @@ def test_progress_timeout_fails_the_job_and_kills_what_runs(tmp_path, client):
     assert {f["state"] for f in failed} == {"CANCELLED"}
 
 
+SLOW_TRIES = """
+import os, time
+
+def run(mini_batch):
+    time.sleep(1.2)  # each try well within the progress timeout, a task of 4 beyond it
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+def test_a_packed_task_whose_tries_succeed_is_progress(tmp_path, monkeypatch):
+    # The records of a packed task's tries come back when its last try ends: 4 tries of
+    # 1.2 s a task returned nothing for 4.8 s, and a 3 s progress timeout failed the job
+    # ("no mini-batch finished for 3 s") while a try succeeded every 1.2 s
+    from daskprs.execute import runner
+    from daskprs.execute.cluster import open_cluster
+
+    monkeypatch.setattr(runner._Packer, "size", property(lambda self: 4))
+    monkeypatch.setattr(runner._Packer, "window", property(lambda self: 8))
+    make_files(tmp_path / "data", 8)
+    job = write_job(
+        tmp_path,
+        SLOW_TRIES,
+        input_yaml="type: uri_folder\npath: ./data",
+        mini_batch_size='"1"',
+        program_arguments="--progress_update_timeout 3",
+        max_concurrency=1,
+    )
+    with open_cluster(n_workers=1) as handle:
+        result = run_job(job, run_dir=tmp_path / "run", client=handle.client, echo=print)
+    assert result.ok, result.failure
+    rows = tries(tmp_path / "run")
+    assert sorted(r["Mini-batch Id"] for r in rows) == [str(i) for i in range(8)]
+    packs = {
+        json.loads(line)["record"]["part"].split(".pack:")[0]
+        for line in (tmp_path / "run/steps/score/ledger.jsonl").open()
+        if '"try"' in line
+    }
+    assert len(packs) == 2  # the tries ran as two tasks of 4, their rows in a pack each
+
+
 HOSTILE = """
 import os, subprocess, sys, time
 

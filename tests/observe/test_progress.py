@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 
+from daskprs.observe.logs import format_progress_overview
 from daskprs.observe.progress import (
     NotebookProgress,
     PlainProgress,
@@ -119,3 +120,42 @@ def test_plain_lines_count_tries_beyond_the_slots_as_queued_and_say_cancelled():
     plain.start("score", summary(), slots=2)
     plain.finish(summary(done=3, running=8, cancelled=2), 5.0)
     assert "(3 done, 0 failed, 2 cancelled, 2 running, 6 queued)" in lines[-1]
+
+
+def test_plain_lines_of_a_resumed_step_rate_this_session_only():
+    # 6 mini-batches finished in earlier sessions, 2 in the 4 s of this one: 0.5/s, 4 s left
+    # (counting the 6 too made it 2/s and 1 s left)
+    lines: list[str] = []
+    plain = PlainProgress(lines.append, every=5.0)
+    plain.start("score", summary(done=6, ok=6))
+    plain.finish(summary(done=8, running=2, ok=8), 4.0)
+    assert lines[-1].endswith(", 4.0 s, ETA 4 s")
+
+
+def test_the_progress_overview_file_shows_what_the_display_shows():
+    resumed = format_progress_overview("score", summary(done=8, ok=8), 4.0, 0.1, before=6)
+    assert "estimated seconds left: 4" in resumed.splitlines()
+    # an interrupt cancelled 22: they were not processed; 5 tries in flight on 2 slots
+    stopped = format_progress_overview(
+        "score", summary(done=6, failed=2, cancelled=22, total=30), 3.0, 0.1
+    ).splitlines()
+    assert "mini-batches processed: 8" in stopped
+    assert "mini-batches cancelled: 22" in stopped
+    assert not [line for line in stopped if line.startswith("estimated")]
+    running = format_progress_overview(
+        "score", summary(done=2, running=5), 1.0, 0.1, slots=2
+    ).splitlines()
+    assert "mini-batches running: 2" in running and "mini-batches queued: 3" in running
+
+
+def test_an_interrupt_does_not_count_the_cancelled_mini_batches_in_the_rate():
+    # 9 ran in 10 s, then an interrupt cancelled the 31 left: 0.9/s, not 40 in 10 s
+    stopped = summary(done=9, cancelled=31, total=40, ok=9)
+    assert figures(stopped, elapsed=10.0)["rate"] == 0.9
+    out = io.StringIO()
+    bar = RichProgress(out, width=100)
+    bar.start("score", summary(total=40), slots=2)
+    bar.finish(stopped, 10.0)
+    assert "0.90/s  0:10" in out.getvalue()
+    page = progress_html("score", stopped, 10.0)
+    assert "0.90/s" in page
