@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 
@@ -256,12 +257,13 @@ def test_a_packed_task_whose_tries_succeed_is_progress(tmp_path, monkeypatch):
     assert result.ok, result.failure
     rows = tries(tmp_path / "run")
     assert sorted(r["Mini-batch Id"] for r in rows) == [str(i) for i in range(8)]
-    packs = {
+    packs = collections.Counter(
         json.loads(line)["record"]["part"].split(".pack:")[0]
         for line in (tmp_path / "run/steps/score/ledger.jsonl").open()
         if '"try"' in line
-    }
-    assert len(packs) == 2  # the tries ran as two tasks of 4, their rows in a pack each
+    )
+    # the first task ran 4 tries (4.8 s), their rows in one pack; then smaller ones (the end)
+    assert max(packs.values()) == 4, packs
 
 
 HOSTILE = """
