@@ -140,9 +140,14 @@ class _Packer:
 
     @property
     def size(self) -> int:
+        """Tries a task: about ``TARGET_SECONDS`` of them, and no more than the tries measured
+        so far, so that tasks grow as the measure does (the first tries of a job whose tries
+        are mostly short and now and then long said nothing of the long ones: 98 tries a task
+        took 13 s instead of 2)."""
         if self.mean is None or self.seen < self.n_workers:
             return 1
-        return max(1, min(self.MAX_PACK, int(self.TARGET_SECONDS / max(self.mean, 1e-4))))
+        size = min(self.MAX_PACK, self.seen, int(self.TARGET_SECONDS / max(self.mean, 1e-4)))
+        return max(1, size)
 
     @property
     def window(self) -> int:

@@ -18,6 +18,9 @@ def test_packer_starts_with_single_tries_then_packs_short_ones():
     assert p.window == 4  # before any measure: one running and one queued a worker
     for i in range(4):
         p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, elapsed=0.03))
+    assert p.size == 3  # no more a task than tries measured (the first one is left out)
+    for i in range(4, 100):
+        p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, elapsed=0.03))
     assert p.size == 66  # 2 s of 30 ms tries
     assert p.window == 2 * 133  # about 4 s of them a worker: two tasks
     assert [len(g) for g in p.groups(subs(140), pending=1000)] == [66, 66, 8]
@@ -30,7 +33,7 @@ def test_a_whole_job_given_at_once_ends_in_small_tasks():
     eighth of a full one), so that a slow try near the end holds few tries behind it and
     the last tasks share out over the workers."""
     p = _Packer(n_workers=2)
-    for i in range(4):
+    for i in range(100):
         p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, elapsed=0.025))
     assert p.size == 80 and p.window >= 290
     sizes = [len(g) for g in p.groups(subs(290), pending=0)]
@@ -47,9 +50,29 @@ def test_packer_leaves_out_each_processs_first_try():
     for process in ("process000", "process001"):
         p.observe(TryRecord(0, 1, Status.RUN_DONE, elapsed=1.4, node="n", process=process))
     assert p.size == 1 and p.mean is None
-    for i in range(2):
+    for i in range(30):
         p.observe(TryRecord(i, 1, Status.RUN_DONE, elapsed=0.08, node="n", process="process000"))
     assert p.size == 25
+
+
+def test_tasks_grow_no_faster_than_the_tries_measured():
+    """A job of mostly short tries with a long one now and then: its first tries say nothing
+    of the long ones, and tasks sized from them alone held 98 tries (13 s instead of 2).
+    Tasks hold no more tries than were measured: they grow as the measure does, and once it
+    has seen the long tries they are sized from all of them."""
+    p = _Packer(n_workers=2)
+    sizes = []
+    for i in range(200):
+        p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, elapsed=0.01))
+        if i in (2, 6, 18):
+            sizes.append(p.size)
+    assert sizes == [2, 6, 18]  # not 200 (2 s of 10 ms tries): as many as measured
+    mixed = _Packer(n_workers=2)
+    for i in range(400):  # a try in 20 takes 2.5 s: about 0.13 s a try
+        mixed.observe(
+            TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, elapsed=2.5 if i % 20 == 19 else 0.01)
+        )
+    assert 5 <= mixed.size <= 40  # about 2 s of them, not 200 tries of 10 ms
 
 
 def test_packer_keeps_long_tries_alone_and_ignores_failures():
@@ -127,7 +150,7 @@ def test_the_window_keeps_a_few_seconds_of_tries_a_worker_in_two_to_four_tasks()
 
     def window(seconds: float, workers: int = 2) -> tuple[int, int]:
         p = _Packer(n_workers=workers)
-        for i in range(2 * workers):
+        for i in range(300):
             p.observe(TryRecord(mb=i, try_no=1, status=Status.RUN_DONE, elapsed=seconds))
         return p.size, p.window
 
