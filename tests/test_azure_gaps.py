@@ -319,26 +319,32 @@ def test_an_azure_account_without_credentials_is_exit_2_at_once(tmp_path):
     job = write_job(
         tmp_path, "def run(b):\n    return b\n", input_yaml="type: uri_folder\npath: abfs://data/x"
     )
+    out = _validate_without_credentials(tmp_path, job)
+    assert "abfs://data/x: the object store refused access (ClientAuthenticationError: " in out
+    assert "AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN" in out
+    assert "Traceback" not in out
+
+
+def _validate_without_credentials(tmp_path: Path, job: Path) -> str:
+    """``daskprs validate job`` with an Azure account and no credentials at all (no
+    ``AZURE_*`` variable but the account, no Azure CLI login of a developer's): it must end
+    with exit 2; what it printed."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("AZURE_") and k not in _IDENTITY_VARIABLES
     }
-    # no account of the Azure CLI's (a developer's `az login`) either
     env |= {"HOME": str(tmp_path), "AZURE_CONFIG_DIR": str(tmp_path / "azure-cli")}
     env["AZURE_STORAGE_ACCOUNT_NAME"] = "daskprsnocredentials"
     done = subprocess.run(
         [sys.executable, "-m", "daskprs", "validate", str(job)],
         capture_output=True,
         text=True,
-        timeout=40,
+        timeout=40,  # (the credential chain's retries took about 85 s: only a hang reaches it)
         env=env,
     )
     assert done.returncode == 2, done.stdout + done.stderr
-    out = done.stdout + done.stderr
-    assert "abfs://data/x: the object store refused access (ClientAuthenticationError: " in out
-    assert "AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN" in out
-    assert "Traceback" not in out
+    return done.stdout + done.stderr
 
 
 def _output_job(tmp_path: Path, url: str) -> Path:
@@ -362,22 +368,7 @@ def test_an_azure_output_without_credentials_is_exit_2_at_once(tmp_path):
     (it said "valid", and run ran the whole step before failing to write it: exit 1)."""
     pytest.importorskip("adlfs")
     job = _output_job(tmp_path, "abfs://out/r/rows.txt")
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("AZURE_") and k not in _IDENTITY_VARIABLES
-    }
-    env |= {"HOME": str(tmp_path), "AZURE_CONFIG_DIR": str(tmp_path / "azure-cli")}
-    env["AZURE_STORAGE_ACCOUNT_NAME"] = "daskprsnocredentials"
-    done = subprocess.run(
-        [sys.executable, "-m", "daskprs", "validate", str(job)],
-        capture_output=True,
-        text=True,
-        timeout=40,
-        env=env,
-    )
-    assert done.returncode == 2, done.stdout + done.stderr
-    out = done.stdout + done.stderr
+    out = _validate_without_credentials(tmp_path, job)
     assert (
         "cannot write the output score.result: abfs://out/r/rows.txt: the object store refused "
         "access (ClientAuthenticationError: "
