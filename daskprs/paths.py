@@ -12,7 +12,16 @@ import posixpath
 import re
 from typing import Any
 
-__all__ = ["REDACTED", "URL", "join_path", "looks_secret", "parent_path", "redact", "redact_data"]
+__all__ = [
+    "REDACTED",
+    "URL",
+    "join_path",
+    "looks_secret",
+    "nearest_existing",
+    "parent_path",
+    "redact",
+    "redact_data",
+]
 
 # An fsspec URL: a scheme and ``://`` (``s3://bucket/key``, ``file:///tmp``).
 URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -41,6 +50,16 @@ def join_path(base: str, *parts: str) -> str:
         rest = posixpath.normpath(rest) if rest else rest
         return f"{scheme}://{rest}"
     return os.path.normpath(out)
+
+
+def nearest_existing(path: str) -> str:
+    """``path`` if it exists, else its nearest parent folder that does (the root at most)."""
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
 
 
 def parent_path(path: str) -> str:

@@ -33,6 +33,7 @@ from daskprs.inputs.plan import Plan, plan_input, same_cuts
 from daskprs.inputs.planfile import read_plan, write_plan
 from daskprs.job.model import ClusterSpec, CommandStep, DataInput, Job, ParallelStep
 from daskprs.observe.progress import Progress
+from daskprs.paths import nearest_existing
 from daskprs.results import fingerprint, reuse
 from daskprs.results.jobresult import JobResult, StepOutcome
 from daskprs.results.ledger import snapshot_path
@@ -250,15 +251,6 @@ def command_environment(step: CommandStep) -> dict[str, str]:
     return env
 
 
-def _nearest_existing(path: str) -> str:
-    while not os.path.exists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return path
-
-
 def check_writable(job: Job) -> None:
     """Raise :class:`UserInputError` naming every output location of ``job`` that cannot be
     written, before anything runs: a local one on a read-only filesystem, without
@@ -315,7 +307,7 @@ def _unwritable(path: str, is_file: bool) -> str | None:
 
     The nearest folder that exists is tried for real (a folder made there and removed): root
     passes every permission check, and a file system such as ``/proc`` takes no new folder."""
-    there = _nearest_existing(path)
+    there = nearest_existing(path)
     if there == path:
         if is_file and os.path.isdir(there):
             return f"{there} is a folder, not a file"

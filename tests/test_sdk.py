@@ -225,20 +225,30 @@ def test_a_mapping_run_with_base_says_so_and_a_v1_mapping_reads_its_code_there(
     assert _tree(tmp_path) == ["built"]
 
 
-def test_an_sdk_object_with_wrong_paths_is_named_by_its_class_and_name(tmp_path, monkeypatch):
+def _checksum_node(append: bool = True):
+    """The SDK's ``checksum`` parallel node over ``./files`` (its code in ``./src``), its
+    sums appended to its output when ``append``."""
     _sdk()
     from azure.ai.ml import Input, Output
     from azure.ai.ml.parallel import RunFunction, parallel_run_function
 
-    monkeypatch.chdir(tmp_path)
     checksum = parallel_run_function(
         name="checksum",
         inputs=dict(files=Input(type="uri_folder")),
         outputs=dict(sums=Output(type="uri_file")),
         input_data="${{inputs.files}}",
-        task=RunFunction(code="./src", entry_script="checksum.py"),
+        task=RunFunction(
+            code="./src",
+            entry_script="checksum.py",
+            **({"append_row_to": "${{outputs.sums}}"} if append else {}),
+        ),
     )
-    node = checksum(files=Input(type="uri_folder", path="./files"))
+    return checksum(files=Input(type="uri_folder", path="./files"))
+
+
+def test_an_sdk_object_with_wrong_paths_is_named_by_its_class_and_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    node = _checksum_node(append=False)
     with pytest.raises(JobSpecError) as info:
         run_job(node, echo=_quiet)
     message = str(info.value)
@@ -434,25 +444,12 @@ def test_an_sdk_notebook_pipeline_runs_and_reruns_its_failed_mini_batch_elsewher
 
 @pytest.mark.slow
 def test_a_parallel_node_alone_runs_named_as_its_component(tmp_path, client, monkeypatch):
-    _sdk()
-    from azure.ai.ml import Input, Output
-    from azure.ai.ml.parallel import RunFunction, parallel_run_function
-
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "checksum.py").write_text(CHECKSUM)
     (tmp_path / "files").mkdir()
     (tmp_path / "files" / "a.txt").write_text("a")
     monkeypatch.chdir(tmp_path)
-    checksum = parallel_run_function(
-        name="checksum",
-        inputs=dict(files=Input(type="uri_folder")),
-        outputs=dict(sums=Output(type="uri_file")),
-        input_data="${{inputs.files}}",
-        task=RunFunction(
-            code="./src", entry_script="checksum.py", append_row_to="${{outputs.sums}}"
-        ),
-    )
-    node = checksum(files=Input(type="uri_folder", path="./files"))
+    node = _checksum_node()
     result = run_job(node, run_dir=tmp_path / "run", client=client, echo=_quiet)
     assert result.ok, result.failure
     assert Path(result.outputs["checksum.sums"]).read_text().startswith("a.txt ")

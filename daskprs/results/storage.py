@@ -12,6 +12,8 @@ from __future__ import annotations
 import errno
 import os
 
+from daskprs.paths import nearest_existing
+
 __all__ = ["STORAGE_ERRNOS", "full_disk", "no_space", "storage_error", "storage_problem"]
 
 # A disk or quota full, or a file grown past the largest size allowed (the file system's or
@@ -35,13 +37,8 @@ def full_disk(path: str) -> bool:
     """Whether the disk of ``path`` (or of its nearest folder that exists) has no room left
     for an ordinary user (under 64 KiB free): what explains a failure whose own error was
     lost, such as a command's messages that could not be written."""
-    while path and not os.path.exists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            return False
-        path = parent
     try:
-        st = os.statvfs(path)
+        st = os.statvfs(nearest_existing(path))
     except OSError:
         return False
     return st.f_bavail * st.f_frsize < _NO_ROOM_BYTES
